@@ -1,0 +1,23 @@
+"""`python -m seglab [GROUP=OPTION] [key=value] ...`: compose the config, validate it, train."""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from seglab import schema
+
+# An absolute path: under `python -m` Hydra would read a relative one as a Python package.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    schema.validate(cfg)  # fails in about a second, before TensorFlow is imported
+    from seglab import train
+
+    return train.run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""One file holds all training state (model variables, optimizer variables, epoch, best metric),
+written atomically: to a temporary file in the same directory, then renamed over the old one,
+so a kill at any moment leaves either the previous complete checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+
+@dataclass
+class TrainingState:
+    epoch: int  # epochs completed
+    best: float  # best value of the monitored metric so far
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state(path: str | Path, model: keras.Model, state: TrainingState) -> None:
+    arrays = {f"model/{i}": v.numpy() for i, v in enumerate(model.variables)}
+    arrays.update({f"optimizer/{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
+    arrays["epoch"] = np.asarray(state.epoch)
+    arrays["best"] = np.asarray(state.best)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(Path(path), write)
+
+
+def load_state(path: str | Path, model: keras.Model) -> TrainingState:
+    """Restore into a compiled model with the same architecture and optimizer."""
+    with np.load(path) as saved:
+        for i, v in enumerate(model.variables):
+            v.assign(saved[f"model/{i}"])
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        for i, v in enumerate(model.optimizer.variables):
+            v.assign(saved[f"optimizer/{i}"])
+        return TrainingState(epoch=int(saved["epoch"]), best=float(saved["best"]))
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The same layers and weights without the compiled loss, metrics and optimizer, so the saved
+    file loads with plain Keras (no seglab classes needed) and takes raw [0, 1] RGB images."""
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def save_model(path: str | Path, model: keras.Model) -> None:
+    """A `.keras` file (architecture + weights, no training state), written atomically."""
+    _atomic_write(Path(path), inference_model(model).save)

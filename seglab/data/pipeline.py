@@ -1,0 +1,70 @@
+"""The tf.data pipeline shared by every data set: resize, normalise, cache, shuffle, augment, batch.
+
+Images are delivered as float32 RGB in [0, 1]; each model applies its own encoder preprocessing
+inside its graph, so a saved model takes raw images.  Masks are resized with nearest-neighbour
+only (bilinear would invent fractional labels) and delivered as int32 `(H, W)` label maps.
+Randomness is stateless and seeded per element (shuffle seed, `Dataset.random` seeds for
+augmentation), so with `deterministic` the batch stream is the same in every run.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def prepare(image, mask, image_size: int):
+    """uint8 image of any size -> float32 [0, 1] (S, S, 3); mask -> int32 (S, S), nearest-neighbour."""
+    image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear") / 255.0
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    mask = tf.cast(mask, tf.int32)
+    if mask.shape.rank == 2:
+        mask = mask[..., None]
+    mask = tf.image.resize(mask, (image_size, image_size), method="nearest")[..., 0]
+    return image, tf.cast(mask, tf.int32)
+
+
+def augment(image, mask, seed, hflip: bool):
+    """Random geometric transforms applied identically to image and mask (stateless, seeded)."""
+    if hflip:
+        flip = tf.random.stateless_uniform([], seed=seed) < 0.5
+        image = tf.where(flip, tf.reverse(image, axis=[1]), image)
+        mask = tf.where(flip, tf.reverse(mask, axis=[1]), mask)
+    return image, mask
+
+
+def make(
+    dataset: tf.data.Dataset,
+    *,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    deterministic: bool,
+    augment_options: dict | None = None,
+    cache: str | None = "memory",
+    cache_name: str = "split",
+    shuffle_buffer: int = 1024,
+) -> tf.data.Dataset:
+    """Batches of (image float32 (B, S, S, 3), mask int32 (B, S, S)) from an unbatched split."""
+    ds = dataset.map(
+        lambda image, mask: prepare(image, mask, image_size), num_parallel_calls=AUTOTUNE, deterministic=deterministic
+    )
+    if cache == "memory":
+        ds = ds.cache()
+    elif cache:
+        ds = ds.cache(f"{cache}-{cache_name}-{image_size}")
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        options = dict(augment_options or {})
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda pair, s: augment(pair[0], pair[1], s, **options),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=deterministic,
+        )
+    ds = ds.batch(batch_size).prefetch(AUTOTUNE)
+    opts = tf.data.Options()
+    opts.deterministic = deterministic
+    return ds.with_options(opts)

@@ -1,0 +1,118 @@
+"""The experiment as a story: data, model, loss, fit, evaluate, log.  Returns the metric a
+Hydra sweeper optimises (`optimize_metric`, best epoch)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import seglab
+from seglab import callbacks, checkpoint, runtime, tracking
+from seglab.data import pipeline
+from seglab.metrics import segmentation_metrics
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, output_dir: str | None = None) -> float:
+    device = runtime.setup(cfg.seed, cfg.deterministic)
+    out = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    # The run opens first, so that any failure below (data, model, training) ends it FAILED.
+    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name or _run_name(cfg), _tags(device)) as mlrun:
+        mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+        data = cfg.data
+        splits = instantiate(data.source)
+        batches = dict(
+            image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
+            deterministic=cfg.deterministic, cache=data.cache, shuffle_buffer=data.shuffle_buffer,
+        )
+        train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name="train", **batches)
+        val_ds = pipeline.make(splits.val, training=False, cache_name="val", **batches)
+
+        model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
+        model.compile(
+            optimizer=instantiate(cfg.optimizer),
+            loss=instantiate(cfg.loss, num_classes=data.num_classes),
+            metrics=segmentation_metrics(data.num_classes, list(data.class_names)),
+            jit_compile=cfg.trainer.jit_compile,
+        )
+        mlrun.set_tags({"model.parameters": model.count_params()})
+
+        checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric)
+        fit_callbacks = [callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())), checkpointer]
+        sample_images, sample_masks = _first_examples(val_ds, cfg.trainer.mask_samples)
+        if cfg.trainer.mask_samples:
+            fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, callbacks=fit_callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+
+        mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
+        mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
+        mlrun.set_tags({"best_epoch": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
+        if cfg.tracking.log_model:
+            mlrun.log_model(checkpoint.inference_model(model), input_example=sample_images[:1])
+        log.info(
+            "best %s %.4f at epoch %d | MLflow run %s, experiment %r, tracking.uri=%s | checkpoints in %s",
+            cfg.optimize_metric, checkpointer.best, checkpointer.best_epoch + 1, mlrun.run_id,
+            cfg.tracking.experiment, cfg.tracking.uri, checkpointer.directory,
+        )
+    return checkpointer.best
+
+
+def _first_examples(batches: tf.data.Dataset, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` validation images and masks (the same every epoch and every run)."""
+    images, masks = [], []
+    for image, mask in batches.unbatch().take(max(count, 1)):
+        images.append(image.numpy())
+        masks.append(mask.numpy())
+    return np.stack(images), np.stack(masks)
+
+
+def _choice(cfg: DictConfig, group: str) -> str:
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices.get(group) or group
+    target = cfg[group].get("_target_", "") if group != "data" else cfg.data.name
+    return target.split(".")[-2 if target.endswith((".build", "Loss")) else -1] if target else group
+
+
+def _run_name(cfg: DictConfig) -> str:
+    return "-".join(_choice(cfg, g) for g in ("model", "loss", "data"))
+
+
+def _tags(device: str) -> dict[str, str]:
+    tags = {
+        "seglab.version": seglab.__version__,
+        "tensorflow.version": tf.__version__,
+        "keras.version": keras.__version__,
+        "device": device,
+    }
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        tags["hydra.overrides"] = " ".join(hydra_cfg.overrides.task) or "(defaults)"
+        tags["hydra.output_dir"] = hydra_cfg.runtime.output_dir
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent
+    try:
+        done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None

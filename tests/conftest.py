@@ -1,0 +1,49 @@
+"""Shared helpers: the real CLI in a subprocess, the real config composed with Hydra's API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = str(ROOT / "conf")
+
+# A tiny, fast experiment: 32 px images, a two-level U-Net, a few dozen images, two epochs.
+TINY = (
+    "data.image_size=32",
+    "data.source.train_size=48",
+    "data.source.val_size=16",
+    "model.depth=2",
+    "model.base_filters=4",
+    "trainer.epochs=2",
+    "trainer.batch_size=8",
+    "trainer.mask_samples=2",
+)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m seglab ARGS` as a user runs it, from `cwd` (outputs and ./mlflow.db land there)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "seglab", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"seglab exited {done.returncode}\nSTDOUT:\n{done.stdout[-4000:]}\nSTDERR:\n{done.stderr[-4000:]}")
+    return done
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose(overrides) -> the composed DictConfig, exactly as `python -m seglab` builds it."""
+    import seglab.schema  # noqa: F401  registers the schemas in Hydra's ConfigStore
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _compose

@@ -1,0 +1,143 @@
+"""Real, tiny trainings through `python -m seglab`, checked through MlflowClient."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def only_run(uri, experiment="seglab-shapes"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return client, runs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run shared by the checks below."""
+    cwd = tmp_path_factory.mktemp("train")
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    done = run_cli(*TINY, f"tracking.uri={uri}", cwd=cwd)
+    client, runs = only_run(uri)
+    assert len(runs) == 1
+    return client, runs[0], done, uri
+
+
+def test_run_finishes_with_name_params_and_tags(trained):
+    client, run, done, _ = trained
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "unet-ce-shapes"
+    params = run.data.params
+    assert params["model._target_"] == "seglab.models.unet.build"
+    assert params["trainer.epochs"] == "2" and params["data.image_size"] == "32"
+    assert params["data.source.image_size"] == "32"  # resolved interpolation, not "${..image_size}"
+    tags = run.data.tags
+    assert "trainer.epochs=2" in tags["hydra.overrides"]
+    assert tags["device"] == "CPU" and tags["keras.version"].startswith("3.")
+    assert int(tags["model.parameters"]) > 0
+    assert "best val_mean_iou" in done.stderr + done.stdout and run.info.run_id in done.stderr + done.stdout
+
+
+def test_metrics_are_logged_per_epoch_with_steps(trained):
+    client, run, _, _ = trained
+    for key in ("train_loss", "val_loss", "val_mean_iou", "val_mean_dice", "val_pixel_accuracy", "val_iou_boundary",
+                "train_mean_iou", "train_images_per_second"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [0, 1], key
+        assert all(np.isfinite(m.value) for m in history)
+    best = max(m.value for m in client.get_metric_history(run.info.run_id, "val_mean_iou"))
+    assert float(run.data.tags["best_val_mean_iou"]) == pytest.approx(best)
+
+
+def test_mask_images_checkpoints_and_config_are_artifacts(trained):
+    client, run, _, _ = trained
+    rid = run.info.run_id
+    images = [a.path for a in client.list_artifacts(rid, "images")]
+    pngs = [p for p in images if p.endswith(".png") and "val_masks" in p]
+    assert len(pngs) >= 2, images  # one per epoch (MLflow also stores compressed previews)
+    local = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=pngs[0], tracking_uri=trained[3])
+    from PIL import Image
+
+    grid = np.asarray(Image.open(local))
+    assert grid.shape[1] > 3 * 32 and grid.shape[0] >= 2 * 32  # 3 panels wide, 2 samples high
+    checkpoints = {a.path for a in client.list_artifacts(rid, "checkpoints")}
+    assert checkpoints == {"checkpoints/best.keras", "checkpoints/last.state.npz"}
+    assert "config.yaml" in {a.path for a in client.list_artifacts(rid)}
+
+
+def test_logged_model_loads_back_and_predicts_logits(trained):
+    _, run, _, uri = trained
+    mlflow.set_tracking_uri(uri)
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert np.asarray(pyfunc.predict(x)).shape == (2, 32, 32, 3)
+    keras_model = mlflow.tensorflow.load_model(f"runs:/{run.info.run_id}/model")
+    np.testing.assert_allclose(keras_model.predict(x, verbose=0), pyfunc.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_same_config_gives_bit_identical_weights_and_metrics(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for i in (1, 2):
+        run_cli(*TINY, f"tracking.uri={uri}", "tracking.log_model=false", f"hydra.run.dir={tmp_path}/run{i}", cwd=tmp_path)
+    client, runs = only_run(uri)
+    histories = [
+        [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, key)]
+        for key in ("train_loss", "val_mean_iou", "val_loss")
+        for r in runs
+    ]
+    assert histories[0] == histories[1] and histories[2] == histories[3] and histories[4] == histories[5]
+    with np.load(tmp_path / "run1/checkpoints/last.state.npz") as a, np.load(tmp_path / "run2/checkpoints/last.state.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_crash_ends_the_run_failed_with_the_error(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = run_cli(*TINY, f"tracking.uri={uri}", "optimizer._target_=keras.optimizers.NoSuchOptimizer", cwd=tmp_path, check=False)
+    assert done.returncode != 0
+    _, runs = only_run(uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "NoSuchOptimizer" in runs[0].data.tags["error"]
+
+
+def test_sigterm_ends_the_run_killed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = open(tmp_path / "log.txt", "w")  # a file, not a pipe nobody reads: a full pipe would block the job
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seglab", *TINY, "trainer.epochs=500", f"tracking.uri={uri}"],
+        cwd=tmp_path, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(1)
+            if (tmp_path / "mlflow.db").exists():
+                try:
+                    client, runs = only_run(uri)
+                except Exception:
+                    continue
+                if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+                    break
+        else:
+            pytest.fail("training never started")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        log.close()
+    assert proc.returncode != 0, (tmp_path / "log.txt").read_text()[-3000:]
+    _, runs = only_run(uri)
+    assert [r.info.status for r in runs] == ["KILLED"]
