@@ -81,6 +81,7 @@ class DataConfig:
     image_size: int = 64
     num_classes: int = MISSING
     class_names: list[str] = MISSING
+    ignore_index: Optional[int] = None  # label of pixels that count nowhere (e.g. COCO crowd regions)
     source: Any = MISSING  # `_target_` of a builder returning seglab.data.Splits
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache: Optional[str] = "memory"  # "memory", a file path prefix, or null
@@ -94,6 +95,12 @@ class DataConfig:
             "data.class_names",
             list(self.class_names),
             f"give exactly data.num_classes={self.num_classes} names",
+        )
+        _require(
+            self.ignore_index is None or not 0 <= self.ignore_index < self.num_classes,
+            "data.ignore_index",
+            self.ignore_index,
+            f"use null or a label outside 0..{self.num_classes - 1} (e.g. 255), not a real class",
         )
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "use an integer >= 1")
 
