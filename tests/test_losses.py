@@ -256,3 +256,48 @@ def test_inverse_frequency_weights_average_to_one_over_pixels():
     # 24 pixels, 3 classes occur: w_c = 24 / (3 n_c) with n = [2, 21, 1].
     np.testing.assert_allclose(weights, [4.0, 24 / 63, 8.0, 0.0])
     assert (weights * pixels).sum() / pixels.sum() == pytest.approx(1.0)
+
+
+# --- through the command line ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_dice_and_weighted_log_weights_and_the_final_confusion_matrix(tmp_path):
+    """One sweep, two tiny one-epoch runs: `loss=weighted` logs the median-frequency weights of the
+    training split (checked against Eigen & Fergus computed here on the same synthetic masks), and
+    both runs log the final validation confusion matrix, whose scores are the last logged metrics."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from seglab import metrics
+    from seglab.data import shapes
+    from tests.conftest import TINY, run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_cli("--multirun", "loss=dice,weighted", *TINY, "data.source.train_size=16", "data.source.val_size=8", "trainer.epochs=1",
+            "trainer.mask_samples=0", "tracking.log_model=false", f"tracking.uri={uri}", cwd=tmp_path)
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])}
+    assert sorted(runs) == ["unet-dice-shapes", "unet-weighted-shapes"]
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+    _, train_masks = shapes.generate(16, 32, seed=0)  # the train stream of data.source.seed=0
+    expected = numpy_median_frequency(train_masks, 3)
+    params = runs["unet-weighted-shapes"].data.params
+    assert params["loss.class_weights"] == "median_frequency"
+    logged = [float(params[f"loss.class_weight.{name}"]) for name in ("object", "background", "boundary")]
+    np.testing.assert_allclose(logged, expected, rtol=1e-9)
+    assert "loss.class_weight.object" not in runs["unet-dice-shapes"].data.params
+
+    for run in runs.values():
+        rid = run.info.run_id
+        artifacts = {a.path for a in client.list_artifacts(rid)}
+        assert {"confusion_matrix.png", "confusion_matrix.json"} <= artifacts
+        saved = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/confusion_matrix.json"))
+        cm = np.array(saved["rows_true_columns_predicted"])
+        assert saved["classes"] == ["object", "background", "boundary"] and cm.sum() == 8 * 32 * 32
+        final = metrics.scores(cm)
+        assert run.data.metrics["val_mean_iou"] == pytest.approx(final["mean_iou"], rel=1e-5)
+        assert run.data.metrics["val_dice_boundary"] == pytest.approx(final["dice"][2], rel=1e-5)
