@@ -301,3 +301,35 @@ def test_cli_dice_and_weighted_log_weights_and_the_final_confusion_matrix(tmp_pa
         final = metrics.scores(cm)
         assert run.data.metrics["val_mean_iou"] == pytest.approx(final["mean_iou"], rel=1e-5)
         assert run.data.metrics["val_dice_boundary"] == pytest.approx(final["dice"][2], rel=1e-5)
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (("loss=dice", "loss.smooth=-1"), "loss.smooth"),
+        (("loss=dice", "loss.ce_weight=-0.5"), "loss.ce_weight"),
+        (("loss=dice", "loss.include_background=false", "data.background_index=null"), "loss.include_background"),
+        (("loss=dice", "loss.background_index=3"), "loss.background_index"),
+        (("data.background_index=3",), "data.background_index"),
+        (("loss=weighted", "loss.class_weights=[1.0,2.0]"), "loss.class_weights"),
+        (("loss=weighted", "loss.class_weights=[1.0,-2.0,1.0]"), "loss.class_weights"),
+        (("loss=weighted", "loss.class_weights=median"), "loss.class_weights"),
+    ],
+)
+def test_loss_schema_rejects_bad_values_naming_the_key(compose_cfg, overrides, key):
+    from seglab import schema
+
+    with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
+        schema.validate(compose_cfg(*overrides))
+
+
+def test_loss_options_build_from_the_composed_config(compose_cfg):
+    from hydra.utils import instantiate
+
+    dice = instantiate(compose_cfg("loss=dice", "loss.include_background=false").loss, num_classes=3)
+    assert isinstance(dice, Dice) and dice.classes == [0, 2]  # shapes: background is class 1
+    weighted = instantiate(compose_cfg("loss=weighted", "loss.class_weights=[2.0,2.0,1.0]").loss, num_classes=3)
+    assert isinstance(weighted, WeightedCrossEntropy) and weighted.class_weights == [2.0, 2.0, 1.0]
