@@ -110,7 +110,9 @@ class Dice(keras.losses.Loss):
         occurs = denominator > 0
         safe = tf.where(occurs, denominator, tf.ones_like(denominator))
         dice = tf.where(occurs, (2 * intersection + self.smooth) / safe, tf.ones_like(denominator))
-        loss = 1.0 - tf.reduce_mean(tf.gather(dice, self.classes, axis=-1))
+        # A 0/1 class mask rather than tf.gather, whose gradient is a scatter (not deterministic on every GPU).
+        included = tf.constant([float(c in self.classes) for c in range(self.num_classes)])
+        loss = 1.0 - tf.reduce_mean(tf.reduce_sum(dice * included, -1) / len(self.classes))
         if self.ce_weight:
             loss += self.ce_weight * _mean(_cross_entropy(logits, onehot), labelled)
         return loss

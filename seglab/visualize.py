@@ -12,6 +12,8 @@ PALETTE = np.array(
 )
 OVERLAY_ALPHA = 0.5
 SEPARATOR_PX = 2
+CM_INCHES_PER_CLASS, CM_MAX_INCHES = 0.9, 16.0
+CM_MAX_ANNOTATED_CLASSES = 15  # beyond this the numbers in the cells would not be readable
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
@@ -49,7 +51,7 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: list[str], title: str =
     totals = cm.sum(1, keepdims=True)
     rows = np.divide(cm, totals, out=np.zeros(cm.shape), where=totals > 0)  # a class with no pixels: an empty row
     n = len(class_names)
-    side = 1.6 + 0.9 * n
+    side = min(1.6 + CM_INCHES_PER_CLASS * n, CM_MAX_INCHES)
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -60,7 +62,7 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: list[str], title: str =
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{title} ({int(cm.sum())} px)")
-    for i in range(n):
+    for i in range(n if n <= CM_MAX_ANNOTATED_CLASSES else 0):
         for j in range(n):
             colour = "white" if rows[i, j] > 0.5 else "black"
             ax.text(j, i, f"{rows[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center", fontsize=8, color=colour)
