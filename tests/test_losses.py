@@ -106,6 +106,38 @@ def test_gradients_are_finite_even_for_extreme_logits(loss_fn):
     assert np.all(np.isfinite(grad))
 
 
+def numpy_softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_cross_entropy_gradients_equal_the_closed_form():
+    """d/dz of mean_i w_{y_i} CE_i is w_{y_i} (softmax(z_i) - onehot(y_i)) / N."""
+    labels, logits = random_case(10)
+    residual = (numpy_softmax(logits.astype(np.float64)) - np.eye(C)[labels]) / labels.size
+    _, grad = loss_and_gradient(CrossEntropy(C), labels, logits)
+    np.testing.assert_allclose(grad, residual, rtol=1e-4, atol=1e-7)
+    weights = np.array([0.5, 1.0, 4.0])
+    _, grad = loss_and_gradient(WeightedCrossEntropy(C, class_weights=list(weights)), labels, logits)
+    np.testing.assert_allclose(grad, weights[labels][..., None] * residual, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"squared_denominator": False, "per_image": True, "smooth": 0.0}])
+def test_dice_gradient_equals_numpy_finite_differences(kwargs):
+    labels, logits = random_case(11, shape=(2, 2, 3))
+    _, grad = loss_and_gradient(Dice(C, **kwargs), labels, logits)
+    numpy_kwargs = {"squared": kwargs.get("squared_denominator", True), "smooth": kwargs.get("smooth", 1.0),
+                    "per_image": kwargs.get("per_image", False)}
+    step, numeric = 1e-6, np.zeros(logits.shape)
+    z = logits.astype(np.float64)
+    for index in np.ndindex(z.shape):
+        up, down = z.copy(), z.copy()
+        up[index] += step
+        down[index] -= step
+        numeric[index] = (numpy_dice_loss(labels, up, **numpy_kwargs) - numpy_dice_loss(labels, down, **numpy_kwargs)) / (2 * step)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-6)
+
+
 # --- Dice --------------------------------------------------------------------------------
 
 
