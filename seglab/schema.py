@@ -117,7 +117,7 @@ class WeightedCrossEntropyConfig(LossConfig):
         else:
             weights = list(self.class_weights or [])
             _require(
-                len(weights) > 0 and all(isinstance(w, (int, float)) and w >= 0 for w in weights) and any(w > 0 for w in weights),
+                len(weights) > 0 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights) and any(w > 0 for w in weights),
                 "loss.class_weights", weights, "give non-negative numbers, one per class (e.g. [2.0, 2.0, 1.0])",
             )
 
