@@ -1,15 +1,46 @@
-"""Losses on integer label maps `(B, H, W)` and logits `(B, H, W, C)`, computed in float32."""
+"""Losses on integer label maps `(B, H, W)` or `(B, H, W, 1)` and logits `(B, H, W, C)`.
+
+Every loss is computed in float32 (whatever the model's compute dtype) and returns one scalar:
+its mean over the labelled pixels.  A pixel is labelled when its label is in [0, C); the data
+set's `ignore_index` (e.g. 255, COCO crowd regions) lies outside that range, so such pixels
+contribute nothing to the loss or its gradient, exactly as the metrics leave them out.
+
+Cross-entropy is written as `-sum(onehot(label) * log_softmax(logits))`: one-hot products and
+reductions have deterministic kernels on every device.
+"""
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+def _labels_and_logits(y_true, y_pred, num_classes: int):
+    """int32 labels (B, H, W), float32 logits (B, H, W, C), one-hot targets (all zero where unlabelled)
+    and the float32 mask of labelled pixels (B, H, W)."""
+    logits = tf.cast(y_pred, tf.float32)
+    labels = tf.cast(y_true, tf.int32)
+    if labels.shape.rank == logits.shape.rank:
+        labels = labels[..., 0]
+    onehot = tf.one_hot(labels, num_classes, dtype=tf.float32)  # labels outside [0, C) -> zero rows
+    return labels, logits, onehot, tf.reduce_sum(onehot, -1)
+
+
+def _cross_entropy(logits, onehot):
+    """Per-pixel cross-entropy (B, H, W); exactly 0, with zero gradient, where onehot is all zero."""
+    return -tf.reduce_sum(onehot * tf.nn.log_softmax(logits, axis=-1), -1)
+
+
+def _mean(per_pixel, labelled):
+    """Mean over the labelled pixels (0 when there are none)."""
+    return tf.reduce_sum(per_pixel * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
 
 
 class CrossEntropy(keras.losses.Loss):
     """Sparse categorical cross-entropy from logits, averaged over the labelled pixels.
 
-    Pixels whose label equals `ignore_index` contribute nothing to the loss or its gradient.
+    Pixels whose label equals `ignore_index` (or lies anywhere outside [0, C)) contribute nothing
+    to the loss or its gradient.
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = None, name: str = "cross_entropy", **kwargs):
@@ -17,17 +48,139 @@ class CrossEntropy(keras.losses.Loss):
         self.num_classes, self.ignore_index = num_classes, ignore_index
 
     def call(self, y_true, y_pred):
-        labels = tf.cast(y_true, tf.int32)
-        logits = tf.cast(y_pred, tf.float32)
-        if self.ignore_index is None:
-            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        valid = tf.not_equal(labels, self.ignore_index)
-        labels = tf.where(valid, labels, tf.zeros_like(labels))
-        per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        valid = tf.cast(valid, tf.float32)
-        # Rescale so that Keras' mean over all pixels equals the mean over the labelled ones.
-        scale = tf.cast(tf.size(valid), tf.float32) / tf.maximum(tf.reduce_sum(valid), 1.0)
-        return per_pixel * valid * scale
+        _, logits, onehot, labelled = _labels_and_logits(y_true, y_pred, self.num_classes)
+        return _mean(_cross_entropy(logits, onehot), labelled)
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "ignore_index": self.ignore_index}
+
+
+class Dice(keras.losses.Loss):
+    """Soft Dice loss (Milletari, Navab, Ahmadi 2016, V-Net, eq. 1), optionally plus cross-entropy.
+
+    For each class c, on softmax probabilities p and one-hot targets g over the labelled pixels,
+
+        D_c = (2 sum(p_c g_c) + smooth) / (sum(p_c^2) + sum(g_c^2) + smooth)   squared_denominator
+        D_c = (2 sum(p_c g_c) + smooth) / (sum(p_c)   + sum(g_c)   + smooth)   otherwise
+
+    summed over each image (`per_image`) or over the whole batch, and the loss is
+    `1 - mean_c D_c` (+ `ce_weight` * mean cross-entropy).  A class absent from both target and
+    prediction has D_c = 1 (nothing to find, nothing found): no loss and, even with `smooth=0`,
+    no NaN.  With `smooth > 0` a class absent from the target costs only what is predicted of it
+    (D_c = smooth / (sum(p_c^2) + smooth)); with `smooth=0` any probability on it costs the full
+    D_c = 0.  `include_background=False` leaves class `background_index` out of the mean.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = None,
+        squared_denominator: bool = True,
+        include_background: bool = True,
+        background_index: int | None = None,
+        smooth: float = 1.0,
+        per_image: bool = False,
+        ce_weight: float = 0.0,
+        name: str = "dice",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if not include_background and not (background_index is not None and 0 <= background_index < num_classes):
+            raise ValueError(
+                f"include_background=False needs the background class: background_index={background_index!r} "
+                f"is not in 0..{num_classes - 1} (set data.background_index)"
+            )
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.squared_denominator, self.smooth, self.per_image, self.ce_weight = squared_denominator, smooth, per_image, ce_weight
+        self.include_background, self.background_index = include_background, background_index
+        self.classes = [c for c in range(num_classes) if include_background or c != background_index]
+
+    def call(self, y_true, y_pred):
+        _, logits, onehot, labelled = _labels_and_logits(y_true, y_pred, self.num_classes)
+        probs = tf.nn.softmax(logits, axis=-1) * labelled[..., None]
+        axes = [1, 2] if self.per_image else [0, 1, 2]
+        intersection = tf.reduce_sum(probs * onehot, axes)
+        if self.squared_denominator:
+            denominator = tf.reduce_sum(tf.square(probs), axes) + tf.reduce_sum(tf.square(onehot), axes)
+        else:
+            denominator = tf.reduce_sum(probs, axes) + tf.reduce_sum(onehot, axes)
+        denominator += self.smooth
+        # The denominator is 0 only for a class absent from target and prediction (with smooth=0):
+        # perfect agreement.  Dividing by 1 there keeps the unselected branch, and so the gradient, finite.
+        occurs = denominator > 0
+        safe = tf.where(occurs, denominator, tf.ones_like(denominator))
+        dice = tf.where(occurs, (2 * intersection + self.smooth) / safe, tf.ones_like(denominator))
+        # A 0/1 class mask rather than tf.gather, whose gradient is a scatter (not deterministic on every GPU).
+        included = tf.constant([float(c in self.classes) for c in range(self.num_classes)])
+        loss = 1.0 - tf.reduce_mean(tf.reduce_sum(dice * included, -1) / len(self.classes))
+        if self.ce_weight:
+            loss += self.ce_weight * _mean(_cross_entropy(logits, onehot), labelled)
+        return loss
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes, "ignore_index": self.ignore_index,
+            "squared_denominator": self.squared_denominator, "include_background": self.include_background,
+            "background_index": self.background_index, "smooth": self.smooth, "per_image": self.per_image,
+            "ce_weight": self.ce_weight,
+        }
+
+
+class WeightedCrossEntropy(keras.losses.Loss):
+    """Class-weighted cross-entropy through per-pixel weights: mean over labelled pixels of
+    `class_weights[label] * CE` (the weighted energy of Ronneberger et al. 2015, U-Net, eq. 1).
+
+    Keras' `class_weight` does not take 3-D targets, hence a loss.  Weights of 2 for every class
+    double the cross-entropy.  `class_weights` are given, or computed before training from the
+    training split by `balancing_weights` (train.py passes them in).
+    """
+
+    def __init__(self, num_classes: int, class_weights, ignore_index: int | None = None, name: str = "weighted_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if isinstance(class_weights, str):
+            raise ValueError(
+                f"class_weights={class_weights!r} must be resolved to numbers from the training split's class "
+                "counts first (seglab.losses.balancing_weights; seglab.train does it)"
+            )
+        weights = [float(w) for w in class_weights]
+        if len(weights) != num_classes or min(weights) < 0:
+            raise ValueError(f"class_weights={weights} needs {num_classes} non-negative numbers, one per class")
+        self.num_classes, self.ignore_index, self.class_weights = num_classes, ignore_index, weights
+
+    def call(self, y_true, y_pred):
+        _, logits, onehot, labelled = _labels_and_logits(y_true, y_pred, self.num_classes)
+        pixel_weights = tf.reduce_sum(onehot * tf.constant(self.class_weights, tf.float32), -1)  # 0 where unlabelled
+        return _mean(pixel_weights * _cross_entropy(logits, onehot), labelled)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "ignore_index": self.ignore_index,
+                "class_weights": self.class_weights}
+
+
+def balancing_weights(method: str, pixels, image_pixels) -> np.ndarray:
+    """Class weights from the training split's counts (see `seglab.data.statistics.class_counts`).
+
+    `pixels[c]`: pixels labelled c; `image_pixels[c]`: labelled pixels of the images containing c.
+
+    - `inverse_frequency`: w_c = N / (C' n_c), N all labelled pixels, C' the classes that occur;
+      the mean weight over pixels is then 1, so the loss keeps the scale of plain cross-entropy.
+    - `median_frequency` (Eigen & Fergus 2015, sec. 4.1): w_c = median(f) / f_c with
+      f_c = pixels[c] / image_pixels[c], the frequency of c in the images where it occurs.
+
+    A class with no training pixels gets weight 0: there is no pixel for its weight to scale.
+    """
+    pixels = np.asarray(pixels, np.float64)
+    image_pixels = np.asarray(image_pixels, np.float64)
+    present = pixels > 0
+    if not present.any():
+        raise ValueError("the training split has no labelled pixels: cannot compute class frequencies")
+    weights = np.zeros_like(pixels)
+    if method == "inverse_frequency":
+        weights[present] = pixels.sum() / (present.sum() * pixels[present])
+    elif method == "median_frequency":
+        frequency = pixels[present] / image_pixels[present]
+        weights[present] = np.median(frequency) / frequency
+    else:
+        raise ValueError(f"class balancing {method!r} is unknown: use inverse_frequency, median_frequency or a list of weights")
+    return weights

@@ -8,7 +8,8 @@ give all-zero one-hot rows and so are not counted.  Each batch is counted exactl
 
 Pixel accuracy, per-class IoU = TP / (TP + FP + FN), Dice = 2 TP / (2 TP + FP + FN), and their
 means over the classes that occur in the target or the prediction (a class absent from both
-has no IoU and is left out of the mean rather than counted as 0 or 1).
+has no IoU: its per-class scores are NaN, and it is left out of the means rather than counted
+as 0 or 1).
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ def _scores_tf(cm):
     dice = tf.math.divide_no_nan(2 * tp, 2 * tp + fp + fn)
     n_present = tf.reduce_sum(tf.cast(present, tf.float64))
     zeros = tf.zeros_like(iou)
+    nan = tf.fill(tf.shape(iou), tf.constant(np.nan, tf.float64))
     return {
         "pixel_accuracy": tf.math.divide_no_nan(tf.reduce_sum(tp), tf.reduce_sum(cm)),
-        "iou": iou,
+        "iou": tf.where(present, iou, nan),
+        "dice": tf.where(present, dice, nan),
         "mean_iou": tf.math.divide_no_nan(tf.reduce_sum(tf.where(present, iou, zeros)), n_present),
         "mean_dice": tf.math.divide_no_nan(tf.reduce_sum(tf.where(present, dice, zeros)), n_present),
     }
@@ -116,7 +119,16 @@ class ScoreView(keras.metrics.Metric):
 
 
 def segmentation_metrics(num_classes: int, class_names: list[str]) -> list[keras.metrics.Metric]:
-    """pixel_accuracy, mean_iou, mean_dice and iou_<class> for every class, sharing one matrix."""
+    """pixel_accuracy, mean_iou, mean_dice, iou_<class> and dice_<class> for every class, sharing one matrix."""
     cm = ConfusionMatrix(num_classes)
-    per_class = [ScoreView(cm, "iou", i, name=f"iou_{name}") for i, name in enumerate(class_names)]
+    per_class = [ScoreView(cm, score, i, name=f"{score}_{name}") for score in ("iou", "dice") for i, name in enumerate(class_names)]
     return [cm, ScoreView(cm, "mean_iou"), ScoreView(cm, "mean_dice"), *per_class]
+
+
+def split_confusion_matrix(model: keras.Model, batches, num_classes: int) -> np.ndarray:
+    """The confusion matrix of `model`'s predictions over a whole split of `(image, mask)` batches."""
+    total = np.zeros((num_classes, num_classes), np.int64)
+    for images, masks in batches:
+        labels = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+        total += confusion_matrix(masks, labels, num_classes).numpy()
+    return total

@@ -60,11 +60,71 @@ class UNetConfig(ModelConfig):
 class LossConfig:
     _target_: str = MISSING
 
+    def check_classes(self, num_classes: int) -> None:
+        """Raise ConfigError if a per-class option does not fit `data.num_classes`."""
+
 
 @dataclass
 class CrossEntropyConfig(LossConfig):
     _target_: str = "seglab.losses.CrossEntropy"
     ignore_index: Optional[int] = None
+
+
+@dataclass
+class DiceConfig(LossConfig):
+    _target_: str = "seglab.losses.Dice"
+    ignore_index: Optional[int] = None
+    squared_denominator: bool = True  # V-Net: sum of squares; false: plain sums
+    include_background: bool = True
+    background_index: Optional[int] = None  # the background class, left out when include_background is false
+    smooth: float = 1.0
+    per_image: bool = False  # Dice of each image, averaged; false: one Dice over the whole batch
+    ce_weight: float = 0.0  # adds ce_weight * cross-entropy (Dice + CE)
+
+    def __post_init__(self) -> None:
+        _require(self.smooth >= 0, "loss.smooth", self.smooth, "use a float >= 0 (e.g. 1.0)")
+        _require(self.ce_weight >= 0, "loss.ce_weight", self.ce_weight, "use a float >= 0 (0: Dice only, 1: Dice + CE)")
+        _require(
+            self.include_background or self.background_index is not None,
+            "loss.include_background",
+            self.include_background,
+            "false needs the background class: set data.background_index (or loss.background_index) to its label",
+        )
+
+    def check_classes(self, num_classes: int) -> None:
+        _require(
+            self.background_index is None or 0 <= self.background_index < num_classes,
+            "loss.background_index",
+            self.background_index,
+            f"use null or a class label in 0..{num_classes - 1}",
+        )
+
+
+BALANCING = ("inverse_frequency", "median_frequency")
+
+
+@dataclass
+class WeightedCrossEntropyConfig(LossConfig):
+    _target_: str = "seglab.losses.WeightedCrossEntropy"
+    ignore_index: Optional[int] = None
+    # A list with one weight per class, or computed from the training split: inverse_frequency | median_frequency
+    class_weights: Any = "median_frequency"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.class_weights, str):
+            _require(self.class_weights in BALANCING, "loss.class_weights", self.class_weights,
+                     f"use {' or '.join(BALANCING)}, or a list of weights, one per class (e.g. [2.0, 2.0, 1.0])")
+        else:
+            weights = list(self.class_weights or [])
+            _require(
+                len(weights) > 0 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights) and any(w > 0 for w in weights),
+                "loss.class_weights", weights, "give non-negative numbers, one per class (e.g. [2.0, 2.0, 1.0])",
+            )
+
+    def check_classes(self, num_classes: int) -> None:
+        if not isinstance(self.class_weights, str):
+            _require(len(self.class_weights) == num_classes, "loss.class_weights", list(self.class_weights),
+                     f"give exactly data.num_classes={num_classes} weights")
 
 
 # --- data --------------------------------------------------------------------------------
@@ -82,6 +142,7 @@ class DataConfig:
     num_classes: int = MISSING
     class_names: list[str] = MISSING
     ignore_index: Optional[int] = None  # label of pixels that count nowhere (e.g. COCO crowd regions)
+    background_index: Optional[int] = None  # label of the background class (shapes/pets: 1, COCO: 0)
     source: Any = MISSING  # `_target_` of a builder returning seglab.data.Splits
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache: Optional[str] = "memory"  # "memory", a file path prefix, or null
@@ -101,6 +162,12 @@ class DataConfig:
             "data.ignore_index",
             self.ignore_index,
             f"use null or a label outside 0..{self.num_classes - 1} (e.g. 255), not a real class",
+        )
+        _require(
+            self.background_index is None or 0 <= self.background_index < self.num_classes,
+            "data.background_index",
+            self.background_index,
+            f"use null or a class label in 0..{self.num_classes - 1}",
         )
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "use an integer >= 1")
 
@@ -193,6 +260,7 @@ class Config:
             f"this model downsamples by {multiple}, so use a multiple of {multiple} "
             f"(e.g. {max(multiple, self.data.image_size // multiple * multiple)})",
         )
+        self.loss.check_classes(self.data.num_classes)
 
 
 def register() -> None:
@@ -200,6 +268,8 @@ def register() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="unet_schema", node=UNetConfig)
     cs.store(group="loss", name="ce_schema", node=CrossEntropyConfig)
+    cs.store(group="loss", name="dice_schema", node=DiceConfig)
+    cs.store(group="loss", name="weighted_schema", node=WeightedCrossEntropyConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="data/source", name="shapes_schema", node=ShapesSourceConfig)
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)

@@ -1,5 +1,5 @@
-"""Everything MLflow, behind a few verbs: `Run.start`, `log_epoch`, `log_masks`, `log_artifact`,
-`log_model`, and the end of the `with` block (FINISHED, FAILED or KILLED; never left RUNNING).
+"""Everything MLflow, behind a few verbs: `Run.start`, `log_epoch`, `log_masks`, `log_figure`,
+`log_artifact`, `log_model`, and the end of the `with` block (FINISHED, FAILED or KILLED; never left RUNNING).
 
 The store is whatever `tracking.uri` says (SQLite file, or an http(s) tracking server with its own
 artifact store); nothing here assumes a local file.  No module-level state: each job of a sweep
@@ -115,6 +115,10 @@ class Run:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib Figure as an image artifact (e.g. `confusion_matrix.png`)."""
+        mlflow.log_figure(figure, artifact_file)
 
     def log_model(self, model, input_example) -> str:
         """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow."""

@@ -3,6 +3,7 @@ Hydra sweeper optimises (`optimize_metric`, best epoch)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -16,9 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, runtime, tracking
-from seglab.data import pipeline
-from seglab.metrics import segmentation_metrics
+from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking, visualize
+from seglab.data import pipeline, statistics
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,15 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name="train", **batches)
         val_ds = pipeline.make(splits.val, training=False, cache_name="val", **batches)
 
+        loss = _build_loss(cfg, splits.train, batches)
+        if isinstance(loss, losses.WeightedCrossEntropy):
+            mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
+
         model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         model.compile(
             optimizer=instantiate(cfg.optimizer),
-            loss=instantiate(cfg.loss, num_classes=data.num_classes),
-            metrics=segmentation_metrics(data.num_classes, list(data.class_names)),
+            loss=loss,
+            metrics=metrics.segmentation_metrics(data.num_classes, list(data.class_names)),
             jit_compile=cfg.trainer.jit_compile,
         )
         mlrun.set_tags({"model.parameters": model.count_params()})
@@ -59,6 +63,11 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             verbose=1 if sys.stdout.isatty() else 2,
         )
 
+        final_cm = metrics.split_confusion_matrix(model, val_ds, data.num_classes)
+        figure = visualize.confusion_matrix_figure(final_cm, list(data.class_names), "validation, after the last epoch")
+        mlrun.log_figure(figure, "confusion_matrix.png")
+        mlrun.log_text(json.dumps({"classes": list(data.class_names), "rows_true_columns_predicted": final_cm.tolist()}),
+                       "confusion_matrix.json")
         mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
         mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
         mlrun.set_tags({"best_epoch": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
@@ -70,6 +79,18 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             cfg.tracking.experiment, cfg.tracking.uri, checkpointer.directory,
         )
     return checkpointer.best
+
+
+def _build_loss(cfg: DictConfig, train_split: tf.data.Dataset, batches: dict) -> keras.losses.Loss:
+    """The configured loss.  Class weights named by a balancing method (e.g. `median_frequency`)
+    are first computed from the label counts of the whole training split (resized, not augmented)."""
+    args = {"num_classes": cfg.data.num_classes}
+    method = cfg.loss.get("class_weights")
+    if isinstance(method, str):
+        counts = statistics.class_counts(pipeline.make(train_split, training=False, **{**batches, "cache": None}), cfg.data.num_classes)
+        args["class_weights"] = losses.balancing_weights(method, counts.pixels, counts.image_pixels).tolist()
+        log.info("loss.class_weights=%s: %s", method, dict(zip(cfg.data.class_names, args["class_weights"])))
+    return instantiate(cfg.loss, **args)
 
 
 def _first_examples(batches: tf.data.Dataset, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,14 @@
-"""Losses against an independent NumPy implementation."""
+"""Losses against hand-computed values and an independent NumPy implementation."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from seglab.losses import CrossEntropy
+from seglab.losses import CrossEntropy, Dice, WeightedCrossEntropy, balancing_weights
+
+C = 3
+IGNORE = 255
+CERTAIN = 50.0  # logit scale at which softmax is one-hot in float32 (exp(-50) ~ 2e-22)
 
 
 def numpy_ce(labels, logits):
@@ -13,29 +17,351 @@ def numpy_ce(labels, logits):
     return -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
 
 
+def numpy_dice_loss(labels, logits, squared=True, smooth=1.0, per_image=False, classes=None):
+    """Milletari et al. 2016, eq. 1, written from the paper with loops over images and classes."""
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    groups = [(labels[b], probs[b]) for b in range(len(labels))] if per_image else [(labels, probs)]
+    losses = []
+    for lab, p in groups:
+        dices = []
+        for c in classes if classes is not None else range(p.shape[-1]):
+            g = (lab == c).astype(np.float64)
+            pc = p[..., c] * ((lab >= 0) & (lab < p.shape[-1]))
+            den = (pc**2).sum() + (g**2).sum() if squared else pc.sum() + g.sum()
+            dices.append((2 * (pc * g).sum() + smooth) / (den + smooth))
+        losses.append(1 - np.mean(dices))
+    return float(np.mean(losses))
+
+
+def random_case(seed, shape=(2, 4, 5)):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, C, size=shape), rng.normal(size=(*shape, C)).astype(np.float32)
+
+
+def loss_and_gradient(loss_fn, labels, logits):
+    logits = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(labels, logits)
+    return float(loss), tape.gradient(loss, logits).numpy()
+
+
+ALL_LOSSES = [
+    CrossEntropy(C, ignore_index=IGNORE),
+    Dice(C, ignore_index=IGNORE),
+    Dice(C, ignore_index=IGNORE, squared_denominator=False, smooth=0.0, per_image=True, ce_weight=1.0),
+    WeightedCrossEntropy(C, class_weights=[2.0, 0.5, 3.0], ignore_index=IGNORE),
+]
+
+
+# --- cross-entropy ---------------------------------------------------------------------
+
+
 def test_cross_entropy_equals_numpy_mean_over_pixels():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(2, 4, 5, 3)).astype(np.float32)
-    labels = rng.integers(0, 3, size=(2, 4, 5))
-    loss = CrossEntropy(num_classes=3)(labels, logits)
+    labels, logits = random_case(0)
+    loss = CrossEntropy(num_classes=C)(labels, logits)
     assert float(loss) == pytest.approx(numpy_ce(labels, logits).mean(), rel=1e-5)
 
 
-def test_ignored_pixels_change_neither_loss_nor_gradient():
-    rng = np.random.default_rng(1)
-    logits = tf.Variable(rng.normal(size=(1, 4, 4, 3)).astype(np.float32))
-    labels = rng.integers(0, 3, size=(1, 4, 4))
-    ignored = labels.copy()
-    ignored[0, :2] = 255
-    loss_fn = CrossEntropy(num_classes=3, ignore_index=255)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(ignored, logits)
-    grad = tape.gradient(loss, logits).numpy()
-    assert float(loss) == pytest.approx(numpy_ce(labels[0, 2:], logits.numpy()[0, 2:]).mean(), rel=1e-5)
-    assert np.all(grad[0, :2] == 0) and np.all(np.isfinite(grad)) and np.abs(grad[0, 2:]).sum() > 0
+def test_labels_with_a_trailing_channel_axis_give_the_same_loss():
+    labels, logits = random_case(2)
+    for loss_fn in ALL_LOSSES:
+        assert float(loss_fn(labels[..., None], logits)) == pytest.approx(float(loss_fn(labels, logits)), rel=1e-6)
 
 
 def test_float16_logits_are_computed_in_float32():
     logits = np.full((1, 2, 2, 2), 30000.0, np.float16)
     loss = CrossEntropy(num_classes=2)(np.zeros((1, 2, 2), np.int32), logits)
     assert loss.dtype == tf.float32 and float(loss) == pytest.approx(np.log(2), rel=1e-3)
+
+
+@pytest.mark.parametrize("loss_fn", ALL_LOSSES, ids=lambda f: f"{type(f).__name__}")
+def test_ignored_pixels_change_neither_loss_nor_gradient(loss_fn):
+    """The loss of an image with its top rows ignored equals the loss of the remaining rows alone;
+    the ignored pixels get exactly zero gradient, whatever their logits."""
+    labels, logits = random_case(1, shape=(2, 6, 4))
+    ignored = labels.copy()
+    ignored[:, :2] = IGNORE
+    loss, grad = loss_and_gradient(loss_fn, ignored, logits)
+    loss_kept, grad_kept = loss_and_gradient(loss_fn, labels[:, 2:], logits[:, 2:])
+    assert loss == pytest.approx(loss_kept, rel=1e-5)
+    assert np.all(grad[:, :2] == 0) and np.abs(grad[:, 2:]).sum() > 0
+    np.testing.assert_allclose(grad[:, 2:], grad_kept, rtol=1e-4, atol=1e-7)
+    scrambled = logits.copy()
+    scrambled[:, :2] = 100 * np.random.default_rng(9).normal(size=scrambled[:, :2].shape)
+    assert loss_fn(ignored, scrambled).numpy() == pytest.approx(loss, rel=1e-6)
+
+
+def test_an_all_ignored_batch_gives_zero_loss_and_gradient_not_nan():
+    labels = np.full((1, 3, 3), IGNORE)
+    for loss_fn in ALL_LOSSES:
+        loss, grad = loss_and_gradient(loss_fn, labels, np.ones((1, 3, 3, C), np.float32))
+        assert loss == 0.0 and np.all(grad == 0), type(loss_fn).__name__
+
+
+@pytest.mark.parametrize("loss_fn", ALL_LOSSES, ids=lambda f: f"{type(f).__name__}")
+def test_gradients_are_finite_even_for_extreme_logits(loss_fn):
+    labels, logits = random_case(3)
+    _, grad = loss_and_gradient(loss_fn, labels, 1e4 * logits)
+    assert np.all(np.isfinite(grad))
+
+
+def numpy_softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_cross_entropy_gradients_equal_the_closed_form():
+    """d/dz of mean_i w_{y_i} CE_i is w_{y_i} (softmax(z_i) - onehot(y_i)) / N."""
+    labels, logits = random_case(10)
+    residual = (numpy_softmax(logits.astype(np.float64)) - np.eye(C)[labels]) / labels.size
+    _, grad = loss_and_gradient(CrossEntropy(C), labels, logits)
+    np.testing.assert_allclose(grad, residual, rtol=1e-4, atol=1e-7)
+    weights = np.array([0.5, 1.0, 4.0])
+    _, grad = loss_and_gradient(WeightedCrossEntropy(C, class_weights=list(weights)), labels, logits)
+    np.testing.assert_allclose(grad, weights[labels][..., None] * residual, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"squared_denominator": False, "per_image": True, "smooth": 0.0}])
+def test_dice_gradient_equals_numpy_finite_differences(kwargs):
+    labels, logits = random_case(11, shape=(2, 2, 3))
+    _, grad = loss_and_gradient(Dice(C, **kwargs), labels, logits)
+    numpy_kwargs = {"squared": kwargs.get("squared_denominator", True), "smooth": kwargs.get("smooth", 1.0),
+                    "per_image": kwargs.get("per_image", False)}
+    step, numeric = 1e-6, np.zeros(logits.shape)
+    z = logits.astype(np.float64)
+    for index in np.ndindex(z.shape):
+        up, down = z.copy(), z.copy()
+        up[index] += step
+        down[index] -= step
+        numeric[index] = (numpy_dice_loss(labels, up, **numpy_kwargs) - numpy_dice_loss(labels, down, **numpy_kwargs)) / (2 * step)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-6)
+
+
+# --- Dice --------------------------------------------------------------------------------
+
+
+def test_perfect_prediction_gives_dice_loss_zero():
+    labels, _ = random_case(4)
+    logits = CERTAIN * np.eye(C, dtype=np.float32)[labels]
+    for kwargs in ({}, {"squared_denominator": False}, {"per_image": True}, {"smooth": 0.0}):
+        assert float(Dice(C, **kwargs)(labels, logits)) == pytest.approx(0.0, abs=1e-6), kwargs
+
+
+def test_soft_partial_overlap_matches_the_closed_form():
+    """Two classes, one row of 4 pixels, labels [0, 0, 1, 1], P(class 0) = [.9, .6, .3, .2].
+    Class 0: intersection .9 + .6 = 1.5; class 1: .7 + .8 = 1.5.
+    Plain sums: sum(p_c) = 2, sum(g_c) = 2         -> D = 3 / 4 for both classes.
+    Squares:    sum(p_0^2) = sum(p_1^2) = 1.30     -> D = 3 / 3.3 for both classes."""
+    labels = np.array([[[0, 0, 1, 1]]])
+    p0 = np.array([0.9, 0.6, 0.3, 0.2])
+    logits = np.log(np.stack([p0, 1 - p0], -1))[None, None].astype(np.float32)
+    assert float(Dice(2, squared_denominator=False, smooth=0.0)(labels, logits)) == pytest.approx(1 - 3 / 4, rel=1e-5)
+    assert float(Dice(2, squared_denominator=True, smooth=0.0)(labels, logits)) == pytest.approx(1 - 3 / 3.3, rel=1e-5)
+
+
+def test_hard_partial_overlap_matches_two_intersection_over_sum():
+    """Confident predictions: D_c = 2 |A & B| / (|A| + |B|).  Target: 6 px of class 1 in a 4x4 of
+    class 0; prediction: 4 of them plus 2 more.  Class 1: 2*4/(6+6); class 0: 2*8/(10+10)."""
+    labels = np.zeros((1, 4, 4), int)
+    labels[0, 0, :3] = labels[0, 1, :3] = 1
+    pred = np.zeros_like(labels)
+    pred[0, 0, 1:3] = pred[0, 1, 1:3] = pred[0, 2, :2] = 1
+    logits = CERTAIN * np.eye(2, dtype=np.float32)[pred]
+    expected = 1 - (2 * 4 / 12 + 2 * 8 / 20) / 2
+    assert float(Dice(2, smooth=0.0)(labels, logits)) == pytest.approx(expected, rel=1e-6)
+    background_left_out = Dice(2, smooth=0.0, include_background=False, background_index=0)
+    assert float(background_left_out(labels, logits)) == pytest.approx(1 - 2 * 4 / 12, rel=1e-6)
+
+
+@pytest.mark.parametrize("squared", [True, False])
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_dice_equals_numpy_implementation(squared, per_image, smooth):
+    labels, logits = random_case(5)
+    loss = Dice(C, squared_denominator=squared, per_image=per_image, smooth=smooth)(labels, logits)
+    assert float(loss) == pytest.approx(numpy_dice_loss(labels, logits, squared, smooth, per_image), rel=1e-5)
+
+
+def test_background_index_chooses_the_class_left_out():
+    labels, logits = random_case(6)
+    for background in range(C):
+        loss = Dice(C, include_background=False, background_index=background)(labels, logits)
+        others = [c for c in range(C) if c != background]
+        assert float(loss) == pytest.approx(numpy_dice_loss(labels, logits, classes=others), rel=1e-5)
+    with pytest.raises(ValueError, match="background_index"):
+        Dice(C, include_background=False, background_index=None)
+
+
+def test_dice_plus_cross_entropy_adds_the_weighted_cross_entropy():
+    labels, logits = random_case(7)
+    loss = Dice(C, ce_weight=0.5)(labels, logits)
+    assert float(loss) == pytest.approx(numpy_dice_loss(labels, logits) + 0.5 * numpy_ce(labels, logits).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"smooth": 0.0}, {"per_image": True, "smooth": 0.0}, {"squared_denominator": False}])
+def test_class_absent_from_target_and_prediction_gives_no_nan_and_no_loss(kwargs):
+    """Only classes 0 and 1 occur and are predicted perfectly; class 2 is nowhere."""
+    labels = np.array([[[0, 1], [1, 0]], [[0, 0], [0, 0]]])  # the second image has class 0 only
+    logits = CERTAIN * np.eye(C, dtype=np.float32)[labels]
+    loss, grad = loss_and_gradient(Dice(C, **kwargs), labels, logits)
+    assert loss == pytest.approx(0.0, abs=1e-6) and np.all(np.isfinite(grad))
+
+
+def test_class_absent_from_target_costs_what_is_predicted_of_it():
+    """Class 2 is absent from the target but predicted with probability q on one pixel of four:
+    D_2 = smooth / (q^2 + smooth), the other two classes stay close to perfect."""
+    labels = np.array([[[0, 1, 0, 1]]])
+    q = 0.5
+    probs = np.eye(C)[labels] * 0.999998 + 1e-6
+    probs[0, 0, 0] = [1 - q - 1e-6, 1e-6, q]
+    loss = float(Dice(C, smooth=1.0)(labels, np.log(probs).astype(np.float32)))
+    assert loss == pytest.approx(numpy_dice_loss(labels, np.log(probs)), rel=1e-5)
+    assert loss > (1 - 1 / (q**2 + 1)) / C  # the false positive is paid for
+
+
+# --- weighted cross-entropy ----------------------------------------------------------------
+
+
+def test_equal_class_weights_scale_the_cross_entropy():
+    labels, logits = random_case(8)
+    ce = float(CrossEntropy(C)(labels, logits))
+    assert float(WeightedCrossEntropy(C, class_weights=[1.0] * C)(labels, logits)) == pytest.approx(ce, rel=1e-6)
+    assert float(WeightedCrossEntropy(C, class_weights=[2.0] * C)(labels, logits)) == pytest.approx(2 * ce, rel=1e-6)
+
+
+def test_class_weights_weigh_each_pixel_by_its_true_class():
+    labels, logits = random_case(9)
+    weights = np.array([0.5, 1.0, 4.0])
+    loss = WeightedCrossEntropy(C, class_weights=list(weights))(labels, logits)
+    assert float(loss) == pytest.approx((weights[labels] * numpy_ce(labels, logits)).mean(), rel=1e-5)
+    # A zero weight removes a class's pixels from the sum but not from the count (mean over labelled pixels).
+    only_class_2 = WeightedCrossEntropy(C, class_weights=[0.0, 0.0, 1.0])(labels, logits)
+    assert float(only_class_2) == pytest.approx(np.where(labels == 2, numpy_ce(labels, logits), 0).mean(), rel=1e-5)
+
+
+def test_weighted_cross_entropy_rejects_unresolved_or_wrong_weights():
+    with pytest.raises(ValueError, match="training split"):
+        WeightedCrossEntropy(C, class_weights="median_frequency")
+    with pytest.raises(ValueError, match="3 non-negative"):
+        WeightedCrossEntropy(C, class_weights=[1.0, 2.0])
+
+
+# --- class-balancing weights ---------------------------------------------------------------
+
+
+def numpy_median_frequency(masks, num_classes):
+    """Eigen & Fergus 2015: freq(c) = pixels of c / pixels of the images where c is present;
+    weight = median(freq) / freq(c)."""
+    freq = {}
+    for c in range(num_classes):
+        images_with_c = [m for m in masks if (m == c).any()]
+        if images_with_c:
+            freq[c] = sum((m == c).sum() for m in images_with_c) / sum(m.size for m in images_with_c)
+    median = np.median(list(freq.values()))
+    return np.array([median / freq[c] if c in freq else 0.0 for c in range(num_classes)])
+
+
+MASKS = np.array([
+    [[0, 0, 1, 1], [1, 1, 1, 1]],  # classes 0 and 1
+    [[1, 1, 1, 1], [1, 1, 1, 2]],  # classes 1 and 2
+    [[1, 1, 1, 1], [1, 1, 1, 1]],  # class 1 only
+])  # class 3 never occurs
+
+
+def counts_of(masks, num_classes):
+    pixels = np.array([(masks == c).sum() for c in range(num_classes)])
+    image_pixels = np.array([sum(m.size for m in masks if (m == c).any()) for c in range(num_classes)])
+    return pixels, image_pixels
+
+
+def test_median_frequency_matches_eigen_and_fergus():
+    weights = balancing_weights("median_frequency", *counts_of(MASKS, 4))
+    np.testing.assert_allclose(weights, numpy_median_frequency(MASKS, 4))
+    # By hand: freq = [2/8, 21/24, 1/8]; median 2/8 -> weights [1, 2/7, 2, 0].
+    np.testing.assert_allclose(weights, [1.0, 2 / 7, 2.0, 0.0])
+
+
+def test_inverse_frequency_weights_average_to_one_over_pixels():
+    pixels, image_pixels = counts_of(MASKS, 4)
+    weights = balancing_weights("inverse_frequency", pixels, image_pixels)
+    # 24 pixels, 3 classes occur: w_c = 24 / (3 n_c) with n = [2, 21, 1].
+    np.testing.assert_allclose(weights, [4.0, 24 / 63, 8.0, 0.0])
+    assert (weights * pixels).sum() / pixels.sum() == pytest.approx(1.0)
+
+
+# --- through the command line ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_dice_and_weighted_log_weights_and_the_final_confusion_matrix(tmp_path):
+    """One sweep, two tiny one-epoch runs: `loss=weighted` logs the median-frequency weights of the
+    training split (checked against Eigen & Fergus computed here on the same synthetic masks), and
+    both runs log the final validation confusion matrix, whose scores are the last logged metrics."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from seglab import metrics
+    from seglab.data import shapes
+    from tests.conftest import TINY, run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_cli("--multirun", "loss=dice,weighted", *TINY, "data.source.train_size=16", "data.source.val_size=8", "trainer.epochs=1",
+            "trainer.mask_samples=0", "tracking.log_model=false", f"tracking.uri={uri}", cwd=tmp_path)
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])}
+    assert sorted(runs) == ["unet-dice-shapes", "unet-weighted-shapes"]
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+    _, train_masks = shapes.generate(16, 32, seed=0)  # the train stream of data.source.seed=0
+    expected = numpy_median_frequency(train_masks, 3)
+    params = runs["unet-weighted-shapes"].data.params
+    assert params["loss.class_weights"] == "median_frequency"
+    logged = [float(params[f"loss.class_weight.{name}"]) for name in ("object", "background", "boundary")]
+    np.testing.assert_allclose(logged, expected, rtol=1e-9)
+    assert "loss.class_weight.object" not in runs["unet-dice-shapes"].data.params
+
+    for run in runs.values():
+        rid = run.info.run_id
+        artifacts = {a.path for a in client.list_artifacts(rid)}
+        assert {"confusion_matrix.png", "confusion_matrix.json"} <= artifacts
+        saved = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/confusion_matrix.json"))
+        cm = np.array(saved["rows_true_columns_predicted"])
+        assert saved["classes"] == ["object", "background", "boundary"] and cm.sum() == 8 * 32 * 32
+        final = metrics.scores(cm)
+        assert run.data.metrics["val_mean_iou"] == pytest.approx(final["mean_iou"], rel=1e-5)
+        assert run.data.metrics["val_dice_boundary"] == pytest.approx(final["dice"][2], rel=1e-5)
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (("loss=dice", "loss.smooth=-1"), "loss.smooth"),
+        (("loss=dice", "loss.ce_weight=-0.5"), "loss.ce_weight"),
+        (("loss=dice", "loss.include_background=false", "data.background_index=null"), "loss.include_background"),
+        (("loss=dice", "loss.background_index=3"), "loss.background_index"),
+        (("data.background_index=3",), "data.background_index"),
+        (("loss=weighted", "loss.class_weights=[1.0,2.0]"), "loss.class_weights"),
+        (("loss=weighted", "loss.class_weights=[1.0,-2.0,1.0]"), "loss.class_weights"),
+        (("loss=weighted", "loss.class_weights=median"), "loss.class_weights"),
+    ],
+)
+def test_loss_schema_rejects_bad_values_naming_the_key(compose_cfg, overrides, key):
+    from seglab import schema
+
+    with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
+        schema.validate(compose_cfg(*overrides))
+
+
+def test_loss_options_build_from_the_composed_config(compose_cfg):
+    from hydra.utils import instantiate
+
+    dice = instantiate(compose_cfg("loss=dice", "loss.include_background=false").loss, num_classes=3)
+    assert isinstance(dice, Dice) and dice.classes == [0, 2]  # shapes: background is class 1
+    weighted = instantiate(compose_cfg("loss=weighted", "loss.class_weights=[2.0,2.0,1.0]").loss, num_classes=3)
+    assert isinstance(weighted, WeightedCrossEntropy) and weighted.class_weights == [2.0, 2.0, 1.0]

@@ -90,3 +90,33 @@ def test_confusion_matrix_is_exact_beyond_float32_integers():
     m.matrix.assign(tf.constant([[2**24 + 1, 0], [0, 0]], tf.int64))
     m.update_state(np.zeros((1, 1, 1)), np.array([[[[1.0, 0.0]]]], np.float32))
     assert int(m.matrix.numpy()[0, 0]) == 2**24 + 2
+
+
+def test_per_class_dice_views_match_hand_values_and_absent_classes_are_nan():
+    """Per-class Dice 2 TP / (2 TP + FP + FN) from HAND_CM; a fourth class, absent from target
+    and prediction, is NaN per class (not a misleading 0) and left out of the means."""
+    ms = metrics.segmentation_metrics(4, ["a", "b", "c", "absent"])
+    logits = np.eye(4, dtype=np.float32)[PRED]
+    for m in ms:
+        m.update_state(TRUE[None], logits[None])
+    results = {m.name: float(m.result()) for m in ms}
+    assert [results[f"dice_{n}"] for n in "abc"] == pytest.approx([6 / 8, 10 / 12, 2 / 4])
+    assert np.isnan(results["dice_absent"]) and np.isnan(results["iou_absent"])
+    assert results["mean_dice"] == pytest.approx(metrics.scores(HAND_CM)["mean_dice"])
+    assert results["mean_iou"] == pytest.approx(metrics.scores(HAND_CM)["mean_iou"])
+
+
+def test_split_confusion_matrix_pools_every_batch_of_the_split():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(5, 4, 4, 3)).astype(np.float32)
+    y = rng.integers(0, 3, size=(5, 4, 4))
+    y[0, 0] = 255  # ignored
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    pred = np.argmax(model.predict(x, verbose=0), -1)
+    expected = np.zeros((3, 3), np.int64)
+    for t, p in zip(y.ravel(), pred.ravel()):
+        if t < 3:
+            expected[t, p] += 1
+    np.testing.assert_array_equal(metrics.split_confusion_matrix(model, batches, 3), expected)

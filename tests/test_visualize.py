@@ -1,0 +1,22 @@
+"""Pictures: the confusion-matrix figure."""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from seglab import visualize
+
+
+def test_confusion_matrix_figure_normalises_rows_and_names_the_classes():
+    cm = np.array([[3, 1, 0], [0, 5, 0], [0, 0, 0]])  # the third class has no true pixels
+    fig = visualize.confusion_matrix_figure(cm, ["object", "background", "boundary"])
+    ax = fig.axes[0]
+    shown = ax.images[0].get_array()
+    np.testing.assert_allclose(shown, [[0.75, 0.25, 0], [0, 1, 0], [0, 0, 0]])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["object", "background", "boundary"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["object", "background", "boundary"]
+    assert "0.75\n3" in [t.get_text() for t in ax.texts]
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    assert Image.open(buffer).size[0] > 100
