@@ -25,9 +25,14 @@ class Splits:
 def check_labels(dataset, num_classes: int, ignore_index: Optional[int], where: str, count: int = LABEL_CHECK_EXAMPLES) -> None:
     """Fail before training if the first masks hold a label that is neither a class nor `ignore_index`."""
     import numpy as np
+    import tensorflow as tf
 
-    for _, mask in dataset.take(count):
-        labels = set(np.unique(mask.numpy()).tolist()) - {ignore_index}
+    try:
+        masks = [mask for _, mask in dataset.take(count).as_numpy_iterator()]
+    except tf.errors.InvalidArgumentError as err:  # e.g. an in-graph check of a source's label range
+        raise DataError(f"{where}: the first examples cannot be read: {err.message.split(' [[')[0]}") from None
+    for mask in masks:
+        labels = set(np.unique(mask).tolist()) - {ignore_index}
         bad = sorted(label for label in labels if not 0 <= label < num_classes)
         if bad:
             raise DataError(

@@ -37,6 +37,10 @@ DOWNLOAD_HOST = ("thor.robots.ox.ac.uk", 443)  # where tfds' oxford_iiit_pet 4.x
 ARCHIVES_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 CLASS_NAMES = ("pet", "background", "border")
 TRIMAP_FIRST_VALUE = 1  # trimaps use 1, 2, 3; labels start at 0
+TRIMAP_RANGE_ERROR = (
+    "an Oxford-IIIT Pet trimap holds a value outside 1..3 (pet, background, border), which data.num_classes=3 "
+    "cannot represent: these masks are not the archive's trimaps"
+)
 TF_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what tf.io.decode_image reads
 MAX_NAMED = 5  # file names quoted in an error message
 SCAN_THREADS = 8  # header reads are I/O-bound
@@ -75,7 +79,7 @@ def trimap_to_labels(trimap):
 
     labels = tf.cast(trimap, tf.int32) - TRIMAP_FIRST_VALUE
     in_range = tf.reduce_all((labels >= 0) & (labels < len(CLASS_NAMES)))
-    with tf.control_dependencies([tf.debugging.Assert(in_range, ["Oxford-IIIT Pet trimap with a value outside 1..3"])]):
+    with tf.control_dependencies([tf.debugging.Assert(in_range, [TRIMAP_RANGE_ERROR])]):
         return tf.identity(labels)
 
 
