@@ -255,6 +255,7 @@ def test_short_training_on_the_folder_source(tmp_path):
     done = run_cli(
         "data=pets", "data.source.kind=folder", f"data.source.path={root}", "data.image_size=32",
         "model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=8", "trainer.mask_samples=2",
+        "tracking.log_model=false",
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path,
     )
     assert "best val_mean_iou" in done.stdout + done.stderr
