@@ -122,7 +122,8 @@ def convert(
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(dict(root=str(root), split=split, **settings), indent=1))
     for stale in out.glob("*.tmp*"):  # left by an interrupted conversion; never read
-        stale.unlink()
+        if not _alive(stale.suffix.removeprefix(".tmp")):  # a live pid: another job converting the same split
+            stale.unlink(missing_ok=True)
     n_shards = min(shards, len(image_ids))
     names = [f"{split}-{i:05d}-of-{n_shards:05d}.tfrecord" for i in range(n_shards)]
     cat_ids = coco.getCatIds(catNms=[category])
@@ -200,6 +201,16 @@ def _write_shard(path: Path, coco, cat_ids, images_dir: Path, image_ids: list[in
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
             bar.update(1)
     os.replace(temporary, path)  # atomic: a shard under its final name is always complete
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
