@@ -78,7 +78,9 @@ class AugmentConfig:
     contrast: float = 0.0  # random contrast factor in [1 - c, 1 + c]; 0 = off
 
     def __post_init__(self) -> None:
-        _require(0.0 < self.crop_min <= 1.0, "data.augment.crop_min", self.crop_min, "use a fraction in (0, 1] (1.0: no scale-crop)")
+        _require(
+            0.0 < self.crop_min <= 1.0, "data.augment.crop_min", self.crop_min, "use a fraction in (0, 1] (1.0: no scale-crop)"
+        )
         _require(0.0 <= self.brightness <= 1.0, "data.augment.brightness", self.brightness, "use a shift in [0, 1] (0: off)")
         _require(0.0 <= self.contrast < 1.0, "data.augment.contrast", self.contrast, "use a range in [0, 1) (0: off)")
 
@@ -155,7 +157,9 @@ class PetsSourceConfig:
             "kind=folder reads the unpacked archives: set data.source.path=DIR (DIR/images, DIR/annotations/trimaps)",
         )
         _require(1 <= self.val_percent <= 50, "data.source.val_percent", self.val_percent, "use an integer from 1 to 50")
-        _require(self.connect_timeout > 0, "data.source.connect_timeout", self.connect_timeout, "use a positive number of seconds")
+        _require(
+            self.connect_timeout > 0, "data.source.connect_timeout", self.connect_timeout, "use a positive number of seconds"
+        )
 
 
 @dataclass
@@ -176,9 +180,8 @@ class CocoCatSourceConfig:
     deterministic: bool = "${deterministic}"  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        _require(
-            0.0 <= self.negative_fraction < 1.0, "data.source.negative_fraction", self.negative_fraction, "use a fraction in [0, 1)"
-        )
+        fraction = self.negative_fraction
+        _require(0.0 <= fraction < 1.0, "data.source.negative_fraction", fraction, "use a fraction in [0, 1)")
         _require(self.shards >= 1, "data.source.shards", self.shards, "use an integer >= 1")
         _require(
             self.ignore_index is None or 2 <= self.ignore_index <= 255, "data.ignore_index", self.ignore_index,
