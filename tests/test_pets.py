@@ -18,6 +18,30 @@ from tests.conftest import run_cli
 TFDS_VERSION = "4.*.*"
 
 
+# --- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (("data.source.kind=folder",), "data.source.path"),  # the folder source needs its folder
+        (("data.source.kind=zip",), "data.source.kind"),
+        (("data.source.val_percent=0",), "data.source.val_percent"),
+        (("data.augment.crop_min=0",), "data.augment.crop_min"),
+    ],
+)
+def test_schema_rejects_bad_pets_settings_naming_the_key(compose_cfg, overrides, key):
+    from seglab import schema
+
+    with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
+        schema.validate(compose_cfg("data=pets", *overrides))
+
+
+def test_pets_config_passes_the_run_settings_to_the_source(compose_cfg):
+    cfg = compose_cfg("data=pets", "deterministic=false")
+    assert cfg.data.source.deterministic is False and cfg.data.source.num_classes == 3 == len(cfg.data.class_names)
+
+
 # --- tfds ------------------------------------------------------------------------------------
 
 
