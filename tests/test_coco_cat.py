@@ -239,3 +239,15 @@ def test_short_training_on_coco_cat(coco, tmp_path):
     assert run.info.status == "FINISHED" and run.data.params["data.ignore_index"] == "255"
     assert {"val_iou_cat", "val_iou_background", "train_loss"} <= set(run.data.metrics)
     assert len(shards(cache)) == 3
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("data.ignore_index=300", "data.ignore_index"), ("data.source.negative_fraction=1.0", "data.source.negative_fraction"),
+     ("data.source.shards=0", "data.source.shards")],
+)
+def test_schema_rejects_bad_coco_settings_naming_the_key(compose_cfg, override, key):
+    from seglab import schema
+
+    with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
+        schema.validate(compose_cfg("data=coco_cat", override))
