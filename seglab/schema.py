@@ -133,6 +133,16 @@ class WeightedCrossEntropyConfig(LossConfig):
 @dataclass
 class AugmentConfig:
     hflip: bool = True
+    crop_min: float = 1.0  # random scale-crop: crop side in [crop_min, 1] x image side, zoomed back; 1.0 = off
+    brightness: float = 0.0  # random brightness shift in [-b, b] (images in [0, 1]); 0 = off
+    contrast: float = 0.0  # random contrast factor in [1 - c, 1 + c]; 0 = off
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 < self.crop_min <= 1.0, "data.augment.crop_min", self.crop_min, "use a fraction in (0, 1] (1.0: no scale-crop)"
+        )
+        _require(0.0 <= self.brightness <= 1.0, "data.augment.brightness", self.brightness, "use a shift in [0, 1] (0: off)")
+        _require(0.0 <= self.contrast < 1.0, "data.augment.contrast", self.contrast, "use a range in [0, 1) (0: off)")
 
 
 @dataclass
@@ -187,6 +197,63 @@ class ShapesSourceConfig:
         _require(self.val_size >= 1, "data.source.val_size", self.val_size, "use an integer >= 1")
         _require(self.max_objects >= 1, "data.source.max_objects", self.max_objects, "use an integer >= 1")
         _require(self.boundary_width >= 1, "data.source.boundary_width", self.boundary_width, "use an integer >= 1")
+
+
+PETS_KINDS = ("tfds", "folder")
+
+
+@dataclass
+class PetsSourceConfig:
+    """Oxford-IIIT Pet from tensorflow-datasets (`kind: tfds`) or from the unpacked archives (`kind: folder`)."""
+
+    _target_: str = "seglab.data.pets.build"
+    kind: str = "tfds"
+    tfds_dir: str = "~/tensorflow_datasets"  # kind=tfds: where `tfds build oxford_iiit_pet` put the data set
+    version: str = "4.*.*"  # kind=tfds: oxford_iiit_pet version
+    path: Optional[str] = None  # kind=folder: DIR with images/ and annotations/trimaps/
+    val_percent: int = 10  # validation = the last val_percent % of the (shuffled, for folder) train split
+    split_seed: int = 0  # kind=folder: seed of the trainval shuffle before the split
+    connect_timeout: float = 5.0  # seconds for the reachability check before a download
+    num_classes: int = "${..num_classes}"  # type: ignore[assignment]
+    deterministic: bool = "${deterministic}"  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        _require(self.kind in PETS_KINDS, "data.source.kind", self.kind, f"choose one of {', '.join(PETS_KINDS)}")
+        _require(
+            self.kind != "folder" or bool(self.path), "data.source.path", self.path,
+            "kind=folder reads the unpacked archives: set data.source.path=DIR (DIR/images, DIR/annotations/trimaps)",
+        )
+        _require(1 <= self.val_percent <= 50, "data.source.val_percent", self.val_percent, "use an integer from 1 to 50")
+        _require(
+            self.connect_timeout > 0, "data.source.connect_timeout", self.connect_timeout, "use a positive number of seconds"
+        )
+
+
+@dataclass
+class CocoCatSourceConfig:
+    """COCO 2017 instances -> binary cat masks, converted once to sharded TFRecords."""
+
+    _target_: str = "seglab.data.coco_cat.build"
+    path: str = "data/coco"  # holds annotations/instances_<split>.json and <split>/ image folders
+    cache_dir: str = "~/.cache/seglab/coco_cat"  # TFRecords, one subfolder per conversion setting
+    category: str = "cat"  # COCO category name (its id is looked up in the annotation file)
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    negative_fraction: float = 0.0  # share of each converted split made of images without the category
+    shards: int = 8  # TFRecord files per split (read in parallel)
+    seed: int = 0  # which cat-free images are picked as negatives
+    ignore_index: Optional[int] = "${..ignore_index}"  # type: ignore[assignment]
+    num_classes: int = "${..num_classes}"  # type: ignore[assignment]
+    deterministic: bool = "${deterministic}"  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        fraction = self.negative_fraction
+        _require(0.0 <= fraction < 1.0, "data.source.negative_fraction", fraction, "use a fraction in [0, 1)")
+        _require(self.shards >= 1, "data.source.shards", self.shards, "use an integer >= 1")
+        _require(
+            self.ignore_index is None or 2 <= self.ignore_index <= 255, "data.ignore_index", self.ignore_index,
+            "COCO masks are stored as 8-bit PNG: use null (crowd counts as cat) or a label in 2..255 (e.g. 255)",
+        )
 
 
 # --- optimizer ---------------------------------------------------------------------------
@@ -272,6 +339,8 @@ def register() -> None:
     cs.store(group="loss", name="weighted_schema", node=WeightedCrossEntropyConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="data/source", name="shapes_schema", node=ShapesSourceConfig)
+    cs.store(group="data/source", name="pets_schema", node=PetsSourceConfig)
+    cs.store(group="data/source", name="coco_cat_schema", node=CocoCatSourceConfig)
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)

@@ -72,3 +72,37 @@ def test_file_cache(tmp_path):
     assert list(tmp_path.glob("cache-train-32*"))
     second = batches(ds, cache=str(tmp_path / "cache"), cache_name="train")
     np.testing.assert_array_equal(first[0][0], second[0][0])
+
+
+def striped(count=32, size=32):
+    """Vertical stripes 4 px wide: white where the mask is 1, black where it is 0."""
+    image = np.zeros((count, size, size, 3), np.uint8)
+    mask = np.zeros((count, size, size), np.uint8)
+    for start in range(0, size, 8):
+        image[:, :, start : start + 4] = 255
+        mask[:, :, start : start + 4] = 1
+    return tf.data.Dataset.from_tensor_slices((image, mask))
+
+
+def test_scale_crop_zooms_image_and_mask_together():
+    out = batches(striped(), image_size=32, batch_size=32, training=True, shuffle_buffer=1,
+                  augment_options={"hflip": False, "crop_min": 0.5})
+    images, masks = out[0]
+    assert set(np.unique(masks)) == {0, 1}
+    # wherever the image is clearly white or black, the mask says the same (blends only at stripe edges)
+    white, black = images[..., 0] > 0.9, images[..., 0] < 0.1
+    assert (masks[white] == 1).all() and (masks[black] == 0).all()
+    assert (white | black).mean() > 0.6
+    stripes_per_row = (np.diff(masks[:, 0, :], axis=1) == 1).sum(axis=1)
+    assert stripes_per_row.min() < stripes_per_row.max()  # zoomed by different amounts
+
+
+def test_brightness_and_contrast_change_images_not_masks():
+    ds, _, masks = dataset(count=8, size=16)
+    plain = batches(ds, image_size=16, batch_size=8, training=True, shuffle_buffer=1, augment_options={"hflip": False})
+    jittered = batches(ds, image_size=16, batch_size=8, training=True, shuffle_buffer=1,
+                       augment_options={"hflip": False, "brightness": 0.3, "contrast": 0.3})
+    (plain_images, plain_masks), (images, jittered_masks) = plain[0], jittered[0]
+    np.testing.assert_array_equal(plain_masks, jittered_masks)
+    assert not np.allclose(plain_images, images)
+    assert 0.0 <= images.min() and images.max() <= 1.0

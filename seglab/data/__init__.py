@@ -8,9 +8,35 @@ turns a split into the batches the model trains on.
 from dataclasses import dataclass
 from typing import Any, Optional
 
+LABEL_CHECK_EXAMPLES = 8  # masks read by `check_labels` before training: enough to catch a wrong config, cheap
+
+
+class DataError(RuntimeError):
+    """The data cannot be read as configured; the message names what is missing and how to fix it."""
+
 
 @dataclass
 class Splits:
     train: Any  # tf.data.Dataset
     val: Any
     test: Optional[Any] = None
+
+
+def check_labels(dataset, num_classes: int, ignore_index: Optional[int], where: str, count: int = LABEL_CHECK_EXAMPLES) -> None:
+    """Fail before training if the first masks hold a label that is neither a class nor `ignore_index`."""
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        masks = [mask for _, mask in dataset.take(count).as_numpy_iterator()]
+    except tf.errors.InvalidArgumentError as err:  # e.g. an in-graph check of a source's label range
+        raise DataError(f"{where}: the first examples cannot be read: {err.message.split(' [[')[0]}") from None
+    for mask in masks:
+        labels = set(np.unique(mask).tolist()) - {ignore_index}
+        bad = sorted(label for label in labels if not 0 <= label < num_classes)
+        if bad:
+            raise DataError(
+                f"{where}: masks contain labels {bad}, but data.num_classes={num_classes} allows 0..{num_classes - 1}"
+                + (f" (and data.ignore_index={ignore_index})" if ignore_index is not None else "")
+                + ": fix data.num_classes / data.ignore_index, or the masks."
+            )

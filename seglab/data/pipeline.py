@@ -25,13 +25,37 @@ def prepare(image, mask, image_size: int):
     return image, tf.cast(mask, tf.int32)
 
 
-def augment(image, mask, seed, hflip: bool):
-    """Random geometric transforms applied identically to image and mask (stateless, seeded)."""
+def augment(image, mask, seed, hflip: bool = True, crop_min: float = 1.0, brightness: float = 0.0, contrast: float = 0.0):
+    """Random transforms, stateless and seeded; the geometric ones move image and mask together.
+
+    Scale-crop picks a square window whose side is uniform in [crop_min, 1] x the image side, at a
+    uniform position, and zooms it back to full size (image bilinear, mask nearest-neighbour).
+    Brightness and contrast change the image only, then clip it to [0, 1].
+    """
     if hflip:
         flip = tf.random.stateless_uniform([], seed=seed) < 0.5
         image = tf.where(flip, tf.reverse(image, axis=[1]), image)
         mask = tf.where(flip, tf.reverse(mask, axis=[1]), mask)
+    if crop_min < 1.0:
+        side = tf.random.stateless_uniform([], seed=_subseed(seed, 1), minval=crop_min, maxval=1.0)
+        top, left = tf.unstack(tf.random.stateless_uniform([2], seed=_subseed(seed, 2)) * (1.0 - side))
+        box = tf.stack([top, left, top + side, left + side])[None]
+        size = tf.shape(image)[:2]
+        image = tf.image.crop_and_resize(image[None], box, [0], size, method="bilinear")[0]
+        mask = tf.image.crop_and_resize(tf.cast(mask, tf.float32)[None, ..., None], box, [0], size, method="nearest")
+        mask = tf.cast(mask[0, ..., 0], tf.int32)
+    if brightness > 0:
+        image = tf.image.stateless_random_brightness(image, brightness, seed=_subseed(seed, 3))
+    if contrast > 0:
+        image = tf.image.stateless_random_contrast(image, 1.0 - contrast, 1.0 + contrast, seed=_subseed(seed, 4))
+    if brightness > 0 or contrast > 0:
+        image = tf.clip_by_value(image, 0.0, 1.0)
     return image, mask
+
+
+def _subseed(seed, index: int):
+    """An independent stateless seed per transform, derived from the element's seed."""
+    return tf.random.experimental.stateless_fold_in(seed, index)
 
 
 def make(

@@ -1,0 +1,244 @@
+"""Oxford-IIIT Pet (Parkhi et al., CVPR 2012): 7,349 photos of 37 cat and dog breeds with pixel trimaps.
+
+Two sources, chosen by `data.source.kind`:
+
+- `tfds` (default): tensorflow-datasets' `oxford_iiit_pet` (4.x) prepared in `data.source.tfds_dir`.
+  Train = `train[:90%]`, validation = `train[90%:]` (with `val_percent: 10`; tfds fixes the order
+  of the train split when it builds the data set, so the split is the same on every machine),
+  test = the official `test` split, in `Splits.test` for an explicit evaluation only.
+- `folder`: the two archives unpacked by hand into `data.source.path` (`images/*.jpg`,
+  `annotations/trimaps/*.png`, and `annotations/trainval.txt` / `test.txt` when present).  The
+  trainval names, sorted, are shuffled with `split_seed` and the last `val_percent` % become the
+  validation split; without `trainval.txt` every image not listed in `test.txt` is trainval.
+  The archive's quirks are handled: `.jpg` files that are really PNG (RGBA) or GIF and grayscale
+  images are decoded to RGB; a file that cannot be decoded is skipped with a warning naming it.
+
+Trimap values 1 pet, 2 background, 3 border are shifted to labels 0, 1, 2 (the order of
+`data=shapes`).  Masks are only ever resized nearest-neighbour (`pipeline.prepare`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from seglab.data import DataError, Splits, check_labels
+
+log = logging.getLogger(__name__)
+
+TFDS_NAME = "oxford_iiit_pet"
+DOWNLOAD_HOST = ("thor.robots.ox.ac.uk", 443)  # where tfds' oxford_iiit_pet 4.x downloads its archives from
+ARCHIVES_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
+CLASS_NAMES = ("pet", "background", "border")
+TRIMAP_FIRST_VALUE = 1  # trimaps use 1, 2, 3; labels start at 0
+TRIMAP_RANGE_ERROR = (
+    "an Oxford-IIIT Pet trimap holds a value outside 1..3 (pet, background, border), which data.num_classes=3 "
+    "cannot represent: these masks are not the archive's trimaps"
+)
+TF_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what tf.io.decode_image reads
+MAX_NAMED = 5  # file names quoted in an error message
+SCAN_THREADS = 8  # header reads are I/O-bound
+
+
+def build(
+    kind: str = "tfds",
+    tfds_dir: str = "~/tensorflow_datasets",
+    version: str = "4.*.*",
+    path: str | None = None,
+    val_percent: int = 10,
+    split_seed: int = 0,
+    connect_timeout: float = 5.0,
+    num_classes: int = len(CLASS_NAMES),
+    deterministic: bool = True,
+) -> Splits:
+    """The `data=pets` source: train, validation and test splits of `(uint8 RGB image, int32 labels)`."""
+    if num_classes != len(CLASS_NAMES):
+        raise DataError(
+            f"data.num_classes={num_classes} contradicts the Oxford-IIIT Pet trimaps, which have {len(CLASS_NAMES)} "
+            f"labels ({', '.join(CLASS_NAMES)}): use data.num_classes={len(CLASS_NAMES)}."
+        )
+    if kind == "tfds":
+        splits = _from_tfds(os.path.expanduser(tfds_dir), version, val_percent, connect_timeout, deterministic)
+    elif kind == "folder":
+        splits = _from_folder(Path(path or "").expanduser(), val_percent, split_seed, deterministic)
+    else:
+        raise DataError(f"data.source.kind={kind!r} is not a pets source: use tfds or folder.")
+    check_labels(splits.train, num_classes, None, f"{TFDS_NAME} ({kind})")
+    return splits
+
+
+def trimap_to_labels(trimap):
+    """Trimap values 1, 2, 3 -> int32 labels 0, 1, 2; any other value stops the pipeline with a clear error."""
+    import tensorflow as tf
+
+    labels = tf.cast(trimap, tf.int32) - TRIMAP_FIRST_VALUE
+    in_range = tf.reduce_all((labels >= 0) & (labels < len(CLASS_NAMES)))
+    with tf.control_dependencies([tf.debugging.Assert(in_range, [TRIMAP_RANGE_ERROR])]):
+        return tf.identity(labels)
+
+
+# --- tensorflow-datasets ---------------------------------------------------------------------
+
+
+def _from_tfds(tfds_dir: str, version: str, val_percent: int, timeout: float, deterministic: bool) -> Splits:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(f"{TFDS_NAME}:{version}", data_dir=tfds_dir)
+    if not builder.is_prepared():
+        # tfds itself would retry the download for minutes without a network; ask once, briefly.
+        _check_reachable(builder.data_dir, tfds_dir, timeout)
+        log.info("preparing %s in %s (downloads about 800 MB once)", TFDS_NAME, tfds_dir)
+        builder.download_and_prepare()
+
+    def read(split: str):
+        examples = builder.as_dataset(split=split, shuffle_files=False)
+        pairs = examples.map(
+            lambda ex: (ex["image"], trimap_to_labels(ex["segmentation_mask"][..., 0])),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
+        known = builder.info.splits[split].num_examples if builder.info.splits else 0
+        return pairs.apply(tf.data.experimental.assert_cardinality(known)) if known else pairs
+
+    cut = 100 - val_percent
+    log.info("%s from tfds: train = train[:%d%%], val = train[%d%%:], test = test", TFDS_NAME, cut, cut)
+    return Splits(train=read(f"train[:{cut}%]"), val=read(f"train[{cut}%:]"), test=read("test"))
+
+
+def _check_reachable(expected_dir: str, tfds_dir: str, timeout: float) -> None:
+    host, port = DOWNLOAD_HOST
+    outcome: dict[str, object] = {}
+
+    def connect() -> None:  # in a thread, so that a hanging name lookup also obeys the timeout
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["ok"] = True
+        except OSError as err:
+            outcome["error"] = err
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if outcome.get("ok"):
+        return
+    reason = outcome.get("error") or f"no answer within {timeout:g} s"
+    raise DataError(
+        f"The data set {TFDS_NAME} is not prepared in data.source.tfds_dir={tfds_dir} (looked for {expected_dir}) "
+        f"and its download server {host} is not reachable ({reason}). Either prepare it on a machine with a network: "
+        f"`tfds build {TFDS_NAME} --data_dir {tfds_dir}` (or copy a prepared {tfds_dir}/{TFDS_NAME} here); or download "
+        f"images.tar.gz and annotations.tar.gz from {ARCHIVES_URL}, unpack both into DIR and run with "
+        f"data.source.kind=folder data.source.path=DIR. data=shapes needs no download and works offline."
+    )
+
+
+# --- the unpacked archives -------------------------------------------------------------------
+
+
+def _from_folder(root: Path, val_percent: int, split_seed: int, deterministic: bool) -> Splits:
+    images_dir, trimaps_dir, lists_dir = root / "images", root / "annotations" / "trimaps", root / "annotations"
+    for folder in (root, images_dir, trimaps_dir):
+        if not folder.is_dir():
+            raise DataError(
+                f"data.source.path={root}: {folder} is not a directory. kind=folder expects the Oxford-IIIT Pet "
+                f"archives (images.tar.gz, annotations.tar.gz from {ARCHIVES_URL}) unpacked into one folder: "
+                f"DIR/images/*.jpg and DIR/annotations/trimaps/*.png."
+            )
+    on_disk = sorted(p.stem for p in images_dir.glob("*.jpg") if not p.name.startswith("._"))  # ._*: macOS forks
+    if not on_disk:
+        raise DataError(f"data.source.path={root}: no *.jpg images in {images_dir}.")
+    test = _read_list(lists_dir / "test.txt")
+    trainval = _read_list(lists_dir / "trainval.txt")
+    if trainval is None:
+        trainval = [name for name in on_disk if name not in set(test or ())]
+    _check_pairs(images_dir, trimaps_dir, trainval + (test or []))
+
+    order = np.random.default_rng(split_seed).permutation(sorted(trainval))
+    n_val = max(1, round(len(order) * val_percent / 100))
+    if len(order) - n_val < 1:
+        raise DataError(f"data.source.path={root}: {len(order)} trainval images are too few to split off a validation set.")
+    train, val = [str(n) for n in order[:-n_val]], [str(n) for n in order[-n_val:]]
+
+    skipped = _undecodable(images_dir, trimaps_dir, trainval + (test or []))
+    if skipped:
+        log.warning("skipped %d of %d image/trimap pairs that cannot be decoded", len(skipped), len(trainval) + len(test or []))
+
+    def split(names):
+        return _decode_pairs(images_dir, trimaps_dir, [n for n in names if n not in skipped], deterministic)
+
+    log.info("%s from %s: %d train, %d val, %d test", TFDS_NAME, root, len(train), len(val), len(test or ()))
+    return Splits(train=split(train), val=split(val), test=split(test) if test else None)
+
+
+def _read_list(path: Path) -> list[str] | None:
+    """Image names from an archive list file (`name class species breed` per line), or None if absent."""
+    if not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _check_pairs(images_dir: Path, trimaps_dir: Path, names: list[str]) -> None:
+    missing = [n for n in names if not (images_dir / f"{n}.jpg").is_file() or not (trimaps_dir / f"{n}.png").is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} images have no matching pair of {images_dir}/<name>.jpg and {trimaps_dir}/<name>.png, "
+            f"e.g. {', '.join(missing[:MAX_NAMED])}. Unpack both archives completely, or remove the names from "
+            f"annotations/trainval.txt / test.txt."
+        )
+
+
+def _undecodable(images_dir: Path, trimaps_dir: Path, names: list[str]) -> set[str]:
+    """Names whose image or trimap cannot be decoded (each logged); a size mismatch is an error instead."""
+    with ThreadPoolExecutor(SCAN_THREADS) as pool:
+        sizes = list(pool.map(lambda n: (_header(images_dir / f"{n}.jpg"), _header(trimaps_dir / f"{n}.png")), names))
+    skipped, mismatched = set(), []
+    for name, (image, trimap) in zip(names, sizes):
+        for problem in (image, trimap):
+            if isinstance(problem, str):
+                log.warning("skipping %s: %s", name, problem)
+                skipped.add(name)
+        if name not in skipped and image != trimap:
+            mismatched.append(f"{name} (image {image[0]}x{image[1]}, trimap {trimap[0]}x{trimap[1]})")
+    if mismatched:
+        raise DataError(f"{len(mismatched)} image/trimap pairs differ in size: {', '.join(mismatched[:MAX_NAMED])}.")
+    return skipped
+
+
+def _header(path: Path) -> tuple[int, int] | str:
+    """(width, height) from the file's header, or why it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.format not in TF_IMAGE_FORMATS:
+                return f"{path} is {image.format}, which TensorFlow cannot decode"
+            size = image.size
+            image.verify()  # PNG: every chunk's checksum; catches truncated files
+            return size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        return f"{path} cannot be decoded ({err})"
+
+
+def _decode_pairs(images_dir: Path, trimaps_dir: Path, names: list[str], deterministic: bool):
+    import tensorflow as tf
+
+    images = [str(images_dir / f"{n}.jpg") for n in names]
+    trimaps = [str(trimaps_dir / f"{n}.png") for n in names]
+
+    def decode(image_path, trimap_path):
+        # decode_image reads the content, not the extension: PNG (RGBA -> RGB), GIF (first frame), grayscale -> RGB
+        image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        trimap = tf.io.decode_image(tf.io.read_file(trimap_path), channels=1, expand_animations=False)
+        trimap.set_shape([None, None, 1])
+        return image, trimap_to_labels(trimap[..., 0])
+
+    pairs = tf.data.Dataset.from_tensor_slices((images, trimaps))
+    return pairs.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
