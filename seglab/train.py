@@ -32,6 +32,8 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
         data = cfg.data
+        # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
+        model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
         batches = dict(
             image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
@@ -40,7 +42,6 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name="train", **batches)
         val_ds = pipeline.make(splits.val, training=False, cache_name="val", **batches)
 
-        model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         model.compile(
             optimizer=instantiate(cfg.optimizer),
             loss=instantiate(cfg.loss, num_classes=data.num_classes),
