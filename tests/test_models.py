@@ -18,6 +18,16 @@ from seglab.models.flops import forward_flops
 from tests.conftest import run_cli
 
 RANDOM = {"weights": None, "trainable": True}
+# A proxy on a closed local port: any download attempt fails at once, even on a machine with network.
+DEAD_PROXY = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+
+
+@pytest.fixture
+def empty_cache_offline(tmp_path, monkeypatch):
+    """KERAS_HOME = tmp_path (no cached weights), and no way to download any."""
+    for name, value in {"KERAS_HOME": str(tmp_path), **DEAD_PROXY}.items():
+        monkeypatch.setenv(name, value)
+    return tmp_path
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))  # Simonyan & Zisserman, table 1, D
 
 
@@ -125,7 +135,8 @@ def test_fcn_loads_an_encoder_weights_file_and_can_freeze_it(tmp_path):
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     vgg.save_weights(tmp_path / "vgg16.weights.h5")
     model = fcn8.build(2, 32, fc_width=8, encoder={"weights": str(tmp_path / "vgg16.weights.h5"), "trainable": False})
-    np.testing.assert_array_equal(model.get_layer("vgg16").get_layer("block5_conv3").kernel.numpy(), vgg.get_layer("block5_conv3").kernel.numpy())
+    loaded = model.get_layer("vgg16").get_layer("block5_conv3").kernel.numpy()
+    np.testing.assert_array_equal(loaded, vgg.get_layer("block5_conv3").kernel.numpy())
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
     assert trainable == {"fc6", "fc7", "score_fr", "upscore2", "score_pool4", "upscore_pool4", "score_pool3", "upscore8"}
 
@@ -139,9 +150,8 @@ def test_weights_file_of_another_architecture_is_explained(tmp_path):
         unet_mobilenet.build(2, 32, encoder={"weights": "nowhere.h5"})
 
 
-def test_imagenet_weights_come_from_the_keras_cache_under_keras_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # any download attempt would fail
+def test_imagenet_weights_come_from_the_keras_cache_under_keras_home(empty_cache_offline):
+    tmp_path = empty_cache_offline
     stand_in = keras.applications.MobileNetV2((96, 96, 3), alpha=0.35, include_top=False, weights=None)
     (tmp_path / "models").mkdir()
     with h5py.File(tmp_path / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5", "w") as f:
@@ -154,13 +164,12 @@ def test_imagenet_weights_come_from_the_keras_cache_under_keras_home(tmp_path, m
 
 @pytest.mark.timeout(60)  # without the reachability check, Keras' download could hang here for minutes
 @pytest.mark.parametrize("name,build", [("MobileNetV2", unet_mobilenet.build), ("VGG16", fcn8.build)])
-def test_missing_imagenet_weights_offline_fail_with_what_to_do(tmp_path, monkeypatch, name, build):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # offline even on a machine with network
+def test_missing_imagenet_weights_offline_fail_with_what_to_do(empty_cache_offline, name, build):
+    tmp_path = empty_cache_offline
     with pytest.raises(encoders.EncoderWeightsUnavailable) as error:
         build(3, 64, encoder={"weights": "imagenet", "trainable": True})
     message = str(error.value)
-    expected_file = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" if name == "MobileNetV2" else fcn8.VGG16_IMAGENET_FILE
+    expected_file = unet_mobilenet.imagenet_file(1.0, 224) if name == "MobileNetV2" else fcn8.VGG16_IMAGENET_FILE
     assert f"{name}" in message and expected_file in message
     assert str(tmp_path / "models" / expected_file) in message  # where to put it
     assert "model.encoder.weights=<path>" in message and "model.encoder.weights=null" in message
@@ -177,7 +186,8 @@ def fit_loss_history(model, learning_rate, epochs):
     x = np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2)
     y = (x[..., 0] > 0.5).astype(np.int32)
     # Eagerly: tracing MobileNetV2's train step takes far longer than these few steps.
-    model.compile(keras.optimizers.Adam(learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(learning_rate), loss, run_eagerly=True)
     return model.fit(x, y, epochs=epochs, batch_size=8, verbose=0).history["loss"]
 
 
@@ -195,7 +205,8 @@ def test_unet_mobilenet_a_few_steps_reduce_the_loss():
 
 
 @pytest.mark.parametrize(
-    "build", [lambda: fcn8.build(3, 32, fc_width=8, encoder=RANDOM), lambda: unet_mobilenet.build(3, 32, alpha=0.35, encoder=RANDOM)]
+    "build",
+    [lambda: fcn8.build(3, 32, fc_width=8, encoder=RANDOM), lambda: unet_mobilenet.build(3, 32, alpha=0.35, encoder=RANDOM)],
 )
 def test_saved_model_reloads_with_plain_keras_and_predicts_the_same(tmp_path, build):
     model = build()
@@ -239,7 +250,8 @@ def test_size_not_a_multiple_of_32_is_rejected_by_the_schema(compose_cfg, model)
 
 @pytest.mark.parametrize("model", ["fcn8", "unet_mobilenet"])
 def test_frozen_random_encoder_is_rejected(compose_cfg, model):
-    with pytest.raises(schema.ConfigError, match="model.encoder.trainable=False is not allowed: a frozen encoder with random weights"):
+    expected = "model.encoder.trainable=False is not allowed: a frozen encoder with random weights"
+    with pytest.raises(schema.ConfigError, match=expected):
         schema.validate(compose_cfg(f"model={model}", "model.encoder.weights=null", "model.encoder.trainable=false"))
 
 
@@ -260,16 +272,25 @@ def test_out_of_range_model_options_name_the_key(compose_cfg, overrides, key):
 
 
 @pytest.mark.slow
-def test_cli_trains_fcn8_from_scratch(tmp_path):
+@pytest.mark.timeout(300)
+def test_cli_sweep_over_encoder_weights_offline(tmp_path):
+    """From scratch, FCN-8s trains; with ImageNet weights neither cached nor downloadable, the job
+    ends FAILED with the fix (one sweep: one TensorFlow start-up for both)."""
     uri = f"sqlite:///{tmp_path}/m.db"
-    run_cli(
-        "model=fcn8", "model.encoder.weights=null", "model.fc_width=8", "data.image_size=32", "data.source.train_size=8",
-        "data.source.val_size=8", "trainer.epochs=1", "trainer.batch_size=8", "trainer.mask_samples=0",
-        f"tracking.uri={uri}", "tracking.log_model=false", cwd=tmp_path,
+    done = run_cli(
+        "--multirun", "model=fcn8", "model.encoder.weights=null,imagenet", "model.fc_width=8", "data.image_size=32",
+        "data.source.train_size=8", "data.source.val_size=8", "trainer.epochs=1", "trainer.batch_size=8",
+        "trainer.mask_samples=0", f"tracking.uri={uri}", "tracking.log_model=false",
+        cwd=tmp_path, check=False, env={"KERAS_HOME": str(tmp_path / "keras"), **DEAD_PROXY},
     )
+    assert done.returncode != 0
+    assert "model.encoder.weights=null" in done.stderr  # the way out, shown to the user
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "fcn8-ce-shapes"
-    assert run.data.params["model.encoder.weights"] == "null" and run.data.params["model.variant"] == "8s"
-    assert int(run.data.tags["model.parameters"]) == fcn_params(3, 8, "8s")
-    assert "val_mean_iou" in run.data.metrics
+    runs = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id], order_by=["start_time"])
+    scratch, imagenet = runs
+    assert scratch.data.params["model.encoder.weights"] == "null" and scratch.info.status == "FINISHED"
+    assert scratch.info.run_name == "fcn8-ce-shapes" and "val_mean_iou" in scratch.data.metrics
+    assert int(scratch.data.tags["model.parameters"]) == fcn_params(3, 8, "8s")
+    assert imagenet.data.params["model.encoder.weights"] == "imagenet" and imagenet.info.status == "FAILED"
+    assert "EncoderWeightsUnavailable" in imagenet.data.tags["error"]
+    assert fcn8.VGG16_IMAGENET_FILE in imagenet.data.tags["error"]

@@ -79,7 +79,8 @@ def imagenet_weights(file_name: str, url: str, what: str) -> str:
 def _download_endpoint(url: str) -> tuple[str, int]:
     """The host Keras' download will connect to: the HTTPS proxy if one is configured, else the server."""
     proxy = urllib.request.getproxies().get("https")
-    target = urllib.parse.urlsplit(proxy if proxy and not urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname) else url)
+    direct = not proxy or urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname or "")
+    target = urllib.parse.urlsplit(url if direct else proxy)
     return target.hostname or "", target.port or (443 if target.scheme == "https" else 80)
 
 

@@ -83,10 +83,12 @@ def build(
         logits = upsample(x, num_classes, 32, "upscore32", dtype="float32")
     else:
         # Section 4.2: 2x upsample the stride-32 scores and add the pool4 scores, then (8s) again with pool3.
-        x = layers.Add(name="fuse_pool4")([upsample(x, num_classes, 2, "upscore2"), score(pool4, num_classes, "score_pool4")])
+        x = upsample(x, num_classes, 2, "upscore2")
+        x = layers.Add(name="fuse_pool4")([x, score(pool4, num_classes, "score_pool4")])
         if variant == "16s":
             logits = upsample(x, num_classes, 16, "upscore16", dtype="float32")
         else:
-            x = layers.Add(name="fuse_pool3")([upsample(x, num_classes, 2, "upscore_pool4"), score(pool3, num_classes, "score_pool3")])
+            x = upsample(x, num_classes, 2, "upscore_pool4")
+            x = layers.Add(name="fuse_pool3")([x, score(pool3, num_classes, "score_pool3")])
             logits = upsample(x, num_classes, 8, "upscore8", dtype="float32")
     return keras.Model(inputs, logits, name=f"fcn{variant}")
