@@ -53,6 +53,69 @@ class UNetConfig(ModelConfig):
         return 2**self.depth
 
 
+@dataclass
+class EncoderConfig:
+    """A pretrained `keras.applications` encoder: `weights` is imagenet, null (random) or a file path."""
+
+    weights: Optional[str] = "imagenet"
+    trainable: bool = True  # false: frozen (feature extraction); true: fine-tuned with the decoder
+
+    def __post_init__(self) -> None:
+        _require(
+            self.weights is not None or self.trainable,
+            "model.encoder.trainable",
+            self.trainable,
+            "a frozen encoder with random weights (model.encoder.weights=null) never learns; "
+            "use model.encoder.trainable=true to train it from scratch, or pretrained weights "
+            "(model.encoder.weights=imagenet or a file path)",
+        )
+
+
+FCN_VARIANTS = ("32s", "16s", "8s")
+
+
+@dataclass
+class FCN8Config(ModelConfig):
+    _target_: str = "seglab.models.fcn8.build"
+    variant: str = "8s"
+    fc_width: int = 1024
+    dropout: float = 0.5
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.variant in FCN_VARIANTS, "model.variant", self.variant, f"choose one of {', '.join(FCN_VARIANTS)}")
+        _require(self.fc_width >= 1, "model.fc_width", self.fc_width, "use an integer >= 1 (the paper uses 4096)")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1) (the paper uses 0.5)")
+
+    def size_multiple(self) -> int:
+        return 32  # VGG16's five 2x2 poolings
+
+
+MOBILENET_V2_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+@dataclass
+class UNetMobileNetConfig(ModelConfig):
+    _target_: str = "seglab.models.unet_mobilenet.build"
+    alpha: float = 1.0
+    dropout: float = 0.0
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.alpha > 0, "model.alpha", self.alpha, "use a positive width multiplier (1.0 is the paper's MobileNetV2)")
+        _require(
+            self.encoder.weights != "imagenet" or self.alpha in MOBILENET_V2_IMAGENET_ALPHAS,
+            "model.alpha",
+            self.alpha,
+            f"Keras has ImageNet weights only for alpha in {list(MOBILENET_V2_IMAGENET_ALPHAS)}; "
+            "use one of those or model.encoder.weights=null",
+        )
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1) (pix2pix uses 0.5)")
+
+    def size_multiple(self) -> int:
+        return 32  # MobileNetV2's total stride
+
+
 # --- loss --------------------------------------------------------------------------------
 
 
@@ -334,6 +397,8 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="unet_schema", node=UNetConfig)
+    cs.store(group="model", name="fcn8_schema", node=FCN8Config)
+    cs.store(group="model", name="unet_mobilenet_schema", node=UNetMobileNetConfig)
     cs.store(group="loss", name="ce_schema", node=CrossEntropyConfig)
     cs.store(group="loss", name="dice_schema", node=DiceConfig)
     cs.store(group="loss", name="weighted_schema", node=WeightedCrossEntropyConfig)

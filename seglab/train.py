@@ -32,6 +32,8 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
         data = cfg.data
+        # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
+        model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
         batches = dict(
             image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
@@ -44,7 +46,6 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         if isinstance(loss, losses.WeightedCrossEntropy):
             mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
 
-        model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         model.compile(
             optimizer=instantiate(cfg.optimizer),
             loss=loss,

@@ -1,0 +1,40 @@
+"""`python -m seglab.models NAME [key=value ...]`: the model summary, parameter count and forward
+GFLOPs per image of `model=NAME` at the configured size (data.image_size, data.num_classes).
+
+    python -m seglab.models unet_mobilenet data.image_size=224 model.encoder.weights=null
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from seglab import schema
+from seglab.__main__ import CONF_DIR
+
+
+def describe(name: str, overrides: list[str]) -> tuple[int, int]:
+    """Print the summary; return (parameters, forward FLOPs per image)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model={name}", *overrides])
+    schema.validate(cfg)
+    from seglab.models.flops import forward_flops  # imports TensorFlow: after validation, as in `python -m seglab`
+
+    model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
+    model.summary(expand_nested=False)
+    params, flops = model.count_params(), forward_flops(model)
+    size = cfg.data.image_size
+    print(f"{name}: {params:,} parameters, {flops / 1e9:.2f} GFLOPs per {size}x{size} image ({cfg.data.num_classes} classes)")
+    return params, flops
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0].startswith("-") or "=" in argv[0]:
+        sys.exit(f"usage: python -m seglab.models NAME [key=value ...]   (NAME: a file of {CONF_DIR}/model/ without .yaml)")
+    describe(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,129 @@
+"""Pretrained `keras.applications` encoders: where their weights come from, and their own input
+preprocessing applied inside the graph (the data pipeline always delivers float RGB in [0, 1]).
+
+`encoder.weights` is `"imagenet"` (Keras' file, from its cache or downloaded), `None` (random
+initialisation, trained from scratch) or a path to a weights file of the same application built
+with `include_top=False` (a `.h5` like Keras' own, or a `.weights.h5` from `save_weights`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+REACHABILITY_TIMEOUT = 3.0  # seconds; Keras' own download has no timeout and can hang offline
+
+# Caffe-style VGG16 preprocessing (keras.applications.vgg16.preprocess_input): BGR, 0..255,
+# minus the ImageNet mean of each channel.
+VGG16_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+class EncoderWeightsUnavailable(RuntimeError):
+    """The ImageNet weights are neither in the Keras cache nor downloadable; the message says what to do."""
+
+
+def options(encoder: Mapping[str, Any] | None) -> tuple[str | None, bool]:
+    """(weights, trainable) of an `encoder: {weights, trainable}` mapping; ImageNet and fine-tuned by default."""
+    encoder = encoder or {}
+    return encoder.get("weights", "imagenet"), bool(encoder.get("trainable", True))
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights: `$KERAS_HOME/models`, else `~/.keras/models`."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "models"
+
+
+def weights_file(weights: str | None, imagenet_file: str, imagenet_subdir: str, what: str) -> str | None:
+    """The weights file to load into the encoder `what`, or None for random initialisation."""
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        return imagenet_weights(imagenet_file, KERAS_WEIGHTS_URL + imagenet_subdir + "/" + imagenet_file, what)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.encoder.weights={weights!r}: no such file (resolved to {path.resolve()}). Give the path of a "
+            f"weights file of {what} with include_top=False, or use model.encoder.weights=imagenet or null."
+        )
+    return str(path)
+
+
+def imagenet_weights(file_name: str, url: str, what: str) -> str:
+    """Keras' ImageNet weights file: from the cache, else downloaded after a short reachability check."""
+    cache_dir = keras_cache_dir()
+    cached = cache_dir / file_name
+    if cached.is_file():
+        return str(cached)
+    host, port = _download_endpoint(url)
+    problem = _unreachable(host, port, REACHABILITY_TIMEOUT)
+    if problem:
+        raise EncoderWeightsUnavailable(
+            f"The ImageNet weights of the {what} encoder are not available: {file_name} is not in the Keras cache "
+            f"({cache_dir}) and {host}:{port} cannot be reached ({problem}). Either download {url} and put it at "
+            f"{cached} (the cache honours KERAS_HOME), or pass a local copy with model.encoder.weights=<path>, "
+            f"or train the encoder from scratch with model.encoder.weights=null."
+        )
+    return keras.utils.get_file(file_name, url, cache_dir=str(cache_dir.parent), cache_subdir="models")
+
+
+def _download_endpoint(url: str) -> tuple[str, int]:
+    """The host Keras' download will connect to: the HTTPS proxy if one is configured, else the server."""
+    proxy = urllib.request.getproxies().get("https")
+    direct = not proxy or urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname or "")
+    target = urllib.parse.urlsplit(url if direct else proxy)
+    return target.hostname or "", target.port or (443 if target.scheme == "https" else 80)
+
+
+def _unreachable(host: str, port: int, timeout: float) -> str | None:
+    """None if a TCP connection to host:port opens within `timeout` seconds, else why not.
+
+    The check runs in a daemon thread because name resolution ignores socket timeouts."""
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no connection within {timeout:g} s"
+
+
+def load(application: keras.Model, path: str | None, what: str) -> None:
+    """Load `path` into the `keras.applications` model, explaining a file of the wrong architecture."""
+    if path is None:
+        return
+    try:
+        application.load_weights(path)
+    except ValueError as err:
+        raise ValueError(
+            f"model.encoder.weights={path!r} does not fit the {what} encoder ({err}). The file must hold the "
+            f"weights of the same application with include_top=False (and the same alpha, for MobileNetV2)."
+        ) from err
+
+
+def mobilenet_v2_preprocessing(x):
+    """[0, 1] -> [-1, 1], as keras.applications.mobilenet_v2.preprocess_input does for 0..255."""
+    return keras.layers.Rescaling(2.0, offset=-1.0, name="mobilenet_v2_preprocessing")(x)
+
+
+def vgg16_preprocessing(x):
+    """[0, 1] RGB -> caffe-style BGR 0..255 minus the ImageNet mean (keras.applications.vgg16.preprocess_input).
+
+    Written with keras.ops, which a functional model saves and reloads without custom classes."""
+    bgr = keras.ops.flip(x, axis=-1)
+    return keras.ops.subtract(keras.ops.multiply(bgr, 255.0), np.asarray(VGG16_MEAN_BGR, np.float32))
