@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import seglab
 from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking, visualize
-from seglab.data import pipeline, statistics
+from seglab.data import cache_name, pipeline, statistics
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
             deterministic=cfg.deterministic, cache=data.cache, shuffle_buffer=data.shuffle_buffer,
         )
-        train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name="train", **batches)
-        val_ds = pipeline.make(splits.val, training=False, cache_name="val", **batches)
+        train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name=cache_name(data, "train"), **batches)
+        val_ds = pipeline.make(splits.val, training=False, cache_name=cache_name(data, "val"), **batches)
 
         loss = _build_loss(cfg, splits.train, batches)
         if isinstance(loss, losses.WeightedCrossEntropy):

@@ -15,6 +15,18 @@ class DataError(RuntimeError):
     """The data cannot be read as configured; the message names what is missing and how to fix it."""
 
 
+def cache_name(data_cfg, split: str) -> str:
+    """A file-cache name unique to the data set, its size and its source settings, so that a run
+    with other data or settings never reads another run's `data.cache` files."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(data_cfg, resolve=True)
+    settings = OmegaConf.to_yaml({key: data[key] for key in ("name", "image_size", "source")})
+    return f"{data_cfg.name}-{split}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+
+
 @dataclass
 class Splits:
     train: Any  # tf.data.Dataset

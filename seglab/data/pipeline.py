@@ -78,7 +78,7 @@ def make(
     if cache == "memory":
         ds = ds.cache()
     elif cache:
-        ds = ds.cache(f"{cache}-{cache_name}-{image_size}")
+        ds = ds.cache(f"{cache}-{cache_name}")  # cache_name: seglab.data.cache_name, unique to the data
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
