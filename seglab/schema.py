@@ -8,6 +8,7 @@ the model cannot take).  Nothing here imports TensorFlow: bad input fails in abo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -22,6 +23,9 @@ class ConfigError(ValueError):
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}.")
+
+
+CLASS_NAME = re.compile(r"[\w.\- ]+")
 
 
 # --- model -------------------------------------------------------------------------------
@@ -230,6 +234,13 @@ class DataConfig:
             list(self.class_names),
             f"give exactly data.num_classes={self.num_classes} names",
         )
+        bad_names = [name for name in self.class_names if not CLASS_NAME.fullmatch(str(name))]
+        _require(
+            not bad_names,
+            "data.class_names",
+            bad_names,
+            "use letters, digits, '_', '-', '.' or spaces (each name becomes part of MLflow metric names, e.g. val_iou_<name>)",
+        )
         _require(
             self.ignore_index is None or not 0 <= self.ignore_index < self.num_classes,
             "data.ignore_index",
@@ -391,6 +402,14 @@ class Config:
             f"(e.g. {max(multiple, self.data.image_size // multiple * multiple)})",
         )
         self.loss.check_classes(self.data.num_classes)
+        ignore = getattr(self.loss, "ignore_index", None)
+        _require(
+            ignore is None or not 0 <= ignore < self.data.num_classes,
+            "loss.ignore_index",
+            ignore,
+            f"use null or a label outside 0..{self.data.num_classes - 1} (e.g. 255): the metrics count every label in "
+            "that range as a class; to leave a class out, relabel it to data.ignore_index in the data",
+        )
 
 
 def register() -> None:

@@ -90,3 +90,15 @@ def test_cli_rejects_bad_input_quickly_with_nonzero_exit(tmp_path, args, expecte
     assert expected in done.stderr + done.stdout
     assert elapsed < 10, f"bad input took {elapsed:.1f}s to reject"
     assert not (tmp_path / "mlflow.db").exists()  # rejected before any run was opened
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ('data.class_names=[object,"back(ground)",boundary]', "data.class_names"),  # MLflow rejects '(' in metric names
+        ("loss.ignore_index=2", "loss.ignore_index"),  # a real class cannot be ignored by the loss alone
+    ],
+)
+def test_schema_rejects_values_that_would_fail_mid_training(compose_cfg, override, key):
+    with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
+        schema.validate(compose_cfg(override))
