@@ -18,20 +18,30 @@ def mlflow_name(key: str) -> str:
 
 
 class MetricsLogger(keras.callbacks.Callback):
-    """Every epoch: train and validation metrics, epoch time and throughput, with step=epoch."""
+    """Every epoch (MLflow step = 0-based epoch): train and validation metrics, the seconds of the
+    whole epoch and of its training part, and training throughput (validation excluded)."""
 
     def __init__(self, run, train_images: int):
         super().__init__()
         self.run, self.train_images = run, train_images
+        self._train_seconds: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._train_seconds = None
+
+    def on_test_begin(self, logs=None):
+        # fit passes its callbacks to the validation pass too: the training part ends here.
+        if self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._start
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._start
+        train_seconds = self._train_seconds if self._train_seconds is not None else seconds
         metrics = {mlflow_name(k): float(v) for k, v in (logs or {}).items()}
         metrics["epoch_seconds"] = seconds
-        metrics["train_images_per_second"] = self.train_images / seconds
+        metrics["train_seconds"] = train_seconds
+        metrics["train_images_per_second"] = self.train_images / train_seconds
         self.run.log_epoch(metrics, epoch)
 
 
@@ -44,8 +54,9 @@ class MaskLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logits = self.model(self.images, training=False)
-        pred = np.argmax(np.asarray(logits), axis=-1)
-        self.run.log_masks(visualize.mask_grid(self.images, self.masks, pred), epoch)
+        logits = np.asarray(logits)
+        grid = visualize.mask_grid(self.images, self.masks, np.argmax(logits, axis=-1), num_classes=logits.shape[-1])
+        self.run.log_masks(grid, epoch)
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -58,7 +69,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.monitor = monitor
         self.maximize = not monitor.endswith("loss")
         self.best = -math.inf if self.maximize else math.inf
-        self.best_epoch: int | None = None
+        self.best_epoch: int | None = None  # 0-based, as Keras' callbacks and MLflow's steps count
 
     @property
     def last_path(self) -> Path:

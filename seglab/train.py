@@ -71,7 +71,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
                        "confusion_matrix.json")
         mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
         mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
-        mlrun.set_tags({"best_epoch": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
+        mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
         if cfg.tracking.log_model:
             mlrun.log_model(checkpoint.inference_model(model), input_example=sample_images[:1])
         log.info(

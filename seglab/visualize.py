@@ -16,9 +16,16 @@ CM_INCHES_PER_CLASS, CM_MAX_INCHES = 0.9, 16.0
 CM_MAX_ANNOTATED_CLASSES = 15  # beyond this the numbers in the cells would not be readable
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """(H, W) integer labels -> (H, W, 3) uint8 colours; labels outside the palette wrap around."""
-    return PALETTE[np.mod(labels, len(PALETTE))]
+IGNORED_COLOUR = np.array([0, 0, 0], np.uint8)
+
+
+def colorize(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """(H, W) integer labels -> (H, W, 3) uint8 colours.  Labels outside 0..num_classes-1 (an
+    ignore_index such as COCO's crowd 255) are black; past the palette, colours wrap around."""
+    colours = PALETTE[np.mod(labels, len(PALETTE))]
+    if num_classes is not None:
+        colours[(labels < 0) | (labels >= num_classes)] = IGNORED_COLOUR
+    return colours
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
@@ -27,13 +34,17 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA)
     return ((1 - alpha) * rgb + alpha * colorize(labels)).clip(0, 255).astype(np.uint8)
 
 
-def mask_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """One row per sample: input | true mask | predicted mask over the input (uint8 RGB)."""
+def mask_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray | None = None, num_classes: int | None = None) -> np.ndarray:
+    """One row per sample: input | true mask [| predicted mask over the input] (uint8 RGB).
+    `images` are float RGB in [0, 1]; true labels outside 0..num_classes-1 show black."""
     rows = []
-    for image, t, p in zip(images, true, pred):
+    for i, image in enumerate(images):
         rgb = (np.asarray(image, np.float32) * 255).clip(0, 255).astype(np.uint8)
         gap = np.full((rgb.shape[0], SEPARATOR_PX, 3), 255, np.uint8)
-        rows.append(np.concatenate([rgb, gap, colorize(t), gap, overlay(rgb, p)], axis=1))
+        panels = [rgb, gap, colorize(true[i], num_classes)]
+        if pred is not None:
+            panels += [gap, overlay(rgb, pred[i])]
+        rows.append(np.concatenate(panels, axis=1))
         rows.append(np.full((SEPARATOR_PX, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
 

@@ -21,7 +21,8 @@ def test_benchmark_prints_images_per_second_and_writes_samples(tmp_path):
     rates = re.search(r"first pass (\d+) images/s .* later passes (\d+) images/s", done.stdout)
     assert rates and int(rates.group(2)) > 0, done.stdout
     grid = np.asarray(Image.open(out))
-    assert grid.shape == (4 * 32, 2 * 32 + 2, 3)  # 4 samples: image | mask
+    gap = 2  # seglab.visualize.SEPARATOR_PX
+    assert grid.shape == (4 * 32 + 3 * gap, 2 * 32 + gap, 3)  # 4 samples: image | mask
 
 
 def test_benchmark_rejects_bad_overrides_like_the_runner(tmp_path):

@@ -20,3 +20,14 @@ def test_confusion_matrix_figure_normalises_rows_and_names_the_classes():
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     assert Image.open(buffer).size[0] > 100
+
+
+def test_ignored_labels_are_black_not_a_class_colour():
+    from seglab import visualize
+
+    labels = np.array([[0, 1, 255]])
+    colours = visualize.colorize(labels, num_classes=2)
+    np.testing.assert_array_equal(colours[0, 2], [0, 0, 0])
+    assert not (colours[0, :2] == 0).all(axis=-1).any()
+    grid = visualize.mask_grid(np.zeros((1, 1, 3, 3)), labels[None], labels[None].clip(0, 1), num_classes=2)
+    assert grid.shape == (1, 3 * 3 + 2 * visualize.SEPARATOR_PX, 3)

@@ -36,18 +36,14 @@ def images_per_second(batches, passes: int) -> list[float]:
     return rates
 
 
-def sample_grid(batches, count: int):
+def sample_grid(batches, count: int, num_classes: int):
     """(rows of image | coloured mask) as uint8 RGB, from the first `count` training examples."""
     import numpy as np
 
     from seglab import visualize
 
-    rows = []
-    for image, mask in batches.unbatch().take(count).as_numpy_iterator():
-        rgb = (image * 255).clip(0, 255).astype(np.uint8)
-        gap = np.full((rgb.shape[0], visualize.SEPARATOR_PX, 3), 255, np.uint8)
-        rows.append(np.concatenate([rgb, gap, visualize.colorize(mask)], axis=1))
-    return np.concatenate(rows, axis=0)
+    images, masks = zip(*batches.unbatch().take(count).as_numpy_iterator())
+    return visualize.mask_grid(np.stack(images), np.stack(masks), num_classes=num_classes)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -77,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     rates = images_per_second(batches, max(args.passes, 2))
     result = {"first_pass_images_per_second": rates[0], "images_per_second": sum(rates[1:]) / len(rates[1:])}
     out = args.out or f"data-{args.name}.png"
-    Image.fromarray(sample_grid(batches, args.samples)).save(out)
+    Image.fromarray(sample_grid(batches, args.samples, data.num_classes)).save(out)
     print(
         f"data={args.name} image_size={data.image_size} batch_size={cfg.trainer.batch_size} cache={data.cache}: "
         f"first pass {result['first_pass_images_per_second']:.0f} images/s (read, decode, cache), "

@@ -19,7 +19,6 @@ from seglab.models import encoders
 SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "block_16_project")
 DECODER_FILTERS = (512, 256, 128, 64)
 IMAGENET_SIZES = (96, 128, 160, 192, 224)  # Keras has ImageNet weights trained at these input sizes
-IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 def imagenet_file(alpha: float, image_size: int) -> str:
