@@ -93,11 +93,12 @@ def test_confusion_matrix_is_exact_beyond_float32_integers():
 
 
 def test_one_batch_with_more_pixels_than_float32_counts_exactly():
-    """2**24 + 3 pixels in one batch (16 images of 1024 px is about that): float32 sums would stop at 2**24."""
-    labels = np.zeros(2**24 + 3, np.int32)
+    """A cell of 2**24 + 3 pixels in one batch (16 images of 1024 px is about that many): float32
+    cannot represent it (it rounds to 2**24 + 4)."""
+    labels = np.zeros(2**24 + 8, np.int32)
     labels[:5] = 1
     cm = metrics.confusion_matrix(labels, np.zeros_like(labels), 2).numpy()
-    np.testing.assert_array_equal(cm, [[2**24 - 2, 0], [5, 0]])
+    np.testing.assert_array_equal(cm, [[2**24 + 3, 0], [5, 0]])
 
 
 def test_per_class_dice_views_match_hand_values_and_absent_classes_are_nan():
