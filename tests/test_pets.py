@@ -115,14 +115,17 @@ def test_num_classes_other_than_three_is_rejected():
         pets.build(kind="folder", path="/nonexistent", num_classes=4)
 
 
-def test_tfds_missing_offline_fails_fast_and_says_what_to_do(tmp_path):
+def test_tfds_missing_offline_fails_fast_and_says_what_to_do(tmp_path, monkeypatch):
+    # A proxy on a closed local port: the download cannot start, even on a machine with network.
+    for name, value in {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}.items():
+        monkeypatch.setenv(name, value)
     empty = tmp_path / "no-tfds-here"
     start = time.perf_counter()
     with pytest.raises(DataError) as error:
         pets.build(kind="tfds", tfds_dir=str(empty), connect_timeout=3)
     assert time.perf_counter() - start < 60  # the bound is 30 s; tfds alone retries for ~200 s
     message = str(error.value)
-    for expected in ("oxford_iiit_pet", str(empty), "tfds build oxford_iiit_pet", "data.source.kind=folder", "data=shapes"):
+    for expected in ("oxford_iiit_pet", str(empty), "127.0.0.1:9", "tfds build oxford_iiit_pet", "data.source.kind=folder", "data=shapes"):
         assert expected in message
 
 

@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from seglab import net
 from seglab.data import DataError, Splits, check_labels
 
 log = logging.getLogger(__name__)
 
 TFDS_NAME = "oxford_iiit_pet"
-DOWNLOAD_HOST = ("thor.robots.ox.ac.uk", 443)  # where tfds' oxford_iiit_pet 4.x downloads its archives from
+DOWNLOAD_URL = "https://thor.robots.ox.ac.uk/"  # where tfds' oxford_iiit_pet 4.x downloads its archives from
 ARCHIVES_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 CLASS_NAMES = ("pet", "background", "border")
 TRIMAP_FIRST_VALUE = 1  # trimaps use 1, 2, 3; labels start at 0
@@ -113,25 +112,12 @@ def _from_tfds(tfds_dir: str, version: str, val_percent: int, timeout: float, de
 
 
 def _check_reachable(expected_dir: str, tfds_dir: str, timeout: float) -> None:
-    host, port = DOWNLOAD_HOST
-    outcome: dict[str, object] = {}
-
-    def connect() -> None:  # in a thread, so that a hanging name lookup also obeys the timeout
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome["ok"] = True
-        except OSError as err:
-            outcome["error"] = err
-
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if outcome.get("ok"):
+    problem = net.unreachable(DOWNLOAD_URL, timeout)
+    if problem is None:
         return
-    reason = outcome.get("error") or f"no answer within {timeout:g} s"
     raise DataError(
         f"The data set {TFDS_NAME} is not prepared in data.source.tfds_dir={tfds_dir} (looked for {expected_dir}) "
-        f"and its download server {host} is not reachable ({reason}). Either prepare it on a machine with a network: "
+        f"and its download cannot start ({problem}). Either prepare it on a machine with a network: "
         f"`tfds build {TFDS_NAME} --data_dir {tfds_dir}` (or copy a prepared {tfds_dir}/{TFDS_NAME} here); or download "
         f"images.tar.gz and annotations.tar.gz from {ARCHIVES_URL}, unpack both into DIR and run with "
         f"data.source.kind=folder data.source.path=DIR. data=shapes needs no download and works offline."

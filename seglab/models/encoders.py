@@ -9,16 +9,14 @@ with `include_top=False` (a `.h5` like Keras' own, or a `.weights.h5` from `save
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+
+from seglab import net
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 REACHABILITY_TIMEOUT = 3.0  # seconds; Keras' own download has no timeout and can hang offline
@@ -64,43 +62,15 @@ def imagenet_weights(file_name: str, url: str, what: str) -> str:
     cached = cache_dir / file_name
     if cached.is_file():
         return str(cached)
-    host, port = _download_endpoint(url)
-    problem = _unreachable(host, port, REACHABILITY_TIMEOUT)
+    problem = net.unreachable(url, REACHABILITY_TIMEOUT)
     if problem:
         raise EncoderWeightsUnavailable(
             f"The ImageNet weights of the {what} encoder are not available: {file_name} is not in the Keras cache "
-            f"({cache_dir}) and {host}:{port} cannot be reached ({problem}). Either download {url} and put it at "
+            f"({cache_dir}) and the download cannot start ({problem}). Either download {url} and put it at "
             f"{cached} (the cache honours KERAS_HOME), or pass a local copy with model.encoder.weights=<path>, "
             f"or train the encoder from scratch with model.encoder.weights=null."
         )
     return keras.utils.get_file(file_name, url, cache_dir=str(cache_dir.parent), cache_subdir="models")
-
-
-def _download_endpoint(url: str) -> tuple[str, int]:
-    """The host Keras' download will connect to: the HTTPS proxy if one is configured, else the server."""
-    proxy = urllib.request.getproxies().get("https")
-    direct = not proxy or urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname or "")
-    target = urllib.parse.urlsplit(url if direct else proxy)
-    return target.hostname or "", target.port or (443 if target.scheme == "https" else 80)
-
-
-def _unreachable(host: str, port: int, timeout: float) -> str | None:
-    """None if a TCP connection to host:port opens within `timeout` seconds, else why not.
-
-    The check runs in a daemon thread because name resolution ignores socket timeouts."""
-    outcome: list[str | None] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        except OSError as err:
-            outcome.append(f"{type(err).__name__}: {err}")
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return outcome[0] if outcome else f"no connection within {timeout:g} s"
 
 
 def load(application: keras.Model, path: str | None, what: str) -> None:
@@ -109,6 +79,11 @@ def load(application: keras.Model, path: str | None, what: str) -> None:
         return
     try:
         application.load_weights(path)
+    except OSError as err:  # h5py: a truncated or corrupt file, e.g. from an interrupted download
+        raise ValueError(
+            f"The weights file {path} of the {what} encoder cannot be read ({err}). It may be incomplete: delete it "
+            f"and run again to download it, or pass a good copy with model.encoder.weights=<path>."
+        ) from err
     except ValueError as err:
         raise ValueError(
             f"model.encoder.weights={path!r} does not fit the {what} encoder ({err}). The file must hold the "
