@@ -2,4 +2,5 @@
 # seglab's tests) plus the PostgreSQL driver and the S3 client it needs for this stack.
 ARG MLFLOW_VERSION=3.17.2
 FROM ghcr.io/mlflow/mlflow:v${MLFLOW_VERSION}
-RUN pip install --no-cache-dir "psycopg2-binary>=2.9" "boto3>=1.34"
+# SQLAlchemy 2.1 reads postgresql:// with psycopg 3.
+RUN pip install --no-cache-dir "psycopg[binary]>=3.1" "boto3>=1.34"
