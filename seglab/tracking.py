@@ -154,7 +154,7 @@ class Run:
         if self.failed is not None:
             log.warning(
                 "MLflow run %s is incomplete: logging failed at %s; not logged after that: %s.",
-                self.run_id, self.failed, ", ".join(self.skipped) or "nothing",
+                self.run_id, self.failed, _summary(self.skipped),
             )
         try:  # after a failure: once, best-effort, the server may be back
             mlflow.end_run(status)  # pops the active run even when the server does not answer
@@ -231,6 +231,12 @@ def run_experiment_and_name(run_id: str, tracking_uri: str) -> tuple[str, str]:
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     return client.get_experiment(run.info.experiment_id).name, run.info.run_name
+
+
+def _summary(items: list[str], shown: int = 4) -> str:
+    if len(items) <= 2 * shown:
+        return ", ".join(items) or "nothing"
+    return f"{len(items)} calls: {', '.join(items[:shown])}, ..., {', '.join(items[-shown:])}"
 
 
 def _first_line(err: BaseException) -> str:

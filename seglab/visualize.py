@@ -34,3 +34,31 @@ def mask_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndar
         rows.append(np.concatenate([rgb, gap, colorize(t), gap, overlay(rgb, p)], axis=1))
         rows.append(np.full((SEPARATOR_PX, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
+
+
+def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "confusion matrix"):
+    """A matplotlib figure of a confusion matrix (rows true, columns predicted): colour is the
+    share of each true class, the text the pixel count, so rare classes stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, np.int64)
+    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = 1.2 + 0.9 * len(class_names)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, label="share of the true class")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in ticks:
+        for j in ticks:
+            ax.text(j, i, f"{shares[i, j]:.2f}\n{cm[i, j]:,}", ha="center", va="center", fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return fig
