@@ -2,11 +2,14 @@
 started as local processes from the compose settings; and what happens when the server is not
 there, or goes away in the middle of a run."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -15,7 +18,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from tests.conftest import ROOT, TINY, run_cli
-from tests.tracking_stack import free_port, mlflow_server, stop
+from tests.tracking_stack import free_port, mlflow_server, start, stop, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +97,28 @@ def test_server_going_away_mid_run_lets_training_finish(tmp_path):
     with np.load(tmp_path / "out/checkpoints/last.state.npz") as state:
         assert int(state["epoch"]) == epochs  # every epoch trained
     assert (tmp_path / "out/checkpoints/best.keras").stat().st_size > 0
+
+
+def test_logged_model_is_servable_and_answers_a_json_request(tracking_stack, stack_run, tmp_path):
+    """`mlflow models serve -m runs:/<id>/model --env-manager local`, and the request README documents."""
+    run_id, _, _ = stack_run
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_stack.uri, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the server runs `uvicorn` from PATH
+    server = start([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
+                    "-h", "127.0.0.1", "-p", str(port)], tmp_path / "serve.log", env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
+        images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": images.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = np.array(json.loads(response.read())["predictions"], np.float32)
+    finally:
+        stop(server)
+    assert predictions.shape == (2, 32, 32, 3)  # logits per class
+    mlflow.set_tracking_uri(tracking_stack.uri)
+    local = mlflow.tensorflow.load_model(f"runs:/{run_id}/model").predict(images, verbose=0)
+    np.testing.assert_allclose(predictions, local, rtol=1e-4, atol=1e-4)
