@@ -25,6 +25,8 @@ def test_run_page_shows_mask_images_and_metric_charts(tracking_stack, stack_run,
             page.set_default_timeout(UI_TIMEOUT_MS)
             page.goto(f"{tracking_stack.uri}/#/experiments/{experiment_id}/runs/{run_id}")
             page.get_by_role("heading", name="unet-ce-shapes").wait_for()
+            if page.get_by_role("button", name="Close").count():  # MLflow 3's assistant panel takes a third of the page
+                page.get_by_role("button", name="Close").first.click()
             page.get_by_role("tab", name="Model metrics").click()
             page.get_by_placeholder("Search metric charts").fill("val_m")  # val_masks, val_mean_iou, val_mean_dice
             # A metric chart, drawn by plotly, with its title ...
@@ -38,6 +40,9 @@ def test_run_page_shows_mask_images_and_metric_charts(tracking_stack, stack_run,
             masks = page.eval_on_selector_all(
                 "img", "els => els.filter(e => e.src.includes('val_masks')).map(e => [e.naturalWidth, e.naturalHeight])"
             )
+            image = page.locator("img[src*='val_masks']").first
+            image.scroll_into_view_if_needed()
+            assert image.is_visible()
             page.screenshot(path=str(tmp_path / "run-page.png"))
         finally:
             browser.close()
