@@ -1,4 +1,5 @@
-"""`python -m seglab.evaluate` on a model from the tracking stack: a new run linked to the training run."""
+"""`python -m seglab.evaluate` on a model from the tracking stack: a new run linked to the training run.
+The entry point is called in this process (TensorFlow is loaded once); the last test runs the command line."""
 
 import json
 import os
@@ -24,16 +25,14 @@ def eval_runs(client, run_id):
     )
 
 
-def test_evaluate_logs_test_scores_and_confusion_matrix_to_a_linked_run(tracking_stack, stack_run, tmp_path):
+def test_evaluate_logs_test_scores_and_confusion_matrix_to_a_linked_run(tracking_stack, stack_run, capsys):
+    from seglab import evaluate
+
     run_id, _, _ = stack_run
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run(
-        [sys.executable, "-m", "seglab.evaluate", f"model_uri=runs:/{run_id}/model", "data=shapes", *SMALL,
-         "data.source.test_size=12", f"tracking.uri={tracking_stack.uri}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "test split (12,288 pixels)" in done.stdout and "test_mean_iou" in done.stdout
+    argv = [f"model_uri=runs:/{run_id}/model", "data=shapes", *SMALL, "data.source.test_size=12", f"tracking.uri={tracking_stack.uri}"]
+    assert evaluate.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "test split (12,288 pixels)" in printed and "test_mean_iou" in printed
     client = MlflowClient(tracking_stack.uri)
     (run,) = [r for r in eval_runs(client, run_id) if r.data.tags["seglab.split"] == "test"]
     assert run.info.status == "FINISHED" and run.info.run_name == "eval-unet-ce-shapes"
@@ -57,3 +56,11 @@ def test_without_a_test_split_evaluate_uses_validation_and_says_so(tracking_stac
     client = MlflowClient(tracking_stack.uri)
     (run,) = [r for r in eval_runs(client, run_id) if r.data.tags["seglab.split"] == "val"]
     assert "val_mean_iou" in run.data.metrics and "test_mean_iou" not in run.data.metrics
+
+
+def test_evaluate_command_line_without_model_uri_says_how_to_call_it(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "seglab.evaluate", "data=shapes"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "give model_uri=<uri> exactly once; usage: `python -m seglab.evaluate model_uri=" in done.stderr

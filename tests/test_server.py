@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from tests.conftest import ROOT, TINY, run_cli
-from tests.tracking_stack import free_port, mlflow_server, start, stop, wait_http
+from tests.tracking_stack import free_port, start, stop, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -62,23 +62,24 @@ def test_server_down_at_start_fails_in_seconds_naming_the_uri(tmp_path):
     assert seconds < 60, f"took {seconds:.0f} s"  # generous: Python, Hydra and MLflow start-up on a busy machine; no retries
 
 
-def test_server_going_away_mid_run_lets_training_finish(tmp_path):
-    """The server is killed after the first epoch is logged: training still runs every epoch, keeps
+def test_server_going_away_mid_run_lets_training_finish(tracking_stack, tmp_path):
+    """A server is killed after the first epoch is logged: training still runs every epoch, keeps
     its checkpoints, says which logging failed, and exits in bounded time."""
-    port = free_port()
-    server = mlflow_server(port, f"sqlite:///{tmp_path}/server.db", str(tmp_path / "artifacts"), tmp_path / "server.log")
-    uri = f"http://127.0.0.1:{port}"
-    epochs = 12
+    server = tracking_stack.spare_server()
+    uri = tracking_stack.spare_uri
+    epochs = 10
     log = open(tmp_path / "train.log", "w")  # a file, not a pipe nobody reads
     proc = subprocess.Popen(
-        [sys.executable, "-m", "seglab", *TINY, f"trainer.epochs={epochs}", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/out"],
+        [sys.executable, "-m", "seglab", *TINY, f"trainer.epochs={epochs}", f"tracking.uri={uri}",
+         "tracking.experiment=server-goes-away", f"hydra.run.dir={tmp_path}/out"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         client, deadline = MlflowClient(uri), time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            experiment = client.get_experiment_by_name("server-goes-away")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
             if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
                 break
             time.sleep(0.5)

@@ -58,16 +58,14 @@ def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Pop
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group we started (a server's workers too), SIGKILL after 3 s."""
+    """SIGKILL to the process group we started (a server and its workers): the servers here keep
+    their state in PostgreSQL and S3, and a kill is what "the server went away" means."""
     if proc.poll() is None:
         try:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
         except ProcessLookupError:
             pass
+        proc.wait(timeout=30)
 
 
 class Postgres:
@@ -112,14 +110,15 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def mlflow_server(port: int, backend: str, artifacts: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+def mlflow_server(port: int, backend: str, artifacts: str, log: Path, env: dict | None = None, wait: bool = True) -> subprocess.Popen:
     """`mlflow server` with the flags of docker-compose.yml's mlflow service, on loopback."""
     proc = start(
         [sys.executable, "-m", "mlflow", "server", "--host=127.0.0.1", f"--port={port}", "--workers=1",
          f"--backend-store-uri={backend}", f"--artifacts-destination={artifacts}", "--serve-artifacts"],
         log, env={**os.environ, **(env or {})},
     )
-    wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+    if wait:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
     return proc
 
 
@@ -129,18 +128,36 @@ class Stack:
     s3: object  # boto3 client of the S3 endpoint (to look into the bucket behind the proxy)
     bucket: str
     logs: Path
+    backend: str  # the PostgreSQL URI
+    s3_env: dict  # what the server needs to reach S3
+    procs: list  # every process started, stopped at the end of the session
+    spare: subprocess.Popen | None = None  # a second server on the same stores, for the test that kills one mid-run
+    spare_uri: str = ""
+
+    def start_spare(self) -> None:
+        """Start the spare server without waiting, so it comes up while other tests run."""
+        if self.spare is None:
+            self.spare_uri = f"http://127.0.0.1:{free_port()}"
+            self.spare = mlflow_server(int(self.spare_uri.rsplit(":", 1)[1]), self.backend, f"s3://{self.bucket}/artifacts",
+                                       self.logs / "spare.log", env=self.s3_env, wait=False)
+            self.procs.append(self.spare)
+
+    def spare_server(self) -> subprocess.Popen:
+        self.start_spare()
+        wait_http(f"{self.spare_uri}/health", self.spare, self.logs / "spare.log")
+        return self.spare
 
 
 @pytest.fixture(scope="session")
 def tracking_stack(tmp_path_factory):
     settings = env_settings()
     logs = tmp_path_factory.mktemp("stack")
-    postgres = Postgres(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"], settings["POSTGRES_DB"]).start()
-    procs = []
+    postgres = Postgres(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"], settings["POSTGRES_DB"])
+    s3_port = free_port()  # the S3 endpoint starts while PostgreSQL initialises
+    procs = [start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], logs / "s3.log")]
     try:
-        s3_port = free_port()
-        procs.append(start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], logs / "s3.log"))
-        wait_http(f"http://127.0.0.1:{s3_port}/", procs[-1], logs / "s3.log")
+        postgres.start()
+        wait_http(f"http://127.0.0.1:{s3_port}/", procs[0], logs / "s3.log")
         s3_env = {
             "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
             "AWS_ACCESS_KEY_ID": settings["MINIO_ROOT_USER"],
@@ -158,7 +175,7 @@ def tracking_stack(tmp_path_factory):
         port = free_port()
         # Only the server gets S3 credentials; clients (and this test process) go through its proxy.
         procs.append(mlflow_server(port, postgres.uri, f"s3://{bucket}/artifacts", logs / "mlflow.log", env=s3_env))
-        yield Stack(uri=f"http://127.0.0.1:{port}", s3=s3, bucket=bucket, logs=logs)
+        yield Stack(uri=f"http://127.0.0.1:{port}", s3=s3, bucket=bucket, logs=logs, backend=postgres.uri, s3_env=s3_env, procs=procs)
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -174,4 +191,5 @@ def stack_run(tracking_stack, tmp_path_factory):
     done = run_cli(*TINY, f"tracking.uri={tracking_stack.uri}", f"hydra.run.dir={cwd}/out", cwd=cwd)
     client = MlflowClient(tracking_stack.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
+    tracking_stack.start_spare()  # the schema is migrated now; it comes up while the next tests run
     return run.info.run_id, cwd / "out", done
