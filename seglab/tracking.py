@@ -39,6 +39,7 @@ HTTP_LIMITS = {
 }
 # What a store that is down or misbehaving raises (the REST client wraps connection errors in MlflowException).
 STORE_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
+CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError, OSError)
 
 
 class TrackingError(RuntimeError):
@@ -120,6 +121,8 @@ class Run:
         try:
             return call(*args, **kwargs)
         except STORE_ERRORS as err:
+            if not store_unavailable(err):
+                raise  # the request itself was wrong (e.g. an invalid value): a bug to see, not an outage
             self.failed = what
             log.warning(
                 "MLflow logging failed while logging %s to tracking.uri=%s (run %s): %s. Training goes on without "
@@ -231,6 +234,19 @@ def run_experiment_and_name(run_id: str, tracking_uri: str) -> tuple[str, str]:
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     return client.get_experiment(run.info.experiment_id).name, run.info.run_name
+
+
+def store_unavailable(err: BaseException) -> bool:
+    """The store cannot be reached or failed on its side (connection refused or reset, timeout,
+    retries exhausted, HTTP 5xx, a local disk error), as opposed to rejecting a bad request (4xx)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, CONNECTION_ERRORS):
+            return True
+        if isinstance(seen, MlflowException) and seen.get_http_status_code() >= 500:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _summary(items: list[str], shown: int = 4) -> str:
