@@ -101,3 +101,12 @@ def test_env_file_is_not_committed():
     ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", ".env"], timeout=10)
     assert ignored.returncode == 0, ".env must be git-ignored"
     assert ENV_EXAMPLE.exists()
+
+
+def test_env_example_sets_every_variable_compose_reads():
+    import re
+
+    used = set()
+    for name in ("docker-compose.yml", "docker-compose.auth.yml"):
+        used |= set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / name).read_text()))
+    assert used <= set(env_settings(ENV_EXAMPLE)), sorted(used - set(env_settings(ENV_EXAMPLE)))
