@@ -96,7 +96,7 @@ def run(model_uri: str, cfg: DictConfig) -> dict[str, float]:
         mlrun.log_params({"model_uri": model_uri, "split": split_name,
                           **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})
         mlrun.log_metrics(metrics)
-        figure = visualize.confusion_figure(cm, class_names, f"{training_name} on {cfg.data.name} {split_name} ({cm.sum():,} px)")
+        figure = visualize.confusion_matrix_figure(cm, class_names, f"{training_name} on {cfg.data.name} {split_name}")
         mlrun.log_figure(figure, "confusion_matrix.png")
         mlrun.log_dict({"class_names": class_names, "rows": "true", "columns": "predicted", "counts": cm.tolist()},
                        "confusion_matrix.json")

@@ -1,5 +1,5 @@
-"""Everything MLflow, behind a few verbs: `Run.start`, `log_epoch`, `log_masks`, `log_artifact`,
-`log_model`, and the end of the `with` block (FINISHED, FAILED or KILLED; never left RUNNING);
+"""Everything MLflow, behind a few verbs: `Run.start`, `log_epoch`, `log_masks`, `log_figure`,
+`log_artifact`, `log_model`, and the end of the `with` block (FINISHED, FAILED or KILLED; never left RUNNING);
 `load_model` and `model_run_id` for the tools that use a logged model (predict, evaluate).
 
 The store is whatever `tracking.uri` says (SQLite file, or an http(s) tracking server with its own
@@ -191,6 +191,7 @@ class Run:
         self._log(artifact_file, mlflow.log_dict, dict(data), artifact_file)
 
     def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib Figure as an image artifact (e.g. `confusion_matrix.png`)."""
         self._log(artifact_file, mlflow.log_figure, figure, artifact_file)
 
     def log_model(self, model, input_example) -> str | None:

@@ -12,6 +12,8 @@ PALETTE = np.array(
 )
 OVERLAY_ALPHA = 0.5
 SEPARATOR_PX = 2
+CM_INCHES_PER_CLASS, CM_MAX_INCHES = 0.9, 16.0
+CM_MAX_ANNOTATED_CLASSES = 15  # beyond this the numbers in the cells would not be readable
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
@@ -36,29 +38,32 @@ def mask_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndar
     return np.concatenate(rows[:-1], axis=0)
 
 
-def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "confusion matrix"):
-    """A matplotlib figure of a confusion matrix (rows true, columns predicted): colour is the
-    share of each true class, the text the pixel count, so rare classes stay readable."""
-    import matplotlib
+def confusion_matrix_figure(cm: np.ndarray, class_names: list[str], title: str = "confusion matrix"):
+    """A matplotlib Figure of the confusion matrix with rows normalised to 1 (the fraction of each
+    true class predicted as each class; the diagonal is per-class recall) and the pixel counts.
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
+    Built with `matplotlib.figure.Figure` on the Agg canvas: no pyplot, no global figure state.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     cm = np.asarray(cm, np.int64)
-    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    side = 1.2 + 0.9 * len(class_names)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
-    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, label="share of the true class")
-    ticks = np.arange(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
+    totals = cm.sum(1, keepdims=True)
+    rows = np.divide(cm, totals, out=np.zeros(cm.shape), where=totals > 0)  # a class with no pixels: an empty row
+    n = len(class_names)
+    side = min(1.6 + CM_INCHES_PER_CLASS * n, CM_MAX_INCHES)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in ticks:
-        for j in ticks:
-            ax.text(j, i, f"{shares[i, j]:.2f}\n{cm[i, j]:,}", ha="center", va="center", fontsize=8,
-                    color="white" if shares[i, j] > 0.5 else "black")
-    fig.tight_layout()
+    ax.set_title(f"{title} ({int(cm.sum())} px)")
+    for i in range(n if n <= CM_MAX_ANNOTATED_CLASSES else 0):
+        for j in range(n):
+            colour = "white" if rows[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{rows[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center", fontsize=8, color=colour)
     return fig
