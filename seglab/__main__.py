@@ -14,6 +14,9 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     schema.validate(cfg)  # fails in about a second, before TensorFlow is imported
+    from seglab import tracking
+
+    tracking.check_reachable(cfg.tracking.uri)  # a server that is down: fail in seconds, before TensorFlow too
     from seglab import train
 
     return train.run(cfg)

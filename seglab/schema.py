@@ -262,6 +262,7 @@ class ShapesSourceConfig:
     image_size: int = "${..image_size}"  # type: ignore[assignment]
     train_size: int = 800
     val_size: int = 160
+    test_size: int = 160  # 0: no test split (`python -m seglab.evaluate` then falls back to validation)
     max_objects: int = 3
     boundary_width: int = 2
     seed: int = 0
@@ -269,6 +270,7 @@ class ShapesSourceConfig:
     def __post_init__(self) -> None:
         _require(self.train_size >= 1, "data.source.train_size", self.train_size, "use an integer >= 1")
         _require(self.val_size >= 1, "data.source.val_size", self.val_size, "use an integer >= 1")
+        _require(self.test_size >= 0, "data.source.test_size", self.test_size, "use an integer >= 0 (0: no test split)")
         _require(self.max_objects >= 1, "data.source.max_objects", self.max_objects, "use an integer >= 1")
         _require(self.boundary_width >= 1, "data.source.boundary_width", self.boundary_width, "use an integer >= 1")
 

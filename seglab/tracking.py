@@ -1,9 +1,16 @@
 """Everything MLflow, behind a few verbs: `Run.start`, `log_epoch`, `log_masks`, `log_figure`,
-`log_artifact`, `log_model`, and the end of the `with` block (FINISHED, FAILED or KILLED; never left RUNNING).
+`log_artifact`, `log_model`, and the end of the `with` block (FINISHED, FAILED or KILLED; never left RUNNING);
+`load_model` and `model_run_id` for the tools that use a logged model (predict, evaluate).
 
 The store is whatever `tracking.uri` says (SQLite file, or an http(s) tracking server with its own
 artifact store); nothing here assumes a local file.  No module-level state: each job of a sweep
 opens its own `Run`.
+
+A tracking server that goes away during a run does not stop the training: the first logging call
+that fails is reported as a warning naming what was being logged, the run carries on without the
+server (later logging is skipped, checkpoints stay in the job's output directory), and the run's
+end status is sent once, best-effort.  While a run is open, MLflow's HTTP retries and timeout are
+capped (`HTTP_LIMITS`) so that a dead server costs seconds, not MLflow's default minutes.
 """
 
 from __future__ import annotations
@@ -16,11 +23,23 @@ import urllib.request
 from typing import Any, Mapping
 
 import mlflow
+import requests
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
 REACHABILITY_TIMEOUT_S = 5.0
+# MLflow's defaults are 7 retries with exponential backoff and a 120 s timeout per request: minutes
+# of waiting per call on a dead server.  Values the user set in the environment win.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# What a store that is down or misbehaving raises (the REST client wraps connection errors in MlflowException).
+STORE_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
+CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError, OSError)
 
 
 class TrackingError(RuntimeError):
@@ -45,6 +64,8 @@ def check_reachable(uri: str) -> None:
         return
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABILITY_TIMEOUT_S)
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 behind basic auth, 404 behind a path prefix): it is up
     except (urllib.error.URLError, OSError) as err:
         raise TrackingError(
             f"MLflow tracking server tracking.uri={uri} is not reachable ({err}). Start it (e.g. "
@@ -65,17 +86,52 @@ class Run:
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
         self.run_id: str | None = None
+        self.failed: str | None = None  # what was being logged when the store stopped answering
+        self.skipped: list[str] = []  # what was not logged after that
         self._previous_sigterm = None
+        self._previous_env: dict[str, str | None] = {}
 
     def __enter__(self) -> "Run":
         check_reachable(self.uri)
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.experiment)
-        run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+        self._previous_env = {name: os.environ.get(name) for name in HTTP_LIMITS}
+        for name, value in HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
+        try:
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+        except BaseException:
+            self._restore_env()
+            raise
         self.run_id = run.info.run_id
         if _in_main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
+
+    def _restore_env(self) -> None:
+        for name, value in self._previous_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def _log(self, what: str, call, *args, **kwargs):
+        """Call MLflow; on the first store error warn, naming `what`, and skip all later logging."""
+        if self.failed is not None:
+            self.skipped.append(what)
+            return None
+        try:
+            return call(*args, **kwargs)
+        except STORE_ERRORS as err:
+            if not store_unavailable(err):
+                raise  # the request itself was wrong (e.g. an invalid value): a bug to see, not an outage
+            self.failed = what
+            log.warning(
+                "MLflow logging failed while logging %s to tracking.uri=%s (run %s): %s. Training goes on without "
+                "the tracking server; nothing more is logged to it, checkpoints stay in the job's output directory.",
+                what, self.uri, self.run_id, _first_line(err),
+            )
+            return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._previous_sigterm is not None:
@@ -86,53 +142,125 @@ class Run:
             status = RunStatus.KILLED
         else:
             status = RunStatus.FAILED
-        if exc is not None:
-            try:
-                mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])
-            except Exception as tag_err:  # the run must still be ended below
-                log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
-        mlflow.end_run(RunStatus.to_string(status))
+        try:
+            if exc is not None and self.failed is None:
+                try:
+                    mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])
+                except Exception as tag_err:  # the run must still be ended below
+                    log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
+            self._end(RunStatus.to_string(status))
+        finally:
+            self._restore_env()
         if exc_type is _Terminated:
             raise KeyboardInterrupt("terminated by SIGTERM") from exc
         return False
+
+    def _end(self, status: str) -> None:
+        if self.failed is not None:
+            log.warning(
+                "MLflow run %s is incomplete: logging failed at %s; not logged after that: %s.",
+                self.run_id, self.failed, _summary(self.skipped),
+            )
+        try:  # after a failure: once, best-effort, the server may be back
+            mlflow.end_run(status)  # pops the active run even when the server does not answer
+        except STORE_ERRORS as err:
+            log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status, _first_line(err))
 
     @property
     def artifact_uri(self) -> str:
         return mlflow.get_artifact_uri()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
+        self._log("params", mlflow.log_params, {k: ("null" if v is None else v) for k, v in params.items()})
 
     def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+        self._log(f"metrics of epoch {epoch}", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=epoch)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self._log("metrics", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()})
 
     def log_masks(self, image, epoch: int, key: str = "val_masks") -> None:
         """An image per epoch under one key: the UI's step slider shows the masks improving."""
-        mlflow.log_image(image, key=key, step=epoch)
+        self._log(f"{key} image of epoch {epoch}", mlflow.log_image, image, key=key, step=epoch)
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
-        mlflow.log_artifact(path, artifact_path)
+        self._log(f"artifact {path}", mlflow.log_artifact, path, artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        mlflow.log_text(text, artifact_file)
+        self._log(artifact_file, mlflow.log_text, text, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self._log(artifact_file, mlflow.log_dict, dict(data), artifact_file)
 
     def log_figure(self, figure, artifact_file: str) -> None:
         """A matplotlib Figure as an image artifact (e.g. `confusion_matrix.png`)."""
-        mlflow.log_figure(figure, artifact_file)
+        self._log(artifact_file, mlflow.log_figure, figure, artifact_file)
 
-    def log_model(self, model, input_example) -> str:
-        """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow."""
+    def log_model(self, model, input_example) -> str | None:
+        """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow;
+        its URI, or None when the store did not take it."""
         import keras
         import tensorflow as tf
 
-        info = mlflow.tensorflow.log_model(
-            model, name="model", input_example=input_example,
+        info = self._log(
+            "the model", mlflow.tensorflow.log_model, model, name="model", input_example=input_example,
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
         )
-        return info.model_uri
+        return info.model_uri if info is not None else None
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._log(f"tags {', '.join(tags)}", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+
+
+def load_model(model_uri: str, tracking_uri: str):
+    """A logged seglab model as a Keras model, from any MLflow store (`runs:/<id>/model`,
+    `models:/<name>/<version>`, `models:/m-<id>`, a local path)."""
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.tensorflow.load_model(model_uri)
+    except MlflowException as err:
+        raise TrackingError(
+            f"model_uri={model_uri} cannot be loaded from tracking.uri={tracking_uri}: {_first_line(err)}. "
+            "Use the URI printed at the end of training or shown in the run's Artifacts tab, e.g. runs:/<run id>/model."
+        ) from err
+
+
+def model_run_id(model_uri: str, tracking_uri: str) -> str | None:
+    """The id of the run that logged the model at `model_uri` (None for a model outside any run)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.models.get_model_info(model_uri).run_id
+
+
+def run_experiment_and_name(run_id: str, tracking_uri: str) -> tuple[str, str]:
+    """(experiment name, run name) of a run."""
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    return client.get_experiment(run.info.experiment_id).name, run.info.run_name
+
+
+def store_unavailable(err: BaseException) -> bool:
+    """The store cannot be reached or failed on its side (connection refused or reset, timeout,
+    retries exhausted, HTTP 5xx, a local disk error), as opposed to rejecting a bad request (4xx)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, CONNECTION_ERRORS):
+            return True
+        if isinstance(seen, MlflowException) and seen.get_http_status_code() >= 500:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _summary(items: list[str], shown: int = 4) -> str:
+    if len(items) <= 2 * shown:
+        return ", ".join(items) or "nothing"
+    return f"{len(items)} calls: {', '.join(items[:shown])}, ..., {', '.join(items[-shown:])}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:500] if text else type(err).__name__
 
 
 def _raise_terminated(signum, frame):

@@ -47,3 +47,7 @@ def compose_cfg():
             return compose(config_name="config", overrides=list(overrides))
 
     return _compose
+
+
+# The docker-compose tracking stack as local processes (PostgreSQL, an S3 endpoint, mlflow server).
+from tests.tracking_stack import stack_run, tracking_stack  # noqa: E402,F401

@@ -102,8 +102,10 @@ def generate(count: int, size: int, seed: int, max_objects: int = 3, boundary_wi
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def build(image_size: int, train_size: int, val_size: int, max_objects: int = 3, boundary_width: int = 2, seed: int = 0):
-    """The `data=shapes` source: disjoint train and validation splits from independent seeds."""
+def build(image_size: int, train_size: int, val_size: int, max_objects: int = 3, boundary_width: int = 2, seed: int = 0,
+          test_size: int = 0):
+    """The `data=shapes` source: disjoint train, validation and (test_size > 0) test splits from
+    independent seeds."""
     import tensorflow as tf
 
     from seglab.data import Splits
@@ -112,4 +114,4 @@ def build(image_size: int, train_size: int, val_size: int, max_objects: int = 3,
         images, masks = generate(count, image_size, seed * 1000 + stream, max_objects, boundary_width)
         return tf.data.Dataset.from_tensor_slices((images, masks))
 
-    return Splits(train=split(train_size, 0), val=split(val_size, 1))
+    return Splits(train=split(train_size, 0), val=split(val_size, 1), test=split(test_size, 2) if test_size else None)

@@ -1,0 +1,125 @@
+"""`python -m seglab.evaluate model_uri=runs:/<run id>/model data=<name> [key=value ...]`
+
+Scores a logged model on the test split of a data config (the validation split, with a warning,
+when the data set has none): pixel accuracy, per-class IoU, mean IoU and mean Dice, from one
+confusion matrix over the whole split (seglab.metrics, as in training).  The scores are printed
+and logged to a new MLflow run in the training run's experiment, named `eval-<training run>`,
+tagged `seglab.training_run_id`, with the confusion matrix as a figure and as JSON.
+
+Every argument but `model_uri` is a training-config override (`data=...`, `data.source.test_size=...`,
+`tracking.uri=...`, `trainer.batch_size=...`), composed from conf/ as `python -m seglab` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from seglab import schema
+from seglab.__main__ import CONF_DIR
+
+log = logging.getLogger(__name__)
+
+
+def parse(argv: list[str]) -> tuple[str, DictConfig]:
+    model_uris = [a.split("=", 1)[1] for a in argv if a.startswith("model_uri=")]
+    if len(model_uris) != 1:
+        raise schema.ConfigError(f"give model_uri=<uri> exactly once; usage: {__doc__.strip().splitlines()[0]}")
+    overrides = [a for a in argv if not a.startswith("model_uri=")]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    schema.validate(cfg)
+    return model_uris[0], cfg
+
+
+def confusion(model, split, cfg: DictConfig) -> np.ndarray:
+    import tensorflow as tf
+
+    from seglab.data import pipeline
+    from seglab.metrics import confusion_matrix
+
+    num_classes = cfg.data.num_classes
+    if model.output_shape[-1] != num_classes:
+        raise schema.ConfigError(
+            f"the model predicts {model.output_shape[-1]} classes but data={cfg.data.name} has "
+            f"data.num_classes={num_classes}: evaluate it on the data it was trained for."
+        )
+    batches = pipeline.make(
+        split, image_size=model.input_shape[1], batch_size=cfg.trainer.batch_size, training=False,
+        seed=cfg.seed, deterministic=True, cache=None,
+    )
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for images, masks in batches:
+        labels = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+        cm += confusion_matrix(masks, labels, num_classes).numpy()
+    return cm
+
+
+def run(model_uri: str, cfg: DictConfig) -> dict[str, float]:
+    """Evaluate, log the run, return the metrics."""
+    from hydra.utils import instantiate
+
+    from seglab import tracking, visualize
+    from seglab.metrics import scores
+
+    uri = cfg.tracking.uri
+    model = tracking.load_model(model_uri, uri)
+    if model.input_shape[1] != cfg.data.image_size:
+        log.info("the model takes %d px images; data.image_size=%d is overridden for this evaluation",
+                 model.input_shape[1], cfg.data.image_size)
+    splits = instantiate(cfg.data.source)
+    split_name, split = "test", splits.test
+    if split is None:
+        split_name, split = "val", splits.val
+        log.warning("data=%s has no test split; evaluating on the validation split instead. Model selection saw "
+                    "these images, so the scores are optimistic.", cfg.data.name)
+    cm = confusion(model, split, cfg)
+    s = scores(cm)
+    class_names = list(cfg.data.class_names)
+    metrics = {f"{split_name}_pixel_accuracy": s["pixel_accuracy"], f"{split_name}_mean_iou": s["mean_iou"],
+               f"{split_name}_mean_dice": s["mean_dice"]}
+    metrics.update({f"{split_name}_iou_{name}": float(v) for name, v in zip(class_names, s["iou"]) if np.isfinite(v)})
+    metrics.update({f"{split_name}_dice_{name}": float(v) for name, v in zip(class_names, s["dice"]) if np.isfinite(v)})
+
+    training_run = tracking.model_run_id(model_uri, uri)
+    experiment, training_name = (
+        tracking.run_experiment_and_name(training_run, uri) if training_run else (cfg.tracking.experiment, "model")
+    )
+    tags = {"seglab.model_uri": model_uri, "seglab.split": split_name, "seglab.data": cfg.data.name}
+    if training_run:
+        tags["seglab.training_run_id"] = training_run
+    with tracking.Run(uri, experiment, f"eval-{training_name}", tags) as mlrun:
+        mlrun.log_params({"model_uri": model_uri, "split": split_name,
+                          **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})
+        mlrun.log_metrics(metrics)
+        figure = visualize.confusion_matrix_figure(cm, class_names, f"{training_name} on {cfg.data.name} {split_name}")
+        mlrun.log_figure(figure, "confusion_matrix.png")
+        mlrun.log_dict({"class_names": class_names, "rows": "true", "columns": "predicted", "counts": cm.tolist()},
+                       "confusion_matrix.json")
+    width = max(len(k) for k in metrics)
+    print(f"{model_uri} on data={cfg.data.name}, {split_name} split ({cm.sum():,} pixels); MLflow run {mlrun.run_id} "
+          f"in experiment {experiment!r}")
+    for key, value in metrics.items():
+        print(f"  {key:<{width}}  {value:.4f}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from seglab.tracking import TrackingError
+
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    try:
+        model_uri, cfg = parse(sys.argv[1:] if argv is None else argv)
+        run(model_uri, cfg)
+    except (schema.ConfigError, TrackingError) as err:
+        print(f"seglab.evaluate: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

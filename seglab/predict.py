@@ -1,0 +1,146 @@
+"""`python -m seglab.predict model_uri=runs:/<run id>/model input=DIR_OR_FILE output=DIR`
+
+Segments every image under `input` (a file, or a directory searched recursively) with a model
+logged by seglab, from any MLflow store (`tracking.uri`, default the training default
+`sqlite:///mlflow.db`).  Per image it writes `<name>_mask.png` (the label of each pixel as its grey
+value, at the image's own size) and `<name>_overlay.png` (the labels' colours over the image).
+Images of any size are resized to the model's input (bilinear, as in training) and the predicted
+mask back to the image's size with nearest-neighbour.  Files that cannot be read as images are
+skipped and named at the end.
+
+Other keys: `batch_size=8`, `tracking.uri=...`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from PIL import Image
+
+from seglab.schema import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackingRef:
+    uri: str = "sqlite:///mlflow.db"
+
+
+@dataclass
+class PredictConfig:
+    model_uri: str = MISSING
+    input: str = MISSING
+    output: str = MISSING
+    batch_size: int = 8
+    tracking: TrackingRef = field(default_factory=TrackingRef)
+
+
+def parse(argv: list[str]) -> PredictConfig:
+    """key=value arguments -> a checked PredictConfig; ConfigError names a wrong or missing key."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(PredictConfig), OmegaConf.from_dotlist(list(argv)))
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"missing {', '.join(missing)}; usage: {__doc__.strip().splitlines()[0]}")
+        config: PredictConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{err.__class__.__name__}: {str(err).splitlines()[0]}; usage: {__doc__.strip().splitlines()[0]}") from err
+    if config.batch_size < 1:
+        raise ConfigError(f"batch_size={config.batch_size} is not allowed: use an integer >= 1.")
+    if not Path(config.input).exists():
+        raise ConfigError(f"input={config.input} does not exist: give an image file or a directory of images.")
+    return config
+
+
+def input_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """uint8 (H, W, 3); grey, palette and RGBA images are converted.  Raises OSError or ValueError
+    for anything that is not a readable image."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def segment(model, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Label maps (H, W) at each image's own size, from one batched forward pass."""
+    import tensorflow as tf
+
+    height, width = model.input_shape[1:3]
+    batch = tf.stack([
+        tf.clip_by_value(tf.image.resize(tf.cast(im, tf.float32), (height, width), method="bilinear") / 255.0, 0.0, 1.0)
+        for im in images
+    ])  # the same preprocessing as seglab.data.pipeline.prepare
+    labels = tf.argmax(model(batch, training=False), axis=-1, output_type=tf.int32)[..., None]
+    return [
+        tf.image.resize(lab, im.shape[:2], method="nearest")[..., 0].numpy().astype(np.uint8)
+        for lab, im in zip(labels, images)
+    ]
+
+
+def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -> None:
+    from seglab import visualize
+
+    target = output / relative.parent
+    target.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(labels).save(target / f"{relative.stem}_mask.png")
+    Image.fromarray(visualize.overlay(image, labels)).save(target / f"{relative.stem}_overlay.png")
+
+
+def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
+    """Segment every input; (images written, [(unreadable file, why)])."""
+    from tqdm import tqdm
+
+    from seglab import tracking
+
+    source, output = Path(cfg.input), Path(cfg.output)
+    files = input_files(source)
+    if not files:
+        raise ConfigError(f"input={cfg.input} holds no files.")
+    model = tracking.load_model(cfg.model_uri, cfg.tracking.uri)
+    root = source.parent if source.is_file() else source
+    written, skipped = 0, []
+    with tqdm(total=len(files), unit="image", desc="predict", file=sys.stderr) as bar:
+        for start in range(0, len(files), cfg.batch_size):
+            readable = []
+            for path in files[start : start + cfg.batch_size]:
+                try:
+                    readable.append((path, read_rgb(path)))
+                except (OSError, ValueError, Image.DecompressionBombError) as err:
+                    skipped.append((path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+            if readable:
+                for (path, image), labels in zip(readable, segment(model, [im for _, im in readable])):
+                    write(output, path.relative_to(root), image, labels)
+                written += len(readable)
+            bar.update(min(cfg.batch_size, len(files) - start))
+    return written, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    from seglab.tracking import TrackingError
+
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    try:
+        cfg = parse(sys.argv[1:] if argv is None else argv)
+        written, skipped = run(cfg)
+    except (ConfigError, TrackingError) as err:
+        print(f"seglab.predict: {err}", file=sys.stderr)
+        return 2
+    for path, why in skipped:
+        log.warning("skipped %s: not a readable image (%s)", path, why)
+    print(f"wrote {written} masks and overlays to {cfg.output}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

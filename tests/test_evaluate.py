@@ -1,0 +1,66 @@
+"""`python -m seglab.evaluate` on a model from the tracking stack: a new run linked to the training run.
+The entry point is called in this process (TensorFlow is loaded once); the last test runs the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from seglab.metrics import scores
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+SMALL = ("data.image_size=32", "data.source.train_size=8", "data.source.val_size=8", "trainer.batch_size=8")
+
+
+def eval_runs(client, run_id):
+    return client.search_runs(
+        [client.get_run(run_id).info.experiment_id], filter_string=f"tags.`seglab.training_run_id` = '{run_id}'"
+    )
+
+
+def test_evaluate_logs_test_scores_and_confusion_matrix_to_a_linked_run(tracking_stack, stack_run, capsys):
+    from seglab import evaluate
+
+    run_id, _, _ = stack_run
+    argv = [f"model_uri=runs:/{run_id}/model", "data=shapes", *SMALL, "data.source.test_size=12", f"tracking.uri={tracking_stack.uri}"]
+    assert evaluate.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "test split (12,288 pixels)" in printed and "test_mean_iou" in printed
+    client = MlflowClient(tracking_stack.uri)
+    (run,) = [r for r in eval_runs(client, run_id) if r.data.tags["seglab.split"] == "test"]
+    assert run.info.status == "FINISHED" and run.info.run_name == "eval-unet-ce-shapes"
+    saved = json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="confusion_matrix.json", tracking_uri=tracking_stack.uri)).read())
+    cm = np.array(saved["counts"])
+    assert cm.shape == (3, 3) and cm.sum() == 12 * 32 * 32
+    expected = scores(cm)
+    assert run.data.metrics["test_mean_iou"] == pytest.approx(expected["mean_iou"])
+    assert run.data.metrics["test_pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"])
+    assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_without_a_test_split_evaluate_uses_validation_and_says_so(tracking_stack, stack_run, caplog):
+    from seglab import evaluate
+
+    run_id, _, _ = stack_run
+    argv = [f"model_uri=runs:/{run_id}/model", "data=shapes", *SMALL, "data.source.test_size=0", f"tracking.uri={tracking_stack.uri}"]
+    assert evaluate.main(argv) == 0
+    assert "has no test split; evaluating on the validation split" in caplog.text
+    client = MlflowClient(tracking_stack.uri)
+    (run,) = [r for r in eval_runs(client, run_id) if r.data.tags["seglab.split"] == "val"]
+    assert "val_mean_iou" in run.data.metrics and "test_mean_iou" not in run.data.metrics
+
+
+def test_evaluate_command_line_without_model_uri_says_how_to_call_it(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "seglab.evaluate", "data=shapes"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "give model_uri=<uri> exactly once; usage: `python -m seglab.evaluate model_uri=" in done.stderr

@@ -1,0 +1,68 @@
+"""tracking.Run's handling of a store that fails: which errors mean "the server is gone"."""
+
+import os
+
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+
+from seglab import tracking
+
+
+def wrapped(cause: BaseException) -> MlflowException:
+    """What MLflow's REST client raises: its own exception, chained to the cause."""
+    try:
+        try:
+            raise cause
+        except Exception as err:
+            raise MlflowException(f"API request to http://127.0.0.1:1/api failed with exception {err}")
+    except MlflowException as raised:
+        return raised
+
+
+@pytest.mark.parametrize("err", [
+    wrapped(requests.exceptions.ConnectionError("connection refused")),
+    wrapped(requests.exceptions.ReadTimeout("read timed out")),
+    MlflowException("service unavailable", error_code=TEMPORARILY_UNAVAILABLE),
+    OSError(28, "No space left on device"),
+])
+def test_outages_are_store_unavailable(err):
+    assert tracking.store_unavailable(err)
+
+
+@pytest.mark.parametrize("err", [
+    MlflowException("param value too long", error_code=INVALID_PARAMETER_VALUE),
+    MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST),
+])
+def test_rejected_requests_are_not(err):
+    assert not tracking.store_unavailable(err)
+
+
+def test_http_limits_hold_for_the_run_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's own choice wins
+    with tracking.Run(f"sqlite:///{tmp_path}/m.db", "limits", "run", {}) as run:
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == tracking.HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+        run.log_epoch({"loss": 1.0}, 0)
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    assert run.failed is None
+
+
+def test_a_server_that_answers_with_an_http_error_is_up_and_a_closed_port_is_not():
+    """401 (basic auth) or 404 (a path prefix) means something answers; only no answer is 'down'."""
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to GET
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        tracking.check_reachable(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(tracking.TrackingError, match="127.0.0.1:9 is not reachable"):
+        tracking.check_reachable("http://127.0.0.1:9")
