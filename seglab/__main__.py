@@ -1,14 +1,10 @@
 """`python -m seglab [GROUP=OPTION] [key=value] ...`: compose the config, validate it, train."""
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
 from seglab import schema
-
-# An absolute path: under `python -m` Hydra would read a relative one as a Python package.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from seglab.schema import CONF_DIR
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

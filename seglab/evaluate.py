@@ -16,11 +16,9 @@ import logging
 import sys
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from seglab import schema
-from seglab.__main__ import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +28,7 @@ def parse(argv: list[str]) -> tuple[str, DictConfig]:
     if len(model_uris) != 1:
         raise schema.ConfigError(f"give model_uri=<uri> exactly once; usage: {__doc__.strip().splitlines()[0]}")
     overrides = [a for a in argv if not a.startswith("model_uri=")]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    schema.validate(cfg)
-    return model_uris[0], cfg
+    return model_uris[0], schema.compose(overrides)
 
 
 def confusion(model, split, cfg: DictConfig) -> np.ndarray:

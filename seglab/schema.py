@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+# The config groups.  An absolute path: under `python -m` Hydra would read a relative one as a package.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 class ConfigError(ValueError):
@@ -430,6 +435,18 @@ def register() -> None:
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The config `python -m seglab OVERRIDES` would run, composed and validated (for the tools
+    beside the runner: `seglab.models`, `seglab.data`, `seglab.evaluate`, and tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    validate(cfg)
+    return cfg
 
 
 def validate(cfg: DictConfig) -> Config:

@@ -104,10 +104,13 @@ def _first_examples(batches: tf.data.Dataset, count: int) -> tuple[np.ndarray, n
 
 
 def _choice(cfg: DictConfig, group: str) -> str:
+    """The chosen option of a group (`unet`, `ce`, `shapes`), as Hydra recorded it; without Hydra
+    (train.run called directly), the data name or the module of the builder."""
     if HydraConfig.initialized():
         return HydraConfig.get().runtime.choices.get(group) or group
-    target = cfg[group].get("_target_", "") if group != "data" else cfg.data.name
-    return target.split(".")[-2 if target.endswith((".build", "Loss")) else -1] if target else group
+    if group == "data":
+        return cfg.data.name
+    return cfg[group]._target_.rsplit(".", 2)[-2 if cfg[group]._target_.endswith(".build") else -1].lower()
 
 
 def _run_name(cfg: DictConfig) -> str:

@@ -11,18 +11,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from seglab import schema
-from seglab.__main__ import CONF_DIR
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"data={name}", *overrides])
-    schema.validate(cfg)
-    return cfg
+    return schema.compose([f"data={name}", *overrides])
 
 
 def images_per_second(batches, passes: int) -> list[float]:

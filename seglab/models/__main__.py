@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from seglab import schema
-from seglab.__main__ import CONF_DIR
+from seglab.schema import CONF_DIR
 
 
 def describe(name: str, overrides: list[str]) -> tuple[int, int]:
     """Print the summary; return (parameters, forward FLOPs per image)."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={name}", *overrides])
-    schema.validate(cfg)
+    cfg = schema.compose([f"model={name}", *overrides])
     from seglab.models.flops import forward_flops  # imports TensorFlow: after validation, as in `python -m seglab`
 
     model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
