@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, runtime, tracking
+from seglab import callbacks, checkpoint, runtime, sweep, tracking
 from seglab.data import pipeline
 from seglab.metrics import segmentation_metrics
 
@@ -27,7 +27,9 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
     device = runtime.setup(cfg.seed, cfg.deterministic)
     out = Path(output_dir or HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
-    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name or _run_name(cfg), _tags(device)) as mlrun:
+    run_name = sweep.job_run_name(cfg.tracking.run_name or _run_name(cfg))
+    tags = {**_tags(device), **sweep.job_tags()}
+    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.parent_run_id) as mlrun:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
@@ -50,7 +52,12 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         mlrun.set_tags({"model.parameters": model.count_params()})
 
         checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric)
-        fit_callbacks = [callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())), checkpointer]
+        fit_callbacks = [
+            # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
+            keras.callbacks.TerminateOnNaN(raise_error=True),
+            callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())),
+            checkpointer,
+        ]
         sample_images, sample_masks = _first_examples(val_ds, cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
