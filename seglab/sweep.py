@@ -75,7 +75,7 @@ def _record_invalid_job(cfg: DictConfig, err: Exception) -> None:
     choices = HydraConfig.get().runtime.choices
     name = cfg.tracking.get("run_name") or "-".join(choices.get(group) or group for group in ("model", "loss", "data"))
     tags = {**job_tags(), "hydra.overrides": " ".join(HydraConfig.get().overrides.task)}
-    parent = os.environ.get(PARENT_RUN_ENV)
+    parent = OmegaConf.select(cfg, "tracking.parent_run_id")
     tracking.record_failed_run(cfg.tracking.uri, cfg.tracking.experiment, job_run_name(name), tags, parent, err)
 
 
