@@ -40,6 +40,8 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+# The two below name and tag a job's run as seglab.train does for a job that trains (`_job_suffixed`,
+# `_tags`); here for a job that failed before training (train.py imports TensorFlow).
 def job_run_name(name: str) -> str:
     """Children share the `<model>-<loss>-<data>` name; the job number tells them apart in the run list."""
     return f"{name}-job{HydraConfig.get().job.num}" if in_multirun() else name

@@ -1,11 +1,12 @@
 """Everything MLflow, behind a few verbs: `Run.start`, `log_epoch`, `log_masks`, `log_artifact`,
-`log_model`, and the end of the `with` block (FINISHED, FAILED or KILLED; never left RUNNING);
-for sweeps, a parent run by id (`start_parent_run`, `log_to_run`, `end_parent_run`) and its children
-read back as plain values (`child_runs`).
+`log_model`, and the end of the `with` block (FINISHED, FAILED or KILLED; never left RUNNING).
 
 The store is whatever `tracking.uri` says (SQLite file, or an http(s) tracking server with its own
 artifact store); nothing here assumes a local file.  No module-level state: each job of a sweep
 opens its own `Run`.
+
+Sweeps: a parent run by id (`start_parent_run`, `log_to_run`, `end_parent_run`) and its children
+read back as plain values (`child_runs`, `find_parent_run`).
 """
 
 from __future__ import annotations

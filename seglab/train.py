@@ -12,11 +12,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, runtime, sweep, tracking
+from seglab import callbacks, checkpoint, runtime, tracking
 from seglab.data import pipeline
 from seglab.metrics import segmentation_metrics
 
@@ -27,9 +28,9 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
     device = runtime.setup(cfg.seed, cfg.deterministic)
     out = Path(output_dir or HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
-    run_name = sweep.job_run_name(cfg.tracking.run_name or _run_name(cfg))
-    tags = {**_tags(device), **sweep.job_tags()}
-    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, cfg.tracking.parent_run_id) as mlrun:
+    # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
+    run_name = _job_suffixed(cfg.tracking.run_name or _run_name(cfg))
+    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_name, _tags(device), cfg.tracking.parent_run_id) as mlrun:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
@@ -99,6 +100,15 @@ def _run_name(cfg: DictConfig) -> str:
     return "-".join(_choice(cfg, g) for g in ("model", "loss", "data"))
 
 
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _job_suffixed(name: str) -> str:
+    """The jobs of a sweep share `<model>-<loss>-<data>`; the job number tells them apart in the run list."""
+    return f"{name}-job{HydraConfig.get().job.num}" if _in_sweep() else name
+
+
 def _tags(device: str) -> dict[str, str]:
     tags = {
         "seglab.version": seglab.__version__,
@@ -110,6 +120,9 @@ def _tags(device: str) -> dict[str, str]:
         hydra_cfg = HydraConfig.get()
         tags["hydra.overrides"] = " ".join(hydra_cfg.overrides.task) or "(defaults)"
         tags["hydra.output_dir"] = hydra_cfg.runtime.output_dir
+    if _in_sweep():
+        tags["seglab.sweep"] = "child"
+        tags["hydra.job.num"] = str(HydraConfig.get().job.num)
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
