@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from seglab import tracking
 
-    parent = tracking.find_parent_run(args.tracking_uri, args.sweep)
+    try:
+        parent = tracking.find_parent_run(args.tracking_uri, args.sweep)
+    except tracking.TrackingError as err:
+        raise SystemExit(f"seglab.report: {err}") from None
     children = tracking.child_runs(args.tracking_uri, parent)
     metric = next((c.params["optimize_metric"] for c in children if "optimize_metric" in c.params), "val_mean_iou")
     table = rows(children, metric)
