@@ -22,7 +22,7 @@ GRID = ("model.base_filters=2,4", "optimizer.learning_rate=0.001,0.01")
 
 
 def without(*keys: str) -> tuple[str, ...]:
-    """SWEEP_TINY less the keys a sweep sets (a fixed override of the same key would win over the sweep)."""
+    """SWEEP_TINY less the keys a search sets (optuna keeps a fixed command-line value over its search space)."""
     return tuple(a for a in SWEEP_TINY if a.split("=")[0] not in keys)
 
 
