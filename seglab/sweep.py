@@ -156,7 +156,7 @@ class MlflowSweep(Callback):
         children = tracking.child_runs(uri, parent)
         for child in children:
             if child.status == "RUNNING":  # its process died without closing the run (killed, out of memory)
-                tracking.end_parent_run(uri, child.run_id, failed=True, error="the job's process ended without closing its run (killed? out of memory?)")
+                tracking.end_run(uri, child.run_id, failed=True, error="the job's process ended without closing its run (killed? out of memory?)")
                 child.status = "FAILED"
         rows = report.rows(children, metric)
         succeeded = sum(r["status"] == "FINISHED" for r in rows)
@@ -177,7 +177,7 @@ class MlflowSweep(Callback):
         with tempfile.TemporaryDirectory() as tmp:
             plot = report.plot_objective(rows, metric, Path(tmp) / "objective.png")
             tracking.log_to_run(uri, parent, metrics=metrics, params=params, tags=tags, texts=texts, files={str(plot): ""})
-        tracking.end_parent_run(uri, parent, failed=succeeded == 0)
+        tracking.end_run(uri, parent, failed=succeeded == 0)
         os.environ.pop(PARENT_RUN_ENV, None)
         self.parent_run_id = None
         log.info(
@@ -194,6 +194,6 @@ class MlflowSweep(Callback):
         from seglab import tracking
 
         try:
-            tracking.end_parent_run(self.uri, self.parent_run_id, failed=True, error="the sweep stopped before it ended (see Hydra's log)")
+            tracking.end_run(self.uri, self.parent_run_id, failed=True, error="the sweep stopped before it ended (see Hydra's log)")
         except Exception as err:  # at interpreter exit there is nobody left to raise to
             log.warning("could not end the sweep's MLflow run %s: %s", self.parent_run_id, err)

@@ -5,7 +5,7 @@ The store is whatever `tracking.uri` says (SQLite file, or an http(s) tracking s
 artifact store); nothing here assumes a local file.  No module-level state: each job of a sweep
 opens its own `Run`.
 
-Sweeps: a parent run by id (`start_parent_run`, `log_to_run`, `end_parent_run`) and its children
+Sweeps: a parent run by id (`start_parent_run`, `log_to_run`, `end_run`) and its children
 read back as plain values (`child_runs`, `find_parent_run`).
 """
 
@@ -190,24 +190,25 @@ def start_parent_run(uri: str, experiment: str, run_name: str, tags: Mapping[str
 
 
 def log_to_run(
-    uri: str, run_id: str, *, metrics: Mapping[str, float] = {}, params: Mapping[str, Any] = {},
-    tags: Mapping[str, Any] = {}, texts: Mapping[str, str] = {}, files: Mapping[str, str] = {},
+    uri: str, run_id: str, *, metrics: Mapping[str, float] | None = None, params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None, texts: Mapping[str, str] | None = None, files: Mapping[str, str] | None = None,
 ) -> None:
     """Add to an existing run by id (e.g. a sweep's parent); `files` maps a local path to its artifact directory."""
     client = _client(uri)
     client.log_batch(
         run_id,
-        metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
-        params=[Param(k, "null" if v is None else str(v)) for k, v in params.items()],
-        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in (metrics or {}).items()],
+        params=[Param(k, "null" if v is None else str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
     )
-    for artifact_file, text in texts.items():
+    for artifact_file, text in (texts or {}).items():
         client.log_text(run_id, text, artifact_file)
-    for path, artifact_path in files.items():
+    for path, artifact_path in (files or {}).items():
         client.log_artifact(run_id, path, artifact_path or None)
 
 
-def end_parent_run(uri: str, run_id: str, failed: bool, error: str | None = None) -> None:
+def end_run(uri: str, run_id: str, failed: bool, error: str | None = None) -> None:
+    """End a run by id (a sweep's parent, or a job's run its dead process left RUNNING), FAILED with `error` or FINISHED."""
     client = _client(uri)
     if error:
         client.set_tag(run_id, "error", error[:5000])

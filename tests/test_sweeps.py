@@ -118,6 +118,14 @@ def test_failing_jobs_are_recorded_and_the_sweep_goes_on_with_submitit_local(tmp
     assert by_lr[0].info.status == "FAILED" and "positive float" in by_lr[0].data.tags["error"]
 
 
+def test_a_sweep_stopped_by_a_wrong_value_leaves_its_parent_failed_not_running(tmp_path, empty_store):
+    uri, done = sweep(tmp_path, empty_store, "--multirun", "model.base_filters=4,four", check=False)
+    assert done.returncode != 0 and "model.base_filters" in done.stderr
+    client, parent, children = parent_and_children(uri)
+    assert parent.info.status == "FAILED" and "stopped before it ended" in parent.data.tags["error"]
+    assert children == []
+
+
 @pytest.mark.slow
 def test_optuna_search_returns_and_logs_the_best_params(tmp_path, empty_store):
     uri, done = sweep(tmp_path, empty_store, "+hparams_search=unet_shapes", "hydra.sweeper.n_trials=3", *without("model.base_filters", "trainer.batch_size"))
