@@ -33,6 +33,7 @@ from seglab import schema
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "SEGLAB_PARENT_RUN_ID"
+ORPHAN_ERROR = "the job's process ended without closing its run (killed? out of memory?)"
 RUN_NAME_MAX_CHARS = 200  # long grids make long names; the full definition is in the parent's sweep.yaml
 
 
@@ -153,11 +154,8 @@ class MlflowSweep(Callback):
         assert self.uri and self.parent_run_id, "on_multirun_end without on_multirun_start"
         uri, parent = self.uri, self.parent_run_id
         metric = config.optimize_metric
+        tracking.fail_running_children(uri, parent, ORPHAN_ERROR)
         children = tracking.child_runs(uri, parent)
-        for child in children:
-            if child.status == "RUNNING":  # its process died without closing the run (killed, out of memory)
-                tracking.end_run(uri, child.run_id, failed=True, error="the job's process ended without closing its run (killed? out of memory?)")
-                child.status = "FAILED"
         rows = report.rows(children, metric)
         succeeded = sum(r["status"] == "FINISHED" for r in rows)
         metrics: dict[str, float] = {"jobs_total": len(rows), "jobs_succeeded": succeeded, "jobs_failed": len(rows) - succeeded}
@@ -194,6 +192,7 @@ class MlflowSweep(Callback):
         from seglab import tracking
 
         try:
+            tracking.fail_running_children(self.uri, self.parent_run_id, ORPHAN_ERROR)
             tracking.end_run(self.uri, self.parent_run_id, failed=True, error="the sweep stopped before it ended (see Hydra's log)")
         except Exception as err:  # at interpreter exit there is nobody left to raise to
             log.warning("could not end the sweep's MLflow run %s: %s", self.parent_run_id, err)

@@ -215,6 +215,18 @@ def end_run(uri: str, run_id: str, failed: bool, error: str | None = None) -> No
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
 
+def fail_running_children(uri: str, parent_run_id: str, error: str) -> int:
+    """End FAILED every child still RUNNING: its process died (killed, out of memory) without closing it."""
+    client = _client(uri)
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    where = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    orphans = client.search_runs(experiment_ids, filter_string=where, max_results=50000)
+    for run in orphans:
+        client.set_tag(run.info.run_id, "error", error)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+    return len(orphans)
+
+
 def record_failed_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None, error: BaseException) -> str:
     """A FAILED run with the error as its `error` tag, for a job that failed before its training run opened
     (e.g. a combination of values the schema rejects), so the sweep still shows and counts it."""
