@@ -378,6 +378,8 @@ class TrackingConfig:
     experiment: str = "seglab"
     run_name: Optional[str] = None  # null: "<model>-<loss>-<data>" from the chosen config options
     log_model: bool = True
+    # Set by a sweep (seglab.sweep.PARENT_RUN_ENV) so each job's run is a child of the sweep's parent run.
+    parent_run_id: Optional[str] = None
 
 
 # --- top level ---------------------------------------------------------------------------

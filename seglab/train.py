@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,7 +28,9 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
     device = runtime.setup(cfg.seed, cfg.deterministic)
     out = Path(output_dir or HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
-    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name or _run_name(cfg), _tags(device)) as mlrun:
+    # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
+    run_name = _job_suffixed(cfg.tracking.run_name or _run_name(cfg))
+    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_name, _tags(device), cfg.tracking.parent_run_id) as mlrun:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
@@ -55,7 +58,12 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         mlrun.set_tags({"model.parameters": model.count_params()})
 
         checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric)
-        fit_callbacks = [callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())), checkpointer]
+        fit_callbacks = [
+            # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
+            keras.callbacks.TerminateOnNaN(raise_error=True),
+            callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())),
+            checkpointer,
+        ]
         sample_images, sample_masks = _first_examples(val_ds, cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
@@ -117,6 +125,15 @@ def _run_name(cfg: DictConfig) -> str:
     return "-".join(_choice(cfg, g) for g in ("model", "loss", "data"))
 
 
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _job_suffixed(name: str) -> str:
+    """The jobs of a sweep share `<model>-<loss>-<data>`; the job number tells them apart in the run list."""
+    return f"{name}-job{HydraConfig.get().job.num}" if _in_sweep() else name
+
+
 def _tags(device: str) -> dict[str, str]:
     tags = {
         "seglab.version": seglab.__version__,
@@ -128,6 +145,9 @@ def _tags(device: str) -> dict[str, str]:
         hydra_cfg = HydraConfig.get()
         tags["hydra.overrides"] = " ".join(hydra_cfg.overrides.task) or "(defaults)"
         tags["hydra.output_dir"] = hydra_cfg.runtime.output_dir
+    if _in_sweep():
+        tags["seglab.sweep"] = "child"
+        tags["hydra.job.num"] = str(HydraConfig.get().job.num)
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -1,0 +1,198 @@
+"""Sweeps in MLflow: one parent run per `--multirun`, every job a child run of it.
+
+`MlflowSweep` is a Hydra callback (conf/config.yaml, `hydra.callbacks`).  When a multirun starts it
+opens the parent run and exports its id as the environment variable `SEGLAB_PARENT_RUN_ID`, which
+each job reads through its config (`tracking.parent_run_id: ${oc.env:SEGLAB_PARENT_RUN_ID,null}`).
+Launchers that run jobs in other processes or on other machines (joblib, submitit locally or on
+SLURM) hand the environment on, so the layout is the same for all of them.  When the multirun ends
+the callback reads the children back from MLflow, whichever process ran them, and logs the summary
+to the parent.  A single run never calls it.
+
+`run_job` is the task function of a sweep job: a failing job is recorded as a FAILED child run with
+its error and returns no objective, so the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from seglab import schema
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "SEGLAB_PARENT_RUN_ID"
+ORPHAN_ERROR = "the job's process ended without closing its run (killed? out of memory?)"
+RUN_NAME_MAX_CHARS = 200  # long grids make long names; the full definition is in the parent's sweep.yaml
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+# The two below name and tag a job's run as seglab.train does for a job that trains (`_job_suffixed`,
+# `_tags`); here for a job that failed before training (train.py imports TensorFlow).
+def job_run_name(name: str) -> str:
+    """Children share the `<model>-<loss>-<data>` name; the job number tells them apart in the run list."""
+    return f"{name}-job{HydraConfig.get().job.num}" if in_multirun() else name
+
+
+def job_tags() -> dict[str, str]:
+    if not in_multirun():
+        return {}
+    return {"seglab.sweep": "child", "hydra.job.num": str(HydraConfig.get().job.num)}
+
+
+def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | None:
+    """Validate and train one job of a sweep.  A failure is logged, recorded on the job's MLflow run
+    (FAILED, `error` tag) and turned into "no objective" (None), so the sweep goes on.  None rather
+    than NaN: hydra-optuna-sweeper marks a trial FAILED for a value that is not a number, but crashes
+    on NaN (optuna 2.x rejects it in `tell`)."""
+    try:
+        schema.validate(cfg)
+    except (schema.ConfigError, OmegaConfBaseException) as err:
+        log.error("job %d: invalid combination, skipped: %s", HydraConfig.get().job.num, err)
+        _record_invalid_job(cfg, err)
+        return None
+    try:
+        return train(cfg)
+    except Exception:  # noqa: BLE001  the job's run already ended FAILED with the error; the sweep must go on
+        log.exception("job %d failed (its MLflow run is FAILED with the error); the sweep goes on", HydraConfig.get().job.num)
+        return None
+
+
+def _record_invalid_job(cfg: DictConfig, err: Exception) -> None:
+    from seglab import tracking
+
+    choices = HydraConfig.get().runtime.choices
+    name = cfg.tracking.get("run_name") or "-".join(choices.get(group) or group for group in ("model", "loss", "data"))
+    tags = {**job_tags(), "hydra.overrides": " ".join(HydraConfig.get().overrides.task)}
+    parent = OmegaConf.select(cfg, "tracking.parent_run_id")
+    tracking.record_failed_run(cfg.tracking.uri, cfg.tracking.experiment, job_run_name(name), tags, parent, err)
+
+
+# --- the parent run ------------------------------------------------------------------------
+
+
+def sweep_definition(config: DictConfig) -> dict[str, Any]:
+    """What was swept: the command-line sweep overrides (`a=1,2`), the sweeper's own search space
+    (`hydra.sweeper.params`), the fixed overrides, and which sweeper and launcher ran it."""
+    overrides = list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = {o.key_or_group: o.input_line.split("=", 1)[1] for o in parsed if o.is_sweep_override()}
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    params = config.hydra.sweeper.get("params") or {}
+    swept.update({str(k): str(v) for k, v in params.items()})
+    choices = config.hydra.runtime.choices
+    return {
+        "swept": swept,
+        "fixed_overrides": fixed,
+        "sweeper": choices.get("hydra/sweeper"),
+        "launcher": choices.get("hydra/launcher"),
+        "optimize_metric": config.optimize_metric,
+        "sweep_dir": str(config.hydra.sweep.dir),
+    }
+
+
+def sweep_name(config: DictConfig, definition: dict[str, Any]) -> str:
+    """A preset's name when the sweep comes from one (`+experiment=`, `+hparams_search=`), else what is swept."""
+    choices = config.hydra.runtime.choices
+    for group in ("experiment", "hparams_search"):
+        if choices.get(group):
+            return str(choices[group])
+    swept = " ".join(f"{k}={v}" for k, v in definition["swept"].items())
+    return f"sweep {swept}".strip()[:RUN_NAME_MAX_CHARS]
+
+
+class MlflowSweep(Callback):
+    """One MLflow parent run per multirun; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.uri: str | None = None
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from seglab import tracking  # MLflow loads only when a sweep starts
+
+        definition = sweep_definition(config)
+        self.uri = config.tracking.uri
+        tags = {
+            "seglab.sweep": "parent",
+            "hydra.overrides": " ".join(config.hydra.overrides.task) or "(defaults)",
+            "hydra.sweeper": definition["sweeper"],
+            "hydra.launcher": definition["launcher"],
+            "hydra.sweep.dir": definition["sweep_dir"],
+        }
+        launcher = OmegaConf.to_container(config.hydra.launcher, resolve=False)
+        sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+        texts = {
+            "sweep.yaml": OmegaConf.to_yaml({**definition, "hydra_sweeper": sweeper, "hydra_launcher": launcher}),
+            "config.yaml": OmegaConf.to_yaml({k: v for k, v in config.items() if k != "hydra"}),
+        }
+        self.parent_run_id = tracking.start_parent_run(self.uri, config.tracking.experiment, sweep_name(config, definition), tags, texts)
+        tracking.log_to_run(self.uri, self.parent_run_id, params={f"sweep.{k}": v for k, v in definition["swept"].items()})
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        # Hydra calls on_multirun_end only when the sweeper returns; a sweep that raises (or Ctrl-C)
+        # must not leave the parent RUNNING.
+        atexit.register(self._end_abandoned)
+        log.info("sweep: MLflow parent run %s in experiment %r, tracking.uri=%s", self.parent_run_id, config.tracking.experiment, self.uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from seglab import report, tracking
+
+        assert self.uri and self.parent_run_id, "on_multirun_end without on_multirun_start"
+        uri, parent = self.uri, self.parent_run_id
+        metric = config.optimize_metric
+        tracking.fail_running_children(uri, parent, ORPHAN_ERROR)
+        children = tracking.child_runs(uri, parent)
+        rows = report.rows(children, metric)
+        succeeded = sum(r["status"] == "FINISHED" for r in rows)
+        metrics: dict[str, float] = {"jobs_total": len(rows), "jobs_succeeded": succeeded, "jobs_failed": len(rows) - succeeded}
+        params: dict[str, Any] = {}
+        tags: dict[str, Any] = {}
+        texts = {"summary.md": report.to_markdown(rows, metric), "summary.csv": report.to_csv(rows, metric)}
+        best = report.best(rows, metric)
+        if best is not None:
+            metrics[f"best_{metric}"] = best["objective"]
+            tags["best_run_id"] = best["run_id"]
+            params.update({f"best.{k}": v for k, v in best["combination"].items()})
+        optuna_results = Path(str(config.hydra.sweep.dir)) / "optimization_results.yaml"
+        if optuna_results.exists():  # hydra-optuna-sweeper's own account of the study
+            study = OmegaConf.load(optuna_results)
+            params.update({f"best.{k}": v for k, v in (study.get("best_params") or {}).items()})
+            texts["optimization_results.yaml"] = optuna_results.read_text()
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = report.plot_objective(rows, metric, Path(tmp) / "objective.png")
+            tracking.log_to_run(uri, parent, metrics=metrics, params=params, tags=tags, texts=texts, files={str(plot): ""})
+        tracking.end_run(uri, parent, failed=succeeded == 0)
+        os.environ.pop(PARENT_RUN_ENV, None)
+        self.parent_run_id = None
+        log.info(
+            "sweep done: %d of %d jobs succeeded%s | MLflow parent run %s, tracking.uri=%s | `python -m seglab.report %s`",
+            succeeded, len(rows), f", best {metric} {best['objective']:.4f} ({best['overrides']})" if best else "",
+            parent, uri, parent,
+        )
+        if rows and succeeded == 0:
+            raise RuntimeError(f"all {len(rows)} jobs of the sweep failed; each child run of MLflow run {parent} has its error as the `error` tag")
+
+    def _end_abandoned(self) -> None:
+        if self.parent_run_id is None:
+            return
+        from seglab import tracking
+
+        try:
+            tracking.fail_running_children(self.uri, self.parent_run_id, ORPHAN_ERROR)
+            tracking.end_run(self.uri, self.parent_run_id, failed=True, error="the sweep stopped before it ended (see Hydra's log)")
+        except Exception as err:  # at interpreter exit there is nobody left to raise to
+            log.warning("could not end the sweep's MLflow run %s: %s", self.parent_run_id, err)
