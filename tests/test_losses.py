@@ -311,9 +311,12 @@ def test_cli_dice_and_weighted_log_weights_and_the_final_confusion_matrix(tmp_pa
     run_cli("--multirun", "loss=dice,weighted", *TINY, "data.source.train_size=16", "data.source.val_size=8", "trainer.epochs=1",
             "trainer.mask_samples=0", "tracking.log_model=false", f"tracking.uri={uri}", cwd=tmp_path)
     client = MlflowClient(uri)
-    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])}
-    assert sorted(runs) == ["unet-dice-shapes", "unet-weighted-shapes"]
+    found = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
+    # the sweep's jobs (children of its parent run), keyed by the loss they ran
+    runs = {r.data.params["loss._target_"].rsplit(".", 1)[-1]: r for r in found if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(runs) == ["Dice", "WeightedCrossEntropy"]
     assert all(r.info.status == "FINISHED" for r in runs.values())
+    runs = {"unet-dice-shapes": runs["Dice"], "unet-weighted-shapes": runs["WeightedCrossEntropy"]}
 
     _, train_masks = shapes.generate(16, 32, seed=0)  # the train stream of data.source.seed=0
     expected = numpy_median_frequency(train_masks, 3)
