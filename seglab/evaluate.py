@@ -28,7 +28,10 @@ def parse(argv: list[str]) -> tuple[str, DictConfig]:
     if len(model_uris) != 1:
         raise schema.ConfigError(f"give model_uri=<uri> exactly once; usage: {__doc__.strip().splitlines()[0]}")
     overrides = [a for a in argv if not a.startswith("model_uri=")]
-    return model_uris[0], schema.compose(overrides)
+    # Only the data part matters here (the model is the logged one): its size comes from the model in `run`.
+    cfg = schema.compose(overrides, check=False)
+    OmegaConf.to_object(cfg.data)  # the data config's own range checks
+    return model_uris[0], cfg
 
 
 def confusion(model, split, cfg: DictConfig) -> np.ndarray:
@@ -64,8 +67,9 @@ def run(model_uri: str, cfg: DictConfig) -> dict[str, float]:
     uri = cfg.tracking.uri
     model = tracking.load_model(model_uri, uri)
     if model.input_shape[1] != cfg.data.image_size:
-        log.info("the model takes %d px images; data.image_size=%d is overridden for this evaluation",
-                 model.input_shape[1], cfg.data.image_size)
+        log.info("the model takes %d px images: data.image_size=%d becomes %d for this evaluation",
+                 model.input_shape[1], cfg.data.image_size, model.input_shape[1])
+        OmegaConf.update(cfg, "data.image_size", int(model.input_shape[1]))  # the source, too, builds at this size
     splits = instantiate(cfg.data.source)
     split_name, split = "test", splits.test
     if split is None:

@@ -68,7 +68,7 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | No
     try:
         return train(cfg)
     except Exception:  # noqa: BLE001  the job's run already ended FAILED with the error; the sweep must go on
-        log.exception("job %d failed (its MLflow run is FAILED with the error); the sweep goes on", HydraConfig.get().job.num)
+        log.exception("job %d failed (its MLflow run, if it was opened, is FAILED with the error); the sweep goes on", HydraConfig.get().job.num)
         return None
 
 
@@ -92,8 +92,10 @@ def sweep_definition(config: DictConfig) -> dict[str, Any]:
     parsed = OverridesParser.create().parse_overrides(overrides)
     swept = {o.key_or_group: o.input_line.split("=", 1)[1] for o in parsed if o.is_sweep_override()}
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    # The sweeper's search space, except keys the command line sets itself (Hydra lets those win).
+    on_command_line = {o.key_or_group for o in parsed}
     params = config.hydra.sweeper.get("params") or {}
-    swept.update({str(k): str(v) for k, v in params.items()})
+    swept.update({str(k): str(v) for k, v in params.items() if str(k) not in on_command_line})
     choices = config.hydra.runtime.choices
     return {
         "swept": swept,
@@ -115,6 +117,19 @@ def sweep_name(config: DictConfig, definition: dict[str, Any]) -> str:
     return f"sweep {swept}".strip()[:RUN_NAME_MAX_CHARS]
 
 
+def _check_direction(config: DictConfig) -> None:
+    """An optuna search must optimise `optimize_metric` the way seglab ranks it (losses down, scores up)."""
+    direction = OmegaConf.select(config, "hydra.sweeper.direction")
+    if direction is None or config.hydra.runtime.choices.get("hydra/sweeper") != "optuna":
+        return
+    expected = "minimize" if str(config.optimize_metric).endswith("loss") else "maximize"
+    if str(direction) != expected:
+        raise ValueError(
+            f"hydra.sweeper.direction={direction} but optimize_metric={config.optimize_metric} should be {expected}d: "
+            f"add hydra.sweeper.direction={expected}"
+        )
+
+
 class MlflowSweep(Callback):
     """One MLflow parent run per multirun; see the module docstring."""
 
@@ -122,9 +137,27 @@ class MlflowSweep(Callback):
         self.uri: str | None = None
         self.parent_run_id: str | None = None
 
+    # Hydra turns an Exception raised by a callback into a warning and goes on with exit code 0;
+    # SystemExit is not an Exception, so a sweep that cannot be tracked, or whose every job failed,
+    # stops with a message and a non-zero exit.
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._start(config)
+        except Exception as err:
+            raise SystemExit(f"seglab sweep: {type(err).__name__}: {err}") from err
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._end(config)
+        except Exception as err:
+            raise SystemExit(f"seglab sweep: {type(err).__name__}: {err}") from err
+
+    def _start(self, config: DictConfig) -> None:
         from seglab import tracking  # MLflow loads only when a sweep starts
 
+        _check_direction(config)
+        tracking.check_reachable(config.tracking.uri)
         definition = sweep_definition(config)
         self.uri = config.tracking.uri
         tags = {
@@ -141,14 +174,14 @@ class MlflowSweep(Callback):
             "config.yaml": OmegaConf.to_yaml({k: v for k, v in config.items() if k != "hydra"}),
         }
         self.parent_run_id = tracking.start_parent_run(self.uri, config.tracking.experiment, sweep_name(config, definition), tags, texts)
-        tracking.log_to_run(self.uri, self.parent_run_id, params={f"sweep.{k}": v for k, v in definition["swept"].items()})
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         # Hydra calls on_multirun_end only when the sweeper returns; a sweep that raises (or Ctrl-C)
         # must not leave the parent RUNNING.
         atexit.register(self._end_abandoned)
+        tracking.log_to_run(self.uri, self.parent_run_id, params={f"sweep.{k}": v for k, v in definition["swept"].items()})
         log.info("sweep: MLflow parent run %s in experiment %r, tracking.uri=%s", self.parent_run_id, config.tracking.experiment, self.uri)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def _end(self, config: DictConfig) -> None:
         from seglab import report, tracking
 
         assert self.uri and self.parent_run_id, "on_multirun_end without on_multirun_start"

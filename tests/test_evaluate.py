@@ -64,3 +64,27 @@ def test_evaluate_command_line_without_model_uri_says_how_to_call_it(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "give model_uri=<uri> exactly once; usage: `python -m seglab.evaluate model_uri=" in done.stderr
+
+
+def test_the_data_is_built_at_the_models_size_whatever_data_image_size_says(tracking_stack, stack_run, caplog):
+    """Without data.image_size=32 the 32-px model must see the same test images, generated at 32 px
+    (not generated at the default 64 and shrunk, which thins the boundary class), and no size check
+    against the default model's depth may stop it."""
+    import logging
+
+    from seglab import evaluate
+
+    caplog.set_level(logging.INFO, logger="seglab.evaluate")
+    run_id, _, _ = stack_run
+    client = MlflowClient(tracking_stack.uri)
+    common = [f"model_uri=runs:/{run_id}/model", "data=shapes", "data.source.train_size=8", "data.source.val_size=8",
+              "data.source.test_size=4", f"tracking.uri={tracking_stack.uri}"]
+    matrices = []
+    for size in ("data.image_size=32", "data.image_size=40"):  # 40: no multiple of the default U-Net's 16
+        before = {r.info.run_id for r in eval_runs(client, run_id)}
+        assert evaluate.main([*common, size]) == 0
+        (run,) = [r for r in eval_runs(client, run_id) if r.info.run_id not in before]
+        matrices.append(json.loads(open(mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="confusion_matrix.json", tracking_uri=tracking_stack.uri)).read())["counts"])
+    assert "data.image_size=40 becomes 32" in caplog.text
+    assert matrices[0] == matrices[1]

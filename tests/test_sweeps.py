@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
 from tests.conftest import CONF_DIR, ROOT, TINY, run_cli
@@ -124,6 +125,33 @@ def test_a_sweep_stopped_by_a_wrong_value_leaves_its_parent_failed_not_running(t
     client, parent, children = parent_and_children(uri)
     assert parent.info.status == "FAILED" and "stopped before it ended" in parent.data.tags["error"]
     assert children == []
+
+
+def test_a_sweep_whose_every_job_failed_exits_non_zero(tmp_path, empty_store):
+    # Both sizes are rejected by the schema for a depth-2 U-Net (not multiples of 4): no training runs.
+    uri, done = sweep(tmp_path, empty_store, "--multirun", *SWEEP_TINY, "data.image_size=30,34", check=False)
+    assert done.returncode != 0 and "all 2 jobs of the sweep failed" in done.stderr
+    client, parent, children = parent_and_children(uri)
+    assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FAILED", "FAILED"]
+
+
+def test_a_sweep_that_cannot_be_tracked_or_optimises_the_wrong_way_stops_before_any_job(tmp_path):
+    done = run_cli("--multirun", *SWEEP_TINY, "model.base_filters=2,4", "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, check=False)
+    assert done.returncode != 0 and "127.0.0.1:9 is not reachable" in done.stderr
+    assert not (tmp_path / "multirun").exists() or not list((tmp_path / "multirun").rglob("*.log"))
+    done = run_cli("+hparams_search=unet_shapes", "optimize_metric=val_loss", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                   cwd=tmp_path, check=False)
+    assert done.returncode != 0 and "add hydra.sweeper.direction=minimize" in done.stderr
+
+
+def test_command_line_values_win_over_a_presets_search_space_in_the_sweep_definition(compose_cfg):
+    from seglab import sweep as seglab_sweep
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        overrides = ["+experiment=shapes_unet_width_lr", "model.base_filters=4"]
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    swept = seglab_sweep.sweep_definition(cfg)["swept"]
+    assert "model.base_filters" not in swept and "optimizer.learning_rate" in swept
 
 
 @pytest.mark.slow
