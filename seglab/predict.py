@@ -2,8 +2,8 @@
 
 Segments every image under `input` (a file, or a directory searched recursively) with a model
 logged by seglab, from any MLflow store (`tracking.uri`, default the training default
-`sqlite:///mlflow.db`).  Per image it writes `<name>_mask.png` (the label of each pixel as its grey
-value, at the image's own size) and `<name>_overlay.png` (the labels' colours over the image).
+`sqlite:///mlflow.db`).  Per image it writes `<file name>_mask.png` (e.g. `cat.jpg_mask.png`) (the label of each pixel as its grey
+value, at the image's own size) and `<file name>_overlay.png` (the labels' colours over the image).
 Images of any size are resized to the model's input (bilinear, as in training) and the predicted
 mask back to the image's size with nearest-neighbour.  Files that cannot be read as images are
 skipped and named at the end.
@@ -93,8 +93,9 @@ def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -
 
     target = output / relative.parent
     target.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(labels).save(target / f"{relative.stem}_mask.png")
-    Image.fromarray(visualize.overlay(image, labels)).save(target / f"{relative.stem}_overlay.png")
+    # The full file name, not the stem: a.jpg and a.png in one folder must not overwrite each other.
+    Image.fromarray(labels).save(target / f"{relative.name}_mask.png")
+    Image.fromarray(visualize.overlay(image, labels)).save(target / f"{relative.name}_overlay.png")
 
 
 def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:

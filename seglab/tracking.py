@@ -187,7 +187,8 @@ class Run:
 
     def log_masks(self, image, epoch: int, key: str = "val_masks") -> None:
         """An image per epoch under one key: the UI's step slider shows the masks improving."""
-        self._log(f"{key} image of epoch {epoch}", mlflow.log_image, image, key=key, step=epoch)
+        # synchronous: an upload that fails must raise here, to be reported, not die in a background thread
+        self._log(f"{key} image of epoch {epoch}", mlflow.log_image, image, key=key, step=epoch, synchronous=True)
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self._log(f"artifact {path}", mlflow.log_artifact, path, artifact_path)
@@ -393,9 +394,18 @@ def find_parent_run(uri: str, name_or_id: str) -> str:
     (the latest sweep so named, e.g. an experiment preset's name)."""
     client = _client(uri)
     try:
-        return client.get_run(name_or_id).info.run_id
+        run = client.get_run(name_or_id)
     except MlflowException:
-        pass
+        run = None
+    if run is not None:
+        if run.data.tags.get("seglab.sweep") != "parent":
+            raise TrackingError(
+                f"run {name_or_id} is not a sweep's parent run (tag seglab.sweep=parent); give the parent's id, "
+                "an MLflow experiment name or a sweep's run name."
+            )
+        return run.info.run_id
+    if "'" in name_or_id:
+        raise TrackingError(f"{name_or_id!r}: a sweep or experiment name with a quote cannot be searched; use the parent run id.")
     experiment = client.get_experiment_by_name(name_or_id)
     experiment_ids = [experiment.experiment_id] if experiment else [e.experiment_id for e in client.search_experiments()]
     where = "tags.`seglab.sweep` = 'parent'"

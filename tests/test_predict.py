@@ -31,13 +31,14 @@ def test_predict_writes_a_mask_and_an_overlay_per_image_at_its_own_size(tracking
     Image.fromarray(exact).save(images / "exact.png")
     Image.fromarray(rng.integers(0, 256, (41, 77, 3), dtype=np.uint8)).save(images / "wide.jpg")
     Image.fromarray(rng.integers(0, 256, (90, 20), dtype=np.uint8)).save(images / "sub" / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(images / "wide.png")  # same stem as wide.jpg
     (images / "notes.txt").write_text("not an image")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     out = tmp_path / "out"
     code = predict.main([f"model_uri=runs:/{run_id}/model", f"input={images}", f"output={out}", "batch_size=2",
                          f"tracking.uri={tracking_stack.uri}"])
     assert code == 0
-    for relative, (height, width) in {"exact": (32, 32), "wide": (41, 77), "sub/grey": (90, 20)}.items():
+    for relative, (height, width) in {"exact.png": (32, 32), "wide.jpg": (41, 77), "wide.png": (30, 30), "sub/grey.png": (90, 20)}.items():
         mask = np.asarray(Image.open(out / f"{relative}_mask.png"))
         overlay = Image.open(out / f"{relative}_overlay.png")
         assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 1, 2}, relative
@@ -51,7 +52,7 @@ def test_predict_writes_a_mask_and_an_overlay_per_image_at_its_own_size(tracking
     mlflow.set_tracking_uri(tracking_stack.uri)
     model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
     expected = np.argmax(model.predict(exact[None].astype(np.float32) / 255.0, verbose=0)[0], axis=-1)
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "exact_mask.png")), expected)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "exact.png_mask.png")), expected)
 
 
 def test_predict_command_line_names_a_missing_input(tmp_path):

@@ -66,3 +66,15 @@ def test_a_server_that_answers_with_an_http_error_is_up_and_a_closed_port_is_not
         server.server_close()
     with pytest.raises(tracking.TrackingError, match="127.0.0.1:9 is not reachable"):
         tracking.check_reachable("http://127.0.0.1:9")
+
+
+def test_report_lookup_refuses_a_run_that_is_not_a_sweep_parent(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    training = client.create_run(client.create_experiment("seglab-shapes"))
+    with pytest.raises(tracking.TrackingError, match="not a sweep's parent run"):
+        tracking.find_parent_run(uri, training.info.run_id)
+    with pytest.raises(tracking.TrackingError, match="quote"):
+        tracking.find_parent_run(uri, "it's")
