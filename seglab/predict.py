@@ -76,11 +76,10 @@ def segment(model, images: list[np.ndarray]) -> list[np.ndarray]:
     """Label maps (H, W) at each image's own size, from one batched forward pass."""
     import tensorflow as tf
 
-    height, width = model.input_shape[1:3]
-    batch = tf.stack([
-        tf.clip_by_value(tf.image.resize(tf.cast(im, tf.float32), (height, width), method="bilinear") / 255.0, 0.0, 1.0)
-        for im in images
-    ])  # the same preprocessing as seglab.data.pipeline.prepare
+    from seglab.data.pipeline import resize_image, to_unit_range  # the training pipeline's own preprocessing
+
+    size = model.input_shape[1]
+    batch = tf.stack([to_unit_range(resize_image(im, size)) for im in images])
     labels = tf.argmax(model(batch, training=False), axis=-1, output_type=tf.int32)[..., None]
     return [
         tf.image.resize(lab, im.shape[:2], method="nearest")[..., 0].numpy().astype(np.uint8)

@@ -14,15 +14,28 @@ import tensorflow as tf
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def prepare(image, mask, image_size: int):
-    """uint8 image of any size -> float32 [0, 1] (S, S, 3); mask -> int32 (S, S), nearest-neighbour."""
-    image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear") / 255.0
-    image = tf.clip_by_value(image, 0.0, 1.0)
+def resize_image(image, image_size: int):
+    """uint8 RGB of any size -> uint8 (S, S, 3), bilinear.  Still uint8: what is cached takes a
+    quarter of the memory float32 would."""
+    image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear")
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+
+
+def resize_mask(mask, image_size: int):
+    """Integer labels (H, W) or (H, W, 1) -> int32 (S, S), nearest-neighbour only (no invented labels)."""
     mask = tf.cast(mask, tf.int32)
     if mask.shape.rank == 2:
         mask = mask[..., None]
-    mask = tf.image.resize(mask, (image_size, image_size), method="nearest")[..., 0]
-    return image, tf.cast(mask, tf.int32)
+    return tf.image.resize(mask, (image_size, image_size), method="nearest")[..., 0]
+
+
+def prepare(image, mask, image_size: int):
+    return resize_image(image, image_size), resize_mask(mask, image_size)
+
+
+def to_unit_range(image):
+    """uint8 RGB -> float32 RGB in [0, 1], the convention every model takes."""
+    return tf.cast(image, tf.float32) / 255.0
 
 
 def augment(image, mask, seed, hflip: bool = True, crop_min: float = 1.0, brightness: float = 0.0, contrast: float = 0.0):
@@ -84,10 +97,12 @@ def make(
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         options = dict(augment_options or {})
         ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda pair, s: augment(pair[0], pair[1], s, **options),
+            lambda pair, s: augment(to_unit_range(pair[0]), pair[1], s, **options),
             num_parallel_calls=AUTOTUNE,
             deterministic=deterministic,
         )
+    else:
+        ds = ds.map(lambda image, mask: (to_unit_range(image), mask), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.batch(batch_size).prefetch(AUTOTUNE)
     opts = tf.data.Options()
     opts.deterministic = deterministic
