@@ -172,10 +172,6 @@ class Run:
         except STORE_ERRORS as err:
             log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status, _first_line(err))
 
-    @property
-    def artifact_uri(self) -> str:
-        return mlflow.get_artifact_uri()
-
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._log("params", mlflow.log_params, {k: ("null" if v is None else v) for k, v in params.items()})
 
