@@ -35,10 +35,8 @@ def parse(argv: list[str]) -> tuple[str, DictConfig]:
 
 
 def confusion(model, split, cfg: DictConfig) -> np.ndarray:
-    import tensorflow as tf
-
     from seglab.data import pipeline
-    from seglab.metrics import confusion_matrix
+    from seglab.metrics import split_confusion_matrix
 
     num_classes = cfg.data.num_classes
     if model.output_shape[-1] != num_classes:
@@ -50,11 +48,7 @@ def confusion(model, split, cfg: DictConfig) -> np.ndarray:
         split, image_size=model.input_shape[1], batch_size=cfg.trainer.batch_size, training=False,
         seed=cfg.seed, deterministic=True, cache=None,
     )
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    for images, masks in batches:
-        labels = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
-        cm += confusion_matrix(masks, labels, num_classes).numpy()
-    return cm
+    return split_confusion_matrix(model, batches, num_classes)
 
 
 def run(model_uri: str, cfg: DictConfig) -> dict[str, float]:
