@@ -55,7 +55,7 @@ def run(model_uri: str, cfg: DictConfig) -> dict[str, float]:
     """Evaluate, log the run, return the metrics."""
     from hydra.utils import instantiate
 
-    from seglab import tracking, visualize
+    from seglab import tracking
     from seglab.metrics import scores
 
     uri = cfg.tracking.uri
@@ -89,10 +89,7 @@ def run(model_uri: str, cfg: DictConfig) -> dict[str, float]:
         mlrun.log_params({"model_uri": model_uri, "split": split_name,
                           **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})
         mlrun.log_metrics(metrics)
-        figure = visualize.confusion_matrix_figure(cm, class_names, f"{training_name} on {cfg.data.name} {split_name}")
-        mlrun.log_figure(figure, "confusion_matrix.png")
-        mlrun.log_dict({"class_names": class_names, "rows": "true", "columns": "predicted", "counts": cm.tolist()},
-                       "confusion_matrix.json")
+        mlrun.log_confusion_matrix(cm, class_names, f"{training_name} on {cfg.data.name} {split_name}")
     width = max(len(k) for k in metrics)
     print(f"{model_uri} on data={cfg.data.name}, {split_name} split ({cm.sum():,} pixels); MLflow run {mlrun.run_id} "
           f"in experiment {experiment!r}")

@@ -199,6 +199,15 @@ class Run:
         """A matplotlib Figure as an image artifact (e.g. `confusion_matrix.png`)."""
         self._log(artifact_file, mlflow.log_figure, figure, artifact_file)
 
+    def log_confusion_matrix(self, cm, class_names: list[str], title: str) -> None:
+        """`confusion_matrix.png` (rows normalised, with counts) and `confusion_matrix.json`, the same
+        for a training run and an evaluation run."""
+        from seglab import visualize
+
+        self.log_figure(visualize.confusion_matrix_figure(cm, class_names, title), "confusion_matrix.png")
+        self.log_dict({"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": cm.tolist()},
+                      "confusion_matrix.json")
+
     def log_model(self, model, input_example) -> str | None:
         """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow;
         its URI, or None when the store did not take it."""

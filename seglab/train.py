@@ -3,7 +3,6 @@ Hydra sweeper optimises (`optimize_metric`, best epoch)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking, visualize
+from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking
 from seglab.data import cache_name, pipeline, statistics
 
 log = logging.getLogger(__name__)
@@ -73,10 +72,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         )
 
         final_cm = metrics.split_confusion_matrix(model, val_ds, data.num_classes)
-        figure = visualize.confusion_matrix_figure(final_cm, list(data.class_names), "validation, after the last epoch")
-        mlrun.log_figure(figure, "confusion_matrix.png")
-        mlrun.log_text(json.dumps({"classes": list(data.class_names), "rows_true_columns_predicted": final_cm.tolist()}),
-                       "confusion_matrix.json")
+        mlrun.log_confusion_matrix(final_cm, list(data.class_names), "validation, after the last epoch")
         mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
         mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})

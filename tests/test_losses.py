@@ -331,8 +331,8 @@ def test_cli_dice_and_weighted_log_weights_and_the_final_confusion_matrix(tmp_pa
         artifacts = {a.path for a in client.list_artifacts(rid)}
         assert {"confusion_matrix.png", "confusion_matrix.json"} <= artifacts
         saved = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/confusion_matrix.json"))
-        cm = np.array(saved["rows_true_columns_predicted"])
-        assert saved["classes"] == ["object", "background", "boundary"] and cm.sum() == 8 * 32 * 32
+        cm = np.array(saved["counts"])
+        assert saved["class_names"] == ["object", "background", "boundary"] and cm.sum() == 8 * 32 * 32
         final = metrics.scores(cm)
         assert run.data.metrics["val_mean_iou"] == pytest.approx(final["mean_iou"], rel=1e-5)
         assert run.data.metrics["val_dice_boundary"] == pytest.approx(final["dice"][2], rel=1e-5)
