@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from seglab import checkpoint, visualize
+from seglab import checkpoint, metrics, visualize
 
 
 def mlflow_name(key: str) -> str:
@@ -18,17 +18,21 @@ def mlflow_name(key: str) -> str:
 
 
 class MetricsLogger(keras.callbacks.Callback):
-    """Every epoch (MLflow step = 0-based epoch): train and validation metrics, the seconds of the
-    whole epoch and of its training part, and training throughput (validation excluded)."""
+    """Every epoch (MLflow step = 0-based epoch): train and validation metrics, the learning rate of
+    the epoch's first step, the seconds of the whole epoch and of its training part, and training
+    throughput (validation excluded)."""
 
     def __init__(self, run, train_images: int):
         super().__init__()
         self.run, self.train_images = run, train_images
         self._train_seconds: float | None = None
+        self._learning_rate: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._train_seconds = None
+        # The optimizer evaluates its schedule at its current step: the first step of this epoch.
+        self._learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_test_begin(self, logs=None):
         # fit passes its callbacks to the validation pass too: the training part ends here.
@@ -42,7 +46,30 @@ class MetricsLogger(keras.callbacks.Callback):
         metrics["epoch_seconds"] = seconds
         metrics["train_seconds"] = train_seconds
         metrics["train_images_per_second"] = self.train_images / train_seconds
+        metrics["learning_rate"] = self._learning_rate
         self.run.log_epoch(metrics, epoch)
+
+
+class InferenceModeScores(keras.callbacks.Callback):
+    """Every epoch: the scores of fixed, unaugmented training images in inference mode, added to the
+    epoch's logs as `inference_*` (MetricsLogger logs them as `train_inference_*`).
+
+    `train_*` are measured in training mode (batch statistics, dropout) on augmented batches while
+    the weights change; these use the model as it predicts after the epoch (moving statistics, no
+    dropout).  Both near each other: the model predicts as it trains.  `train_inference_*` far below
+    `train_*`, with validation as low: batch norm's moving statistics lag behind the weights (lower
+    model.bn_momentum)."""
+
+    def __init__(self, batches, num_classes: int, loss):
+        super().__init__()
+        self.batches, self.num_classes, self.loss = batches, num_classes, loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        cm, loss = metrics.split_confusion_matrix(self.model, self.batches, self.num_classes, self.loss)
+        found = metrics.scores(cm)
+        if logs is not None:
+            logs.update({f"inference_{name}": found[name] for name in ("pixel_accuracy", "mean_iou", "mean_dice")})
+            logs["inference_loss"] = loss
 
 
 class MaskLogger(keras.callbacks.Callback):

@@ -65,6 +65,11 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
+def load_model(path: str | Path) -> keras.Model:
+    """A model written by `save_model` (plain Keras: no seglab classes inside)."""
+    return keras.models.load_model(path, compile=False)
+
+
 def save_model(path: str | Path, model: keras.Model) -> None:
     """A `.keras` file (architecture + weights, no training state), written atomically."""
     _atomic_write(Path(path), inference_model(model).save)

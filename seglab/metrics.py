@@ -122,10 +122,19 @@ def segmentation_metrics(num_classes: int, class_names: list[str]) -> list[keras
     return [cm, ScoreView(cm, "mean_iou"), ScoreView(cm, "mean_dice"), *per_class]
 
 
-def split_confusion_matrix(model: keras.Model, batches, num_classes: int) -> np.ndarray:
-    """The confusion matrix of `model`'s predictions over a whole split of `(image, mask)` batches."""
+def split_confusion_matrix(model: keras.Model, batches, num_classes: int, loss=None):
+    """The confusion matrix of `model`'s inference-mode predictions over a whole split of `(image, mask)`
+    batches; with a `loss`, also its mean over the batches, weighted by batch size: `(matrix, mean loss)`."""
     total = np.zeros((num_classes, num_classes), np.int64)
+    loss_sum, images_seen = 0.0, 0
     for images, masks in batches:
-        labels = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+        logits = model(images, training=False)
+        labels = tf.argmax(logits, axis=-1, output_type=tf.int32)
         total += confusion_matrix(masks, labels, num_classes).numpy()
-    return total
+        if loss is not None:
+            count = int(images.shape[0])
+            loss_sum += float(loss(masks, logits)) * count
+            images_seen += count
+    if loss is None:
+        return total
+    return total, loss_sum / max(images_seen, 1)

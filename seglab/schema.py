@@ -45,18 +45,28 @@ class ModelConfig:
         return 1
 
 
+def _check_bn_momentum(value: float) -> None:
+    _require(
+        0.0 < value < 1.0, "model.bn_momentum", value,
+        "use a momentum in (0, 1): 0.9 follows the batch statistics within tens of steps; 0.99 and above need "
+        "thousands of steps before inference-mode predictions are right",
+    )
+
+
 @dataclass
 class UNetConfig(ModelConfig):
     _target_: str = "seglab.models.unet.build"
-    base_filters: int = 16
-    depth: int = 4
-    dropout: float = 0.3
-    batch_norm: bool = False
+    base_filters: int = MISSING
+    depth: int = MISSING
+    dropout: float = MISSING
+    batch_norm: bool = MISSING
+    bn_momentum: float = MISSING
 
     def __post_init__(self) -> None:
         _require(self.base_filters >= 1, "model.base_filters", self.base_filters, "use an integer >= 1 (the paper uses 64)")
         _require(1 <= self.depth <= 6, "model.depth", self.depth, "use an integer from 1 to 6 (the paper uses 4)")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1)")
+        _check_bn_momentum(self.bn_momentum)
 
     def size_multiple(self) -> int:
         return 2**self.depth
@@ -66,8 +76,8 @@ class UNetConfig(ModelConfig):
 class EncoderConfig:
     """A pretrained `keras.applications` encoder: `weights` is imagenet, null (random) or a file path."""
 
-    weights: Optional[str] = "imagenet"
-    trainable: bool = True  # false: frozen (feature extraction); true: fine-tuned with the decoder
+    weights: Optional[str] = MISSING
+    trainable: bool = MISSING  # false: frozen (feature extraction); true: fine-tuned with the decoder
 
     def __post_init__(self) -> None:
         _require(
@@ -86,9 +96,9 @@ FCN_VARIANTS = ("32s", "16s", "8s")
 @dataclass
 class FCN8Config(ModelConfig):
     _target_: str = "seglab.models.fcn8.build"
-    variant: str = "8s"
-    fc_width: int = 1024
-    dropout: float = 0.5
+    variant: str = MISSING
+    fc_width: int = MISSING
+    dropout: float = MISSING
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -100,15 +110,21 @@ class FCN8Config(ModelConfig):
         return 32  # VGG16's five 2x2 poolings
 
 
+@dataclass
+class BatchNormEncoderConfig(EncoderConfig):
+    freeze_batch_norm: bool = MISSING  # pretrained weights only: keep the loaded batch-norm statistics
+
+
 MOBILENET_V2_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 @dataclass
 class UNetMobileNetConfig(ModelConfig):
     _target_: str = "seglab.models.unet_mobilenet.build"
-    alpha: float = 1.0
-    dropout: float = 0.0
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    alpha: float = MISSING
+    dropout: float = MISSING
+    bn_momentum: float = MISSING
+    encoder: BatchNormEncoderConfig = field(default_factory=BatchNormEncoderConfig)
 
     def __post_init__(self) -> None:
         _require(self.alpha > 0, "model.alpha", self.alpha, "use a positive width multiplier (1.0 is the paper's MobileNetV2)")
@@ -120,6 +136,7 @@ class UNetMobileNetConfig(ModelConfig):
             "use one of those or model.encoder.weights=null",
         )
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1) (pix2pix uses 0.5)")
+        _check_bn_momentum(self.bn_momentum)
 
     def size_multiple(self) -> int:
         return 32  # MobileNetV2's total stride
@@ -343,16 +360,92 @@ class CocoCatSourceConfig:
 @dataclass
 class OptimizerConfig:
     _target_: str = MISSING
-    learning_rate: float = 1e-3
+    learning_rate: float = MISSING  # the base rate; the scheduler group shapes it over the run
+    weight_decay: Optional[float] = MISSING  # decoupled (Keras applies w -= lr * wd * w); null: none
 
     def __post_init__(self) -> None:
         _require(self.learning_rate > 0, "optimizer.learning_rate", self.learning_rate, "use a positive float")
+        _require(self.weight_decay is None or self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay,
+                 "use null or a float >= 0")
 
 
 @dataclass
 class AdamConfig(OptimizerConfig):
     _target_: str = "keras.optimizers.Adam"
-    weight_decay: Optional[float] = None
+
+
+@dataclass
+class AdamWConfig(OptimizerConfig):
+    _target_: str = "keras.optimizers.AdamW"
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "keras.optimizers.SGD"
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 <= self.momentum < 1.0, "optimizer.momentum", self.momentum, "use a float in [0, 1) (0.9 is usual)")
+        _require(not self.nesterov or self.momentum > 0, "optimizer.nesterov", self.nesterov,
+                 "Nesterov momentum needs optimizer.momentum > 0")
+
+
+# --- scheduler ---------------------------------------------------------------------------
+
+
+@dataclass
+class SchedulerConfig:
+    """seglab.schedules: a learning rate per optimizer step, from optimizer.learning_rate."""
+
+    _target_: str = MISSING
+    warmup_epochs: float = MISSING
+
+    def __post_init__(self) -> None:
+        _require(self.warmup_epochs >= 0, "scheduler.warmup_epochs", self.warmup_epochs, "use a number of epochs >= 0 (0: no warm-up)")
+
+    def min_learning_rate_or_none(self) -> Optional[float]:
+        return getattr(self, "min_learning_rate", None)
+
+
+@dataclass
+class ConstantScheduleConfig(SchedulerConfig):
+    _target_: str = "seglab.schedules.Constant"
+
+
+@dataclass
+class CosineScheduleConfig(SchedulerConfig):
+    _target_: str = "seglab.schedules.Cosine"
+    min_learning_rate: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.min_learning_rate >= 0, "scheduler.min_learning_rate", self.min_learning_rate, "use a float >= 0")
+
+
+@dataclass
+class PolyScheduleConfig(SchedulerConfig):
+    _target_: str = "seglab.schedules.Poly"
+    power: float = MISSING
+    min_learning_rate: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.power > 0, "scheduler.power", self.power, "use a positive power (MMSegmentation uses 0.9)")
+        _require(self.min_learning_rate >= 0, "scheduler.min_learning_rate", self.min_learning_rate, "use a float >= 0")
+
+
+@dataclass
+class StepScheduleConfig(SchedulerConfig):
+    _target_: str = "seglab.schedules.Step"
+    step_epochs: int = MISSING
+    gamma: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.step_epochs >= 1, "scheduler.step_epochs", self.step_epochs, "use an integer >= 1")
+        _require(0 < self.gamma <= 1, "scheduler.gamma", self.gamma, "use a factor in (0, 1] (0.1 is usual)")
 
 
 # --- trainer and tracking ----------------------------------------------------------------
@@ -364,12 +457,18 @@ class TrainerConfig:
     batch_size: int = 16
     jit_compile: bool = False
     mask_samples: int = 4  # validation images shown in the per-epoch mask grid
+    train_inference_images: int = 64  # training images scored in inference mode every epoch (0: off)
     checkpoint_dir: str = "checkpoints"  # relative to the job's output directory
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")
         _require(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "use an integer >= 1")
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
+        _require(self.train_inference_images >= 0, "trainer.train_inference_images", self.train_inference_images,
+                 "use an integer >= 0 (0: off)")
+
+
+LOG_MODEL = ("best", "last", False)
 
 
 @dataclass
@@ -377,9 +476,13 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "seglab"
     run_name: Optional[str] = None  # null: "<model>-<loss>-<data>" from the chosen config options
-    log_model: bool = True
+    log_model: Any = "best"  # best | last | false
     # Set by a sweep (seglab.sweep.PARENT_RUN_ENV) so each job's run is a child of the sweep's parent run.
     parent_run_id: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(self.log_model in LOG_MODEL, "tracking.log_model", self.log_model,
+                 "use best (the weights of the best epoch by optimize_metric), last (those of the last epoch) or false")
 
 
 # --- top level ---------------------------------------------------------------------------
@@ -393,6 +496,7 @@ class Config:
     loss: LossConfig = MISSING
     data: DataConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
     seed: int = 42
@@ -411,6 +515,15 @@ class Config:
             f"(e.g. {max(multiple, self.data.image_size // multiple * multiple)})",
         )
         self.loss.check_classes(self.data.num_classes)
+        _require(
+            self.scheduler.warmup_epochs < self.trainer.epochs, "scheduler.warmup_epochs", self.scheduler.warmup_epochs,
+            f"warm up for fewer epochs than trainer.epochs={self.trainer.epochs}",
+        )
+        floor = self.scheduler.min_learning_rate_or_none()
+        _require(
+            floor is None or floor <= self.optimizer.learning_rate, "scheduler.min_learning_rate", floor,
+            f"use at most optimizer.learning_rate={self.optimizer.learning_rate}: the schedule decays towards it",
+        )
         ignore = getattr(self.loss, "ignore_index", None)
         _require(
             ignore is None or not 0 <= ignore < self.data.num_classes,
@@ -435,6 +548,12 @@ def register() -> None:
     cs.store(group="data/source", name="pets_schema", node=PetsSourceConfig)
     cs.store(group="data/source", name="coco_cat_schema", node=CocoCatSourceConfig)
     cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
+    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    cs.store(group="scheduler", name="constant_schema", node=ConstantScheduleConfig)
+    cs.store(group="scheduler", name="cosine_schema", node=CosineScheduleConfig)
+    cs.store(group="scheduler", name="poly_schema", node=PolyScheduleConfig)
+    cs.store(group="scheduler", name="step_schema", node=StepScheduleConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
 

@@ -4,6 +4,7 @@ Hydra sweeper optimises (`optimize_metric`, best epoch)."""
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,12 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         if isinstance(loss, losses.WeightedCrossEntropy):
             mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
 
+        # The scheduler turns optimizer.learning_rate into a rate per optimizer step (seglab/schedules.py).
+        steps_per_epoch = math.ceil(int(splits.train.cardinality()) / cfg.trainer.batch_size)
+        schedule = instantiate(cfg.scheduler, base_learning_rate=cfg.optimizer.learning_rate,
+                               steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs)
         model.compile(
-            optimizer=instantiate(cfg.optimizer),
+            optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=schedule),
             loss=loss,
             metrics=metrics.segmentation_metrics(data.num_classes, list(data.class_names)),
             jit_compile=cfg.trainer.jit_compile,
@@ -63,6 +68,10 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())),
             checkpointer,
         ]
+        if cfg.trainer.train_inference_images:
+            # Before MetricsLogger: it adds train_inference_* to the epoch's logs, which MetricsLogger logs.
+            fixed_train = pipeline.make(splits.train.take(cfg.trainer.train_inference_images), training=False, **{**batches, "cache": None})
+            fit_callbacks.insert(1, callbacks.InferenceModeScores(fixed_train, data.num_classes, loss))
         sample_images, sample_masks = _first_examples(val_ds, cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
@@ -71,13 +80,21 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             verbose=1 if sys.stdout.isatty() else 2,
         )
 
-        final_cm = metrics.split_confusion_matrix(model, val_ds, data.num_classes)
-        mlrun.log_confusion_matrix(final_cm, list(data.class_names), "validation, after the last epoch")
         mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
         mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
+        # The model users get (MLflow model, evaluate, predict) is the best epoch's unless asked otherwise:
+        # a late epoch can be worse than an earlier one.
+        if cfg.tracking.log_model == "last":
+            chosen, chosen_epoch = checkpoint.inference_model(model), cfg.trainer.epochs - 1
+        else:
+            chosen, chosen_epoch = checkpoint.load_model(checkpointer.best_path), checkpointer.best_epoch
+        final_cm = metrics.split_confusion_matrix(chosen, val_ds, data.num_classes)
+        which = "best" if chosen_epoch == checkpointer.best_epoch else "last"
+        mlrun.log_confusion_matrix(final_cm, list(data.class_names), f"validation, {which} epoch ({chosen_epoch + 1})")
         if cfg.tracking.log_model:
-            mlrun.log_model(checkpoint.inference_model(model), input_example=sample_images[:1])
+            mlrun.log_model(chosen, input_example=sample_images[:1])
+            mlrun.set_tags({"seglab.model_epoch": chosen_epoch, "seglab.model_weights": cfg.tracking.log_model})
         log.info(
             "best %s %.4f at epoch %d | MLflow run %s, experiment %r, tracking.uri=%s | checkpoints in %s",
             cfg.optimize_metric, checkpointer.best, checkpointer.best_epoch + 1, mlrun.run_id,

@@ -49,5 +49,23 @@ def compose_cfg():
     return _compose
 
 
+def build_model(name: str, num_classes: int, image_size: int, **overrides):
+    """`model=name` from conf/ (its YAML defaults, its schema's checks) with `overrides` merged in, built
+    as train.py builds it: the builders have no defaults of their own, so tests go through the config too."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import seglab.schema  # noqa: F401  registers the schemas in Hydra's ConfigStore
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model={name}"]).model
+    cfg = OmegaConf.merge(cfg, overrides)
+    try:
+        return instantiate(cfg, num_classes=num_classes, image_size=image_size)
+    except InstantiationException as wrapped:  # the builder's own error, as a test of the builder expects it
+        raise wrapped.__cause__ from None
+
+
 # The docker-compose tracking stack as local processes (PostgreSQL, an S3 endpoint, mlflow server).
 from tests.tracking_stack import stack_run, tracking_stack  # noqa: E402,F401

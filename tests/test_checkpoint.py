@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from seglab import checkpoint
-from seglab.models import unet
+from tests.conftest import build_model
 
 
 def compiled_model(seed):
     keras.utils.set_random_seed(seed)
-    model = unet.build(2, 16, base_filters=2, depth=1, dropout=0.0)
+    model = build_model("unet", 2, 16, base_filters=2, depth=1, dropout=0.0)
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 

@@ -46,11 +46,21 @@ def test_defaults_are_the_documented_ones(compose_cfg):
         ("optimizer.learning_rate=0", "optimizer.learning_rate"),
         ("optimize_metric=val_accuracy", "optimize_metric"),
         ("data.num_classes=4", "data.class_names"),
+        ("model.batch_norm=true model.bn_momentum=1.0", "model.bn_momentum"),
+        ("model=unet_mobilenet model.bn_momentum=0", "model.bn_momentum"),
+        ("optimizer=sgd optimizer.momentum=1.5", "optimizer.momentum"),
+        ("optimizer=adamw optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
+        ("scheduler=cosine scheduler.warmup_epochs=15", "scheduler.warmup_epochs"),  # not below trainer.epochs=15
+        ("scheduler=poly scheduler.min_learning_rate=0.1", "scheduler.min_learning_rate"),  # above the optimizer's
+        ("scheduler=poly scheduler.power=0", "scheduler.power"),
+        ("scheduler=step scheduler.gamma=0", "scheduler.gamma"),
+        ("scheduler=step scheduler.step_epochs=0", "scheduler.step_epochs"),
+        ("tracking.log_model=worst", "tracking.log_model"),
     ],
 )
 def test_schema_rejects_out_of_range_values_naming_the_key(compose_cfg, override, key):
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
-        schema.validate(compose_cfg(override))
+        schema.validate(compose_cfg(*override.split()))
 
 
 def test_image_size_error_suggests_a_valid_size(compose_cfg):

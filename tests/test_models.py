@@ -15,7 +15,7 @@ from seglab import schema
 from seglab.models import encoders, fcn8, unet_mobilenet
 from seglab.models.__main__ import describe
 from seglab.models.flops import forward_flops
-from tests.conftest import run_cli
+from tests.conftest import build_model, run_cli
 
 RANDOM = {"weights": None, "trainable": True}
 # A proxy on a closed local port: any download attempt fails at once, even on a machine with network.
@@ -60,29 +60,29 @@ def fcn_params(num_classes, fc_width, variant):
 
 
 @pytest.mark.parametrize("num_classes,size", [(2, 32), (3, 64)])
-@pytest.mark.parametrize("variant", fcn8.VARIANTS)
+@pytest.mark.parametrize("variant", schema.FCN_VARIANTS)
 def test_fcn_logits_at_input_size_and_paper_parameter_count(num_classes, size, variant):
-    model = fcn8.build(num_classes, size, variant=variant, fc_width=32, encoder=RANDOM)
+    model = build_model("fcn8", num_classes, size, variant=variant, fc_width=32, encoder=RANDOM)
     out = model(np.zeros((2, size, size, 3), np.float32))
     assert out.shape == (2, size, size, num_classes) and out.dtype == "float32"
     assert model.count_params() == fcn_params(num_classes, 32, variant)
 
 
 def test_fcn_paper_width_is_one_setting_away():
-    model = fcn8.build(21, 32, fc_width=4096, encoder=RANDOM)  # PASCAL VOC's 21 classes
+    model = build_model("fcn8", 21, 32, fc_width=4096, encoder=RANDOM)  # PASCAL VOC's 21 classes
     assert model.get_layer("fc6").filters == model.get_layer("fc7").filters == 4096
     assert model.count_params() == fcn_params(21, 4096, "8s")
 
 
 @pytest.mark.parametrize("num_classes,size", [(2, 32), (3, 64)])
 def test_unet_mobilenet_logits_at_input_size(num_classes, size):
-    model = unet_mobilenet.build(num_classes, size, encoder=RANDOM)
+    model = build_model("unet_mobilenet", num_classes, size, encoder=RANDOM)
     out = model(np.zeros((2, size, size, 3), np.float32))
     assert out.shape == (2, size, size, num_classes) and out.dtype == "float32"
 
 
 def test_unet_mobilenet_has_the_tutorials_parameter_count():
-    assert unet_mobilenet.build(3, 128, alpha=1.0, encoder=RANDOM).count_params() == 6_504_227
+    assert build_model("unet_mobilenet", 3, 128, alpha=1.0, encoder=RANDOM).count_params() == 6_504_227
 
 
 @pytest.mark.parametrize("alpha", [0.35, 1.0])
@@ -99,7 +99,7 @@ def test_unet_mobilenet_parameter_count_is_encoder_plus_pix2pix_decoder(alpha):
         decoder += conv(cin, filters, bias=False) + 4 * filters  # transposed conv + batch norm (gamma, beta, mean, variance)
         cin = filters + skip
     decoder += conv(cin, num_classes)
-    model = unet_mobilenet.build(num_classes, size, alpha=alpha, dropout=0.5, encoder=RANDOM)
+    model = build_model("unet_mobilenet", num_classes, size, alpha=alpha, dropout=0.5, encoder=RANDOM)
     assert model.count_params() == encoder + decoder
     assert [layer.name for layer in model.layers if "dropout" in layer.name] == [f"up{i}_dropout" for i in range(4)]
 
@@ -134,7 +134,7 @@ def test_encoder_preprocessing_matches_keras_applications():
 def test_fcn_loads_an_encoder_weights_file_and_can_freeze_it(tmp_path):
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     vgg.save_weights(tmp_path / "vgg16.weights.h5")
-    model = fcn8.build(2, 32, fc_width=8, encoder={"weights": str(tmp_path / "vgg16.weights.h5"), "trainable": False})
+    model = build_model("fcn8", 2, 32, fc_width=8, encoder={"weights": str(tmp_path / "vgg16.weights.h5"), "trainable": False})
     loaded = model.get_layer("vgg16").get_layer("block5_conv3").kernel.numpy()
     np.testing.assert_array_equal(loaded, vgg.get_layer("block5_conv3").kernel.numpy())
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
@@ -145,9 +145,9 @@ def test_weights_file_of_another_architecture_is_explained(tmp_path):
     other = keras.applications.MobileNetV2((32, 32, 3), alpha=0.35, include_top=False, weights=None)
     other.save_weights(tmp_path / "small.weights.h5")
     with pytest.raises(ValueError, match="does not fit the MobileNetV2 \\(alpha=1.0\\) encoder"):
-        unet_mobilenet.build(2, 32, alpha=1.0, encoder={"weights": str(tmp_path / "small.weights.h5")})
+        build_model("unet_mobilenet", 2, 32, alpha=1.0, encoder={"weights": str(tmp_path / "small.weights.h5")})
     with pytest.raises(FileNotFoundError, match="model.encoder.weights='nowhere.h5': no such file"):
-        unet_mobilenet.build(2, 32, encoder={"weights": "nowhere.h5"})
+        build_model("unet_mobilenet", 2, 32, encoder={"weights": "nowhere.h5"})
 
 
 def test_imagenet_weights_come_from_the_keras_cache_under_keras_home(empty_cache_offline):
@@ -156,18 +156,18 @@ def test_imagenet_weights_come_from_the_keras_cache_under_keras_home(empty_cache
     (tmp_path / "models").mkdir()
     with h5py.File(tmp_path / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5", "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, stand_in)  # the format of Keras' downloads
-    model = unet_mobilenet.build(2, 96, alpha=0.35, encoder={"weights": "imagenet", "trainable": False})
+    model = build_model("unet_mobilenet", 2, 96, alpha=0.35, encoder={"weights": "imagenet", "trainable": False})
     loaded = model.get_layer("mobilenet_v2").get_layer("block_16_project").kernel.numpy()
     np.testing.assert_array_equal(loaded, stand_in.get_layer("block_16_project").kernel.numpy())
     assert not model.get_layer("mobilenet_v2").trainable_weights
 
 
 @pytest.mark.timeout(60)  # without the reachability check, Keras' download could hang here for minutes
-@pytest.mark.parametrize("name,build", [("MobileNetV2", unet_mobilenet.build), ("VGG16", fcn8.build)])
-def test_missing_imagenet_weights_offline_fail_with_what_to_do(empty_cache_offline, name, build):
+@pytest.mark.parametrize("name,model", [("MobileNetV2", "unet_mobilenet"), ("VGG16", "fcn8")])
+def test_missing_imagenet_weights_offline_fail_with_what_to_do(empty_cache_offline, name, model):
     tmp_path = empty_cache_offline
     with pytest.raises(encoders.EncoderWeightsUnavailable) as error:
-        build(3, 64, encoder={"weights": "imagenet", "trainable": True})
+        build_model(model, 3, 64, encoder={"weights": "imagenet", "trainable": True})
     message = str(error.value)
     expected_file = unet_mobilenet.imagenet_file(1.0, 224) if name == "MobileNetV2" else fcn8.VGG16_IMAGENET_FILE
     assert f"{name}" in message and expected_file in message
@@ -194,19 +194,19 @@ def fit_loss_history(model, learning_rate, epochs):
 @pytest.mark.slow
 def test_fcn_a_few_steps_reduce_the_loss():
     # A plain 15-layer VGG16 from scratch, no batch norm: it needs a small learning rate.
-    history = fit_loss_history(fcn8.build(2, 32, fc_width=16, dropout=0.0, encoder=RANDOM), 1e-4, epochs=9)
+    history = fit_loss_history(build_model("fcn8", 2, 32, fc_width=16, dropout=0.0, encoder=RANDOM), 1e-4, epochs=9)
     assert history[-1] < 0.95 * history[0]
 
 
 @pytest.mark.slow
 def test_unet_mobilenet_a_few_steps_reduce_the_loss():
-    history = fit_loss_history(unet_mobilenet.build(2, 32, alpha=0.35, encoder=RANDOM), 1e-3, epochs=6)
+    history = fit_loss_history(build_model("unet_mobilenet", 2, 32, alpha=0.35, encoder=RANDOM), 1e-3, epochs=6)
     assert history[-1] < 0.8 * history[0]
 
 
 @pytest.mark.parametrize(
     "build",
-    [lambda: fcn8.build(3, 32, fc_width=8, encoder=RANDOM), lambda: unet_mobilenet.build(3, 32, alpha=0.35, encoder=RANDOM)],
+    [lambda: build_model("fcn8", 3, 32, fc_width=8, encoder=RANDOM), lambda: build_model("unet_mobilenet", 3, 32, alpha=0.35, encoder=RANDOM)],
 )
 def test_saved_model_reloads_with_plain_keras_and_predicts_the_same(tmp_path, build):
     model = build()

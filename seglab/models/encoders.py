@@ -30,10 +30,27 @@ class EncoderWeightsUnavailable(RuntimeError):
     """The ImageNet weights are neither in the Keras cache nor downloadable; the message says what to do."""
 
 
-def options(encoder: Mapping[str, Any] | None) -> tuple[str | None, bool]:
-    """(weights, trainable) of an `encoder: {weights, trainable}` mapping; ImageNet and fine-tuned by default."""
-    encoder = encoder or {}
-    return encoder.get("weights", "imagenet"), bool(encoder.get("trainable", True))
+def options(encoder: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """(weights, trainable) of an `encoder:` mapping (conf/model/*.yaml holds the defaults)."""
+    return encoder["weights"], bool(encoder["trainable"])
+
+
+def set_batch_norm(model: keras.Model, momentum: float, frozen: bool) -> None:
+    """Set the moving-statistics momentum of every BatchNormalization layer of a built application
+    (keras.applications hard-codes its own, 0.999 for MobileNetV2), or freeze them.
+
+    Why: a moving average with momentum m forgets at rate 1 - m per step, so it needs a few times
+    1 / (1 - m) steps to follow the batch statistics: 1,000 steps at 0.999, more than a whole short
+    training run on a few hundred images (17 steps an epoch for 300 images in batches of 16).  Until
+    then inference-mode outputs, which use the moving statistics, differ from training-mode outputs,
+    which use the batch's, and predictions collapse.  Frozen layers (`trainable = False`) run in
+    inference mode with the statistics they were loaded with, as Keras' fine-tuning guide advises for
+    pretrained weights: small batches of a new data set would otherwise overwrite good ImageNet statistics."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+            if frozen:
+                layer.trainable = False
 
 
 def keras_cache_dir() -> Path:
@@ -85,8 +102,9 @@ def load(application: keras.Model, path: str | None, what: str) -> None:
             f"and run again to download it, or pass a good copy with model.encoder.weights=<path>."
         ) from err
     except ValueError as err:
+        reason = str(err).split(" Example error")[0].splitlines()[0][:200]  # Keras appends every mismatched tensor
         raise ValueError(
-            f"model.encoder.weights={path!r} does not fit the {what} encoder ({err}). The file must hold the "
+            f"model.encoder.weights={path!r} does not fit the {what} encoder ({reason}). The file must hold the "
             f"weights of the same application with include_top=False (and the same alpha, for MobileNetV2)."
         ) from err
 

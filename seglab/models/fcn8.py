@@ -18,7 +18,6 @@ from keras import layers
 
 from seglab.models import encoders
 
-VARIANTS = ("32s", "16s", "8s")
 VGG16_IMAGENET_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 ENCODER_OUTPUTS = ("block3_pool", "block4_pool", "block5_pool")  # strides 8, 16, 32
 
@@ -61,13 +60,12 @@ def vgg16_encoder(image_size: int, weights: str | None, trainable: bool) -> kera
 def build(
     num_classes: int,
     image_size: int,
-    variant: str = "8s",
-    fc_width: int = 4096,
-    dropout: float = 0.5,
-    encoder: Mapping[str, Any] | None = None,
+    variant: str,
+    fc_width: int,
+    dropout: float,
+    encoder: Mapping[str, Any],
 ) -> keras.Model:
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r}: use one of {', '.join(VARIANTS)}")
+    """The values come from conf/model/fcn8.yaml (defaults) and seglab/schema.py (ranges, the variants)."""
     weights, trainable = encoders.options(encoder)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     pool3, pool4, pool5 = vgg16_encoder(image_size, weights, trainable)(encoders.vgg16_preprocessing(inputs))

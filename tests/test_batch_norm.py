@@ -1,0 +1,80 @@
+"""model.bn_momentum: the collapse seen on a real Oxford-IIIT Pet sample (seglab issue 11), reproduced on
+generated pets-like photos read by the real folder source, with few steps an epoch as there.
+
+With Keras' MobileNetV2 momentum 0.999, a few dozen steps leave the moving statistics near their
+initial values: training-mode scores climb while the same images scored in inference mode
+(train_inference_*) and validation collapse.  The default momentum keeps them together.  Training mode
+uses batch statistics, so both runs train identically; only inference differs."""
+
+import pytest
+from mlflow import MlflowClient
+
+from seglab.data import pets_like
+from tests.conftest import build_model, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same from-scratch MobileNetV2 U-Net trained twice: Keras' momentum, and seglab's default."""
+    root = tmp_path_factory.mktemp("bn")
+    pets_like.write_archive(root / "pets", trainval=96, test=0, seed=1, sides=(80, 120))
+    uri = f"sqlite:///{root}/mlflow.db"
+    common = ("model=unet_mobilenet", "model.encoder.weights=null", "model.alpha=0.35", "data=pets",
+              "data.source.kind=folder", f"data.source.path={root / 'pets'}", "data.image_size=64",
+              "trainer.epochs=3", "trainer.batch_size=8",  # 86 training images: 11 steps an epoch
+              "trainer.mask_samples=0", "tracking.log_model=false", f"tracking.uri={uri}")
+    run_cli(*common, "model.bn_momentum=0.999", "tracking.run_name=keras", cwd=root, timeout=600)
+    run_cli(*common, "tracking.run_name=default", cwd=root, timeout=600)
+    client = MlflowClient(uri)
+    found = client.search_runs([client.get_experiment_by_name("seglab-pets").experiment_id])
+    last = lambda run, key: client.get_metric_history(run.info.run_id, key)[-1].value
+    return {r.info.run_name: {k: last(r, k) for k in ("train_mean_iou", "train_inference_mean_iou", "val_mean_iou")}
+            for r in found}
+
+
+def test_keras_momentum_collapses_in_inference_mode(runs):
+    keras_bn = runs["keras"]
+    assert keras_bn["train_mean_iou"] > 0.4  # it learns, as the real run's training metrics did
+    assert keras_bn["train_inference_mean_iou"] < keras_bn["train_mean_iou"] - 0.25
+    assert keras_bn["val_mean_iou"] < 0.25
+
+
+def test_default_momentum_predicts_as_it_trains(runs):
+    default, keras_bn = runs["default"], runs["keras"]
+    assert default["train_mean_iou"] == pytest.approx(keras_bn["train_mean_iou"])  # same training, batch statistics
+    assert default["train_inference_mean_iou"] > default["train_mean_iou"] - 0.1
+    assert default["val_mean_iou"] > keras_bn["val_mean_iou"] + 0.2
+
+
+@pytest.mark.parametrize("name,overrides", [("unet_mobilenet", {"encoder": {"weights": None}}), ("unet", {"batch_norm": True})])
+def test_every_batch_norm_layer_gets_the_momentum(name, overrides):
+    import keras
+
+    model = build_model(name, 3, 64, bn_momentum=0.8, **overrides)
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert layers and all(layer.momentum == 0.8 for layer in layers)
+
+
+def test_pretrained_encoder_keeps_its_batch_norm_frozen(tmp_path, monkeypatch):
+    """Pretrained weights, freeze_batch_norm: the encoder's batch norm stays in inference mode (not
+    trainable), while its other layers fine-tune; the decoder's batch norm trains with bn_momentum."""
+    import keras
+
+    weights = tmp_path / "mobilenet.weights.h5"
+    keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, include_top=False, weights=None).save_weights(weights)
+    model = build_model("unet_mobilenet", 3, 64, alpha=0.35, bn_momentum=0.8, encoder={"weights": str(weights)})
+    encoder = model.get_layer("mobilenet_v2")
+    bns = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and not any(layer.trainable for layer in bns)
+    assert any(layer.trainable for layer in encoder.layers if isinstance(layer, keras.layers.Conv2D))
+    decoder_bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert decoder_bns and all(layer.trainable and layer.momentum == 0.8 for layer in decoder_bns)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)

@@ -1,0 +1,67 @@
+"""tracking.log_model=best|last|false: the MLflow model is the best epoch's weights (by optimize_metric)
+unless asked otherwise, and the run says which epoch it came from."""
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+# On TINY, validation mIoU peaks in the first epoch and falls after it (checked below), so the best
+# and the last weights differ.
+ARGS = (*TINY, "trainer.epochs=3", "trainer.mask_samples=0")
+
+
+def train(tmp_path, log_model):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_cli(*ARGS, f"tracking.log_model={log_model}", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/out", cwd=tmp_path)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
+    return client, run, uri
+
+
+def weights(model) -> dict[int, np.ndarray]:
+    """Weights by their index in model.variables (the order of last.state.npz), without the dropout
+    layers' random-generator states, which are not weights and are not saved in .keras files."""
+    return {i: v.numpy() for i, v in enumerate(model.variables) if "seed_generator" not in v.path}
+
+
+def logged_weights(run, uri):
+    mlflow.set_tracking_uri(uri)
+    return weights(mlflow.tensorflow.load_model(f"runs:/{run.info.run_id}/model"))
+
+
+def test_logged_model_is_the_best_checkpoint(tmp_path):
+    client, run, uri = train(tmp_path, "best")
+    best_step = int(run.data.tags["best_step"])
+    assert best_step != 2, "the premise: TINY's best epoch is not its last"
+    assert run.data.tags["seglab.model_epoch"] == str(best_step) and run.data.tags["seglab.model_weights"] == "best"
+    best = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/best.keras", tracking_uri=uri)
+    import keras
+
+    expected = weights(keras.models.load_model(best, compile=False))
+    got = logged_weights(run, uri)
+    assert got.keys() == expected.keys()
+    for i, a in got.items():
+        np.testing.assert_array_equal(a, expected[i])
+    with np.load(tmp_path / "out/checkpoints/last.state.npz") as last:  # and not the last epoch's
+        assert any(not np.array_equal(a, last[f"model/{i}"]) for i, a in got.items())
+
+
+def test_log_model_last_logs_the_last_epoch(tmp_path):
+    client, run, uri = train(tmp_path, "last")
+    assert run.data.tags["seglab.model_epoch"] == "2" and run.data.tags["seglab.model_weights"] == "last"
+    got = logged_weights(run, uri)
+    with np.load(tmp_path / "out/checkpoints/last.state.npz") as last:
+        assert got and all(f"model/{i}" in last for i in got)
+        for i, a in got.items():
+            np.testing.assert_array_equal(a, last[f"model/{i}"])
+
+
+def test_log_model_false_logs_no_model(tmp_path):
+    client, run, _ = train(tmp_path, "false")
+    assert "model" not in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "seglab.model_epoch" not in run.data.tags
