@@ -398,6 +398,7 @@ class Config:
     seed: int = 42
     deterministic: bool = True
     optimize_metric: str = "val_mean_iou"
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", self.seed, "use a non-negative integer")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -17,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking
+from seglab import callbacks, checkpoint, console, losses, metrics, runtime, tracking
 from seglab.data import cache_name, pipeline, statistics
 
 log = logging.getLogger(__name__)
@@ -62,13 +61,15 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             keras.callbacks.TerminateOnNaN(raise_error=True),
             callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())),
             checkpointer,
+            callbacks.EpochLine(cfg.trainer.epochs, checkpointer),
         ]
-        sample_images, sample_masks = _first_examples(val_ds, cfg.trainer.mask_samples)
+        # From an uncached copy: reading a few examples of the cached split would leave its cache half-filled.
+        sample_images, sample_masks = _first_examples(pipeline.make(splits.val, training=False, **{**batches, "cache": None}), cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
         model.fit(
-            train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, callbacks=fit_callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
+            # verbose=0: EpochLine prints the short line; shuffle=False: the pipeline shuffles (Keras would warn).
+            train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, callbacks=fit_callbacks, verbose=0, shuffle=False,
         )
 
         final_cm = metrics.split_confusion_matrix(model, val_ds, data.num_classes)
@@ -77,11 +78,12 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
         if cfg.tracking.log_model:
-            mlrun.log_model(checkpoint.inference_model(model), input_example=sample_images[:1])
+            with console.keras_silent():  # MLflow predicts on the example to infer the signature: no progress bars
+                mlrun.log_model(checkpoint.inference_model(model), input_example=sample_images[:1])
         log.info(
-            "best %s %.4f at epoch %d | MLflow run %s, experiment %r, tracking.uri=%s | checkpoints in %s",
-            cfg.optimize_metric, checkpointer.best, checkpointer.best_epoch + 1, mlrun.run_id,
-            cfg.tracking.experiment, cfg.tracking.uri, checkpointer.directory,
+            "best %s %.4f at epoch %d; checkpoints in %s; MLflow run %s: %s", cfg.optimize_metric, checkpointer.best,
+            checkpointer.best_epoch + 1, checkpointer.directory, mlrun.run_id,
+            console.ui_address(cfg.tracking.uri, mlrun.experiment_id, mlrun.run_id),
         )
     return checkpointer.best
 

@@ -51,6 +51,7 @@ class Run:
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.failed: str | None = None  # what was being logged when the store stopped answering
         self.skipped: list[str] = []  # what was not logged after that
         self._previous_sigterm = None
@@ -68,7 +69,7 @@ class Run:
         except BaseException:
             self._restore_env()
             raise
-        self.run_id = run.info.run_id
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         if _in_main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
