@@ -17,14 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import seglab
 from seglab import callbacks, checkpoint, console, losses, metrics, runtime, tracking
-from seglab.data import cache_name, pipeline, statistics
+from seglab.data import batches_of, statistics
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir: str | None = None) -> float:
+def run(cfg: DictConfig) -> float:
     device = runtime.setup(cfg.seed, cfg.deterministic)
-    out = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    out = Path(HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     run_name = _job_suffixed(cfg.tracking.run_name or _run_name(cfg))
@@ -36,14 +36,10 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
         model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
-        batches = dict(
-            image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
-            deterministic=cfg.deterministic, cache=data.cache, shuffle_buffer=data.shuffle_buffer,
-        )
-        train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name=cache_name(data, "train"), **batches)
-        val_ds = pipeline.make(splits.val, training=False, cache_name=cache_name(data, "val"), **batches)
+        train_ds = batches_of(cfg, splits.train, "train", training=True)
+        val_ds = batches_of(cfg, splits.val, "val")
 
-        loss = _build_loss(cfg, splits.train, batches)
+        loss = _build_loss(cfg, splits.train)
         if isinstance(loss, losses.WeightedCrossEntropy):
             mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
 
@@ -64,7 +60,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             callbacks.EpochLine(cfg.trainer.epochs, checkpointer),
         ]
         # From an uncached copy: reading a few examples of the cached split would leave its cache half-filled.
-        sample_images, sample_masks = _first_examples(pipeline.make(splits.val, training=False, **{**batches, "cache": None}), cfg.trainer.mask_samples)
+        sample_images, sample_masks = _first_examples(batches_of(cfg, splits.val, "val", cache=False), cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
         model.fit(
@@ -88,13 +84,13 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
     return checkpointer.best
 
 
-def _build_loss(cfg: DictConfig, train_split: tf.data.Dataset, batches: dict) -> keras.losses.Loss:
+def _build_loss(cfg: DictConfig, train_split: tf.data.Dataset) -> keras.losses.Loss:
     """The configured loss.  Class weights named by a balancing method (e.g. `median_frequency`)
     are first computed from the label counts of the whole training split (resized, not augmented)."""
     args = {"num_classes": cfg.data.num_classes}
     method = cfg.loss.get("class_weights")
     if isinstance(method, str):
-        counts = statistics.class_counts(pipeline.make(train_split, training=False, **{**batches, "cache": None}), cfg.data.num_classes)
+        counts = statistics.class_counts(batches_of(cfg, train_split, "train", cache=False), cfg.data.num_classes)
         args["class_weights"] = losses.balancing_weights(method, counts.pixels, counts.image_pixels).tolist()
         log.info("loss.class_weights=%s: %s", method, dict(zip(cfg.data.class_names, args["class_weights"])))
     return instantiate(cfg.loss, **args)
@@ -110,13 +106,8 @@ def _first_examples(batches: tf.data.Dataset, count: int) -> tuple[np.ndarray, n
 
 
 def _choice(cfg: DictConfig, group: str) -> str:
-    """The chosen option of a group (`unet`, `ce`, `shapes`), as Hydra recorded it; without Hydra
-    (train.run called directly), the data name or the module of the builder."""
-    if HydraConfig.initialized():
-        return HydraConfig.get().runtime.choices.get(group) or group
-    if group == "data":
-        return cfg.data.name
-    return cfg[group]._target_.rsplit(".", 2)[-2 if cfg[group]._target_.endswith(".build") else -1].lower()
+    """The chosen option of a group (`unet`, `ce`, `shapes`), as Hydra recorded it."""
+    return HydraConfig.get().runtime.choices.get(group) or group
 
 
 def _run_name(cfg: DictConfig) -> str:
