@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import mlflow
 from mlflow.entities import RunStatus
 
-from seglab.tracking.store import HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
+from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Run:
         try:
             if exc is not None and self.failed is None:
                 try:
-                    mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])
+                    mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:ERROR_TAG_CHARS])
                 except Exception as tag_err:  # the run must still be ended below
                     log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
             self._end(RunStatus.to_string(status))
