@@ -365,11 +365,16 @@ class TrainerConfig:
     jit_compile: bool = False
     mask_samples: int = 4  # validation images shown in the per-epoch mask grid
     checkpoint_dir: str = "checkpoints"  # relative to the job's output directory
+    limit_batches: Optional[int] = None
+    overfit_batches: Optional[int] = None
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")
         _require(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "use an integer >= 1")
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
+        for key in ("limit_batches", "overfit_batches"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, f"trainer.{key}", value, "use null (all batches) or an integer >= 1")
 
 
 @dataclass

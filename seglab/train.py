@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, console, losses, metrics, runtime, tracking
+from seglab import callbacks, checkpoint, console, debug, losses, metrics, runtime, tracking
 from seglab.data import batches_of, statistics
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def run(cfg: DictConfig) -> float:
         splits = instantiate(data.source)
         train_ds = batches_of(cfg, splits.train, "train", training=True)
         val_ds = batches_of(cfg, splits.val, "val")
+        train_ds, val_ds = debug.limit(train_ds, val_ds, cfg.trainer)  # +debug=fast / +debug=overfit
 
         loss = _build_loss(cfg, splits.train)
         if isinstance(loss, losses.WeightedCrossEntropy):
