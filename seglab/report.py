@@ -124,15 +124,13 @@ def to_text(table: list[dict[str, Any]], optimize_metric: str = "val_mean_iou") 
 
 def plot_objective(table: list[dict[str, Any]], optimize_metric: str, path: Path) -> Path:
     """A bar per job: the objective of each combination; failed jobs are marked, not left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (as in visualize.py)
 
     labels = [f"{r['job']}: {r['overrides']}" for r in table]
     values = [r["objective"] if r["objective"] is not None and r["status"] == "FINISHED" else 0.0 for r in table]
     colors = ["tab:blue" if r["status"] == "FINISHED" else "tab:red" for r in table]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(table), 1)))
+    fig = Figure(figsize=(8, 1.2 + 0.35 * max(len(table), 1)))
+    ax = fig.subplots()
     ax.barh(range(len(table)), values, color=colors)
     ax.set_yticks(range(len(table)), labels, fontsize=8)
     for i, r in enumerate(table):
@@ -143,7 +141,6 @@ def plot_objective(table: list[dict[str, Any]], optimize_metric: str, path: Path
     ax.set_title("objective per job (red: failed)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
