@@ -60,3 +60,53 @@ def test_ui_address_of_a_server_run_and_of_a_local_store():
     assert console.ui_address("http://host:5000/", "3", "abc") == "http://host:5000/#/experiments/3/runs/abc"
     local = console.ui_address("sqlite:///mlflow.db", "3", "abc")
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in local and local.endswith("#/experiments/3/runs/abc")
+
+
+class _Terminal:
+    """A stream that says it is a terminal, as sys.stdout does in an interactive shell."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_bar_on_a_terminal_then_one_line_per_epoch(tmp_path, caplog):
+    import logging
+
+    from seglab.callbacks import Checkpointer, EpochLine
+
+    checkpointer = Checkpointer(tmp_path, monitor="val_mean_iou")
+    checkpointer.best, checkpointer.best_epoch = 0.5, 0
+    terminal = _Terminal()
+    line = EpochLine(3, checkpointer, stream=terminal)
+    line.set_params({"steps": 4, "epochs": 3})
+    with caplog.at_level(logging.INFO, logger="seglab.callbacks"):
+        line.on_epoch_begin(0)
+        for batch in range(4):
+            line.on_train_batch_end(batch, {"loss": 1.0 - batch / 10})
+        line.on_epoch_end(0, {"loss": 0.7, "val_mean_iou": 0.5, "val_mean_dice": 0.6, "val_iou_object": 0.1})
+    assert "\repoch 1/3  [" in terminal.text and "4/4  loss 0.7000" in terminal.text
+    assert terminal.text.endswith("\r\033[K")  # the bar is cleared before the epoch's line
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"epoch 1/3  loss 0\.7000  val mIoU 0\.5000  val Dice 0\.6000  \d+\.\d s  best val_mean_iou 0\.5000 \(epoch 1\)", message)
+
+
+def test_no_bar_when_not_a_terminal(tmp_path):
+    import io
+
+    from seglab.callbacks import Checkpointer, EpochLine
+
+    stream = io.StringIO()
+    line = EpochLine(1, Checkpointer(tmp_path, monitor="val_mean_iou"), stream=stream)
+    line.set_params({"steps": 2})
+    line.on_epoch_begin(0)
+    line.on_train_batch_end(0, {"loss": 1.0})
+    assert stream.getvalue() == ""
