@@ -4,7 +4,7 @@ With `--multirun`, each job goes through `sweep.run_job`: a failing job is recor
 import hydra
 from omegaconf import DictConfig
 
-from seglab import console, help, schema, sweep  # noqa: F401  help: the --help text's resolver
+from seglab import console, helptext, schema, sweep  # noqa: F401  helptext: the resolver that writes --help
 from seglab.schema import CONF_DIR
 
 
