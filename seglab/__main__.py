@@ -4,12 +4,13 @@ With `--multirun`, each job goes through `sweep.run_job`: a failing job is recor
 import hydra
 from omegaconf import DictConfig
 
-from seglab import schema, sweep
+from seglab import console, helptext, schema, sweep  # noqa: F401  helptext: the resolver that writes --help
 from seglab.schema import CONF_DIR
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    console.quiet(console.is_verbose(cfg))  # before TensorFlow loads: its C++ notices are read from the environment
     if sweep.in_multirun():
         return sweep.run_job(cfg, _train)
     schema.validate(cfg)  # fails in about a second, before TensorFlow is imported

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from seglab import checkpoint, metrics, visualize
+from seglab import checkpoint, metrics, objective, visualize
+
+log = logging.getLogger(__name__)
 
 
 def mlflow_name(key: str) -> str:
@@ -94,7 +98,7 @@ class Checkpointer(keras.callbacks.Callback):
         super().__init__()
         self.directory = Path(directory)
         self.monitor = monitor
-        self.maximize = not monitor.endswith("loss")
+        self.maximize = not objective.minimized(monitor)
         self.best = -math.inf if self.maximize else math.inf
         self.best_epoch: int | None = None  # 0-based, as Keras' callbacks and MLflow's steps count
 
@@ -115,3 +119,48 @@ class Checkpointer(keras.callbacks.Callback):
             self.best, self.best_epoch = value, epoch
             checkpoint.save_model(self.best_path, self.model)
         checkpoint.save_state(self.last_path, self.model, checkpoint.TrainingState(epoch=epoch + 1, best=self.best))
+
+
+class EpochLine(keras.callbacks.Callback):
+    """What a person reads while training: on a terminal a progress bar over the epoch's batches,
+    then one short line per epoch (loss, val mIoU, val Dice, seconds, best so far).  Per-class
+    values go to MLflow only.  The best so far is the checkpointer's, so both always agree."""
+
+    BAR_WIDTH = 30
+
+    def __init__(self, epochs: int, checkpointer: Checkpointer, stream=None):
+        super().__init__()
+        self.epochs, self.checkpointer = epochs, checkpointer
+        self.stream = stream or sys.stdout
+        self.bar = self.stream.isatty()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps")
+        if not self.bar or not steps:
+            return
+        done = round(self.BAR_WIDTH * (batch + 1) / steps)
+        loss = (logs or {}).get("loss")
+        loss_text = f"  loss {float(loss):.4f}" if loss is not None else ""
+        self.stream.write(f"\r{self._prefix()}  [{'#' * done}{'.' * (self.BAR_WIDTH - done)}] {batch + 1}/{steps}{loss_text}")
+        self.stream.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        seconds = time.perf_counter() - self._start
+        if self.bar:
+            self.stream.write("\r\033[K")  # clear the bar; the epoch's line replaces it
+            self.stream.flush()
+        best = self.checkpointer
+        log.info(
+            "%s  loss %.4f  val mIoU %.4f  val Dice %.4f  %.1f s  best %s %.4f (epoch %d)",
+            self._prefix(), logs.get("loss", math.nan), logs.get("val_mean_iou", math.nan), logs.get("val_mean_dice", math.nan),
+            seconds, best.monitor, best.best, best.best_epoch + 1,
+        )
+
+    def _prefix(self) -> str:
+        width = len(str(self.epochs))
+        return f"epoch {self._epoch + 1:>{width}}/{self.epochs}"

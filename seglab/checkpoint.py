@@ -1,35 +1,23 @@
 """One file holds all training state (model variables, optimizer variables, epoch, best metric),
-written atomically: to a temporary file in the same directory, then renamed over the old one,
-so a kill at any moment leaves either the previous complete checkpoint or the new one.
+written atomically (`seglab.atomic`): a kill at any moment leaves the previous complete checkpoint or the new one.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from seglab import atomic
+
 
 @dataclass
 class TrainingState:
     epoch: int  # epochs completed
     best: float  # best value of the monitored metric so far
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_state(path: str | Path, model: keras.Model, state: TrainingState) -> None:
@@ -44,7 +32,7 @@ def save_state(path: str | Path, model: keras.Model, state: TrainingState) -> No
             f.flush()
             os.fsync(f.fileno())
 
-    _atomic_write(Path(path), write)
+    atomic.write(path, write)
 
 
 def load_state(path: str | Path, model: keras.Model) -> TrainingState:
@@ -72,4 +60,4 @@ def load_model(path: str | Path) -> keras.Model:
 
 def save_model(path: str | Path, model: keras.Model) -> None:
     """A `.keras` file (architecture + weights, no training state), written atomically."""
-    _atomic_write(Path(path), inference_model(model).save)
+    atomic.write(path, inference_model(model).save)

@@ -84,12 +84,7 @@ class Dice(keras.losses.Loss):
         name: str = "dice",
         **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
-        if not include_background and not (background_index is not None and 0 <= background_index < num_classes):
-            raise ValueError(
-                f"include_background=False needs the background class: background_index={background_index!r} "
-                f"is not in 0..{num_classes - 1} (set data.background_index)"
-            )
+        super().__init__(name=name, **kwargs)  # the ranges of these values are checked by seglab/schema.py (DiceConfig)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.squared_denominator, self.smooth, self.per_image, self.ce_weight = squared_denominator, smooth, per_image, ce_weight
         self.include_background, self.background_index = include_background, background_index
@@ -138,15 +133,14 @@ class WeightedCrossEntropy(keras.losses.Loss):
 
     def __init__(self, num_classes: int, class_weights, ignore_index: int | None = None, name: str = "weighted_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
+        # The count and signs of the weights are checked by seglab/schema.py; a balancing method's name is
+        # valid config, but only seglab.train can turn it into numbers (it needs the training split).
         if isinstance(class_weights, str):
             raise ValueError(
                 f"class_weights={class_weights!r} must be resolved to numbers from the training split's class "
                 "counts first (seglab.losses.balancing_weights; seglab.train does it)"
             )
-        weights = [float(w) for w in class_weights]
-        if len(weights) != num_classes or min(weights) < 0:
-            raise ValueError(f"class_weights={weights} needs {num_classes} non-negative numbers, one per class")
-        self.num_classes, self.ignore_index, self.class_weights = num_classes, ignore_index, weights
+        self.num_classes, self.ignore_index, self.class_weights = num_classes, ignore_index, [float(w) for w in class_weights]
 
     def call(self, y_true, y_pred):
         _, logits, onehot, labelled = _labels_and_logits(y_true, y_pred, self.num_classes)

@@ -28,45 +28,36 @@ def confusion_matrix(y_true, y_pred_labels, num_classes: int):
     return tf.cast(tf.matmul(true_hot, pred_hot, transpose_a=True), tf.int64)
 
 
-def scores(cm) -> dict[str, np.ndarray | float]:
-    """Pixel accuracy, per-class IoU and Dice, and their means, from a confusion matrix (NumPy)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    present = (tp + fp + fn) > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(present, tp / (tp + fp + fn), np.nan)
-        dice = np.where(present, 2 * tp / (2 * tp + fp + fn), np.nan)
-    total = cm.sum()
-    return {
-        "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
-        "iou": iou,
-        "dice": dice,
-        "mean_iou": float(np.nanmean(iou)) if present.any() else float("nan"),
-        "mean_dice": float(np.nanmean(dice)) if present.any() else float("nan"),
-    }
-
-
 def _scores_tf(cm):
-    """The same formulas as `scores`, in TensorFlow, for the Keras metrics."""
+    """Pixel accuracy, per-class IoU and Dice, and their means (the formulas of the module docstring),
+    in TensorFlow: the Keras metrics run it in the graph, `scores` eagerly."""
     cm = tf.cast(cm, tf.float64)
     tp = tf.linalg.diag_part(cm)
     fp = tf.reduce_sum(cm, 0) - tp
     fn = tf.reduce_sum(cm, 1) - tp
     present = (tp + fp + fn) > 0
-    iou = tf.math.divide_no_nan(tp, tp + fp + fn)
-    dice = tf.math.divide_no_nan(2 * tp, 2 * tp + fp + fn)
     n_present = tf.reduce_sum(tf.cast(present, tf.float64))
-    zeros = tf.zeros_like(iou)
-    nan = tf.fill(tf.shape(iou), tf.constant(np.nan, tf.float64))
+    nan = tf.constant(np.nan, tf.float64)
+    iou = tf.where(present, tf.math.divide_no_nan(tp, tp + fp + fn), nan)
+    dice = tf.where(present, tf.math.divide_no_nan(2 * tp, 2 * tp + fp + fn), nan)
+
+    def mean(per_class):  # over the classes present; NaN when none is
+        return tf.where(n_present > 0, tf.math.divide_no_nan(tf.reduce_sum(tf.where(present, per_class, 0.0)), n_present), nan)
+
+    total = tf.reduce_sum(cm)
     return {
-        "pixel_accuracy": tf.math.divide_no_nan(tf.reduce_sum(tp), tf.reduce_sum(cm)),
-        "iou": tf.where(present, iou, nan),
-        "dice": tf.where(present, dice, nan),
-        "mean_iou": tf.math.divide_no_nan(tf.reduce_sum(tf.where(present, iou, zeros)), n_present),
-        "mean_dice": tf.math.divide_no_nan(tf.reduce_sum(tf.where(present, dice, zeros)), n_present),
+        "pixel_accuracy": tf.where(total > 0, tf.math.divide_no_nan(tf.reduce_sum(tp), total), nan),
+        "iou": iou,
+        "dice": dice,
+        "mean_iou": mean(iou),
+        "mean_dice": mean(dice),
     }
+
+
+def scores(cm) -> dict[str, np.ndarray | float]:
+    """`_scores_tf` of a NumPy confusion matrix, as NumPy arrays (per class) and floats (the rest)."""
+    values = _scores_tf(tf.constant(np.asarray(cm, dtype=np.int64)))
+    return {key: value.numpy() if value.shape.rank else float(value) for key, value in values.items()}
 
 
 class ConfusionMatrix(keras.metrics.Metric):
@@ -86,7 +77,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         self.matrix.assign_add(confusion_matrix(y_true, labels, self.num_classes))
 
     def result(self):
-        return tf.cast(_scores_tf(self.matrix)["pixel_accuracy"], tf.float32)
+        return _result(self.matrix, "pixel_accuracy")
 
     def reset_state(self):
         self.matrix.assign(tf.zeros_like(self.matrix))
@@ -106,13 +97,18 @@ class ScoreView(keras.metrics.Metric):
         pass  # the source metric counts the batch
 
     def result(self):
-        value = _scores_tf(self.source.matrix)[self.score]
-        if self.index is not None:
-            value = value[self.index]
-        return tf.cast(value, tf.float32)
+        return _result(self.source.matrix, self.score, self.index)
 
     def reset_state(self):
         pass  # reset with the source
+
+
+def _result(matrix, score: str, index: int | None = None):
+    """A Keras metric's value: the score, or 0 before any pixel is counted (Keras' convention after a reset)."""
+    value = _scores_tf(matrix)[score]
+    if index is not None:
+        value = value[index]
+    return tf.cast(tf.where(tf.reduce_sum(matrix) > 0, value, 0.0), tf.float32)
 
 
 def segmentation_metrics(num_classes: int, class_names: list[str]) -> list[keras.metrics.Metric]:

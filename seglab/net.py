@@ -8,6 +8,11 @@ import threading
 import urllib.parse
 import urllib.request
 
+# How long a server may take to answer before seglab calls it unreachable: the tracking server's
+# /health, the Keras weights' host.  Long enough for a slow network, short against minutes of retries.
+# (`data.source.connect_timeout` of data=pets is the same check, set in the YAML.)
+REACHABILITY_TIMEOUT_S = 5.0
+
 
 def download_endpoint(url: str) -> tuple[str, int]:
     """The host a download of `url` connects to: the HTTPS/HTTP proxy when one applies, else the server."""

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from seglab import objective
 from seglab.tracking.sweeps import ChildRun
 
 COLUMNS = ("job", "status", "overrides", "val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s", "run_id", "error")
@@ -28,11 +29,8 @@ ERROR_CHARS = 80
 _OVERRIDE_START = re.compile(r" (?=[+~]{0,2}[\w./@-]+=)")
 
 
-def _best(values: list[float], maximize: bool = True) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return None
-    return max(finite) if maximize else min(finite)
+def _best(values: list[float], metric: str) -> float | None:
+    return objective.best((v for v in values if math.isfinite(v)), metric)
 
 
 def _overrides(tags: dict[str, str]) -> dict[str, str]:
@@ -50,12 +48,12 @@ def rows(children: Iterable[ChildRun], optimize_metric: str = "val_mean_iou") ->
         table.append({
             "job": int(child.tags.get("hydra.job.num", -1)),
             "status": child.status,
-            "val_mean_iou": _best(history.get("val_mean_iou", [])),
-            "val_mean_dice": _best(history.get("val_mean_dice", [])),
+            "val_mean_iou": _best(history.get("val_mean_iou", []), "val_mean_iou"),
+            "val_mean_dice": _best(history.get("val_mean_dice", []), "val_mean_dice"),
             "epochs": len(history.get("val_mean_iou", [])),
             "wall_s": round((child.end_ms - child.start_ms) / 1000, 1) if child.end_ms else None,
             "images_per_s": round(history["train_images_per_second"][-1], 1) if history.get("train_images_per_second") else None,
-            "objective": _best(history.get(optimize_metric, []), maximize=not optimize_metric.endswith("loss")),
+            "objective": _best(history.get(optimize_metric, []), optimize_metric),
             "run_id": child.run_id,
             "error": child.tags.get("error", "")[:ERROR_CHARS],
             "_overrides": _overrides(child.tags),
@@ -73,8 +71,8 @@ def best(table: list[dict[str, Any]], optimize_metric: str) -> dict[str, Any] | 
     finished = [r for r in table if r["status"] == "FINISHED" and r["objective"] is not None]
     if not finished:
         return None
-    pick = min if optimize_metric.endswith("loss") else max
-    return pick(finished, key=lambda r: r["objective"])
+    top = objective.best((r["objective"] for r in finished), optimize_metric)
+    return next(r for r in finished if r["objective"] == top)
 
 
 SORTABLE = (*COLUMNS, "objective")
@@ -126,15 +124,13 @@ def to_text(table: list[dict[str, Any]], optimize_metric: str = "val_mean_iou") 
 
 def plot_objective(table: list[dict[str, Any]], optimize_metric: str, path: Path) -> Path:
     """A bar per job: the objective of each combination; failed jobs are marked, not left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (as in visualize.py)
 
     labels = [f"{r['job']}: {r['overrides']}" for r in table]
     values = [r["objective"] if r["objective"] is not None and r["status"] == "FINISHED" else 0.0 for r in table]
     colors = ["tab:blue" if r["status"] == "FINISHED" else "tab:red" for r in table]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(table), 1)))
+    fig = Figure(figsize=(8, 1.2 + 0.35 * max(len(table), 1)))
+    ax = fig.subplots()
     ax.barh(range(len(table)), values, color=colors)
     ax.set_yticks(range(len(table)), labels, fontsize=8)
     for i, r in enumerate(table):
@@ -145,7 +141,6 @@ def plot_objective(table: list[dict[str, Any]], optimize_metric: str, path: Path
     ax.set_title("objective per job (red: failed)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -174,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     children = sweep_runs.child_runs(args.tracking_uri, parent)
     metric = next((c.params["optimize_metric"] for c in children if "optimize_metric" in c.params), "val_mean_iou")
     table = rows(children, metric)
-    best_first_ascending = args.sort == "objective" and metric.endswith("loss")
+    best_first_ascending = args.sort == "objective" and objective.minimized(metric)
     table = sort(table, args.sort, args.ascending or best_first_ascending)
     sys.stdout.write(f"sweep {parent}: {len(table)} jobs, {sum(r['status'] == 'FINISHED' for r in table)} finished\n")
     sys.stdout.write(FORMATS[args.format](table, metric))

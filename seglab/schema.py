@@ -155,20 +155,20 @@ class LossConfig:
 
 @dataclass
 class CrossEntropyConfig(LossConfig):
-    _target_: str = "seglab.losses.CrossEntropy"
-    ignore_index: Optional[int] = None
+    _target_: str = MISSING
+    ignore_index: Optional[int] = MISSING
 
 
 @dataclass
 class DiceConfig(LossConfig):
-    _target_: str = "seglab.losses.Dice"
-    ignore_index: Optional[int] = None
-    squared_denominator: bool = True  # V-Net: sum of squares; false: plain sums
-    include_background: bool = True
-    background_index: Optional[int] = None  # the background class, left out when include_background is false
-    smooth: float = 1.0
-    per_image: bool = False  # Dice of each image, averaged; false: one Dice over the whole batch
-    ce_weight: float = 0.0  # adds ce_weight * cross-entropy (Dice + CE)
+    _target_: str = MISSING
+    ignore_index: Optional[int] = MISSING
+    squared_denominator: bool = MISSING  # V-Net: sum of squares; false: plain sums
+    include_background: bool = MISSING
+    background_index: Optional[int] = MISSING  # the background class, left out when include_background is false
+    smooth: float = MISSING
+    per_image: bool = MISSING  # Dice of each image, averaged; false: one Dice over the whole batch
+    ce_weight: float = MISSING  # adds ce_weight * cross-entropy (Dice + CE)
 
     def __post_init__(self) -> None:
         _require(self.smooth >= 0, "loss.smooth", self.smooth, "use a float >= 0 (e.g. 1.0)")
@@ -194,10 +194,10 @@ BALANCING = ("inverse_frequency", "median_frequency")
 
 @dataclass
 class WeightedCrossEntropyConfig(LossConfig):
-    _target_: str = "seglab.losses.WeightedCrossEntropy"
-    ignore_index: Optional[int] = None
+    _target_: str = MISSING
+    ignore_index: Optional[int] = MISSING
     # A list with one weight per class, or computed from the training split: inverse_frequency | median_frequency
-    class_weights: Any = "median_frequency"
+    class_weights: Any = MISSING
 
     def __post_init__(self) -> None:
         if isinstance(self.class_weights, str):
@@ -221,10 +221,10 @@ class WeightedCrossEntropyConfig(LossConfig):
 
 @dataclass
 class AugmentConfig:
-    hflip: bool = True
-    crop_min: float = 1.0  # random scale-crop: crop side in [crop_min, 1] x image side, zoomed back; 1.0 = off
-    brightness: float = 0.0  # random brightness shift in [-b, b] (images in [0, 1]); 0 = off
-    contrast: float = 0.0  # random contrast factor in [1 - c, 1 + c]; 0 = off
+    hflip: bool = MISSING
+    crop_min: float = MISSING  # random scale-crop: crop side in [crop_min, 1] x image side, zoomed back; 1.0 = off
+    brightness: float = MISSING  # random brightness shift in [-b, b] (images in [0, 1]); 0 = off
+    contrast: float = MISSING  # random contrast factor in [1 - c, 1 + c]; 0 = off
 
     def __post_init__(self) -> None:
         _require(
@@ -237,15 +237,15 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    image_size: int = 64
+    image_size: int = MISSING
     num_classes: int = MISSING
     class_names: list[str] = MISSING
-    ignore_index: Optional[int] = None  # label of pixels that count nowhere (e.g. COCO crowd regions)
-    background_index: Optional[int] = None  # label of the background class (shapes/pets: 1, COCO: 0)
+    ignore_index: Optional[int] = MISSING  # label of pixels that count nowhere (e.g. COCO crowd regions)
+    background_index: Optional[int] = MISSING  # label of the background class (shapes/pets: 1, COCO: 0)
     source: Any = MISSING  # `_target_` of a builder returning seglab.data.Splits
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cache: Optional[str] = "memory"  # "memory", a file path prefix, or null
-    shuffle_buffer: int = 1024
+    augment: AugmentConfig = MISSING
+    cache: Optional[str] = MISSING  # "memory", a file path prefix, or null
+    shuffle_buffer: int = MISSING
 
     def __post_init__(self) -> None:
         _require(self.image_size >= 8, "data.image_size", self.image_size, "use an integer >= 8")
@@ -280,14 +280,14 @@ class DataConfig:
 
 @dataclass
 class ShapesSourceConfig:
-    _target_: str = "seglab.data.shapes.build"
-    image_size: int = "${..image_size}"  # type: ignore[assignment]
-    train_size: int = 800
-    val_size: int = 160
-    test_size: int = 160  # 0: no test split (`python -m seglab.evaluate` then falls back to validation)
-    max_objects: int = 3
-    boundary_width: int = 2
-    seed: int = 0
+    _target_: str = MISSING
+    image_size: int = MISSING
+    train_size: int = MISSING
+    val_size: int = MISSING
+    test_size: int = MISSING  # 0: no test split (`python -m seglab.evaluate` then falls back to validation)
+    max_objects: int = MISSING
+    boundary_width: int = MISSING
+    seed: int = MISSING
 
     def __post_init__(self) -> None:
         _require(self.train_size >= 1, "data.source.train_size", self.train_size, "use an integer >= 1")
@@ -304,16 +304,16 @@ PETS_KINDS = ("tfds", "folder")
 class PetsSourceConfig:
     """Oxford-IIIT Pet from tensorflow-datasets (`kind: tfds`) or from the unpacked archives (`kind: folder`)."""
 
-    _target_: str = "seglab.data.pets.build"
-    kind: str = "tfds"
-    tfds_dir: str = "~/tensorflow_datasets"  # kind=tfds: where `tfds build oxford_iiit_pet` put the data set
-    version: str = "4.*.*"  # kind=tfds: oxford_iiit_pet version
-    path: Optional[str] = None  # kind=folder: DIR with images/ and annotations/trimaps/
-    val_percent: int = 10  # validation = the last val_percent % of the (shuffled, for folder) train split
-    split_seed: int = 0  # kind=folder: seed of the trainval shuffle before the split
-    connect_timeout: float = 5.0  # seconds for the reachability check before a download
-    num_classes: int = "${..num_classes}"  # type: ignore[assignment]
-    deterministic: bool = "${deterministic}"  # type: ignore[assignment]
+    _target_: str = MISSING
+    kind: str = MISSING
+    tfds_dir: str = MISSING  # kind=tfds: where `tfds build oxford_iiit_pet` put the data set
+    version: str = MISSING  # kind=tfds: oxford_iiit_pet version
+    path: Optional[str] = MISSING  # kind=folder: DIR with images/ and annotations/trimaps/
+    val_percent: int = MISSING  # validation = the last val_percent % of the (shuffled, for folder) train split
+    split_seed: int = MISSING  # kind=folder: seed of the trainval shuffle before the split
+    connect_timeout: float = MISSING  # seconds for the reachability check before a download
+    num_classes: int = MISSING
+    deterministic: bool = MISSING
 
     def __post_init__(self) -> None:
         _require(self.kind in PETS_KINDS, "data.source.kind", self.kind, f"choose one of {', '.join(PETS_KINDS)}")
@@ -331,18 +331,18 @@ class PetsSourceConfig:
 class CocoCatSourceConfig:
     """COCO 2017 instances -> binary cat masks, converted once to sharded TFRecords."""
 
-    _target_: str = "seglab.data.coco_cat.build"
-    path: str = "data/coco"  # holds annotations/instances_<split>.json and <split>/ image folders
-    cache_dir: str = "~/.cache/seglab/coco_cat"  # TFRecords, one subfolder per conversion setting
-    category: str = "cat"  # COCO category name (its id is looked up in the annotation file)
-    train_split: str = "train2017"
-    val_split: str = "val2017"
-    negative_fraction: float = 0.0  # share of each converted split made of images without the category
-    shards: int = 8  # TFRecord files per split (read in parallel)
-    seed: int = 0  # which cat-free images are picked as negatives
-    ignore_index: Optional[int] = "${..ignore_index}"  # type: ignore[assignment]
-    num_classes: int = "${..num_classes}"  # type: ignore[assignment]
-    deterministic: bool = "${deterministic}"  # type: ignore[assignment]
+    _target_: str = MISSING
+    path: str = MISSING  # holds annotations/instances_<split>.json and <split>/ image folders
+    cache_dir: str = MISSING  # TFRecords, one subfolder per conversion setting
+    category: str = MISSING  # COCO category name (its id is looked up in the annotation file)
+    train_split: str = MISSING
+    val_split: str = MISSING
+    negative_fraction: float = MISSING  # share of each converted split made of images without the category
+    shards: int = MISSING  # TFRecord files per split (read in parallel)
+    seed: int = MISSING  # which cat-free images are picked as negatives
+    ignore_index: Optional[int] = MISSING
+    num_classes: int = MISSING
+    deterministic: bool = MISSING
 
     def __post_init__(self) -> None:
         fraction = self.negative_fraction
@@ -453,12 +453,14 @@ class StepScheduleConfig(SchedulerConfig):
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 15
-    batch_size: int = 16
-    jit_compile: bool = False
-    mask_samples: int = 4  # validation images shown in the per-epoch mask grid
-    train_inference_images: int = 64  # training images scored in inference mode every epoch (0: off)
-    checkpoint_dir: str = "checkpoints"  # relative to the job's output directory
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    jit_compile: bool = MISSING
+    mask_samples: int = MISSING  # validation images shown in the per-epoch mask grid
+    train_inference_images: int = MISSING  # training images scored in inference mode every epoch (0: off)
+    checkpoint_dir: str = MISSING  # relative to the job's output directory
+    limit_batches: Optional[int] = MISSING
+    overfit_batches: Optional[int] = MISSING
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")
@@ -466,6 +468,9 @@ class TrainerConfig:
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
         _require(self.train_inference_images >= 0, "trainer.train_inference_images", self.train_inference_images,
                  "use an integer >= 0 (0: off)")
+        for key in ("limit_batches", "overfit_batches"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, f"trainer.{key}", value, "use null (all batches) or an integer >= 1")
 
 
 LOG_MODEL = ("best", "last", False)
@@ -473,12 +478,12 @@ LOG_MODEL = ("best", "last", False)
 
 @dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "seglab"
-    run_name: Optional[str] = None  # null: "<model>-<loss>-<data>" from the chosen config options
-    log_model: Any = "best"  # best | last | false
+    uri: str = MISSING
+    experiment: str = MISSING
+    run_name: Optional[str] = MISSING  # null: "<model>-<loss>-<data>" from the chosen config options
+    log_model: Any = MISSING  # best | last | false
     # Set by a sweep (seglab.sweep.PARENT_RUN_ENV) so each job's run is a child of the sweep's parent run.
-    parent_run_id: Optional[str] = None
+    parent_run_id: Optional[str] = MISSING
 
     def __post_init__(self) -> None:
         _require(self.log_model in LOG_MODEL, "tracking.log_model", self.log_model,
@@ -499,9 +504,10 @@ class Config:
     scheduler: SchedulerConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
-    seed: int = 42
-    deterministic: bool = True
-    optimize_metric: str = "val_mean_iou"
+    seed: int = MISSING
+    deterministic: bool = MISSING
+    optimize_metric: str = MISSING
+    verbose: bool = MISSING
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", self.seed, "use a non-negative integer")

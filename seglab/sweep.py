@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from seglab import schema
+from seglab import objective, schema
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _check_direction(config: DictConfig) -> None:
     direction = OmegaConf.select(config, "hydra.sweeper.direction")
     if direction is None or config.hydra.runtime.choices.get("hydra/sweeper") != "optuna":
         return
-    expected = "minimize" if str(config.optimize_metric).endswith("loss") else "maximize"
+    expected = "minimize" if objective.minimized(str(config.optimize_metric)) else "maximize"
     if str(direction) != expected:
         raise ValueError(
             f"hydra.sweeper.direction={direction} but optimize_metric={config.optimize_metric} should be {expected}d: "
@@ -142,6 +142,9 @@ class MlflowSweep(Callback):
     # stops with a message and a non-zero exit.
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from seglab import console
+
+        console.quiet(bool(config.get("verbose")) or bool(config.hydra.verbose))
         try:
             self._start(config)
         except Exception as err:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -18,15 +17,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking
-from seglab.data import cache_name, pipeline, statistics
+from seglab import callbacks, checkpoint, console, debug, losses, metrics, runtime, tracking
+from seglab.data import batches_of, statistics
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir: str | None = None) -> float:
+def run(cfg: DictConfig) -> float:
     device = runtime.setup(cfg.seed, cfg.deterministic)
-    out = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    out = Path(HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     run_name = _job_suffixed(cfg.tracking.run_name or _run_name(cfg))
@@ -38,19 +37,18 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
         model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
-        batches = dict(
-            image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
-            deterministic=cfg.deterministic, cache=data.cache, shuffle_buffer=data.shuffle_buffer,
-        )
-        train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name=cache_name(data, "train"), **batches)
-        val_ds = pipeline.make(splits.val, training=False, cache_name=cache_name(data, "val"), **batches)
+        train_ds = batches_of(cfg, splits.train, "train", training=True)
+        val_ds = batches_of(cfg, splits.val, "val")
+        train_ds, val_ds = debug.limit(train_ds, val_ds, cfg.trainer)  # +debug=fast / +debug=overfit
 
-        loss = _build_loss(cfg, splits.train, batches)
+        loss = _build_loss(cfg, splits.train)
         if isinstance(loss, losses.WeightedCrossEntropy):
             mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
 
         # The scheduler turns optimizer.learning_rate into a rate per optimizer step (seglab/schedules.py).
-        steps_per_epoch = math.ceil(int(splits.train.cardinality()) / cfg.trainer.batch_size)
+        steps_per_epoch = int(train_ds.cardinality())  # after debug.limit; unknown (< 0) only for filtered sources
+        if steps_per_epoch < 1:
+            steps_per_epoch = math.ceil(int(splits.train.cardinality()) / cfg.trainer.batch_size)
         schedule = instantiate(cfg.scheduler, base_learning_rate=cfg.optimizer.learning_rate,
                                steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs)
         model.compile(
@@ -67,17 +65,19 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             keras.callbacks.TerminateOnNaN(raise_error=True),
             callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())),
             checkpointer,
+            callbacks.EpochLine(cfg.trainer.epochs, checkpointer),
         ]
         if cfg.trainer.train_inference_images:
             # Before MetricsLogger: it adds train_inference_* to the epoch's logs, which MetricsLogger logs.
-            fixed_train = pipeline.make(splits.train.take(cfg.trainer.train_inference_images), training=False, **{**batches, "cache": None})
+            fixed_train = batches_of(cfg, splits.train.take(cfg.trainer.train_inference_images), "train", cache=False)
             fit_callbacks.insert(1, callbacks.InferenceModeScores(fixed_train, data.num_classes, loss))
-        sample_images, sample_masks = _first_examples(val_ds, cfg.trainer.mask_samples)
+        # From an uncached copy: reading a few examples of the cached split would leave its cache half-filled.
+        sample_images, sample_masks = _first_examples(batches_of(cfg, splits.val, "val", cache=False), cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
         model.fit(
-            train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, callbacks=fit_callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
+            # verbose=0: EpochLine prints the short line; shuffle=False: the pipeline shuffles (Keras would warn).
+            train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, callbacks=fit_callbacks, verbose=0, shuffle=False,
         )
 
         mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
@@ -93,23 +93,24 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         which = "best" if chosen_epoch == checkpointer.best_epoch else "last"
         mlrun.log_confusion_matrix(final_cm, list(data.class_names), f"validation, {which} epoch ({chosen_epoch + 1})")
         if cfg.tracking.log_model:
-            mlrun.log_model(chosen, input_example=sample_images[:1])
+            with console.keras_silent():  # MLflow predicts on the example to infer the signature: no progress bars
+                mlrun.log_model(chosen, input_example=sample_images[:1])
             mlrun.set_tags({"seglab.model_epoch": chosen_epoch, "seglab.model_weights": cfg.tracking.log_model})
         log.info(
-            "best %s %.4f at epoch %d | MLflow run %s, experiment %r, tracking.uri=%s | checkpoints in %s",
-            cfg.optimize_metric, checkpointer.best, checkpointer.best_epoch + 1, mlrun.run_id,
-            cfg.tracking.experiment, cfg.tracking.uri, checkpointer.directory,
+            "best %s %.4f at epoch %d; checkpoints in %s; MLflow run %s: %s", cfg.optimize_metric, checkpointer.best,
+            checkpointer.best_epoch + 1, checkpointer.directory, mlrun.run_id,
+            console.ui_address(cfg.tracking.uri, mlrun.experiment_id, mlrun.run_id),
         )
     return checkpointer.best
 
 
-def _build_loss(cfg: DictConfig, train_split: tf.data.Dataset, batches: dict) -> keras.losses.Loss:
+def _build_loss(cfg: DictConfig, train_split: tf.data.Dataset) -> keras.losses.Loss:
     """The configured loss.  Class weights named by a balancing method (e.g. `median_frequency`)
     are first computed from the label counts of the whole training split (resized, not augmented)."""
     args = {"num_classes": cfg.data.num_classes}
     method = cfg.loss.get("class_weights")
     if isinstance(method, str):
-        counts = statistics.class_counts(pipeline.make(train_split, training=False, **{**batches, "cache": None}), cfg.data.num_classes)
+        counts = statistics.class_counts(batches_of(cfg, train_split, "train", cache=False), cfg.data.num_classes)
         args["class_weights"] = losses.balancing_weights(method, counts.pixels, counts.image_pixels).tolist()
         log.info("loss.class_weights=%s: %s", method, dict(zip(cfg.data.class_names, args["class_weights"])))
     return instantiate(cfg.loss, **args)
@@ -125,13 +126,8 @@ def _first_examples(batches: tf.data.Dataset, count: int) -> tuple[np.ndarray, n
 
 
 def _choice(cfg: DictConfig, group: str) -> str:
-    """The chosen option of a group (`unet`, `ce`, `shapes`), as Hydra recorded it; without Hydra
-    (train.run called directly), the data name or the module of the builder."""
-    if HydraConfig.initialized():
-        return HydraConfig.get().runtime.choices.get(group) or group
-    if group == "data":
-        return cfg.data.name
-    return cfg[group]._target_.rsplit(".", 2)[-2 if cfg[group]._target_.endswith(".build") else -1].lower()
+    """The chosen option of a group (`unet`, `ce`, `shapes`), as Hydra recorded it."""
+    return HydraConfig.get().runtime.choices.get(group) or group
 
 
 def _run_name(cfg: DictConfig) -> str:

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from seglab import checkpoint
+from seglab import atomic, checkpoint
 from tests.conftest import build_model
 
 
@@ -46,7 +46,7 @@ def test_failed_write_keeps_the_previous_checkpoint_and_leaves_no_partial_file(t
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        checkpoint._atomic_write(path, crash)
+        atomic.write(path, crash)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]
 

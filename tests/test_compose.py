@@ -1,6 +1,7 @@
 """docker-compose.yml as compose itself reads it (`docker-compose config` validates offline)."""
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -75,8 +76,19 @@ def test_trainer_runs_seglab_on_the_gpu_against_the_server(env_file):
     (device,) = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
     assert trainer["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "FROM tensorflow/tensorflow:" in dockerfile and "-gpu" in dockerfile and "pip install" in dockerfile
+    steps = dockerfile_instructions(ROOT / "Dockerfile")
+    (image,) = [args for op, args in steps if op == "FROM"]
+    name, tag = image.split(":")
+    assert name == "tensorflow/tensorflow" and tag.endswith("-gpu")
+    assert any(op == "RUN" and args.split()[:2] == ["pip", "install"] and args.split()[-1] == "." for op, args in steps)
+    assert ("ENTRYPOINT", '["python", "-m", "seglab"]') in steps
+
+
+def dockerfile_instructions(path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, comments dropped and continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
 def test_a_missing_credential_stops_compose_naming_it(tmp_path, env_file):

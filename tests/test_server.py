@@ -101,7 +101,7 @@ def test_server_going_away_mid_run_lets_training_finish(tracking_stack, tmp_path
 
 
 def test_logged_model_is_servable_and_answers_a_json_request(tracking_stack, stack_run, tmp_path):
-    """`mlflow models serve -m runs:/<id>/model --env-manager local`, and the request README documents."""
+    """`mlflow models serve -m runs:/<id>/model --env-manager local`, and the request docs/predict-evaluate-serve.md documents."""
     run_id, _, _ = stack_run
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_stack.uri, "TF_CPP_MIN_LOG_LEVEL": "2",

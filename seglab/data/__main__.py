@@ -55,16 +55,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from PIL import Image
 
     from seglab import runtime
-    from seglab.data import cache_name, pipeline
+    from seglab.data import batches_of
 
     runtime.setup(cfg.seed, cfg.deterministic)
     data = cfg.data
     splits = instantiate(data.source)
-    batches = pipeline.make(
-        splits.train, image_size=data.image_size, batch_size=cfg.trainer.batch_size, training=True, seed=cfg.seed,
-        deterministic=cfg.deterministic, augment_options=dict(data.augment), cache=data.cache, cache_name=cache_name(data, "train"),
-        shuffle_buffer=data.shuffle_buffer,
-    )
+    batches = batches_of(cfg, splits.train, "train", training=True)
     rates = images_per_second(batches, max(args.passes, 2))
     result = {"first_pass_images_per_second": rates[0], "images_per_second": sum(rates[1:]) / len(rates[1:])}
     out = args.out or f"data-{args.name}.png"

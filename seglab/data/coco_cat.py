@@ -19,11 +19,11 @@ import hashlib
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from seglab import atomic
 from seglab.data import DataError, Splits, check_labels
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,8 @@ def convert(
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(dict(root=str(root), split=split, **settings), indent=1))
-    for stale in out.glob("*.tmp*"):  # left by an interrupted conversion; never read
-        if not _alive(stale.suffix.removeprefix(".tmp")):  # a live pid: another job converting the same split
-            stale.unlink(missing_ok=True)
+    for stale in atomic.leftovers(out):  # left by an interrupted conversion (not by another job still converting)
+        stale.unlink(missing_ok=True)
     n_shards = min(shards, len(image_ids))
     names = [f"{split}-{i:05d}-of-{n_shards:05d}.tfrecord" for i in range(n_shards)]
     cat_ids = coco.getCatIds(catNms=[category])
@@ -131,7 +130,7 @@ def convert(
     with _progress(sum(len(image_ids[i::n_shards]) for i in todo), f"coco_cat {split} -> TFRecords") as bar:
         for i in todo:
             _write_shard(out / names[i], coco, cat_ids, images_dir, image_ids[i::n_shards], ignore_index, bar)
-    _write_atomically(manifest, json.dumps(dict(count=len(image_ids), shards=names)).encode())
+    atomic.write_bytes(manifest, json.dumps(dict(count=len(image_ids), shards=names)).encode())
     log.info("coco_cat %s: wrote %d examples in %d shards to %s", split, len(image_ids), n_shards, out)
     return [str(out / name) for name in names], len(image_ids)
 
@@ -182,41 +181,25 @@ def _write_shard(path: Path, coco, cat_ids, images_dir: Path, image_ids: list[in
     import tensorflow as tf
     from PIL import Image
 
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with tf.io.TFRecordWriter(str(temporary)) as writer:
-        for image_id in image_ids:
-            info = coco.imgs[image_id]
-            encoded = (images_dir / info["file_name"]).read_bytes()
-            if not encoded.startswith(JPEG_MAGIC):
-                buffer = io.BytesIO()
-                Image.open(io.BytesIO(encoded)).convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
-                encoded = buffer.getvalue()
-            png = io.BytesIO()
-            Image.fromarray(mask_for(coco, image_id, cat_ids, ignore_index)).save(png, "PNG")
-            feature = {
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-                "mask": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png.getvalue()])),
-                "image_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[image_id])),
-            }
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-            bar.update(1)
-    os.replace(temporary, path)  # atomic: a shard under its final name is always complete
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    def write(temporary: str) -> None:
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for image_id in image_ids:
+                info = coco.imgs[image_id]
+                encoded = (images_dir / info["file_name"]).read_bytes()
+                if not encoded.startswith(JPEG_MAGIC):
+                    buffer = io.BytesIO()
+                    Image.open(io.BytesIO(encoded)).convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
+                    encoded = buffer.getvalue()
+                png = io.BytesIO()
+                Image.fromarray(mask_for(coco, image_id, cat_ids, ignore_index)).save(png, "PNG")
+                feature = {
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                    "mask": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png.getvalue()])),
+                    "image_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[image_id])),
+                }
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+                bar.update(1)
+    atomic.write(path, write)  # a shard under its final name is always complete
 
 
 def _progress(total: int, description: str):

@@ -19,7 +19,6 @@ import numpy as np
 from seglab import net
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
-REACHABILITY_TIMEOUT = 3.0  # seconds; Keras' own download has no timeout and can hang offline
 
 # Caffe-style VGG16 preprocessing (keras.applications.vgg16.preprocess_input): BGR, 0..255,
 # minus the ImageNet mean of each channel.
@@ -79,7 +78,7 @@ def imagenet_weights(file_name: str, url: str, what: str) -> str:
     cached = cache_dir / file_name
     if cached.is_file():
         return str(cached)
-    problem = net.unreachable(url, REACHABILITY_TIMEOUT)
+    problem = net.unreachable(url, net.REACHABILITY_TIMEOUT_S)  # Keras' own download has no timeout and can hang offline
     if problem:
         raise EncoderWeightsUnavailable(
             f"The ImageNet weights of the {what} encoder are not available: {file_name} is not in the Keras cache "

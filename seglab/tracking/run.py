@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import mlflow
 from mlflow.entities import RunStatus
 
-from seglab.tracking.store import HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
+from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class Run:
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.failed: str | None = None  # what was being logged when the store stopped answering
         self.skipped: list[str] = []  # what was not logged after that
         self._previous_sigterm = None
@@ -68,7 +69,7 @@ class Run:
         except BaseException:
             self._restore_env()
             raise
-        self.run_id = run.info.run_id
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         if _in_main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
@@ -110,7 +111,7 @@ class Run:
         try:
             if exc is not None and self.failed is None:
                 try:
-                    mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])
+                    mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:ERROR_TAG_CHARS])
                 except Exception as tag_err:  # the run must still be ended below
                     log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
             self._end(RunStatus.to_string(status))

@@ -10,7 +10,10 @@ import urllib.request
 import requests
 from mlflow.exceptions import MlflowException
 
-REACHABILITY_TIMEOUT_S = 5.0
+from seglab import net
+
+# An error tag holds the start of the message (MLflow caps a tag value at 8,000 characters).
+ERROR_TAG_CHARS = 5000
 # MLflow's defaults are 7 retries with exponential backoff and a 120 s timeout per request: minutes
 # of waiting per call on a dead server.  Values the user set in the environment win.
 HTTP_LIMITS = {
@@ -32,7 +35,7 @@ def check_reachable(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABILITY_TIMEOUT_S)
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=net.REACHABILITY_TIMEOUT_S)
     except urllib.error.HTTPError:
         return  # it answered (e.g. 401 behind basic auth, 404 behind a path prefix): it is up
     except (urllib.error.URLError, OSError) as err:

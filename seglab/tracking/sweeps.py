@@ -15,7 +15,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from seglab.tracking.store import TrackingError, check_reachable
+from seglab.tracking.store import ERROR_TAG_CHARS, TrackingError, check_reachable
+
+# The most runs one search returns (MLflow's own upper bound); a sweep has far fewer jobs.
+SEARCH_MAX_RESULTS = 50000
 
 
 @dataclass
@@ -76,7 +79,7 @@ def end_run(uri: str, run_id: str, failed: bool, error: str | None = None) -> No
     """End a run by id (a sweep's parent, or a job's run its dead process left RUNNING), FAILED with `error` or FINISHED."""
     client = _client(uri)
     if error:
-        client.set_tag(run_id, "error", error[:5000])
+        client.set_tag(run_id, "error", error[:ERROR_TAG_CHARS])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
 
@@ -85,7 +88,7 @@ def fail_running_children(uri: str, parent_run_id: str, error: str) -> int:
     client = _client(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
     where = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    orphans = client.search_runs(experiment_ids, filter_string=where, max_results=50000)
+    orphans = client.search_runs(experiment_ids, filter_string=where, max_results=SEARCH_MAX_RESULTS)
     for run in orphans:
         client.set_tag(run.info.run_id, "error", error)
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -96,7 +99,7 @@ def record_failed_run(uri: str, experiment: str, run_name: str, tags: Mapping[st
     """A FAILED run with the error as its `error` tag, for a job that failed before its training run opened
     (e.g. a combination of values the schema rejects), so the sweep still shows and counts it."""
     client = _client(uri)
-    all_tags = {**tags, "error": f"{type(error).__name__}: {error}"[:5000]}
+    all_tags = {**tags, "error": f"{type(error).__name__}: {error}"[:ERROR_TAG_CHARS]}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
@@ -108,7 +111,7 @@ def child_runs(uri: str, parent_run_id: str) -> list[ChildRun]:
     """Every run whose `mlflow.parentRunId` is `parent_run_id`, in any experiment (a sweep may vary the data set)."""
     client = _client(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiment_ids, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=50000)
+    runs = client.search_runs(experiment_ids, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=SEARCH_MAX_RESULTS)
     children = []
     for run in runs:
         history = {

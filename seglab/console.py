@@ -1,0 +1,75 @@
+"""What a person reads on the console: library notices off unless asked for (`verbose=true` or
+Hydra's `hydra.verbose`), one short line per epoch (`callbacks.EpochLine`), and a last line that
+says where the run is in the MLflow UI.  Nothing here imports TensorFlow: `quiet` must run first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+
+# Read by TensorFlow's C++ runtime when it loads: 3 drops its INFO, WARNING and ERROR lines (CUDA
+# probes on a machine without a GPU, oneDNN and CPU-instruction notices, "Local rendezvous is
+# aborting", graph-attribute mismatches); fatal errors still print and Python exceptions still raise.
+# MLflow sets its own loggers' level from MLFLOW_LOGGING_LEVEL when it is imported (INFO by default:
+# "Creating initial MLflow database tables", "Experiment ... does not exist. Creating a new experiment").
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+# Python loggers whose INFO lines narrate library internals ("Creating initial MLflow database
+# tables", alembic migrations, font caches); their warnings still show.
+NOISY_LOGGERS = ("mlflow", "alembic", "matplotlib", "PIL", "h5py", "urllib3", "git")
+# TensorFlow's and absl's Python warnings are about TensorFlow internals (retracing, saving).
+INTERNAL_LOGGERS = ("tensorflow", "absl")
+
+
+def is_verbose(cfg) -> bool:
+    """`verbose=true`, or Hydra's own switch (`hydra.verbose=true` or a list of loggers)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return bool(cfg.get("verbose")) or (HydraConfig.initialized() and bool(HydraConfig.get().verbose))
+
+
+def quiet(verbose: bool) -> None:
+    """Silence library notices for this process (call before TensorFlow is imported)."""
+    if verbose:
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)  # a value the user set wins
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in INTERNAL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def keras_silent():
+    """No Keras progress bars inside (MLflow predicts on the input example to infer a model's signature)."""
+    from keras.config import disable_interactive_logging, enable_interactive_logging, is_interactive_logging_enabled
+
+    was_enabled = is_interactive_logging_enabled()
+    disable_interactive_logging()  # Keras' output then goes to absl's logger, silenced by `quiet`
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if was_enabled:
+            enable_interactive_logging()
+
+
+def ui_address(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run is in the MLflow UI: its address for a tracking server, else how to open it."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/{page}"
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The console's lines (conf/hydra/job_logging/seglab.yaml): messages as they are, warnings and
+    errors marked; the job's log file keeps the full format with times and logger names."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"

@@ -1,0 +1,115 @@
+"""`python -m seglab --help`: written from conf/ and the schema when it is asked for, so it cannot drift.
+
+Hydra renders `hydra.help.template` (conf/hydra/help/seglab.yaml), which is `${seglab_help:}`: the
+resolver below, given the composed config, lists the config groups with their options (each
+option's first comment line), the main keys with their current value, schema type and the comment
+written beside them in the YAML, and examples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from seglab.schema import CONF_DIR
+
+OPTIONAL_GROUPS = ("debug", "experiment", "hparams_search")  # added with +GROUP=OPTION
+# Groups whose every top-level key is a main key; of the others, the keys named here.
+ALL_KEYS = ("trainer", "tracking", "optimizer", "scheduler")
+MAIN_KEYS = {"data": ("image_size", "num_classes", "cache")}
+EXAMPLES = """\
+  python -m seglab                                        # defaults: model=unet loss=ce data=shapes
+  python -m seglab model=fcn8 loss=dice trainer.epochs=3  # other options and values
+  python -m seglab +debug=fast                            # one tiny epoch end to end
+  python -m seglab --multirun model.base_filters=8,16     # a sweep: one MLflow parent run, a child per job
+  python -m seglab --cfg job                              # print the whole composed config (no TensorFlow)
+  python -m seglab.report SWEEP                           # a sweep's jobs as a table"""
+_COMMENTED = re.compile(r"^(\w+):\s*(.*?)\s+#\s*(.*)$")
+
+
+def options(group: str) -> dict[str, str]:
+    """{option: its first comment line} for every conf/<group>/<option>.yaml."""
+    found = {}
+    for path in sorted(Path(CONF_DIR, group).glob("*.yaml")):
+        lines = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
+        head = " ".join(line.lstrip("# ").strip() for line in itertools.takewhile(lambda l: l.startswith("#"), lines))
+        found[path.stem] = re.split(r"(?<=[.:])(?<! al\.)\s", head)[0].rstrip(":")  # its first sentence
+    return found
+
+
+def _comments(path: Path) -> dict[str, str]:
+    """{top-level key: the comment beside it} in one YAML file."""
+    return {m.group(1): m.group(3) for m in map(_COMMENTED.match, path.read_text().splitlines()) if m}
+
+
+def _type(cfg: DictConfig, key: str) -> str:
+    node = cfg._get_node(key)
+    ref = getattr(node._metadata, "ref_type", None) if node is not None else None
+    name = getattr(ref, "__name__", None) or str(ref).replace("typing.", "")
+    return "" if ref is None or name == "Any" else name
+
+
+def _value(cfg: DictConfig, key: str) -> str:
+    try:
+        return str(OmegaConf.select(cfg, key, throw_on_missing=True))
+    except Exception:  # an interpolation that cannot be resolved here (e.g. an unset environment variable)
+        return OmegaConf.to_container(cfg, resolve=False).get(key, "?")
+
+
+def groups(cfg: DictConfig) -> list[str]:
+    """The groups chosen with GROUP=OPTION, in conf/config.yaml's defaults order."""
+    defaults = OmegaConf.load(Path(CONF_DIR, "config.yaml")).defaults
+    named = [next(iter(d)) for d in defaults if isinstance(d, DictConfig)]
+    return [g for g in named if g in cfg.hydra.runtime.choices and Path(CONF_DIR, g).is_dir()]
+
+
+def main_keys(cfg: DictConfig) -> list[tuple[str, str, str, str]]:
+    """(key, type, current value, comment) for the top-level keys and each chosen group's main keys."""
+    choices = cfg.hydra.runtime.choices
+    rows = []
+    top = _comments(Path(CONF_DIR, "config.yaml"))
+    for key in cfg:
+        if key != "hydra" and not isinstance(cfg._get_node(key), DictConfig):
+            rows.append((key, _type(cfg, key), _value(cfg, key), top.get(key, "")))
+    for group in groups(cfg):
+        node = cfg[group]
+        comments = _comments(Path(CONF_DIR, group, f"{choices[group]}.yaml"))
+        keys = [k for k in node if k != "_target_" and not isinstance(node._get_node(k), DictConfig)]
+        keys = keys if group in ALL_KEYS else [k for k in keys if k in MAIN_KEYS.get(group, ())]
+        rows += [(f"{group}.{k}", _type(node, k), _value(node, k), comments.get(k, "")) for k in keys]
+    return rows
+
+
+def render(_root_: DictConfig) -> str:
+    cfg = _root_
+    choices = cfg.hydra.runtime.choices
+    lines = [
+        "seglab: semantic segmentation experiments in TensorFlow/Keras, configured with Hydra, tracked in MLflow.",
+        "",
+        "Usage: python -m seglab [GROUP=OPTION ...] [+GROUP=OPTION ...] [KEY=VALUE ...] [--multirun]",
+        "",
+        "== Config groups (GROUP=OPTION; * marks the option chosen now) ==",
+    ]
+    for group in (*groups(cfg), *OPTIONAL_GROUPS):
+        prefix = "+" if group in OPTIONAL_GROUPS else ""
+        lines.append(f"{prefix}{group}:")
+        for name, about in options(group).items():
+            mark = "*" if choices.get(group) == name else " "
+            lines.append(f"  {mark} {name:<30} {about}".rstrip())
+    lines += ["", "== Main keys (KEY=VALUE; type, value now, what it does) =="]
+    rows = main_keys(cfg)
+    width = max(len(f"{k}={v}") for k, _, v, _ in rows)
+    for key, kind, value, about in rows:
+        lines.append(f"  {f'{key}={value}':<{width}}  {kind:<6} {about}".rstrip())
+    lines += [
+        "", "Every other key: `python -m seglab --cfg job` prints the composed config; the ranges are checked by",
+        "seglab/schema.py before TensorFlow loads.", "", "== Examples ==", EXAMPLES, "",
+        "Hydra's own flags (--cfg, --multirun, --info, shell completion, ...): python -m seglab --hydra-help",
+    ]
+    return "\n".join(lines).replace("$", "$$")  # Hydra fills the template with string.Template: a literal $ is $$
+
+
+OmegaConf.register_new_resolver("seglab_help", render, replace=True)

@@ -1,0 +1,112 @@
+"""The console of a default run: one short line per epoch and a last line naming the run, nothing else."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from seglab import console
+from tests.conftest import TINY
+
+EXPECTED = (
+    re.compile(r"epoch +\d+/\d+  loss \d\.\d{4}  val mIoU \d\.\d{4}  val Dice \d\.\d{4}  \d+\.\d s  best val_mean_iou \d\.\d{4} \(epoch \d+\)"),
+    re.compile(r"best val_mean_iou \d\.\d{4} at epoch \d+; checkpoints in \S+; MLflow run (\w+): .*#/experiments/(\d+)/runs/(\w+)"),
+)
+
+
+def _quiet_env() -> dict[str, str]:
+    """The user's environment: no TF_CPP_MIN_LOG_LEVEL of the test helpers, no MLflow logging level."""
+    return {name: value for name, value in os.environ.items() if name not in console.QUIET_ENV}
+
+
+@pytest.mark.slow
+def test_default_run_prints_only_epoch_lines_and_the_run_address(tmp_path):
+    done = subprocess_run_quiet(tmp_path, *TINY)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    unexpected = [line for line in lines if not any(p.fullmatch(line) for p in EXPECTED)]
+    assert not unexpected, "\n".join(unexpected)
+    epochs = [line for line in lines if EXPECTED[0].fullmatch(line)]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
+    last = EXPECTED[1].fullmatch(lines[-1])
+    assert last and last.group(1) == last.group(3)
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(last.group(1))
+    assert run.info.experiment_id == last.group(2)
+    assert "val_iou_boundary" in run.data.metrics  # per-class values: in MLflow, not on the console
+    assert "iou_boundary" not in done.stdout
+
+
+@pytest.mark.slow
+def test_verbose_brings_the_library_notices_back(tmp_path):
+    done = subprocess_run_quiet(tmp_path, *TINY, "trainer.epochs=1", "tracking.log_model=false", "verbose=true")
+    assert "mlflow" in done.stderr.lower() and "tensorflow" in done.stderr.lower()
+
+
+def subprocess_run_quiet(tmp_path, *args):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**_quiet_env(), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "seglab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_ui_address_of_a_server_run_and_of_a_local_store():
+    assert console.ui_address("http://host:5000/", "3", "abc") == "http://host:5000/#/experiments/3/runs/abc"
+    local = console.ui_address("sqlite:///mlflow.db", "3", "abc")
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in local and local.endswith("#/experiments/3/runs/abc")
+
+
+class _Terminal:
+    """A stream that says it is a terminal, as sys.stdout does in an interactive shell."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_bar_on_a_terminal_then_one_line_per_epoch(tmp_path, caplog):
+    import logging
+
+    from seglab.callbacks import Checkpointer, EpochLine
+
+    checkpointer = Checkpointer(tmp_path, monitor="val_mean_iou")
+    checkpointer.best, checkpointer.best_epoch = 0.5, 0
+    terminal = _Terminal()
+    line = EpochLine(3, checkpointer, stream=terminal)
+    line.set_params({"steps": 4, "epochs": 3})
+    with caplog.at_level(logging.INFO, logger="seglab.callbacks"):
+        line.on_epoch_begin(0)
+        for batch in range(4):
+            line.on_train_batch_end(batch, {"loss": 1.0 - batch / 10})
+        line.on_epoch_end(0, {"loss": 0.7, "val_mean_iou": 0.5, "val_mean_dice": 0.6, "val_iou_object": 0.1})
+    assert "\repoch 1/3  [" in terminal.text and "4/4  loss 0.7000" in terminal.text
+    assert terminal.text.endswith("\r\033[K")  # the bar is cleared before the epoch's line
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"epoch 1/3  loss 0\.7000  val mIoU 0\.5000  val Dice 0\.6000  \d+\.\d s  best val_mean_iou 0\.5000 \(epoch 1\)", message)
+
+
+def test_no_bar_when_not_a_terminal(tmp_path):
+    import io
+
+    from seglab.callbacks import Checkpointer, EpochLine
+
+    stream = io.StringIO()
+    line = EpochLine(1, Checkpointer(tmp_path, monitor="val_mean_iou"), stream=stream)
+    line.set_params({"steps": 2})
+    line.on_epoch_begin(0)
+    line.on_train_batch_end(0, {"loss": 1.0})
+    assert stream.getvalue() == ""

@@ -1,0 +1,41 @@
+"""`python -m seglab --help` lists what conf/ and the schema hold, so it cannot drift from them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import CONF_DIR, ROOT
+
+
+def _help(*overrides: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "seglab", "--help", *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_help_lists_every_option_of_every_group_and_marks_the_chosen_ones():
+    text = _help("model=fcn8")
+    for group in ("model", "loss", "data", "optimizer", "trainer", "tracking", "debug", "experiment", "hparams_search"):
+        listed = re.search(rf"^\+?{group}:\n((?:  .*\n)+)", text, re.M)
+        assert listed, group
+        names = {re.match(r"\s+\*?\s*(\S+)", line).group(1) for line in listed.group(1).splitlines()}
+        assert names == {p.stem for p in Path(CONF_DIR, group).glob("*.yaml")}, group
+    assert re.search(r"^  \* fcn8 ", text, re.M) and re.search(r"^    unet ", text, re.M)
+    assert "_schema" not in text  # the ConfigStore's schema entries are not options
+
+
+def test_help_gives_each_main_key_its_type_value_and_yaml_comment():
+    text = _help("trainer.epochs=7")
+    assert re.search(r"^  trainer\.epochs=7 +int +passes over the training split$", text, re.M)
+    assert re.search(r"^  verbose=False +bool +true: library notices", text, re.M)
+    from omegaconf import OmegaConf
+
+    trainer = OmegaConf.load(Path(CONF_DIR, "trainer", "default.yaml"))
+    for key in trainer:
+        if key != "defaults":
+            assert f"  trainer.{key}=" in text, key
+    assert "python -m seglab +debug=fast" in text  # the examples
