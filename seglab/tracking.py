@@ -33,6 +33,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
+from seglab.errors import UserError
+
 log = logging.getLogger(__name__)
 
 REACHABILITY_TIMEOUT_S = 5.0
@@ -48,7 +50,7 @@ STORE_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
 CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError, OSError)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message says which URI and what to do."""
 
 

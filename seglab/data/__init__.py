@@ -8,10 +8,12 @@ turns a split into the batches the model trains on.
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from seglab.errors import UserError
+
 LABEL_CHECK_EXAMPLES = 8  # masks read by `check_labels` before training: enough to catch a wrong config, cheap
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The data cannot be read as configured; the message names what is missing and how to fix it."""
 
 
