@@ -183,3 +183,14 @@ def unknown_key_message(key: str, known: list[str]) -> str:
 def _did_you_mean(word: str, options: list[str]) -> str:
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f" did you mean {close[0]}?" if close else ""
+
+
+def argument_parser(**kwargs: Any):
+    """argparse, but a usage mistake is a UserError (one line through `main`), not two lines and exit."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise UserError(f"{message}; usage: {one_line(self.format_usage()).removeprefix('usage: ')}")
+
+    return Parser(**kwargs)
