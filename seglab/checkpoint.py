@@ -13,6 +13,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from seglab.errors import UserError
+
 
 @dataclass
 class TrainingState:
@@ -20,15 +22,27 @@ class TrainingState:
     best: float  # best value of the monitored metric so far
 
 
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+
+
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+            raise CheckpointError(
+                f"cannot write the checkpoint {path} ({err.strerror or err}; disk full or no permission?); {kept}. "
+                "Free space there or set trainer.checkpoint_dir to a directory with room."
+            ) from err
         raise
 
 

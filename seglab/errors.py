@@ -177,7 +177,7 @@ def unknown_key_message(key: str, known: list[str]) -> str:
     where = parent or "the top level"
     hint = _did_you_mean(name, known)
     listed = f" ({where} has {', '.join(sorted(known))})" if known else ""
-    return f"{key} is not a config key{listed};{hint} remove it or fix the spelling (a '+' does not make an unknown key valid)"
+    return f"{key} is not a config key{listed};{hint} remove it or fix the spelling"
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:

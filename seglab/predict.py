@@ -52,7 +52,7 @@ def parse(argv: list[str]) -> PredictConfig:
             raise ConfigError(f"missing {', '.join(missing)}; usage: {__doc__.strip().splitlines()[0]}")
         config: PredictConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{err.__class__.__name__}: {str(err).splitlines()[0]}; usage: {__doc__.strip().splitlines()[0]}") from err
+        raise ConfigError(f"{errors.explain(err)}; usage: {__doc__.strip().splitlines()[0]}") from err
     if config.batch_size < 1:
         raise ConfigError(f"batch_size={config.batch_size} is not allowed: use an integer >= 1.")
     if not Path(config.input).exists():

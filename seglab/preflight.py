@@ -28,7 +28,7 @@ def check_paths(cfg: DictConfig, output_dir: str | Path) -> None:
     if source_path and OmegaConf.select(cfg, "data.source.kind") in (None, "folder"):
         if not Path(source_path).expanduser().is_dir():
             raise ConfigError(
-                f"data.source.path={source_path}: no such directory (from {Path.cwd()}); give the folder the data "
+                f"data.source.path={source_path}: no such directory; give the folder the data "
                 f"set is unpacked in (see docs/troubleshooting.md), or use data=shapes, which needs no files."
             )
     check_store(cfg.tracking.uri)
@@ -84,7 +84,7 @@ def _check_sqlite(uri: str, must_exist: bool, key: str) -> None:
         return
     if must_exist:
         raise ConfigError(
-            f"{key}={uri}: there is no database {path.resolve()} (run from the directory training ran in, "
+            f"{key}={uri}: there is no database {path} (run from the directory training ran in, "
             "or give the tracking URI the training run used)."
         )
     parent = path.parent if str(path.parent) else Path(".")
