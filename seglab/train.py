@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking
+from seglab import callbacks, checkpoint, determinism, losses, metrics, runtime, tracking
 from seglab.data import cache_name, pipeline, statistics
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             jit_compile=cfg.trainer.jit_compile,
         )
         mlrun.set_tags({"model.parameters": model.count_params()})
+        determinism.preflight(model, data.image_size, cfg.deterministic)  # ops without a deterministic GPU kernel: named now, not mid-run
 
         checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric)
         fit_callbacks = [
