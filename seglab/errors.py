@@ -43,6 +43,9 @@ def explain(err: BaseException) -> str | None:
         if isinstance(seen, UserError):
             return one_line(seen)
         seen = seen.__cause__
+    label_check = _LABEL_CHECK.search(str(err))
+    if label_check:  # a data check inside the tf.data graph, raised by TensorFlow mid-epoch
+        return one_line(" ".join(part.strip() for part in label_check.groups() if part))
     if isinstance(err, HydraException):
         return _hydra_message(err)
     if isinstance(err, OmegaConfBaseException):
@@ -103,6 +106,8 @@ def _reraise(err: BaseException) -> Callable[[], Any]:
 
 # --- Hydra and OmegaConf messages -> one line ----------------------------------------------
 
+# tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
+_LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^\]]*)\])?")
 _OPTION = re.compile(r"Could not find '([^']+)'")
 _OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An item is already at) '([^']+)'")
 _MERGING = re.compile(r"Error merging override (\S+)")
