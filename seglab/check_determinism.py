@@ -73,14 +73,14 @@ def _natural(key: str):
 
 def check(overrides: list[str]) -> tuple[bool, str]:
     """(identical?, verdict line)."""
-    from seglab import tracking
+    from seglab.tracking.sweeps import latest_run_metrics
 
     schema.compose(overrides)  # a mistake in the overrides: one line now, not after two trainings
     with tempfile.TemporaryDirectory(prefix="seglab-determinism-") as tmp:
         runs = [Path(tmp) / name for name in ("first", "second")]
         for run in runs:
             train(overrides, run)
-        histories = [tracking.latest_run_metrics(f"sqlite:///{run}/mlflow.db", EXPERIMENT) for run in runs]
+        histories = [latest_run_metrics(f"sqlite:///{run}/mlflow.db", EXPERIMENT) for run in runs]
         difference = weights_difference(runs[0] / STATE_FILE, runs[1] / STATE_FILE) or metrics_difference(*histories)
         compared = [k for k in histories[0] if k not in WALL_CLOCK_METRICS]
         epochs = max((len(v) for v in histories[0].values()), default=0)

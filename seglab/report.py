@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from seglab import errors, preflight
-from seglab.tracking import ChildRun
+from seglab.tracking.sweeps import ChildRun
 
 COLUMNS = ("job", "status", "overrides", "val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s", "run_id", "error")
 METRIC_COLUMNS = ("val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s")
@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     preflight.check_store(args.tracking_uri, must_exist=True, key="--tracking-uri")
-    from seglab import tracking
+    from seglab.tracking import sweeps as sweep_runs
 
-    parent = tracking.find_parent_run(args.tracking_uri, args.sweep)
-    children = tracking.child_runs(args.tracking_uri, parent)
+    parent = sweep_runs.find_parent_run(args.tracking_uri, args.sweep)
+    children = sweep_runs.child_runs(args.tracking_uri, parent)
     metric = next((c.params["optimize_metric"] for c in children if "optimize_metric" in c.params), "val_mean_iou")
     table = rows(children, metric)
     best_first_ascending = args.sort == "objective" and metric.endswith("loss")
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         fmt = {".csv": "csv", ".md": "markdown"}.get(args.output.suffix, args.format)
         args.output.write_text(FORMATS[fmt](table, metric))
     if not args.no_log:
-        tracking.log_to_run(args.tracking_uri, parent, texts={"report.md": to_markdown(table, metric), "report.csv": to_csv(table, metric)})
+        sweep_runs.log_to_run(args.tracking_uri, parent, texts={"report.md": to_markdown(table, metric), "report.csv": to_csv(table, metric)})
 
 
 if __name__ == "__main__":
