@@ -114,9 +114,11 @@ _MERGING = re.compile(r"Error merging override (\S+)")
 _SCHEMA_SUFFIX = "_schema"
 
 
-def _hydra_message(err: BaseException) -> str:
-    from hydra.errors import MissingConfigException, OverrideParseException
+def _hydra_message(err: BaseException) -> str | None:
+    from hydra.errors import InstantiationException, MissingConfigException, OverrideParseException
 
+    if isinstance(err, InstantiationException):
+        return None  # a builder failed on something that is not a UserError (those are found above): a bug, keep the traceback
     text = str(err)
     cause = err.__cause__
     if isinstance(err, MissingConfigException) or _OPTION.search(text):
