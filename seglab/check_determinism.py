@@ -25,7 +25,11 @@ EXPERIMENT = "check-determinism"
 
 
 def train(overrides: list[str], workdir: Path) -> subprocess.CompletedProcess:
-    """One training in a fresh process, its outputs under `workdir`."""
+    """One training in a fresh process, its outputs (and its MLflow store and artifacts) under `workdir`."""
+    from seglab.tracking.sweeps import create_experiment
+
+    workdir.mkdir(parents=True)
+    create_experiment(f"sqlite:///{workdir}/mlflow.db", EXPERIMENT, (workdir / "artifacts").as_uri())
     args = [
         *overrides, "deterministic=true", f"hydra.run.dir={workdir}", "trainer.checkpoint_dir=checkpoints",
         f"tracking.uri=sqlite:///{workdir}/mlflow.db", f"tracking.experiment={EXPERIMENT}", "tracking.log_model=false",

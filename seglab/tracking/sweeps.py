@@ -165,3 +165,8 @@ def latest_run_metrics(uri: str, experiment: str) -> dict[str, list[tuple[int, f
         key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
         for key in run.data.metrics
     }
+
+
+def create_experiment(uri: str, experiment: str, artifact_location: str) -> str:
+    """A new experiment whose artifacts go to `artifact_location` (not the store's default `./mlruns`)."""
+    return _client(uri).create_experiment(experiment, artifact_location=artifact_location)
