@@ -2,9 +2,10 @@
 With `--multirun`, each job goes through `sweep.run_job`: a failing job is recorded and the sweep goes on."""
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seglab import console, helptext, schema, sweep  # noqa: F401  helptext: the resolver that writes --help
+from seglab import console, errors, helptext, preflight, schema, sweep  # noqa: F401  helptext: the --help resolver
 from seglab.schema import CONF_DIR
 
 
@@ -13,11 +14,16 @@ def main(cfg: DictConfig) -> float | None:
     console.quiet(console.is_verbose(cfg))  # before TensorFlow loads: its C++ notices are read from the environment
     if sweep.in_multirun():
         return sweep.run_job(cfg, _train)
+    return errors.main(_run, cfg, prog="seglab")  # a mistake: one line, exit code 2 (also before the job starts: `cli`)
+
+
+def _run(cfg: DictConfig) -> float:
     schema.validate(cfg)  # fails in about a second, before TensorFlow is imported
     return _train(cfg)
 
 
 def _train(cfg: DictConfig) -> float:
+    preflight.check_paths(cfg, HydraConfig.get().runtime.output_dir)  # paths and store, before MLflow and TensorFlow
     from seglab import tracking
 
     tracking.check_reachable(cfg.tracking.uri)  # a server that is down: fail in seconds, before TensorFlow too
@@ -26,5 +32,10 @@ def _train(cfg: DictConfig) -> float:
     return train.run(cfg)
 
 
+def cli() -> None:
+    """The `seglab` command and `python -m seglab`: user mistakes are one line (seglab.errors)."""
+    errors.hydra_main(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

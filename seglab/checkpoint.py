@@ -12,12 +12,30 @@ import keras
 import numpy as np
 
 from seglab import atomic
+from seglab.errors import UserError
 
 
 @dataclass
 class TrainingState:
     epoch: int  # epochs completed
     best: float  # best value of the monitored metric so far
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+
+
+def _atomic_write(path: str | Path, write) -> None:
+    """`atomic.write`, with a file-system error turned into one line that says what survived."""
+    path = Path(path)
+    try:
+        atomic.write(path, write)
+    except OSError as err:
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+        raise CheckpointError(
+            f"cannot write the checkpoint {path} ({err.strerror or err}; disk full or no permission?); {kept}. "
+            "Free space there or set trainer.checkpoint_dir to a directory with room."
+        ) from err
 
 
 def save_state(path: str | Path, model: keras.Model, state: TrainingState) -> None:
@@ -32,7 +50,7 @@ def save_state(path: str | Path, model: keras.Model, state: TrainingState) -> No
             f.flush()
             os.fsync(f.fileno())
 
-    atomic.write(path, write)
+    _atomic_write(path, write)
 
 
 def load_state(path: str | Path, model: keras.Model) -> TrainingState:
@@ -60,4 +78,4 @@ def load_model(path: str | Path) -> keras.Model:
 
 def save_model(path: str | Path, model: keras.Model) -> None:
     """A `.keras` file (architecture + weights, no training state), written atomically."""
-    atomic.write(path, inference_model(model).save)
+    _atomic_write(path, inference_model(model).save)

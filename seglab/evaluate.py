@@ -18,9 +18,10 @@ import sys
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from seglab import schema
+from seglab import errors, preflight, schema
 
 log = logging.getLogger(__name__)
+MODEL_URIS_IN_STORE = ("runs:/", "models:/")  # other model URIs (a local path) need no tracking store
 
 
 def parse(argv: list[str]) -> tuple[str, DictConfig]:
@@ -30,7 +31,10 @@ def parse(argv: list[str]) -> tuple[str, DictConfig]:
     overrides = [a for a in argv if not a.startswith("model_uri=")]
     # Only the data part matters here (the model is the logged one): its size comes from the model in `run`.
     cfg = schema.compose(overrides, check=False)
+    schema.check_known_keys(cfg)
     OmegaConf.to_object(cfg.data)  # the data config's own range checks
+    if model_uris[0].startswith(MODEL_URIS_IN_STORE):
+        preflight.check_store(cfg.tracking.uri, must_exist=True)
     return model_uris[0], cfg
 
 
@@ -99,17 +103,11 @@ def run(model_uri: str, cfg: DictConfig) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seglab.tracking import TrackingError
-
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    try:
-        model_uri, cfg = parse(sys.argv[1:] if argv is None else argv)
-        run(model_uri, cfg)
-    except (schema.ConfigError, TrackingError) as err:
-        print(f"seglab.evaluate: {err}", file=sys.stderr)
-        return 2
+    model_uri, cfg = parse(sys.argv[1:] if argv is None else argv)
+    run(model_uri, cfg)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.main(main, prog="seglab.evaluate"))

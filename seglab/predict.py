@@ -23,6 +23,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
+from seglab import errors, preflight
 from seglab.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,14 @@ def parse(argv: list[str]) -> PredictConfig:
             raise ConfigError(f"missing {', '.join(missing)}; usage: {__doc__.strip().splitlines()[0]}")
         config: PredictConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{err.__class__.__name__}: {str(err).splitlines()[0]}; usage: {__doc__.strip().splitlines()[0]}") from err
+        raise ConfigError(f"{errors.explain(err)}; usage: {__doc__.strip().splitlines()[0]}") from err
     if config.batch_size < 1:
         raise ConfigError(f"batch_size={config.batch_size} is not allowed: use an integer >= 1.")
     if not Path(config.input).exists():
         raise ConfigError(f"input={config.input} does not exist: give an image file or a directory of images.")
+    preflight.check_output_outside_input(config.input, config.output)
+    if config.model_uri.startswith(("runs:/", "models:/")):
+        preflight.check_store(config.tracking.uri, must_exist=True)
     return config
 
 
@@ -127,15 +131,9 @@ def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seglab.tracking import TrackingError
-
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    try:
-        cfg = parse(sys.argv[1:] if argv is None else argv)
-        written, skipped = run(cfg)
-    except (ConfigError, TrackingError) as err:
-        print(f"seglab.predict: {err}", file=sys.stderr)
-        return 2
+    cfg = parse(sys.argv[1:] if argv is None else argv)
+    written, skipped = run(cfg)
     for path, why in skipped:
         log.warning("skipped %s: not a readable image (%s)", path, why)
     print(f"wrote {written} masks and overlays to {cfg.output}" + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
@@ -143,4 +141,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.main(main, prog="seglab.predict"))

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from seglab import objective
+from seglab import errors, objective, preflight
 from seglab.tracking.sweeps import ChildRun
 
 COLUMNS = ("job", "status", "overrides", "val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s", "run_id", "error")
@@ -148,7 +148,7 @@ FORMATS = {"text": to_text, "markdown": to_markdown, "csv": to_csv}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m seglab.report", description=__doc__.split("\n\n")[0])
+    parser = errors.argument_parser(prog="python -m seglab.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="parent run id, MLflow experiment name (its latest sweep), or a sweep's run name")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -159,13 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-log", action="store_true", help="do not log report.md / report.csv to the parent run")
     args = parser.parse_args(argv)
 
-    from seglab import tracking
+    preflight.check_store(args.tracking_uri, must_exist=True, key="--tracking-uri")
     from seglab.tracking import sweeps as sweep_runs
 
-    try:
-        parent = sweep_runs.find_parent_run(args.tracking_uri, args.sweep)
-    except tracking.TrackingError as err:
-        raise SystemExit(f"seglab.report: {err}") from None
+    parent = sweep_runs.find_parent_run(args.tracking_uri, args.sweep)
     children = sweep_runs.child_runs(args.tracking_uri, parent)
     metric = next((c.params["optimize_metric"] for c in children if "optimize_metric" in c.params), "val_mean_iou")
     table = rows(children, metric)
@@ -181,4 +178,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    errors.main(main, prog="seglab.report")

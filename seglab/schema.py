@@ -16,12 +16,14 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from seglab.errors import UserError, unknown_key_message
+
 
 # The config groups.  An absolute path: under `python -m` Hydra would read a relative one as a package.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is out of range or inconsistent; the message names the key and the fix."""
 
 
@@ -244,7 +246,7 @@ class DataConfig:
     background_index: Optional[int] = MISSING  # label of the background class (shapes/pets: 1, COCO: 0)
     source: Any = MISSING  # `_target_` of a builder returning seglab.data.Splits
     augment: AugmentConfig = MISSING
-    cache: Optional[str] = MISSING  # "memory", a file path prefix, or null
+    cache: Optional[str] = MISSING  # "memory", a file path prefix with a directory (e.g. ./cache/pets), or null
     shuffle_buffer: int = MISSING
 
     def __post_init__(self) -> None:
@@ -276,6 +278,11 @@ class DataConfig:
             f"use null or a class label in 0..{self.num_classes - 1}",
         )
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "use an integer >= 1")
+        # A bare word is a typo of `memory` far more often than a wanted file prefix in the working directory.
+        _require(
+            self.cache in (None, "memory") or "/" in str(self.cache), "data.cache", self.cache,
+            "use memory, null, or a file path prefix with a directory (e.g. ./cache/shapes, written as <prefix>-<split>-*)",
+        )
 
 
 @dataclass
@@ -488,6 +495,8 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         _require(self.log_model in LOG_MODEL, "tracking.log_model", self.log_model,
                  "use best (the weights of the best epoch by optimize_metric), last (those of the last epoch) or false")
+        _require(bool(self.uri.strip()), "tracking.uri", self.uri, "give a tracking URI, e.g. sqlite:///mlflow.db or http://host:5000")
+        _require(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "give an MLflow experiment name, e.g. seglab-shapes")
 
 
 # --- top level ---------------------------------------------------------------------------
@@ -578,8 +587,26 @@ def compose(overrides: list[str], check: bool = True) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> Config:
-    """Run every range check (the dataclasses' __post_init__); raise ConfigError on the first."""
+    """Reject keys no schema has, then run every range check (the dataclasses' __post_init__);
+    raise ConfigError on the first."""
+    check_known_keys(cfg)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def check_known_keys(node: DictConfig, prefix: str = "") -> None:
+    """Hydra adds any key given with `+` (e.g. `+trainer.epoch=3`) even to a structured config, and
+    `OmegaConf.to_object` then drops it silently: compare every node with its dataclass's fields."""
+    import dataclasses
+
+    schema_type = OmegaConf.get_type(node)
+    known = [f.name for f in dataclasses.fields(schema_type)] if dataclasses.is_dataclass(schema_type) else None
+    for key in node.keys():
+        name = f"{prefix}{key}"
+        if known is not None and key not in known:
+            raise ConfigError(unknown_key_message(name, known))
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none() and not child._is_interpolation():
+            check_known_keys(child, f"{name}.")
 
 
 register()

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, console, debug, losses, metrics, runtime, tracking
+from seglab import callbacks, checkpoint, console, debug, determinism, losses, metrics, runtime, tracking
 from seglab.data import batches_of, statistics
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def run(cfg: DictConfig) -> float:
             jit_compile=cfg.trainer.jit_compile,
         )
         mlrun.set_tags({"model.parameters": model.count_params()})
+        determinism.preflight(model, data.image_size, cfg.deterministic)  # ops without a deterministic GPU kernel: named now, not mid-run
 
         checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric)
         fit_callbacks = [

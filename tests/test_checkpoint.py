@@ -57,3 +57,52 @@ def test_saved_model_has_no_training_state_and_loads_without_seglab(tmp_path):
     loaded = keras.models.load_model(tmp_path / "best.keras")
     assert getattr(loaded, "optimizer", None) is None and not loaded.compiled
     np.testing.assert_array_equal(loaded.predict(DATA[0], verbose=0), model.predict(DATA[0], verbose=0))
+
+
+def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+    """RLIMIT_FSIZE makes a write fail with EFBIG as a full disk fails with ENOSPC (Python ignores SIGXFSZ)."""
+    import resource
+
+    model = compiled_model(0)
+    path = tmp_path / "last.state.npz"
+    checkpoint.save_state(path, model, checkpoint.TrainingState(epoch=1, best=0.1))
+    before = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, hard))
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match="cannot write the checkpoint .*last.state.npz.*previous last.state.npz is intact"):
+            checkpoint.save_state(path, model, checkpoint.TrainingState(epoch=2, best=0.2))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.state.npz"]
+
+
+def test_unwritable_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="/proc/seglab-no/last.state.npz"):
+        checkpoint.save_state("/proc/seglab-no/last.state.npz", compiled_model(0), checkpoint.TrainingState(epoch=1, best=0.1))
+
+
+@pytest.mark.slow
+def test_training_on_a_full_disk_fails_in_one_line_and_the_run_is_failed(tmp_path):
+    """A real training whose checkpoint directory is a 16 KiB tmpfs: the first checkpoint does not fit."""
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from tests.conftest import TINY, run_cli
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    try:
+        done = run_cli(*TINY, "trainer.epochs=1", f"trainer.checkpoint_dir={disk}", "tracking.log_model=false",
+                       f"tracking.uri=sqlite:///{tmp_path}/m.db", cwd=tmp_path, check=False)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert last.startswith("seglab: cannot write the checkpoint") and str(disk) in last, last
+    (run,) = MlflowClient(f"sqlite:///{tmp_path}/m.db").search_runs(["1"])  # seglab-shapes: the first experiment after Default
+    assert run.info.status == "FAILED" and "cannot write the checkpoint" in run.data.tags["error"]

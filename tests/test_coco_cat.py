@@ -191,6 +191,18 @@ def test_half_written_shard_is_not_trusted(coco):
         np.testing.assert_array_equal(mask, expected[width])
 
 
+@pytest.mark.parametrize("content", [b"not an image at all", "truncated"], ids=["garbage", "truncated-jpeg"])
+def test_corrupt_image_is_skipped_and_named(tmp_path, caplog, content):
+    root = write_coco(tmp_path / "coco")
+    victim = root / "train2017" / f"{2:012d}.jpg"
+    victim.write_bytes(victim.read_bytes()[:200] if content == "truncated" else content)
+    with caplog.at_level(logging.WARNING, logger="seglab.data.coco_cat"):
+        splits = build(root, tmp_path / "cache")
+    assert str(victim) in caplog.text and "skipped 1 image" in caplog.text
+    assert sorted(by_width(splits.train)) == [40, 42]  # image 2 (width 41) is left out, the others are kept
+    assert not list((tmp_path / "cache").rglob("*.tmp*"))
+
+
 def test_problems_are_clear_errors_before_training(tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="does not exist"):

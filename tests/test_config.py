@@ -139,9 +139,9 @@ def test_print_config_is_fast_and_imports_no_tensorflow(tmp_path):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (("trainer.epochz=3",), "Key 'epochz' not in 'TrainerConfig'"),
+        (("trainer.epochz=3",), "trainer.epochz is not a config key"),
         (("trainer.epochs=abc",), "trainer.epochs"),
-        (("model=unett",), "Available options in 'model'"),
+        (("model=unett",), "model=unett: no such option in conf/model/; did you mean unet?"),
         (("trainer.epochs=-2",), "trainer.epochs=-2 is not allowed"),
     ],
 )

@@ -292,3 +292,49 @@ def test_short_training_on_the_folder_source(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("seglab-pets").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["data.source.kind"] == "folder"
     assert {"val_iou_pet", "val_iou_background", "val_iou_border"} <= set(run.data.metrics)
+
+
+def _split_names(names: list[str], val_percent: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    order = [str(n) for n in np.random.default_rng(seed).permutation(sorted(names))]
+    n_val = max(1, round(len(order) * val_percent / 100))
+    return order[:-n_val], order[-n_val:]
+
+
+def _break_trimap(root: Path, name: str) -> Path:
+    path = root / "annotations" / "trimaps" / f"{name}.png"
+    labels = np.asarray(Image.open(path)).copy()
+    labels[0, 0] = 7  # not a trimap value
+    Image.fromarray(labels).save(path)
+    return path
+
+
+def test_a_bad_trimap_in_the_validation_split_is_named_before_training(archive):
+    root, files = archive
+    names = [n for n in sorted(files) if n in (root / "annotations" / "trainval.txt").read_text()]
+    _, val = _split_names(names, 20)
+    victim = _break_trimap(root, next(n for n in val if files[n]["kind"] == "jpeg"))
+    with pytest.raises(DataError, match=rf"val split.*value outside 1\.\.3.*{victim}"):
+        pets.build(kind="folder", path=str(root), val_percent=20)
+
+
+@pytest.mark.slow
+def test_a_bad_trimap_found_mid_epoch_is_one_line_naming_the_file(tmp_path):
+    """Beyond the examples checked before training, the in-graph check stops the epoch; seglab.errors
+    turns TensorFlow's InvalidArgumentError into one line with the file, and the run ends FAILED."""
+    root = tmp_path / "pets"
+    files = write_archive(root, trainval=30, test=2)
+    train, _ = _split_names([f"Breed_{i}" for i in range(30)], 10)
+    victim = _break_trimap(root, next(n for n in reversed(train) if files[n]["kind"] == "jpeg"))
+    done = run_cli(
+        "data=pets", "data.source.kind=folder", f"data.source.path={root}", "data.image_size=32", "model.depth=2",
+        "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=8", "trainer.mask_samples=1", "tracking.log_model=false",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path, check=False,
+    )
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 2 and last.startswith("seglab: seglab label check:") and str(victim) in last, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("seglab-pets").experiment_id])
+    assert run.info.status == "FAILED"

@@ -8,10 +8,15 @@ turns a split into the batches the model trains on.
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from seglab.errors import UserError
+
+# Starts the message of an in-graph label check (tf.debugging.Assert), which TensorFlow can only raise as an
+# InvalidArgumentError mid-epoch: seglab.errors finds it there and prints it as one line.
+LABEL_ERROR_MARKER = "seglab label check:"
 LABEL_CHECK_EXAMPLES = 8  # masks read by `check_labels` before training: enough to catch a wrong config, cheap
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The data cannot be read as configured; the message names what is missing and how to fix it."""
 
 

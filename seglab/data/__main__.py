@@ -13,7 +13,7 @@ import time
 
 from omegaconf import DictConfig
 
-from seglab import schema
+from seglab import errors, schema
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:
@@ -42,7 +42,7 @@ def sample_grid(batches, count: int, num_classes: int):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(prog="python -m seglab.data", description=__doc__.splitlines()[0])
+    parser = errors.argument_parser(prog="python -m seglab.data", description=__doc__.splitlines()[0])
     parser.add_argument("name", help="a data config: shapes, pets, coco_cat, ... (conf/data/NAME.yaml)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.image_size=128 trainer.batch_size=32")
     parser.add_argument("--passes", type=int, default=3, help="passes over the training split (the first fills the cache)")
@@ -74,4 +74,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    errors.main(main, prog="seglab.data")

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from seglab import atomic
 from seglab.data import DataError, Splits, check_labels
@@ -127,12 +128,25 @@ def convert(
     names = [f"{split}-{i:05d}-of-{n_shards:05d}.tfrecord" for i in range(n_shards)]
     cat_ids = coco.getCatIds(catNms=[category])
     todo = [i for i, name in enumerate(names) if not (out / name).is_file()]
+    skipped: list[str] = []
     with _progress(sum(len(image_ids[i::n_shards]) for i in todo), f"coco_cat {split} -> TFRecords") as bar:
         for i in todo:
-            _write_shard(out / names[i], coco, cat_ids, images_dir, image_ids[i::n_shards], ignore_index, bar)
-    atomic.write_bytes(manifest, json.dumps(dict(count=len(image_ids), shards=names)).encode())
-    log.info("coco_cat %s: wrote %d examples in %d shards to %s", split, len(image_ids), n_shards, out)
-    return [str(out / name) for name in names], len(image_ids)
+            skipped += _write_shard(out / names[i], coco, cat_ids, images_dir, image_ids[i::n_shards], ignore_index, bar)
+    if skipped:
+        log.warning("coco_cat %s: skipped %d image(s) that cannot be decoded: %s", split, len(skipped), ", ".join(skipped[:MAX_NAMED]))
+    # Shards of an earlier, interrupted conversion were written by the same rules: read their counts back.
+    count = sum(1 for name in names for _ in tf_record_iterator(out / name))
+    if count == 0:
+        raise DataError(f"coco_cat {split}: none of the {len(image_ids)} selected images in {images_dir} can be decoded.")
+    atomic.write_bytes(manifest, json.dumps(dict(count=count, shards=names)).encode())
+    log.info("coco_cat %s: wrote %d examples in %d shards to %s", split, count, n_shards, out)
+    return [str(out / name) for name in names], count
+
+
+def tf_record_iterator(path: Path):
+    import tensorflow as tf
+
+    return tf.data.TFRecordDataset(str(path)).as_numpy_iterator()
 
 
 def select(coco, category: str, negative_fraction: float, seed: int, where: str) -> list[int]:
@@ -177,19 +191,24 @@ def _check_layout(root: Path, split: str) -> tuple[Path, Path]:
     return annotations, images_dir
 
 
-def _write_shard(path: Path, coco, cat_ids, images_dir: Path, image_ids: list[int], ignore_index, bar) -> None:
+def _write_shard(path: Path, coco, cat_ids, images_dir: Path, image_ids: list[int], ignore_index, bar) -> list[str]:
+    """Write one shard under a temporary name, renamed when complete; return the images skipped
+    because they cannot be decoded (each logged with its file), as the pets folder source does."""
     import tensorflow as tf
-    from PIL import Image
+
+    skipped = []
 
     def write(temporary: str) -> None:
         with tf.io.TFRecordWriter(temporary) as writer:
             for image_id in image_ids:
+                bar.update(1)
                 info = coco.imgs[image_id]
-                encoded = (images_dir / info["file_name"]).read_bytes()
-                if not encoded.startswith(JPEG_MAGIC):
-                    buffer = io.BytesIO()
-                    Image.open(io.BytesIO(encoded)).convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
-                    encoded = buffer.getvalue()
+                file = images_dir / info["file_name"]
+                encoded = _jpeg_bytes(file)
+                if isinstance(encoded, str):
+                    log.warning("coco_cat: skipping %s: %s", file, encoded)
+                    skipped.append(str(file))
+                    continue
                 png = io.BytesIO()
                 Image.fromarray(mask_for(coco, image_id, cat_ids, ignore_index)).save(png, "PNG")
                 feature = {
@@ -198,8 +217,26 @@ def _write_shard(path: Path, coco, cat_ids, images_dir: Path, image_ids: list[in
                     "image_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[image_id])),
                 }
                 writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-                bar.update(1)
     atomic.write(path, write)  # a shard under its final name is always complete
+    return skipped
+
+
+def _jpeg_bytes(file: Path) -> bytes | str:
+    """The file's JPEG bytes (other formats re-encoded), or why it cannot be decoded.  Decoding it
+    fully here costs once per conversion; a broken file found by TensorFlow would stop every epoch."""
+    from PIL import UnidentifiedImageError
+
+    encoded = file.read_bytes()
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            image.load()
+            if encoded.startswith(JPEG_MAGIC):
+                return encoded
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
+            return buffer.getvalue()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"not a readable image ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
 
 
 def _progress(total: int, description: str):

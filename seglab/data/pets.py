@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from seglab import net
-from seglab.data import DataError, Splits, check_labels
+from seglab.data import LABEL_ERROR_MARKER, DataError, Splits, check_labels
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ DOWNLOAD_URL = "https://thor.robots.ox.ac.uk/"  # where tfds' oxford_iiit_pet 4.
 ARCHIVES_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 CLASS_NAMES = ("pet", "background", "border")
 TRIMAP_FIRST_VALUE = 1  # trimaps use 1, 2, 3; labels start at 0
-TRIMAP_RANGE_ERROR = (
-    "an Oxford-IIIT Pet trimap holds a value outside 1..3 (pet, background, border), which data.num_classes=3 "
+TRIMAP_RANGE_ERROR = LABEL_ERROR_MARKER + (
+    " an Oxford-IIIT Pet trimap holds a value outside 1..3 (pet, background, border), which data.num_classes=3 "
     "cannot represent: these masks are not the archive's trimaps"
 )
 TF_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what tf.io.decode_image reads
@@ -68,17 +68,21 @@ def build(
         splits = _from_folder(Path(path or "").expanduser(), val_percent, split_seed, deterministic)
     else:
         raise DataError(f"data.source.kind={kind!r} is not a pets source: use tfds or folder.")
-    check_labels(splits.train, num_classes, None, f"{TFDS_NAME} ({kind})")
+    for name in ("train", "val", "test"):
+        if getattr(splits, name) is not None:
+            check_labels(getattr(splits, name), num_classes, None, f"{TFDS_NAME} ({kind}, {name} split)")
     return splits
 
 
-def trimap_to_labels(trimap):
-    """Trimap values 1, 2, 3 -> int32 labels 0, 1, 2; any other value stops the pipeline with a clear error."""
+def trimap_to_labels(trimap, source=None):
+    """Trimap values 1, 2, 3 -> int32 labels 0, 1, 2; any other value stops the pipeline with a clear
+    error naming `source` (the trimap file, a string tensor) when known."""
     import tensorflow as tf
 
     labels = tf.cast(trimap, tf.int32) - TRIMAP_FIRST_VALUE
     in_range = tf.reduce_all((labels >= 0) & (labels < len(CLASS_NAMES)))
-    with tf.control_dependencies([tf.debugging.Assert(in_range, [TRIMAP_RANGE_ERROR])]):
+    message = [TRIMAP_RANGE_ERROR] if source is None else [TRIMAP_RANGE_ERROR, "file:", source]
+    with tf.control_dependencies([tf.debugging.Assert(in_range, message)]):
         return tf.identity(labels)
 
 
@@ -224,7 +228,7 @@ def _decode_pairs(images_dir: Path, trimaps_dir: Path, names: list[str], determi
         image.set_shape([None, None, 3])
         trimap = tf.io.decode_image(tf.io.read_file(trimap_path), channels=1, expand_animations=False)
         trimap.set_shape([None, None, 1])
-        return image, trimap_to_labels(trimap[..., 0])
+        return image, trimap_to_labels(trimap[..., 0], trimap_path)
 
     pairs = tf.data.Dataset.from_tensor_slices((images, trimaps))
     return pairs.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)

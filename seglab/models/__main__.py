@@ -7,10 +7,11 @@ GFLOPs per image of `model=NAME` at the configured size (data.image_size, data.n
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from hydra.utils import instantiate
 
-from seglab import schema
+from seglab import errors, schema
 from seglab.schema import CONF_DIR
 
 
@@ -29,9 +30,13 @@ def describe(name: str, overrides: list[str]) -> tuple[int, int]:
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
-        sys.exit(f"usage: python -m seglab.models NAME [key=value ...]   (NAME: a file of {CONF_DIR}/model/ without .yaml)")
+        raise schema.ConfigError(f"usage: python -m seglab.models NAME [key=value ...] (NAME: one of {', '.join(options())})")
     describe(argv[0], argv[1:])
 
 
+def options() -> list[str]:
+    return sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml"))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    errors.main(main, sys.argv[1:], prog="seglab.models")

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from seglab import net
+from seglab.errors import UserError
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -25,7 +26,7 @@ KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-application
 VGG16_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-class EncoderWeightsUnavailable(RuntimeError):
+class EncoderWeightsUnavailable(UserError, RuntimeError):
     """The ImageNet weights are neither in the Keras cache nor downloadable; the message says what to do."""
 
 

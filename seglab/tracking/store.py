@@ -11,6 +11,7 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from seglab import net
+from seglab.errors import UserError
 
 # An error tag holds the start of the message (MLflow caps a tag value at 8,000 characters).
 ERROR_TAG_CHARS = 5000
@@ -26,7 +27,7 @@ STORE_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
 CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError, OSError)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message says which URI and what to do."""
 
 

@@ -154,3 +154,22 @@ def find_parent_run(uri: str, name_or_id: str) -> str:
             "name (e.g. seglab-shapes) or a sweep's run name, and check the tracking URI."
         )
     return runs[0].info.run_id
+
+
+def latest_run_metrics(uri: str, experiment: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of the newest run of `experiment`, as (step, value) in step order (for comparing
+    two runs, `seglab.check_determinism`)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"no experiment {experiment!r} in tracking.uri={uri}")
+    (run,) = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+    return {
+        key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+        for key in run.data.metrics
+    }
+
+
+def create_experiment(uri: str, experiment: str, artifact_location: str) -> str:
+    """A new experiment whose artifacts go to `artifact_location` (not the store's default `./mlruns`)."""
+    return _client(uri).create_experiment(experiment, artifact_location=artifact_location)

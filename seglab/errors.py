@@ -1,0 +1,203 @@
+"""One error handler for every seglab command line: a user's mistake is one line on stderr,
+`<command>: <what is wrong, naming the key or file, and the fix>`, and exit code 2, never a
+traceback.  `HYDRA_FULL_ERROR=1` (Hydra's own switch) shows the full traceback instead.
+
+What counts as a user's mistake: a `UserError` (seglab's errors whose message names the key or
+file and the fix: ConfigError, DataError, TrackingError, ...) and Hydra's / OmegaConf's
+composition errors (an unknown key, a misspelt option, a value of the wrong type, a malformed
+override).  Anything else is a bug and keeps its traceback.
+
+Nothing here imports TensorFlow or MLflow: it runs before either loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from typing import Any, Callable
+
+EXIT_USER_ERROR = 2  # argparse's code for a usage error; 1 stays for crashes
+
+
+class UserError(Exception):
+    """A mistake in the command, the config or the data; the message names it and the fix."""
+
+
+def full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+
+
+def one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def explain(err: BaseException) -> str | None:
+    """The one-line message for a user's mistake; None for anything else (a bug: keep the traceback)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen: BaseException | None = err
+    while seen is not None:  # Hydra's instantiate wraps what a builder raised (e.g. a DataError)
+        if isinstance(seen, UserError):
+            return one_line(seen)
+        seen = seen.__cause__
+    label_check = _LABEL_CHECK.search(str(err))
+    if label_check:  # a data check inside the tf.data graph, raised by TensorFlow mid-epoch
+        return one_line(" ".join(part.strip() for part in label_check.groups() if part))
+    if isinstance(err, HydraException):
+        return _hydra_message(err)
+    if isinstance(err, OmegaConfBaseException):
+        return _omegaconf_message(err)
+    return None
+
+
+def fail(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def main(entry: Callable[..., Any], *args: Any, prog: str) -> Any:
+    """Call a command's `entry(*args)`; a user's mistake ends the process with one line."""
+    try:
+        return entry(*args)
+    except Exception as err:
+        message = None if full_error() else explain(err)
+        if message is None:
+            raise
+        fail(prog, message)
+
+
+def hydra_main(task: Callable[[], Any], prog: str = "seglab") -> Any:
+    """Run a `@hydra.main` function with `explain` in front of Hydra's error printer.
+
+    Hydra catches every exception of composition and of the task function in
+    `hydra._internal.utils.run_and_report`, which prints a (shortened) traceback or a multi-line
+    OmegaConf message; a task function cannot catch composition errors, so the printer itself is
+    wrapped here, for this call only.  Errors that are not user mistakes go to Hydra's printer as before.
+    """
+    import hydra._internal.utils as hydra_utils
+
+    hydra_report = hydra_utils.run_and_report
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except Exception as err:
+            message = None if full_error() else explain(err)
+            if message is None:
+                return hydra_report(_reraise(err))
+            fail(prog, message)
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        return task()
+    finally:
+        hydra_utils.run_and_report = hydra_report
+
+
+def _reraise(err: BaseException) -> Callable[[], Any]:
+    def again() -> Any:
+        raise err
+
+    return again
+
+
+# --- Hydra and OmegaConf messages -> one line ----------------------------------------------
+
+# tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
+_LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^\]]*)\])?")
+_OPTION = re.compile(r"Could not find '([^']+)'")
+_OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An item is already at) '([^']+)'")
+_MERGING = re.compile(r"Error merging override (\S+)")
+_SCHEMA_SUFFIX = "_schema"
+
+
+def _hydra_message(err: BaseException) -> str | None:
+    from hydra.errors import InstantiationException, MissingConfigException, OverrideParseException
+
+    if isinstance(err, InstantiationException):
+        return None  # a builder failed on something that is not a UserError (those are found above): a bug, keep the traceback
+    text = str(err)
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) or _OPTION.search(text):
+        return _missing_option(err, text)
+    if isinstance(err, OverrideParseException):
+        return f"cannot read the override: {one_line(text)}. Write overrides as key=value (quote values with spaces: 'key=a b')."
+    override = _OVERRIDE.search(text) or _MERGING.search(text)
+    if cause is not None and override:
+        return _omegaconf_message(cause, override=override.group(1))
+    if cause is not None:
+        return _omegaconf_message(cause) if _is_omegaconf(cause) else f"{one_line(text)}: {one_line(cause)}"
+    return one_line(text)
+
+
+def _missing_option(err: BaseException, text: str) -> str:
+    """`model=unett` -> the group's real options (without the `*_schema` entries the ConfigStore adds)."""
+    found = _OPTION.search(text)
+    wanted = found.group(1) if found else "?"
+    group, _, option = wanted.rpartition("/")
+    options = [o for o in (getattr(err, "options", None) or []) if not o.endswith(_SCHEMA_SUFFIX)]
+    if not group:
+        return f"no config named {wanted!r}: {one_line(text)}"
+    hint = _did_you_mean(option, options)
+    return (
+        f"{group}={option}: no such option in conf/{group}/;{hint} choose one of {', '.join(options)}"
+        if options else f"{group}={option}: no such option (conf/{group}/{option}.yaml does not exist)"
+    )
+
+
+def _is_omegaconf(err: BaseException) -> bool:
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(err, OmegaConfBaseException)
+
+
+def _omegaconf_message(err: BaseException, override: str | None = None) -> str:
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    key = getattr(err, "full_key", None) or (override.split("=", 1)[0].lstrip("+~") if override else None)
+    msg = getattr(err, "msg", None) or str(err)
+    first = msg.splitlines()[0] if msg.strip() else type(err).__name__
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and ("not in" in first or "Missing key" in first):
+        return unknown_key_message(key or "?", _sibling_keys(err))
+    if isinstance(err, MissingMandatoryValue):
+        return f"{key} is required and has no value: set it, e.g. {key}=..."
+    if isinstance(err, ValidationError):
+        value = override.split("=", 1)[1] if override and "=" in override else getattr(err, "value", None)
+        return f"{key}={value}: {first.rstrip('.')}; give a value of the type the key takes (see `python -m seglab --cfg job`)"
+    return f"{key + ': ' if key else ''}{first}"
+
+
+def _sibling_keys(err: BaseException) -> list[str]:
+    parent = getattr(err, "parent_node", None)
+    try:
+        return [str(k) for k in parent.keys()] if parent is not None else []
+    except Exception:  # noqa: BLE001  only a hint: any node type without keys gives none
+        return []
+
+
+def unknown_key_message(key: str, known: list[str]) -> str:
+    """`trainer.epoch` -> names the real keys of its node and the closest one."""
+    parent, _, name = key.lstrip("+~").rpartition(".")
+    where = parent or "the top level"
+    hint = _did_you_mean(name, known)
+    listed = f" ({where} has {', '.join(sorted(known))})" if known else ""
+    return f"{key} is not a config key{listed};{hint} remove it or fix the spelling"
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" did you mean {close[0]}?" if close else ""
+
+
+def argument_parser(**kwargs: Any):
+    """argparse, but a usage mistake is a UserError (one line through `main`), not two lines and exit."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise UserError(f"{message}; usage: {one_line(self.format_usage()).removeprefix('usage: ')}")
+
+    return Parser(**kwargs)

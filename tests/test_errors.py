@@ -1,0 +1,37 @@
+"""seglab.errors.explain: which errors are a user's mistake (one line) and which are bugs (traceback)."""
+
+import pytest
+from hydra.utils import instantiate
+
+from seglab import errors
+from seglab.data import DataError
+
+
+def raises_a_bug():
+    raise ValueError("an index is off by one")
+
+
+def raises_a_data_error():
+    raise DataError("data.source.path=x: no images in x/images.")
+
+
+def test_a_builder_error_is_one_line_only_when_it_is_a_user_error():
+    with pytest.raises(Exception) as bug:
+        instantiate({"_target_": f"{__name__}.raises_a_bug"})
+    with pytest.raises(Exception) as mistake:
+        instantiate({"_target_": f"{__name__}.raises_a_data_error"})
+    assert errors.explain(bug.value) is None  # a bug keeps its traceback
+    assert errors.explain(mistake.value) == "data.source.path=x: no images in x/images."
+
+
+def test_an_in_graph_label_check_becomes_one_line_with_the_file():
+    tf_message = (
+        "Graph execution error:\n\nDetected at node assert/Assert defined at (most recent call last):\n  File ...\n"
+        "assertion failed: [seglab label check: a trimap holds a value outside 1..3] [file:] [/data/pets/annotations/trimaps/x.png]\n"
+        "\t [[{{node Assert}}]]"
+    )
+    assert errors.explain(RuntimeError(tf_message)) == "seglab label check: a trimap holds a value outside 1..3 file: /data/pets/annotations/trimaps/x.png"
+
+
+def test_unknown_key_names_the_closest_key():
+    assert "did you mean epochs?" in errors.unknown_key_message("trainer.epoch", ["epochs", "batch_size"])
