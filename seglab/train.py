@@ -4,7 +4,6 @@ Hydra sweeper optimises (`optimize_metric`, best epoch)."""
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,12 +11,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import seglab
-from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking
+from seglab import callbacks, checkpoint, losses, metrics, resume, run_identity, runtime, tracking
 from seglab.data import cache_name, pipeline, statistics
 
 log = logging.getLogger(__name__)
@@ -28,8 +25,12 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
     out = Path(output_dir or HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
-    run_name = _job_suffixed(cfg.tracking.run_name or _run_name(cfg))
-    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_name, _tags(device), cfg.tracking.parent_run_id) as mlrun:
+    # trainer.resume: continue a killed run of the same experiment (docs/resume.md).
+    tags = {**run_identity.tags(cfg), **run_identity.owner_tags(), **_runtime_tags(device)}
+    found = resume.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[run_identity.KEY_TAG],
+                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min)
+    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), tags, cfg.tracking.parent_run_id,
+                      resume_run_id=found.run_id) as mlrun:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
@@ -41,7 +42,6 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
             deterministic=cfg.deterministic, cache=data.cache, shuffle_buffer=data.shuffle_buffer,
         )
-        train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name=cache_name(data, "train"), **batches)
         val_ds = pipeline.make(splits.val, training=False, cache_name=cache_name(data, "val"), **batches)
 
         loss = _build_loss(cfg, splits.train, batches)
@@ -56,25 +56,31 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         )
         mlrun.set_tags({"model.parameters": model.count_params()})
 
-        checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric)
+        checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric,
+                                              upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
+        first_epoch = resume.initial_epoch(found, cfg.tracking.uri, model, checkpointer, cfg.trainer.checkpoint_dir)
+        # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
+        train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name=cache_name(data, "train"),
+                                 epochs=range(first_epoch, cfg.trainer.epochs), **batches)
         fit_callbacks = [
             # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
             keras.callbacks.TerminateOnNaN(raise_error=True),
-            callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())),
+            callbacks.MetricsLogger(mlrun, pipeline.count(splits.train)),
             checkpointer,
+            callbacks.Heartbeat(mlrun),
         ]
         sample_images, sample_masks = _first_examples(val_ds, cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
-        model.fit(
-            train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, callbacks=fit_callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        if first_epoch < cfg.trainer.epochs:
+            model.fit(
+                train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, initial_epoch=first_epoch, callbacks=fit_callbacks,
+                steps_per_epoch=pipeline.steps_per_epoch(splits.train, cfg.trainer.batch_size), verbose=1 if sys.stdout.isatty() else 2,
+            )
 
         final_cm = metrics.split_confusion_matrix(model, val_ds, data.num_classes)
         mlrun.log_confusion_matrix(final_cm, list(data.class_names), "validation, after the last epoch")
-        mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
-        mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
+        mlrun.log_checkpoint([checkpointer.best_path, checkpointer.last_path], max(first_epoch, cfg.trainer.epochs), "checkpoints")
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
         if cfg.tracking.log_model:
             mlrun.log_model(checkpoint.inference_model(model), input_example=sample_images[:1])
@@ -107,53 +113,5 @@ def _first_examples(batches: tf.data.Dataset, count: int) -> tuple[np.ndarray, n
     return np.stack(images), np.stack(masks)
 
 
-def _choice(cfg: DictConfig, group: str) -> str:
-    """The chosen option of a group (`unet`, `ce`, `shapes`), as Hydra recorded it; without Hydra
-    (train.run called directly), the data name or the module of the builder."""
-    if HydraConfig.initialized():
-        return HydraConfig.get().runtime.choices.get(group) or group
-    if group == "data":
-        return cfg.data.name
-    return cfg[group]._target_.rsplit(".", 2)[-2 if cfg[group]._target_.endswith(".build") else -1].lower()
-
-
-def _run_name(cfg: DictConfig) -> str:
-    return "-".join(_choice(cfg, g) for g in ("model", "loss", "data"))
-
-
-def _in_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _job_suffixed(name: str) -> str:
-    """The jobs of a sweep share `<model>-<loss>-<data>`; the job number tells them apart in the run list."""
-    return f"{name}-job{HydraConfig.get().job.num}" if _in_sweep() else name
-
-
-def _tags(device: str) -> dict[str, str]:
-    tags = {
-        "seglab.version": seglab.__version__,
-        "tensorflow.version": tf.__version__,
-        "keras.version": keras.__version__,
-        "device": device,
-    }
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        tags["hydra.overrides"] = " ".join(hydra_cfg.overrides.task) or "(defaults)"
-        tags["hydra.output_dir"] = hydra_cfg.runtime.output_dir
-    if _in_sweep():
-        tags["seglab.sweep"] = "child"
-        tags["hydra.job.num"] = str(HydraConfig.get().job.num)
-    commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def _git_commit() -> str | None:
-    source = Path(__file__).resolve().parent
-    try:
-        done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+def _runtime_tags(device: str) -> dict[str, str]:
+    return {"tensorflow.version": tf.__version__, "keras.version": keras.__version__, "device": device}
