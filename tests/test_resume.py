@@ -27,12 +27,14 @@ def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Pope
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def kill_at(proc: subprocess.Popen, marker: str, timeout: float = 600) -> str:
-    """SIGKILL the process (and its children) as soon as it prints `marker`; its output until then."""
+def kill_at(proc: subprocess.Popen, marker: str, timeout: float = 600, occurrence: int = 1) -> str:
+    """SIGKILL the process (and its children) as soon as it prints `marker` the `occurrence`-th time."""
     seen, deadline = [], time.time() + timeout
     for line in proc.stdout:
         seen.append(line)
         if marker in line:
+            occurrence -= 1
+        if occurrence == 0:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return "".join(seen)
@@ -40,11 +42,18 @@ def kill_at(proc: subprocess.Popen, marker: str, timeout: float = 600) -> str:
     raise AssertionError(f"exited {proc.wait()} before printing {marker!r}:\n{''.join(seen[-50:])}")
 
 
-def only_run(uri: str, experiment: str = "seglab-shapes"):
+def only_run(uri: str, experiment: str = "seglab-shapes", where: str = ""):
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], filter_string=where)
     assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
     return client, runs[0]
+
+
+def children(uri: str) -> dict[str, object]:
+    """The sweep's child runs by `model.base_filters`."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id], "tags.`seglab.sweep` = 'child'")
+    return {r.data.params["model.base_filters"]: r for r in runs}
 
 
 def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
@@ -110,3 +119,48 @@ def test_rerun_with_resume_never_ends_the_dead_run_killed_naming_why(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id], order_by=["attributes.start_time ASC"])
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
     assert "is gone" in runs[0].data.tags["seglab.killed_reason"] and "trainer.resume=never" in runs[0].data.tags["seglab.killed_reason"]
+
+
+@pytest.mark.slow
+def test_killed_sweep_rerun_continues_its_parent_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, uninterrupted):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    args = ("--multirun", *RESUMABLE, "model.base_filters=3,4", f"tracking.uri={uri}")
+    kill_at(start_cli(*args, cwd=tmp_path), "Epoch 3/4", occurrence=2)  # job 0 done, job 1 in its third epoch
+    _, parent = only_run(uri, where="tags.`seglab.sweep` = 'parent'")
+    first = children(uri)
+    assert parent.info.status == "RUNNING" and first["3"].info.status == "FINISHED" and first["4"].info.status == "RUNNING"
+
+    done = run_cli(*args, cwd=tmp_path, timeout=900)
+    assert "already FINISHED in this sweep" in done.stdout + done.stderr
+    client, again = only_run(uri, where="tags.`seglab.sweep` = 'parent'")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert again.data.metrics["jobs_total"] == 2 and again.data.metrics["jobs_succeeded"] == 2
+    now = children(uri)
+    assert {k: r.info.run_id for k, r in now.items()} == {k: r.info.run_id for k, r in first.items()}
+    assert now["3"].info.end_time == first["3"].info.end_time  # skipped, not trained again
+    assert now["4"].info.status == "FINISHED"
+    assert_same_training(only_run(uninterrupted), (client, now["4"]), tmp_path, epochs=4)
+
+
+@pytest.mark.slow
+def test_preempted_submitit_job_is_requeued_and_resumes_in_the_same_run(tmp_path, uninterrupted):
+    """submitit's pre-emption signal (SIGUSR2, what SLURM sends before it requeues) to the job process
+    during its third epoch: submitit requeues the job (hydra-submitit-launcher's checkpoint()), the
+    run ends KILLED, and the requeued job continues it."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    sweep = start_cli("--multirun", "hydra/launcher=submitit_local", *RESUMABLE, "model.base_filters=4", f"tracking.uri={uri}",
+                      cwd=tmp_path)
+    deadline = time.time() + 600
+    # the job's own output (PYTHONUNBUFFERED is inherited): the store is left alone while the job creates it
+    while not any("Epoch 3/4" in p.read_text() for p in tmp_path.glob("multirun/*/*/.submitit/*/*_log.out")):
+        assert sweep.poll() is None and time.time() < deadline, sweep.stdout.read() if sweep.poll() is not None else "timeout"
+        time.sleep(0.2)
+    client, job = MlflowClient(uri), children(uri)["4"]
+    os.kill(int(job.data.tags["seglab.pid"]), signal.SIGUSR2)
+    out, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, out[-4000:]
+    job_logs = "".join(p.read_text() for p in tmp_path.glob("multirun/*/*/.submitit/*/*_log.*"))
+    assert "Requeued job" in job_logs or "preempted" in job_logs, job_logs[-3000:]
+    now = children(uri)
+    assert list(now) == ["4"] and now["4"].info.run_id == job.info.run_id and now["4"].info.status == "FINISHED"
+    assert_same_training(only_run(uninterrupted), (client, now["4"]), tmp_path, epochs=4)
