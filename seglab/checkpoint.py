@@ -30,7 +30,7 @@ class ArchitectureMismatch(ValueError):
 
 
 def signature(model: keras.Model) -> list[list]:
-    """Each model and optimizer variable's path and shape: what must match for a state to load."""
+    """Each model and optimizer variable's path and shape (the shapes must match for a state to load)."""
     return [[v.path, list(v.shape)] for v in [*model.variables, *model.optimizer.variables]]
 
 
@@ -93,9 +93,10 @@ def _check_signature(path, saved, model: keras.Model) -> None:
         found = [[k, list(saved[k].shape)] for k in names]
         expected = [[f"{'model' if i < len(model.variables) else 'optimizer'}/{i if i < len(model.variables) else i - len(model.variables)}", s]
                     for i, (_, s) in enumerate(expected)]
-    if found == expected:
+    # Shapes, not paths: Keras numbers layer names per process (conv2d_3), the same model may differ there.
+    if [shape for _, shape in found] == [shape for _, shape in expected]:
         return
-    first = next(((f, e) for f, e in zip(found, expected) if f != e), None)
+    first = next(((f, e) for f, e in zip(found, expected) if f[1] != e[1]), None)
     detail = (f"first difference: the checkpoint has {first[0][0]} {tuple(first[0][1])}, the model {first[1][0]} {tuple(first[1][1])}"
               if first else f"the checkpoint has {len(found)} variables, the model {len(expected)}")
     raise ArchitectureMismatch(
