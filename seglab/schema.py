@@ -366,7 +366,7 @@ class TrainerConfig:
     mask_samples: int = 4  # validation images shown in the per-epoch mask grid
     checkpoint_dir: str = "checkpoints"  # relative to the job's output directory
     resume: str = "auto"  # auto | never | <MLflow run id> (docs/resume.md)
-    checkpoint_every: int = 1  # epochs between uploads of the training state to the run's artifacts
+    checkpoint_every: int = 5  # epochs between uploads of the training state to the run's artifacts
     heartbeat_timeout_min: float = 60.0  # a RUNNING run on another host silent this long is taken as dead
 
     def __post_init__(self) -> None:
