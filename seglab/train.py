@@ -58,6 +58,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
 
         checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric,
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
+        train_images = pipeline.count(splits.train)
         first_epoch = resume.initial_epoch(found, cfg.tracking.uri, model, checkpointer, cfg.trainer.checkpoint_dir)
         # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
         train_ds = pipeline.make(splits.train, training=True, augment_options=dict(data.augment), cache_name=cache_name(data, "train"),
@@ -65,7 +66,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         fit_callbacks = [
             # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
             keras.callbacks.TerminateOnNaN(raise_error=True),
-            callbacks.MetricsLogger(mlrun, pipeline.count(splits.train)),
+            callbacks.MetricsLogger(mlrun, train_images),
             checkpointer,
             callbacks.Heartbeat(mlrun),
         ]
@@ -75,7 +76,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         if first_epoch < cfg.trainer.epochs:
             model.fit(
                 train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, initial_epoch=first_epoch, callbacks=fit_callbacks,
-                steps_per_epoch=pipeline.steps_per_epoch(splits.train, cfg.trainer.batch_size), verbose=1 if sys.stdout.isatty() else 2,
+                steps_per_epoch=pipeline.steps_per_epoch(train_images, cfg.trainer.batch_size), verbose=1 if sys.stdout.isatty() else 2,
             )
 
         final_cm = metrics.split_confusion_matrix(model, val_ds, data.num_classes)

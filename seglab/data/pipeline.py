@@ -129,9 +129,9 @@ def _epoch(ds, epoch, seed: int, shuffle_buffer: int, batch_size: int, determini
     ).batch(batch_size)
 
 
-def steps_per_epoch(dataset: tf.data.Dataset, batch_size: int) -> int:
-    """Batches per epoch of an unbatched split (the last one may be partial)."""
-    return math.ceil(count(dataset) / batch_size)
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    """Batches per epoch of a split of `examples` elements (the last one may be partial)."""
+    return math.ceil(examples / batch_size)
 
 
 def count(dataset: tf.data.Dataset) -> int:
