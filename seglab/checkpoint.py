@@ -28,6 +28,8 @@ class TrainingState:
 class ArchitectureMismatch(ValueError):
     """A checkpoint saved from another model (or optimizer) than the one it is loaded into."""
 
+    resume_refused = True  # seglab.tracking.Run: the run being continued keeps its status
+
 
 def signature(model: keras.Model) -> list[list]:
     """Each model and optimizer variable's path and shape (the shapes must match for a state to load)."""

@@ -164,3 +164,24 @@ def test_preempted_submitit_job_is_requeued_and_resumes_in_the_same_run(tmp_path
     now = children(uri)
     assert list(now) == ["4"] and now["4"].info.run_id == job.info.run_id and now["4"].info.status == "FINISHED"
     assert_same_training(only_run(uninterrupted), (client, now["4"]), tmp_path, epochs=4)
+
+
+@pytest.mark.slow
+def test_a_finished_run_trains_more_epochs_when_asked_by_id_and_refuses_another_architecture(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_cli(*TINY, f"tracking.uri={uri}", "tracking.log_model=false", cwd=tmp_path, timeout=900)
+    client, first = only_run(uri)
+    run_id = first.info.run_id
+
+    refused = run_cli(*TINY, f"tracking.uri={uri}", "trainer.epochs=3", f"trainer.resume={run_id}", "model.base_filters=6",
+                      cwd=tmp_path, timeout=900, check=False)
+    assert refused.returncode != 0 and "another architecture" in refused.stdout + refused.stderr
+    client, run = only_run(uri)
+    assert run.info.status == "FINISHED" and "another architecture" in run.data.tags["seglab.resume.refused"]
+
+    run_cli(*TINY, f"tracking.uri={uri}", "tracking.log_model=false", "trainer.epochs=3", f"trainer.resume={run_id}", cwd=tmp_path, timeout=900)
+    client, run = only_run(uri)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert "trainer.epochs: 2 -> 3" in run.data.tags["seglab.resume.changed"]
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [0, 1, 2]
+    assert run.data.tags["seglab.checkpoint_epoch"] == "3"

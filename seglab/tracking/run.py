@@ -43,6 +43,7 @@ def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 HEARTBEAT_TAG = "seglab.heartbeat"  # Unix seconds of the owner's last sign of life
 CHANGED_TAG = "seglab.resume.changed"  # params a resumed run was re-started with, old -> new
+REFUSED_TAG = "seglab.resume.refused"  # why the last attempt to continue the run was refused
 
 
 class _Terminated(BaseException):
@@ -55,7 +56,8 @@ class Run:
     With `resume_run_id` it continues that run (same id, RUNNING again): params it already has are
     not logged again (a changed value goes to the `seglab.resume.changed` tag, since MLflow refuses
     to change a param), and a metric or image is never logged twice at the same step, so an epoch
-    redone after a kill leaves one value per step."""
+    redone after a kill leaves one value per step.  An exception with `resume_refused = True` (the
+    resume is refused before training touched anything) leaves the continued run in its earlier status."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None,
                  resume_run_id: str | None = None):
@@ -63,6 +65,7 @@ class Run:
         self.resume_run_id = resume_run_id
         self.logged_steps: dict[str, int] = {}  # metric (or `image:<key>`) -> last step the run already has
         self._checkpoint_dir: str | None = None
+        self._status_before = "RUNNING"  # of the run being continued
         self.tags = dict(tags)
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
@@ -81,6 +84,8 @@ class Run:
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_experiment(self.experiment)
             tags = {**self.tags, HEARTBEAT_TAG: str(int(time.time()))}
+            if self.resume_run_id:
+                self._status_before = resumable.get_run(self.uri, self.resume_run_id).status
             run = mlflow.start_run(run_id=self.resume_run_id, run_name=self.run_name, tags=tags)
             if self.resume_run_id:
                 self.logged_steps = resumable.logged_steps(self.uri, self.resume_run_id)
@@ -130,10 +135,15 @@ class Run:
             status = RunStatus.KILLED
         else:
             status = RunStatus.FAILED
+        refused = self.resume_run_id is not None and getattr(exc, "resume_refused", False)
+        if refused:
+            # The resume was refused before training changed anything (e.g. a checkpoint of another
+            # architecture): the run keeps the status it had, the reason goes to a tag, not to `error`.
+            status = RunStatus.from_string(self._status_before)
         try:
             if exc is not None and self.failed is None:
                 try:
-                    mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])
+                    mlflow.set_tag(REFUSED_TAG if refused else "error", f"{exc_type.__name__}: {exc}"[:5000])
                 except Exception as tag_err:  # the run must still be ended below
                     log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
             self._end(RunStatus.to_string(status))
