@@ -24,12 +24,11 @@ from typing import Any, Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from seglab import run_identity, schema
-from seglab.run_identity import in_multirun
+from seglab.run_identity import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
 
 log = logging.getLogger(__name__)
 

@@ -81,8 +81,11 @@ def end_run(uri: str, run_id: str, failed: bool, error: str | None = None) -> No
 
 
 def reopen_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
-    """Set an ended run (a sweep's parent that never reached its end) RUNNING again, with `tags` updated."""
+    """Set an ended run (a sweep's parent that never reached its end) RUNNING again, with `tags` updated
+    and the `error` of its interruption removed."""
     client = _client(uri)
+    if "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
