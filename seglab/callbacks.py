@@ -92,15 +92,22 @@ class MaskLogger(keras.callbacks.Callback):
 
 class Checkpointer(keras.callbacks.Callback):
     """Every epoch the full training state to `last.state.npz`; the best model (by `monitor`)
-    to `best.keras`.  Both files are replaced atomically."""
+    to `best.keras`.  Both files are replaced atomically.  Every `upload_every` epochs (0: never)
+    both are handed to `upload(files, epochs_completed)` (the run's artifacts, for a resume on
+    another machine)."""
 
-    def __init__(self, directory: str | Path, monitor: str):
+    def __init__(self, directory: str | Path, monitor: str, upload=None, upload_every: int = 0):
         super().__init__()
         self.directory = Path(directory)
         self.monitor = monitor
         self.maximize = not objective.minimized(monitor)
         self.best = -math.inf if self.maximize else math.inf
         self.best_epoch: int | None = None  # 0-based, as Keras' callbacks and MLflow's steps count
+        self.upload, self.upload_every = upload, upload_every
+
+    def restore(self, state: checkpoint.TrainingState) -> None:
+        """Continue from a loaded checkpoint: its best so far stays the one to beat."""
+        self.best, self.best_epoch = state.best, state.best_epoch
 
     @property
     def last_path(self) -> Path:
@@ -118,7 +125,9 @@ class Checkpointer(keras.callbacks.Callback):
         if self.best_epoch is None or (value > self.best if self.maximize else value < self.best):
             self.best, self.best_epoch = value, epoch
             checkpoint.save_model(self.best_path, self.model)
-        checkpoint.save_state(self.last_path, self.model, checkpoint.TrainingState(epoch=epoch + 1, best=self.best))
+        checkpoint.save_state(self.last_path, self.model, checkpoint.TrainingState(epoch + 1, self.best, self.best_epoch))
+        if self.upload is not None and self.upload_every and (epoch + 1) % self.upload_every == 0:
+            self.upload([self.last_path, self.best_path], epoch + 1)
 
 
 class EpochLine(keras.callbacks.Callback):
@@ -164,3 +173,14 @@ class EpochLine(keras.callbacks.Callback):
     def _prefix(self) -> str:
         width = len(str(self.epochs))
         return f"epoch {self._epoch + 1:>{width}}/{self.epochs}"
+
+
+class Heartbeat(keras.callbacks.Callback):
+    """A sign of life on the run every epoch, so no other command takes it for a dead one."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.heartbeat()

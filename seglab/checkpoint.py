@@ -1,9 +1,13 @@
-"""One file holds all training state (model variables, optimizer variables, epoch, best metric),
-written atomically (`seglab.atomic`): a kill at any moment leaves the previous complete checkpoint or the new one.
+"""One file holds all training state (model variables, including the dropout layers' RNG state;
+optimizer variables, including its iteration count that drives a learning-rate schedule; epoch,
+best metric and its epoch), written atomically (`seglab.atomic`): a kill at any moment leaves either
+the previous complete checkpoint or the new one.  The data pipeline needs no state: an epoch's
+batches depend only on (seed, epoch) (seglab/data/pipeline.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,18 @@ from seglab.errors import UserError
 class TrainingState:
     epoch: int  # epochs completed
     best: float  # best value of the monitored metric so far
+    best_epoch: int | None = None  # 0-based epoch of `best`
+
+
+class ArchitectureMismatch(ValueError):
+    """A checkpoint saved from another model (or optimizer) than the one it is loaded into."""
+
+    resume_refused = True  # seglab.tracking.Run: the run being continued keeps its status
+
+
+def signature(model: keras.Model) -> list[list]:
+    """Each model and optimizer variable's path and shape (the shapes must match for a state to load)."""
+    return [[v.path, list(v.shape)] for v in [*model.variables, *model.optimizer.variables]]
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -43,6 +59,8 @@ def save_state(path: str | Path, model: keras.Model, state: TrainingState) -> No
     arrays.update({f"optimizer/{i}": v.numpy() for i, v in enumerate(model.optimizer.variables)})
     arrays["epoch"] = np.asarray(state.epoch)
     arrays["best"] = np.asarray(state.best)
+    arrays["best_epoch"] = np.asarray(-1 if state.best_epoch is None else state.best_epoch)
+    arrays["signature"] = np.asarray(json.dumps(signature(model)))
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -53,16 +71,46 @@ def save_state(path: str | Path, model: keras.Model, state: TrainingState) -> No
     _atomic_write(path, write)
 
 
-def load_state(path: str | Path, model: keras.Model) -> TrainingState:
-    """Restore into a compiled model with the same architecture and optimizer."""
+def saved_epoch(path: str | Path) -> int:
+    """Epochs completed in a state file, without loading its arrays."""
     with np.load(path) as saved:
+        return int(saved["epoch"])
+
+
+def load_state(path: str | Path, model: keras.Model) -> TrainingState:
+    """Restore into a compiled model with the same architecture and optimizer; another architecture
+    is refused (ArchitectureMismatch) before any variable is changed."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    with np.load(path) as saved:
+        _check_signature(path, saved, model)
         for i, v in enumerate(model.variables):
             v.assign(saved[f"model/{i}"])
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
         for i, v in enumerate(model.optimizer.variables):
             v.assign(saved[f"optimizer/{i}"])
-        return TrainingState(epoch=int(saved["epoch"]), best=float(saved["best"]))
+        best_epoch = int(saved["best_epoch"]) if "best_epoch" in saved else -1
+        return TrainingState(epoch=int(saved["epoch"]), best=float(saved["best"]), best_epoch=None if best_epoch < 0 else best_epoch)
+
+
+def _check_signature(path, saved, model: keras.Model) -> None:
+    expected = signature(model)
+    if "signature" in saved:
+        found = json.loads(str(saved["signature"]))
+    else:  # written before signatures were saved: shapes only
+        names = sorted((k for k in saved.files if k.startswith(("model/", "optimizer/"))), key=lambda k: (k[0], int(k.split("/")[1])))
+        found = [[k, list(saved[k].shape)] for k in names]
+        expected = [[f"{'model' if i < len(model.variables) else 'optimizer'}/{i if i < len(model.variables) else i - len(model.variables)}", s]
+                    for i, (_, s) in enumerate(expected)]
+    # Shapes, not paths: Keras numbers layer names per process (conv2d_3), the same model may differ there.
+    if [shape for _, shape in found] == [shape for _, shape in expected]:
+        return
+    first = next(((f, e) for f, e in zip(found, expected) if f[1] != e[1]), None)
+    detail = (f"first difference: the checkpoint has {first[0][0]} {tuple(first[0][1])}, the model {first[1][0]} {tuple(first[1][1])}"
+              if first else f"the checkpoint has {len(found)} variables, the model {len(expected)}")
+    raise ArchitectureMismatch(
+        f"checkpoint {path} was saved from another architecture than the configured model ({detail}). "
+        "Resume it with the config it was trained with, or start a new run with trainer.resume=never."
+    )
 
 
 def inference_model(model: keras.Model) -> keras.Model:

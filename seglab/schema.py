@@ -468,9 +468,18 @@ class TrainerConfig:
     checkpoint_dir: str = MISSING  # relative to the job's output directory
     limit_batches: Optional[int] = MISSING
     overfit_batches: Optional[int] = MISSING
+    resume: str = MISSING  # auto | never | <MLflow run id> (docs/resume.md)
+    checkpoint_every: int = MISSING  # epochs between uploads of the training state to the run's artifacts
+    heartbeat_timeout_min: float = MISSING  # a RUNNING run on another host silent this long is taken as dead
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")
+        _require(self.resume in ("auto", "never") or re.fullmatch(r"[0-9a-f]{32}", self.resume) is not None,
+                 "trainer.resume", self.resume, "use auto, never or a 32-character MLflow run id")
+        _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", self.checkpoint_every,
+                 "use an integer >= 0 (0: never upload during training, only at the end)")
+        _require(self.heartbeat_timeout_min > 0, "trainer.heartbeat_timeout_min", self.heartbeat_timeout_min,
+                 "use minutes > 0, longer than the longest epoch")
         _require(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "use an integer >= 1")
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
         _require(self.train_inference_images >= 0, "trainer.train_inference_images", self.train_inference_images,

@@ -24,34 +24,17 @@ from typing import Any, Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from seglab import objective, schema
+from seglab import objective, run_identity, schema
+from seglab.run_identity import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "SEGLAB_PARENT_RUN_ID"
-ORPHAN_ERROR = "the job's process ended without closing its run (killed? out of memory?)"
+ORPHAN_ERROR = "the job's process ended without closing its run (killed? out of memory?); re-run the sweep to continue it"
 RUN_NAME_MAX_CHARS = 200  # long grids make long names; the full definition is in the parent's sweep.yaml
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-# The two below name and tag a job's run as seglab.train does for a job that trains (`_job_suffixed`,
-# `_tags`); here for a job that failed before training (train.py imports TensorFlow).
-def job_run_name(name: str) -> str:
-    """Children share the `<model>-<loss>-<data>` name; the job number tells them apart in the run list."""
-    return f"{name}-job{HydraConfig.get().job.num}" if in_multirun() else name
-
-
-def job_tags() -> dict[str, str]:
-    if not in_multirun():
-        return {}
-    return {"seglab.sweep": "child", "hydra.job.num": str(HydraConfig.get().job.num)}
 
 
 def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | None:
@@ -65,6 +48,11 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | No
         log.error("job %d: invalid combination, skipped: %s", HydraConfig.get().job.num, err)
         _record_invalid_job(cfg, err)
         return None
+    done = _finished_result(cfg)
+    if done is not None:
+        log.info("job %d: already FINISHED in this sweep (MLflow run %s), skipped; %s=%s", HydraConfig.get().job.num, done[0],
+                 cfg.optimize_metric, done[1])
+        return done[1]
     try:
         return train(cfg)
     except Exception:  # noqa: BLE001  the job's run already ended FAILED with the error; the sweep must go on
@@ -72,14 +60,21 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | No
         return None
 
 
+def _finished_result(cfg: DictConfig) -> tuple[str, float] | None:
+    """A re-run sweep skips a job its parent already has FINISHED (same run key): (run id, objective)."""
+    parent = OmegaConf.select(cfg, "tracking.parent_run_id")
+    if not parent or cfg.trainer.resume != "auto":
+        return None
+    from seglab import resume
+
+    return resume.finished_result(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_key(cfg), parent, cfg.optimize_metric)
+
+
 def _record_invalid_job(cfg: DictConfig, err: Exception) -> None:
     from seglab.tracking import sweeps as sweep_runs
 
-    choices = HydraConfig.get().runtime.choices
-    name = cfg.tracking.get("run_name") or "-".join(choices.get(group) or group for group in ("model", "loss", "data"))
-    tags = {**job_tags(), "hydra.overrides": " ".join(HydraConfig.get().overrides.task)}
     parent = OmegaConf.select(cfg, "tracking.parent_run_id")
-    sweep_runs.record_failed_run(cfg.tracking.uri, cfg.tracking.experiment, job_run_name(name), tags, parent, err)
+    sweep_runs.record_failed_run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), run_identity.tags(cfg), parent, err)
 
 
 # --- the parent run ------------------------------------------------------------------------
@@ -164,7 +159,10 @@ class MlflowSweep(Callback):
         tracking.check_reachable(config.tracking.uri)
         definition = sweep_definition(config)
         self.uri = config.tracking.uri
+        key = run_identity.sweep_key(config, definition)
         tags = {
+            **run_identity.owner_tags(),
+            run_identity.SWEEP_KEY_TAG: key,
             "seglab.sweep": "parent",
             "hydra.overrides": " ".join(config.hydra.overrides.task) or "(defaults)",
             "hydra.sweeper": definition["sweeper"],
@@ -177,13 +175,29 @@ class MlflowSweep(Callback):
             "sweep.yaml": OmegaConf.to_yaml({**definition, "hydra_sweeper": sweeper, "hydra_launcher": launcher}),
             "config.yaml": OmegaConf.to_yaml({k: v for k, v in config.items() if k != "hydra"}),
         }
-        self.parent_run_id = sweep_runs.start_parent_run(self.uri, config.tracking.experiment, sweep_name(config, definition), tags, texts)
+        self.parent_run_id = self._resumable_parent(config, key, tags)
+        if self.parent_run_id is None:
+            self.parent_run_id = sweep_runs.start_parent_run(self.uri, config.tracking.experiment, sweep_name(config, definition), tags, texts)
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         # Hydra calls on_multirun_end only when the sweeper returns; a sweep that raises (or Ctrl-C)
         # must not leave the parent RUNNING.
         atexit.register(self._end_abandoned)
         sweep_runs.log_to_run(self.uri, self.parent_run_id, params={f"sweep.{k}": v for k, v in definition["swept"].items()})
         log.info("sweep: MLflow parent run %s in experiment %r, tracking.uri=%s", self.parent_run_id, config.tracking.experiment, self.uri)
+
+    def _resumable_parent(self, config: DictConfig, key: str, tags: dict[str, str]) -> str | None:
+        """The parent run of the same sweep (same `seglab.sweep_key`) that never reached its end (killed,
+        stopped), reopened so its finished jobs are skipped and its unfinished ones continue; None: a new sweep."""
+        from seglab import resume
+        from seglab.tracking import sweeps as sweep_runs
+
+        if config.trainer.resume == "never":
+            return None
+        parent = resume.resumable_parent(self.uri, config.tracking.experiment, key, 60 * config.trainer.heartbeat_timeout_min)
+        if parent is not None:
+            sweep_runs.reopen_run(self.uri, parent, tags)
+            log.info("sweep: continuing the unfinished sweep of MLflow parent run %s", parent)
+        return parent
 
     def _end(self, config: DictConfig) -> None:
         from seglab import report
@@ -192,7 +206,7 @@ class MlflowSweep(Callback):
         assert self.uri and self.parent_run_id, "on_multirun_end without on_multirun_start"
         uri, parent = self.uri, self.parent_run_id
         metric = config.optimize_metric
-        sweep_runs.fail_running_children(uri, parent, ORPHAN_ERROR)
+        sweep_runs.kill_running_children(uri, parent, ORPHAN_ERROR)
         children = sweep_runs.child_runs(uri, parent)
         rows = report.rows(children, metric)
         succeeded = sum(r["status"] == "FINISHED" for r in rows)
@@ -212,6 +226,7 @@ class MlflowSweep(Callback):
             texts["optimization_results.yaml"] = optuna_results.read_text()
         with tempfile.TemporaryDirectory() as tmp:
             plot = report.plot_objective(rows, metric, Path(tmp) / "objective.png")
+            tags[run_identity.SWEEP_ENDED_TAG] = "true"  # a re-run of this sweep starts a new one instead of reopening it
             sweep_runs.log_to_run(uri, parent, metrics=metrics, params=params, tags=tags, texts=texts, files={str(plot): ""})
         sweep_runs.end_run(uri, parent, failed=succeeded == 0)
         os.environ.pop(PARENT_RUN_ENV, None)
@@ -230,7 +245,7 @@ class MlflowSweep(Callback):
         from seglab.tracking import sweeps as sweep_runs
 
         try:
-            sweep_runs.fail_running_children(self.uri, self.parent_run_id, ORPHAN_ERROR)
+            sweep_runs.kill_running_children(self.uri, self.parent_run_id, ORPHAN_ERROR)
             sweep_runs.end_run(self.uri, self.parent_run_id, failed=True, error="the sweep stopped before it ended (see Hydra's log)")
         except Exception as err:  # at interpreter exit there is nobody left to raise to
             log.warning("could not end the sweep's MLflow run %s: %s", self.parent_run_id, err)

@@ -4,21 +4,17 @@ Hydra sweeper optimises (`optimize_metric`, best epoch)."""
 from __future__ import annotations
 
 import logging
-import math
-import subprocess
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import seglab
-from seglab import callbacks, checkpoint, console, debug, determinism, losses, metrics, runtime, tracking
-from seglab.data import batches_of, statistics
+from seglab import callbacks, checkpoint, console, debug, determinism, losses, metrics, resume, run_identity, runtime, tracking
+from seglab.data import batches_of, pipeline, statistics
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +24,12 @@ def run(cfg: DictConfig) -> float:
     out = Path(HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
-    run_name = _job_suffixed(cfg.tracking.run_name or _run_name(cfg))
-    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_name, _tags(device), cfg.tracking.parent_run_id) as mlrun:
+    # trainer.resume: continue a killed run of the same experiment (docs/resume.md).
+    tags = {**run_identity.tags(cfg), **run_identity.owner_tags(), **_runtime_tags(device)}
+    found = resume.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[run_identity.KEY_TAG],
+                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min)
+    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), tags, cfg.tracking.parent_run_id,
+                      resume_run_id=found.run_id) as mlrun:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
@@ -37,18 +37,16 @@ def run(cfg: DictConfig) -> float:
         # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
         model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
-        train_ds = batches_of(cfg, splits.train, "train", training=True)
         val_ds = batches_of(cfg, splits.val, "val")
-        train_ds, val_ds = debug.limit(train_ds, val_ds, cfg.trainer)  # +debug=fast / +debug=overfit
+        train_images = pipeline.count(splits.train)
+        # +debug=fast / +debug=overfit read fewer batches an epoch.
+        steps_per_epoch = debug.steps_per_epoch(pipeline.steps_per_epoch(train_images, cfg.trainer.batch_size), cfg.trainer)
 
         loss = _build_loss(cfg, splits.train)
         if isinstance(loss, losses.WeightedCrossEntropy):
             mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
 
         # The scheduler turns optimizer.learning_rate into a rate per optimizer step (seglab/schedules.py).
-        steps_per_epoch = int(train_ds.cardinality())  # after debug.limit; unknown (< 0) only for filtered sources
-        if steps_per_epoch < 1:
-            steps_per_epoch = math.ceil(int(splits.train.cardinality()) / cfg.trainer.batch_size)
         schedule = instantiate(cfg.scheduler, base_learning_rate=cfg.optimizer.learning_rate,
                                steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs)
         model.compile(
@@ -60,13 +58,19 @@ def run(cfg: DictConfig) -> float:
         mlrun.set_tags({"model.parameters": model.count_params()})
         determinism.preflight(model, data.image_size, cfg.deterministic)  # ops without a deterministic GPU kernel: named now, not mid-run
 
-        checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric)
+        checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric,
+                                              upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
+        first_epoch = resume.initial_epoch(found, cfg.tracking.uri, model, checkpointer, cfg.trainer.checkpoint_dir)
+        # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
+        train_ds = batches_of(cfg, splits.train, "train", training=True, epochs=range(first_epoch, cfg.trainer.epochs))
+        train_ds, val_ds = debug.limit(train_ds, val_ds, cfg.trainer)
         fit_callbacks = [
             # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
             keras.callbacks.TerminateOnNaN(raise_error=True),
-            callbacks.MetricsLogger(mlrun, int(splits.train.cardinality())),
+            callbacks.MetricsLogger(mlrun, train_images),
             checkpointer,
             callbacks.EpochLine(cfg.trainer.epochs, checkpointer),
+            callbacks.Heartbeat(mlrun),
         ]
         if cfg.trainer.train_inference_images:
             # Before MetricsLogger: it adds train_inference_* to the epoch's logs, which MetricsLogger logs.
@@ -76,13 +80,14 @@ def run(cfg: DictConfig) -> float:
         sample_images, sample_masks = _first_examples(batches_of(cfg, splits.val, "val", cache=False), cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
-        model.fit(
-            # verbose=0: EpochLine prints the short line; shuffle=False: the pipeline shuffles (Keras would warn).
-            train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, callbacks=fit_callbacks, verbose=0, shuffle=False,
-        )
+        if first_epoch < cfg.trainer.epochs:
+            model.fit(
+                # verbose=0: EpochLine prints the short line; shuffle=False: the pipeline shuffles (Keras would warn).
+                train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, initial_epoch=first_epoch, callbacks=fit_callbacks,
+                steps_per_epoch=steps_per_epoch, verbose=0, shuffle=False,
+            )
 
-        mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
-        mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
+        mlrun.log_checkpoint([checkpointer.best_path, checkpointer.last_path], max(first_epoch, cfg.trainer.epochs), "checkpoints")
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
         # The model users get (MLflow model, evaluate, predict) is the best epoch's unless asked otherwise:
         # a late epoch can be worse than an earlier one.
@@ -126,48 +131,5 @@ def _first_examples(batches: tf.data.Dataset, count: int) -> tuple[np.ndarray, n
     return np.stack(images), np.stack(masks)
 
 
-def _choice(cfg: DictConfig, group: str) -> str:
-    """The chosen option of a group (`unet`, `ce`, `shapes`), as Hydra recorded it."""
-    return HydraConfig.get().runtime.choices.get(group) or group
-
-
-def _run_name(cfg: DictConfig) -> str:
-    return "-".join(_choice(cfg, g) for g in ("model", "loss", "data"))
-
-
-def _in_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _job_suffixed(name: str) -> str:
-    """The jobs of a sweep share `<model>-<loss>-<data>`; the job number tells them apart in the run list."""
-    return f"{name}-job{HydraConfig.get().job.num}" if _in_sweep() else name
-
-
-def _tags(device: str) -> dict[str, str]:
-    tags = {
-        "seglab.version": seglab.__version__,
-        "tensorflow.version": tf.__version__,
-        "keras.version": keras.__version__,
-        "device": device,
-    }
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        tags["hydra.overrides"] = " ".join(hydra_cfg.overrides.task) or "(defaults)"
-        tags["hydra.output_dir"] = hydra_cfg.runtime.output_dir
-    if _in_sweep():
-        tags["seglab.sweep"] = "child"
-        tags["hydra.job.num"] = str(HydraConfig.get().job.num)
-    commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def _git_commit() -> str | None:
-    source = Path(__file__).resolve().parent
-    try:
-        done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+def _runtime_tags(device: str) -> dict[str, str]:
+    return {"tensorflow.version": tf.__version__, "keras.version": keras.__version__, "device": device}

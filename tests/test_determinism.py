@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from seglab import check_determinism, determinism, losses, metrics
-from seglab.models import fcn8, unet, unet_mobilenet
-from tests.conftest import ROOT, TINY
+
+from tests.conftest import ROOT, TINY, build_model
 
 SIZE, CLASSES = 32, 3
 
@@ -53,9 +53,9 @@ def test_a_scatter_in_the_step_is_named():
 
 
 @pytest.mark.parametrize("build", [
-    lambda: unet.build(CLASSES, SIZE, base_filters=4, depth=2),
-    lambda: fcn8.build(CLASSES, SIZE, fc_width=16, encoder={"weights": None}),
-    lambda: unet_mobilenet.build(CLASSES, SIZE, alpha=0.35, encoder={"weights": None}),
+    lambda: build_model("unet", CLASSES, SIZE, base_filters=4, depth=2),
+    lambda: build_model("fcn8", CLASSES, SIZE, fc_width=16, encoder={"weights": None}),
+    lambda: build_model("unet_mobilenet", CLASSES, SIZE, alpha=0.35, encoder={"weights": None}),
 ], ids=["unet", "fcn8", "unet_mobilenet"])
 def test_seglab_models_have_only_deterministic_ops(build):
     assert determinism.find(compiled(build()), SIZE) == []

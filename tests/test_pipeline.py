@@ -54,15 +54,16 @@ def test_flip_moves_image_and_mask_together():
     np.testing.assert_array_equal(images[..., 0] > 0.5, masks == 1)
 
 
-def test_training_stream_is_deterministic_and_reshuffles_each_epoch():
+def test_training_stream_is_deterministic_reshuffles_each_epoch_and_resumes_at_any_epoch():
     ds, _, _ = dataset(count=12)
-    make = lambda: pipeline.make(ds, image_size=20, batch_size=12, training=True, seed=5, deterministic=True,
-                                 augment_options={"hflip": True})
-    a, b = make(), make()
-    a1, a2 = [m for _, m in a.as_numpy_iterator()][0], [m for _, m in a.as_numpy_iterator()][0]
-    b1, b2 = [m for _, m in b.as_numpy_iterator()][0], [m for _, m in b.as_numpy_iterator()][0]
+    make = lambda epochs: pipeline.make(ds, image_size=20, batch_size=12, training=True, seed=5, deterministic=True,
+                                        augment_options={"hflip": True}, epochs=epochs)
+    a1, a2 = [m for _, m in make(range(2)).as_numpy_iterator()]
+    b1, b2 = [m for _, m in make(range(2)).as_numpy_iterator()]
+    (resumed,) = [m for _, m in make(range(1, 2)).as_numpy_iterator()]
     np.testing.assert_array_equal(a1, b1)
     np.testing.assert_array_equal(a2, b2)
+    np.testing.assert_array_equal(a2, resumed)  # epoch 2 alone (a resumed run) is epoch 2 of the whole stream
     assert not np.array_equal(a1, a2)  # epoch 2 is a different order/augmentation
 
 

@@ -32,9 +32,10 @@ def cache_name(data_cfg, split: str) -> str:
     return f"{data_cfg.name}-{split}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 
-def batches_of(cfg, dataset, split: str, training: bool = False, cache: bool = True):
+def batches_of(cfg, dataset, split: str, training: bool = False, cache: bool = True, epochs: range = range(1)):
     """`pipeline.make` with the config's settings: the batches training and the benchmark read.
-    `cache=False` for a pass that reads only part of the split or reads it once (no cache to fill)."""
+    `cache=False` for a pass that reads only part of the split or reads it once (no cache to fill);
+    `epochs`: training batches of those epochs, one after the other (pipeline.make)."""
     from seglab.data import pipeline
 
     data = cfg.data
@@ -42,6 +43,7 @@ def batches_of(cfg, dataset, split: str, training: bool = False, cache: bool = T
         dataset, image_size=data.image_size, batch_size=cfg.trainer.batch_size, training=training, seed=cfg.seed,
         deterministic=cfg.deterministic, augment_options=dict(data.augment) if training else None,
         cache=data.cache if cache else None, cache_name=cache_name(data, split), shuffle_buffer=data.shuffle_buffer,
+        epochs=epochs,
     )
 
 

@@ -3,11 +3,16 @@
 Images are delivered as float32 RGB in [0, 1]; each model applies its own encoder preprocessing
 inside its graph, so a saved model takes raw images.  Masks are resized with nearest-neighbour
 only (bilinear would invent fractional labels) and delivered as int32 `(H, W)` label maps.
-Randomness is stateless and seeded per element (shuffle seed, `Dataset.random` seeds for
-augmentation), so with `deterministic` the batch stream is the same in every run.
+Randomness is stateless and a function of (seed, epoch, position): the training stream is one
+sub-stream per epoch, each shuffled and augmented with seeds derived from its epoch number, so
+epoch 7 gives the same batches whether it follows epoch 6 in the same process or starts a run
+resumed from a checkpoint (seglab/resume.py).  With `deterministic` the stream is the same in
+every run.
 """
 
 from __future__ import annotations
+
+import math
 
 import tensorflow as tf
 
@@ -83,8 +88,12 @@ def make(
     cache: str | None = "memory",
     cache_name: str = "split",
     shuffle_buffer: int = 1024,
+    epochs: range = range(1),
 ) -> tf.data.Dataset:
-    """Batches of (image float32 (B, S, S, 3), mask int32 (B, S, S)) from an unbatched split."""
+    """Batches of (image float32 (B, S, S, 3), mask int32 (B, S, S)) from an unbatched split.
+
+    Training: the batches of `epochs` one after the other (`steps_per_epoch` batches each), for
+    `fit(..., steps_per_epoch=..., initial_epoch=epochs.start)`; evaluation: one pass."""
     ds = dataset.map(
         lambda image, mask: prepare(image, mask, image_size), num_parallel_calls=AUTOTUNE, deterministic=deterministic
     )
@@ -93,17 +102,41 @@ def make(
     elif cache:
         ds = ds.cache(f"{cache}-{cache_name}")  # cache_name: seglab.data.cache_name, unique to the data
     if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         options = dict(augment_options or {})
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda pair, s: augment(to_unit_range(pair[0]), pair[1], s, **options),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=deterministic,
+        prepared = ds
+        ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(
+            lambda epoch: _epoch(prepared, epoch, seed, shuffle_buffer, batch_size, deterministic, options)
         )
     else:
         ds = ds.map(lambda image, mask: (to_unit_range(image), mask), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.batch(batch_size).prefetch(AUTOTUNE)
+        ds = ds.batch(batch_size)
+    ds = ds.prefetch(AUTOTUNE)
     opts = tf.data.Options()
     opts.deterministic = deterministic
     return ds.with_options(opts)
+
+
+def _epoch(ds, epoch, seed: int, shuffle_buffer: int, batch_size: int, deterministic: bool, options: dict) -> tf.data.Dataset:
+    """One epoch's batches; its order and augmentation depend only on (seed, epoch), not on how
+    many epochs this process has run before."""
+    epoch_key = tf.stack([tf.constant(seed, tf.int64), epoch])
+    shuffle_seed = tf.random.stateless_uniform([], seed=epoch_key, minval=None, maxval=None, dtype=tf.int64)
+    ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    return ds.enumerate().map(
+        lambda index, pair: augment(to_unit_range(pair[0]), pair[1], _subseed(epoch_key, index), **options),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    ).batch(batch_size)
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    """Batches per epoch of a split of `examples` elements (the last one may be partial)."""
+    return math.ceil(examples / batch_size)
+
+
+def count(dataset: tf.data.Dataset) -> int:
+    """Elements of a split: its cardinality, or counted once when tf.data does not know it."""
+    known = int(dataset.cardinality())
+    if known >= 0:
+        return known
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))

@@ -16,11 +16,14 @@ import logging
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow
 from mlflow.entities import RunStatus
 
+from seglab.tracking import resumable
 from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
 
 log = logging.getLogger(__name__)
@@ -38,15 +41,31 @@ def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+HEARTBEAT_TAG = "seglab.heartbeat"  # Unix seconds of the owner's last sign of life
+CHANGED_TAG = "seglab.resume.changed"  # params a resumed run was re-started with, old -> new
+REFUSED_TAG = "seglab.resume.refused"  # why the last attempt to continue the run was refused
+
+
 class _Terminated(BaseException):
     """SIGTERM (e.g. a scheduler cancelling the job) turned into an exception so the run ends KILLED."""
 
 
 class Run:
-    """One MLflow run; use as a context manager so its status is always set."""
+    """One MLflow run; use as a context manager so its status is always set.
 
-    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None):
+    With `resume_run_id` it continues that run (same id, RUNNING again): params it already has are
+    not logged again (a changed value goes to the `seglab.resume.changed` tag, since MLflow refuses
+    to change a param), and a metric or image is never logged twice at the same step, so an epoch
+    redone after a kill leaves one value per step.  An exception with `resume_refused = True` (the
+    resume is refused before training touched anything) leaves the continued run in its earlier status."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None,
+                 resume_run_id: str | None = None):
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.resume_run_id = resume_run_id
+        self.logged_steps: dict[str, int] = {}  # metric (or `image:<key>`) -> last step the run already has
+        self._checkpoint_dir: str | None = None
+        self._status_before = "RUNNING"  # of the run being continued
         self.tags = dict(tags)
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
@@ -65,8 +84,16 @@ class Run:
         try:
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_experiment(self.experiment)
-            run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+            tags = {**self.tags, HEARTBEAT_TAG: str(int(time.time()))}
+            if self.resume_run_id:
+                self._status_before = resumable.get_run(self.uri, self.resume_run_id).status
+            run = mlflow.start_run(run_id=self.resume_run_id, run_name=self.run_name, tags=tags)
+            if self.resume_run_id:
+                self.logged_steps = resumable.logged_steps(self.uri, self.resume_run_id)
+                self._checkpoint_dir = run.data.tags.get(resumable.CHECKPOINT_TAG)
         except BaseException:
+            if mlflow.active_run() is not None:
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             self._restore_env()
             raise
         self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
@@ -104,14 +131,20 @@ class Run:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
         if exc_type is None:
             status = RunStatus.FINISHED
-        elif issubclass(exc_type, (KeyboardInterrupt, _Terminated)):
+        elif issubclass(exc_type, (KeyboardInterrupt, _Terminated, SystemExit)):
+            # SystemExit: e.g. submitit requeueing a pre-empted job from its signal handler
             status = RunStatus.KILLED
         else:
             status = RunStatus.FAILED
+        refused = self.resume_run_id is not None and getattr(exc, "resume_refused", False)
+        if refused:
+            # The resume was refused before training changed anything (e.g. a checkpoint of another
+            # architecture): the run keeps the status it had, the reason goes to a tag, not to `error`.
+            status = RunStatus.from_string(self._status_before)
         try:
             if exc is not None and self.failed is None:
                 try:
-                    mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:ERROR_TAG_CHARS])
+                    mlflow.set_tag(REFUSED_TAG if refused else "error", f"{exc_type.__name__}: {exc}"[:ERROR_TAG_CHARS])
                 except Exception as tag_err:  # the run must still be ended below
                     log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
             self._end(RunStatus.to_string(status))
@@ -133,16 +166,31 @@ class Run:
             log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status, first_line(err))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self._log("params", mlflow.log_params, {k: ("null" if v is None else v) for k, v in params.items()})
+        params = {k: ("null" if v is None else str(v)) for k, v in params.items()}
+        if self.resume_run_id:
+            before = resumable.get_run(self.uri, self.run_id).params
+            changed = {k: f"{before[k]} -> {v}" for k, v in params.items() if k in before and before[k] != v}
+            params = {k: v for k, v in params.items() if k not in before}
+            if changed:
+                log.info("resumed run %s with changed params: %s", self.run_id, changed)
+                self.set_tags({CHANGED_TAG: "; ".join(f"{k}: {v}" for k, v in changed.items())[:5000]})
+        self._log("params", mlflow.log_params, params)
+
+    def _new_at(self, key: str, step: int) -> bool:
+        return step > self.logged_steps.get(key, -1)
 
     def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
-        self._log(f"metrics of epoch {epoch}", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=epoch)
+        new = {k: float(v) for k, v in metrics.items() if self._new_at(k, epoch)}
+        if new:
+            self._log(f"metrics of epoch {epoch}", mlflow.log_metrics, new, step=epoch)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         self._log("metrics", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()})
 
     def log_masks(self, image, epoch: int, key: str = "val_masks") -> None:
         """An image per epoch under one key: the UI's step slider shows the masks improving."""
+        if not self._new_at(f"image:{key}", epoch):
+            return
         # synchronous: an upload that fails must raise here, to be reported, not die in a background thread
         self._log(f"{key} image of epoch {epoch}", mlflow.log_image, image, key=key, step=epoch, synchronous=True)
 
@@ -179,6 +227,36 @@ class Run:
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
         )
         return info.model_uri if info is not None else None
+
+    def heartbeat(self) -> None:
+        """A sign of life, so that another command does not take this run for one whose process died."""
+        self.set_tags({HEARTBEAT_TAG: int(time.time())})
+
+    @property
+    def uploaded_checkpoint(self) -> str | None:
+        """Artifact directory of the newest complete checkpoint uploaded to this run (None: none yet)."""
+        return self._checkpoint_dir
+
+    def log_checkpoint(self, files: list[Path], epoch: int, directory: str | None = None) -> None:
+        """Upload `files` (the training state and the best model after `epoch` epochs) to `directory`
+        (default `resume/epoch-NNNN`), then point the `seglab.checkpoint` tags at it, then delete the
+        previous upload: a kill during the upload leaves the tags on the previous complete one."""
+        directory = directory or f"resume/epoch-{epoch:04d}"
+        for path in files:
+            self._log(f"checkpoint {path.name} of epoch {epoch}", mlflow.log_artifact, str(path), directory)
+            if self.failed:
+                return
+        self.set_tags({resumable.CHECKPOINT_TAG: directory, resumable.CHECKPOINT_EPOCH_TAG: epoch})
+        if self.failed:
+            return
+        previous, self._checkpoint_dir = self._checkpoint_dir, directory
+        if previous and previous != directory and previous.startswith("resume/"):
+            try:
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                get_artifact_repository(mlflow.get_artifact_uri()).delete_artifacts(previous)
+            except Exception as err:  # noqa: BLE001  a leftover upload wastes space, it loses nothing
+                log.warning("could not delete the superseded checkpoint %s of run %s: %s", previous, self.run_id, first_line(err))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._log(f"tags {', '.join(tags)}", mlflow.set_tags, {k: str(v) for k, v in tags.items()})

@@ -83,15 +83,26 @@ def end_run(uri: str, run_id: str, failed: bool, error: str | None = None) -> No
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
 
-def fail_running_children(uri: str, parent_run_id: str, error: str) -> int:
-    """End FAILED every child still RUNNING: its process died (killed, out of memory) without closing it."""
+def reopen_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set an ended run (a sweep's parent that never reached its end) RUNNING again, with `tags` updated
+    and the `error` of its interruption removed."""
+    client = _client(uri)
+    if "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+
+def kill_running_children(uri: str, parent_run_id: str, reason: str) -> int:
+    """End KILLED every child still RUNNING, with the reason as `seglab.killed_reason`: its process died
+    (killed, out of memory) without closing it.  A re-run of the sweep continues it."""
     client = _client(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
     where = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
     orphans = client.search_runs(experiment_ids, filter_string=where, max_results=SEARCH_MAX_RESULTS)
     for run in orphans:
-        client.set_tag(run.info.run_id, "error", error)
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        client.set_tag(run.info.run_id, "seglab.killed_reason", reason)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
     return len(orphans)
 
 

@@ -1,0 +1,187 @@
+"""Resume after any kill (docs/resume.md): a real `python -m seglab` killed with SIGKILL mid-epoch
+and run again continues the same MLflow run and ends bit-identical to a run never interrupted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT, TINY, run_cli
+
+TIMING = ("epoch_seconds", "train_seconds", "train_images_per_second")
+RESUMABLE = (*TINY, "trainer.epochs=4", "data.source.train_size=64")
+
+
+def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "seglab", *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_at(proc: subprocess.Popen, marker: str, timeout: float = 600, occurrence: int = 1) -> str:
+    """SIGKILL the process (and its children) as soon as it prints `marker` the `occurrence`-th time."""
+    seen, deadline = [], time.time() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            occurrence -= 1
+        if occurrence == 0:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return "".join(seen)
+        assert time.time() < deadline, "".join(seen[-50:])
+    raise AssertionError(f"exited {proc.wait()} before printing {marker!r}:\n{''.join(seen[-50:])}")
+
+
+def only_run(uri: str, experiment: str = "seglab-shapes", where: str = ""):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], filter_string=where)
+    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
+    return client, runs[0]
+
+
+def children(uri: str) -> dict[str, object]:
+    """The sweep's child runs by `model.base_filters`."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id], "tags.`seglab.sweep` = 'child'")
+    return {r.data.params["model.base_filters"]: r for r in runs}
+
+
+def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)) for k in run.data.metrics}
+
+
+def last_state(client: MlflowClient, run, tmp: Path) -> dict[str, np.ndarray]:
+    path = client.download_artifacts(run.info.run_id, "checkpoints/last.state.npz", str(tmp))
+    with np.load(path) as saved:
+        return {k: saved[k] for k in saved.files}
+
+
+def assert_same_training(a: tuple, b: tuple, tmp: Path, epochs: int) -> None:
+    """One value per step for every metric, equal values (timings aside), equal final state bit for bit."""
+    (client_a, run_a), (client_b, run_b) = a, b
+    hist_a, hist_b = histories(client_a, run_a), histories(client_b, run_b)
+    assert sorted(hist_a) == sorted(hist_b)
+    for key, values in hist_b.items():
+        assert [s for s, _ in values] == list(range(epochs)), (key, values)
+        if key not in TIMING:
+            assert values == hist_a[key], key
+    state_a, state_b = last_state(client_a, run_a, tmp / "a"), last_state(client_b, run_b, tmp / "b")
+    assert sorted(state_a) == sorted(state_b)
+    for key in state_a:
+        np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    uri = f"sqlite:///{cwd}/m.db"
+    run_cli(*RESUMABLE, f"tracking.uri={uri}", cwd=cwd, timeout=900)
+    return uri
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_on_another_machine_then_rerun_continues_the_same_run_bit_identically(tmp_path, uninterrupted):
+    """Killed in epoch 4 with the state uploaded after epoch 2 (checkpoint_every=2) and the job's output
+    directory gone (a requeue on another node): the re-run downloads the epoch-2 state, redoes epoch 3
+    (whose metrics are already logged: not logged again) and 4."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    args = (*RESUMABLE, f"tracking.uri={uri}", "trainer.checkpoint_every=2")
+    kill_at(start_cli(*args, cwd=tmp_path), "Epoch 4/4")
+    client, killed = only_run(uri)
+    assert killed.info.status == "RUNNING"
+    assert killed.data.tags["seglab.checkpoint"] == "resume/epoch-0002"
+    shutil.rmtree(tmp_path / "outputs")  # another machine: the local checkpoints are not there
+
+    done = run_cli(*args, cwd=tmp_path, timeout=900)
+    assert "uploaded checkpoint resume/epoch-0002" in done.stdout + done.stderr
+    client, resumed = only_run(uri)
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert_same_training(only_run(uninterrupted), (client, resumed), tmp_path, epochs=4)
+
+
+@pytest.mark.slow
+def test_rerun_with_resume_never_ends_the_dead_run_killed_naming_why(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    args = (*TINY, f"tracking.uri={uri}")
+    kill_at(start_cli(*args, cwd=tmp_path), "Epoch 2/2")
+    run_cli(*args, "trainer.resume=never", "trainer.epochs=1", cwd=tmp_path, timeout=900)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert "is gone" in runs[0].data.tags["seglab.killed_reason"] and "trainer.resume=never" in runs[0].data.tags["seglab.killed_reason"]
+
+
+@pytest.mark.slow
+def test_killed_sweep_rerun_continues_its_parent_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, uninterrupted):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    args = ("--multirun", *RESUMABLE, "model.base_filters=3,4", f"tracking.uri={uri}")
+    kill_at(start_cli(*args, cwd=tmp_path), "Epoch 3/4", occurrence=2)  # job 0 done, job 1 in its third epoch
+    _, parent = only_run(uri, where="tags.`seglab.sweep` = 'parent'")
+    first = children(uri)
+    assert parent.info.status == "RUNNING" and first["3"].info.status == "FINISHED" and first["4"].info.status == "RUNNING"
+
+    done = run_cli(*args, cwd=tmp_path, timeout=900)
+    assert "already FINISHED in this sweep" in done.stdout + done.stderr
+    client, again = only_run(uri, where="tags.`seglab.sweep` = 'parent'")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert again.data.metrics["jobs_total"] == 2 and again.data.metrics["jobs_succeeded"] == 2
+    now = children(uri)
+    assert {k: r.info.run_id for k, r in now.items()} == {k: r.info.run_id for k, r in first.items()}
+    assert now["3"].info.end_time == first["3"].info.end_time  # skipped, not trained again
+    assert now["4"].info.status == "FINISHED"
+    assert_same_training(only_run(uninterrupted), (client, now["4"]), tmp_path, epochs=4)
+
+
+@pytest.mark.slow
+def test_preempted_submitit_job_is_requeued_and_resumes_in_the_same_run(tmp_path, uninterrupted):
+    """submitit's pre-emption signal (SIGUSR2, what SLURM sends before it requeues) to the job process
+    during its third epoch: submitit requeues the job (hydra-submitit-launcher's checkpoint()), the
+    run ends KILLED, and the requeued job continues it."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    sweep = start_cli("--multirun", "hydra/launcher=submitit_local", *RESUMABLE, "model.base_filters=4", f"tracking.uri={uri}",
+                      cwd=tmp_path)
+    deadline = time.time() + 600
+    # the job's own output (PYTHONUNBUFFERED is inherited): the store is left alone while the job creates it
+    while not any("Epoch 3/4" in p.read_text() for p in tmp_path.glob("multirun/*/*/.submitit/*/*_log.out")):
+        assert sweep.poll() is None and time.time() < deadline, sweep.stdout.read() if sweep.poll() is not None else "timeout"
+        time.sleep(0.2)
+    client, job = MlflowClient(uri), children(uri)["4"]
+    os.kill(int(job.data.tags["seglab.pid"]), signal.SIGUSR2)
+    out, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, out[-4000:]
+    job_logs = "".join(p.read_text() for p in tmp_path.glob("multirun/*/*/.submitit/*/*_log.*"))
+    assert "Requeued job" in job_logs or "preempted" in job_logs, job_logs[-3000:]
+    now = children(uri)
+    assert list(now) == ["4"] and now["4"].info.run_id == job.info.run_id and now["4"].info.status == "FINISHED"
+    assert_same_training(only_run(uninterrupted), (client, now["4"]), tmp_path, epochs=4)
+
+
+@pytest.mark.slow
+def test_a_finished_run_trains_more_epochs_when_asked_by_id_and_refuses_another_architecture(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_cli(*TINY, f"tracking.uri={uri}", "tracking.log_model=false", cwd=tmp_path, timeout=900)
+    client, first = only_run(uri)
+    run_id = first.info.run_id
+
+    refused = run_cli(*TINY, f"tracking.uri={uri}", "trainer.epochs=3", f"trainer.resume={run_id}", "model.base_filters=6",
+                      cwd=tmp_path, timeout=900, check=False)
+    assert refused.returncode != 0 and "another architecture" in refused.stdout + refused.stderr
+    client, run = only_run(uri)
+    assert run.info.status == "FINISHED" and "another architecture" in run.data.tags["seglab.resume.refused"]
+
+    run_cli(*TINY, f"tracking.uri={uri}", "tracking.log_model=false", "trainer.epochs=3", f"trainer.resume={run_id}", cwd=tmp_path, timeout=900)
+    client, run = only_run(uri)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert "trainer.epochs: 2 -> 3" in run.data.tags["seglab.resume.changed"]
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [0, 1, 2]
+    assert run.data.tags["seglab.checkpoint_epoch"] == "3"

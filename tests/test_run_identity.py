@@ -1,0 +1,133 @@
+"""Run identity (the run key), owner liveness, and what a resume refuses or records; fast checks
+without training (the kills of real trainings are in test_resume.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from seglab import checkpoint, resume, run_identity
+
+from tests.conftest import ROOT, build_model
+
+
+def test_run_key_ignores_length_outputs_and_logging_but_not_what_is_learned(compose_cfg):
+    key = run_identity.run_key(compose_cfg())
+    same = ("trainer.epochs=3", "trainer.resume=never", "trainer.mask_samples=0", "trainer.checkpoint_dir=/tmp/x",
+            "trainer.checkpoint_every=5", "tracking.uri=sqlite:///other.db", "tracking.experiment=x", "data.cache=null")
+    for override in same:
+        assert run_identity.run_key(compose_cfg(override)) == key, override
+    for override in ("optimizer.learning_rate=0.01", "seed=1", "model.depth=3", "trainer.batch_size=8", "loss=dice",
+                     "data.source.train_size=10", "trainer.jit_compile=true"):
+        assert run_identity.run_key(compose_cfg(override)) != key, override
+
+
+def own_tags(**changes) -> dict[str, str]:
+    return {**run_identity.owner_tags(), **changes}
+
+
+def test_owner_alive_by_pid_on_this_host_and_by_heartbeat_on_another():
+    parent = os.getppid()  # alive, started when it was
+    alive_here = own_tags(**{"seglab.pid": str(parent), "seglab.pid_start": run_identity.process_start(parent)})
+    assert resume.owner_alive(alive_here, timeout_s=60)
+    assert not resume.owner_alive({**alive_here, "seglab.pid_start": "1"}, timeout_s=60)  # pid reused by another process
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert not resume.owner_alive(own_tags(**{"seglab.pid": done.stdout.strip()}), timeout_s=60)
+    elsewhere = {"seglab.host": socket.gethostname() + "-other", "seglab.pid": "1"}
+    assert resume.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 30)}, timeout_s=60)
+    assert not resume.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 90)}, timeout_s=60)
+
+
+def test_a_requeued_job_takes_the_run_of_its_own_job_id_for_dead(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    tags = {"seglab.host": "node7", "seglab.pid": "1", "seglab.heartbeat": str(int(time.time())), "seglab.job_id": "4242"}
+    assert not resume.owner_alive(tags, timeout_s=3600)
+    assert resume.owner_alive({**tags, "seglab.job_id": "4243"}, timeout_s=3600)
+
+
+def compiled(**kwargs):
+    model = build_model("unet", 2, 16, **{"base_filters": 2, "depth": 1, "dropout": 0.0, **kwargs})
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_before_anything_changes(tmp_path):
+    checkpoint.save_state(tmp_path / "s.npz", compiled(), checkpoint.TrainingState(epoch=1, best=0.5, best_epoch=0))
+    other = compiled(base_filters=3)
+    before = [w.copy() for w in other.get_weights()]
+    with pytest.raises(checkpoint.ArchitectureMismatch, match="another architecture.*first difference.*trainer.resume=never"):
+        checkpoint.load_state(tmp_path / "s.npz", other)
+    for a, b in zip(before, other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert checkpoint.load_state(tmp_path / "s.npz", compiled()) == checkpoint.TrainingState(1, 0.5, 0)
+
+
+def test_a_resumed_run_records_changed_params_as_a_tag_and_never_logs_a_step_twice(tmp_path):
+    from seglab import tracking
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with tracking.Run(uri, "e", "r", {}) as first:
+        first.log_params({"trainer.epochs": 2, "model.depth": 2})
+        first.log_epoch({"val_loss": 1.0}, 0)
+        first.log_epoch({"val_loss": 0.9}, 1)
+    with tracking.Run(uri, "e", "r", {}, resume_run_id=first.run_id) as again:
+        again.log_params({"trainer.epochs": 4, "model.depth": 2, "trainer.resume": first.run_id})
+        again.log_epoch({"val_loss": 0.5, "val_mean_iou": 0.3}, 1)  # a redone epoch
+        again.log_epoch({"val_loss": 0.8}, 2)
+    client = MlflowClient(uri)
+    run = client.get_run(first.run_id)
+    assert run.data.tags["seglab.resume.changed"] == "trainer.epochs: 2 -> 4"
+    assert run.data.params["trainer.epochs"] == "2" and run.data.params["trainer.resume"] == first.run_id
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_loss")] == [(0, 1.0), (1, 0.9), (2, 0.8)]
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_mean_iou")] == [(1, 0.3)]
+    assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+
+
+UPLOADER = textwrap.dedent("""
+    import sys, numpy as np
+    from pathlib import Path
+    from seglab import tracking
+    uri, work = sys.argv[1], Path(sys.argv[2])
+    payload = np.random.default_rng(0).integers(0, 2**31, 8_000_000, dtype=np.int64)   # 64 MB
+    with tracking.Run(uri, "e", "r", {}) as run:
+        for epoch in range(1, 1000):
+            state = work / "last.state.npz"
+            np.savez(state, epoch=np.asarray(epoch), payload=payload + epoch)
+            run.log_checkpoint([state], epoch)
+""")
+
+
+def test_sigkill_during_checkpoint_writes_and_uploads_leaves_a_complete_earlier_upload(tmp_path):
+    """A real process uploading large checkpoints, killed with SIGKILL at once after its third
+    upload starts (most of its time goes into writing and uploading): the store still names a
+    complete checkpoint, and it is what a resume downloads."""
+    uri, work = f"sqlite:///{tmp_path}/m.db", tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", UPLOADER, uri, str(work)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "mlruns").glob("*/*/artifacts/resume/epoch-0003")):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert run.info.status == "RUNNING"
+    epoch = int(run.data.tags["seglab.checkpoint_epoch"])
+    path = resume.restore_files(uri, run.info.run_id, run.data.tags, tmp_path / "none", tmp_path / "restored")
+    with np.load(path) as saved:
+        assert int(saved["epoch"]) == epoch >= 2
+        expected = np.random.default_rng(0).integers(0, 2**31, 8_000_000, dtype=np.int64) + epoch
+        np.testing.assert_array_equal(saved["payload"], expected)
