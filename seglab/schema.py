@@ -358,10 +358,14 @@ class AdamConfig(OptimizerConfig):
 # --- trainer and tracking ----------------------------------------------------------------
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 15
     batch_size: int = 16
+    precision: str = "float32"
     jit_compile: bool = False
     mask_samples: int = 4  # validation images shown in the per-epoch mask grid
     checkpoint_dir: str = "checkpoints"  # relative to the job's output directory
@@ -369,6 +373,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")
         _require(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "use an integer >= 1")
+        _require(self.precision in PRECISIONS, "trainer.precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
 
 

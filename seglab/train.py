@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> float:
-    device = runtime.setup(cfg.seed, cfg.deterministic)
+    device = runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     out = Path(output_dir or HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
