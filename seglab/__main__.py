@@ -17,8 +17,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _train(cfg: DictConfig) -> float:
-    from seglab import tracking
+    from seglab import distribute, tracking
 
+    distribute.check(cfg.trainer.strategy)  # e.g. multi_worker without TF_CONFIG: before TensorFlow loads
     tracking.check_reachable(cfg.tracking.uri)  # a server that is down: fail in seconds, before TensorFlow too
     from seglab import train
 

@@ -359,6 +359,7 @@ class AdamConfig(OptimizerConfig):
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")  # seglab/distribute.py
 
 
 @dataclass
@@ -367,6 +368,8 @@ class TrainerConfig:
     batch_size: int = 16
     precision: str = "float32"
     jit_compile: bool = False
+    steps_per_execution: int = 1
+    strategy: str = "auto"
     mask_samples: int = 4  # validation images shown in the per-epoch mask grid
     checkpoint_dir: str = "checkpoints"  # relative to the job's output directory
 
@@ -374,6 +377,8 @@ class TrainerConfig:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")
         _require(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "use an integer >= 1")
         _require(self.precision in PRECISIONS, "trainer.precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
+        _require(self.steps_per_execution >= 1, "trainer.steps_per_execution", self.steps_per_execution, "use an integer >= 1")
+        _require(self.strategy in STRATEGIES, "trainer.strategy", self.strategy, f"choose one of {', '.join(STRATEGIES)}")
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
 
 

@@ -17,25 +17,31 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking
+from seglab import callbacks, checkpoint, distribute, losses, metrics, runtime, tracking
 from seglab.data import cache_name, pipeline, statistics
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: str | None = None) -> float:
+    # First: a multi-worker strategy configures collective ops, which TensorFlow allows only before it starts.
+    strategy = distribute.make(cfg.trainer.strategy)
     device = runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     out = Path(output_dir or HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     run_name = _job_suffixed(cfg.tracking.run_name or _run_name(cfg))
-    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_name, _tags(device), cfg.tracking.parent_run_id) as mlrun:
+    # Only the chief of a multi-worker cluster logs and keeps checkpoints (seglab/distribute.py).
+    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_name, _tags(device), cfg.tracking.parent_run_id) \
+        if distribute.is_chief() else distribute.WorkerRun()
+    with mlrun, distribute.checkpoint_directory(out / cfg.trainer.checkpoint_dir) as checkpoint_dir:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
         data = cfg.data
         # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
-        model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
+        with strategy.scope():  # model, optimizer and metric variables are mirrored over the replicas
+            model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
         batches = dict(
             image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
@@ -48,15 +54,17 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         if isinstance(loss, losses.WeightedCrossEntropy):
             mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
 
-        model.compile(
-            optimizer=instantiate(cfg.optimizer),
-            loss=loss,
-            metrics=metrics.segmentation_metrics(data.num_classes, list(data.class_names)),
-            jit_compile=cfg.trainer.jit_compile,
-        )
-        mlrun.set_tags({"model.parameters": model.count_params()})
+        with strategy.scope():
+            model.compile(
+                optimizer=instantiate(cfg.optimizer),
+                loss=loss,
+                metrics=metrics.segmentation_metrics(data.num_classes, list(data.class_names)),
+                jit_compile=cfg.trainer.jit_compile,
+                steps_per_execution=cfg.trainer.steps_per_execution,
+            )
+        mlrun.set_tags({"model.parameters": model.count_params(), "replicas": strategy.num_replicas_in_sync})
 
-        checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric)
+        checkpointer = callbacks.Checkpointer(checkpoint_dir, monitor=cfg.optimize_metric)
         fit_callbacks = [
             # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
             keras.callbacks.TerminateOnNaN(raise_error=True),
