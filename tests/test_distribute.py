@@ -120,6 +120,10 @@ def free_ports(count):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "Keras 3's fit fails under MultiWorkerMirroredStrategy before the first step (its symbolic build reduces "
+    "PerReplica values: keras-team/keras#20585, tensorflow/tensorflow#72388; seen with Keras 3.15 / TF 2.20). "
+    "strict: this test turns red once Keras fixes it, so the xfail is then removed."))
 def test_multi_worker_with_two_local_processes_matches_one_device_and_only_the_chief_logs(tmp_path, single_device):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
