@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from seglab.tracking import ChildRun
+from seglab.tracking.sweeps import ChildRun
 
 COLUMNS = ("job", "status", "overrides", "val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s", "run_id", "error")
 METRIC_COLUMNS = ("val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s")
@@ -165,12 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from seglab import tracking
+    from seglab.tracking import sweeps as sweep_runs
 
     try:
-        parent = tracking.find_parent_run(args.tracking_uri, args.sweep)
+        parent = sweep_runs.find_parent_run(args.tracking_uri, args.sweep)
     except tracking.TrackingError as err:
         raise SystemExit(f"seglab.report: {err}") from None
-    children = tracking.child_runs(args.tracking_uri, parent)
+    children = sweep_runs.child_runs(args.tracking_uri, parent)
     metric = next((c.params["optimize_metric"] for c in children if "optimize_metric" in c.params), "val_mean_iou")
     table = rows(children, metric)
     best_first_ascending = args.sort == "objective" and metric.endswith("loss")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         fmt = {".csv": "csv", ".md": "markdown"}.get(args.output.suffix, args.format)
         args.output.write_text(FORMATS[fmt](table, metric))
     if not args.no_log:
-        tracking.log_to_run(args.tracking_uri, parent, texts={"report.md": to_markdown(table, metric), "report.csv": to_csv(table, metric)})
+        sweep_runs.log_to_run(args.tracking_uri, parent, texts={"report.md": to_markdown(table, metric), "report.csv": to_csv(table, metric)})
 
 
 if __name__ == "__main__":

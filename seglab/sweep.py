@@ -73,13 +73,13 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | No
 
 
 def _record_invalid_job(cfg: DictConfig, err: Exception) -> None:
-    from seglab import tracking
+    from seglab.tracking import sweeps as sweep_runs
 
     choices = HydraConfig.get().runtime.choices
     name = cfg.tracking.get("run_name") or "-".join(choices.get(group) or group for group in ("model", "loss", "data"))
     tags = {**job_tags(), "hydra.overrides": " ".join(HydraConfig.get().overrides.task)}
     parent = OmegaConf.select(cfg, "tracking.parent_run_id")
-    tracking.record_failed_run(cfg.tracking.uri, cfg.tracking.experiment, job_run_name(name), tags, parent, err)
+    sweep_runs.record_failed_run(cfg.tracking.uri, cfg.tracking.experiment, job_run_name(name), tags, parent, err)
 
 
 # --- the parent run ------------------------------------------------------------------------
@@ -155,6 +155,7 @@ class MlflowSweep(Callback):
 
     def _start(self, config: DictConfig) -> None:
         from seglab import tracking  # MLflow loads only when a sweep starts
+        from seglab.tracking import sweeps as sweep_runs
 
         _check_direction(config)
         tracking.check_reachable(config.tracking.uri)
@@ -173,22 +174,23 @@ class MlflowSweep(Callback):
             "sweep.yaml": OmegaConf.to_yaml({**definition, "hydra_sweeper": sweeper, "hydra_launcher": launcher}),
             "config.yaml": OmegaConf.to_yaml({k: v for k, v in config.items() if k != "hydra"}),
         }
-        self.parent_run_id = tracking.start_parent_run(self.uri, config.tracking.experiment, sweep_name(config, definition), tags, texts)
+        self.parent_run_id = sweep_runs.start_parent_run(self.uri, config.tracking.experiment, sweep_name(config, definition), tags, texts)
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         # Hydra calls on_multirun_end only when the sweeper returns; a sweep that raises (or Ctrl-C)
         # must not leave the parent RUNNING.
         atexit.register(self._end_abandoned)
-        tracking.log_to_run(self.uri, self.parent_run_id, params={f"sweep.{k}": v for k, v in definition["swept"].items()})
+        sweep_runs.log_to_run(self.uri, self.parent_run_id, params={f"sweep.{k}": v for k, v in definition["swept"].items()})
         log.info("sweep: MLflow parent run %s in experiment %r, tracking.uri=%s", self.parent_run_id, config.tracking.experiment, self.uri)
 
     def _end(self, config: DictConfig) -> None:
-        from seglab import report, tracking
+        from seglab import report
+        from seglab.tracking import sweeps as sweep_runs
 
         assert self.uri and self.parent_run_id, "on_multirun_end without on_multirun_start"
         uri, parent = self.uri, self.parent_run_id
         metric = config.optimize_metric
-        tracking.fail_running_children(uri, parent, ORPHAN_ERROR)
-        children = tracking.child_runs(uri, parent)
+        sweep_runs.fail_running_children(uri, parent, ORPHAN_ERROR)
+        children = sweep_runs.child_runs(uri, parent)
         rows = report.rows(children, metric)
         succeeded = sum(r["status"] == "FINISHED" for r in rows)
         metrics: dict[str, float] = {"jobs_total": len(rows), "jobs_succeeded": succeeded, "jobs_failed": len(rows) - succeeded}
@@ -207,8 +209,8 @@ class MlflowSweep(Callback):
             texts["optimization_results.yaml"] = optuna_results.read_text()
         with tempfile.TemporaryDirectory() as tmp:
             plot = report.plot_objective(rows, metric, Path(tmp) / "objective.png")
-            tracking.log_to_run(uri, parent, metrics=metrics, params=params, tags=tags, texts=texts, files={str(plot): ""})
-        tracking.end_run(uri, parent, failed=succeeded == 0)
+            sweep_runs.log_to_run(uri, parent, metrics=metrics, params=params, tags=tags, texts=texts, files={str(plot): ""})
+        sweep_runs.end_run(uri, parent, failed=succeeded == 0)
         os.environ.pop(PARENT_RUN_ENV, None)
         self.parent_run_id = None
         log.info(
@@ -222,10 +224,10 @@ class MlflowSweep(Callback):
     def _end_abandoned(self) -> None:
         if self.parent_run_id is None:
             return
-        from seglab import tracking
+        from seglab.tracking import sweeps as sweep_runs
 
         try:
-            tracking.fail_running_children(self.uri, self.parent_run_id, ORPHAN_ERROR)
-            tracking.end_run(self.uri, self.parent_run_id, failed=True, error="the sweep stopped before it ended (see Hydra's log)")
+            sweep_runs.fail_running_children(self.uri, self.parent_run_id, ORPHAN_ERROR)
+            sweep_runs.end_run(self.uri, self.parent_run_id, failed=True, error="the sweep stopped before it ended (see Hydra's log)")
         except Exception as err:  # at interpreter exit there is nobody left to raise to
             log.warning("could not end the sweep's MLflow run %s: %s", self.parent_run_id, err)

@@ -8,6 +8,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
 from seglab import tracking
+from seglab.tracking import sweeps as sweep_runs
 
 
 def wrapped(cause: BaseException) -> MlflowException:
@@ -43,7 +44,7 @@ def test_http_limits_hold_for_the_run_only(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's own choice wins
     with tracking.Run(f"sqlite:///{tmp_path}/m.db", "limits", "run", {}) as run:
-        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == tracking.HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == tracking.store.HTTP_LIMITS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
         run.log_epoch({"loss": 1.0}, 0)
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
@@ -75,6 +76,6 @@ def test_report_lookup_refuses_a_run_that_is_not_a_sweep_parent(tmp_path):
     client = MlflowClient(uri)
     training = client.create_run(client.create_experiment("seglab-shapes"))
     with pytest.raises(tracking.TrackingError, match="not a sweep's parent run"):
-        tracking.find_parent_run(uri, training.info.run_id)
+        sweep_runs.find_parent_run(uri, training.info.run_id)
     with pytest.raises(tracking.TrackingError, match="quote"):
-        tracking.find_parent_run(uri, "it's")
+        sweep_runs.find_parent_run(uri, "it's")

@@ -1,0 +1,36 @@
+"""Logged models as the tools that use them see them (predict, evaluate): load one from any store,
+and find the run that logged it."""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from seglab.tracking.store import TrackingError, check_reachable, first_line
+
+
+def load_model(model_uri: str, tracking_uri: str):
+    """A logged seglab model as a Keras model, from any MLflow store (`runs:/<id>/model`,
+    `models:/<name>/<version>`, `models:/m-<id>`, a local path)."""
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.tensorflow.load_model(model_uri)
+    except MlflowException as err:
+        raise TrackingError(
+            f"model_uri={model_uri} cannot be loaded from tracking.uri={tracking_uri}: {first_line(err)}. "
+            "Use the URI printed at the end of training or shown in the run's Artifacts tab, e.g. runs:/<run id>/model."
+        ) from err
+
+
+def model_run_id(model_uri: str, tracking_uri: str) -> str | None:
+    """The id of the run that logged the model at `model_uri` (None for a model outside any run)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.models.get_model_info(model_uri).run_id
+
+
+def run_experiment_and_name(run_id: str, tracking_uri: str) -> tuple[str, str]:
+    """(experiment name, run name) of a run."""
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    return client.get_experiment(run.info.experiment_id).name, run.info.run_name

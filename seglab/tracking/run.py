@@ -1,0 +1,198 @@
+"""What one run logs: `Run` opens an MLflow run and logs through a few verbs (`log_params`,
+`log_epoch`, `log_masks`, `log_figure`, `log_artifact`, `log_model`, ...); the end of the `with` block
+sets its status (FINISHED, FAILED or KILLED; never left RUNNING).  No module-level state: each job of
+a sweep opens its own `Run`.
+
+A tracking server that goes away during a run does not stop the training: the first logging call
+that fails is reported as a warning naming what was being logged, the run carries on without the
+server (later logging is skipped, checkpoints stay in the job's output directory), and the run's
+end status is sent once, best-effort.  While a run is open, MLflow's HTTP retries and timeout are
+capped (`HTTP_LIMITS`) so that a dead server costs seconds, not MLflow's default minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any, Mapping
+
+import mlflow
+from mlflow.entities import RunStatus
+
+from seglab.tracking.store import HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
+
+log = logging.getLogger(__name__)
+
+
+def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'depth': 4}} -> {'model.depth': 4}; lists are kept as one value."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class _Terminated(BaseException):
+    """SIGTERM (e.g. a scheduler cancelling the job) turned into an exception so the run ends KILLED."""
+
+
+class Run:
+    """One MLflow run; use as a context manager so its status is always set."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None):
+        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.tags = dict(tags)
+        if parent_run_id:
+            self.tags["mlflow.parentRunId"] = parent_run_id
+        self.run_id: str | None = None
+        self.failed: str | None = None  # what was being logged when the store stopped answering
+        self.skipped: list[str] = []  # what was not logged after that
+        self._previous_sigterm = None
+        self._previous_env: dict[str, str | None] = {}
+
+    def __enter__(self) -> "Run":
+        check_reachable(self.uri)
+        self._previous_env = {name: os.environ.get(name) for name in HTTP_LIMITS}
+        for name, value in HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
+        try:
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+        except BaseException:
+            self._restore_env()
+            raise
+        self.run_id = run.info.run_id
+        if _in_main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def _restore_env(self) -> None:
+        for name, value in self._previous_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def _log(self, what: str, call, *args, **kwargs):
+        """Call MLflow; on the first store error warn, naming `what`, and skip all later logging."""
+        if self.failed is not None:
+            self.skipped.append(what)
+            return None
+        try:
+            return call(*args, **kwargs)
+        except STORE_ERRORS as err:
+            if not store_unavailable(err):
+                raise  # the request itself was wrong (e.g. an invalid value): a bug to see, not an outage
+            self.failed = what
+            log.warning(
+                "MLflow logging failed while logging %s to tracking.uri=%s (run %s): %s. Training goes on without "
+                "the tracking server; nothing more is logged to it, checkpoints stay in the job's output directory.",
+                what, self.uri, self.run_id, first_line(err),
+            )
+            return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if exc_type is None:
+            status = RunStatus.FINISHED
+        elif issubclass(exc_type, (KeyboardInterrupt, _Terminated)):
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FAILED
+        try:
+            if exc is not None and self.failed is None:
+                try:
+                    mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:5000])
+                except Exception as tag_err:  # the run must still be ended below
+                    log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
+            self._end(RunStatus.to_string(status))
+        finally:
+            self._restore_env()
+        if exc_type is _Terminated:
+            raise KeyboardInterrupt("terminated by SIGTERM") from exc
+        return False
+
+    def _end(self, status: str) -> None:
+        if self.failed is not None:
+            log.warning(
+                "MLflow run %s is incomplete: logging failed at %s; not logged after that: %s.",
+                self.run_id, self.failed, _summary(self.skipped),
+            )
+        try:  # after a failure: once, best-effort, the server may be back
+            mlflow.end_run(status)  # pops the active run even when the server does not answer
+        except STORE_ERRORS as err:
+            log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status, first_line(err))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._log("params", mlflow.log_params, {k: ("null" if v is None else v) for k, v in params.items()})
+
+    def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
+        self._log(f"metrics of epoch {epoch}", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=epoch)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self._log("metrics", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()})
+
+    def log_masks(self, image, epoch: int, key: str = "val_masks") -> None:
+        """An image per epoch under one key: the UI's step slider shows the masks improving."""
+        # synchronous: an upload that fails must raise here, to be reported, not die in a background thread
+        self._log(f"{key} image of epoch {epoch}", mlflow.log_image, image, key=key, step=epoch, synchronous=True)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self._log(f"artifact {path}", mlflow.log_artifact, path, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._log(artifact_file, mlflow.log_text, text, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self._log(artifact_file, mlflow.log_dict, dict(data), artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib Figure as an image artifact (e.g. `confusion_matrix.png`)."""
+        self._log(artifact_file, mlflow.log_figure, figure, artifact_file)
+
+    def log_confusion_matrix(self, cm, class_names: list[str], title: str) -> None:
+        """`confusion_matrix.png` (rows normalised, with counts) and `confusion_matrix.json`, the same
+        for a training run and an evaluation run."""
+        from seglab import visualize
+
+        self.log_figure(visualize.confusion_matrix_figure(cm, class_names, title), "confusion_matrix.png")
+        self.log_dict({"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": cm.tolist()},
+                      "confusion_matrix.json")
+
+    def log_model(self, model, input_example) -> str | None:
+        """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow;
+        its URI, or None when the store did not take it."""
+        import keras
+        import tensorflow as tf
+
+        info = self._log(
+            "the model", mlflow.tensorflow.log_model, model, name="model", input_example=input_example,
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        )
+        return info.model_uri if info is not None else None
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._log(f"tags {', '.join(tags)}", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+
+
+def _summary(items: list[str], shown: int = 4) -> str:
+    if len(items) <= 2 * shown:
+        return ", ".join(items) or "nothing"
+    return f"{len(items)} calls: {', '.join(items[:shown])}, ..., {', '.join(items[-shown:])}"
+
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
