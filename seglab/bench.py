@@ -98,6 +98,8 @@ def matmul_flops(size: int, dtype: str, seconds: float = 1.0) -> float:
 
 
 def _timing_callback(warmup: int, batch_size: int):
+    """`batch_size`: images per `on_train_batch_end` call (Keras calls it once per execution of
+    `steps_per_execution` batches)."""
     import keras
     import psutil
 
@@ -168,7 +170,8 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
     total = options.warmup + options.steps
     data = _batches(cfg, source, total)
     model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
-    timing = _timing_callback(options.warmup, cfg.trainer.batch_size)
+    spe = cfg.trainer.steps_per_execution if seglab_side else 1
+    timing = _timing_callback(max(1, options.warmup // spe), cfg.trainer.batch_size * spe)
     logging_seconds = 0.0
     start = time.perf_counter()
     if seglab_side:
