@@ -250,6 +250,8 @@ def run(options: BenchOptions, overrides: list[str]) -> dict:
                             plain_runs.append(measure(cfg, source, options, False, store))
                             seglab_runs.append(measure(cfg, source, options, True, store))
                         rows.append(_row(model_name, precision, jit, source, cfg, seglab_runs, plain_runs, peaks))
+                        print(f"{model_name} {precision} xla={jit} {source}: {rows[-1]['images_per_second']:.2f} images/s, "
+                              f"plain Keras {rows[-1]['plain_keras_images_per_second']:.2f}", flush=True)  # a long run shows progress
     startup = startup_seconds(overrides) if options.startup else {}
     from seglab import runtime
 
