@@ -157,7 +157,7 @@ import json, sys
 import numpy as np, tensorflow as tf
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from seglab import metrics
+from seglab import losses, metrics
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 3, (16, 8, 8)).astype(np.int32)
 logits = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)
@@ -166,7 +166,7 @@ with strategy.scope():
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Identity()(inputs))
     cm = metrics.segmentation_metrics(3, ["a", "b", "c"])
-    model.compile(loss="mse", metrics=cm)
+    model.compile(loss=losses.CrossEntropy(3), metrics=cm)
 scores = model.evaluate(tf.data.Dataset.from_tensor_slices((logits, labels)).batch(8), return_dict=True, verbose=0)
 expected = metrics.confusion_matrix(labels, logits.argmax(-1), 3).numpy()
 print(json.dumps({"matrix": np.asarray(cm[0].matrix.value).tolist(), "expected": expected.tolist(),
