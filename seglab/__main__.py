@@ -24,8 +24,9 @@ def _run(cfg: DictConfig) -> float:
 
 def _train(cfg: DictConfig) -> float:
     preflight.check_paths(cfg, HydraConfig.get().runtime.output_dir)  # paths and store, before MLflow and TensorFlow
-    from seglab import tracking
+    from seglab import distribute, tracking
 
+    distribute.check(cfg.trainer.strategy, cfg.trainer.resume)  # e.g. multi_worker without TF_CONFIG: before TensorFlow loads
     tracking.check_reachable(cfg.tracking.uri)  # a server that is down: fail in seconds, before TensorFlow too
     from seglab import train
 

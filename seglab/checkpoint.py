@@ -26,7 +26,7 @@ class TrainingState:
     best_epoch: int | None = None  # 0-based epoch of `best`
 
 
-class ArchitectureMismatch(ValueError):
+class ArchitectureMismatch(UserError, ValueError):
     """A checkpoint saved from another model (or optimizer) than the one it is loaded into."""
 
     resume_refused = True  # seglab.tracking.Run: the run being continued keeps its status

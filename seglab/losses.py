@@ -36,7 +36,22 @@ def _mean(per_pixel, labelled):
     return tf.reduce_sum(per_pixel * labelled) / tf.maximum(tf.reduce_sum(labelled), 1.0)
 
 
-class CrossEntropy(keras.losses.Loss):
+class _ScalarLoss(keras.losses.Loss):
+    """A loss whose `call` already reduces to one scalar (the mean over labelled pixels).
+
+    Under a tf.distribute strategy with R replicas each replica's loss must be divided by R, since
+    the replicas' gradients are summed; Keras does it only when it reduces per-example values itself
+    (`keras.losses.Loss` leaves a scalar alone), so these losses do it here, exactly as Keras would,
+    and Keras multiplies it back for the logged `loss`.  The result is the mean of the replicas' means:
+    the global mean when every replica has as many labelled pixels (no ignore_index pixels).
+    """
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        loss = super().__call__(y_true, y_pred, sample_weight)
+        return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+
+
+class CrossEntropy(_ScalarLoss):
     """Sparse categorical cross-entropy from logits, averaged over the labelled pixels.
 
     Pixels whose label equals `ignore_index` (or lies anywhere outside [0, C)) contribute nothing
@@ -55,7 +70,7 @@ class CrossEntropy(keras.losses.Loss):
         return {**super().get_config(), "num_classes": self.num_classes, "ignore_index": self.ignore_index}
 
 
-class Dice(keras.losses.Loss):
+class Dice(_ScalarLoss):
     """Soft Dice loss (Milletari, Navab, Ahmadi 2016, V-Net, eq. 1), optionally plus cross-entropy.
 
     For each class c, on softmax probabilities p and one-hot targets g over the labelled pixels,
@@ -122,7 +137,7 @@ class Dice(keras.losses.Loss):
         }
 
 
-class WeightedCrossEntropy(keras.losses.Loss):
+class WeightedCrossEntropy(_ScalarLoss):
     """Class-weighted cross-entropy through per-pixel weights: mean over labelled pixels of
     `class_weights[label] * CE` (the weighted energy of Ronneberger et al. 2015, U-Net, eq. 1).
 

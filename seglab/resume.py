@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seglab import run_identity
+from seglab.errors import UserError
 from seglab.tracking import resumable
 from seglab.tracking.run import HEARTBEAT_TAG
 
@@ -38,7 +39,7 @@ PARENT_TAG = "mlflow.parentRunId"
 STATE_FILE, BEST_FILE = "last.state.npz", "best.keras"
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """`trainer.resume` names a run that cannot be continued; the message says why and what to do."""
 
 

@@ -1,4 +1,4 @@
-"""Process-wide TensorFlow set-up for one job: seeds, op determinism, devices."""
+"""Process-wide TensorFlow set-up for one job: seeds, op determinism, precision policy, devices."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import keras
 import tensorflow as tf
 
 
-def setup(seed: int, deterministic: bool) -> str:
-    """Reset Keras state left by a previous job, seed everything, and return the device used."""
+def setup(seed: int, deterministic: bool, precision: str = "float32") -> str:
+    """Reset Keras state left by a previous job, seed everything, set the precision policy for the
+    models built next, and return the device used."""
     keras.backend.clear_session()
+    set_precision(precision)
     keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
     if deterministic:
         # Every op then uses a deterministic kernel or raises; there is no way to turn it off again.
@@ -23,3 +25,17 @@ def setup(seed: int, deterministic: bool) -> str:
         details = tf.config.experimental.get_device_details(gpus[0])
         return f"GPU x{len(gpus)} ({details.get('device_name', gpus[0].name)})"
     return "CPU"
+
+
+def set_precision(policy: str) -> None:
+    """Make `policy` (float32, mixed_bfloat16, mixed_float16) the dtype policy of every layer built
+    from now on: variables stay float32, computations run in the policy's compute dtype.
+
+    Set for every job, float32 included: the global policy is process state that `clear_session`
+    keeps, and a sweep's next job must not inherit the previous one's.  The rest of mixed precision
+    is where it belongs: each model's logits layer is float32 (its builder), losses and metrics cast
+    to float32 (seglab.losses, seglab.metrics), and `compile` wraps the optimizer in a
+    LossScaleOptimizer under mixed_float16 (Keras' `auto_scale_loss`), which bfloat16 does not
+    need (it has float32's exponent range).
+    """
+    keras.mixed_precision.set_global_policy(policy)

@@ -458,11 +458,18 @@ class StepScheduleConfig(SchedulerConfig):
 # --- trainer and tracking ----------------------------------------------------------------
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")  # seglab/distribute.py
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = MISSING
     batch_size: int = MISSING
+    precision: str = MISSING
     jit_compile: bool = MISSING
+    steps_per_execution: int = MISSING
+    strategy: str = MISSING
     mask_samples: int = MISSING  # validation images shown in the per-epoch mask grid
     train_inference_images: int = MISSING  # training images scored in inference mode every epoch (0: off)
     checkpoint_dir: str = MISSING  # relative to the job's output directory
@@ -481,6 +488,9 @@ class TrainerConfig:
         _require(self.heartbeat_timeout_min > 0, "trainer.heartbeat_timeout_min", self.heartbeat_timeout_min,
                  "use minutes > 0, longer than the longest epoch")
         _require(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "use an integer >= 1")
+        _require(self.precision in PRECISIONS, "trainer.precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
+        _require(self.steps_per_execution >= 1, "trainer.steps_per_execution", self.steps_per_execution, "use an integer >= 1")
+        _require(self.strategy in STRATEGIES, "trainer.strategy", self.strategy, f"choose one of {', '.join(STRATEGIES)}")
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
         _require(self.train_inference_images >= 0, "trainer.train_inference_images", self.train_inference_images,
                  "use an integer >= 0 (0: off)")

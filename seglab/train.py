@@ -13,29 +13,36 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seglab import callbacks, checkpoint, console, debug, determinism, losses, metrics, resume, run_identity, runtime, tracking
+from seglab import callbacks, checkpoint, console, debug, determinism, distribute, losses, metrics, resume, run_identity, runtime, tracking
 from seglab.data import batches_of, pipeline, statistics
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float:
-    device = runtime.setup(cfg.seed, cfg.deterministic)
+    # First: a multi-worker strategy configures collective ops, which TensorFlow allows only before it starts.
+    strategy = distribute.make(cfg.trainer.strategy)
+    device = runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     out = Path(HydraConfig.get().runtime.output_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     # trainer.resume: continue a killed run of the same experiment (docs/resume.md).
     tags = {**run_identity.tags(cfg), **run_identity.owner_tags(), **_runtime_tags(device)}
+    # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
+    # (seglab/distribute.py; the schema refuses resume with multi_worker).
+    chief = distribute.is_chief()
     found = resume.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[run_identity.KEY_TAG],
-                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min)
-    with tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), tags, cfg.tracking.parent_run_id,
-                      resume_run_id=found.run_id) as mlrun:
+                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else resume.Plan(None)
+    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), tags, cfg.tracking.parent_run_id,
+                         resume_run_id=found.run_id) if chief else distribute.WorkerRun()
+    with mlrun, distribute.checkpoint_directory(out / cfg.trainer.checkpoint_dir) as checkpoint_dir:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
         data = cfg.data
         # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
-        model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
+        with strategy.scope():  # model, optimizer and metric variables are mirrored over the replicas
+            model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
         val_ds = batches_of(cfg, splits.val, "val")
         train_images = pipeline.count(splits.train)
@@ -49,16 +56,18 @@ def run(cfg: DictConfig) -> float:
         # The scheduler turns optimizer.learning_rate into a rate per optimizer step (seglab/schedules.py).
         schedule = instantiate(cfg.scheduler, base_learning_rate=cfg.optimizer.learning_rate,
                                steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs)
-        model.compile(
-            optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=schedule),
-            loss=loss,
-            metrics=metrics.segmentation_metrics(data.num_classes, list(data.class_names)),
-            jit_compile=cfg.trainer.jit_compile,
-        )
-        mlrun.set_tags({"model.parameters": model.count_params()})
+        with strategy.scope():  # optimizer and metric variables are mirrored over the replicas, as the model's
+            model.compile(
+                optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=schedule),
+                loss=loss,
+                metrics=metrics.segmentation_metrics(data.num_classes, list(data.class_names)),
+                jit_compile=cfg.trainer.jit_compile,
+                steps_per_execution=cfg.trainer.steps_per_execution,
+            )
+        mlrun.set_tags({"model.parameters": model.count_params(), "replicas": strategy.num_replicas_in_sync})
         determinism.preflight(model, data.image_size, cfg.deterministic)  # ops without a deterministic GPU kernel: named now, not mid-run
 
-        checkpointer = callbacks.Checkpointer(out / cfg.trainer.checkpoint_dir, monitor=cfg.optimize_metric,
+        checkpointer = callbacks.Checkpointer(checkpoint_dir, monitor=cfg.optimize_metric,
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
         first_epoch = resume.initial_epoch(found, cfg.tracking.uri, model, checkpointer, cfg.trainer.checkpoint_dir)
         # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
