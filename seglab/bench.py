@@ -142,7 +142,7 @@ def _batches(cfg, source: str, steps: int):
     import tensorflow as tf
     from hydra.utils import instantiate
 
-    from seglab.data import cache_name, pipeline
+    from seglab.data import batches_of
 
     size, batch, classes = cfg.data.image_size, cfg.trainer.batch_size, cfg.data.num_classes
     if source == "synthetic":
@@ -151,12 +151,7 @@ def _batches(cfg, source: str, steps: int):
         masks = rng.integers(0, classes, size=(batch, size, size)).astype(np.int32)
         return tf.data.Dataset.from_tensors((images, masks)).repeat(steps)
     splits = instantiate(cfg.data.source)
-    ds = pipeline.make(
-        splits.train, training=True, image_size=size, batch_size=batch, seed=cfg.seed, deterministic=cfg.deterministic,
-        cache=cfg.data.cache, shuffle_buffer=cfg.data.shuffle_buffer, augment_options=dict(cfg.data.augment),
-        cache_name=cache_name(cfg.data, "train"),
-    )
-    return ds.repeat().take(steps)
+    return batches_of(cfg, splits.train, "train", training=True).repeat().take(steps)
 
 
 def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: str) -> dict:
@@ -164,7 +159,7 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
     import keras
     from hydra.utils import instantiate
 
-    from seglab import callbacks, distribute, losses, metrics, runtime, tracking
+    from seglab import callbacks, distribute, runtime, tracking, train
 
     runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     total = options.warmup + options.steps
@@ -175,12 +170,7 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
     logging_seconds = 0.0
     start = time.perf_counter()
     if seglab_side:
-        model.compile(
-            optimizer=instantiate(cfg.optimizer),
-            loss=instantiate(cfg.loss, num_classes=cfg.data.num_classes),
-            metrics=metrics.segmentation_metrics(cfg.data.num_classes, list(cfg.data.class_names)),
-            jit_compile=cfg.trainer.jit_compile, steps_per_execution=cfg.trainer.steps_per_execution,
-        )
+        train.compile_model(cfg, model, instantiate(cfg.loss, num_classes=cfg.data.num_classes), steps_per_epoch=total)
         with tracking.Run(store, "seglab-bench", "bench", {}) if store else distribute.WorkerRun() as run, \
                 tempfile.TemporaryDirectory() as directory:
             logged = [_Timed(callbacks.MetricsLogger(run, total * cfg.trainer.batch_size)),
@@ -220,13 +210,11 @@ def one_step(overrides: list[str]) -> None:
     cfg = schema.compose(overrides)
     from hydra.utils import instantiate
 
-    from seglab import metrics, runtime
+    from seglab import runtime, train
 
     runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
-    model.compile(optimizer=instantiate(cfg.optimizer), loss=instantiate(cfg.loss, num_classes=cfg.data.num_classes),
-                  metrics=metrics.segmentation_metrics(cfg.data.num_classes, list(cfg.data.class_names)),
-                  jit_compile=cfg.trainer.jit_compile)
+    train.compile_model(cfg, model, instantiate(cfg.loss, num_classes=cfg.data.num_classes), steps_per_epoch=1)
     model.fit(_batches(cfg, "synthetic", 1), epochs=1, verbose=0)
 
 

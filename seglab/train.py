@@ -49,21 +49,12 @@ def run(cfg: DictConfig) -> float:
         # +debug=fast / +debug=overfit read fewer batches an epoch.
         steps_per_epoch = debug.steps_per_epoch(pipeline.steps_per_epoch(train_images, cfg.trainer.batch_size), cfg.trainer)
 
-        loss = _build_loss(cfg, splits.train)
+        loss = build_loss(cfg, splits.train)
         if isinstance(loss, losses.WeightedCrossEntropy):
             mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
 
-        # The scheduler turns optimizer.learning_rate into a rate per optimizer step (seglab/schedules.py).
-        schedule = instantiate(cfg.scheduler, base_learning_rate=cfg.optimizer.learning_rate,
-                               steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs)
         with strategy.scope():  # optimizer and metric variables are mirrored over the replicas, as the model's
-            model.compile(
-                optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=schedule),
-                loss=loss,
-                metrics=metrics.segmentation_metrics(data.num_classes, list(data.class_names)),
-                jit_compile=cfg.trainer.jit_compile,
-                steps_per_execution=cfg.trainer.steps_per_execution,
-            )
+            compile_model(cfg, model, loss, steps_per_epoch)
         mlrun.set_tags({"model.parameters": model.count_params(), "replicas": strategy.num_replicas_in_sync})
         determinism.preflight(model, data.image_size, cfg.deterministic)  # ops without a deterministic GPU kernel: named now, not mid-run
 
@@ -119,7 +110,22 @@ def run(cfg: DictConfig) -> float:
     return checkpointer.best
 
 
-def _build_loss(cfg: DictConfig, train_split: tf.data.Dataset) -> keras.losses.Loss:
+def compile_model(cfg: DictConfig, model: keras.Model, loss: keras.losses.Loss, steps_per_epoch: int) -> None:
+    """`model.compile` with the configured optimizer, its learning-rate schedule (seglab/schedules.py:
+    optimizer.learning_rate becomes a rate per step), the segmentation metrics and the trainer's
+    XLA and steps-per-execution settings.  Training and `seglab.bench` compile through here."""
+    schedule = instantiate(cfg.scheduler, base_learning_rate=cfg.optimizer.learning_rate,
+                           steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs)
+    model.compile(
+        optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=schedule),
+        loss=loss,
+        metrics=metrics.segmentation_metrics(cfg.data.num_classes, list(cfg.data.class_names)),
+        jit_compile=cfg.trainer.jit_compile,
+        steps_per_execution=cfg.trainer.steps_per_execution,
+    )
+
+
+def build_loss(cfg: DictConfig, train_split: tf.data.Dataset) -> keras.losses.Loss:
     """The configured loss.  Class weights named by a balancing method (e.g. `median_frequency`)
     are first computed from the label counts of the whole training split (resized, not augmented)."""
     args = {"num_classes": cfg.data.num_classes}
