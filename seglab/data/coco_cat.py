@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data import DataError, Splits, check_labels
+from seglab.data import DataError, Provenance, Splits, check_labels
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,15 @@ def build(
         )
     root = Path(path).expanduser()
     settings = dict(category=category, negative_fraction=negative_fraction, shards=shards, seed=seed, ignore_index=ignore_index)
-    splits = {}
+    splits, about = {}, {}
     for split in (train_split, val_split):
         files, count = convert(root, split, Path(cache_dir).expanduser(), **settings)
         splits[split] = read(files, count, deterministic)
+        # The converted records hold the JPEG bytes and masks: digesting them covers the images and the annotations.
+        about[split] = Provenance({"kind": "coco", "annotations": str(root / "annotations" / f"instances_{split}.json"),
+                                   "images": str(root / split), **settings}, files=files)
     check_labels(splits[train_split], num_classes, ignore_index, f"coco_cat ({root}, {train_split})")
-    return Splits(train=splits[train_split], val=splits[val_split])
+    return Splits(train=splits[train_split], val=splits[val_split], about={"train": about[train_split], "val": about[val_split]})
 
 
 def read(files: list[str], count: int, deterministic: bool):
