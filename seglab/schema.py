@@ -364,12 +364,14 @@ class TrainerConfig:
     batch_size: int = 16
     jit_compile: bool = False
     mask_samples: int = 4  # validation images shown in the per-epoch mask grid
+    worst_samples: int = 8  # the k worst images by mean IoU in the end-of-run (and evaluation) grid
     checkpoint_dir: str = "checkpoints"  # relative to the job's output directory
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")
         _require(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "use an integer >= 1")
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
+        _require(self.worst_samples >= 0, "trainer.worst_samples", self.worst_samples, "use an integer >= 0 (0: no grid)")
 
 
 @dataclass
@@ -378,8 +380,14 @@ class TrackingConfig:
     experiment: str = "seglab"
     run_name: Optional[str] = None  # null: "<model>-<loss>-<data>" from the chosen config options
     log_model: bool = True
+    register_as: Optional[str] = None  # a registered model name: each run's logged model becomes a new version
     # Set by a sweep (seglab.sweep.PARENT_RUN_ENV) so each job's run is a child of the sweep's parent run.
     parent_run_id: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(self.register_as is None or (bool(self.register_as.strip()) and bool(self.log_model)),
+                 "tracking.register_as", self.register_as,
+                 "a registered model needs a logged one: give a non-empty name and keep tracking.log_model on")
 
 
 # --- top level ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab import callbacks, checkpoint, losses, metrics, runtime, tracking
-from seglab.data import cache_name, pipeline, statistics
+from seglab import callbacks, checkpoint, losses, metrics, per_image, runtime, tracking
+from seglab.data import cache_name, lineage, pipeline, statistics
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
         # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
         model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
+        lineage.log(mlrun, data.name, splits, ["train", "val"])  # the run's input datasets: source, size, content digest
         batches = dict(
             image_size=data.image_size, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
             deterministic=cfg.deterministic, cache=data.cache, shuffle_buffer=data.shuffle_buffer,
@@ -71,13 +72,19 @@ def run(cfg: DictConfig, output_dir: str | None = None) -> float:
             verbose=1 if sys.stdout.isatty() else 2,
         )
 
-        final_cm = metrics.split_confusion_matrix(model, val_ds, data.num_classes)
-        mlrun.log_confusion_matrix(final_cm, list(data.class_names), "validation, after the last epoch")
+        final = per_image.score_images(model, val_ds, data.num_classes, worst=cfg.trainer.worst_samples)
+        mlrun.log_confusion_matrix(final.split_matrix, list(data.class_names), "validation, after the last epoch")
+        per_image.log(mlrun, final, list(data.class_names), "val", getattr(splits.about.get("val"), "names", None))
         mlrun.log_artifact(str(checkpointer.best_path), "checkpoints")
         mlrun.log_artifact(str(checkpointer.last_path), "checkpoints")
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
         if cfg.tracking.log_model:
             mlrun.log_model(checkpoint.inference_model(model), input_example=sample_images[:1])
+            served_uri = mlrun.log_served_model(model)  # takes encoded images: what `mlflow models serve` runs
+            if cfg.tracking.register_as and served_uri:
+                final_scores = metrics.scores(final.split_matrix)
+                mlrun.register_model(served_uri, cfg.tracking.register_as, {"run_id": mlrun.run_id, "data": data.name, **{
+                    f"val_{key}": final_scores[key] for key in ("mean_iou", "mean_dice", "pixel_accuracy")}})
         log.info(
             "best %s %.4f at epoch %d | MLflow run %s, experiment %r, tracking.uri=%s | checkpoints in %s",
             cfg.optimize_metric, checkpointer.best, checkpointer.best_epoch + 1, mlrun.run_id,
