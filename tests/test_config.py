@@ -46,11 +46,18 @@ def test_defaults_are_the_documented_ones(compose_cfg):
         ("optimizer.learning_rate=0", "optimizer.learning_rate"),
         ("optimize_metric=val_accuracy", "optimize_metric"),
         ("data.num_classes=4", "data.class_names"),
+        ("trainer.worst_samples=-1", "trainer.worst_samples"),
     ],
 )
 def test_schema_rejects_out_of_range_values_naming_the_key(compose_cfg, override, key):
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
         schema.validate(compose_cfg(override))
+
+
+def test_registering_needs_a_logged_model(compose_cfg):
+    assert schema.validate(compose_cfg("tracking.register_as=shapes-unet")).tracking.register_as == "shapes-unet"
+    with pytest.raises(schema.ConfigError, match=r"tracking\.register_as='shapes-unet' .*keep tracking\.log_model on"):
+        schema.validate(compose_cfg("tracking.register_as=shapes-unet", "tracking.log_model=false"))
 
 
 def test_image_size_error_suggests_a_valid_size(compose_cfg):
