@@ -19,7 +19,7 @@ def records(splits, data_name: str) -> dict[str, lineage.DatasetRecord]:
 
 
 def shapes_records(**settings) -> dict[str, lineage.DatasetRecord]:
-    args = dict(image_size=16, train_size=6, val_size=4, test_size=3, seed=0) | settings
+    args = {"image_size": 16, "train_size": 6, "val_size": 4, "test_size": 3, "seed": 0} | settings
     return records(shapes.build(**args), "shapes")
 
 

@@ -46,6 +46,11 @@ def artifact(uri: str, run_id: str, path: str) -> str:
     return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=uri)
 
 
+def artifact_json(uri: str, run_id: str, path: str):
+    with open(artifact(uri, run_id, path)) as f:
+        return json.load(f)
+
+
 def table_of(uri: str, run, artifact_file: str):
     """A table logged with log_table, as the UI reads it (a pandas DataFrame)."""
     return MlflowClient(uri).load_table(run.info.experiment_id, artifact_file, run_ids=[run.info.run_id])
@@ -55,7 +60,7 @@ def test_training_registers_the_served_model_with_its_scores_and_logs_datasets_a
     uri, run = trained
     client = MlflowClient(uri, registry_uri=uri)  # the registry of that store, not the process default
     version = client.get_model_version(NAME, "1")
-    cm = np.array(json.load(open(artifact(uri, run.info.run_id, "confusion_matrix.json")))["counts"])
+    cm = np.array(artifact_json(uri, run.info.run_id, "confusion_matrix.json")["counts"])
     assert float(version.tags["val_mean_iou"]) == pytest.approx(metrics.scores(cm)["mean_iou"])
     assert version.tags["run_id"] == run.info.run_id
     assert mlflow.models.get_model_info(f"models:/{NAME}/1").signature.inputs.input_names() == ["image"]
@@ -69,7 +74,7 @@ def test_training_registers_the_served_model_with_its_scores_and_logs_datasets_a
     grid = np.asarray(Image.open(artifact(uri, run.info.run_id, "worst_val.png")))
     gap = visualize.SEPARATOR_PX
     assert grid.shape == (8 * 32 + 7 * gap, 4 * 32 + 3 * gap, 3)  # trainer.worst_samples=8 rows, 4 panels
-    worst = json.load(open(artifact(uri, run.info.run_id, "worst_val.json")))["rows"]
+    worst = artifact_json(uri, run.info.run_id, "worst_val.json")["rows"]
     assert [r["mean_iou"] for r in worst] == pytest.approx(sorted(table["mean_iou"])[:8])  # the table keeps 10 digits
 
 

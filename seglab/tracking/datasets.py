@@ -29,14 +29,14 @@ class SeglabSource(DatasetSource):
         return False
 
     @classmethod
-    def _resolve(cls, raw_source: Any) -> "SeglabSource":
+    def _resolve(cls, raw_source: Any) -> SeglabSource:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
         return self.description
 
     @classmethod
-    def from_dict(cls, source_dict: dict[str, Any]) -> "SeglabSource":
+    def from_dict(cls, source_dict: dict[str, Any]) -> SeglabSource:
         return cls(source_dict)
 
 

@@ -5,7 +5,8 @@ that loads a model then takes `models:/<name>@<alias>` (MLflow resolves it)."""
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
