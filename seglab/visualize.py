@@ -18,6 +18,9 @@ CM_MAX_ANNOTATED_CLASSES = 15  # beyond this the numbers in the cells would not 
 
 IGNORED_COLOUR = np.array([0, 0, 0], np.uint8)
 CORRECT_DIM = 0.35  # brightness of the grey input under correctly labelled pixels in the errors panel
+# Wrong pixels in one colour that no class has: a class colour (e.g. the dark grey of class 1) can vanish
+# against the dimmed input, and the prediction panel beside it already shows what was predicted.
+ERROR_COLOUR = np.array([255, 255, 255], np.uint8)
 
 
 def colorize(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
@@ -36,12 +39,12 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA)
 
 
 def errors(image: np.ndarray, true: np.ndarray, pred: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-    """Where the prediction is wrong: those pixels in the colour of the class wrongly predicted,
-    correct pixels as the dimmed grey input, unlabelled pixels (an ignore_index) black."""
+    """Where the prediction is wrong: those pixels white (ERROR_COLOUR), correct pixels as the
+    dimmed grey input, unlabelled pixels (an ignore_index) black."""
     grey = image.astype(np.float32).mean(-1, keepdims=True) * CORRECT_DIM
     out = np.repeat(grey, 3, -1).clip(0, 255).astype(np.uint8)
     wrong = pred != true
-    out[wrong] = colorize(pred, num_classes)[wrong]
+    out[wrong] = ERROR_COLOUR
     if num_classes is not None:
         out[(true < 0) | (true >= num_classes)] = IGNORED_COLOUR
     return out

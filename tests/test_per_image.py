@@ -69,13 +69,14 @@ def test_the_worst_are_the_lowest_mean_ious_worst_first_with_names(scored):
     assert grid.shape == (4 * SIZE + 3 * gap, 4 * SIZE + 3 * gap, 3) and grid.dtype == np.uint8
 
 
-def test_errors_panel_colours_wrong_pixels_by_the_wrong_class_and_ignored_black():
+def test_errors_panel_shows_wrong_pixels_bright_on_the_dimmed_input_and_ignored_black():
     image = np.full((2, 3, 3), 200, np.uint8)
     true = np.array([[0, 1, 255], [2, 2, 2]])
     pred = np.array([[0, 2, 1], [2, 0, 2]])
     out = visualize.errors(image, true, pred, num_classes=3)
     dim = int(200 * visualize.CORRECT_DIM)
     np.testing.assert_array_equal(out[0, 0], [dim] * 3)  # correct
-    np.testing.assert_array_equal(out[0, 1], visualize.PALETTE[2])  # wrong: the colour of the predicted class
-    np.testing.assert_array_equal(out[1, 1], visualize.PALETTE[0])
+    np.testing.assert_array_equal(out[0, 1], visualize.ERROR_COLOUR)  # wrong
+    np.testing.assert_array_equal(out[1, 1], visualize.ERROR_COLOUR)
+    assert not (visualize.PALETTE == visualize.ERROR_COLOUR).all(1).any()  # no class shares it
     np.testing.assert_array_equal(out[0, 2], visualize.IGNORED_COLOUR)  # unlabelled
