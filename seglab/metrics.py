@@ -28,6 +28,17 @@ def confusion_matrix(y_true, y_pred_labels, num_classes: int):
     return tf.cast(tf.matmul(true_hot, pred_hot, transpose_a=True), tf.int64)
 
 
+def image_confusion_matrices(y_true, y_pred_labels, num_classes: int):
+    """(B, num_classes, num_classes) int64 counts, one matrix per image of a batch; the same
+    one-hot product as `confusion_matrix` per image, so their sum over the batch is its matrix."""
+    batch = tf.shape(y_true)[0]
+    y_true = tf.reshape(tf.cast(y_true, tf.int32), [batch, -1])
+    y_pred = tf.reshape(tf.cast(y_pred_labels, tf.int32), [batch, -1])
+    true_hot = tf.one_hot(y_true, num_classes, dtype=tf.float64)
+    pred_hot = tf.one_hot(y_pred, num_classes, dtype=tf.float64) * tf.reduce_sum(true_hot, -1, keepdims=True)
+    return tf.cast(tf.matmul(true_hot, pred_hot, transpose_a=True), tf.int64)
+
+
 def _scores_tf(cm):
     """Pixel accuracy, per-class IoU and Dice, and their means (the formulas of the module docstring),
     in TensorFlow: the Keras metrics run it in the graph, `scores` eagerly."""

@@ -76,19 +76,25 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def segment(model, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Label maps (H, W) at each image's own size, from one batched forward pass."""
+def segment(model, images: list[np.ndarray], scores: bool = False):
+    """Label maps (H, W) at each image's own size, from one batched forward pass; with `scores`,
+    also each image's per-class softmax probabilities (H, W, C) at its own size (bilinear)."""
     import tensorflow as tf
 
     from seglab.data.pipeline import resize_image, to_unit_range  # the training pipeline's own preprocessing
 
     size = model.input_shape[1]
     batch = tf.stack([to_unit_range(resize_image(im, size)) for im in images])
-    labels = tf.argmax(model(batch, training=False), axis=-1, output_type=tf.int32)[..., None]
-    return [
+    logits = model(batch, training=False)
+    labels = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., None]
+    masks = [
         tf.image.resize(lab, im.shape[:2], method="nearest")[..., 0].numpy().astype(np.uint8)
         for lab, im in zip(labels, images)
     ]
+    if not scores:
+        return masks
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    return masks, [tf.image.resize(p, im.shape[:2], method="bilinear").numpy() for p, im in zip(probabilities, images)]
 
 
 def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -> None:

@@ -471,6 +471,7 @@ class TrainerConfig:
     steps_per_execution: int = MISSING
     strategy: str = MISSING
     mask_samples: int = MISSING  # validation images shown in the per-epoch mask grid
+    worst_samples: int = MISSING  # the k worst images by mean IoU in the end-of-run (and evaluation) grid
     train_inference_images: int = MISSING  # training images scored in inference mode every epoch (0: off)
     checkpoint_dir: str = MISSING  # relative to the job's output directory
     limit_batches: Optional[int] = MISSING
@@ -492,6 +493,7 @@ class TrainerConfig:
         _require(self.steps_per_execution >= 1, "trainer.steps_per_execution", self.steps_per_execution, "use an integer >= 1")
         _require(self.strategy in STRATEGIES, "trainer.strategy", self.strategy, f"choose one of {', '.join(STRATEGIES)}")
         _require(self.mask_samples >= 0, "trainer.mask_samples", self.mask_samples, "use an integer >= 0")
+        _require(self.worst_samples >= 0, "trainer.worst_samples", self.worst_samples, "use an integer >= 0 (0: no grid)")
         _require(self.train_inference_images >= 0, "trainer.train_inference_images", self.train_inference_images,
                  "use an integer >= 0 (0: off)")
         for key in ("limit_batches", "overfit_batches"):
@@ -508,6 +510,7 @@ class TrackingConfig:
     experiment: str = MISSING
     run_name: Optional[str] = MISSING  # null: "<model>-<loss>-<data>" from the chosen config options
     log_model: Any = MISSING  # best | last | false
+    register_as: Optional[str] = MISSING  # a registered model name: each run's logged model becomes a new version
     # Set by a sweep (seglab.sweep.PARENT_RUN_ENV) so each job's run is a child of the sweep's parent run.
     parent_run_id: Optional[str] = MISSING
 
@@ -516,6 +519,9 @@ class TrackingConfig:
                  "use best (the weights of the best epoch by optimize_metric), last (those of the last epoch) or false")
         _require(bool(self.uri.strip()), "tracking.uri", self.uri, "give a tracking URI, e.g. sqlite:///mlflow.db or http://host:5000")
         _require(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "give an MLflow experiment name, e.g. seglab-shapes")
+        _require(self.register_as is None or (bool(self.register_as.strip()) and bool(self.log_model)),
+                 "tracking.register_as", self.register_as,
+                 "a registered model needs a logged one: give a non-empty name and keep tracking.log_model on")
 
 
 # --- top level ---------------------------------------------------------------------------

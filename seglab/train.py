@@ -13,8 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seglab import callbacks, checkpoint, console, debug, determinism, distribute, losses, metrics, resume, run_identity, runtime, tracking
-from seglab.data import batches_of, pipeline, statistics
+from seglab import callbacks, checkpoint, console, debug, determinism, distribute, losses, metrics, per_image, resume, run_identity, runtime, tracking
+from seglab.data import batches_of, lineage, pipeline, statistics
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> float:
         with strategy.scope():  # model, optimizer and metric variables are mirrored over the replicas
             model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
         splits = instantiate(data.source)
+        lineage.log(mlrun, data.name, splits, ["train", "val"])  # the run's input datasets: source, size, content digest
         val_ds = batches_of(cfg, splits.val, "val")
         train_images = pipeline.count(splits.train)
         # +debug=fast / +debug=overfit read fewer batches an epoch.
@@ -95,13 +96,20 @@ def run(cfg: DictConfig) -> float:
             chosen, chosen_epoch = checkpoint.inference_model(model), cfg.trainer.epochs - 1
         else:
             chosen, chosen_epoch = checkpoint.load_model(checkpointer.best_path), checkpointer.best_epoch
-        final_cm = metrics.split_confusion_matrix(chosen, val_ds, data.num_classes)
+        # The chosen model's scores: the confusion matrix, a table per image and the worst images (seglab.per_image).
+        final = per_image.score_images(chosen, val_ds, data.num_classes, worst=cfg.trainer.worst_samples)
         which = "best" if chosen_epoch == checkpointer.best_epoch else "last"
-        mlrun.log_confusion_matrix(final_cm, list(data.class_names), f"validation, {which} epoch ({chosen_epoch + 1})")
+        mlrun.log_confusion_matrix(final.split_matrix, list(data.class_names), f"validation, {which} epoch ({chosen_epoch + 1})")
+        per_image.log(mlrun, final, list(data.class_names), "val", getattr(splits.about.get("val"), "names", None))
         if cfg.tracking.log_model:
             with console.keras_silent():  # MLflow predicts on the example to infer the signature: no progress bars
                 mlrun.log_model(chosen, input_example=sample_images[:1])
             mlrun.set_tags({"seglab.model_epoch": chosen_epoch, "seglab.model_weights": cfg.tracking.log_model})
+            served_uri = mlrun.log_served_model(chosen)  # takes encoded images: what `mlflow models serve` runs
+            if cfg.tracking.register_as and served_uri:
+                final_scores = metrics.scores(final.split_matrix)
+                mlrun.register_model(served_uri, cfg.tracking.register_as, {"run_id": mlrun.run_id, "data": data.name, "epoch": chosen_epoch, **{
+                    f"val_{key}": final_scores[key] for key in ("mean_iou", "mean_dice", "pixel_accuracy")}})
         log.info(
             "best %s %.4f at epoch %d; checkpoints in %s; MLflow run %s: %s", cfg.optimize_metric, checkpointer.best,
             checkpointer.best_epoch + 1, checkpointer.directory, mlrun.run_id,

@@ -1,4 +1,4 @@
-"""Pictures of predictions: a grid of input | true mask | predicted mask over the input."""
+"""Pictures of predictions: a grid of input | true mask | predicted mask over the input [| errors]."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ CM_MAX_ANNOTATED_CLASSES = 15  # beyond this the numbers in the cells would not 
 
 
 IGNORED_COLOUR = np.array([0, 0, 0], np.uint8)
+CORRECT_DIM = 0.35  # brightness of the grey input under correctly labelled pixels in the errors panel
+# Wrong pixels in one colour that no class has: a class colour (e.g. the dark grey of class 1) can vanish
+# against the dimmed input, and the prediction panel beside it already shows what was predicted.
+ERROR_COLOUR = np.array([255, 255, 255], np.uint8)
 
 
 def colorize(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
@@ -34,8 +38,21 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA)
     return ((1 - alpha) * rgb + alpha * colorize(labels)).clip(0, 255).astype(np.uint8)
 
 
-def mask_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray | None = None, num_classes: int | None = None) -> np.ndarray:
-    """One row per sample: input | true mask [| predicted mask over the input] (uint8 RGB).
+def errors(image: np.ndarray, true: np.ndarray, pred: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """Where the prediction is wrong: those pixels white (ERROR_COLOUR), correct pixels as the
+    dimmed grey input, unlabelled pixels (an ignore_index) black."""
+    grey = image.astype(np.float32).mean(-1, keepdims=True) * CORRECT_DIM
+    out = np.repeat(grey, 3, -1).clip(0, 255).astype(np.uint8)
+    wrong = pred != true
+    out[wrong] = ERROR_COLOUR
+    if num_classes is not None:
+        out[(true < 0) | (true >= num_classes)] = IGNORED_COLOUR
+    return out
+
+
+def mask_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray | None = None, num_classes: int | None = None,
+              show_errors: bool = False) -> np.ndarray:
+    """One row per sample: input | true mask [| predicted mask over the input [| errors]] (uint8 RGB).
     `images` are float RGB in [0, 1]; true labels outside 0..num_classes-1 show black."""
     rows = []
     for i, image in enumerate(images):
@@ -44,6 +61,8 @@ def mask_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray | None = No
         panels = [rgb, gap, colorize(true[i], num_classes)]
         if pred is not None:
             panels += [gap, overlay(rgb, pred[i])]
+            if show_errors:
+                panels += [gap, errors(rgb, true[i], pred[i], num_classes)]
         rows.append(np.concatenate(panels, axis=1))
         rows.append(np.full((SEPARATOR_PX, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)

@@ -263,3 +263,14 @@ def test_schema_rejects_bad_coco_settings_naming_the_key(compose_cfg, override, 
 
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
         schema.validate(compose_cfg("data=coco_cat", override))
+
+
+def test_validation_examples_are_named_by_their_coco_file_in_reading_order(coco):
+    root, cache = coco
+    splits = build(root, cache)
+    widths = [image.shape[1] for image, _ in splits.val.as_numpy_iterator()]
+    by_id = {image["id"]: image["width"] for image in SPLITS["val2017"]}
+    names = splits.about["val"].names
+    assert [by_id[int(name.removesuffix(".jpg"))] for name in names] == widths
+    assert all((root / "val2017" / name).is_file() for name in names)
+    assert splits.about["train"].names is None and splits.about["val"].source["kind"] == "coco"

@@ -109,11 +109,18 @@ def test_defaults_are_the_documented_ones(compose_cfg):
         ("scheduler=step scheduler.gamma=0", "scheduler.gamma"),
         ("scheduler=step scheduler.step_epochs=0", "scheduler.step_epochs"),
         ("tracking.log_model=worst", "tracking.log_model"),
+        ("trainer.worst_samples=-1", "trainer.worst_samples"),
     ],
 )
 def test_schema_rejects_out_of_range_values_naming_the_key(compose_cfg, override, key):
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
         schema.validate(compose_cfg(*override.split()))
+
+
+def test_registering_needs_a_logged_model(compose_cfg):
+    assert schema.validate(compose_cfg("tracking.register_as=shapes-unet")).tracking.register_as == "shapes-unet"
+    with pytest.raises(schema.ConfigError, match=r"tracking\.register_as='shapes-unet' .*keep tracking\.log_model on"):
+        schema.validate(compose_cfg("tracking.register_as=shapes-unet", "tracking.log_model=false"))
 
 
 def test_image_size_error_suggests_a_valid_size(compose_cfg):

@@ -88,3 +88,22 @@ def test_the_data_is_built_at_the_models_size_whatever_data_image_size_says(trac
             run_id=run.info.run_id, artifact_path="confusion_matrix.json", tracking_uri=tracking_stack.uri)).read())["counts"])
     assert "data.image_size=40 becomes 32" in caplog.text
     assert matrices[0] == matrices[1]
+
+
+def test_on_the_shared_server_a_registered_version_gets_the_alias_and_loads_by_it(tracking_stack, stack_run, capsys):
+    """The registry on PostgreSQL + S3: the training run's served model registered, evaluated with
+    set_alias, and loaded back through the alias."""
+    from seglab import evaluate, tracking
+    from seglab.tracking import registry
+
+    run_id, _, _ = stack_run
+    mlflow.set_tracking_uri(tracking_stack.uri)
+    version = registry.register(f"runs:/{run_id}/served", "stack-segmodel", {"val_mean_iou": 0.5})
+    argv = [f"model_uri=models:/stack-segmodel/{version}", "set_alias=champion", "data=shapes", *SMALL,
+            "data.source.test_size=4", f"tracking.uri={tracking_stack.uri}"]
+    assert evaluate.main(argv) == 0
+    assert f"models:/stack-segmodel@champion -> version {version}" in capsys.readouterr().out
+    client = MlflowClient(tracking_stack.uri, registry_uri=tracking_stack.uri)
+    assert str(client.get_model_version_by_alias("stack-segmodel", "champion").version) == version
+    model = tracking.load_model("models:/stack-segmodel@champion", tracking_stack.uri)
+    assert model.input_shape[1:] == (32, 32, 3)

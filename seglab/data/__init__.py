@@ -2,10 +2,12 @@
 
 A source builder returns `Splits`: unbatched `tf.data.Dataset`s of `(image, mask)` pairs, the
 image uint8 RGB `(H, W, 3)` of any size, the mask integer labels `(H, W)`.  `pipeline.make`
-turns a split into the batches the model trains on.
+turns a split into the batches the model trains on.  Beside the data, `Splits.about` says where
+each split comes from (`Provenance`: the source, the files it is read from, the examples' file
+names when known), for the run's dataset records (`seglab.data.lineage`) and per-image tables.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from seglab.errors import UserError
@@ -48,10 +50,21 @@ def batches_of(cfg, dataset, split: str, training: bool = False, cache: bool = T
 
 
 @dataclass
+class Provenance:
+    """Where one split comes from."""
+
+    source: dict  # what identifies it, e.g. {"kind": "tfds", "name": "oxford_iiit_pet", "version": "4.0.0", "split": "test"}
+    files: Optional[list] = None  # the files it is read from, digested for lineage (None: digest the decoded examples)
+    names: Optional[list] = None  # each example's file name, in the split's order (None: unknown, use the index)
+    selection: str = ""  # the part of `files` that is the split, when they hold more (a tfds slice, e.g. train[:90%])
+
+
+@dataclass
 class Splits:
     train: Any  # tf.data.Dataset
     val: Any
     test: Optional[Any] = None
+    about: dict = field(default_factory=dict)  # split name ("train", "val", "test") -> Provenance
 
 
 def check_labels(dataset, num_classes: int, ignore_index: Optional[int], where: str, count: int = LABEL_CHECK_EXAMPLES) -> None:

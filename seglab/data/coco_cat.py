@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from seglab import atomic
-from seglab.data import DataError, Splits, check_labels
+from seglab.data import DataError, Provenance, Splits, check_labels
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,24 @@ def build(
         )
     root = Path(path).expanduser()
     settings = dict(category=category, negative_fraction=negative_fraction, shards=shards, seed=seed, ignore_index=ignore_index)
-    splits = {}
+    splits, about = {}, {}
     for split in (train_split, val_split):
         files, count = convert(root, split, Path(cache_dir).expanduser(), **settings)
         splits[split] = read(files, count, deterministic)
+        # The converted records hold the JPEG bytes and masks: digesting them covers the images and the annotations.
+        # Names only for the validation split (what per-image tables show), and only in a deterministic order.
+        names = record_file_names(files) if split == val_split and deterministic else None
+        about[split] = Provenance({"kind": "coco", "annotations": str(root / "annotations" / f"instances_{split}.json"),
+                                   "images": str(root / split), **settings}, files=files, names=names)
     check_labels(splits[train_split], num_classes, ignore_index, f"coco_cat ({root}, {train_split})")
-    return Splits(train=splits[train_split], val=splits[val_split])
+    return Splits(train=splits[train_split], val=splits[val_split], about={"train": about[train_split], "val": about[val_split]})
+
+
+def _records(files: list[str]):
+    """The shards' records in the one order `read` and `record_file_names` share."""
+    import tensorflow as tf
+
+    return tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
 
 
 def read(files: list[str], count: int, deterministic: bool):
@@ -78,9 +90,19 @@ def read(files: list[str], count: int, deterministic: bool):
         mask = tf.io.decode_png(example["mask"], channels=1)[..., 0]
         return image, mask
 
-    records = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+    records = _records(files)
     pairs = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return pairs.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def record_file_names(files: list[str]) -> list[str]:
+    """Each record's COCO 2017 file name (its zero-padded image id, `000000000139.jpg`), in `read`'s
+    order; only the id is parsed, no image is decoded."""
+    import tensorflow as tf
+
+    feature = {"image_id": tf.io.FixedLenFeature([], tf.int64)}
+    ids = _records(files).map(lambda record: tf.io.parse_single_example(record, feature)["image_id"])
+    return [f"{int(i):012d}.jpg" for i in ids.as_numpy_iterator()]
 
 
 def cache_key(root: Path, split: str, annotations: Path, **settings) -> str:

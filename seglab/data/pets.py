@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from seglab import net
-from seglab.data import LABEL_ERROR_MARKER, DataError, Splits, check_labels
+from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits, check_labels
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,17 @@ def _from_tfds(tfds_dir: str, version: str, val_percent: int, timeout: float, de
         known = builder.info.splits[split].num_examples if builder.info.splits else 0
         return pairs.apply(tf.data.experimental.assert_cardinality(known)) if known else pairs
 
+    def about(split: str) -> Provenance:
+        # The prepared record files of the split's tfds split (train or test), digested with the slice spec.
+        files = sorted(str(p) for p in Path(builder.data_dir).glob(f"{TFDS_NAME}-{split.split('[')[0]}.tfrecord*"))
+        return Provenance({"kind": "tfds", "name": TFDS_NAME, "version": str(builder.version), "split": split,
+                           "data_dir": builder.data_dir}, files=files, selection=split)
+
     cut = 100 - val_percent
     log.info("%s from tfds: train = train[:%d%%], val = train[%d%%:], test = test", TFDS_NAME, cut, cut)
-    return Splits(train=read(f"train[:{cut}%]"), val=read(f"train[{cut}%:]"), test=read("test"))
+    specs = {"train": f"train[:{cut}%]", "val": f"train[{cut}%:]", "test": "test"}
+    return Splits(train=read(specs["train"]), val=read(specs["val"]), test=read(specs["test"]),
+                  about={name: about(spec) for name, spec in specs.items()})
 
 
 def _check_reachable(expected_dir: str, tfds_dir: str, timeout: float) -> None:
@@ -162,8 +170,16 @@ def _from_folder(root: Path, val_percent: int, split_seed: int, deterministic: b
     def split(names):
         return _decode_pairs(images_dir, trimaps_dir, [n for n in names if n not in skipped], deterministic)
 
+    def about(names, which: str) -> Provenance:
+        kept = [n for n in names if n not in skipped]
+        files = [str(d / f"{n}{ext}") for n in kept for d, ext in ((images_dir, ".jpg"), (trimaps_dir, ".png"))]
+        # Without determinism the parallel decode may reorder the examples: their names are then unknown.
+        return Provenance({"kind": "folder", "path": str(root), "split": which, "val_percent": val_percent,
+                           "split_seed": split_seed}, files=files, names=[f"{n}.jpg" for n in kept] if deterministic else None)
+
     log.info("%s from %s: %d train, %d val, %d test", TFDS_NAME, root, len(train), len(val), len(test or ()))
-    return Splits(train=split(train), val=split(val), test=split(test) if test else None)
+    return Splits(train=split(train), val=split(val), test=split(test) if test else None,
+                  about={"train": about(train, "train"), "val": about(val, "val"), **({"test": about(test, "test")} if test else {})})
 
 
 def _read_list(path: Path) -> list[str] | None:

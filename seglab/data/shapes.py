@@ -108,10 +108,15 @@ def build(image_size: int, train_size: int, val_size: int, max_objects: int = 3,
     independent seeds."""
     import tensorflow as tf
 
-    from seglab.data import Splits
+    from seglab.data import Provenance, Splits
 
     def split(count: int, stream: int):
         images, masks = generate(count, image_size, seed * 1000 + stream, max_objects, boundary_width)
         return tf.data.Dataset.from_tensor_slices((images, masks))
 
-    return Splits(train=split(train_size, 0), val=split(val_size, 1), test=split(test_size, 2) if test_size else None)
+    def about(stream: int) -> Provenance:
+        return Provenance({"kind": "shapes", "seed": seed, "stream": stream, "image_size": image_size,
+                           "max_objects": max_objects, "boundary_width": boundary_width})
+
+    return Splits(train=split(train_size, 0), val=split(val_size, 1), test=split(test_size, 2) if test_size else None,
+                  about={"train": about(0), "val": about(1), **({"test": about(2)} if test_size else {})})

@@ -3,7 +3,10 @@
 - `run`:    what one run logs (`Run`, a context manager that always ends the run) and `flatten`;
 - `models`: logged models for the tools that use them (`load_model`, `model_run_id`);
 - `sweeps`: how a sweep's runs are tied (the parent run by id, its children read back);
-- `store`:  the store itself (`check_reachable`, `TrackingError`, which errors mean "unavailable").
+- `store`:  the store itself (`check_reachable`, `TrackingError`, which errors mean "unavailable");
+- `registry`: registered models (`register`, `registered_version`, `set_alias`);
+- `served`: the served model that takes encoded images (a pyfunc model; `served_entry` is its code);
+- `datasets`: a data split as an MLflow dataset, for `Run.log_dataset`.
 
 The names most callers need are importable from here.
 """

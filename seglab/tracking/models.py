@@ -11,11 +11,19 @@ from seglab.tracking.store import TrackingError, check_reachable, first_line
 
 def load_model(model_uri: str, tracking_uri: str):
     """A logged seglab model as a Keras model, from any MLflow store (`runs:/<id>/model`,
-    `models:/<name>/<version>`, `models:/m-<id>`, a local path)."""
+    `models:/<name>/<version>`, `models:/<name>@<alias>`, `models:/m-<id>`, a local path): the Keras
+    flavour, or the Keras model inside the served (image-taking) pyfunc model."""
+    from seglab.tracking.served import keras_model_of
+
     check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        return mlflow.tensorflow.load_model(model_uri)
+        if "tensorflow" in mlflow.models.get_model_info(model_uri).flavors:
+            return mlflow.tensorflow.load_model(model_uri)
+        model = keras_model_of(mlflow.pyfunc.load_model(model_uri))
+        if model is None:
+            raise TrackingError(f"model_uri={model_uri} is not a seglab model (neither Keras nor seglab's served model).")
+        return model
     except MlflowException as err:
         raise TrackingError(
             f"model_uri={model_uri} cannot be loaded from tracking.uri={tracking_uri}: {first_line(err)}. "

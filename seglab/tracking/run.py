@@ -258,6 +258,34 @@ class Run:
             except Exception as err:  # noqa: BLE001  a leftover upload wastes space, it loses nothing
                 log.warning("could not delete the superseded checkpoint %s of run %s: %s", previous, self.run_id, first_line(err))
 
+    def log_served_model(self, model, name: str = "served") -> str | None:
+        """The Keras model wrapped as the image-taking pyfunc model (seglab.tracking.served, what
+        `mlflow models serve` runs); its URI, or None when the store did not take it."""
+        from seglab.tracking.served import log_served_model
+
+        info = self._log("the served model", log_served_model, model, name)
+        return info.model_uri if info is not None else None
+
+    def register_model(self, model_uri: str, name: str, tags: Mapping[str, Any]) -> str | None:
+        """A new version of the registered model `name` (tagged with `tags`); its version number."""
+        from seglab.tracking.registry import register
+
+        return self._log(f"model version of {name}", register, model_uri, name, tags)
+
+    def log_table(self, columns: Mapping[str, list], artifact_file: str) -> None:
+        """Columns of equal length as a table the MLflow UI can sort and filter (`*.json`)."""
+        self._log(artifact_file, mlflow.log_table, data=dict(columns), artifact_file=artifact_file)
+
+    def log_image(self, image, artifact_file: str) -> None:
+        """One image (uint8 RGB array) as an artifact file, e.g. `worst_val.png`."""
+        self._log(artifact_file, mlflow.log_image, image, artifact_file=artifact_file)
+
+    def log_dataset(self, record) -> None:
+        """A data split as the run's input (`seglab.data.lineage.DatasetRecord`), with its context."""
+        from seglab.tracking.datasets import as_mlflow_dataset
+
+        self._log(f"dataset {record.name}", mlflow.log_input, as_mlflow_dataset(record), context=record.context)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._log(f"tags {', '.join(tags)}", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
