@@ -3,8 +3,9 @@ generated pets-like photos read by the real folder source, with few steps an epo
 
 With Keras' MobileNetV2 momentum 0.999, a few dozen steps leave the moving statistics near their
 initial values: training-mode scores climb while the same images scored in inference mode
-(train_inference_*) and validation collapse.  The default momentum keeps them together.  Training mode
-uses batch statistics, so both runs train identically; only inference differs."""
+(train_inference_*) and validation stay at chance.  With the default momentum they climb with
+training.  Training mode uses batch statistics, so both runs train identically; only inference differs.
+(Measured here, 3 epochs: inference-mode mIoU 0.11 against 0.38, validation 0.12 against 0.36.)"""
 
 import pytest
 from mlflow import MlflowClient
@@ -29,23 +30,26 @@ def runs(tmp_path_factory):
     run_cli(*common, "tracking.run_name=default", cwd=root, timeout=600)
     client = MlflowClient(uri)
     found = client.search_runs([client.get_experiment_by_name("seglab-pets").experiment_id])
-    last = lambda run, key: client.get_metric_history(run.info.run_id, key)[-1].value
-    return {r.info.run_name: {k: last(r, k) for k in ("train_mean_iou", "train_inference_mean_iou", "val_mean_iou")}
+    history = lambda run, key: [m.value for m in client.get_metric_history(run.info.run_id, key)]
+    return {r.info.run_name: {k: history(r, k) for k in ("train_mean_iou", "train_inference_mean_iou", "val_mean_iou")}
             for r in found}
 
 
 def test_keras_momentum_collapses_in_inference_mode(runs):
     keras_bn = runs["keras"]
-    assert keras_bn["train_mean_iou"] > 0.4  # it learns, as the real run's training metrics did
-    assert keras_bn["train_inference_mean_iou"] < keras_bn["train_mean_iou"] - 0.25
-    assert keras_bn["val_mean_iou"] < 0.25
+    assert keras_bn["train_mean_iou"][-1] > 0.45  # it learns, as the real run's training metrics did
+    # ... but predicts no better than at the start: the moving statistics are still near their initial values
+    assert max(keras_bn["train_inference_mean_iou"]) < 0.2 and max(keras_bn["val_mean_iou"]) < 0.2
+    assert keras_bn["train_inference_mean_iou"][-1] <= keras_bn["train_inference_mean_iou"][0] + 0.02
 
 
-def test_default_momentum_predicts_as_it_trains(runs):
+def test_default_momentum_predicts_as_it_learns(runs):
     default, keras_bn = runs["default"], runs["keras"]
-    assert default["train_mean_iou"] == pytest.approx(keras_bn["train_mean_iou"])  # same training, batch statistics
-    assert default["train_inference_mean_iou"] > default["train_mean_iou"] - 0.1
-    assert default["val_mean_iou"] > keras_bn["val_mean_iou"] + 0.2
+    assert default["train_mean_iou"] == pytest.approx(keras_bn["train_mean_iou"])  # same training: batch statistics
+    inference = default["train_inference_mean_iou"]
+    assert inference[-1] > inference[0] + 0.1  # inference mode improves with training
+    assert inference[-1] > keras_bn["train_inference_mean_iou"][-1] + 0.2
+    assert default["val_mean_iou"][-1] > keras_bn["val_mean_iou"][-1] + 0.15
 
 
 @pytest.mark.parametrize("name,overrides", [("unet_mobilenet", {"encoder": {"weights": None}}), ("unet", {"batch_norm": True})])
