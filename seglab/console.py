@@ -15,7 +15,8 @@ import warnings
 # aborting", graph-attribute mismatches); fatal errors still print and Python exceptions still raise.
 # MLflow sets its own loggers' level from MLFLOW_LOGGING_LEVEL when it is imported (INFO by default:
 # "Creating initial MLflow database tables", "Experiment ... does not exist. Creating a new experiment").
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # "Downloading artifacts" bars when a model is logged
 # Python loggers whose INFO lines narrate library internals ("Creating initial MLflow database
 # tables", alembic migrations, font caches); their warnings still show.
 NOISY_LOGGERS = ("mlflow", "alembic", "matplotlib", "PIL", "h5py", "urllib3", "git")

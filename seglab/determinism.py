@@ -87,7 +87,9 @@ def training_step_ops(model, image_size: int) -> list[tuple[str, str, object]]:
 
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # fit would build it the same way; no values change
-    step = tf.function(lambda data: model.train_step(data))
+    # As fit runs it: in a replica context of the strategy in scope (the default one: a plain call).
+    strategy = tf.distribute.get_strategy()
+    step = tf.function(lambda data: strategy.run(model.train_step, args=(data,)))
     spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32), tf.TensorSpec((None, image_size, image_size), tf.int32))
     graph_def = step.get_concrete_function(spec).graph.as_graph_def()
     nodes = list(graph_def.node) + [node for function in graph_def.library.function for node in function.node_def]

@@ -57,7 +57,8 @@ def run(cfg: DictConfig) -> float:
         with strategy.scope():  # optimizer and metric variables are mirrored over the replicas, as the model's
             compile_model(cfg, model, loss, steps_per_epoch)
         mlrun.set_tags({"model.parameters": model.count_params(), "replicas": strategy.num_replicas_in_sync})
-        determinism.preflight(model, data.image_size, cfg.deterministic)  # ops without a deterministic GPU kernel: named now, not mid-run
+        with strategy.scope():  # it builds the optimizer, whose variables are mirrored too
+            determinism.preflight(model, data.image_size, cfg.deterministic)  # ops without a deterministic GPU kernel: named now, not mid-run
 
         checkpointer = callbacks.Checkpointer(checkpoint_dir, monitor=cfg.optimize_metric,
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
@@ -102,10 +103,10 @@ def run(cfg: DictConfig) -> float:
         mlrun.log_confusion_matrix(final.split_matrix, list(data.class_names), f"validation, {which} epoch ({chosen_epoch + 1})")
         per_image.log(mlrun, final, list(data.class_names), "val", getattr(splits.about.get("val"), "names", None))
         if cfg.tracking.log_model:
-            with console.keras_silent():  # MLflow predicts on the example to infer the signature: no progress bars
+            with console.keras_silent():  # MLflow predicts on the examples to infer the signatures: no progress bars
                 mlrun.log_model(chosen, input_example=sample_images[:1])
+                served_uri = mlrun.log_served_model(chosen)  # takes encoded images: what `mlflow models serve` runs
             mlrun.set_tags({"seglab.model_epoch": chosen_epoch, "seglab.model_weights": cfg.tracking.log_model})
-            served_uri = mlrun.log_served_model(chosen)  # takes encoded images: what `mlflow models serve` runs
             if cfg.tracking.register_as and served_uri:
                 final_scores = metrics.scores(final.split_matrix)
                 mlrun.register_model(served_uri, cfg.tracking.register_as, {"run_id": mlrun.run_id, "data": data.name, "epoch": chosen_epoch, **{

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -65,9 +66,9 @@ class ImageSegmenter(mlflow.pyfunc.PythonModel):
 
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # pd.DataFrame: the signature above is explicit; a hint MLflow cannot infer one from keeps it from
+    # printing its advice to add hints every time the class is defined.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         from seglab.predict import segment
 
         if "image" not in getattr(model_input, "columns", ()):
