@@ -41,7 +41,7 @@ MISTAKES = [
     Mistake("seglab model=unett", "model=unett", "Choose an option that exists in `conf/model/`."),
     Mistake("seglab loss=dcie", "loss=dcie", "Choose an option that exists in `conf/loss/`."),
     Mistake("seglab data=shapez", "data=shapez", "Choose an option that exists in `conf/data/`."),
-    Mistake("seglab optimizer=sgd", "optimizer=sgd", "Only `adam` is provided; add `conf/optimizer/sgd.yaml` to have another."),
+    Mistake("seglab optimizer=adamm", "optimizer=adamm", "Choose one of `adam`, `adamw`, `sgd` (`conf/optimizer/`)."),
     Mistake("seglab trainer=fast", "trainer=fast", "Use `trainer=default` and override its keys."),
     Mistake("seglab +experiment=nosuch", "experiment=nosuch", "Choose a preset in `experiments/`."),
     Mistake("seglab hydra/launcher=slurmm", "hydra/launcher=slurmm", "Choose an installed launcher."),

@@ -96,7 +96,7 @@ def test_sigkill_mid_epoch_on_another_machine_then_rerun_continues_the_same_run_
     (whose metrics are already logged: not logged again) and 4."""
     uri = f"sqlite:///{tmp_path}/m.db"
     args = (*RESUMABLE, f"tracking.uri={uri}", "trainer.checkpoint_every=2")
-    kill_at(start_cli(*args, cwd=tmp_path), "Epoch 4/4")
+    kill_at(start_cli(*args, cwd=tmp_path), "epoch 3/4")  # the line ending epoch 3: epoch 4 is starting
     client, killed = only_run(uri)
     assert killed.info.status == "RUNNING"
     assert killed.data.tags["seglab.checkpoint"] == "resume/epoch-0002"
@@ -113,7 +113,7 @@ def test_sigkill_mid_epoch_on_another_machine_then_rerun_continues_the_same_run_
 def test_rerun_with_resume_never_ends_the_dead_run_killed_naming_why(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     args = (*TINY, f"tracking.uri={uri}")
-    kill_at(start_cli(*args, cwd=tmp_path), "Epoch 2/2")
+    kill_at(start_cli(*args, cwd=tmp_path), "epoch 1/2")  # epoch 2 is starting
     run_cli(*args, "trainer.resume=never", "trainer.epochs=1", cwd=tmp_path, timeout=900)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id], order_by=["attributes.start_time ASC"])
@@ -125,7 +125,7 @@ def test_rerun_with_resume_never_ends_the_dead_run_killed_naming_why(tmp_path):
 def test_killed_sweep_rerun_continues_its_parent_skips_finished_jobs_and_resumes_the_killed_one(tmp_path, uninterrupted):
     uri = f"sqlite:///{tmp_path}/m.db"
     args = ("--multirun", *RESUMABLE, "model.base_filters=3,4", f"tracking.uri={uri}")
-    kill_at(start_cli(*args, cwd=tmp_path), "Epoch 3/4", occurrence=2)  # job 0 done, job 1 in its third epoch
+    kill_at(start_cli(*args, cwd=tmp_path), "epoch 2/4", occurrence=2)  # job 0 done, job 1 in its third epoch
     _, parent = only_run(uri, where="tags.`seglab.sweep` = 'parent'")
     first = children(uri)
     assert parent.info.status == "RUNNING" and first["3"].info.status == "FINISHED" and first["4"].info.status == "RUNNING"
@@ -152,7 +152,7 @@ def test_preempted_submitit_job_is_requeued_and_resumes_in_the_same_run(tmp_path
                       cwd=tmp_path)
     deadline = time.time() + 600
     # the job's own output (PYTHONUNBUFFERED is inherited): the store is left alone while the job creates it
-    while not any("Epoch 3/4" in p.read_text() for p in tmp_path.glob("multirun/*/*/.submitit/*/*_log.out")):
+    while not any("epoch 2/4" in p.read_text() for p in tmp_path.glob("multirun/*/*/.submitit/*/*_log.out")):
         assert sweep.poll() is None and time.time() < deadline, sweep.stdout.read() if sweep.poll() is not None else "timeout"
         time.sleep(0.2)
     client, job = MlflowClient(uri), children(uri)["4"]

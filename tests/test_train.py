@@ -127,7 +127,7 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     try:
         # Watch the job's own output, not the SQLite file it is writing to (a reader could lock it).
         deadline = time.time() + 300
-        while "Epoch 2/" not in (tmp_path / "log.txt").read_text() and proc.poll() is None and time.time() < deadline:
+        while "epoch   1/500" not in (tmp_path / "log.txt").read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
         assert proc.poll() is None, "the job ended before it could be terminated:\n" + (tmp_path / "log.txt").read_text()[-3000:]
         proc.send_signal(signal.SIGTERM)
