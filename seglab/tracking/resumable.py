@@ -13,7 +13,7 @@ from typing import Mapping
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
-from seglab.tracking.store import check_reachable
+from seglab.tracking.store import ERROR_TAG_CHARS, check_reachable
 
 KILLED_REASON_TAG = "seglab.killed_reason"
 CHECKPOINT_TAG = "seglab.checkpoint"  # artifact directory of the newest complete uploaded checkpoint
@@ -68,7 +68,7 @@ def _record(run) -> RunRecord:
 def end_killed(uri: str, run_id: str, reason: str) -> None:
     """End a run whose process is gone KILLED, naming why in the `seglab.killed_reason` tag."""
     client = _client(uri)
-    client.set_tag(run_id, KILLED_REASON_TAG, reason[:5000])
+    client.set_tag(run_id, KILLED_REASON_TAG, reason[:ERROR_TAG_CHARS])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
 
 

@@ -173,7 +173,7 @@ class Run:
             params = {k: v for k, v in params.items() if k not in before}
             if changed:
                 log.info("resumed run %s with changed params: %s", self.run_id, changed)
-                self.set_tags({CHANGED_TAG: "; ".join(f"{k}: {v}" for k, v in changed.items())[:5000]})
+                self.set_tags({CHANGED_TAG: "; ".join(f"{k}: {v}" for k, v in changed.items())[:ERROR_TAG_CHARS]})
         self._log("params", mlflow.log_params, params)
 
     def _new_at(self, key: str, step: int) -> bool:

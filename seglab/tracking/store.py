@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from seglab import net
 from seglab.errors import UserError
 
-# An error tag holds the start of the message (MLflow caps a tag value at 8,000 characters).
+# A tag holding a message (an error, why a run was ended, what changed) keeps its start (MLflow caps a tag value at 8,000 characters).
 ERROR_TAG_CHARS = 5000
 # MLflow's defaults are 7 retries with exponential backoff and a 120 s timeout per request: minutes
 # of waiting per call on a dead server.  Values the user set in the environment win.
