@@ -413,7 +413,8 @@ class SchedulerConfig:
         _require(self.warmup_epochs >= 0, "scheduler.warmup_epochs", self.warmup_epochs, "use a number of epochs >= 0 (0: no warm-up)")
 
     def min_learning_rate_or_none(self) -> Optional[float]:
-        return getattr(self, "min_learning_rate", None)
+        """The floor the schedule decays to; None for schedules without one."""
+        return None
 
 
 @dataclass
@@ -422,25 +423,32 @@ class ConstantScheduleConfig(SchedulerConfig):
 
 
 @dataclass
-class CosineScheduleConfig(SchedulerConfig):
-    _target_: str = "seglab.schedules.Cosine"
+class DecayToFloorConfig(SchedulerConfig):
+    """A schedule that decays towards `min_learning_rate` (cosine, poly)."""
+
     min_learning_rate: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.min_learning_rate >= 0, "scheduler.min_learning_rate", self.min_learning_rate, "use a float >= 0")
 
+    def min_learning_rate_or_none(self) -> Optional[float]:
+        return self.min_learning_rate
+
 
 @dataclass
-class PolyScheduleConfig(SchedulerConfig):
+class CosineScheduleConfig(DecayToFloorConfig):
+    _target_: str = "seglab.schedules.Cosine"
+
+
+@dataclass
+class PolyScheduleConfig(DecayToFloorConfig):
     _target_: str = "seglab.schedules.Poly"
     power: float = MISSING
-    min_learning_rate: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.power > 0, "scheduler.power", self.power, "use a positive power (MMSegmentation uses 0.9)")
-        _require(self.min_learning_rate >= 0, "scheduler.min_learning_rate", self.min_learning_rate, "use a float >= 0")
 
 
 @dataclass
