@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> float:
     # trainer.resume: continue a killed run of the same experiment (docs/resume.md).
     tags = {**run_identity.tags(cfg), **run_identity.owner_tags(), **_runtime_tags(device)}
     # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
-    # (seglab/distribute.py; the schema refuses resume with multi_worker).
+    # (seglab/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
     chief = distribute.is_chief()
     found = resume.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[run_identity.KEY_TAG],
                         cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else resume.Plan(None)
@@ -56,9 +56,9 @@ def run(cfg: DictConfig) -> float:
 
         with strategy.scope():  # optimizer and metric variables are mirrored over the replicas, as the model's
             compile_model(cfg, model, loss, steps_per_epoch)
+            # Ops without a deterministic GPU kernel: named now, not mid-run (it traces the step as fit will).
+            determinism.preflight(model, data.image_size, cfg.deterministic)
         mlrun.set_tags({"model.parameters": model.count_params(), "replicas": strategy.num_replicas_in_sync})
-        with strategy.scope():  # it builds the optimizer, whose variables are mirrored too
-            determinism.preflight(model, data.image_size, cfg.deterministic)  # ops without a deterministic GPU kernel: named now, not mid-run
 
         checkpointer = callbacks.Checkpointer(checkpoint_dir, monitor=cfg.optimize_metric,
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
