@@ -14,36 +14,35 @@ import csv
 import io
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from seglab import errors, objective, preflight
+from seglab import errors, objective, preflight, run_identity
 from seglab.tracking.sweeps import ChildRun
 
 COLUMNS = ("job", "status", "overrides", "val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s", "run_id", "error")
 METRIC_COLUMNS = ("val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s")
 ERROR_CHARS = 80
-# `hydra.overrides` is the overrides joined by spaces; a new override starts where `key=` follows a space.
-_OVERRIDE_START = re.compile(r" (?=[+~]{0,2}[\w./@-]+=)")
 
 
 def _best(values: list[float], metric: str) -> float | None:
     return objective.best((v for v in values if math.isfinite(v)), metric)
 
 
-def _overrides(tags: dict[str, str]) -> dict[str, str]:
-    text = tags.get("hydra.overrides", "")
-    if not text or text == "(defaults)":
-        return {}
-    return dict(item.split("=", 1) for item in _OVERRIDE_START.split(text) if "=" in item)
+def latest_per_config(children: Iterable[ChildRun]) -> list[ChildRun]:
+    """A re-run sweep starts a new run for a job that failed before: the job counts once, by its latest
+    run (runs of one configuration share their run key)."""
+    latest: dict[str, ChildRun] = {}
+    for child in sorted(children, key=lambda c: c.start_ms):
+        latest[child.tags.get(run_identity.KEY_TAG) or child.run_id] = child
+    return list(latest.values())
 
 
 def rows(children: Iterable[ChildRun], optimize_metric: str = "val_mean_iou") -> list[dict[str, Any]]:
     """One dict per job, ordered by job number; `combination` holds only the overrides that vary."""
     table = []
-    for child in children:
+    for child in latest_per_config(children):
         history = child.history
         table.append({
             "job": int(child.tags.get("hydra.job.num", -1)),
@@ -56,7 +55,7 @@ def rows(children: Iterable[ChildRun], optimize_metric: str = "val_mean_iou") ->
             "objective": _best(history.get(optimize_metric, []), optimize_metric),
             "run_id": child.run_id,
             "error": child.tags.get("error", "")[:ERROR_CHARS],
-            "_overrides": _overrides(child.tags),
+            "_overrides": run_identity.overrides_of(child.tags),
         })
     all_keys = {k for r in table for k in r["_overrides"]}
     varying = sorted(k for k in all_keys if len({r["_overrides"].get(k) for r in table}) > 1)

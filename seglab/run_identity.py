@@ -48,6 +48,7 @@ NOT_IN_KEY = (
 KEY_TAG = "seglab.run_key"
 SWEEP_KEY_TAG = "seglab.sweep_key"
 SWEEP_ENDED_TAG = "seglab.sweep.ended"  # set when a sweep reaches its end: a re-run is then a new sweep
+OVERRIDES_TAG = "seglab.overrides"  # the command-line overrides as a JSON list (hydra.overrides joins them for people)
 
 
 def in_multirun() -> bool:
@@ -105,7 +106,7 @@ def tags(cfg: DictConfig) -> dict[str, str]:
     found = {"seglab.version": seglab.__version__, KEY_TAG: run_key(cfg)}
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
-        found["hydra.overrides"] = " ".join(hydra_cfg.overrides.task) or "(defaults)"
+        found.update(override_tags(hydra_cfg.overrides.task))
         found["hydra.output_dir"] = hydra_cfg.runtime.output_dir
     if in_multirun():
         found["seglab.sweep"] = "child"
@@ -114,6 +115,18 @@ def tags(cfg: DictConfig) -> dict[str, str]:
     if commit:
         found["mlflow.source.git.commit"] = commit
     return found
+
+
+def override_tags(overrides: Any) -> dict[str, str]:
+    """The overrides a run or sweep was started with: joined for people to read in the UI
+    (`hydra.overrides`), and as a JSON list for programs (`seglab.overrides`; a value may hold spaces)."""
+    overrides = [str(o) for o in overrides]
+    return {"hydra.overrides": " ".join(overrides) or "(defaults)", OVERRIDES_TAG: json.dumps(overrides)}
+
+
+def overrides_of(tags: dict[str, str]) -> dict[str, str]:
+    """`key -> value` of the overrides recorded by `override_tags` (`+experiment` keeps its prefix)."""
+    return dict(item.split("=", 1) for item in json.loads(tags.get(OVERRIDES_TAG) or "[]") if "=" in item)
 
 
 def sweep_key(config: DictConfig, definition: dict[str, Any]) -> str:

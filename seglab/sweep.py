@@ -164,7 +164,7 @@ class MlflowSweep(Callback):
             **run_identity.owner_tags(),
             run_identity.SWEEP_KEY_TAG: key,
             "seglab.sweep": "parent",
-            "hydra.overrides": " ".join(config.hydra.overrides.task) or "(defaults)",
+            **run_identity.override_tags(config.hydra.overrides.task),
             "hydra.sweeper": definition["sweeper"],
             "hydra.launcher": definition["launcher"],
             "hydra.sweep.dir": definition["sweep_dir"],

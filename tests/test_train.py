@@ -1,5 +1,6 @@
 """Real, tiny trainings through `python -m seglab`, checked through MlflowClient."""
 
+import json
 import os
 import signal
 import subprocess
@@ -44,6 +45,7 @@ def test_run_finishes_with_name_params_and_tags(trained):
     assert params["data.source.image_size"] == "32"  # resolved interpolation, not "${..image_size}"
     tags = run.data.tags
     assert "trainer.epochs=2" in tags["hydra.overrides"]
+    assert "trainer.epochs=2" in json.loads(tags["seglab.overrides"])  # the same overrides, as a list for programs
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")  # the device this machine offers, so the suite passes on a GPU machine too

@@ -1,0 +1,35 @@
+"""The sweep report's rows from child runs as the tracking module returns them (plain values)."""
+
+from __future__ import annotations
+
+from seglab import report, run_identity
+from seglab.tracking.sweeps import ChildRun
+
+
+def _child(job: int, overrides: list[str], key: str, start_ms: int, status: str = "FINISHED", ious=(0.5,)) -> ChildRun:
+    tags = {"hydra.job.num": str(job), run_identity.KEY_TAG: key, **run_identity.override_tags(overrides)}
+    if status == "FAILED":
+        tags["error"] = "ValueError: out of memory"
+    return ChildRun(f"run{job}-{start_ms}", f"job{job}", status, tags, {}, start_ms, start_ms + 1000,
+                    {"val_mean_iou": list(ious), "val_mean_dice": list(ious)})
+
+
+def test_overrides_with_spaces_and_equals_signs_stay_whole():
+    # A value may hold spaces and "=" (a quoted run name); joined with spaces, the overrides can't be split back.
+    children = [
+        _child(0, ["tracking.run_name=lr sweep a=1", "optimizer.learning_rate=0.001"], "k0", 1),
+        _child(1, ["tracking.run_name=lr sweep a=1", "optimizer.learning_rate=0.01"], "k1", 2),
+    ]
+    table = report.rows(children)
+    assert [r["combination"] for r in table] == [{"optimizer.learning_rate": "0.001"}, {"optimizer.learning_rate": "0.01"}]
+
+
+def test_a_job_failed_then_rerun_counts_once_by_its_latest_run():
+    children = [
+        _child(0, ["model.base_filters=8"], "k0", 1, ious=(0.4,)),
+        _child(1, ["model.base_filters=16"], "k1", 2, status="FAILED", ious=()),
+        _child(1, ["model.base_filters=16"], "k1", 50, ious=(0.3, 0.6)),  # the same job re-run by the resumed sweep
+    ]
+    table = report.rows(children)
+    assert [(r["job"], r["status"], r["val_mean_iou"]) for r in table] == [(0, "FINISHED", 0.4), (1, "FINISHED", 0.6)]
+    assert report.best(table, "val_mean_iou")["job"] == 1
