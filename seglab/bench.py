@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from seglab import schema
+from seglab import console, schema
 
 
 @dataclass
@@ -307,7 +307,9 @@ def log_to_mlflow(report: dict, uri: str) -> str:
 
 def main(argv: list[str]) -> None:
     options, overrides = parse(argv)
-    schema.validate(schema.compose(overrides))  # bad overrides fail before TensorFlow loads
+    cfg = schema.compose(overrides)
+    schema.validate(cfg)  # bad overrides fail before TensorFlow loads
+    console.quiet(console.is_verbose(cfg))
     report = run(options, overrides)
     Path(options.out).write_text(json.dumps(report, indent=2))
     print(table(report))

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from seglab import errors, preflight, schema
+from seglab import console, errors, preflight, schema
 
 log = logging.getLogger(__name__)
 MODEL_URIS_IN_STORE = ("runs:/", "models:/")  # other model URIs (a local path) need no tracking store
@@ -133,6 +133,7 @@ def run(model_uri: str, cfg: DictConfig, alias: str | None = None) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     model_uri, alias, cfg = parse(sys.argv[1:] if argv is None else argv)
+    console.quiet(console.is_verbose(cfg))  # before TensorFlow and MLflow load (`verbose=true` shows their notices)
     run(model_uri, cfg, alias)
     return 0
 

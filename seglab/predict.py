@@ -8,7 +8,7 @@ Images of any size are resized to the model's input (bilinear, as in training) a
 mask back to the image's size with nearest-neighbour.  Files that cannot be read as images are
 skipped and named at the end.
 
-Other keys: `batch_size=8`, `tracking.uri=...`.
+Other keys: `batch_size=8`, `tracking.uri=...`, `verbose=true` (library notices too).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from seglab import errors, preflight
+from seglab import console, errors, preflight
 from seglab.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class PredictConfig:
     input: str = MISSING
     output: str = MISSING
     batch_size: int = 8
+    verbose: bool = False  # true: TensorFlow's and MLflow's notices too
     tracking: TrackingRef = field(default_factory=TrackingRef)
 
 
@@ -120,7 +121,7 @@ def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
     model = tracking.load_model(cfg.model_uri, cfg.tracking.uri)
     root = source.parent if source.is_file() else source
     written, skipped = 0, []
-    with tqdm(total=len(files), unit="image", desc="predict", file=sys.stderr) as bar:
+    with tqdm(total=len(files), unit="image", desc="predict", file=sys.stderr, disable=None) as bar:  # None: no bar off a terminal
         for start in range(0, len(files), cfg.batch_size):
             readable = []
             for path in files[start : start + cfg.batch_size]:
@@ -139,6 +140,7 @@ def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     cfg = parse(sys.argv[1:] if argv is None else argv)
+    console.quiet(cfg.verbose)  # before TensorFlow and MLflow load
     written, skipped = run(cfg)
     for path, why in skipped:
         log.warning("skipped %s: not a readable image (%s)", path, why)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from seglab import errors, objective, preflight, run_identity
+from seglab import console, errors, objective, preflight, run_identity
 from seglab.tracking.sweeps import ChildRun
 
 COLUMNS = ("job", "status", "overrides", "val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s", "run_id", "error")
@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=sorted(FORMATS), default="text")
     parser.add_argument("--output", type=Path, help="also write the table to this file (.csv or .md picks the format)")
     parser.add_argument("--no-log", action="store_true", help="do not log report.md / report.csv to the parent run")
+    parser.add_argument("--verbose", action="store_true", help="MLflow's own notices too")
     args = parser.parse_args(argv)
+    console.quiet(args.verbose)
 
     preflight.check_store(args.tracking_uri, must_exist=True, key="--tracking-uri")
     from seglab.tracking import sweeps as sweep_runs

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from seglab import console
 from tests.conftest import TINY
@@ -22,9 +24,15 @@ def _quiet_env() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name not in console.QUIET_ENV}
 
 
+@pytest.fixture(scope="module")
+def quiet_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("quiet")
+    return tmp_path, subprocess_run_quiet(tmp_path, "seglab", *TINY)
+
+
 @pytest.mark.slow
-def test_default_run_prints_only_epoch_lines_and_the_run_address(tmp_path):
-    done = subprocess_run_quiet(tmp_path, *TINY)
+def test_default_run_prints_only_epoch_lines_and_the_run_address(quiet_run):
+    tmp_path, done = quiet_run
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     unexpected = [line for line in lines if not any(p.fullmatch(line) for p in EXPECTED)]
     assert not unexpected, "\n".join(unexpected)
@@ -39,19 +47,34 @@ def test_default_run_prints_only_epoch_lines_and_the_run_address(tmp_path):
 
 
 @pytest.mark.slow
+def test_evaluate_and_predict_print_only_their_results(quiet_run):
+    tmp_path, done = quiet_run
+    run_id = EXPECTED[1].search(done.stdout + done.stderr).group(1)
+    data = [arg for arg in TINY if arg.startswith("data.")]
+    evaluated = subprocess_run_quiet(tmp_path, "seglab.evaluate", f"model_uri=runs:/{run_id}/model", *data)
+    lines = (evaluated.stdout + evaluated.stderr).strip().splitlines()
+    assert lines[0].startswith(f"runs:/{run_id}/model on data=shapes, test split")
+    assert all(re.fullmatch(r"  test_\w+ +\d\.\d{4}", line) for line in lines[1:]), "\n".join(lines)
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "cat.png")
+    predicted = subprocess_run_quiet(tmp_path, "seglab.predict", f"model_uri=runs:/{run_id}/model", f"input={tmp_path / 'cat.png'}",
+                                     f"output={tmp_path / 'masks'}")
+    assert (predicted.stdout + predicted.stderr).strip() == f"wrote 1 masks and overlays to {tmp_path / 'masks'}"
+
+
+@pytest.mark.slow
 def test_verbose_brings_the_library_notices_back(tmp_path):
-    done = subprocess_run_quiet(tmp_path, *TINY, "trainer.epochs=1", "tracking.log_model=false", "verbose=true")
+    done = subprocess_run_quiet(tmp_path, "seglab", *TINY, "trainer.epochs=1", "tracking.log_model=false", "verbose=true")
     assert "mlflow" in done.stderr.lower() and "tensorflow" in done.stderr.lower()
 
 
-def subprocess_run_quiet(tmp_path, *args):
+def subprocess_run_quiet(tmp_path, module, *args):
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
     env = {**_quiet_env(), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "seglab", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

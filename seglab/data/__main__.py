@@ -13,7 +13,7 @@ import time
 
 from omegaconf import DictConfig
 
-from seglab import errors, schema
+from seglab import console, errors, schema
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", default=None, help="PNG path (default: data-NAME.png)")
     args = parser.parse_args(argv)
     cfg = compose_config(args.name, args.overrides)
+    console.quiet(console.is_verbose(cfg))
 
     from hydra.utils import instantiate
     from PIL import Image

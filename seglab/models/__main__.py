@@ -11,13 +11,14 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from seglab import errors, schema
+from seglab import console, errors, schema
 from seglab.schema import CONF_DIR
 
 
 def describe(name: str, overrides: list[str]) -> tuple[int, int]:
     """Print the summary; return (parameters, forward FLOPs per image)."""
     cfg = schema.compose([f"model={name}", *overrides])
+    console.quiet(console.is_verbose(cfg))
     from seglab.models.flops import forward_flops  # imports TensorFlow: after validation, as in `python -m seglab`
 
     model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
