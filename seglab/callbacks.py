@@ -175,6 +175,44 @@ class EpochLine(keras.callbacks.Callback):
         return f"epoch {self._epoch + 1:>{width}}/{self.epochs}"
 
 
+class Profiler(keras.callbacks.Callback):
+    """TensorFlow's profiler over training steps `first`..`last` (counted from 1 over the whole fit),
+    its trace written under `directory` (TensorBoard's Profile tab reads it).  `seconds_per_step`:
+    the profiled steps' mean wall time, as the profiler saw them."""
+
+    def __init__(self, first: int, last: int, directory: Path):
+        super().__init__()
+        self.first, self.last, self.directory = first, last, Path(directory)
+        self.step = 0
+        self.started_at: float | None = None
+        self.seconds_per_step: float | None = None
+        self.steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        import tensorflow as tf
+
+        self.step += 1
+        if self.step == self.first:
+            tf.profiler.experimental.start(str(self.directory))
+            self.started_at = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.started_at is not None and self.step >= self.last:
+            self._stop()
+
+    def on_train_end(self, logs=None):
+        if self.started_at is not None:  # fewer steps than `last`: the trace holds those that ran
+            self._stop()
+
+    def _stop(self) -> None:
+        import tensorflow as tf
+
+        self.steps = self.step - self.first + 1
+        self.seconds_per_step = (time.perf_counter() - self.started_at) / self.steps
+        self.started_at = None
+        tf.profiler.experimental.stop()
+
+
 class Heartbeat(keras.callbacks.Callback):
     """A sign of life on the run every epoch, so no other command takes it for a dead one."""
 

@@ -484,6 +484,7 @@ class TrainerConfig:
     checkpoint_dir: str = MISSING  # relative to the job's output directory
     limit_batches: Optional[int] = MISSING
     overfit_batches: Optional[int] = MISSING
+    profile_batches: Optional[list[int]] = MISSING  # [first, last] training steps (from 1) to trace
     resume: str = MISSING  # auto | never | <MLflow run id> (docs/resume.md)
     checkpoint_every: int = MISSING  # epochs between uploads of the training state to the run's artifacts
     heartbeat_timeout_min: float = MISSING  # a RUNNING run on another host silent this long is taken as dead
@@ -507,6 +508,9 @@ class TrainerConfig:
         for key in ("limit_batches", "overfit_batches"):
             value = getattr(self, key)
             _require(value is None or value >= 1, f"trainer.{key}", value, "use null (all batches) or an integer >= 1")
+        steps = self.profile_batches
+        _require(steps is None or (len(steps) == 2 and 1 <= steps[0] <= steps[1]), "trainer.profile_batches", steps,
+                 "use null (no profile) or [first, last] training steps with 1 <= first <= last, e.g. [3,5]")
 
 
 LOG_MODEL = ("best", "last", False)

@@ -82,6 +82,9 @@ def run(cfg: DictConfig) -> float:
         sample_images, sample_masks = _first_examples(batches_of(cfg, splits.val, "val", cache=False), cfg.trainer.mask_samples)
         if cfg.trainer.mask_samples:
             fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
+        profiler = callbacks.Profiler(*cfg.trainer.profile_batches, out / "profile") if cfg.trainer.profile_batches else None
+        if profiler:
+            fit_callbacks.append(profiler)
         if first_epoch < cfg.trainer.epochs:
             model.fit(
                 # verbose=0: EpochLine prints the short line; shuffle=False: the pipeline shuffles (Keras would warn).
@@ -90,6 +93,8 @@ def run(cfg: DictConfig) -> float:
             )
 
         mlrun.log_checkpoint([checkpointer.best_path, checkpointer.last_path], max(first_epoch, cfg.trainer.epochs), "checkpoints")
+        if profiler and profiler.steps:
+            _report_profile(mlrun, profiler)
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
         # The model users get (MLflow model, evaluate, predict) is the best epoch's unless asked otherwise:
         # a late epoch can be worse than an earlier one.
@@ -117,6 +122,14 @@ def run(cfg: DictConfig) -> float:
             console.ui_address(cfg.tracking.uri, mlrun.experiment_id, mlrun.run_id),
         )
     return checkpointer.best
+
+
+def _report_profile(mlrun, profiler: callbacks.Profiler) -> None:
+    mlrun.log_artifacts(str(profiler.directory), "profile")
+    mlrun.log_metrics({"profile_seconds_per_step": profiler.seconds_per_step})
+    log.info("profiled training steps %d-%d (%.3f s a step) in %s; see it: pip install tensorboard-plugin-profile, then "
+             "tensorboard --logdir %s (Profile tab)", profiler.first, profiler.first + profiler.steps - 1,
+             profiler.seconds_per_step, profiler.directory, profiler.directory)
 
 
 def compile_model(cfg: DictConfig, model: keras.Model, loss: keras.losses.Loss, steps_per_epoch: int) -> None:

@@ -110,6 +110,9 @@ def test_defaults_are_the_documented_ones(compose_cfg):
         ("scheduler=step scheduler.step_epochs=0", "scheduler.step_epochs"),
         ("tracking.log_model=worst", "tracking.log_model"),
         ("trainer.worst_samples=-1", "trainer.worst_samples"),
+        ("trainer.profile_batches=[5,3]", "trainer.profile_batches"),
+        ("trainer.profile_batches=[0,3]", "trainer.profile_batches"),
+        ("trainer.profile_batches=[4]", "trainer.profile_batches"),
     ],
 )
 def test_schema_rejects_out_of_range_values_naming_the_key(compose_cfg, override, key):

@@ -22,6 +22,8 @@ def test_presets_compose_to_what_they_promise(compose_cfg):
     overfit = compose_cfg("+debug=overfit", "model=fcn8")
     assert overfit.trainer.overfit_batches == 2 and overfit.model.dropout == 0.0
     assert not overfit.data.augment.hflip and overfit.data.augment.crop_min == 1.0
+    profile = compose_cfg("+debug=profile")
+    assert list(profile.trainer.profile_batches) == [4, 8] and profile.trainer.limit_batches >= 8
 
 
 @pytest.mark.slow
@@ -49,3 +51,20 @@ def test_overfit_drives_the_training_loss_far_down(tmp_path):
     assert len(losses) == 50
     assert losses[-1] < losses[0] / 10, losses
     # (val mIoU is not checked: after 50 steps batch norm's moving statistics, used for validation, still lag)
+
+
+@pytest.mark.slow
+def test_profile_traces_the_chosen_steps_into_the_run(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sizes = [o for o in TINY if not o.startswith("trainer.epochs=")]
+    done = run_cli("+debug=profile", *sizes, "trainer.profile_batches=[2,3]", f"tracking.uri={uri}", cwd=tmp_path)
+    assert "profiled training steps 2-3" in done.stdout + done.stderr
+    client, run = _only_run(uri, "debug-shapes")
+    assert run.info.status == "FINISHED" and run.data.metrics["profile_seconds_per_step"] > 0
+
+    def files(path):
+        for item in client.list_artifacts(run.info.run_id, path):
+            yield from files(item.path) if item.is_dir else [item]
+
+    traces = [a for a in files("profile") if a.path.endswith(".xplane.pb")]
+    assert len(traces) == 1 and traces[0].file_size > 1000  # TensorBoard's Profile tab reads this file

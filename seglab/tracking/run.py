@@ -197,6 +197,9 @@ class Run:
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self._log(f"artifact {path}", mlflow.log_artifact, path, artifact_path)
 
+    def log_artifacts(self, directory: str, artifact_path: str | None = None) -> None:
+        self._log(f"artifacts {directory}", mlflow.log_artifacts, directory, artifact_path)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self._log(artifact_file, mlflow.log_text, text, artifact_file)
 
