@@ -2,9 +2,11 @@
 devices (tf.config.set_logical_device_configuration), so `trainer.strategy=mirrored` has N replicas
 on a machine without GPUs.  The split must happen before TensorFlow starts, hence a process of its own."""
 
+import os
 import sys
 
-import tensorflow as tf
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the replicas are CPUs, on a GPU machine too
+import tensorflow as tf  # noqa: E402
 
 if __name__ == "__main__":
     devices = int(sys.argv[1])

@@ -20,7 +20,8 @@ from tests.conftest import ROOT, TINY, run_cli
 SAME_STEPS = (*TINY, "model.dropout=0", "data.augment.hflip=false", "data.shuffle_buffer=1", "tracking.log_model=false")
 # Measured: 2 epochs of 6 steps, weights differ by at most ~1e-6 (float sums in another order).
 WEIGHTS_ATOL, METRICS_RTOL = 1e-4, 1e-4
-ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Replicas are logical CPUs (tests/split_cpu.py): GPUs hidden, so a GPU machine runs the same test.
+ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def test_unknown_strategy_is_rejected_naming_the_key(compose_cfg):
