@@ -35,6 +35,15 @@ def options(encoder: Mapping[str, Any]) -> tuple[str | None, bool]:
     return encoder["weights"], bool(encoder["trainable"])
 
 
+def batch_norm(momentum: float, name: str) -> keras.layers.BatchNormalization:
+    """A batch-norm layer as seglab's models train them: `momentum` for the moving statistics (see
+    `set_batch_norm`), and `synchronized`: under tf.distribute the batch statistics are those of the
+    global batch, all-reduced over the replicas, so N replicas train as one device would on the same
+    batch (unsynchronised, each replica would normalise by its own 1/N of it).  Without a strategy
+    it is the ordinary layer."""
+    return keras.layers.BatchNormalization(momentum=momentum, synchronized=True, name=name)
+
+
 def set_batch_norm(model: keras.Model, momentum: float, frozen: bool) -> None:
     """Set the moving-statistics momentum of every BatchNormalization layer of a built application
     (keras.applications hard-codes its own, 0.999 for MobileNetV2), or freeze them.
@@ -49,6 +58,7 @@ def set_batch_norm(model: keras.Model, momentum: float, frozen: bool) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
+            layer.synchronized = True  # as `batch_norm`: the global batch's statistics under tf.distribute
             if frozen:
                 layer.trainable = False
 

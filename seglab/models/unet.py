@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from seglab.models import encoders
+
 
 def conv_block(x, filters: int, batch_norm: bool, bn_momentum: float, name: str):
     """Two 3x3 convolutions + ReLU, He-normal initialised (paper, section 3); optionally batch norm
@@ -12,7 +14,7 @@ def conv_block(x, filters: int, batch_norm: bool, bn_momentum: float, name: str)
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn{i}")(x)
+            x = encoders.batch_norm(bn_momentum, f"{name}_bn{i}")(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 

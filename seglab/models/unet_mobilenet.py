@@ -33,7 +33,7 @@ def upsample_block(x, filters: int, dropout: float, bn_momentum: float, name: st
         filters, 3, strides=2, padding="same", use_bias=False,
         kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02), name=f"{name}_upconv",
     )(x)
-    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    x = encoders.batch_norm(bn_momentum, f"{name}_bn")(x)
     if dropout:
         x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return layers.ReLU(name=f"{name}_relu")(x)

@@ -287,7 +287,7 @@ class Run:
         """A data split as the run's input (`seglab.data.lineage.DatasetRecord`), with its context."""
         from seglab.tracking.datasets import as_mlflow_dataset
 
-        self._log(f"dataset {record.name}", mlflow.log_input, as_mlflow_dataset(record), context=record.context)
+        self._log(f"dataset {record.name}", _log_input, as_mlflow_dataset(record), record.context)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._log(f"tags {', '.join(tags)}", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
@@ -306,3 +306,19 @@ def _raise_terminated(signum, frame):
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+# A store's words for "another writer inserted this row first" (SQLite, PostgreSQL, MySQL).
+_INSERT_RACE = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
+def _log_input(dataset, context: str) -> None:
+    """mlflow.log_input; jobs of a parallel sweep log the same data set to one experiment at the same
+    moment, and the store keeps one row per data set: the loser of that race tries once more, and
+    then finds the row the winner wrote."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as err:
+        if not any(words in str(err) for words in _INSERT_RACE):
+            raise
+        mlflow.log_input(dataset, context=context)
