@@ -59,9 +59,4 @@ def test_log_model_last_logs_the_last_epoch(tmp_path):
         assert got and all(f"model/{i}" in last for i in got)
         for i, a in got.items():
             np.testing.assert_array_equal(a, last[f"model/{i}"])
-
-
-def test_log_model_false_logs_no_model(tmp_path):
-    client, run, _ = train(tmp_path, "false")
-    assert "model" not in {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "seglab.model_epoch" not in run.data.tags
+# tracking.log_model=false: tests/test_debug.py (+debug=fast logs no model).

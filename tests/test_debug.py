@@ -34,7 +34,8 @@ def test_fast_runs_one_epoch_of_two_batches_and_logs_no_model(tmp_path):
     client, run = _only_run(uri, "debug-shapes")
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mean_iou")] == [0]
-    assert not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]
+    assert not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]  # tracking.log_model=false
+    assert "seglab.model_epoch" not in run.data.tags
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} >= {"checkpoints/best.keras"}
 
 
@@ -44,7 +45,9 @@ def test_overfit_drives_the_training_loss_far_down(tmp_path):
     run_cli(
         "+debug=overfit", "data.image_size=32", "data.source.train_size=16", "data.source.val_size=8", "model.depth=2",
         "model.base_filters=16", "model.batch_norm=true", "trainer.batch_size=8", "trainer.overfit_batches=1",
-        "trainer.epochs=50", "optimizer.learning_rate=0.01", f"tracking.uri={uri}", cwd=tmp_path,
+        "trainer.epochs=50", "optimizer.learning_rate=0.01", f"tracking.uri={uri}",
+        "trainer.mask_samples=0", "trainer.train_inference_images=0",  # no per-epoch extras: 50 epochs of one step
+        cwd=tmp_path,
     )
     client, run = _only_run(uri, "debug-shapes")
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]

@@ -148,9 +148,20 @@ def cwd(tmp_path):
     return workdir(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory):
+    """Every command run once, three at a time (each is a process of its own, in its own directory)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dirs = [workdir(tmp_path_factory.mktemp("mistake")) for _ in MISTAKES]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = list(pool.map(answer, MISTAKES, dirs))
+    return {m.command: (d, path) for m, d, path in zip(MISTAKES, done, dirs)}
+
+
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.command for m in MISTAKES])
-def test_mistake_is_one_line(mistake, cwd):
-    done = answer(mistake, cwd)
+def test_mistake_is_one_line(mistake, answers):
+    done, cwd = answers[mistake.command]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0, done.stdout[-2000:]
     assert "Traceback" not in done.stderr and lines, done.stderr[-3000:]

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -92,18 +93,17 @@ def test_logged_model_loads_back_and_predicts_logits(trained):
     np.testing.assert_allclose(keras_model.predict(x, verbose=0), pyfunc.predict(x), rtol=1e-5, atol=1e-6)
 
 
-def test_same_config_gives_bit_identical_weights_and_metrics(tmp_path):
+def test_same_config_gives_bit_identical_weights_and_metrics(tmp_path, trained):
+    """The module's run again (in another directory, without the model logged: neither enters the training)."""
+    client_a, run_a, _, _ = trained
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    for i in (1, 2):
-        run_cli(*TINY, f"tracking.uri={uri}", "tracking.log_model=false", f"hydra.run.dir={tmp_path}/run{i}", cwd=tmp_path)
-    client, runs = only_run(uri)
-    histories = [
-        [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, key)]
-        for key in ("train_loss", "val_mean_iou", "val_loss")
-        for r in runs
-    ]
-    assert histories[0] == histories[1] and histories[2] == histories[3] and histories[4] == histories[5]
-    with np.load(tmp_path / "run1/checkpoints/last.state.npz") as a, np.load(tmp_path / "run2/checkpoints/last.state.npz") as b:
+    run_cli(*TINY, f"tracking.uri={uri}", "tracking.log_model=false", f"hydra.run.dir={tmp_path}/run2", cwd=tmp_path)
+    client_b, (run_b,) = only_run(uri)
+    for key in ("train_loss", "val_mean_iou", "val_loss"):
+        a, b = ([(m.step, m.value) for m in c.get_metric_history(r.info.run_id, key)] for c, r in ((client_a, run_a), (client_b, run_b)))
+        assert len(a) == 2 and a == b, key
+    first = Path(run_a.data.tags["hydra.output_dir"]) / "checkpoints/last.state.npz"
+    with np.load(first) as a, np.load(tmp_path / "run2/checkpoints/last.state.npz") as b:
         assert sorted(a.files) == sorted(b.files)
         for name in a.files:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
