@@ -187,3 +187,29 @@ print(json.dumps({"matrix": np.asarray(cm[0].matrix.value).tolist(), "expected":
     assert out["replicas"] == 2
     assert out["matrix"] == out["expected"] and sum(map(sum, out["matrix"])) == 16 * 8 * 8
     assert out["pixel_accuracy"] == pytest.approx(out["expected_accuracy"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_batch_norm_is_synchronised_when_built_for_several_replicas(tmp_path):
+    """Built in a two-replica strategy's scope (as train.py builds), every batch-norm layer of the U-Net,
+    the MobileNetV2 decoder and its encoder from scratch uses the global batch's statistics."""
+    script = """
+import json
+import tensorflow as tf
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tests.conftest import build_model
+found = {}
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    for name, overrides in (("unet", {}), ("unet_mobilenet", {"encoder": {"weights": None}, "alpha": 0.35})):
+        model = build_model(name, 3, 64, **overrides)
+        layers = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+        found[name] = [len(layers), sum(l.synchronized for l in layers)]
+print(json.dumps(found))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **ENV}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (layers, synchronised) in found.items():
+        assert layers > 0 and synchronised == layers, (name, layers, synchronised)

@@ -116,3 +116,16 @@ def test_brightness_and_contrast_change_images_not_masks():
     np.testing.assert_array_equal(plain_masks, jittered_masks)
     assert not np.allclose(plain_images, images)
     assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_training_stream_builds_with_a_global_seed_of_zero():
+    """`seed=0` seeds TensorFlow globally with 0, where TensorFlow's seed check of a shuffle with a seed
+    tensor used to raise OperatorNotAllowedInGraphError (found when a test before this one had seeded 0)."""
+    ds, _, _ = dataset(count=6)
+    tf.random.set_seed(0)
+    try:
+        first = [b[1] for b in batches(ds, training=True, seed=0, epochs=range(2))]
+        again = [b[1] for b in batches(ds, training=True, seed=0, epochs=range(2))]
+    finally:
+        tf.random.set_seed(None)
+    assert len(first) == 6 and all(np.array_equal(a, b) for a, b in zip(first, again))

@@ -121,7 +121,7 @@ def _epoch(ds, epoch, seed: int, shuffle_buffer: int, batch_size: int, determini
     many epochs this process has run before."""
     epoch_key = tf.stack([tf.constant(seed, tf.int64), epoch])
     shuffle_seed = tf.random.stateless_uniform([], seed=epoch_key, minval=None, maxval=None, dtype=tf.int64)
-    ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = _shuffle(ds, shuffle_buffer, shuffle_seed)
     return ds.enumerate().map(
         lambda index, pair: augment(to_unit_range(pair[0]), pair[1], _subseed(epoch_key, index), **options),
         num_parallel_calls=AUTOTUNE,
@@ -140,3 +140,20 @@ def count(dataset: tf.data.Dataset) -> int:
     if known >= 0:
         return known
     return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def _shuffle(ds: tf.data.Dataset, buffer: int, seed: tf.Tensor) -> tf.data.Dataset:
+    """`ds.shuffle` with a seed tensor.  TensorFlow's `random_seed.get_seed` compares (global seed, op
+    seed) with (0, 0); with a global seed of 0 (`seed=0`) that evaluates the seed tensor as a Python bool
+    and raises OperatorNotAllowedInGraphError.  For this op a global seed of 0 is then taken as
+    TensorFlow's default graph seed: the order still depends only on the seeds."""
+    from tensorflow.python.framework import random_seed
+
+    graph = tf.compat.v1.get_default_graph()
+    if graph.seed != 0:
+        return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+    graph.seed = random_seed.DEFAULT_GRAPH_SEED
+    try:
+        return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+    finally:
+        graph.seed = 0

@@ -37,11 +37,18 @@ def options(encoder: Mapping[str, Any]) -> tuple[str | None, bool]:
 
 def batch_norm(momentum: float, name: str) -> keras.layers.BatchNormalization:
     """A batch-norm layer as seglab's models train them: `momentum` for the moving statistics (see
-    `set_batch_norm`), and `synchronized`: under tf.distribute the batch statistics are those of the
-    global batch, all-reduced over the replicas, so N replicas train as one device would on the same
-    batch (unsynchronised, each replica would normalise by its own 1/N of it).  Without a strategy
-    it is the ordinary layer."""
-    return keras.layers.BatchNormalization(momentum=momentum, synchronized=True, name=name)
+    `set_batch_norm`), synchronised when built for several replicas (`synchronise`)."""
+    return keras.layers.BatchNormalization(momentum=momentum, synchronized=synchronise(), name=name)
+
+
+def synchronise() -> bool:
+    """Batch statistics of the global batch, all-reduced over the replicas, when the model is built in
+    the scope of a strategy with more than one (train.py builds it there): N replicas then train as one
+    device would on the same batch; unsynchronised, each would normalise by its own 1/N of it.  With one
+    replica, Keras' ordinary layer (two-pass moments, no all-reduce)."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync > 1
 
 
 def set_batch_norm(model: keras.Model, momentum: float, frozen: bool) -> None:
@@ -58,7 +65,7 @@ def set_batch_norm(model: keras.Model, momentum: float, frozen: bool) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
-            layer.synchronized = True  # as `batch_norm`: the global batch's statistics under tf.distribute
+            layer.synchronized = synchronise()  # as `batch_norm`
             if frozen:
                 layer.trainable = False
 
