@@ -19,8 +19,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import seglab.schema  # noqa: F401  registers the schemas
-from seglab.schema import CONF_DIR
+import seglab.config.schema  # noqa: F401  registers the schemas
+from seglab.config.schema import CONF_DIR
 
 
 def main() -> None:
@@ -32,7 +32,8 @@ def main() -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=args.overrides)
 
-    from seglab import checkpoint, tracking
+    from seglab import tracking
+    from seglab.engine import checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

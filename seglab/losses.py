@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+
 def _labels_and_logits(y_true, y_pred, num_classes: int):
     """int32 labels (B, H, W), float32 logits (B, H, W, C), one-hot targets (all zero where unlabelled)
     and the float32 mask of labelled pixels (B, H, W)."""

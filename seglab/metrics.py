@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+
 def confusion_matrix(y_true, y_pred_labels, num_classes: int):
     """(num_classes, num_classes) int64 counts; rows are true classes, columns predictions."""
     y_true = tf.reshape(tf.cast(y_true, tf.int32), [-1])

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = str(ROOT / "conf")
+CONF_DIR = str(ROOT / "seglab" / "conf")
 
 # A tiny, fast experiment: 32 px images, a two-level U-Net, a few dozen images, two epochs.
 TINY = (
@@ -40,7 +40,7 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True, env
 @pytest.fixture
 def compose_cfg():
     """compose(overrides) -> the composed DictConfig, exactly as `python -m seglab` builds it."""
-    import seglab.schema  # noqa: F401  registers the schemas in Hydra's ConfigStore
+    import seglab.config.schema  # noqa: F401  registers the schemas in Hydra's ConfigStore
 
     def _compose(*overrides: str):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -56,7 +56,7 @@ def build_model(name: str, num_classes: int, image_size: int, **overrides):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    import seglab.schema  # noqa: F401  registers the schemas in Hydra's ConfigStore
+    import seglab.config.schema  # noqa: F401  registers the schemas in Hydra's ConfigStore
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"model={name}"]).model

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from seglab import atomic, checkpoint
+from seglab.engine import checkpoint
+from seglab.util import atomic
 from tests.conftest import build_model
 
 

@@ -259,7 +259,7 @@ def test_short_training_on_coco_cat(coco, tmp_path):
      ("data.source.shards=0", "data.source.shards")],
 )
 def test_schema_rejects_bad_coco_settings_naming_the_key(compose_cfg, override, key):
-    from seglab import schema
+    from seglab.config import schema
 
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
         schema.validate(compose_cfg("data=coco_cat", override))

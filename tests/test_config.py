@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from seglab import schema
-from tests.conftest import CONF_DIR, run_cli
+from seglab.config import schema
+from tests.conftest import CONF_DIR, ROOT, run_cli
 
 GROUPS = ("model", "loss", "data", "optimizer", "scheduler", "trainer", "tracking")
 
@@ -140,8 +140,8 @@ def test_print_config_is_fast_and_imports_no_tensorflow(tmp_path):
     import sys
 
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, seglab.__main__, seglab.schema; print('tensorflow' in sys.modules)"],
-        capture_output=True, text=True, env={"PYTHONPATH": CONF_DIR + "/.."},
+        [sys.executable, "-c", "import sys, seglab.__main__, seglab.config.schema; print('tensorflow' in sys.modules)"],
+        capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)},
     )
     assert probe.stdout.strip() == "False"
 

@@ -104,14 +104,14 @@ class _Terminal:
 def test_progress_bar_on_a_terminal_then_one_line_per_epoch(tmp_path, caplog):
     import logging
 
-    from seglab.callbacks import Checkpointer, EpochLine
+    from seglab.engine.callbacks import Checkpointer, EpochLine
 
     checkpointer = Checkpointer(tmp_path, monitor="val_mean_iou")
     checkpointer.best, checkpointer.best_epoch = 0.5, 0
     terminal = _Terminal()
     line = EpochLine(3, checkpointer, stream=terminal)
     line.set_params({"steps": 4, "epochs": 3})
-    with caplog.at_level(logging.INFO, logger="seglab.callbacks"):
+    with caplog.at_level(logging.INFO, logger="seglab.engine.callbacks"):
         line.on_epoch_begin(0)
         for batch in range(4):
             line.on_train_batch_end(batch, {"loss": 1.0 - batch / 10})
@@ -125,7 +125,7 @@ def test_progress_bar_on_a_terminal_then_one_line_per_epoch(tmp_path, caplog):
 def test_no_bar_when_not_a_terminal(tmp_path):
     import io
 
-    from seglab.callbacks import Checkpointer, EpochLine
+    from seglab.engine.callbacks import Checkpointer, EpochLine
 
     stream = io.StringIO()
     line = EpochLine(1, Checkpointer(tmp_path, monitor="val_mean_iou"), stream=stream)

@@ -11,8 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from seglab import check_determinism, determinism, losses, metrics
-
+from seglab import losses, metrics
+from seglab.cli import check_determinism
+from seglab.engine import determinism
 from tests.conftest import ROOT, TINY, build_model
 
 SIZE, CLASSES = 32, 3

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from seglab import distribute, schema
+from seglab.config import schema
+from seglab.engine import distribute
 from tests.conftest import ROOT, TINY, run_cli
 
 # Dropout, augmentation and shuffling off: a replica draws its own dropout masks, and tf.data's

@@ -26,7 +26,7 @@ def eval_runs(client, run_id):
 
 
 def test_evaluate_logs_test_scores_and_confusion_matrix_to_a_linked_run(tracking_stack, stack_run, capsys):
-    from seglab import evaluate
+    from seglab.cli import evaluate
 
     run_id, _, _ = stack_run
     argv = [f"model_uri=runs:/{run_id}/model", "data=shapes", *SMALL, "data.source.test_size=12", f"tracking.uri={tracking_stack.uri}"]
@@ -47,7 +47,7 @@ def test_evaluate_logs_test_scores_and_confusion_matrix_to_a_linked_run(tracking
 
 
 def test_without_a_test_split_evaluate_uses_validation_and_says_so(tracking_stack, stack_run, caplog):
-    from seglab import evaluate
+    from seglab.cli import evaluate
 
     run_id, _, _ = stack_run
     argv = [f"model_uri=runs:/{run_id}/model", "data=shapes", *SMALL, "data.source.test_size=0", f"tracking.uri={tracking_stack.uri}"]
@@ -72,9 +72,9 @@ def test_the_data_is_built_at_the_models_size_whatever_data_image_size_says(trac
     against the default model's depth may stop it."""
     import logging
 
-    from seglab import evaluate
+    from seglab.cli import evaluate
 
-    caplog.set_level(logging.INFO, logger="seglab.evaluate")
+    caplog.set_level(logging.INFO, logger="seglab.cli.evaluate")
     run_id, _, _ = stack_run
     client = MlflowClient(tracking_stack.uri)
     common = [f"model_uri=runs:/{run_id}/model", "data=shapes", "data.source.train_size=8", "data.source.val_size=8",
@@ -93,7 +93,8 @@ def test_the_data_is_built_at_the_models_size_whatever_data_image_size_says(trac
 def test_on_the_shared_server_a_registered_version_gets_the_alias_and_loads_by_it(tracking_stack, stack_run, capsys):
     """The registry on PostgreSQL + S3: the training run's served model registered, evaluated with
     set_alias, and loaded back through the alias."""
-    from seglab import evaluate, tracking
+    from seglab import tracking
+    from seglab.cli import evaluate
     from seglab.tracking import registry
 
     run_id, _, _ = stack_run

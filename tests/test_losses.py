@@ -352,7 +352,7 @@ def test_cli_dice_and_weighted_log_weights_and_the_final_confusion_matrix(tmp_pa
     ],
 )
 def test_loss_schema_rejects_bad_values_naming_the_key(compose_cfg, overrides, key):
-    from seglab import schema
+    from seglab.config import schema
 
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
         schema.validate(compose_cfg(*overrides))

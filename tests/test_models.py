@@ -11,7 +11,7 @@ import pytest
 from keras.src.legacy.saving import legacy_h5_format  # writes Keras' own ImageNet file format
 from mlflow.tracking import MlflowClient
 
-from seglab import schema
+from seglab.config import schema
 from seglab.models import encoders, fcn8, unet_mobilenet
 from seglab.models.__main__ import describe
 from seglab.models.flops import forward_flops

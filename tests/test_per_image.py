@@ -4,8 +4,10 @@ the worst-k grid, and where the table's pooled figures equal the split-level one
 import numpy as np
 import pytest
 
-from seglab import metrics, per_image, visualize
+from seglab import metrics
 from seglab.data import pipeline, shapes
+from seglab.engine import per_image
+from seglab.util import visualize
 from tests.conftest import build_model
 
 CLASSES = ["object", "background", "boundary"]

@@ -31,7 +31,7 @@ TFDS_VERSION = "4.*.*"
     ],
 )
 def test_schema_rejects_bad_pets_settings_naming_the_key(compose_cfg, overrides, key):
-    from seglab import schema
+    from seglab.config import schema
 
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
         schema.validate(compose_cfg("data=pets", *overrides))

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from hydra.utils import instantiate
 
-from seglab import runtime, schema
+from seglab.config import schema
+from seglab.engine import runtime
 from seglab.losses import Dice
 from seglab.metrics import segmentation_metrics
 from seglab.models.flops import layers_of

@@ -21,7 +21,7 @@ def predict_cli(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def test_predict_writes_a_mask_and_an_overlay_per_image_at_its_own_size(tracking_stack, stack_run, tmp_path, capsys, caplog):
-    from seglab import predict
+    from seglab.cli import predict
 
     run_id, _, _ = stack_run
     rng = np.random.default_rng(0)

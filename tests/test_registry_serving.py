@@ -21,7 +21,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from seglab import metrics, visualize
+from seglab import metrics
+from seglab.util import visualize
 from tests.conftest import ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,8 @@ def test_training_registers_the_served_model_with_its_scores_and_logs_datasets_a
 
 
 def test_evaluate_moves_the_alias_and_the_tools_load_the_model_by_alias(trained, tmp_path, capsys):
-    from seglab import errors, evaluate, predict, tracking
+    from seglab import errors, tracking
+    from seglab.cli import evaluate, predict
 
     uri, run = trained
     common = ["data=shapes", "data.source.train_size=4", "data.source.val_size=4", "data.source.test_size=6",
@@ -128,7 +130,8 @@ def encoded(array: np.ndarray, fmt: str) -> bytes:
 
 
 def test_mlflow_models_serve_answers_png_and_jpeg_files_with_masks_at_their_sizes(trained, tmp_path):
-    from seglab import predict, tracking
+    from seglab import tracking
+    from seglab.cli import predict
     from seglab.tracking import registry
 
     uri, _ = trained

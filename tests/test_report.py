@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from seglab import report, run_identity
+from seglab.cli import report
+from seglab.engine import run_identity
 from seglab.tracking.sweeps import ChildRun
 
 

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from seglab import checkpoint, resume, run_identity
-
+from seglab.engine import checkpoint, resume, run_identity
 from tests.conftest import ROOT, build_model
 
 

@@ -145,7 +145,7 @@ def test_a_sweep_that_cannot_be_tracked_or_optimises_the_wrong_way_stops_before_
 
 
 def test_command_line_values_win_over_a_presets_search_space_in_the_sweep_definition(compose_cfg):
-    from seglab import sweep as seglab_sweep
+    from seglab.engine import sweep as seglab_sweep
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         overrides = ["+experiment=shapes_unet_width_lr", "model.base_filters=4"]
@@ -205,14 +205,14 @@ def _groups_exist(preset: Path) -> bool:
     return all((Path(CONF_DIR) / group / f"{option}.yaml").exists() for group, option in needed if not group.startswith("hydra"))
 
 
-PRESETS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_whose_groups_exist_composes_and_validates(name, compose_cfg):
-    if not _groups_exist(ROOT / "experiments" / f"{name}.yaml"):
+    if not _groups_exist(Path(CONF_DIR) / "experiment" / f"{name}.yaml"):
         pytest.skip(f"experiments/{name}.yaml needs a config group option that is not on this branch yet")
-    from seglab import schema
+    from seglab.config import schema
 
     cfg = compose_cfg(f"+experiment={name}")
     schema.validate(cfg)

@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from seglab import visualize
+from seglab.util import visualize
 
 
 def test_confusion_matrix_figure_normalises_rows_and_names_the_classes():
@@ -23,7 +23,7 @@ def test_confusion_matrix_figure_normalises_rows_and_names_the_classes():
 
 
 def test_ignored_labels_are_black_not_a_class_colour():
-    from seglab import visualize
+    from seglab.util import visualize
 
     labels = np.array([[0, 1, 255]])
     colours = visualize.colorize(labels, num_classes=2)

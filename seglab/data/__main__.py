@@ -8,12 +8,12 @@ sees every later epoch).  Writes a grid of augmented training samples (image | m
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from omegaconf import DictConfig
 
-from seglab import console, errors, schema
+from seglab import console, errors
+from seglab.config import schema
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:
@@ -35,7 +35,7 @@ def sample_grid(batches, count: int, num_classes: int):
     """(rows of image | coloured mask) as uint8 RGB, from the first `count` training examples."""
     import numpy as np
 
-    from seglab import visualize
+    from seglab.util import visualize
 
     images, masks = zip(*batches.unbatch().take(count).as_numpy_iterator())
     return visualize.mask_grid(np.stack(images), np.stack(masks), num_classes=num_classes)
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from hydra.utils import instantiate
     from PIL import Image
 
-    from seglab import runtime
     from seglab.data import batches_of
+    from seglab.engine import runtime
 
     runtime.setup(cfg.seed, cfg.deterministic)
     data = cfg.data

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seglab import atomic
 from seglab.data import DataError, Provenance, Splits, check_labels
+from seglab.util import atomic
 
 log = logging.getLogger(__name__)
 

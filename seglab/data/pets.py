@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab import net
 from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits, check_labels
+from seglab.util import net
 
 log = logging.getLogger(__name__)
 

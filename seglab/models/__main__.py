@@ -11,8 +11,9 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from seglab import console, errors, schema
-from seglab.schema import CONF_DIR
+from seglab import console, errors
+from seglab.config import schema
+from seglab.config.schema import CONF_DIR
 
 
 def describe(name: str, overrides: list[str]) -> tuple[int, int]:

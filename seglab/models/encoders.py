@@ -16,8 +16,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from seglab import net
 from seglab.errors import UserError
+from seglab.util import net
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 

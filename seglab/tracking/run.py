@@ -213,7 +213,7 @@ class Run:
     def log_confusion_matrix(self, cm, class_names: list[str], title: str) -> None:
         """`confusion_matrix.png` (rows normalised, with counts) and `confusion_matrix.json`, the same
         for a training run and an evaluation run."""
-        from seglab import visualize
+        from seglab.util import visualize
 
         self.log_figure(visualize.confusion_matrix_figure(cm, class_names, title), "confusion_matrix.png")
         self.log_dict({"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": cm.tolist()},

@@ -69,7 +69,7 @@ class ImageSegmenter(mlflow.pyfunc.PythonModel):
     # pd.DataFrame: the signature above is explicit; a hint MLflow cannot infer one from keeps it from
     # printing its advice to add hints every time the class is defined.
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        from seglab.predict import segment
+        from seglab.cli.predict import segment
 
         if "image" not in getattr(model_input, "columns", ()):
             raise MlflowException("the request needs a column `image` of encoded images (docs/serving.md)", INVALID_PARAMETER_VALUE)
@@ -104,7 +104,7 @@ def log_served_model(keras_model, name: str):
     import tensorflow as tf
     from PIL import Image
 
-    from seglab import checkpoint
+    from seglab.engine import checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"

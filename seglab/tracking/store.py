@@ -10,8 +10,8 @@ import urllib.request
 import requests
 from mlflow.exceptions import MlflowException
 
-from seglab import net
 from seglab.errors import UserError
+from seglab.util import net
 
 # A tag holding a message (an error, why a run was ended, what changed) keeps its start (MLflow caps a tag value at 8,000 characters).
 ERROR_TAG_CHARS = 5000

@@ -15,8 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from seglab import atomic
 from seglab.errors import UserError
+from seglab.util import atomic
 
 
 @dataclass

@@ -13,8 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seglab import callbacks, checkpoint, console, debug, determinism, distribute, losses, metrics, per_image, resume, run_identity, runtime, tracking
+from seglab import console, losses, metrics, tracking
 from seglab.data import batches_of, lineage, pipeline, statistics
+from seglab.engine import callbacks, checkpoint, debug, determinism, distribute, per_image, resume, run_identity, runtime
 
 log = logging.getLogger(__name__)
 

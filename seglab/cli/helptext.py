@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from seglab.schema import CONF_DIR
+from seglab.config.schema import CONF_DIR
 
 OPTIONAL_GROUPS = ("debug", "experiment", "hparams_search")  # added with +GROUP=OPTION
 # Groups whose every top-level key is a main key; of the others, the keys named here.

@@ -27,8 +27,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from seglab import objective, run_identity, schema
-from seglab.run_identity import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
+from seglab.config import schema
+from seglab.engine import run_identity
+from seglab.engine.run_identity import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
+from seglab.util import objective
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def _finished_result(cfg: DictConfig) -> tuple[str, float] | None:
     parent = OmegaConf.select(cfg, "tracking.parent_run_id")
     if not parent or cfg.trainer.resume != "auto":
         return None
-    from seglab import resume
+    from seglab.engine import resume
 
     return resume.finished_result(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_key(cfg), parent, cfg.optimize_metric)
 
@@ -188,7 +190,7 @@ class MlflowSweep(Callback):
     def _resumable_parent(self, config: DictConfig, key: str, tags: dict[str, str]) -> str | None:
         """The parent run of the same sweep (same `seglab.sweep_key`) that never reached its end (killed,
         stopped), reopened so its finished jobs are skipped and its unfinished ones continue; None: a new sweep."""
-        from seglab import resume
+        from seglab.engine import resume
         from seglab.tracking import sweeps as sweep_runs
 
         if config.trainer.resume == "never":
@@ -200,7 +202,7 @@ class MlflowSweep(Callback):
         return parent
 
     def _end(self, config: DictConfig) -> None:
-        from seglab import report
+        from seglab.cli import report
         from seglab.tracking import sweeps as sweep_runs
 
         assert self.uri and self.parent_run_id, "on_multirun_end without on_multirun_start"

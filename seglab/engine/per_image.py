@@ -94,7 +94,7 @@ def table(result: PerImage, class_names: list[str], names: list[str] | None = No
 
 def worst_grid(result: PerImage, num_classes: int) -> np.ndarray | None:
     """input | truth | prediction over the input | errors, one row per worst image, worst first."""
-    from seglab import visualize
+    from seglab.util import visualize
 
     if not result.worst:
         return None

@@ -18,9 +18,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from seglab.errors import UserError, unknown_key_message
 
-
 # The config groups.  An absolute path: under `python -m` Hydra would read a relative one as a package.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # seglab/conf, shipped as package data
 
 
 class ConfigError(UserError, ValueError):

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seglab import run_identity
+from seglab.engine import run_identity
 from seglab.errors import UserError
 from seglab.tracking import resumable
 from seglab.tracking.run import HEARTBEAT_TAG
@@ -123,7 +123,7 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     job's own directory on this machine (`hydra.output_dir` tag), and in the run's artifacts (the
     upload named by the `seglab.checkpoint` tag: another machine, e.g. after a SLURM requeue);
     the one with more epochs wins."""
-    from seglab import checkpoint
+    from seglab.engine import checkpoint
 
     local = _local_checkpoint(previous_tags, checkpoint_dir, current_dir)
     local_epoch = checkpoint.saved_epoch(local / STATE_FILE) if local else -1
@@ -156,7 +156,7 @@ def _local_checkpoint(previous_tags: dict[str, str], checkpoint_dir: Path, curre
     found = [d for d in candidates if (d / STATE_FILE).exists()]
     if not found:
         return None
-    from seglab import checkpoint
+    from seglab.engine import checkpoint
 
     return max(found, key=lambda d: checkpoint.saved_epoch(d / STATE_FILE))
 
@@ -172,7 +172,7 @@ def initial_epoch(found: Plan, uri: str, model, checkpointer, checkpoint_dir: st
     the `checkpointer`; the epochs it completed (0 for a new run, or one killed before its first)."""
     if found.run_id is None:
         return 0
-    from seglab import checkpoint
+    from seglab.engine import checkpoint
 
     path = restore_files(uri, found.run_id, found.previous_tags, Path(checkpoint_dir), checkpointer.directory)
     if path is None:

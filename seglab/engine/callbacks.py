@@ -11,7 +11,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from seglab import checkpoint, metrics, objective, visualize
+from seglab import metrics
+from seglab.engine import checkpoint
+from seglab.util import objective, visualize
 
 log = logging.getLogger(__name__)
 
