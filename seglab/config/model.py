@@ -1,0 +1,124 @@
+"""The model group's schemas (conf/model/*.yaml): each architecture's arguments and their ranges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from seglab.config.check import require
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+
+    def size_multiple(self) -> int:
+        """The input side must be a multiple of this (total downsampling of the encoder)."""
+        return 1
+
+
+def _check_bn_momentum(value: float) -> None:
+    require(
+        0.0 < value < 1.0, "model.bn_momentum", value,
+        "use a momentum in (0, 1): 0.9 follows the batch statistics within tens of steps; 0.99 and above need "
+        "thousands of steps before inference-mode predictions are right",
+    )
+
+
+@dataclass
+class UNetConfig(ModelConfig):
+    _target_: str = "seglab.models.unet.build"
+    base_filters: int = MISSING
+    depth: int = MISSING
+    dropout: float = MISSING
+    batch_norm: bool = MISSING
+    bn_momentum: float = MISSING
+
+    def __post_init__(self) -> None:
+        require(self.base_filters >= 1, "model.base_filters", self.base_filters, "use an integer >= 1 (the paper uses 64)")
+        require(1 <= self.depth <= 6, "model.depth", self.depth, "use an integer from 1 to 6 (the paper uses 4)")
+        require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1)")
+        _check_bn_momentum(self.bn_momentum)
+
+    def size_multiple(self) -> int:
+        return 2**self.depth
+
+
+@dataclass
+class EncoderConfig:
+    """A pretrained `keras.applications` encoder: `weights` is imagenet, null (random) or a file path."""
+
+    weights: Optional[str] = MISSING
+    trainable: bool = MISSING  # false: frozen (feature extraction); true: fine-tuned with the decoder
+
+    def __post_init__(self) -> None:
+        require(
+            self.weights is not None or self.trainable,
+            "model.encoder.trainable",
+            self.trainable,
+            "a frozen encoder with random weights (model.encoder.weights=null) never learns; "
+            "use model.encoder.trainable=true to train it from scratch, or pretrained weights "
+            "(model.encoder.weights=imagenet or a file path)",
+        )
+
+
+FCN_VARIANTS = ("32s", "16s", "8s")
+
+
+@dataclass
+class FCN8Config(ModelConfig):
+    _target_: str = "seglab.models.fcn8.build"
+    variant: str = MISSING
+    fc_width: int = MISSING
+    dropout: float = MISSING
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        require(self.variant in FCN_VARIANTS, "model.variant", self.variant, f"choose one of {', '.join(FCN_VARIANTS)}")
+        require(self.fc_width >= 1, "model.fc_width", self.fc_width, "use an integer >= 1 (the paper uses 4096)")
+        require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1) (the paper uses 0.5)")
+
+    def size_multiple(self) -> int:
+        return 32  # VGG16's five 2x2 poolings
+
+
+@dataclass
+class BatchNormEncoderConfig(EncoderConfig):
+    freeze_batch_norm: bool = MISSING  # pretrained weights only: keep the loaded batch-norm statistics
+
+
+MOBILENET_V2_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+@dataclass
+class UNetMobileNetConfig(ModelConfig):
+    _target_: str = "seglab.models.unet_mobilenet.build"
+    alpha: float = MISSING
+    dropout: float = MISSING
+    bn_momentum: float = MISSING
+    encoder: BatchNormEncoderConfig = field(default_factory=BatchNormEncoderConfig)
+
+    def __post_init__(self) -> None:
+        require(self.alpha > 0, "model.alpha", self.alpha, "use a positive width multiplier (1.0 is the paper's MobileNetV2)")
+        require(
+            self.encoder.weights != "imagenet" or self.alpha in MOBILENET_V2_IMAGENET_ALPHAS,
+            "model.alpha",
+            self.alpha,
+            f"Keras has ImageNet weights only for alpha in {list(MOBILENET_V2_IMAGENET_ALPHAS)}; "
+            "use one of those or model.encoder.weights=null",
+        )
+        require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1) (pix2pix uses 0.5)")
+        _check_bn_momentum(self.bn_momentum)
+
+    def size_multiple(self) -> int:
+        return 32  # MobileNetV2's total stride
+
+
+# The ConfigStore entries (GROUP/NAME) that the option YAMLs name in their defaults lists.
+SCHEMAS = {
+    "model/unet_schema": UNetConfig,
+    "model/fcn8_schema": FCN8Config,
+    "model/unet_mobilenet_schema": UNetMobileNetConfig,
+}
