@@ -12,7 +12,7 @@ from keras.src.legacy.saving import legacy_h5_format  # writes Keras' own ImageN
 from mlflow.tracking import MlflowClient
 
 from seglab.config import schema
-from seglab.models import encoders, fcn8, unet_mobilenet
+from seglab.models import encoders, facts, fcn8, unet_mobilenet
 from seglab.models.__main__ import describe
 from seglab.models.flops import forward_flops
 from tests.conftest import build_model, run_cli
@@ -60,7 +60,7 @@ def fcn_params(num_classes, fc_width, variant):
 
 
 @pytest.mark.parametrize("num_classes,size", [(2, 32), (3, 64)])
-@pytest.mark.parametrize("variant", schema.FCN_VARIANTS)
+@pytest.mark.parametrize("variant", facts.FCN_VARIANTS)
 def test_fcn_logits_at_input_size_and_paper_parameter_count(num_classes, size, variant):
     model = build_model("fcn8", num_classes, size, variant=variant, fc_width=32, encoder=RANDOM)
     out = model(np.zeros((2, size, size, 3), np.float32))
@@ -246,6 +246,23 @@ def test_describe_prints_parameters_and_gflops(capsys):
 def test_size_not_a_multiple_of_32_is_rejected_by_the_schema(compose_cfg, model):
     with pytest.raises(schema.ConfigError, match="data.image_size=48 .* multiple of 32 \\(e.g. 32\\)"):
         schema.validate(compose_cfg(f"model={model}", "data.image_size=48"))
+
+
+@pytest.mark.parametrize(
+    "model,overrides,arguments",
+    [
+        ("unet", ["model.depth=2"], dict(depth=2, base_filters=2)),
+        ("fcn8", [], dict(fc_width=8, encoder=RANDOM)),
+        ("unet_mobilenet", [], dict(alpha=0.35, encoder=RANDOM)),
+    ],
+)
+def test_the_input_multiple_the_schema_asks_for_is_the_builders(compose_cfg, model, overrides, arguments):
+    """One multiple (seglab/models/facts.py) builds logits at the input size; one and a half, a multiple of
+    half of it, does not fit the skip connections: the schema asks for exactly what the builder needs."""
+    multiple = schema.validate(compose_cfg(f"model={model}", *overrides)).model.size_multiple()
+    assert build_model(model, 2, multiple, **arguments).output_shape == (None, multiple, multiple, 2)
+    with pytest.raises(ValueError, match="shape"):
+        build_model(model, 2, multiple * 3 // 2, **arguments)
 
 
 @pytest.mark.parametrize("model", ["fcn8", "unet_mobilenet"])

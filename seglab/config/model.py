@@ -8,6 +8,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from seglab.config.check import require
+from seglab.models import facts
 
 
 @dataclass
@@ -43,7 +44,7 @@ class UNetConfig(ModelConfig):
         _check_bn_momentum(self.bn_momentum)
 
     def size_multiple(self) -> int:
-        return 2**self.depth
+        return facts.unet_input_multiple(self.depth)
 
 
 @dataclass
@@ -64,9 +65,6 @@ class EncoderConfig:
         )
 
 
-FCN_VARIANTS = ("32s", "16s", "8s")
-
-
 @dataclass
 class FCN8Config(ModelConfig):
     _target_: str = "seglab.models.fcn8.build"
@@ -76,20 +74,17 @@ class FCN8Config(ModelConfig):
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
-        require(self.variant in FCN_VARIANTS, "model.variant", self.variant, f"choose one of {', '.join(FCN_VARIANTS)}")
+        require(self.variant in facts.FCN_VARIANTS, "model.variant", self.variant, f"choose one of {', '.join(facts.FCN_VARIANTS)}")
         require(self.fc_width >= 1, "model.fc_width", self.fc_width, "use an integer >= 1 (the paper uses 4096)")
         require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1) (the paper uses 0.5)")
 
     def size_multiple(self) -> int:
-        return 32  # VGG16's five 2x2 poolings
+        return facts.VGG16_STRIDE
 
 
 @dataclass
 class BatchNormEncoderConfig(EncoderConfig):
     freeze_batch_norm: bool = MISSING  # pretrained weights only: keep the loaded batch-norm statistics
-
-
-MOBILENET_V2_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 @dataclass
@@ -103,17 +98,17 @@ class UNetMobileNetConfig(ModelConfig):
     def __post_init__(self) -> None:
         require(self.alpha > 0, "model.alpha", self.alpha, "use a positive width multiplier (1.0 is the paper's MobileNetV2)")
         require(
-            self.encoder.weights != "imagenet" or self.alpha in MOBILENET_V2_IMAGENET_ALPHAS,
+            self.encoder.weights != facts.IMAGENET or self.alpha in facts.MOBILENET_V2_IMAGENET_ALPHAS,
             "model.alpha",
             self.alpha,
-            f"Keras has ImageNet weights only for alpha in {list(MOBILENET_V2_IMAGENET_ALPHAS)}; "
+            f"Keras has ImageNet weights only for alpha in {list(facts.MOBILENET_V2_IMAGENET_ALPHAS)}; "
             "use one of those or model.encoder.weights=null",
         )
         require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a rate in [0, 1) (pix2pix uses 0.5)")
         _check_bn_momentum(self.bn_momentum)
 
     def size_multiple(self) -> int:
-        return 32  # MobileNetV2's total stride
+        return facts.MOBILENET_V2_STRIDE
 
 
 # The ConfigStore entries (GROUP/NAME) that the option YAMLs name in their defaults lists.

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from seglab.errors import UserError
+from seglab.models import facts
 from seglab.util import net
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -79,7 +80,7 @@ def weights_file(weights: str | None, imagenet_file: str, imagenet_subdir: str, 
     """The weights file to load into the encoder `what`, or None for random initialisation."""
     if weights is None:
         return None
-    if weights == "imagenet":
+    if weights == facts.IMAGENET:
         return imagenet_weights(imagenet_file, KERAS_WEIGHTS_URL + imagenet_subdir + "/" + imagenet_file, what)
     path = Path(weights).expanduser()
     if not path.is_file():

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from seglab.models import encoders
+from seglab.models import encoders, facts
 
 VGG16_IMAGENET_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 ENCODER_OUTPUTS = ("block3_pool", "block4_pool", "block5_pool")  # strides 8, 16, 32
@@ -65,7 +65,8 @@ def build(
     dropout: float,
     encoder: Mapping[str, Any],
 ) -> keras.Model:
-    """The values come from conf/model/fcn8.yaml (defaults) and seglab/schema.py (ranges, the variants)."""
+    """The values come from conf/model/fcn8.yaml (defaults), seglab/config/model.py (ranges) and
+    seglab/models/facts.py (the variants)."""
     weights, trainable = encoders.options(encoder)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     pool3, pool4, pool5 = vgg16_encoder(image_size, weights, trainable)(encoders.vgg16_preprocessing(inputs))
@@ -77,16 +78,13 @@ def build(
     x = layers.Dropout(dropout, name="drop7")(x)
     x = score(x, num_classes, "score_fr")
 
-    if variant == "32s":
-        logits = upsample(x, num_classes, 32, "upscore32", dtype="float32")
-    else:
-        # Section 4.2: 2x upsample the stride-32 scores and add the pool4 scores, then (8s) again with pool3.
+    # Section 4.2: 2x upsample the stride-32 scores and add the pool4 scores (16s), then again with pool3 (8s).
+    stride = facts.FCN_VARIANTS[variant]
+    if stride <= 16:  # pool4 is at stride 16, pool3 at 8 (ENCODER_OUTPUTS)
         x = upsample(x, num_classes, 2, "upscore2")
         x = layers.Add(name="fuse_pool4")([x, score(pool4, num_classes, "score_pool4")])
-        if variant == "16s":
-            logits = upsample(x, num_classes, 16, "upscore16", dtype="float32")
-        else:
-            x = upsample(x, num_classes, 2, "upscore_pool4")
-            x = layers.Add(name="fuse_pool3")([x, score(pool3, num_classes, "score_pool3")])
-            logits = upsample(x, num_classes, 8, "upscore8", dtype="float32")
+    if stride <= 8:
+        x = upsample(x, num_classes, 2, "upscore_pool4")
+        x = layers.Add(name="fuse_pool3")([x, score(pool3, num_classes, "score_pool3")])
+    logits = upsample(x, num_classes, stride, f"upscore{stride}", dtype="float32")
     return keras.Model(inputs, logits, name=f"fcn{variant}")

@@ -13,17 +13,16 @@ from typing import Any
 import keras
 from keras import layers
 
-from seglab.models import encoders
+from seglab.models import encoders, facts
 
 # Encoder feature maps at strides 2, 4, 8, 16 (skips) and 32 (decoder input), as in the tutorial.
 SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "block_16_project")
 DECODER_FILTERS = (512, 256, 128, 64)
-IMAGENET_SIZES = (96, 128, 160, 192, 224)  # Keras has ImageNet weights trained at these input sizes
 
 
 def imagenet_file(alpha: float, image_size: int) -> str:
     """Keras' file for this width and size (the 224 one for other sizes, as keras.applications does)."""
-    rows = image_size if image_size in IMAGENET_SIZES else 224
+    rows = image_size if image_size in facts.MOBILENET_V2_IMAGENET_SIZES else 224
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
 
 
@@ -64,7 +63,7 @@ def build(
     bn_momentum: float,
     encoder: Mapping[str, Any],
 ) -> keras.Model:
-    """The values come from conf/model/unet_mobilenet.yaml (defaults) and seglab/schema.py (ranges)."""
+    """The values come from conf/model/unet_mobilenet.yaml (defaults) and seglab/config/model.py (ranges)."""
     weights, trainable = encoders.options(encoder)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     mobilenet = mobilenet_v2_encoder(image_size, alpha, weights, trainable, bn_momentum, bool(encoder["freeze_batch_norm"]))
