@@ -100,7 +100,7 @@ class Dice(_ScalarLoss):
         name: str = "dice",
         **kwargs,
     ):
-        super().__init__(name=name, **kwargs)  # the ranges of these values are checked by seglab/schema.py (DiceConfig)
+        super().__init__(name=name, **kwargs)  # the ranges of these values are checked by seglab/config/loss.py (DiceConfig)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.squared_denominator, self.smooth, self.per_image, self.ce_weight = squared_denominator, smooth, per_image, ce_weight
         self.include_background, self.background_index = include_background, background_index
@@ -149,7 +149,7 @@ class WeightedCrossEntropy(_ScalarLoss):
 
     def __init__(self, num_classes: int, class_weights, ignore_index: int | None = None, name: str = "weighted_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
-        # The count and signs of the weights are checked by seglab/schema.py; a balancing method's name is
+        # The count and signs of the weights are checked by seglab/config/loss.py; a balancing method's name is
         # valid config, but only seglab.train can turn it into numbers (it needs the training split).
         if isinstance(class_weights, str):
             raise ValueError(

@@ -106,7 +106,7 @@ def render(_root_: DictConfig) -> str:
         lines.append(f"  {f'{key}={value}':<{width}}  {kind:<6} {about}".rstrip())
     lines += [
         "", "Every other key: `python -m seglab --cfg job` prints the composed config; the ranges are checked by",
-        "seglab/schema.py before TensorFlow loads.", "", "== Examples ==", EXAMPLES, "",
+        "seglab/config/ before TensorFlow loads.", "", "== Examples ==", EXAMPLES, "",
         "Hydra's own flags (--cfg, --multirun, --info, shell completion, ...): python -m seglab --hydra-help",
     ]
     return "\n".join(lines).replace("$", "$$")  # Hydra fills the template with string.Template: a literal $ is $$
