@@ -5,7 +5,7 @@ traceback.  `HYDRA_FULL_ERROR=1` (Hydra's own switch) shows the full traceback i
 What counts as a user's mistake: a `UserError` (seglab's errors whose message names the key or
 file and the fix: ConfigError, DataError, TrackingError, ...) and Hydra's / OmegaConf's
 composition errors (an unknown key, a misspelt option, a value of the wrong type, a malformed
-override).  Anything else is a bug and keeps its traceback.
+override), and a config file that is not valid YAML.  Anything else is a bug and keeps its traceback.
 
 Nothing here imports TensorFlow or MLflow: it runs before either loads.
 """
@@ -35,6 +35,7 @@ def one_line(text: str) -> str:
 
 def explain(err: BaseException) -> str | None:
     """The one-line message for a user's mistake; None for anything else (a bug: keep the traceback)."""
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -50,6 +51,8 @@ def explain(err: BaseException) -> str | None:
         return _hydra_message(err)
     if isinstance(err, OmegaConfBaseException):
         return _omegaconf_message(err)
+    if isinstance(err, yaml.YAMLError):  # a config file that does not parse, most likely one of the user's own (--config-dir)
+        return f"not valid YAML: {one_line(err)}; fix the file at the line named"
     return None
 
 
@@ -111,6 +114,9 @@ _LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^
 _OPTION = re.compile(r"Could not find '([^']+)'")
 _OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An item is already at) '([^']+)'")
 _MERGING = re.compile(r"Error merging override (\S+)")
+# A config file whose keys do not fit the schema (e.g. a user's own option, --config-dir); Hydra keeps
+# OmegaConf's error only as the context, not the cause.
+_COMPOSING = re.compile(r"In '([^']+)': \w+ raised while composing config")
 _SCHEMA_SUFFIX = "_schema"
 
 
@@ -125,6 +131,9 @@ def _hydra_message(err: BaseException) -> str | None:
         return _missing_option(err, text)
     if isinstance(err, OverrideParseException):
         return f"cannot read the override: {one_line(text)}. Write overrides as key=value (quote values with spaces: 'key=a b')."
+    composing = _COMPOSING.match(text)
+    if cause is None and composing and _is_omegaconf(err.__context__):
+        return f"in {composing.group(1)}.yaml: {_omegaconf_message(err.__context__)}"
     override = _OVERRIDE.search(text) or _MERGING.search(text)
     if cause is not None and override:
         return _omegaconf_message(cause, override=override.group(1))
