@@ -116,6 +116,8 @@ _OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An i
 _MERGING = re.compile(r"Error merging override (\S+)")
 # A config file whose keys do not fit the schema (e.g. a user's own option, --config-dir); Hydra keeps
 # OmegaConf's error only as the context, not the cause.
+_TARGET = re.compile(r"Error locating target '([^']+)'")
+_FULL_KEY = re.compile(r"full_key: (\S+)")
 _COMPOSING = re.compile(r"In '([^']+)': \w+ raised while composing config")
 _SCHEMA_SUFFIX = "_schema"
 
@@ -124,7 +126,7 @@ def _hydra_message(err: BaseException) -> str | None:
     from hydra.errors import InstantiationException, MissingConfigException, OverrideParseException
 
     if isinstance(err, InstantiationException):
-        return None  # a builder failed on something that is not a UserError (those are found above): a bug, keep the traceback
+        return _unknown_target(err)  # None: a builder failed on something that is not a UserError, a bug: keep the traceback
     text = str(err)
     cause = err.__cause__
     if isinstance(err, MissingConfigException) or _OPTION.search(text):
@@ -140,6 +142,26 @@ def _hydra_message(err: BaseException) -> str | None:
     if cause is not None:
         return _omegaconf_message(cause) if _is_omegaconf(cause) else f"{one_line(text)}: {one_line(cause)}"
     return one_line(text)
+
+
+def _unknown_target(err: BaseException) -> str | None:
+    """A `_target_` naming a module or attribute that does not exist, e.g. a module path of before the
+    layered layout in a user's own config; None when the target exists but importing it failed (a bug)."""
+    found = _TARGET.search(str(err))
+    why = getattr(err.__cause__, "__cause__", None)  # Hydra's ImportError wraps what importing raised
+    if found is None or why is None:
+        return None
+    target = found.group(1)
+    module_missing = isinstance(why, ModuleNotFoundError) and f"{target}.".startswith(f"{why.name}.")
+    if not (module_missing or isinstance(why, AttributeError)):
+        return None
+    module, _, name = target.rpartition(".")
+    reason = one_line(why)
+    if module_missing and why.name == target and "is not a package" in reason:  # Hydra's last try: the name as a module
+        reason = f"module '{module}' has no attribute '{name}'"
+    where = _FULL_KEY.search(str(err))
+    return (f"{where.group(1) + '.' if where else ''}_target_={target}: {reason}; module paths that moved "
+            "in seglab's layered layout are listed in docs/configuration.md")
 
 
 def _missing_option(err: BaseException, text: str) -> str:

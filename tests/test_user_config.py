@@ -78,3 +78,16 @@ def test_a_mistake_in_a_users_file_is_one_line_naming_it(user_dir, edit, named):
 def test_seglabs_own_option_wins_over_a_users_file_of_the_same_name(user_dir):
     (user_dir / "model" / "unet.yaml").write_text(MY_UNET.replace("base_filters: 24", "base_filters: 99"))
     assert composed(user_dir, "model=unet")["model"]["base_filters"] == 16
+
+
+def test_a_module_path_of_before_the_layered_layout_is_one_line_naming_it(user_dir):
+    # A user's preset written against the old layout: seglab.sweep is seglab.engine.sweep now. Hydra builds
+    # its callbacks before the first job, so this fails before TensorFlow loads.
+    (user_dir / "experiment" / "old.yaml").write_text(
+        "# @package _global_\nhydra:\n  callbacks:\n    mlflow_sweep:\n      _target_: seglab.sweep.MlflowSweep\n")
+    done = run_cli("--config-dir", str(user_dir), "--multirun", "+experiment=old", "model.depth=2",
+                   f"tracking.uri=sqlite:///{user_dir.parent}/mlflow.db", cwd=user_dir.parent, check=False)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("seglab: hydra.callbacks.mlflow_sweep._target_=seglab.sweep.MlflowSweep: No module named 'seglab.sweep'")
+    assert "docs/configuration.md" in line
