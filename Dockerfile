@@ -6,10 +6,8 @@ FROM tensorflow/tensorflow:2.20.0-gpu
 WORKDIR /opt/seglab
 COPY pyproject.toml README.md ./
 COPY seglab ./seglab
-COPY conf ./conf
-COPY experiments ./experiments
-# Editable, so `python -m seglab` finds conf/ next to the package, as in a checkout.
-RUN pip install --no-cache-dir -e .
+# A normal install, as a user's: the configs and presets are package data (seglab/conf).
+RUN pip install --no-cache-dir .
 
 WORKDIR /runs
 ENTRYPOINT ["python", "-m", "seglab"]

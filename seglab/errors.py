@@ -5,7 +5,7 @@ traceback.  `HYDRA_FULL_ERROR=1` (Hydra's own switch) shows the full traceback i
 What counts as a user's mistake: a `UserError` (seglab's errors whose message names the key or
 file and the fix: ConfigError, DataError, TrackingError, ...) and Hydra's / OmegaConf's
 composition errors (an unknown key, a misspelt option, a value of the wrong type, a malformed
-override).  Anything else is a bug and keeps its traceback.
+override), and a config file that is not valid YAML.  Anything else is a bug and keeps its traceback.
 
 Nothing here imports TensorFlow or MLflow: it runs before either loads.
 """
@@ -35,6 +35,7 @@ def one_line(text: str) -> str:
 
 def explain(err: BaseException) -> str | None:
     """The one-line message for a user's mistake; None for anything else (a bug: keep the traceback)."""
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -50,6 +51,8 @@ def explain(err: BaseException) -> str | None:
         return _hydra_message(err)
     if isinstance(err, OmegaConfBaseException):
         return _omegaconf_message(err)
+    if isinstance(err, yaml.YAMLError):  # a config file that does not parse, most likely one of the user's own (--config-dir)
+        return f"not valid YAML: {one_line(err)}; fix the file at the line named"
     return None
 
 
@@ -111,6 +114,11 @@ _LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^
 _OPTION = re.compile(r"Could not find '([^']+)'")
 _OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An item is already at) '([^']+)'")
 _MERGING = re.compile(r"Error merging override (\S+)")
+# A config file whose keys do not fit the schema (e.g. a user's own option, --config-dir); Hydra keeps
+# OmegaConf's error only as the context, not the cause.
+_TARGET = re.compile(r"Error locating target '([^']+)'")
+_FULL_KEY = re.compile(r"full_key: (\S+)")
+_COMPOSING = re.compile(r"In '([^']+)': \w+ raised while composing config")
 _SCHEMA_SUFFIX = "_schema"
 
 
@@ -118,19 +126,42 @@ def _hydra_message(err: BaseException) -> str | None:
     from hydra.errors import InstantiationException, MissingConfigException, OverrideParseException
 
     if isinstance(err, InstantiationException):
-        return None  # a builder failed on something that is not a UserError (those are found above): a bug, keep the traceback
+        return _unknown_target(err)  # None: a builder failed on something that is not a UserError, a bug: keep the traceback
     text = str(err)
     cause = err.__cause__
     if isinstance(err, MissingConfigException) or _OPTION.search(text):
         return _missing_option(err, text)
     if isinstance(err, OverrideParseException):
         return f"cannot read the override: {one_line(text)}. Write overrides as key=value (quote values with spaces: 'key=a b')."
+    composing = _COMPOSING.match(text)
+    if cause is None and composing and _is_omegaconf(err.__context__):
+        return f"in {composing.group(1)}.yaml: {_omegaconf_message(err.__context__)}"
     override = _OVERRIDE.search(text) or _MERGING.search(text)
     if cause is not None and override:
         return _omegaconf_message(cause, override=override.group(1))
     if cause is not None:
         return _omegaconf_message(cause) if _is_omegaconf(cause) else f"{one_line(text)}: {one_line(cause)}"
     return one_line(text)
+
+
+def _unknown_target(err: BaseException) -> str | None:
+    """A `_target_` naming a module or attribute that does not exist, e.g. a module path of before the
+    layered layout in a user's own config; None when the target exists but importing it failed (a bug)."""
+    found = _TARGET.search(str(err))
+    why = getattr(err.__cause__, "__cause__", None)  # Hydra's ImportError wraps what importing raised
+    if found is None or why is None:
+        return None
+    target = found.group(1)
+    module_missing = isinstance(why, ModuleNotFoundError) and f"{target}.".startswith(f"{why.name}.")
+    if not (module_missing or isinstance(why, AttributeError)):
+        return None
+    module, _, name = target.rpartition(".")
+    reason = one_line(why)
+    if module_missing and why.name == target and "is not a package" in reason:  # Hydra's last try: the name as a module
+        reason = f"module '{module}' has no attribute '{name}'"
+    where = _FULL_KEY.search(str(err))
+    return (f"{where.group(1) + '.' if where else ''}_target_={target}: {reason}; module paths that moved "
+            "in seglab's layered layout are listed in docs/configuration.md")
 
 
 def _missing_option(err: BaseException, text: str) -> str:

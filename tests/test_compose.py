@@ -80,7 +80,9 @@ def test_trainer_runs_seglab_on_the_gpu_against_the_server(env_file):
     (image,) = [args for op, args in steps if op == "FROM"]
     name, tag = image.split(":")
     assert name == "tensorflow/tensorflow" and tag.endswith("-gpu")
-    assert any(op == "RUN" and args.split()[:2] == ["pip", "install"] and args.split()[-1] == "." for op, args in steps)
+    # A normal install of the package alone, not an editable one: the configs travel as package data (seglab/conf).
+    assert [args for op, args in steps if op == "RUN" and args.split()[:2] == ["pip", "install"]] == ["pip install --no-cache-dir ."]
+    assert sorted(src for op, args in steps if op == "COPY" for src in args.split()[:-1]) == ["README.md", "pyproject.toml", "seglab"]
     assert ("ENTRYPOINT", '["python", "-m", "seglab"]') in steps
 
 

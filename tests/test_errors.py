@@ -35,3 +35,16 @@ def test_an_in_graph_label_check_becomes_one_line_with_the_file():
 
 def test_unknown_key_names_the_closest_key():
     assert "did you mean epochs?" in errors.unknown_key_message("trainer.epoch", ["epochs", "batch_size"])
+
+
+def test_a_target_that_names_nothing_is_one_line_but_a_failing_import_inside_it_is_a_bug(tmp_path, monkeypatch):
+    (tmp_path / "user_module_with_a_bug.py").write_text("import a_module_nobody_has\n\ndef build():\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    messages = {}
+    for target in ("seglab.sweep.MlflowSweep", "seglab.losses.CrossEntropyy", "user_module_with_a_bug.build"):
+        with pytest.raises(Exception) as failed:
+            instantiate({"loss": {"_target_": target}}).loss
+        messages[target] = errors.explain(failed.value)
+    assert messages["seglab.sweep.MlflowSweep"].startswith("loss._target_=seglab.sweep.MlflowSweep: No module named 'seglab.sweep'")
+    assert "has no attribute 'CrossEntropyy'" in messages["seglab.losses.CrossEntropyy"]
+    assert messages["user_module_with_a_bug.build"] is None  # the module exists; what it imports does not: a bug, traceback

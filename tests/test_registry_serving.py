@@ -131,7 +131,7 @@ def encoded(array: np.ndarray, fmt: str) -> bytes:
 
 def test_mlflow_models_serve_answers_png_and_jpeg_files_with_masks_at_their_sizes(trained, tmp_path):
     from seglab import tracking
-    from seglab.cli import predict
+    from seglab import inference
     from seglab.tracking import registry
 
     uri, _ = trained
@@ -167,7 +167,7 @@ def test_mlflow_models_serve_answers_png_and_jpeg_files_with_masks_at_their_size
         assert [(row["height"], row["width"]) for row in answer] == [(20, 50), (70, 33)]
         assert all(set(np.unique(m)) <= {0, 1, 2} for m in masks)
         # The same masks as `python -m seglab.predict` gives (one preprocessing), for the lossless PNG.
-        expected = predict.segment(tracking.load_model(f"models:/{NAME}@champion", uri), [png])[0]
+        expected = inference.segment(tracking.load_model(f"models:/{NAME}@champion", uri), [png])[0]
         np.testing.assert_array_equal(masks[0], expected)
 
         scored = post(f"{url}/invocations", {"dataframe_records": records[1:], "params": {"scores": True}})["predictions"][0]

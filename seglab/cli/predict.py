@@ -78,27 +78,6 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def segment(model, images: list[np.ndarray], scores: bool = False):
-    """Label maps (H, W) at each image's own size, from one batched forward pass; with `scores`,
-    also each image's per-class softmax probabilities (H, W, C) at its own size (bilinear)."""
-    import tensorflow as tf
-
-    from seglab.data.pipeline import resize_image, to_unit_range  # the training pipeline's own preprocessing
-
-    size = model.input_shape[1]
-    batch = tf.stack([to_unit_range(resize_image(im, size)) for im in images])
-    logits = model(batch, training=False)
-    labels = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., None]
-    masks = [
-        tf.image.resize(lab, im.shape[:2], method="nearest")[..., 0].numpy().astype(np.uint8)
-        for lab, im in zip(labels, images)
-    ]
-    if not scores:
-        return masks
-    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-    return masks, [tf.image.resize(p, im.shape[:2], method="bilinear").numpy() for p, im in zip(probabilities, images)]
-
-
 def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -> None:
     from seglab.util import visualize
 
@@ -113,7 +92,7 @@ def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
     """Segment every input; (images written, [(unreadable file, why)])."""
     from tqdm import tqdm
 
-    from seglab import tracking
+    from seglab import inference, tracking  # TensorFlow and MLflow: only once the arguments are checked
 
     source, output = Path(cfg.input), Path(cfg.output)
     files = input_files(source)
@@ -131,7 +110,7 @@ def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
                 except (OSError, ValueError, Image.DecompressionBombError) as err:
                     skipped.append((path, str(err).splitlines()[0] if str(err) else type(err).__name__))
             if readable:
-                for (path, image), labels in zip(readable, segment(model, [im for _, im in readable])):
+                for (path, image), labels in zip(readable, inference.segment(model, [im for _, im in readable])):
                     write(output, path.relative_to(root), image, labels)
                 written += len(readable)
             bar.update(min(cfg.batch_size, len(files) - start))

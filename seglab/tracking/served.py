@@ -5,7 +5,7 @@ Input: a column `image` of encoded images (PNG, JPEG, or anything Pillow reads; 
 converted to RGB), any size; in JSON each is base64 (MLflow decodes binary columns).  Output, one row
 per image: `mask`, the label map at the image's own size as a greyscale PNG, base64; `height`,
 `width`; and with the parameter `scores=true`, `scores`: one greyscale PNG per class (base64) of that
-class's softmax probability x 255 at the image's size.  Preprocessing is `seglab.predict.segment`'s,
+class's softmax probability x 255 at the image's size.  Preprocessing is `seglab.inference.segment`'s,
 the one used by `python -m seglab.predict` (resize bilinear to the model's input, masks back nearest).
 The Keras model travels inside as a `.keras` file and is what `tracking.load_model` unwraps for
 predict and evaluate.
@@ -69,7 +69,7 @@ class ImageSegmenter(mlflow.pyfunc.PythonModel):
     # pd.DataFrame: the signature above is explicit; a hint MLflow cannot infer one from keeps it from
     # printing its advice to add hints every time the class is defined.
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        from seglab.cli.predict import segment
+        from seglab.inference import segment
 
         if "image" not in getattr(model_input, "columns", ()):
             raise MlflowException("the request needs a column `image` of encoded images (docs/serving.md)", INVALID_PARAMETER_VALUE)
