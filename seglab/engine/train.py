@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, losses, metrics, tracking
 from seglab.data import batches_of, lineage, pipeline, statistics
-from seglab.engine import callbacks, checkpoint, debug, determinism, distribute, per_image, resume, run_identity, runtime
+from seglab.engine import callbacks, debug, determinism, distribute, finish, resume, run_identity, runtime
 
 log = logging.getLogger(__name__)
 
@@ -97,26 +97,10 @@ def run(cfg: DictConfig) -> float:
         if profiler and profiler.steps:
             _report_profile(mlrun, profiler)
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
-        # The model users get (MLflow model, evaluate, predict) is the best epoch's unless asked otherwise:
-        # a late epoch can be worse than an earlier one.
-        if cfg.tracking.log_model == "last":
-            chosen, chosen_epoch = checkpoint.inference_model(model), cfg.trainer.epochs - 1
-        else:
-            chosen, chosen_epoch = checkpoint.load_model(checkpointer.best_path), checkpointer.best_epoch
-        # The chosen model's scores: the confusion matrix, a table per image and the worst images (seglab.per_image).
-        final = per_image.score_images(chosen, val_ds, data.num_classes, worst=cfg.trainer.worst_samples)
-        which = "best" if chosen_epoch == checkpointer.best_epoch else "last"
-        mlrun.log_confusion_matrix(final.split_matrix, list(data.class_names), f"validation, {which} epoch ({chosen_epoch + 1})")
-        per_image.log(mlrun, final, list(data.class_names), "val", getattr(splits.about.get("val"), "names", None))
-        if cfg.tracking.log_model:
-            with console.keras_silent():  # MLflow predicts on the examples to infer the signatures: no progress bars
-                mlrun.log_model(chosen, input_example=sample_images[:1])
-                served_uri = mlrun.log_served_model(chosen)  # takes encoded images: what `mlflow models serve` runs
-            mlrun.set_tags({"seglab.model_epoch": chosen_epoch, "seglab.model_weights": cfg.tracking.log_model})
-            if cfg.tracking.register_as and served_uri:
-                final_scores = metrics.scores(final.split_matrix)
-                mlrun.register_model(served_uri, cfg.tracking.register_as, {"run_id": mlrun.run_id, "data": data.name, "epoch": chosen_epoch, **{
-                    f"val_{key}": final_scores[key] for key in ("mean_iou", "mean_dice", "pixel_accuracy")}})
+        publish = finish.Publish(cfg.tracking.log_model, sample_images[:1], cfg.tracking.register_as, data.name)
+        finish.finish(mlrun, finish.choose(cfg.tracking.log_model, model, checkpointer, cfg.trainer.epochs),
+                      finish.Split("val", val_ds, list(data.class_names), finish.image_names(splits, "val")),
+                      cfg.trainer.worst_samples, publish if cfg.tracking.log_model else None)
         log.info(
             "best %s %.4f at epoch %d; checkpoints in %s; MLflow run %s: %s", cfg.optimize_metric, checkpointer.best,
             checkpointer.best_epoch + 1, checkpointer.directory, mlrun.run_id,
