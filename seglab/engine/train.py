@@ -67,25 +67,12 @@ def run(cfg: DictConfig) -> float:
         # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
         train_ds = batches_of(cfg, splits.train, "train", training=True, epochs=range(first_epoch, cfg.trainer.epochs))
         train_ds, val_ds = debug.limit(train_ds, val_ds, cfg.trainer)
-        fit_callbacks = [
-            # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
-            keras.callbacks.TerminateOnNaN(raise_error=True),
-            callbacks.MetricsLogger(mlrun, train_images),
-            checkpointer,
-            callbacks.EpochLine(cfg.trainer.epochs, checkpointer),
-            callbacks.Heartbeat(mlrun),
-        ]
-        if cfg.trainer.train_inference_images:
-            # Before MetricsLogger: it adds train_inference_* to the epoch's logs, which MetricsLogger logs.
-            fixed_train = batches_of(cfg, splits.train.take(cfg.trainer.train_inference_images), "train", cache=False)
-            fit_callbacks.insert(1, callbacks.InferenceModeScores(fixed_train, data.num_classes, loss))
+        fixed_train = (batches_of(cfg, splits.train.take(cfg.trainer.train_inference_images), "train", cache=False)
+                       if cfg.trainer.train_inference_images else None)
         # From an uncached copy: reading a few examples of the cached split would leave its cache half-filled.
         sample_images, sample_masks = _first_examples(batches_of(cfg, splits.val, "val", cache=False), cfg.trainer.mask_samples)
-        if cfg.trainer.mask_samples:
-            fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
-        profiler = callbacks.Profiler(*cfg.trainer.profile_batches, out / "profile") if cfg.trainer.profile_batches else None
-        if profiler:
-            fit_callbacks.append(profiler)
+        fit_callbacks = callbacks.for_training(cfg, mlrun, checkpointer, train_images, loss, fixed_train,
+                                               (sample_images, sample_masks), out / "profile")
         if first_epoch < cfg.trainer.epochs:
             model.fit(
                 # verbose=0: EpochLine prints the short line; shuffle=False: the pipeline shuffles (Keras would warn).
@@ -94,6 +81,7 @@ def run(cfg: DictConfig) -> float:
             )
 
         mlrun.log_checkpoint([checkpointer.best_path, checkpointer.last_path], max(first_epoch, cfg.trainer.epochs), "checkpoints")
+        profiler = next((c for c in fit_callbacks if isinstance(c, callbacks.Profiler)), None)
         if profiler and profiler.steps:
             _report_profile(mlrun, profiler)
         mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
