@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from seglab import console, errors
 from seglab.config import preflight, schema
 
-log = logging.getLogger(__name__)
 MODEL_URIS_IN_STORE = ("runs:/", "models:/")  # other model URIs (a local path) need no tracking store
 
 
@@ -42,7 +41,7 @@ def parse(argv: list[str]) -> tuple[str, str | None, DictConfig]:
     if alias is not None and not ALIAS.match(alias):
         raise schema.ConfigError(f"set_alias={alias} is not an alias: use letters, digits, _ and -, starting with a letter (e.g. champion).")
     overrides = [a for a in argv if not a.startswith(OWN_KEYS)]
-    # Only the data part matters here (the model is the logged one): its size comes from the model in `run`.
+    # Only the data part matters here (the model is the logged one): its size comes from the model (engine.evaluate.load).
     cfg = schema.compose(overrides, check=False)
     schema.check_known_keys(cfg)
     OmegaConf.to_object(cfg.data)  # the data config's own range checks
