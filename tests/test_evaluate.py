@@ -74,7 +74,7 @@ def test_the_data_is_built_at_the_models_size_whatever_data_image_size_says(trac
 
     from seglab.cli import evaluate
 
-    caplog.set_level(logging.INFO, logger="seglab.cli.evaluate")
+    caplog.set_level(logging.INFO, logger="seglab.engine.evaluate")
     run_id, _, _ = stack_run
     client = MlflowClient(tracking_stack.uri)
     common = [f"model_uri=runs:/{run_id}/model", "data=shapes", "data.source.train_size=8", "data.source.val_size=8",

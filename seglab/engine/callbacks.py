@@ -1,4 +1,5 @@
-"""Keras callbacks that connect `fit` to MLflow and to the checkpoint files."""
+"""Keras callbacks that connect `fit` to MLflow and to the checkpoint files; `for_training`: the
+list a training run fits with, built from the config."""
 
 from __future__ import annotations
 
@@ -16,6 +17,30 @@ from seglab.engine import checkpoint
 from seglab.util import objective, visualize
 
 log = logging.getLogger(__name__)
+
+
+def for_training(cfg, run, checkpointer: "Checkpointer", train_images: int, loss, inference_batches=None,
+                 samples: tuple[np.ndarray, np.ndarray] | None = None, profile_dir: Path | None = None) -> list[keras.callbacks.Callback]:
+    """The callbacks of a training run's `fit`, in the order Keras calls them: trainer.train_inference_images
+    (0: none) scores `inference_batches`, trainer.mask_samples (0: none) draws the first of `samples` every
+    epoch, trainer.profile_batches (null: none) profiles into `profile_dir`."""
+    trainer = cfg.trainer
+    # Keras hands every callback the same epoch logs, in list order: InferenceModeScores comes before
+    # MetricsLogger because it adds train_inference_* to those logs, which MetricsLogger then logs.
+    scores = [InferenceModeScores(inference_batches, cfg.data.num_classes, loss)] if trainer.train_inference_images else []
+    masks = [MaskLogger(run, *samples)] if trainer.mask_samples else []
+    profiler = [Profiler(*trainer.profile_batches, profile_dir)] if trainer.profile_batches else []
+    return [
+        # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
+        keras.callbacks.TerminateOnNaN(raise_error=True),
+        *scores,
+        MetricsLogger(run, train_images),
+        checkpointer,
+        EpochLine(trainer.epochs, checkpointer),
+        Heartbeat(run),
+        *masks,
+        *profiler,
+    ]
 
 
 def mlflow_name(key: str) -> str:

@@ -1,10 +1,13 @@
-"""The experiment as a story: data, model, loss, fit, evaluate, log.  Returns the metric a
-Hydra sweeper optimises (`optimize_metric`, best epoch)."""
+"""The experiment as a story: open the run, set up model, data and loss, fit, finish (the chosen
+model scored and logged, seglab.engine.finish).  Returns the metric a Hydra sweeper optimises
+(`optimize_metric`, best epoch)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -15,114 +18,133 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, losses, metrics, tracking
 from seglab.data import batches_of, lineage, pipeline, statistics
-from seglab.engine import callbacks, checkpoint, debug, determinism, distribute, per_image, resume, run_identity, runtime
+from seglab.engine import callbacks, debug, determinism, distribute, finish, resume, run_identity, runtime
+from seglab.tracking import tags
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float:
+    """Train the configured experiment in an MLflow run; the best epoch's `optimize_metric`."""
     # First: a multi-worker strategy configures collective ops, which TensorFlow allows only before it starts.
     strategy = distribute.make(cfg.trainer.strategy)
     device = runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     out = Path(HydraConfig.get().runtime.output_dir)
+    found, mlrun = open_run(cfg, device)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
-    # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
-    # trainer.resume: continue a killed run of the same experiment (docs/resume.md).
-    tags = {**run_identity.tags(cfg), **run_identity.owner_tags(), **_runtime_tags(device)}
-    # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
-    # (seglab/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
-    chief = distribute.is_chief()
-    found = resume.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[run_identity.KEY_TAG],
-                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else resume.Plan(None)
-    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), tags, cfg.tracking.parent_run_id,
-                         resume_run_id=found.run_id) if chief else distribute.WorkerRun()
     with mlrun, distribute.checkpoint_directory(out / cfg.trainer.checkpoint_dir) as checkpoint_dir:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-
-        data = cfg.data
-        # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
-        with strategy.scope():  # model, optimizer and metric variables are mirrored over the replicas
-            model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
-        splits = instantiate(data.source)
-        lineage.log(mlrun, data.name, splits, ["train", "val"])  # the run's input datasets: source, size, content digest
-        val_ds = batches_of(cfg, splits.val, "val")
-        train_images = pipeline.count(splits.train)
-        # +debug=fast / +debug=overfit read fewer batches an epoch.
-        steps_per_epoch = debug.steps_per_epoch(pipeline.steps_per_epoch(train_images, cfg.trainer.batch_size), cfg.trainer)
-
-        loss = build_loss(cfg, splits.train)
-        if isinstance(loss, losses.WeightedCrossEntropy):
-            mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
-
-        with strategy.scope():  # optimizer and metric variables are mirrored over the replicas, as the model's
-            compile_model(cfg, model, loss, steps_per_epoch)
-            # Ops without a deterministic GPU kernel: named now, not mid-run (it traces the step as fit will).
-            determinism.preflight(model, data.image_size, cfg.deterministic)
-        mlrun.set_tags({"model.parameters": model.count_params(), "replicas": strategy.num_replicas_in_sync})
-
+        setup = set_up(cfg, strategy, mlrun)
         checkpointer = callbacks.Checkpointer(checkpoint_dir, monitor=cfg.optimize_metric,
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
-        first_epoch = resume.initial_epoch(found, cfg.tracking.uri, model, checkpointer, cfg.trainer.checkpoint_dir)
-        # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
-        train_ds = batches_of(cfg, splits.train, "train", training=True, epochs=range(first_epoch, cfg.trainer.epochs))
-        train_ds, val_ds = debug.limit(train_ds, val_ds, cfg.trainer)
-        fit_callbacks = [
-            # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
-            keras.callbacks.TerminateOnNaN(raise_error=True),
-            callbacks.MetricsLogger(mlrun, train_images),
-            checkpointer,
-            callbacks.EpochLine(cfg.trainer.epochs, checkpointer),
-            callbacks.Heartbeat(mlrun),
-        ]
-        if cfg.trainer.train_inference_images:
-            # Before MetricsLogger: it adds train_inference_* to the epoch's logs, which MetricsLogger logs.
-            fixed_train = batches_of(cfg, splits.train.take(cfg.trainer.train_inference_images), "train", cache=False)
-            fit_callbacks.insert(1, callbacks.InferenceModeScores(fixed_train, data.num_classes, loss))
-        # From an uncached copy: reading a few examples of the cached split would leave its cache half-filled.
-        sample_images, sample_masks = _first_examples(batches_of(cfg, splits.val, "val", cache=False), cfg.trainer.mask_samples)
-        if cfg.trainer.mask_samples:
-            fit_callbacks.append(callbacks.MaskLogger(mlrun, sample_images, sample_masks))
-        profiler = callbacks.Profiler(*cfg.trainer.profile_batches, out / "profile") if cfg.trainer.profile_batches else None
-        if profiler:
-            fit_callbacks.append(profiler)
-        if first_epoch < cfg.trainer.epochs:
-            model.fit(
-                # verbose=0: EpochLine prints the short line; shuffle=False: the pipeline shuffles (Keras would warn).
-                train_ds, validation_data=val_ds, epochs=cfg.trainer.epochs, initial_epoch=first_epoch, callbacks=fit_callbacks,
-                steps_per_epoch=steps_per_epoch, verbose=0, shuffle=False,
-            )
+        first_epoch = resume.initial_epoch(found, cfg.tracking.uri, setup.model, checkpointer, cfg.trainer.checkpoint_dir)
+        fitted = fit(cfg, mlrun, setup, checkpointer, first_epoch, out / "profile")
+        log_training(cfg, mlrun, checkpointer, first_epoch, fitted.callbacks)
 
-        mlrun.log_checkpoint([checkpointer.best_path, checkpointer.last_path], max(first_epoch, cfg.trainer.epochs), "checkpoints")
-        if profiler and profiler.steps:
-            _report_profile(mlrun, profiler)
-        mlrun.set_tags({"best_step": checkpointer.best_epoch, f"best_{cfg.optimize_metric}": checkpointer.best})
-        # The model users get (MLflow model, evaluate, predict) is the best epoch's unless asked otherwise:
-        # a late epoch can be worse than an earlier one.
-        if cfg.tracking.log_model == "last":
-            chosen, chosen_epoch = checkpoint.inference_model(model), cfg.trainer.epochs - 1
-        else:
-            chosen, chosen_epoch = checkpoint.load_model(checkpointer.best_path), checkpointer.best_epoch
-        # The chosen model's scores: the confusion matrix, a table per image and the worst images (seglab.per_image).
-        final = per_image.score_images(chosen, val_ds, data.num_classes, worst=cfg.trainer.worst_samples)
-        which = "best" if chosen_epoch == checkpointer.best_epoch else "last"
-        mlrun.log_confusion_matrix(final.split_matrix, list(data.class_names), f"validation, {which} epoch ({chosen_epoch + 1})")
-        per_image.log(mlrun, final, list(data.class_names), "val", getattr(splits.about.get("val"), "names", None))
-        if cfg.tracking.log_model:
-            with console.keras_silent():  # MLflow predicts on the examples to infer the signatures: no progress bars
-                mlrun.log_model(chosen, input_example=sample_images[:1])
-                served_uri = mlrun.log_served_model(chosen)  # takes encoded images: what `mlflow models serve` runs
-            mlrun.set_tags({"seglab.model_epoch": chosen_epoch, "seglab.model_weights": cfg.tracking.log_model})
-            if cfg.tracking.register_as and served_uri:
-                final_scores = metrics.scores(final.split_matrix)
-                mlrun.register_model(served_uri, cfg.tracking.register_as, {"run_id": mlrun.run_id, "data": data.name, "epoch": chosen_epoch, **{
-                    f"val_{key}": final_scores[key] for key in ("mean_iou", "mean_dice", "pixel_accuracy")}})
+        chosen = finish.choose(cfg.tracking.log_model, setup.model, checkpointer, cfg.trainer.epochs)
+        val = finish.Split("val", fitted.val_ds, list(cfg.data.class_names), finish.image_names(setup.splits, "val"))
+        publish = finish.Publish(cfg.tracking.log_model, fitted.samples[0][:1], cfg.tracking.register_as, cfg.data.name)
+        finish.finish(mlrun, chosen, val, cfg.trainer.worst_samples, publish if cfg.tracking.log_model else None)
         log.info(
             "best %s %.4f at epoch %d; checkpoints in %s; MLflow run %s: %s", cfg.optimize_metric, checkpointer.best,
             checkpointer.best_epoch + 1, checkpointer.directory, mlrun.run_id,
             console.ui_address(cfg.tracking.uri, mlrun.experiment_id, mlrun.run_id),
         )
     return checkpointer.best
+
+
+def open_run(cfg: DictConfig, device: str) -> tuple[resume.Plan, Any]:
+    """The run this training logs to (a `tracking.Run`, not yet started; on a multi-worker cluster's
+    other workers a run that logs nothing) and the plan to continue an earlier one (trainer.resume:
+    a killed run of the same experiment, docs/resume.md)."""
+    # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
+    identity = {**run_identity.tags(cfg), **run_identity.owner_tags(), **_runtime_tags(device)}
+    # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
+    # (seglab/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
+    chief = distribute.is_chief()
+    found = resume.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, identity[tags.RUN_KEY],
+                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else resume.Plan(None)
+    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), identity, cfg.tracking.parent_run_id,
+                         resume_run_id=found.run_id) if chief else distribute.WorkerRun()
+    return found, mlrun
+
+
+@dataclass
+class Setup:
+    """What the run trains, built from the config."""
+
+    model: keras.Model  # compiled
+    splits: Any  # the data source's splits (seglab.data)
+    loss: keras.losses.Loss
+    train_images: int
+    steps_per_epoch: int
+    val_ds: tf.data.Dataset  # the validation batches, before +debug limits them
+
+
+def set_up(cfg: DictConfig, strategy, mlrun) -> Setup:
+    """The model, the data and the loss, compiled under the strategy; the run's input datasets, the
+    loss's computed class weights and the model's size logged to `mlrun`."""
+    data = cfg.data
+    # The model first: a pretrained encoder whose weights are missing fails before any data is made or downloaded.
+    with strategy.scope():  # model, optimizer and metric variables are mirrored over the replicas
+        model = instantiate(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
+    splits = instantiate(data.source)
+    lineage.log(mlrun, data.name, splits, ["train", "val"])  # the run's input datasets: source, size, content digest
+    val_ds = batches_of(cfg, splits.val, "val")
+    train_images = pipeline.count(splits.train)
+    # +debug=fast / +debug=overfit read fewer batches an epoch.
+    steps_per_epoch = debug.steps_per_epoch(pipeline.steps_per_epoch(train_images, cfg.trainer.batch_size), cfg.trainer)
+
+    loss = build_loss(cfg, splits.train)
+    if isinstance(loss, losses.WeightedCrossEntropy):
+        mlrun.log_params({f"loss.class_weight.{name}": w for name, w in zip(data.class_names, loss.class_weights)})
+
+    with strategy.scope():  # optimizer and metric variables are mirrored over the replicas, as the model's
+        compile_model(cfg, model, loss, steps_per_epoch)
+        # Ops without a deterministic GPU kernel: named now, not mid-run (it traces the step as fit will).
+        determinism.preflight(model, data.image_size, cfg.deterministic)
+    mlrun.set_tags({tags.PARAMETERS: model.count_params(), tags.REPLICAS: strategy.num_replicas_in_sync})
+    return Setup(model, splits, loss, train_images, steps_per_epoch, val_ds)
+
+
+@dataclass
+class Fitted:
+    val_ds: tf.data.Dataset  # the validation batches fit read (+debug limits them): the chosen model is scored on them
+    samples: tuple[np.ndarray, np.ndarray]  # the first validation images and masks
+    callbacks: list[keras.callbacks.Callback]
+
+
+def fit(cfg: DictConfig, mlrun, setup: Setup, checkpointer: callbacks.Checkpointer, first_epoch: int,
+        profile_dir: Path) -> Fitted:
+    """`model.fit` from `first_epoch` to trainer.epochs (none left: nothing to fit) with the configured callbacks."""
+    trainer, splits = cfg.trainer, setup.splits
+    # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
+    train_ds = batches_of(cfg, splits.train, "train", training=True, epochs=range(first_epoch, trainer.epochs))
+    train_ds, val_ds = debug.limit(train_ds, setup.val_ds, trainer)
+    fixed_train = (batches_of(cfg, splits.train.take(trainer.train_inference_images), "train", cache=False)
+                   if trainer.train_inference_images else None)
+    # From an uncached copy: reading a few examples of the cached split would leave its cache half-filled.
+    samples = _first_examples(batches_of(cfg, splits.val, "val", cache=False), trainer.mask_samples)
+    fit_callbacks = callbacks.for_training(cfg, mlrun, checkpointer, setup.train_images, setup.loss, fixed_train,
+                                           samples, profile_dir)
+    if first_epoch < trainer.epochs:
+        setup.model.fit(
+            # verbose=0: EpochLine prints the short line; shuffle=False: the pipeline shuffles (Keras would warn).
+            train_ds, validation_data=val_ds, epochs=trainer.epochs, initial_epoch=first_epoch, callbacks=fit_callbacks,
+            steps_per_epoch=setup.steps_per_epoch, verbose=0, shuffle=False,
+        )
+    return Fitted(val_ds, samples, fit_callbacks)
+
+
+def log_training(cfg: DictConfig, mlrun, checkpointer: callbacks.Checkpointer, first_epoch: int,
+                 fit_callbacks: list[keras.callbacks.Callback]) -> None:
+    """What the training left: its final checkpoints, the profile when one was taken, the best epoch and value."""
+    mlrun.log_checkpoint([checkpointer.best_path, checkpointer.last_path], max(first_epoch, cfg.trainer.epochs), "checkpoints")
+    profiler = next((c for c in fit_callbacks if isinstance(c, callbacks.Profiler)), None)
+    if profiler and profiler.steps:
+        _report_profile(mlrun, profiler)
+    mlrun.set_tags({tags.BEST_STEP: checkpointer.best_epoch, tags.best(cfg.optimize_metric): checkpointer.best})
 
 
 def _report_profile(mlrun, profiler: callbacks.Profiler) -> None:

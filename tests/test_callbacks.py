@@ -1,0 +1,65 @@
+"""callbacks.for_training: the config says which callbacks a training run fits with, and their order
+brings InferenceModeScores' scores into the epoch's logs before MetricsLogger logs them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY
+
+
+class Recorder:
+    """A run that keeps what the callbacks hand it (the verbs they call)."""
+
+    def __init__(self):
+        self.epochs: dict[int, dict] = {}
+        self.masks: list[int] = []
+
+    def log_epoch(self, metrics, epoch):
+        self.epochs[epoch] = dict(metrics)
+
+    def log_masks(self, image, epoch):
+        self.masks.append(epoch)
+
+    def heartbeat(self):
+        pass
+
+
+@pytest.mark.slow
+def test_inference_scores_reach_the_logger(compose_cfg, tmp_path):
+    import tensorflow as tf
+    from hydra.utils import instantiate
+
+    from seglab.engine import callbacks, train
+
+    cfg = compose_cfg(*TINY, "trainer.train_inference_images=4", "trainer.mask_samples=2")
+    model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
+    loss = instantiate(cfg.loss, num_classes=cfg.data.num_classes)
+    train.compile_model(cfg, model, loss, steps_per_epoch=1)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(4, 32, 32, 3)).astype(np.float32)
+    masks = rng.integers(0, cfg.data.num_classes, size=(4, 32, 32)).astype(np.int32)
+    batches = tf.data.Dataset.from_tensors((images, masks))
+    run, checkpointer = Recorder(), callbacks.Checkpointer(tmp_path, monitor=cfg.optimize_metric)
+
+    found = callbacks.for_training(cfg, run, checkpointer, len(images), loss, batches, (images[:2], masks[:2]), tmp_path)
+    model.fit(batches, validation_data=batches, epochs=1, callbacks=found, verbose=0)
+    assert {"train_inference_mean_iou", "train_inference_loss", "train_loss", "val_mean_iou"} <= set(run.epochs[0])
+    assert run.masks == [0]
+
+
+def test_the_config_says_which_callbacks_a_training_run_gets_and_in_which_order(compose_cfg, tmp_path):
+    from seglab.engine import callbacks
+
+    run, checkpointer = Recorder(), callbacks.Checkpointer(tmp_path, monitor="val_mean_iou")
+    samples = (np.zeros((1, 32, 32, 3), np.float32), np.zeros((1, 32, 32), np.int32))
+
+    def names(*overrides):
+        found = callbacks.for_training(compose_cfg(*TINY, *overrides), run, checkpointer, 4, None, None, samples, tmp_path)
+        return [type(c).__name__ for c in found]
+
+    plain = ["TerminateOnNaN", "MetricsLogger", "Checkpointer", "EpochLine", "Heartbeat"]
+    assert names("trainer.train_inference_images=0", "trainer.mask_samples=0") == plain
+    assert names("trainer.train_inference_images=4", "trainer.mask_samples=1", "trainer.profile_batches=[1,2]") == [
+        "TerminateOnNaN", "InferenceModeScores", *plain[1:], "MaskLogger", "Profiler"]
