@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, losses, metrics, tracking
 from seglab.data import batches_of, lineage, pipeline, statistics
-from seglab.engine import callbacks, checkpoint, debug, determinism, distribute, per_image, resume, run_identity, runtime
+from seglab.engine import callbacks, checkpoint, debug, determinism, distribute, lifecycle, per_image, runtime
+from seglab.tracking import tags as keys
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,13 @@ def run(cfg: DictConfig) -> float:
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     # trainer.resume: continue a killed run of the same experiment (docs/resume.md).
-    tags = {**run_identity.tags(cfg), **run_identity.owner_tags(), **_runtime_tags(device)}
+    tags = {**lifecycle.tags(cfg), **lifecycle.owner_tags(), **_runtime_tags(device)}
     # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
     # (seglab/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
     chief = distribute.is_chief()
-    found = resume.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[run_identity.KEY_TAG],
-                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else resume.Plan(None)
-    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), tags, cfg.tracking.parent_run_id,
+    found = lifecycle.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[keys.RUN_KEY],
+                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)
+    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), tags, cfg.tracking.parent_run_id,
                          resume_run_id=found.run_id) if chief else distribute.WorkerRun()
     with mlrun, distribute.checkpoint_directory(out / cfg.trainer.checkpoint_dir) as checkpoint_dir:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
@@ -63,7 +64,7 @@ def run(cfg: DictConfig) -> float:
 
         checkpointer = callbacks.Checkpointer(checkpoint_dir, monitor=cfg.optimize_metric,
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
-        first_epoch = resume.initial_epoch(found, cfg.tracking.uri, model, checkpointer, cfg.trainer.checkpoint_dir)
+        first_epoch = lifecycle.initial_epoch(found, cfg.tracking.uri, model, checkpointer, cfg.trainer.checkpoint_dir)
         # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
         train_ds = batches_of(cfg, splits.train, "train", training=True, epochs=range(first_epoch, cfg.trainer.epochs))
         train_ds, val_ds = debug.limit(train_ds, val_ds, cfg.trainer)
