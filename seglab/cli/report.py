@@ -48,7 +48,7 @@ def rows(children: Iterable[ChildRun], optimize_metric: str = "val_mean_iou") ->
     for child in latest_per_config(children):
         history = child.history
         table.append({
-            "job": int(child.tags.get("hydra.job.num", -1)),
+            "job": int(child.tags.get(tags.HYDRA_JOB_NUM, -1)),
             "status": child.status,
             "val_mean_iou": _best(history.get("val_mean_iou", []), "val_mean_iou"),
             "val_mean_dice": _best(history.get("val_mean_dice", []), "val_mean_dice"),
@@ -57,7 +57,7 @@ def rows(children: Iterable[ChildRun], optimize_metric: str = "val_mean_iou") ->
             "images_per_s": round(history["train_images_per_second"][-1], 1) if history.get("train_images_per_second") else None,
             "objective": _best(history.get(optimize_metric, []), optimize_metric),
             "run_id": child.run_id,
-            "error": child.tags.get("error", "")[:ERROR_CHARS],
+            "error": child.tags.get(tags.ERROR, "")[:ERROR_CHARS],
             "_overrides": lifecycle.overrides_of(child.tags),
         })
     all_keys = {k for r in table for k in r["_overrides"]}

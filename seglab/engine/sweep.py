@@ -164,11 +164,11 @@ class MlflowSweep(Callback):
         tags = {
             **lifecycle.owner_tags(),
             keys.SWEEP_KEY: key,
-            "seglab.sweep": "parent",
+            keys.SWEEP: keys.SWEEP_PARENT,
             **lifecycle.override_tags(config.hydra.overrides.task),
-            "hydra.sweeper": definition["sweeper"],
-            "hydra.launcher": definition["launcher"],
-            "hydra.sweep.dir": definition["sweep_dir"],
+            keys.HYDRA_SWEEPER: definition["sweeper"],
+            keys.HYDRA_LAUNCHER: definition["launcher"],
+            keys.HYDRA_SWEEP_DIR: definition["sweep_dir"],
         }
         launcher = OmegaConf.to_container(config.hydra.launcher, resolve=False)
         sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
@@ -217,7 +217,7 @@ class MlflowSweep(Callback):
         best = report.best(rows, metric)
         if best is not None:
             metrics[f"best_{metric}"] = best["objective"]
-            tags["best_run_id"] = best["run_id"]
+            tags[keys.BEST_RUN] = best["run_id"]
             params.update({f"best.{k}": v for k, v in best["combination"].items()})
         optuna_results = Path(str(config.hydra.sweep.dir)) / "optimization_results.yaml"
         if optuna_results.exists():  # hydra-optuna-sweeper's own account of the study

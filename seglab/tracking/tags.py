@@ -55,3 +55,4 @@ SPLIT = "seglab.split"
 MODEL_URI = "seglab.model_uri"
 MODEL_VERSION = "seglab.model_version"
 TRAINING_RUN = "seglab.training_run_id"
+DATA = "seglab.data"  # the data set it was evaluated on
