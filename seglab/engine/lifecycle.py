@@ -62,6 +62,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
+from seglab.engine import checkpoint
 from seglab.errors import UserError
 from seglab.tracking import resumable
 from seglab.tracking import tags as keys
@@ -202,8 +203,6 @@ def _git_commit() -> str | None:
 
 # --- which run a command continues, and from which checkpoint --------------------------------
 
-STATE_FILE, BEST_FILE = "last.state.npz", "best.keras"
-
 
 class ResumeError(UserError, ValueError):
     """`trainer.resume` names a run that cannot be continued; the message says why and what to do."""
@@ -289,10 +288,8 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     job's own directory on this machine (`hydra.output_dir` tag), and in the run's artifacts (the
     upload named by the `seglab.checkpoint` tag: another machine, e.g. after a SLURM requeue);
     the one with more epochs wins."""
-    from seglab.engine import checkpoint
-
     local = _local_checkpoint(previous_tags, checkpoint_dir, current_dir)
-    local_epoch = checkpoint.saved_epoch(local / STATE_FILE) if local else -1
+    local_epoch = checkpoint.saved_epoch(local / checkpoint.STATE_FILE) if local else -1
     uploaded = previous_tags.get(keys.CHECKPOINT)
     uploaded_epoch = int(previous_tags.get(keys.CHECKPOINT_EPOCH, -1)) if uploaded else -1
     if local is None and uploaded is None:
@@ -307,24 +304,22 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
         log.info("resuming from the local checkpoint %s (epoch %d)", local, local_epoch)
     current_dir.mkdir(parents=True, exist_ok=True)
     if source.resolve() != current_dir.resolve():
-        for name in (BEST_FILE, STATE_FILE):  # the state last: it is what says a checkpoint is complete
+        for name in (checkpoint.BEST_FILE, checkpoint.STATE_FILE):  # the state last: it is what says a checkpoint is complete
             if (source / name).exists():
                 _copy_atomic(source / name, current_dir / name)
     if staging is not None:
         shutil.rmtree(staging, ignore_errors=True)
-    return current_dir / STATE_FILE
+    return current_dir / checkpoint.STATE_FILE
 
 
 def _local_checkpoint(previous_tags: dict[str, str], checkpoint_dir: Path, current_dir: Path) -> Path | None:
     candidates = [current_dir]
     if previous_tags.get(keys.HYDRA_OUTPUT_DIR):
         candidates.append(Path(previous_tags[keys.HYDRA_OUTPUT_DIR]) / checkpoint_dir)
-    found = [d for d in candidates if (d / STATE_FILE).exists()]
+    found = [d for d in candidates if (d / checkpoint.STATE_FILE).exists()]
     if not found:
         return None
-    from seglab.engine import checkpoint
-
-    return max(found, key=lambda d: checkpoint.saved_epoch(d / STATE_FILE))
+    return max(found, key=lambda d: checkpoint.saved_epoch(d / checkpoint.STATE_FILE))
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
@@ -338,8 +333,6 @@ def initial_epoch(found: Plan, uri: str, model, checkpointer, checkpoint_dir: st
     the `checkpointer`; the epochs it completed (0 for a new run, or one killed before its first)."""
     if found.run_id is None:
         return 0
-    from seglab.engine import checkpoint
-
     path = restore_files(uri, found.run_id, found.previous_tags, Path(checkpoint_dir), checkpointer.directory)
     if path is None:
         log.info("run %s has no checkpoint yet: it starts again from epoch 1", found.run_id)
