@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> float:
     found = lifecycle.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[keys.RUN_KEY],
                         cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)
     mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), tags, cfg.tracking.parent_run_id,
-                         resume_run_id=found.run_id) if chief else distribute.WorkerRun()
+                         resume_run_id=found.run_id) if chief else tracking.NoOpRun()
     with mlrun, distribute.checkpoint_directory(out / cfg.trainer.checkpoint_dir) as checkpoint_dir:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")

@@ -1,6 +1,7 @@
 """Everything MLflow, one room per job:
 
 - `run`:    what one run logs (`Run`, a context manager that always ends the run) and `flatten`;
+- `protocol`: the verbs of a run (`RunProtocol`), and the run that logs nothing (`NoOpRun`);
 - `models`: logged models for the tools that use them (`load_model`, `model_run_id`);
 - `sweeps`: how a sweep's runs are tied (the parent run by id, its children read back);
 - `store`:  the store itself (`check_reachable`, `TrackingError`, which errors mean "unavailable");
@@ -12,8 +13,9 @@ The names most callers need are importable from here.
 """
 
 from seglab.tracking.models import load_model, model_run_id, run_experiment_and_name
+from seglab.tracking.protocol import NoOpRun, RunProtocol
 from seglab.tracking.run import Run, flatten
 from seglab.tracking.store import TrackingError, check_reachable, store_unavailable
 
-__all__ = ["Run", "TrackingError", "check_reachable", "flatten", "load_model", "model_run_id", "run_experiment_and_name",
+__all__ = ["NoOpRun", "Run", "RunProtocol", "TrackingError", "check_reachable", "flatten", "load_model", "model_run_id", "run_experiment_and_name",
            "store_unavailable"]

@@ -1,5 +1,6 @@
-"""What one run logs: `Run` opens an MLflow run and logs through a few verbs (`log_params`,
-`log_epoch`, `log_masks`, `log_figure`, `log_artifact`, `log_model`, ...); the end of the `with` block
+"""What one run logs: `Run` opens an MLflow run and logs through the verbs of
+`tracking.protocol.RunProtocol` (`log_params`, `log_epoch`, `log_masks`, `log_figure`,
+`log_artifact`, `log_model`, ...); the end of the `with` block
 sets its status (FINISHED, FAILED or KILLED; never left RUNNING).  No module-level state: each job of
 a sweep opens its own `Run`.
 
@@ -18,7 +19,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Self
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -71,7 +72,7 @@ class Run:
         self._previous_sigterm = None
         self._previous_env: dict[str, str | None] = {}
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Self:
         check_reachable(self.uri)
         self._previous_env = {name: os.environ.get(name) for name in HTTP_LIMITS}
         for name, value in HTTP_LIMITS.items():
@@ -229,11 +230,6 @@ class Run:
     def heartbeat(self) -> None:
         """A sign of life, so that another command does not take this run for one whose process died."""
         self.set_tags({keys.HEARTBEAT: int(time.time())})
-
-    @property
-    def uploaded_checkpoint(self) -> str | None:
-        """Artifact directory of the newest complete checkpoint uploaded to this run (None: none yet)."""
-        return self._checkpoint_dir
 
     def log_checkpoint(self, files: list[Path], epoch: int, directory: str | None = None) -> None:
         """Upload `files` (the training state and the best model after `epoch` epochs) to `directory`
