@@ -293,8 +293,9 @@ def table(report: dict) -> str:
 
 def log_to_mlflow(report: dict, uri: str) -> str:
     from seglab import tracking
+    from seglab.tracking import tags
 
-    with tracking.Run(uri, "seglab-bench", "bench", {"overrides": " ".join(report["overrides"]) or "(defaults)"}) as run:
+    with tracking.Run(uri, "seglab-bench", "bench", {tags.BENCH_OVERRIDES: " ".join(report["overrides"]) or "(defaults)"}) as run:
         run.log_params({f"bench.{k}": v for k, v in report["options"].items() if k != "tracking_uri"})
         metrics = {}
         for r in report["results"]:

@@ -56,3 +56,6 @@ MODEL_URI = "seglab.model_uri"
 MODEL_VERSION = "seglab.model_version"
 TRAINING_RUN = "seglab.training_run_id"
 DATA = "seglab.data"  # the data set it was evaluated on
+
+# A seglab.bench run.
+BENCH_OVERRIDES = "overrides"  # the overrides it measured, joined
