@@ -130,3 +130,42 @@ def test_sigkill_during_checkpoint_writes_and_uploads_leaves_a_complete_earlier_
         assert int(saved["epoch"]) == epoch >= 2
         expected = np.random.default_rng(0).integers(0, 2**31, 8_000_000, dtype=np.int64) + epoch
         np.testing.assert_array_equal(saved["payload"], expected)
+
+
+def _snapshot(client: MlflowClient, run_id: str) -> dict:
+    """Everything a command could change on a run: status, params, metrics (every step), tags, artifacts."""
+    run = client.get_run(run_id)
+    history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
+    return {"status": run.info.status, "end": run.info.end_time, "params": run.data.params, "metrics": history,
+            "tags": run.data.tags, "artifacts": [a.path for a in client.list_artifacts(run_id)]}
+
+
+@pytest.mark.slow  # two runs of the command line (TensorFlow loads before the refusal)
+def test_resume_refuses_an_evaluation_run_and_a_sweep_parent_naming_the_id_to_use_and_writes_nothing(tmp_path):
+    from seglab.tracking import tags
+    from tests.conftest import TINY, run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    def finished_run(run_tags: dict[str, str]) -> str:
+        run_id = client.create_run(experiment, tags=run_tags).info.run_id
+        client.log_param(run_id, "p", "1")
+        client.log_metric(run_id, "val_mean_iou", 0.5, step=0)
+        client.log_text(run_id, "x", "summary.md")
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    training = finished_run({})
+    evaluation = finished_run({tags.SPLIT: "val", tags.TRAINING_RUN: training, tags.MODEL_URI: f"runs:/{training}/model"})
+    parent = finished_run({tags.SWEEP: tags.SWEEP_PARENT})
+    before = {run_id: _snapshot(client, run_id) for run_id in (training, evaluation, parent)}
+    for refused, names in ((evaluation, ["an evaluation run", f"trainer.resume={training}"]),
+                           (parent, ["a sweep's parent run", "trainer.resume=auto", f"seglab.report {parent}"])):
+        done = run_cli(*TINY, f"tracking.uri={uri}", "tracking.experiment=e", f"trainer.resume={refused}", cwd=tmp_path, check=False)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2 and last.startswith(f"seglab: trainer.resume={refused} is "), done.stderr[-3000:]
+        assert all(name in last for name in names), last
+    assert {run_id: _snapshot(client, run_id) for run_id in before} == before
+    assert len(client.search_runs([experiment])) == 3  # and no run was started instead

@@ -31,7 +31,8 @@ This module knows Hydra (job number, overrides, chosen options); `seglab.trackin
   FINISHED and FAILED (an error) runs are never continued by `auto`.
 - `never`: always a new run.
 - `<run id>`: continue that run, whatever its status (a FINISHED one to train more epochs), unless
-  its owner is alive.
+  its owner is alive, or it is not a training run (an evaluation run, a sweep's parent:
+  `refuse_other_kind` names the id to use), refused before anything is written.
 
 Whatever the mode, a RUNNING run of the same key whose owner is dead is not left RUNNING: it is
 continued, or ended KILLED with the reason in the `seglab.killed_reason` tag.
@@ -272,6 +273,7 @@ def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
     except Exception as err:  # noqa: BLE001  MLflow's not-found error; the message below names the fix
         raise ResumeError(f"trainer.resume={run_id}: no such run in tracking.uri={uri} ({err}); use a run id from "
                           "the MLflow UI, or trainer.resume=auto") from err
+    refuse_other_kind(run_id, run.tags)
     run_experiment = resumable.experiment_of(uri, run_id)
     if run_experiment != experiment:
         raise ResumeError(f"trainer.resume={run_id} is a run of experiment {run_experiment!r}, not {experiment!r}: "
@@ -280,6 +282,21 @@ def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
         raise ResumeError(f"trainer.resume={run_id}: that run is still running ({_describe_owner(run.tags)}); "
                           "stop it first, or wait trainer.heartbeat_timeout_min if that host is gone")
     return Plan(run_id, run.tags, run.status)
+
+
+def refuse_other_kind(run_id: str, tags: dict[str, str]) -> None:
+    """A command that trains writes only to a training run (issue 21: decided from the store, before
+    the run is opened): an evaluation run or a sweep's parent is refused, naming the id to use."""
+    if keys.SPLIT in tags or keys.TRAINING_RUN in tags:
+        training = tags.get(keys.TRAINING_RUN)
+        what = f"an evaluation run (seglab.evaluate, split {tags.get(keys.SPLIT, '?')})"
+        use = (f"to train its model more, add trainer.resume={training} (its training run)" if training
+               else "its training run is not recorded: give a training run's id, or trainer.resume=auto")
+        raise ResumeError(f"trainer.resume={run_id} is {what}, not a training run; {use}")
+    if tags.get(keys.SWEEP) == keys.SWEEP_PARENT:
+        raise ResumeError(f"trainer.resume={run_id} is a sweep's parent run, not a training run; continue one of its jobs "
+                          f"with trainer.resume=<its run id> (`python -m seglab.report {run_id}` lists them), or re-run "
+                          "the sweep with trainer.resume=auto")
 
 
 def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoint_dir: Path, current_dir: Path) -> Path | None:
