@@ -20,7 +20,6 @@ from pathlib import Path
 
 from seglab import errors
 from seglab.config import schema
-from seglab.engine.checkpoint import STATE_FILE
 
 WALL_CLOCK_METRICS = ("epoch_seconds", "train_seconds", "train_images_per_second")
 CHECKPOINT_DIR = "checkpoints"  # trainer.checkpoint_dir of both runs
@@ -80,6 +79,7 @@ def _natural(key: str):
 
 def check(overrides: list[str]) -> tuple[bool, str]:
     """(identical?, verdict line)."""
+    from seglab.engine.checkpoint import STATE_FILE
     from seglab.tracking.sweeps import latest_run_metrics
 
     schema.compose(overrides)  # a mistake in the overrides: one line now, not after two trainings

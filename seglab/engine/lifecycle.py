@@ -63,9 +63,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab.engine import checkpoint
 from seglab.errors import UserError
-from seglab.tracking import resumable
 from seglab.tracking import tags as keys
 
 log = logging.getLogger(__name__)
@@ -76,6 +74,9 @@ NOT_IN_KEY = (
     "tracking.*",
     "data.cache", "data.source.connect_timeout", "data.source.cache_dir",
 )
+
+
+# --- who a run is: its name, tags, run key, owner ------------------------------------------
 
 
 def in_multirun() -> bool:
@@ -248,6 +249,8 @@ def _describe_owner(tags: dict[str, str]) -> str:
 
 def plan(mode: str, uri: str, experiment: str, key: str, parent_run_id: str | None, timeout_s: float) -> Plan:
     """Which run this command continues (see the module docstring); ends dead RUNNING runs it does not continue."""
+    from seglab.tracking import resumable  # MLflow loads when a command asks the store, not on import
+
     if mode not in ("auto", "never"):
         return _explicit(mode, uri, experiment, timeout_s)
     same = [r for r in resumable.find_runs(uri, experiment, {keys.RUN_KEY: key})
@@ -268,6 +271,8 @@ def plan(mode: str, uri: str, experiment: str, key: str, parent_run_id: str | No
 
 
 def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
+    from seglab.tracking import resumable
+
     try:
         run = resumable.get_run(uri, run_id)
     except Exception as err:  # noqa: BLE001  MLflow's not-found error; the message below names the fix
@@ -305,6 +310,9 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     job's own directory on this machine (`hydra.output_dir` tag), and in the run's artifacts (the
     upload named by the `seglab.checkpoint` tag: another machine, e.g. after a SLURM requeue);
     the one with more epochs wins."""
+    from seglab.engine import checkpoint
+    from seglab.tracking import resumable
+
     local = _local_checkpoint(previous_tags, checkpoint_dir, current_dir)
     local_epoch = checkpoint.saved_epoch(local / checkpoint.STATE_FILE) if local else -1
     uploaded = previous_tags.get(keys.CHECKPOINT)
@@ -330,6 +338,8 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
 
 
 def _local_checkpoint(previous_tags: dict[str, str], checkpoint_dir: Path, current_dir: Path) -> Path | None:
+    from seglab.engine import checkpoint
+
     candidates = [current_dir]
     if previous_tags.get(keys.HYDRA_OUTPUT_DIR):
         candidates.append(Path(previous_tags[keys.HYDRA_OUTPUT_DIR]) / checkpoint_dir)
@@ -348,6 +358,8 @@ def _copy_atomic(source: Path, target: Path) -> None:
 def initial_epoch(found: Plan, uri: str, model, checkpointer, checkpoint_dir: str) -> int:
     """Load the newest complete checkpoint of the run being continued into the compiled `model` and
     the `checkpointer`; the epochs it completed (0 for a new run, or one killed before its first)."""
+    from seglab.engine import checkpoint
+
     if found.run_id is None:
         return 0
     path = restore_files(uri, found.run_id, found.previous_tags, Path(checkpoint_dir), checkpointer.directory)
@@ -363,6 +375,8 @@ def initial_epoch(found: Plan, uri: str, model, checkpointer, checkpoint_dir: st
 def finished_result(uri: str, experiment: str, key: str, parent_run_id: str, metric: str) -> tuple[str, float] | None:
     """A FINISHED run of the same key under the sweep's parent, and the objective it returned (its
     `best_<metric>` tag): a re-run sweep returns that to the sweeper instead of training again."""
+    from seglab.tracking import resumable
+
     for run in resumable.find_runs(uri, experiment, {keys.RUN_KEY: key, keys.PARENT_RUN: parent_run_id}):
         if run.status == "FINISHED" and keys.best(metric) in run.tags:
             return run.run_id, float(run.tags[keys.best(metric)])
@@ -371,6 +385,8 @@ def finished_result(uri: str, experiment: str, key: str, parent_run_id: str, met
 
 def resumable_parent(uri: str, experiment: str, sweep_key: str, timeout_s: float) -> str | None:
     """The newest parent run of a sweep with this key that did not reach its end and whose owner is gone."""
+    from seglab.tracking import resumable
+
     parents = resumable.find_runs(uri, experiment, {keys.SWEEP: keys.SWEEP_PARENT, keys.SWEEP_KEY: sweep_key})
     if not parents or keys.SWEEP_ENDED in parents[0].tags:
         return None
