@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> float:
     # (seglab/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
     chief = distribute.is_chief()
     found = lifecycle.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, tags[keys.RUN_KEY],
-                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)
+                           cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)
     mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), tags, cfg.tracking.parent_run_id,
                          resume_run_id=found.run_id) if chief else tracking.NoOpRun()
     with mlrun, distribute.checkpoint_directory(out / cfg.trainer.checkpoint_dir) as checkpoint_dir:
