@@ -13,6 +13,6 @@ if __name__ == "__main__":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)])
     sys.argv = [sys.argv[0], *sys.argv[2:]]
-    from seglab.__main__ import main
+    from seglab.cli.train import cli
 
-    main()
+    cli()

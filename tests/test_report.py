@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from seglab.cli import report
-from seglab.engine import run_identity
+from seglab.engine import lifecycle
+from seglab.tracking import tags as keys
 from seglab.tracking.sweeps import ChildRun
 
 
 def _child(job: int, overrides: list[str], key: str, start_ms: int, status: str = "FINISHED", ious=(0.5,)) -> ChildRun:
-    tags = {"hydra.job.num": str(job), run_identity.KEY_TAG: key, **run_identity.override_tags(overrides)}
+    tags = {keys.HYDRA_JOB_NUM: str(job), keys.RUN_KEY: key, **lifecycle.override_tags(overrides)}
     if status == "FAILED":
         tags["error"] = "ValueError: out of memory"
     return ChildRun(f"run{job}-{start_ms}", f"job{job}", status, tags, {}, start_ms, start_ms + 1000,

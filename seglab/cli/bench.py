@@ -161,7 +161,7 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
     from hydra.utils import instantiate
 
     from seglab import tracking
-    from seglab.engine import callbacks, distribute, runtime, train
+    from seglab.engine import callbacks, runtime, train
 
     runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     total = options.warmup + options.steps
@@ -173,7 +173,7 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
     start = time.perf_counter()
     if seglab_side:
         train.compile_model(cfg, model, instantiate(cfg.loss, num_classes=cfg.data.num_classes), steps_per_epoch=total)
-        with tracking.Run(store, "seglab-bench", "bench", {}) if store else distribute.WorkerRun() as run, \
+        with tracking.Run(store, "seglab-bench", "bench", {}) if store else tracking.NoOpRun() as run, \
                 tempfile.TemporaryDirectory() as directory:
             logged = [_Timed(callbacks.MetricsLogger(run, total * cfg.trainer.batch_size)),
                       _Timed(callbacks.Checkpointer(directory, monitor="loss"))]
@@ -293,8 +293,9 @@ def table(report: dict) -> str:
 
 def log_to_mlflow(report: dict, uri: str) -> str:
     from seglab import tracking
+    from seglab.tracking import tags
 
-    with tracking.Run(uri, "seglab-bench", "bench", {"overrides": " ".join(report["overrides"]) or "(defaults)"}) as run:
+    with tracking.Run(uri, "seglab-bench", "bench", {tags.BENCH_OVERRIDES: " ".join(report["overrides"]) or "(defaults)"}) as run:
         run.log_params({f"bench.{k}": v for k, v in report["options"].items() if k != "tracking_uri"})
         metrics = {}
         for r in report["results"]:

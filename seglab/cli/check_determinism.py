@@ -2,9 +2,10 @@
 
 Trains the same short run twice, each in its own process (`python -m seglab OVERRIDES`, with
 `deterministic: true`), then compares the final training state (every model and optimizer
-variable in `last.state.npz`) and every per-epoch metric logged to MLflow, bit for bit; wall-clock
-metrics (`epoch_seconds`, `train_seconds`, `train_images_per_second`) are left out. Prints a
-verdict and exits 0 when both runs are identical, 1 when they differ (naming the first difference).
+variable in the state file, `seglab.engine.checkpoint.STATE_FILE`) and every per-epoch metric
+logged to MLflow, bit for bit; wall-clock metrics (`epoch_seconds`, `train_seconds`,
+`train_images_per_second`) are left out. Prints a verdict and exits 0 when both runs are identical,
+1 when they differ (naming the first difference).
 Both runs log to a throw-away store in a temporary directory, not to `tracking.uri`.
 """
 
@@ -21,7 +22,7 @@ from seglab import errors
 from seglab.config import schema
 
 WALL_CLOCK_METRICS = ("epoch_seconds", "train_seconds", "train_images_per_second")
-STATE_FILE = "checkpoints/last.state.npz"
+CHECKPOINT_DIR = "checkpoints"  # trainer.checkpoint_dir of both runs
 EXPERIMENT = "check-determinism"
 
 
@@ -32,7 +33,7 @@ def train(overrides: list[str], workdir: Path) -> subprocess.CompletedProcess:
     workdir.mkdir(parents=True)
     create_experiment(f"sqlite:///{workdir}/mlflow.db", EXPERIMENT, (workdir / "artifacts").as_uri())
     args = [
-        *overrides, "deterministic=true", f"hydra.run.dir={workdir}", "trainer.checkpoint_dir=checkpoints",
+        *overrides, "deterministic=true", f"hydra.run.dir={workdir}", f"trainer.checkpoint_dir={CHECKPOINT_DIR}",
         f"tracking.uri=sqlite:///{workdir}/mlflow.db", f"tracking.experiment={EXPERIMENT}", "tracking.log_model=false",
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -78,6 +79,7 @@ def _natural(key: str):
 
 def check(overrides: list[str]) -> tuple[bool, str]:
     """(identical?, verdict line)."""
+    from seglab.engine.checkpoint import STATE_FILE
     from seglab.tracking.sweeps import latest_run_metrics
 
     schema.compose(overrides)  # a mistake in the overrides: one line now, not after two trainings
@@ -86,7 +88,8 @@ def check(overrides: list[str]) -> tuple[bool, str]:
         for run in runs:
             train(overrides, run)
         histories = [latest_run_metrics(f"sqlite:///{run}/mlflow.db", EXPERIMENT) for run in runs]
-        difference = weights_difference(runs[0] / STATE_FILE, runs[1] / STATE_FILE) or metrics_difference(*histories)
+        states = [run / CHECKPOINT_DIR / STATE_FILE for run in runs]
+        difference = weights_difference(*states) or metrics_difference(*histories)
         compared = [k for k in histories[0] if k not in WALL_CLOCK_METRICS]
         epochs = max((len(v) for v in histories[0].values()), default=0)
     what = " ".join(overrides) or "(defaults)"

@@ -19,7 +19,8 @@ from typing import Any, Iterable
 
 from seglab import console, errors
 from seglab.config import preflight
-from seglab.engine import run_identity
+from seglab.engine import lifecycle
+from seglab.tracking import tags
 from seglab.tracking.sweeps import ChildRun
 from seglab.util import objective
 
@@ -37,7 +38,7 @@ def latest_per_config(children: Iterable[ChildRun]) -> list[ChildRun]:
     run (runs of one configuration share their run key)."""
     latest: dict[str, ChildRun] = {}
     for child in sorted(children, key=lambda c: c.start_ms):
-        latest[child.tags.get(run_identity.KEY_TAG) or child.run_id] = child
+        latest[child.tags.get(tags.RUN_KEY) or child.run_id] = child
     return list(latest.values())
 
 
@@ -47,7 +48,7 @@ def rows(children: Iterable[ChildRun], optimize_metric: str = "val_mean_iou") ->
     for child in latest_per_config(children):
         history = child.history
         table.append({
-            "job": int(child.tags.get("hydra.job.num", -1)),
+            "job": int(child.tags.get(tags.HYDRA_JOB_NUM, -1)),
             "status": child.status,
             "val_mean_iou": _best(history.get("val_mean_iou", []), "val_mean_iou"),
             "val_mean_dice": _best(history.get("val_mean_dice", []), "val_mean_dice"),
@@ -56,8 +57,8 @@ def rows(children: Iterable[ChildRun], optimize_metric: str = "val_mean_iou") ->
             "images_per_s": round(history["train_images_per_second"][-1], 1) if history.get("train_images_per_second") else None,
             "objective": _best(history.get(optimize_metric, []), optimize_metric),
             "run_id": child.run_id,
-            "error": child.tags.get("error", "")[:ERROR_CHARS],
-            "_overrides": run_identity.overrides_of(child.tags),
+            "error": child.tags.get(tags.ERROR, "")[:ERROR_CHARS],
+            "_overrides": lifecycle.overrides_of(child.tags),
         })
     all_keys = {k for r in table for k in r["_overrides"]}
     varying = sorted(k for k in all_keys if len({r["_overrides"].get(k) for r in table}) > 1)

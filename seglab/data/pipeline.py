@@ -6,7 +6,7 @@ only (bilinear would invent fractional labels) and delivered as int32 `(H, W)` l
 Randomness is stateless and a function of (seed, epoch, position): the training stream is one
 sub-stream per epoch, each shuffled and augmented with seeds derived from its epoch number, so
 epoch 7 gives the same batches whether it follows epoch 6 in the same process or starts a run
-resumed from a checkpoint (seglab/resume.py).  With `deterministic` the stream is the same in
+resumed from a checkpoint (seglab/engine/lifecycle.py).  With `deterministic` the stream is the same in
 every run.
 """
 

@@ -118,8 +118,8 @@ class MaskLogger(keras.callbacks.Callback):
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Every epoch the full training state to `last.state.npz`; the best model (by `monitor`)
-    to `best.keras`.  Both files are replaced atomically.  Every `upload_every` epochs (0: never)
+    """Every epoch the full training state to `checkpoint.STATE_FILE`; the best model (by `monitor`)
+    to `checkpoint.BEST_FILE`.  Both files are replaced atomically.  Every `upload_every` epochs (0: never)
     both are handed to `upload(files, epochs_completed)` (the run's artifacts, for a resume on
     another machine)."""
 
@@ -138,11 +138,11 @@ class Checkpointer(keras.callbacks.Callback):
 
     @property
     def last_path(self) -> Path:
-        return self.directory / "last.state.npz"
+        return self.directory / checkpoint.STATE_FILE
 
     @property
     def best_path(self) -> Path:
-        return self.directory / "best.keras"
+        return self.directory / checkpoint.BEST_FILE
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)

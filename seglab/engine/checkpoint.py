@@ -11,12 +11,19 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from seglab.errors import UserError
 from seglab.util import atomic
+
+if TYPE_CHECKING:  # Keras loads where a model is built or loaded: the file names below are read before TensorFlow loads
+    import keras
+
+# The files of a checkpoint directory (`trainer.checkpoint_dir`), and of its uploads to a run's artifacts.
+STATE_FILE = "last.state.npz"  # the full training state (`save_state`)
+BEST_FILE = "best.keras"  # the best epoch's model (`save_model`)
 
 
 @dataclass
@@ -116,11 +123,15 @@ def _check_signature(path, saved, model: keras.Model) -> None:
 def inference_model(model: keras.Model) -> keras.Model:
     """The same layers and weights without the compiled loss, metrics and optimizer, so the saved
     file loads with plain Keras (no seglab classes needed) and takes raw [0, 1] RGB images."""
+    import keras
+
     return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 def load_model(path: str | Path) -> keras.Model:
     """A model written by `save_model` (plain Keras: no seglab classes inside)."""
+    import keras
+
     return keras.models.load_model(path, compile=False)
 
 

@@ -88,7 +88,7 @@ def _split_name(splits, data_name: str) -> str:
 
 
 def _tags(model_uri: str, cfg: DictConfig, split: str, training_run: str | None, version: tuple[str, str] | None) -> dict:
-    found = {tags.MODEL_URI: model_uri, tags.SPLIT: split, "seglab.data": cfg.data.name}
+    found = {tags.MODEL_URI: model_uri, tags.SPLIT: split, tags.DATA: cfg.data.name}
     if training_run:
         found[tags.TRAINING_RUN] = training_run
     if version:

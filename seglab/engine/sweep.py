@@ -28,8 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from seglab.config import schema
-from seglab.engine import run_identity
-from seglab.engine.run_identity import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
+from seglab.engine import lifecycle
+from seglab.engine.lifecycle import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
+from seglab.tracking import tags as keys
 from seglab.util import objective
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,14 @@ def _finished_result(cfg: DictConfig) -> tuple[str, float] | None:
     parent = OmegaConf.select(cfg, "tracking.parent_run_id")
     if not parent or cfg.trainer.resume != "auto":
         return None
-    from seglab.engine import resume
-
-    return resume.finished_result(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_key(cfg), parent, cfg.optimize_metric)
+    return lifecycle.finished_result(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_key(cfg), parent, cfg.optimize_metric)
 
 
 def _record_invalid_job(cfg: DictConfig, err: Exception) -> None:
     from seglab.tracking import sweeps as sweep_runs
 
     parent = OmegaConf.select(cfg, "tracking.parent_run_id")
-    sweep_runs.record_failed_run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), run_identity.tags(cfg), parent, err)
+    sweep_runs.record_failed_run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), lifecycle.tags(cfg), parent, err)
 
 
 # --- the parent run ------------------------------------------------------------------------
@@ -161,15 +160,15 @@ class MlflowSweep(Callback):
         tracking.check_reachable(config.tracking.uri)
         definition = sweep_definition(config)
         self.uri = config.tracking.uri
-        key = run_identity.sweep_key(config, definition)
+        key = lifecycle.sweep_key(config, definition)
         tags = {
-            **run_identity.owner_tags(),
-            run_identity.SWEEP_KEY_TAG: key,
-            "seglab.sweep": "parent",
-            **run_identity.override_tags(config.hydra.overrides.task),
-            "hydra.sweeper": definition["sweeper"],
-            "hydra.launcher": definition["launcher"],
-            "hydra.sweep.dir": definition["sweep_dir"],
+            **lifecycle.owner_tags(),
+            keys.SWEEP_KEY: key,
+            keys.SWEEP: keys.SWEEP_PARENT,
+            **lifecycle.override_tags(config.hydra.overrides.task),
+            keys.HYDRA_SWEEPER: definition["sweeper"],
+            keys.HYDRA_LAUNCHER: definition["launcher"],
+            keys.HYDRA_SWEEP_DIR: definition["sweep_dir"],
         }
         launcher = OmegaConf.to_container(config.hydra.launcher, resolve=False)
         sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
@@ -190,12 +189,11 @@ class MlflowSweep(Callback):
     def _resumable_parent(self, config: DictConfig, key: str, tags: dict[str, str]) -> str | None:
         """The parent run of the same sweep (same `seglab.sweep_key`) that never reached its end (killed,
         stopped), reopened so its finished jobs are skipped and its unfinished ones continue; None: a new sweep."""
-        from seglab.engine import resume
         from seglab.tracking import sweeps as sweep_runs
 
         if config.trainer.resume == "never":
             return None
-        parent = resume.resumable_parent(self.uri, config.tracking.experiment, key, 60 * config.trainer.heartbeat_timeout_min)
+        parent = lifecycle.resumable_parent(self.uri, config.tracking.experiment, key, 60 * config.trainer.heartbeat_timeout_min)
         if parent is not None:
             sweep_runs.reopen_run(self.uri, parent, tags)
             log.info("sweep: continuing the unfinished sweep of MLflow parent run %s", parent)
@@ -219,7 +217,7 @@ class MlflowSweep(Callback):
         best = report.best(rows, metric)
         if best is not None:
             metrics[f"best_{metric}"] = best["objective"]
-            tags["best_run_id"] = best["run_id"]
+            tags[keys.BEST_RUN] = best["run_id"]
             params.update({f"best.{k}": v for k, v in best["combination"].items()})
         optuna_results = Path(str(config.hydra.sweep.dir)) / "optimization_results.yaml"
         if optuna_results.exists():  # hydra-optuna-sweeper's own account of the study
@@ -228,7 +226,7 @@ class MlflowSweep(Callback):
             texts["optimization_results.yaml"] = optuna_results.read_text()
         with tempfile.TemporaryDirectory() as tmp:
             plot = report.plot_objective(rows, metric, Path(tmp) / "objective.png")
-            tags[run_identity.SWEEP_ENDED_TAG] = "true"  # a re-run of this sweep starts a new one instead of reopening it
+            tags[keys.SWEEP_ENDED] = "true"  # a re-run of this sweep starts a new one instead of reopening it
             sweep_runs.log_to_run(uri, parent, metrics=metrics, params=params, tags=tags, texts=texts, files={str(plot): ""})
         sweep_runs.end_run(uri, parent, failed=succeeded == 0)
         os.environ.pop(PARENT_RUN_ENV, None)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, losses, metrics, tracking
 from seglab.data import batches_of, lineage, pipeline, statistics
-from seglab.engine import callbacks, debug, determinism, distribute, finish, resume, run_identity, runtime
+from seglab.engine import callbacks, debug, determinism, distribute, finish, lifecycle, runtime
 from seglab.tracking import tags
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def run(cfg: DictConfig) -> float:
         setup = set_up(cfg, strategy, mlrun)
         checkpointer = callbacks.Checkpointer(checkpoint_dir, monitor=cfg.optimize_metric,
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
-        first_epoch = resume.initial_epoch(found, cfg.tracking.uri, setup.model, checkpointer, cfg.trainer.checkpoint_dir)
+        first_epoch = lifecycle.initial_epoch(found, cfg.tracking.uri, setup.model, checkpointer, cfg.trainer.checkpoint_dir)
         fitted = fit(cfg, mlrun, setup, checkpointer, first_epoch, out / "profile")
         log_training(cfg, mlrun, checkpointer, first_epoch, fitted.callbacks)
 
@@ -54,19 +54,19 @@ def run(cfg: DictConfig) -> float:
     return checkpointer.best
 
 
-def open_run(cfg: DictConfig, device: str) -> tuple[resume.Plan, Any]:
+def open_run(cfg: DictConfig, device: str) -> tuple[lifecycle.Plan, Any]:
     """The run this training logs to (a `tracking.Run`, not yet started; on a multi-worker cluster's
     other workers a run that logs nothing) and the plan to continue an earlier one (trainer.resume:
     a killed run of the same experiment, docs/resume.md)."""
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
-    identity = {**run_identity.tags(cfg), **run_identity.owner_tags(), **_runtime_tags(device)}
+    identity = {**lifecycle.tags(cfg), **lifecycle.owner_tags(), **_runtime_tags(device)}
     # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
     # (seglab/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
     chief = distribute.is_chief()
-    found = resume.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, identity[tags.RUN_KEY],
-                        cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else resume.Plan(None)
-    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, run_identity.run_name(cfg), identity, cfg.tracking.parent_run_id,
-                         resume_run_id=found.run_id) if chief else distribute.WorkerRun()
+    found = lifecycle.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, identity[tags.RUN_KEY],
+                           cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)
+    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), identity, cfg.tracking.parent_run_id,
+                         resume_run_id=found.run_id) if chief else tracking.NoOpRun()
     return found, mlrun
 
 
@@ -192,4 +192,4 @@ def _first_examples(batches: tf.data.Dataset, count: int) -> tuple[np.ndarray, n
 
 
 def _runtime_tags(device: str) -> dict[str, str]:
-    return {"tensorflow.version": tf.__version__, "keras.version": keras.__version__, "device": device}
+    return {tags.TENSORFLOW_VERSION: tf.__version__, tags.KERAS_VERSION: keras.__version__, tags.DEVICE: device}

@@ -1,19 +1,31 @@
 """Everything MLflow, one room per job:
 
 - `run`:    what one run logs (`Run`, a context manager that always ends the run) and `flatten`;
+- `protocol`: the verbs of a run (`RunProtocol`), and the run that logs nothing (`NoOpRun`);
 - `models`: logged models for the tools that use them (`load_model`, `model_run_id`);
 - `sweeps`: how a sweep's runs are tied (the parent run by id, its children read back);
 - `store`:  the store itself (`check_reachable`, `TrackingError`, which errors mean "unavailable");
 - `registry`: registered models (`register`, `registered_version`, `set_alias`);
 - `served`: the served model that takes encoded images (a pyfunc model; `served_entry` is its code);
-- `datasets`: a data split as an MLflow dataset, for `Run.log_dataset`.
+- `datasets`: a data split as an MLflow dataset, for `Run.log_dataset`;
+- `tags`:   every tag key (plain strings).
 
-The names most callers need are importable from here.
+The names most callers need are importable from here.  They load on first use, so that importing
+`seglab.tracking.tags` (the config checks, the sweep callback) does not load MLflow.
 """
 
-from seglab.tracking.models import load_model, model_run_id, run_experiment_and_name
-from seglab.tracking.run import Run, flatten
-from seglab.tracking.store import TrackingError, check_reachable, store_unavailable
+import importlib
 
-__all__ = ["Run", "TrackingError", "check_reachable", "flatten", "load_model", "model_run_id", "run_experiment_and_name",
-           "store_unavailable"]
+_HOME = {
+    "load_model": "models", "model_run_id": "models", "run_experiment_and_name": "models",
+    "NoOpRun": "protocol", "RunProtocol": "protocol",
+    "Run": "run", "flatten": "run",
+    "TrackingError": "store", "check_reachable": "store", "store_unavailable": "store",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

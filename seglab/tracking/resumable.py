@@ -13,11 +13,9 @@ from typing import Mapping
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
+from seglab.tracking import tags
 from seglab.tracking.store import ERROR_TAG_CHARS, check_reachable
 
-KILLED_REASON_TAG = "seglab.killed_reason"
-CHECKPOINT_TAG = "seglab.checkpoint"  # artifact directory of the newest complete uploaded checkpoint
-CHECKPOINT_EPOCH_TAG = "seglab.checkpoint_epoch"  # epochs completed in it
 _IMAGE_STEP = re.compile(r"^(?P<key>.+?)[%+]step[%+](?P<step>\d+)[%+]")  # MLflow 3 names: key+step+N+..., older: %
 
 
@@ -68,7 +66,7 @@ def _record(run) -> RunRecord:
 def end_killed(uri: str, run_id: str, reason: str) -> None:
     """End a run whose process is gone KILLED, naming why in the `seglab.killed_reason` tag."""
     client = _client(uri)
-    client.set_tag(run_id, KILLED_REASON_TAG, reason[:ERROR_TAG_CHARS])
+    client.set_tag(run_id, tags.KILLED_REASON, reason[:ERROR_TAG_CHARS])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
 
 

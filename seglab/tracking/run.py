@@ -1,5 +1,6 @@
-"""What one run logs: `Run` opens an MLflow run and logs through a few verbs (`log_params`,
-`log_epoch`, `log_masks`, `log_figure`, `log_artifact`, `log_model`, ...); the end of the `with` block
+"""What one run logs: `Run` opens an MLflow run and logs through the verbs of
+`tracking.protocol.RunProtocol` (`log_params`, `log_epoch`, `log_masks`, `log_figure`,
+`log_artifact`, `log_model`, ...); the end of the `with` block
 sets its status (FINISHED, FAILED or KILLED; never left RUNNING).  No module-level state: each job of
 a sweep opens its own `Run`.
 
@@ -18,12 +19,12 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Self
 
 import mlflow
 from mlflow.entities import RunStatus
 
-from seglab.tracking import resumable
+from seglab.tracking import resumable, tags as keys
 from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,6 @@ def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-HEARTBEAT_TAG = "seglab.heartbeat"  # Unix seconds of the owner's last sign of life
-CHANGED_TAG = "seglab.resume.changed"  # params a resumed run was re-started with, old -> new
-REFUSED_TAG = "seglab.resume.refused"  # why the last attempt to continue the run was refused
 
 
 class _Terminated(BaseException):
@@ -68,7 +64,7 @@ class Run:
         self._status_before = "RUNNING"  # of the run being continued
         self.tags = dict(tags)
         if parent_run_id:
-            self.tags["mlflow.parentRunId"] = parent_run_id
+            self.tags[keys.PARENT_RUN] = parent_run_id
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.failed: str | None = None  # what was being logged when the store stopped answering
@@ -76,7 +72,7 @@ class Run:
         self._previous_sigterm = None
         self._previous_env: dict[str, str | None] = {}
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Self:
         check_reachable(self.uri)
         self._previous_env = {name: os.environ.get(name) for name in HTTP_LIMITS}
         for name, value in HTTP_LIMITS.items():
@@ -84,13 +80,13 @@ class Run:
         try:
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_experiment(self.experiment)
-            tags = {**self.tags, HEARTBEAT_TAG: str(int(time.time()))}
+            tags = {**self.tags, keys.HEARTBEAT: str(int(time.time()))}
             if self.resume_run_id:
                 self._status_before = resumable.get_run(self.uri, self.resume_run_id).status
             run = mlflow.start_run(run_id=self.resume_run_id, run_name=self.run_name, tags=tags)
             if self.resume_run_id:
                 self.logged_steps = resumable.logged_steps(self.uri, self.resume_run_id)
-                self._checkpoint_dir = run.data.tags.get(resumable.CHECKPOINT_TAG)
+                self._checkpoint_dir = run.data.tags.get(keys.CHECKPOINT)
         except BaseException:
             if mlflow.active_run() is not None:
                 mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
@@ -144,7 +140,7 @@ class Run:
         try:
             if exc is not None and self.failed is None:
                 try:
-                    mlflow.set_tag(REFUSED_TAG if refused else "error", f"{exc_type.__name__}: {exc}"[:ERROR_TAG_CHARS])
+                    mlflow.set_tag(keys.RESUME_REFUSED if refused else keys.ERROR, f"{exc_type.__name__}: {exc}"[:ERROR_TAG_CHARS])
                 except Exception as tag_err:  # the run must still be ended below
                     log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
             self._end(RunStatus.to_string(status))
@@ -173,7 +169,7 @@ class Run:
             params = {k: v for k, v in params.items() if k not in before}
             if changed:
                 log.info("resumed run %s with changed params: %s", self.run_id, changed)
-                self.set_tags({CHANGED_TAG: "; ".join(f"{k}: {v}" for k, v in changed.items())[:ERROR_TAG_CHARS]})
+                self.set_tags({keys.RESUME_CHANGED: "; ".join(f"{k}: {v}" for k, v in changed.items())[:ERROR_TAG_CHARS]})
         self._log("params", mlflow.log_params, params)
 
     def _new_at(self, key: str, step: int) -> bool:
@@ -233,12 +229,7 @@ class Run:
 
     def heartbeat(self) -> None:
         """A sign of life, so that another command does not take this run for one whose process died."""
-        self.set_tags({HEARTBEAT_TAG: int(time.time())})
-
-    @property
-    def uploaded_checkpoint(self) -> str | None:
-        """Artifact directory of the newest complete checkpoint uploaded to this run (None: none yet)."""
-        return self._checkpoint_dir
+        self.set_tags({keys.HEARTBEAT: int(time.time())})
 
     def log_checkpoint(self, files: list[Path], epoch: int, directory: str | None = None) -> None:
         """Upload `files` (the training state and the best model after `epoch` epochs) to `directory`
@@ -249,7 +240,7 @@ class Run:
             self._log(f"checkpoint {path.name} of epoch {epoch}", mlflow.log_artifact, str(path), directory)
             if self.failed:
                 return
-        self.set_tags({resumable.CHECKPOINT_TAG: directory, resumable.CHECKPOINT_EPOCH_TAG: epoch})
+        self.set_tags({keys.CHECKPOINT: directory, keys.CHECKPOINT_EPOCH: epoch})
         if self.failed:
             return
         previous, self._checkpoint_dir = self._checkpoint_dir, directory

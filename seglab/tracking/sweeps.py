@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
+from seglab.tracking import tags as keys
 from seglab.tracking.store import ERROR_TAG_CHARS, TrackingError, check_reachable
 
 # The most runs one search returns (MLflow's own upper bound); a sweep has far fewer jobs.
@@ -79,7 +80,7 @@ def end_run(uri: str, run_id: str, failed: bool, error: str | None = None) -> No
     """End a run by id (a sweep's parent, or a job's run its dead process left RUNNING), FAILED with `error` or FINISHED."""
     client = _client(uri)
     if error:
-        client.set_tag(run_id, "error", error[:ERROR_TAG_CHARS])
+        client.set_tag(run_id, keys.ERROR, error[:ERROR_TAG_CHARS])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
 
@@ -87,8 +88,8 @@ def reopen_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     """Set an ended run (a sweep's parent that never reached its end) RUNNING again, with `tags` updated
     and the `error` of its interruption removed."""
     client = _client(uri)
-    if "error" in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, "error")
+    if keys.ERROR in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, keys.ERROR)
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
@@ -98,10 +99,10 @@ def kill_running_children(uri: str, parent_run_id: str, reason: str) -> int:
     (killed, out of memory) without closing it.  A re-run of the sweep continues it."""
     client = _client(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    where = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    where = f"tags.`{keys.PARENT_RUN}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
     orphans = client.search_runs(experiment_ids, filter_string=where, max_results=SEARCH_MAX_RESULTS)
     for run in orphans:
-        client.set_tag(run.info.run_id, "seglab.killed_reason", reason)
+        client.set_tag(run.info.run_id, keys.KILLED_REASON, reason)
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
     return len(orphans)
 
@@ -110,9 +111,9 @@ def record_failed_run(uri: str, experiment: str, run_name: str, tags: Mapping[st
     """A FAILED run with the error as its `error` tag, for a job that failed before its training run opened
     (e.g. a combination of values the schema rejects), so the sweep still shows and counts it."""
     client = _client(uri)
-    all_tags = {**tags, "error": f"{type(error).__name__}: {error}"[:ERROR_TAG_CHARS]}
+    all_tags = {**tags, keys.ERROR: f"{type(error).__name__}: {error}"[:ERROR_TAG_CHARS]}
     if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags[keys.PARENT_RUN] = parent_run_id
     run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
     return run.info.run_id
@@ -122,7 +123,7 @@ def child_runs(uri: str, parent_run_id: str) -> list[ChildRun]:
     """Every run whose `mlflow.parentRunId` is `parent_run_id`, in any experiment (a sweep may vary the data set)."""
     client = _client(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiment_ids, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=SEARCH_MAX_RESULTS)
+    runs = client.search_runs(experiment_ids, filter_string=f"tags.`{keys.PARENT_RUN}` = '{parent_run_id}'", max_results=SEARCH_MAX_RESULTS)
     children = []
     for run in runs:
         history = {
@@ -145,7 +146,7 @@ def find_parent_run(uri: str, name_or_id: str) -> str:
     except MlflowException:
         run = None
     if run is not None:
-        if run.data.tags.get("seglab.sweep") != "parent":
+        if run.data.tags.get(keys.SWEEP) != keys.SWEEP_PARENT:
             raise TrackingError(
                 f"run {name_or_id} is not a sweep's parent run (tag seglab.sweep=parent); give the parent's id, "
                 "an MLflow experiment name or a sweep's run name."
@@ -155,7 +156,7 @@ def find_parent_run(uri: str, name_or_id: str) -> str:
         raise TrackingError(f"{name_or_id!r}: a sweep or experiment name with a quote cannot be searched; use the parent run id.")
     experiment = client.get_experiment_by_name(name_or_id)
     experiment_ids = [experiment.experiment_id] if experiment else [e.experiment_id for e in client.search_experiments()]
-    where = "tags.`seglab.sweep` = 'parent'"
+    where = f"tags.`{keys.SWEEP}` = '{keys.SWEEP_PARENT}'"
     if not experiment:
         where += f" and attributes.run_name = '{name_or_id}'"
     runs = client.search_runs(experiment_ids, filter_string=where, order_by=["attributes.start_time DESC"], max_results=1)

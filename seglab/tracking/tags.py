@@ -39,6 +39,9 @@ CHECKPOINT_EPOCH = "seglab.checkpoint_epoch"  # epochs completed in it
 
 # What a training run produced.
 PARAMETERS = "model.parameters"
+TENSORFLOW_VERSION = "tensorflow.version"
+KERAS_VERSION = "keras.version"
+DEVICE = "device"  # what training ran on (GPU, CPU)
 REPLICAS = "replicas"
 BEST_STEP = "best_step"
 MODEL_EPOCH = "seglab.model_epoch"  # the epoch whose weights the logged model holds
@@ -55,3 +58,7 @@ SPLIT = "seglab.split"
 MODEL_URI = "seglab.model_uri"
 MODEL_VERSION = "seglab.model_version"
 TRAINING_RUN = "seglab.training_run_id"
+DATA = "seglab.data"  # the data set it was evaluated on
+
+# A seglab.bench run.
+BENCH_OVERRIDES = "overrides"  # the overrides it measured, joined

@@ -1,4 +1,4 @@
-"""Run identity (the run key), owner liveness, and what a resume refuses or records; fast checks
+"""A run's lifecycle (seglab.engine.lifecycle): the run key, owner liveness, and what a resume refuses or records; fast checks
 without training (the kills of real trainings are in test_resume.py)."""
 
 from __future__ import annotations
@@ -16,42 +16,42 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from seglab.engine import checkpoint, resume, run_identity
+from seglab.engine import checkpoint, lifecycle
 from tests.conftest import ROOT, build_model
 
 
 def test_run_key_ignores_length_outputs_and_logging_but_not_what_is_learned(compose_cfg):
-    key = run_identity.run_key(compose_cfg())
+    key = lifecycle.run_key(compose_cfg())
     same = ("trainer.epochs=3", "trainer.resume=never", "trainer.mask_samples=0", "trainer.checkpoint_dir=/tmp/x",
             "trainer.checkpoint_every=5", "tracking.uri=sqlite:///other.db", "tracking.experiment=x", "data.cache=null")
     for override in same:
-        assert run_identity.run_key(compose_cfg(override)) == key, override
+        assert lifecycle.run_key(compose_cfg(override)) == key, override
     for override in ("optimizer.learning_rate=0.01", "seed=1", "model.depth=3", "trainer.batch_size=8", "loss=dice",
                      "data.source.train_size=10", "trainer.jit_compile=true"):
-        assert run_identity.run_key(compose_cfg(override)) != key, override
+        assert lifecycle.run_key(compose_cfg(override)) != key, override
 
 
 def own_tags(**changes) -> dict[str, str]:
-    return {**run_identity.owner_tags(), **changes}
+    return {**lifecycle.owner_tags(), **changes}
 
 
 def test_owner_alive_by_pid_on_this_host_and_by_heartbeat_on_another():
     parent = os.getppid()  # alive, started when it was
-    alive_here = own_tags(**{"seglab.pid": str(parent), "seglab.pid_start": run_identity.process_start(parent)})
-    assert resume.owner_alive(alive_here, timeout_s=60)
-    assert not resume.owner_alive({**alive_here, "seglab.pid_start": "1"}, timeout_s=60)  # pid reused by another process
+    alive_here = own_tags(**{"seglab.pid": str(parent), "seglab.pid_start": lifecycle.process_start(parent)})
+    assert lifecycle.owner_alive(alive_here, timeout_s=60)
+    assert not lifecycle.owner_alive({**alive_here, "seglab.pid_start": "1"}, timeout_s=60)  # pid reused by another process
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert not resume.owner_alive(own_tags(**{"seglab.pid": done.stdout.strip()}), timeout_s=60)
+    assert not lifecycle.owner_alive(own_tags(**{"seglab.pid": done.stdout.strip()}), timeout_s=60)
     elsewhere = {"seglab.host": socket.gethostname() + "-other", "seglab.pid": "1"}
-    assert resume.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 30)}, timeout_s=60)
-    assert not resume.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 90)}, timeout_s=60)
+    assert lifecycle.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 30)}, timeout_s=60)
+    assert not lifecycle.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 90)}, timeout_s=60)
 
 
 def test_a_requeued_job_takes_the_run_of_its_own_job_id_for_dead(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     tags = {"seglab.host": "node7", "seglab.pid": "1", "seglab.heartbeat": str(int(time.time())), "seglab.job_id": "4242"}
-    assert not resume.owner_alive(tags, timeout_s=3600)
-    assert resume.owner_alive({**tags, "seglab.job_id": "4243"}, timeout_s=3600)
+    assert not lifecycle.owner_alive(tags, timeout_s=3600)
+    assert lifecycle.owner_alive({**tags, "seglab.job_id": "4243"}, timeout_s=3600)
 
 
 def compiled(**kwargs):
@@ -125,8 +125,47 @@ def test_sigkill_during_checkpoint_writes_and_uploads_leaves_a_complete_earlier_
     (run,) = client.search_runs([client.get_experiment_by_name("e").experiment_id])
     assert run.info.status == "RUNNING"
     epoch = int(run.data.tags["seglab.checkpoint_epoch"])
-    path = resume.restore_files(uri, run.info.run_id, run.data.tags, tmp_path / "none", tmp_path / "restored")
+    path = lifecycle.restore_files(uri, run.info.run_id, run.data.tags, tmp_path / "none", tmp_path / "restored")
     with np.load(path) as saved:
         assert int(saved["epoch"]) == epoch >= 2
         expected = np.random.default_rng(0).integers(0, 2**31, 8_000_000, dtype=np.int64) + epoch
         np.testing.assert_array_equal(saved["payload"], expected)
+
+
+def _snapshot(client: MlflowClient, run_id: str) -> dict:
+    """Everything a command could change on a run: status, params, metrics (every step), tags, artifacts."""
+    run = client.get_run(run_id)
+    history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
+    return {"status": run.info.status, "end": run.info.end_time, "params": run.data.params, "metrics": history,
+            "tags": run.data.tags, "artifacts": [a.path for a in client.list_artifacts(run_id)]}
+
+
+@pytest.mark.slow  # two runs of the command line (TensorFlow loads before the refusal)
+def test_resume_refuses_an_evaluation_run_and_a_sweep_parent_naming_the_id_to_use_and_writes_nothing(tmp_path):
+    from seglab.tracking import tags
+    from tests.conftest import TINY, run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    def finished_run(run_tags: dict[str, str]) -> str:
+        run_id = client.create_run(experiment, tags=run_tags).info.run_id
+        client.log_param(run_id, "p", "1")
+        client.log_metric(run_id, "val_mean_iou", 0.5, step=0)
+        client.log_text(run_id, "x", "summary.md")
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    training = finished_run({})
+    evaluation = finished_run({tags.SPLIT: "val", tags.TRAINING_RUN: training, tags.MODEL_URI: f"runs:/{training}/model"})
+    parent = finished_run({tags.SWEEP: tags.SWEEP_PARENT})
+    before = {run_id: _snapshot(client, run_id) for run_id in (training, evaluation, parent)}
+    for refused, names in ((evaluation, ["an evaluation run", f"trainer.resume={training}"]),
+                           (parent, ["a sweep's parent run", "trainer.resume=auto", f"seglab.report {parent}"])):
+        done = run_cli(*TINY, f"tracking.uri={uri}", "tracking.experiment=e", f"trainer.resume={refused}", cwd=tmp_path, check=False)
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2 and last.startswith(f"seglab: trainer.resume={refused} is "), done.stderr[-3000:]
+        assert all(name in last for name in names), last
+    assert {run_id: _snapshot(client, run_id) for run_id in before} == before
+    assert len(client.search_runs([experiment])) == 3  # and no run was started instead
