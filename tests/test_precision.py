@@ -109,7 +109,8 @@ def test_mixed_float16_dice_training_is_finite_and_as_float32_where_float16_sums
         uri = f"sqlite:///{tmp_path}/{precision}.db"
         run_cli(*TINY, f"data.image_size={size}", f"trainer.batch_size={batch}", f"data.source.train_size={batch}",
                 f"data.source.val_size={batch}", "trainer.epochs=1", "trainer.mask_samples=0", f"trainer.precision={precision}",
-                "loss=dice", "tracking.log_model=false", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/{precision}", cwd=tmp_path)
+                "loss=dice", "tracking.log_model=false", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/{precision}",
+                cwd=tmp_path)
         client = MlflowClient(uri)
         (run,) = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
         assert run.info.status == "FINISHED" and run.data.params["loss._target_"] == "seglab.losses.Dice"

@@ -38,7 +38,7 @@ def test_the_test_command_is_the_one_ci_runs():
 def quick_start_args() -> list[str]:
     """The arguments of the `python -m seglab` in the first command of README's Quick start, as written there."""
     section = README.read_text().split("\n## Quick start", 1)[1].split("\n## ", 1)[0]
-    first_command = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1).splitlines()[0]
+    first_command = re.search(r"```bash\n(.*?)\n```", section, re.DOTALL).group(1).splitlines()[0]
     (train,) = [shlex.split(part) for part in first_command.split("&&") if "-m seglab" in part]
     assert train[:3] == ["python", "-m", "seglab"], first_command
     return train[3:]
