@@ -13,8 +13,6 @@ from mlflow import MlflowClient
 from seglab.data import pets_like
 from tests.conftest import build_model, run_cli
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -36,6 +34,7 @@ def runs(tmp_path_factory):
             for r in found}
 
 
+@pytest.mark.slow
 def test_keras_momentum_collapses_in_inference_mode(runs):
     keras_bn = runs["keras"]
     assert keras_bn["train_mean_iou"][-1] > 0.45  # it learns, as the real run's training metrics did
@@ -44,6 +43,7 @@ def test_keras_momentum_collapses_in_inference_mode(runs):
     assert keras_bn["train_inference_mean_iou"][-1] <= keras_bn["train_inference_mean_iou"][0] + 0.02
 
 
+@pytest.mark.slow
 def test_default_momentum_predicts_as_it_learns(runs):
     default, keras_bn = runs["default"], runs["keras"]
     assert default["train_mean_iou"] == pytest.approx(keras_bn["train_mean_iou"])  # same training: batch statistics

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from seglab.tracking import tags
 from tests.conftest import TINY, run_cli
-
-pytestmark = pytest.mark.slow
 
 # On TINY with the first design's U-Net (no batch norm, constant rate), validation mIoU peaks in the first
 # epoch and falls after it (checked below), so the best and the last weights differ.
@@ -34,11 +33,15 @@ def logged_weights(run, uri):
     return weights(mlflow.tensorflow.load_model(f"runs:/{run.info.run_id}/model"))
 
 
+@pytest.mark.slow
 def test_logged_model_is_the_best_checkpoint(tmp_path):
     client, run, uri = train(tmp_path, "best")
-    best_step = int(run.data.tags["best_step"])
+    history = sorted(client.get_metric_history(run.info.run_id, "val_mean_iou"), key=lambda m: m.step)
+    assert [m.step for m in history] == [0, 1, 2]
+    best_step = max(history, key=lambda m: m.value).step  # the first of equal maxima, as "improved" is strict
     assert best_step != 2, "the premise: TINY's best epoch is not its last"
-    assert run.data.tags["seglab.model_epoch"] == str(best_step) and run.data.tags["seglab.model_weights"] == "best"
+    assert run.data.tags[tags.BEST_STEP] == str(best_step), [m.value for m in history]
+    assert run.data.tags[tags.MODEL_EPOCH] == str(best_step) and run.data.tags[tags.MODEL_WEIGHTS] == "best"
     best = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/best.keras", tracking_uri=uri)
     import keras
 
@@ -51,9 +54,10 @@ def test_logged_model_is_the_best_checkpoint(tmp_path):
         assert any(not np.array_equal(a, last[f"model/{i}"]) for i, a in got.items())
 
 
+@pytest.mark.slow
 def test_log_model_last_logs_the_last_epoch(tmp_path):
     client, run, uri = train(tmp_path, "last")
-    assert run.data.tags["seglab.model_epoch"] == "2" and run.data.tags["seglab.model_weights"] == "last"
+    assert run.data.tags[tags.MODEL_EPOCH] == "2" and run.data.tags[tags.MODEL_WEIGHTS] == "last"
     got = logged_weights(run, uri)
     with np.load(tmp_path / "out/checkpoints/last.state.npz") as last:
         assert got and all(f"model/{i}" in last for i in got)

@@ -14,8 +14,6 @@ from mlflow import MlflowClient
 from seglab.metrics import scores
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
-
 SMALL = ("data.image_size=32", "data.source.train_size=8", "data.source.val_size=8", "trainer.batch_size=8")
 
 
@@ -25,6 +23,7 @@ def eval_runs(client, run_id):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_logs_test_scores_and_confusion_matrix_to_a_linked_run(tracking_stack, stack_run, capsys):
     from seglab.cli import evaluate
 
@@ -46,6 +45,7 @@ def test_evaluate_logs_test_scores_and_confusion_matrix_to_a_linked_run(tracking
     assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow
 def test_without_a_test_split_evaluate_uses_validation_and_says_so(tracking_stack, stack_run, caplog):
     from seglab.cli import evaluate
 
@@ -66,6 +66,7 @@ def test_evaluate_command_line_without_model_uri_says_how_to_call_it(tmp_path):
     assert "give model_uri=<uri> exactly once; usage: `python -m seglab.evaluate model_uri=" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_data_is_built_at_the_models_size_whatever_data_image_size_says(tracking_stack, stack_run, caplog):
     """Without data.image_size=32 the 32-px model must see the same test images, generated at 32 px
     (not generated at the default 64 and shrunk, which thins the boundary class), and no size check
@@ -90,6 +91,7 @@ def test_the_data_is_built_at_the_models_size_whatever_data_image_size_says(trac
     assert matrices[0] == matrices[1]
 
 
+@pytest.mark.slow
 def test_on_the_shared_server_a_registered_version_gets_the_alias_and_loads_by_it(tracking_stack, stack_run, capsys):
     """The registry on PostgreSQL + S3: the training run's served model registered, evaluated with
     set_alias, and loaded back through the alias."""

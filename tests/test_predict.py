@@ -12,14 +12,13 @@ from PIL import Image
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
-
 
 def predict_cli(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, "-m", "seglab.predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_predict_writes_a_mask_and_an_overlay_per_image_at_its_own_size(tracking_stack, stack_run, tmp_path, capsys, caplog):
     from seglab.cli import predict
 

@@ -25,8 +25,6 @@ from seglab import metrics
 from seglab.util import visualize
 from tests.conftest import ROOT, TINY, run_cli
 
-pytestmark = pytest.mark.slow
-
 NAME = "segmodel"
 SERVE_TIMEOUT_S = 240  # `mlflow models serve` imports TensorFlow and loads the model before it answers
 
@@ -57,6 +55,7 @@ def table_of(uri: str, run, artifact_file: str):
     return MlflowClient(uri).load_table(run.info.experiment_id, artifact_file, run_ids=[run.info.run_id])
 
 
+@pytest.mark.slow
 def test_training_registers_the_served_model_with_its_scores_and_logs_datasets_and_worst_images(trained):
     uri, run = trained
     client = MlflowClient(uri, registry_uri=uri)  # the registry of that store, not the process default
@@ -79,6 +78,7 @@ def test_training_registers_the_served_model_with_its_scores_and_logs_datasets_a
     assert [r["mean_iou"] for r in worst] == pytest.approx(sorted(table["mean_iou"])[:8])  # the table keeps 10 digits
 
 
+@pytest.mark.slow
 def test_evaluate_moves_the_alias_and_the_tools_load_the_model_by_alias(trained, tmp_path, capsys):
     from seglab import errors, tracking
     from seglab.cli import evaluate, predict
@@ -129,6 +129,7 @@ def encoded(array: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_png_and_jpeg_files_with_masks_at_their_sizes(trained, tmp_path):
     from seglab import tracking
     from seglab import inference

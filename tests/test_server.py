@@ -20,9 +20,8 @@ from PIL import Image
 from tests.conftest import ROOT, TINY, run_cli
 from tests.tracking_stack import free_port, start, stop, wait_http
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_run_lands_in_postgres_and_artifacts_in_the_bucket(tracking_stack, stack_run):
     run_id, out, _ = stack_run
     client = MlflowClient(tracking_stack.uri)
@@ -44,6 +43,7 @@ def test_run_lands_in_postgres_and_artifacts_in_the_bucket(tracking_stack, stack
     assert any(k.endswith(f"{run_id}/artifacts/checkpoints/best.keras") for k in keys), keys[:20]
 
 
+@pytest.mark.slow
 def test_model_from_the_stack_loads_back(tracking_stack, stack_run):
     run_id, _, _ = stack_run
     mlflow.set_tracking_uri(tracking_stack.uri)
@@ -62,6 +62,7 @@ def test_server_down_at_start_fails_in_seconds_naming_the_uri(tmp_path):
     assert seconds < 60, f"took {seconds:.0f} s"  # generous: Python, Hydra and MLflow start-up on a busy machine; no retries
 
 
+@pytest.mark.slow
 def test_server_going_away_mid_run_lets_training_finish(tracking_stack, tmp_path):
     """A server is killed after the first epoch is logged: training still runs every epoch, keeps
     its checkpoints, says which logging failed, and exits in bounded time."""
@@ -102,6 +103,7 @@ def test_server_going_away_mid_run_lets_training_finish(tracking_stack, tmp_path
     assert (tmp_path / "out/checkpoints/best.keras").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_logged_model_is_servable_and_answers_a_json_request(tracking_stack, stack_run, tmp_path):
     """`mlflow models serve -m runs:/<id>/model --env-manager local`, and the request docs/predict-evaluate-serve.md documents."""
     run_id, _, _ = stack_run

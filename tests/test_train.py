@@ -15,8 +15,6 @@ from mlflow import MlflowClient
 
 from tests.conftest import ROOT, TINY, run_cli
 
-pytestmark = pytest.mark.slow
-
 
 def only_run(uri, experiment="seglab-shapes"):
     client = MlflowClient(uri)
@@ -36,6 +34,7 @@ def trained(tmp_path_factory):
     return client, runs[0], done, uri
 
 
+@pytest.mark.slow
 def test_run_finishes_with_name_params_and_tags(trained):
     client, run, done, _ = trained
     assert run.info.status == "FINISHED"
@@ -56,6 +55,7 @@ def test_run_finishes_with_name_params_and_tags(trained):
     assert "best val_mean_iou" in done.stderr + done.stdout and run.info.run_id in done.stderr + done.stdout
 
 
+@pytest.mark.slow
 def test_metrics_are_logged_per_epoch_with_steps(trained):
     client, run, _, _ = trained
     for key in ("train_loss", "val_loss", "val_mean_iou", "val_mean_dice", "val_pixel_accuracy", "val_iou_boundary",
@@ -67,6 +67,7 @@ def test_metrics_are_logged_per_epoch_with_steps(trained):
     assert float(run.data.tags["best_val_mean_iou"]) == pytest.approx(best)
 
 
+@pytest.mark.slow
 def test_mask_images_checkpoints_and_config_are_artifacts(trained):
     client, run, _, _ = trained
     rid = run.info.run_id
@@ -83,6 +84,7 @@ def test_mask_images_checkpoints_and_config_are_artifacts(trained):
     assert "config.yaml" in {a.path for a in client.list_artifacts(rid)}
 
 
+@pytest.mark.slow
 def test_logged_model_loads_back_and_predicts_logits(trained):
     _, run, _, uri = trained
     mlflow.set_tracking_uri(uri)
@@ -93,6 +95,7 @@ def test_logged_model_loads_back_and_predicts_logits(trained):
     np.testing.assert_allclose(keras_model.predict(x, verbose=0), pyfunc.predict(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_config_gives_bit_identical_weights_and_metrics(tmp_path, trained):
     """The module's run again (in another directory, without the model logged: neither enters the training)."""
     client_a, run_a, _, _ = trained
@@ -109,6 +112,7 @@ def test_same_config_gives_bit_identical_weights_and_metrics(tmp_path, trained):
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+@pytest.mark.slow  # no training, but the whole run up to fit: ~45 s measured on a busy 2-core machine
 def test_crash_ends_the_run_failed_with_the_error(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = run_cli(*TINY, f"tracking.uri={uri}", "optimizer._target_=keras.optimizers.NoSuchOptimizer", cwd=tmp_path, check=False)
@@ -118,6 +122,7 @@ def test_crash_ends_the_run_failed_with_the_error(tmp_path):
     assert "NoSuchOptimizer" in runs[0].data.tags["error"]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_killed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}

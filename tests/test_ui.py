@@ -5,13 +5,12 @@ from mlflow import MlflowClient
 
 from tests.system import program
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
 UI_TIMEOUT_MS = 60_000  # the UI bundle is large and the machine busy; every wait below is bounded by this
 
 
+@pytest.mark.slow
 def test_run_page_shows_mask_images_and_metric_charts(tracking_stack, stack_run, tmp_path):
     chromium = program("chromium", "chromium")
     from playwright.sync_api import sync_playwright
