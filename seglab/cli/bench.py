@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from seglab import console
+from seglab.cli import helptext
 from seglab.config import schema
 
 
@@ -308,6 +309,8 @@ def log_to_mlflow(report: dict, uri: str) -> str:
 
 
 def main(argv: list[str]) -> None:
+    if helptext.print_usage(argv, __doc__):
+        return
     options, overrides = parse(argv)
     cfg = schema.compose(overrides)
     schema.validate(cfg)  # bad overrides fail before TensorFlow loads

@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, errors
+from seglab.cli import helptext
 from seglab.config import preflight, schema
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,10 @@ def run(model_uri: str, cfg: DictConfig, alias: str | None = None) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    model_uri, alias, cfg = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if helptext.print_usage(argv, __doc__):
+        return 0
+    model_uri, alias, cfg = parse(argv)
     console.quiet(console.is_verbose(cfg))  # before TensorFlow and MLflow load (`verbose=true` shows their notices)
     run(model_uri, cfg, alias)
     return 0
