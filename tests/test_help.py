@@ -44,7 +44,7 @@ def test_help_gives_each_main_key_its_type_value_and_yaml_comment():
 
 
 COMMANDS = ("seglab", "seglab.bench", "seglab.evaluate", "seglab.predict", "seglab.check_determinism", "seglab.report",
-            "seglab.data")
+            "seglab.data", "seglab.models")
 # Run as `python -m COMMAND FLAG`, then say whether TensorFlow was imported on the way.
 _RUN_AND_TELL = """
 import runpy, sys
