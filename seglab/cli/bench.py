@@ -202,7 +202,7 @@ def startup_seconds(overrides: list[str]) -> dict[str, float]:
     subprocess.run([sys.executable, "-m", "seglab", "--cfg", "job", *overrides], env=env, check=True, capture_output=True)
     cfg_job = time.perf_counter() - start
     first_step = (
-        "import sys; from seglab import bench; bench.one_step(sys.argv[1:])"
+        "import sys; from seglab.cli import bench; bench.one_step(sys.argv[1:])"
     )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", first_step, *overrides], env=env, check=True, capture_output=True)
