@@ -30,6 +30,7 @@ def test_tiny_bench_writes_a_table_json_and_an_mlflow_run(tmp_path):
     report = json.loads((tmp_path / "b.json").read_text())
     (row,) = report["results"]
     assert (row["model"], row["precision"], row["jit_compile"], row["data"]) == ("unet", "float32", False, "synthetic")
+    assert row["xla"] is False  # what Keras compiled
     for key in ("images_per_second", "plain_keras_images_per_second", "overhead_ratio", "efficiency", "peak_rss_mb",
                 "forward_gflops"):
         assert math.isfinite(row[key]) and row[key] > 0, key

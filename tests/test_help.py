@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CONF_DIR, ROOT
 
 
@@ -39,3 +41,30 @@ def test_help_gives_each_main_key_its_type_value_and_yaml_comment():
         if key != "defaults":
             assert f"  trainer.{key}=" in text, key
     assert "python -m seglab +debug=fast" in text  # the examples
+
+
+COMMANDS = ("seglab", "seglab.bench", "seglab.evaluate", "seglab.predict", "seglab.check_determinism", "seglab.report",
+            "seglab.data", "seglab.models")
+# Run as `python -m COMMAND FLAG`, then say whether TensorFlow was imported on the way.
+_RUN_AND_TELL = """
+import runpy, sys
+sys.argv = [sys.argv[1], sys.argv[2]]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit as done:
+    code = done.code or 0
+else:
+    code = 0
+print("tensorflow loaded" if "tensorflow" in sys.modules else "tensorflow not loaded", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_help_with_its_usage_before_tensorflow_loads(command, flag):
+    done = subprocess.run([sys.executable, "-c", _RUN_AND_TELL, command, flag], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert f"python -m {command}" in done.stdout, done.stdout  # the usage line names the command
+    assert "Traceback" not in done.stderr and "tensorflow not loaded" in done.stderr, done.stderr

@@ -82,6 +82,8 @@ MISTAKES = [
     Mistake("seglab loss=dice loss.smooth=-1", "loss.smooth", "Use 0 or more."),
     Mistake("seglab loss=dice loss.include_background=false data.background_index=null", "loss.include_background",
             "Name the background class with `data.background_index`."),
+    Mistake("seglab trainer.jit_compile=true", "deterministic=false",
+            "Keras compiles without XLA while op determinism is on: add `deterministic=false` to use XLA."),
     # --- the runner: files, directories and the tracking store (checked before TensorFlow loads)
     Mistake("seglab data.cache=memroy", "data.cache", "`memory`, `null`, or a path prefix with a directory (`./cache/shapes`)."),
     Mistake("seglab data.cache=/proc/x/cache", "data.cache", "Choose a directory you can write to."),
@@ -119,6 +121,7 @@ MISTAKES = [
     Mistake("seglab.report my-sweep", "mlflow.db", "Run where the sweep ran, or pass `--tracking-uri`."),
     Mistake("seglab.report my-sweep --tracking-uri sqlite:///notes.txt", "notes.txt", "Point it at the sweep's store."),
     Mistake("seglab.report my-sweep --format pdf", "--format", "Use text, markdown or csv."),
+    Mistake("seglab.bench bench.jit=false,true", "trainer.jit_compile", "Add `deterministic=false` to measure XLA."),
 ]
 
 

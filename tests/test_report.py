@@ -35,3 +35,28 @@ def test_a_job_failed_then_rerun_counts_once_by_its_latest_run():
     table = report.rows(children)
     assert [(r["job"], r["status"], r["val_mean_iou"]) for r in table] == [(0, "FINISHED", 0.4), (1, "FINISHED", 0.6)]
     assert report.best(table, "val_mean_iou")["job"] == 1
+
+
+def test_csv_output_is_plain_csv_header_first(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    from seglab import tracking
+    from seglab.tracking import sweeps, tags
+    from tests.conftest import ROOT
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = sweeps.start_parent_run(uri, "e", "a-sweep", {tags.SWEEP: tags.SWEEP_PARENT}, {})
+    for job, iou in enumerate((0.4, 0.6)):
+        job_tags = {tags.HYDRA_JOB_NUM: str(job), **run_identity.override_tags([f"model.base_filters={8 * (job + 1)}"])}
+        with tracking.Run(uri, "e", f"job{job}", job_tags, parent_run_id=parent) as run:
+            run.log_epoch({"val_mean_iou": iou, "val_mean_dice": iou}, 0)
+    done = subprocess.run([sys.executable, "-m", "seglab.report", "a-sweep", "--tracking-uri", uri, "--format", "csv", "--no-log"],
+                          cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    header, *table = list(csv.reader(done.stdout.splitlines()))
+    assert header == list(report.COLUMNS)
+    assert [(row[0], row[3]) for row in table] == [("1", "0.6"), ("0", "0.4")]  # best first
+    assert f"sweep {parent}: 2 jobs, 2 finished" in done.stderr

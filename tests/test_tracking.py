@@ -79,3 +79,26 @@ def test_report_lookup_refuses_a_run_that_is_not_a_sweep_parent(tmp_path):
         sweep_runs.find_parent_run(uri, training.info.run_id)
     with pytest.raises(tracking.TrackingError, match="quote"):
         sweep_runs.find_parent_run(uri, "it's")
+
+
+def test_every_experiment_seglab_makes_opens_as_model_training(tmp_path):
+    from mlflow import MlflowClient
+
+    from seglab.tracking import tags
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    with tracking.Run(uri, "a-run", "r", {}) as run:
+        run.log_metrics({"x": 1.0})
+    sweep_runs.start_parent_run(uri, "a-sweep", "s", {}, {})
+    sweep_runs.record_failed_run(uri, "a-failed-job", "f", {}, None, ValueError("bad"))
+    sweep_runs.create_experiment(uri, "with-artifacts", (tmp_path / "artifacts").as_uri())
+    client.create_experiment("made-before")  # as MLflow's set_experiment (or an older seglab) makes one
+    client.create_experiment("chosen-in-the-ui", tags={tags.EXPERIMENT_KIND: "genai_development"})
+    for name in ("made-before", "chosen-in-the-ui"):
+        with tracking.Run(uri, name, "r", {}):
+            pass
+    kinds = {e.name: e.tags.get(tags.EXPERIMENT_KIND) for e in client.search_experiments()}
+    assert kinds == {"Default": None, **dict.fromkeys(("a-run", "a-sweep", "a-failed-job", "with-artifacts", "made-before"),
+                                                      tags.EXPERIMENT_KIND_MODEL_TRAINING), "chosen-in-the-ui": "genai_development"}
+    assert client.get_experiment_by_name("with-artifacts").artifact_location == (tmp_path / "artifacts").as_uri()

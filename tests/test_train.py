@@ -52,7 +52,12 @@ def test_run_finishes_with_name_params_and_tags(trained):
     assert tags["device"].startswith(f"GPU x{len(gpus)}") if gpus else tags["device"] == "CPU"
     assert tags["keras.version"].startswith("3.")
     assert int(tags["model.parameters"]) > 0
+    assert tags["seglab.xla"] == "false"  # deterministic=true: Keras compiles without XLA (and the config refuses asking for it)
     assert "best val_mean_iou" in done.stderr + done.stdout and run.info.run_id in done.stderr + done.stdout
+    from seglab.tracking import tags as keys
+
+    kind = client.get_experiment(run.info.experiment_id).tags.get(keys.EXPERIMENT_KIND)
+    assert kind == keys.EXPERIMENT_KIND_MODEL_TRAINING  # MLflow 3's UI shows it as model training, not a GenAI app
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from seglab import console
+from seglab import console, errors
+from seglab.cli import helptext
 from seglab.config import schema
 
 
@@ -190,6 +191,7 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
         "images_per_second": timing.images_per_second(), "peak_rss_mb": timing.peak_rss / 2**20,
         "epoch_seconds": epoch_seconds, "logging_seconds": logging_seconds, "forward_flops": forward_flops(model),
         "compute_dtype": keras.mixed_precision.global_policy().compute_dtype,
+        "xla": bool(model.jit_compile),  # what `compile` made of trainer.jit_compile (Keras may turn it off)
     }
 
 
@@ -220,6 +222,13 @@ def one_step(overrides: list[str]) -> None:
     model.fit(_batches(cfg, "synthetic", 1), epochs=1, verbose=0)
 
 
+def grid(options: BenchOptions, overrides: list[str]) -> list[tuple[str, str, bool, list[str]]]:
+    """(model, precision, XLA, the seglab overrides) of each configuration measured."""
+    return [(model_name, precision, jit, [f"model={model_name}", *overrides, f"trainer.precision={precision}",
+                                          f"trainer.jit_compile={str(jit).lower()}"])
+            for model_name in options.models for precision in options.precisions for jit in options.jit]
+
+
 def run(options: BenchOptions, overrides: list[str]) -> dict:
     load = os.getloadavg()
     import tensorflow as tf
@@ -229,19 +238,16 @@ def run(options: BenchOptions, overrides: list[str]) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as store_dir:
         store = f"sqlite:///{store_dir}/bench.db"
-        for model_name in options.models:
-            for precision in options.precisions:
-                for jit in options.jit:
-                    cfg = schema.compose([f"model={model_name}", *overrides, f"trainer.precision={precision}",
-                                          f"trainer.jit_compile={str(jit).lower()}"])
-                    for source in options.data:
-                        seglab_runs, plain_runs = [], []
-                        for _ in range(options.repeats):  # interleaved: both see the same machine load
-                            plain_runs.append(measure(cfg, source, options, False, store))
-                            seglab_runs.append(measure(cfg, source, options, True, store))
-                        rows.append(_row(model_name, precision, jit, source, cfg, seglab_runs, plain_runs, peaks))
-                        print(f"{model_name} {precision} xla={jit} {source}: {rows[-1]['images_per_second']:.2f} images/s, "
-                              f"plain Keras {rows[-1]['plain_keras_images_per_second']:.2f}", flush=True)  # a long run shows progress
+        for model_name, precision, jit, job in grid(options, overrides):
+            cfg = schema.compose(job)
+            for source in options.data:
+                seglab_runs, plain_runs = [], []
+                for _ in range(options.repeats):  # interleaved: both see the same machine load
+                    plain_runs.append(measure(cfg, source, options, False, store))
+                    seglab_runs.append(measure(cfg, source, options, True, store))
+                rows.append(_row(model_name, precision, jit, source, cfg, seglab_runs, plain_runs, peaks))
+                print(f"{model_name} {precision} xla={rows[-1]['xla']} {source}: {rows[-1]['images_per_second']:.2f} images/s, "
+                      f"plain Keras {rows[-1]['plain_keras_images_per_second']:.2f}", flush=True)  # a long run shows progress
     startup = startup_seconds(overrides) if options.startup else {}
     from seglab.engine import runtime
 
@@ -261,7 +267,8 @@ def _row(model_name, precision, jit, source, cfg, seglab_runs, plain_runs, peaks
     flops = seglab_runs[0]["forward_flops"]
     compute = seglab_runs[0]["compute_dtype"]
     return {
-        "model": model_name, "precision": precision, "jit_compile": jit, "data": source,
+        "model": model_name, "precision": precision, "jit_compile": jit, "xla": all(r["xla"] for r in seglab_runs + plain_runs),
+        "data": source,
         "image_size": cfg.data.image_size, "batch_size": cfg.trainer.batch_size, "forward_gflops": flops / 1e9,
         "images_per_second": images_per_second,
         "plain_keras_images_per_second": median(plain_runs, "images_per_second"),
@@ -278,7 +285,7 @@ def table(report: dict) -> str:
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         lines.append(
-            f"{r['model']:15} {r['precision']:15} {str(r['jit_compile']):5} {r['data']:9} {r['images_per_second']:8.2f} "
+            f"{r['model']:15} {r['precision']:15} {str(r['xla']):5} {r['data']:9} {r['images_per_second']:8.2f} "
             f"{r['plain_keras_images_per_second']:8.2f} {r['overhead_ratio']:6.3f} {r['efficiency']:6.1%} {r['peak_rss_mb']:7.0f} "
             f"{r['logging_share']:6.2%}"
         )
@@ -309,9 +316,12 @@ def log_to_mlflow(report: dict, uri: str) -> str:
 
 
 def main(argv: list[str]) -> None:
+    if helptext.print_usage(argv, __doc__):
+        return
     options, overrides = parse(argv)
     cfg = schema.compose(overrides)
-    schema.validate(cfg)  # bad overrides fail before TensorFlow loads
+    for *_, job in grid(options, overrides):  # bad overrides (e.g. XLA with deterministic=true) fail before TensorFlow loads
+        schema.compose(job)
     console.quiet(console.is_verbose(cfg))
     report = run(options, overrides)
     Path(options.out).write_text(json.dumps(report, indent=2))
@@ -323,4 +333,4 @@ def main(argv: list[str]) -> None:
 
 def cli() -> None:
     """`python -m seglab.bench` (seglab/bench.py)."""
-    main(sys.argv[1:])
+    sys.exit(errors.main(main, sys.argv[1:], prog="seglab.bench"))

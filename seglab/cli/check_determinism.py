@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from seglab import errors
+from seglab.cli import helptext
 from seglab.config import schema
 
 WALL_CLOCK_METRICS = ("epoch_seconds", "train_seconds", "train_images_per_second")
@@ -102,7 +103,10 @@ def check(overrides: list[str]) -> tuple[bool, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    identical, verdict = check(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if helptext.print_usage(argv, __doc__):
+        return 0
+    identical, verdict = check(argv)
     print(verdict)
     return 0 if identical else 1
 

@@ -23,6 +23,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, errors
+from seglab.cli import helptext
 from seglab.config import preflight, schema
 
 MODEL_URIS_IN_STORE = ("runs:/", "models:/")  # other model URIs (a local path) need no tracking store
@@ -68,7 +69,10 @@ def run(model_uri: str, cfg: DictConfig, alias: str | None = None) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    model_uri, alias, cfg = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if helptext.print_usage(argv, __doc__):
+        return 0
+    model_uri, alias, cfg = parse(argv)
     console.quiet(console.is_verbose(cfg))  # before TensorFlow and MLflow load (`verbose=true` shows their notices)
     run(model_uri, cfg, alias)
     return 0

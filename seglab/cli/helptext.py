@@ -27,7 +27,17 @@ EXAMPLES = """\
   python -m seglab --multirun model.base_filters=8,16     # a sweep: one MLflow parent run, a child per job
   python -m seglab --cfg job                              # print the whole composed config (no TensorFlow)
   python -m seglab.report SWEEP                           # a sweep's jobs as a table"""
+HELP_FLAGS = ("--help", "-h")
 _COMMENTED = re.compile(r"^(\w+):\s*(.*?)\s+#\s*(.*)$")
+
+
+def print_usage(argv: list[str], doc: str) -> bool:
+    """`--help` or `-h` among a command's arguments: print its usage (its module docstring) and say so.
+    Checked first, so that the answer comes before any key is read and before TensorFlow loads."""
+    if not any(arg in HELP_FLAGS for arg in argv):
+        return False
+    print(doc.strip())
+    return True
 
 
 def options(group: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
 from seglab import console, errors
+from seglab.cli import helptext
 from seglab.config import preflight
 from seglab.config.schema import ConfigError
 
@@ -119,7 +120,10 @@ def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    cfg = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if helptext.print_usage(argv, __doc__):
+        return 0
+    cfg = parse(argv)
     console.quiet(cfg.verbose)  # before TensorFlow and MLflow load
     written, skipped = run(cfg)
     for path, why in skipped:

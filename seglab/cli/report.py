@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     table = rows(children, metric)
     best_first_ascending = args.sort == "objective" and objective.minimized(metric)
     table = sort(table, args.sort, args.ascending or best_first_ascending)
-    sys.stdout.write(f"sweep {parent}: {len(table)} jobs, {sum(r['status'] == 'FINISHED' for r in table)} finished\n")
+    # The summary goes before the table, except into a CSV: that stays plain CSV, header first (the summary to stderr).
+    summary = sys.stderr if args.format == "csv" else sys.stdout
+    summary.write(f"sweep {parent}: {len(table)} jobs, {sum(r['status'] == 'FINISHED' for r in table)} finished\n")
     sys.stdout.write(FORMATS[args.format](table, metric))
     if args.output:
         fmt = {".csv": "csv", ".md": "markdown"}.get(args.output.suffix, args.format)

@@ -72,6 +72,13 @@ class Config:
             floor is None or floor <= self.optimizer.learning_rate, "scheduler.min_learning_rate", floor,
             f"use at most optimizer.learning_rate={self.optimizer.learning_rate}: the schedule decays towards it",
         )
+        # Keras' `model_supports_jit` answers False while TensorFlow's op determinism is on (not every op has
+        # a deterministic XLA kernel), and `compile` then trains without XLA after one warning.
+        require(
+            not (self.trainer.jit_compile and self.deterministic), "trainer.jit_compile", self.trainer.jit_compile,
+            "with deterministic=true Keras compiles without XLA, so it would do nothing: set deterministic=false to "
+            "use XLA (runs are then not bit-reproducible), or trainer.jit_compile=false",
+        )
         ignore = getattr(self.loss, "ignore_index", None)
         require(
             ignore is None or not 0 <= ignore < self.data.num_classes,

@@ -104,7 +104,9 @@ def set_up(cfg: DictConfig, strategy, mlrun) -> Setup:
         compile_model(cfg, model, loss, steps_per_epoch)
         # Ops without a deterministic GPU kernel: named now, not mid-run (it traces the step as fit will).
         determinism.preflight(model, data.image_size, cfg.deterministic)
-    mlrun.set_tags({tags.PARAMETERS: model.count_params(), tags.REPLICAS: strategy.num_replicas_in_sync})
+    # XLA as Keras compiled it, not as asked: Keras falls back to no XLA where a layer lacks support.
+    mlrun.set_tags({tags.PARAMETERS: model.count_params(), tags.REPLICAS: strategy.num_replicas_in_sync,
+                    tags.XLA: str(bool(model.jit_compile)).lower()})
     return Setup(model, splits, loss, train_images, steps_per_epoch, val_ds)
 
 

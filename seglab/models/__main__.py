@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from seglab import console, errors
+from seglab.cli import helptext
 from seglab.config import schema
 from seglab.config.schema import CONF_DIR
 
@@ -31,6 +32,8 @@ def describe(name: str, overrides: list[str]) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> None:
+    if helptext.print_usage(argv, __doc__):
+        return
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
         raise schema.ConfigError(f"usage: python -m seglab.models NAME [key=value ...] (NAME: one of {', '.join(options())})")
     describe(argv[0], argv[1:])

@@ -2,6 +2,7 @@
 
 - `run`:    what one run logs (`Run`, a context manager that always ends the run) and `flatten`;
 - `protocol`: the verbs of a run (`RunProtocol`), and the run that logs nothing (`NoOpRun`);
+- `experiments`: the experiments runs go in (`experiment_id`: created as model training for MLflow 3's UI);
 - `models`: logged models for the tools that use them (`load_model`, `model_run_id`);
 - `sweeps`: how a sweep's runs are tied (the parent run by id, its children read back);
 - `store`:  the store itself (`check_reachable`, `TrackingError`, which errors mean "unavailable");

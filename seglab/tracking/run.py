@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Mapping, Self
 
 import mlflow
+from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
-from seglab.tracking import resumable, tags as keys
+from seglab.tracking import experiments, resumable, tags as keys
 from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Run:
             os.environ.setdefault(name, value)
         try:
             mlflow.set_tracking_uri(self.uri)
-            mlflow.set_experiment(self.experiment)
+            mlflow.set_experiment(experiment_id=experiments.experiment_id(MlflowClient(self.uri), self.experiment))
             tags = {**self.tags, keys.HEARTBEAT: str(int(time.time()))}
             if self.resume_run_id:
                 self._status_before = resumable.get_run(self.uri, self.resume_run_id).status

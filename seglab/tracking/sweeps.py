@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from seglab.tracking import tags as keys
+from seglab.tracking.experiments import experiment_id
 from seglab.tracking.store import ERROR_TAG_CHARS, TrackingError, check_reachable
 
 # The most runs one search returns (MLflow's own upper bound); a sweep has far fewer jobs.
@@ -44,15 +45,10 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
-def _experiment_id(client: MlflowClient, experiment: str) -> str:
-    found = client.get_experiment_by_name(experiment)
-    return found.experiment_id if found else client.create_experiment(experiment)
-
-
 def start_parent_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str], texts: Mapping[str, str]) -> str:
     """Create the RUNNING parent run of a sweep, with `texts` ({artifact file: content}) attached."""
     client = _client(uri)
-    run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+    run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags={k: str(v) for k, v in tags.items()})
     for artifact_file, text in texts.items():
         client.log_text(run.info.run_id, text, artifact_file)
     return run.info.run_id
@@ -114,7 +110,7 @@ def record_failed_run(uri: str, experiment: str, run_name: str, tags: Mapping[st
     all_tags = {**tags, keys.ERROR: f"{type(error).__name__}: {error}"[:ERROR_TAG_CHARS]}
     if parent_run_id:
         all_tags[keys.PARENT_RUN] = parent_run_id
-    run = client.create_run(_experiment_id(client, experiment), run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+    run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
     return run.info.run_id
 
@@ -183,5 +179,5 @@ def latest_run_metrics(uri: str, experiment: str) -> dict[str, list[tuple[int, f
 
 
 def create_experiment(uri: str, experiment: str, artifact_location: str) -> str:
-    """A new experiment whose artifacts go to `artifact_location` (not the store's default `./mlruns`)."""
-    return _client(uri).create_experiment(experiment, artifact_location=artifact_location)
+    """The experiment, its artifacts in `artifact_location` (not the store's default `./mlruns`) when it is new."""
+    return experiment_id(_client(uri), experiment, artifact_location)

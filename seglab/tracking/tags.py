@@ -5,6 +5,10 @@ before MLflow loads."""
 # MLflow's own keys that seglab sets or reads.
 PARENT_RUN = "mlflow.parentRunId"  # a sweep job's run -> the sweep's parent run
 GIT_COMMIT = "mlflow.source.git.commit"
+# On an experiment: the kind MLflow 3's UI shows it as ("genai_development" opens a Traces overview and lists
+# models as "Agent versions"); seglab's experiments are model training, MLflow's "Machine learning" kind.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
 
 # Who a run is (engine.lifecycle).
 VERSION = "seglab.version"
@@ -43,6 +47,7 @@ TENSORFLOW_VERSION = "tensorflow.version"
 KERAS_VERSION = "keras.version"
 DEVICE = "device"  # what training ran on (GPU, CPU)
 REPLICAS = "replicas"
+XLA = "seglab.xla"  # true when Keras compiled the training step with XLA (trainer.jit_compile is what was asked)
 BEST_STEP = "best_step"
 MODEL_EPOCH = "seglab.model_epoch"  # the epoch whose weights the logged model holds
 MODEL_WEIGHTS = "seglab.model_weights"  # tracking.log_model: best or last
