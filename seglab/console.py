@@ -3,12 +3,16 @@ Hydra's `hydra.verbose`), one short line per epoch (`callbacks.EpochLine`), and 
 says where the run is in the MLflow UI.  Nothing here imports TensorFlow: `quiet` must run first.
 """
 
+# Lazy imports: Keras only where its progress bars are silenced; the console is set up before TensorFlow loads.
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import warnings
+
+from hydra.core.hydra_config import HydraConfig
 
 # Read by TensorFlow's C++ runtime when it loads: 3 drops its INFO, WARNING and ERROR lines (CUDA
 # probes on a machine without a GPU, oneDNN and CPU-instruction notices, "Local rendezvous is
@@ -26,7 +30,6 @@ INTERNAL_LOGGERS = ("tensorflow", "absl")
 
 def is_verbose(cfg) -> bool:
     """`verbose=true`, or Hydra's own switch (`hydra.verbose=true` or a list of loggers)."""
-    from hydra.core.hydra_config import HydraConfig
 
     return bool(cfg.get("verbose")) or (HydraConfig.initialized() and bool(HydraConfig.get().verbose))
 

@@ -12,11 +12,17 @@ Nothing here imports TensorFlow or MLflow: it runs before either loads.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import re
 import sys
 from typing import Any, Callable
+
+import hydra._internal.utils as hydra_utils
+import yaml
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 EXIT_USER_ERROR = 2  # argparse's code for a usage error; 1 stays for crashes
 
@@ -35,9 +41,6 @@ def one_line(text: str) -> str:
 
 def explain(err: BaseException) -> str | None:
     """The one-line message for a user's mistake; None for anything else (a bug: keep the traceback)."""
-    import yaml
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     seen: BaseException | None = err
     while seen is not None:  # Hydra's instantiate wraps what a builder raised (e.g. a DataError)
@@ -80,7 +83,6 @@ def hydra_main(task: Callable[[], Any], prog: str = "seglab") -> Any:
     OmegaConf message; a task function cannot catch composition errors, so the printer itself is
     wrapped here, for this call only.  Errors that are not user mistakes go to Hydra's printer as before.
     """
-    import hydra._internal.utils as hydra_utils
 
     hydra_report = hydra_utils.run_and_report
 
@@ -123,7 +125,6 @@ _SCHEMA_SUFFIX = "_schema"
 
 
 def _hydra_message(err: BaseException) -> str | None:
-    from hydra.errors import InstantiationException, MissingConfigException, OverrideParseException
 
     if isinstance(err, InstantiationException):
         return _unknown_target(err)  # None: a builder failed on something that is not a UserError, a bug: keep the traceback
@@ -180,13 +181,11 @@ def _missing_option(err: BaseException, text: str) -> str:
 
 
 def _is_omegaconf(err: BaseException) -> bool:
-    from omegaconf.errors import OmegaConfBaseException
 
     return isinstance(err, OmegaConfBaseException)
 
 
 def _omegaconf_message(err: BaseException, override: str | None = None) -> str:
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
 
     key = getattr(err, "full_key", None) or (override.split("=", 1)[0].lstrip("+~") if override else None)
     msg = getattr(err, "msg", None) or str(err)
@@ -225,7 +224,6 @@ def _did_you_mean(word: str, options: list[str]) -> str:
 
 def argument_parser(**kwargs: Any):
     """argparse, but a usage mistake is a UserError (one line through `main`), not two lines and exit."""
-    import argparse
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]

@@ -123,3 +123,56 @@ def test_no_function_is_longer_than_60_lines():
 def test_few_modules_directly_in_seglab():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(top) <= MAX_TOP_MODULES, f"{len(top)} modules directly in seglab/ (at most {MAX_TOP_MODULES}): {', '.join(top)}"
+
+
+# What a function-local import may load: the libraries that take seconds (TensorFlow, Keras, MLflow,
+# tensorflow-datasets), or a seglab module that loads one of them when imported.
+HEAVY = ("tensorflow", "keras", "mlflow", "tensorflow_datasets")
+LAZY_NOTE = "# Lazy imports:"  # the one line a module with function-local imports says why
+
+
+def local_imports(tree: ast.AST):
+    for function in ast.walk(tree):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    yield node
+
+
+def loads_heavy(module: str, files: dict[str, Path], seen: set[str] | None = None) -> bool:
+    """Whether importing `module` (its module-level imports, followed through seglab) loads a heavy library."""
+    if module.split(".")[0] in HEAVY:
+        return True
+    if module not in files:
+        return False
+    seen = seen if seen is not None else set()
+    if module in seen:
+        return False
+    seen.add(module)
+    parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
+    tree = ast.parse(files[module].read_text())
+    top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    names = set(parents)
+    for node in top:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        else:
+            names |= {node.module or ""} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return any(loads_heavy(name, files, seen) for name in names if name != module)
+
+
+def test_function_local_imports_only_keep_heavy_libraries_off_a_fast_path_and_say_so():
+    files = sources()
+    wrong, unexplained = [], []
+    for name, path in files.items():
+        text = path.read_text()
+        found = list(local_imports(ast.parse(text)))
+        for node in found:
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+            if not any(loads_heavy(module, files) or any(loads_heavy(f"{module}.{a.name}", files) for a in node.names)
+                       for module in modules):
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+        if found and LAZY_NOTE not in text:
+            unexplained.append(str(path.relative_to(ROOT)))
+    assert not wrong, "function-local imports of light modules (import them at the top):\n" + "\n".join(wrong)
+    assert not unexplained, f"modules with function-local imports but no {LAZY_NOTE!r} line saying why:\n" + "\n".join(unexplained)

@@ -1,4 +1,4 @@
-"""Per-image evaluation (seglab.per_image): one confusion matrix per image, its row of the table,
+"""Per-image evaluation (seglab.engine.per_image): one confusion matrix per image, its row of the table,
 the worst-k grid, and where the table's pooled figures equal the split-level ones."""
 
 import numpy as np

@@ -19,6 +19,8 @@ and logs one MLflow run when `bench.tracking_uri` is set.
     python -m seglab.bench bench.models=unet bench.precisions=float32,mixed_bfloat16 model.base_filters=64 data.image_size=128
 """
 
+# Lazy imports: TensorFlow and MLflow load once the options are checked, so `--help` and a bad option answer in a second.
+
 from __future__ import annotations
 
 import json
@@ -32,9 +34,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import psutil
+from hydra.utils import instantiate
+
 from seglab import console, errors
 from seglab.cli import helptext
 from seglab.config import schema
+from seglab.data import batches_of
+from seglab.tracking import tags
 
 
 @dataclass
@@ -103,7 +111,6 @@ def _timing_callback(warmup: int, batch_size: int):
     """`batch_size`: images per `on_train_batch_end` call (Keras calls it once per execution of
     `steps_per_execution` batches)."""
     import keras
-    import psutil
 
     class Timing(keras.callbacks.Callback):
         """Times the batches after the warm-up, samples the process's RSS each batch."""
@@ -140,11 +147,8 @@ class _Timed:
 
 def _batches(cfg, source: str, steps: int):
     """`steps` training batches: random tensors, or the configured pipeline (repeated as needed)."""
-    import numpy as np
     import tensorflow as tf
-    from hydra.utils import instantiate
 
-    from seglab.data import batches_of
 
     size, batch, classes = cfg.data.image_size, cfg.trainer.batch_size, cfg.data.num_classes
     if source == "synthetic":
@@ -159,9 +163,7 @@ def _batches(cfg, source: str, steps: int):
 def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: str) -> dict:
     """One fit of `warmup + steps` batches in one epoch; throughput, peak RSS and logging seconds."""
     import keras
-    from hydra.utils import instantiate
 
-    from seglab import tracking
     from seglab.engine import callbacks, runtime, train
 
     runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
@@ -212,7 +214,6 @@ def startup_seconds(overrides: list[str]) -> dict[str, float]:
 def one_step(overrides: list[str]) -> None:
     """What `python -m seglab` does up to its first training step: validate, import, build, compile, one batch."""
     cfg = schema.compose(overrides)
-    from hydra.utils import instantiate
 
     from seglab.engine import runtime, train
 
@@ -299,8 +300,6 @@ def table(report: dict) -> str:
 
 
 def log_to_mlflow(report: dict, uri: str) -> str:
-    from seglab import tracking
-    from seglab.tracking import tags
 
     with tracking.Run(uri, "seglab-bench", "bench", {tags.BENCH_OVERRIDES: " ".join(report["overrides"]) or "(defaults)"}) as run:
         run.log_params({f"bench.{k}": v for k, v in report["options"].items() if k != "tracking_uri"})

@@ -9,6 +9,8 @@ logged to MLflow, bit for bit; wall-clock metrics (`epoch_seconds`, `train_secon
 Both runs log to a throw-away store in a temporary directory, not to `tracking.uri`.
 """
 
+# Lazy imports: MLflow loads once the arguments are checked (TensorFlow only in the two training processes).
+
 from __future__ import annotations
 
 import os
@@ -18,9 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from seglab import errors
 from seglab.cli import helptext
 from seglab.config import schema
+from seglab.engine.checkpoint import STATE_FILE
 
 WALL_CLOCK_METRICS = ("epoch_seconds", "train_seconds", "train_images_per_second")
 CHECKPOINT_DIR = "checkpoints"  # trainer.checkpoint_dir of both runs
@@ -48,7 +53,6 @@ def train(overrides: list[str], workdir: Path) -> subprocess.CompletedProcess:
 
 def weights_difference(a: Path, b: Path) -> str | None:
     """The first variable that differs in any bit, or None."""
-    import numpy as np
 
     with np.load(a) as first, np.load(b) as second:
         if sorted(first.files) != sorted(second.files):
@@ -80,7 +84,6 @@ def _natural(key: str):
 
 def check(overrides: list[str]) -> tuple[bool, str]:
     """(identical?, verdict line)."""
-    from seglab.engine.checkpoint import STATE_FILE
     from seglab.tracking.sweeps import latest_run_metrics
 
     schema.compose(overrides)  # a mistake in the overrides: one line now, not after two trainings

@@ -5,7 +5,7 @@ when the data set has none): pixel accuracy, per-class IoU, mean IoU and mean Di
 confusion matrix over the whole split (seglab.metrics, as in training).  The scores are printed
 and logged to a new MLflow run in the training run's experiment, named `eval-<training run>`,
 tagged `seglab.training_run_id`, with the confusion matrix as a figure and as JSON, a table with one
-row per image (`per_image_<split>.json`, seglab.per_image), the `trainer.worst_samples` worst images
+row per image (`per_image_<split>.json`, seglab.engine.per_image), the `trainer.worst_samples` worst images
 by mean IoU (`worst_<split>.png`), and the split as the run's input dataset (seglab.data.lineage).
 With `set_alias=<alias>` and a registered `model_uri` (`models:/<name>/<version>`), the alias then
 names the evaluated version (`models:/<name>@<alias>`).
@@ -13,6 +13,8 @@ names the evaluated version (`models:/<name>@<alias>`).
 Every other argument is a training-config override (`data=...`, `data.source.test_size=...`,
 `tracking.uri=...`, `trainer.batch_size=...`), composed from conf/ as `python -m seglab` does.
 """
+
+# Lazy imports: the engine (TensorFlow, MLflow) loads once the config is validated: a mistake answers in a second.
 
 from __future__ import annotations
 
@@ -79,5 +81,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """`python -m seglab.evaluate` (seglab/evaluate.py)."""
+    """`python -m seglab.evaluate` (seglab/evaluate.py runs it)."""
     sys.exit(errors.main(main, prog="seglab.evaluate"))

@@ -11,6 +11,8 @@ skipped and named at the end.
 Other keys: `batch_size=8`, `tracking.uri=...`, `verbose=true` (library notices too).
 """
 
+# Lazy imports: TensorFlow and MLflow load once the arguments are checked: a mistake answers in a second.
+
 from __future__ import annotations
 
 import logging
@@ -22,11 +24,13 @@ import numpy as np
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
+from tqdm import tqdm
 
 from seglab import console, errors
 from seglab.cli import helptext
 from seglab.config import preflight
 from seglab.config.schema import ConfigError
+from seglab.util import visualize
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,6 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -> None:
-    from seglab.util import visualize
 
     target = output / relative.parent
     target.mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,6 @@ def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -
 
 def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
     """Segment every input; (images written, [(unreadable file, why)])."""
-    from tqdm import tqdm
 
     from seglab import inference, tracking  # TensorFlow and MLflow: only once the arguments are checked
 
@@ -133,5 +135,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """`python -m seglab.predict` (seglab/predict.py)."""
+    """`python -m seglab.predict` (seglab/predict.py runs it)."""
     sys.exit(errors.main(main, prog="seglab.predict"))

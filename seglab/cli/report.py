@@ -7,6 +7,8 @@ epochs run, wall time and training throughput.  It is printed (text, Markdown or
 written to a file, and logged to the parent run as `report.md` and `report.csv`.
 """
 
+# Lazy imports: MLflow loads once the arguments are parsed: `--help` and a mistake answer at once.
+
 from __future__ import annotations
 
 import csv
@@ -16,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable
+
+from matplotlib.figure import Figure
 
 from seglab import console, errors
 from seglab.config import preflight
@@ -126,7 +130,6 @@ def to_text(table: list[dict[str, Any]], optimize_metric: str = "val_mean_iou") 
 
 def plot_objective(table: list[dict[str, Any]], optimize_metric: str, path: Path) -> Path:
     """A bar per job: the objective of each combination; failed jobs are marked, not left out."""
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend (as in visualize.py)
 
     labels = [f"{r['job']}: {r['overrides']}" for r in table]
     values = [r["objective"] if r["objective"] is not None and r["status"] == "FINISHED" else 0.0 for r in table]

@@ -1,15 +1,17 @@
 """`python -m seglab [GROUP=OPTION] [key=value] ...`: compose the config, validate it, train.
 With `--multirun`, each job goes through `sweep.run_job`: a failing job is recorded and the sweep goes on."""
 
+# Lazy imports: TensorFlow loads only after validation, the path and store preflight and the strategy check.
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seglab import console, errors
+from seglab import console, errors, tracking
 from seglab.cli import helptext  # noqa: F401  the --help resolver
 from seglab.config import preflight, schema
 from seglab.config.schema import CONF_DIR
-from seglab.engine import sweep
+from seglab.engine import distribute, sweep
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -27,9 +29,6 @@ def _run(cfg: DictConfig) -> float:
 
 def _train(cfg: DictConfig) -> float:
     preflight.check_paths(cfg, HydraConfig.get().runtime.output_dir)  # paths and store, before MLflow and TensorFlow
-    from seglab import tracking
-    from seglab.engine import distribute
-
     distribute.check(cfg.trainer.strategy, cfg.trainer.resume)  # e.g. multi_worker without TF_CONFIG: before TensorFlow loads
     tracking.check_reachable(cfg.tracking.uri)  # a server that is down: fail in seconds, before TensorFlow too
     from seglab.engine import train

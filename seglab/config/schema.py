@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -25,7 +27,7 @@ from seglab.config.model import ModelConfig
 from seglab.config.optimizer import OptimizerConfig
 from seglab.config.scheduler import SchedulerConfig
 from seglab.config.tracking import TrackingConfig
-from seglab.config.trainer import PRECISIONS, TrainerConfig  # PRECISIONS: seglab/cli/bench.py reads schema.PRECISIONS
+from seglab.config.trainer import TrainerConfig  # PRECISIONS: seglab/cli/bench.py reads schema.PRECISIONS
 from seglab.errors import unknown_key_message
 
 _require = require  # the name seglab/cli/bench.py calls
@@ -102,8 +104,6 @@ def register() -> None:
 def compose(overrides: list[str], check: bool = True) -> DictConfig:
     """The config `python -m seglab OVERRIDES` would run, composed and (with `check`) validated, for
     the tools beside the runner: `seglab.models`, `seglab.data`, `seglab.evaluate`, and tests."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))

@@ -7,8 +7,14 @@ each split comes from (`Provenance`: the source, the files it is read from, the 
 names when known), for the run's dataset records (`seglab.data.lineage`) and per-image tables.
 """
 
+# Lazy imports: TensorFlow loads when a pipeline is built, not when `python -m seglab.data` checks its arguments.
+
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+import numpy as np
+from omegaconf import OmegaConf
 
 from seglab.errors import UserError
 
@@ -25,9 +31,7 @@ class DataError(UserError, RuntimeError):
 def cache_name(data_cfg, split: str) -> str:
     """A file-cache name unique to the data set, its size and its source settings, so that a run
     with other data or settings never reads another run's `data.cache` files."""
-    import hashlib
 
-    from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(data_cfg, resolve=True)
     settings = OmegaConf.to_yaml({key: data[key] for key in ("name", "image_size", "source")})
@@ -69,7 +73,6 @@ class Splits:
 
 def check_labels(dataset, num_classes: int, ignore_index: Optional[int], where: str, count: int = LABEL_CHECK_EXAMPLES) -> None:
     """Fail before training if the first masks hold a label that is neither a class nor `ignore_index`."""
-    import numpy as np
     import tensorflow as tf
 
     try:

@@ -6,14 +6,21 @@ first pass (reads, decodes and fills the cache) and for the following passes (wh
 sees every later epoch).  Writes a grid of augmented training samples (image | mask) as a PNG.
 """
 
+# Lazy imports: TensorFlow loads once the config is validated.
+
 from __future__ import annotations
 
 import time
 
+import numpy as np
+from hydra.utils import instantiate
 from omegaconf import DictConfig
+from PIL import Image
 
 from seglab import console, errors
 from seglab.config import schema
+from seglab.data import batches_of
+from seglab.util import visualize
 
 
 def compose_config(name: str, overrides: list[str]) -> DictConfig:
@@ -33,9 +40,7 @@ def images_per_second(batches, passes: int) -> list[float]:
 
 def sample_grid(batches, count: int, num_classes: int):
     """(rows of image | coloured mask) as uint8 RGB, from the first `count` training examples."""
-    import numpy as np
 
-    from seglab.util import visualize
 
     images, masks = zip(*batches.unbatch().take(count).as_numpy_iterator())
     return visualize.mask_grid(np.stack(images), np.stack(masks), num_classes=num_classes)
@@ -52,10 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg = compose_config(args.name, args.overrides)
     console.quiet(console.is_verbose(cfg))
 
-    from hydra.utils import instantiate
-    from PIL import Image
 
-    from seglab.data import batches_of
     from seglab.engine import runtime
 
     runtime.setup(cfg.seed, cfg.deterministic)

@@ -22,7 +22,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+from tqdm import tqdm
 
 from seglab.data import DataError, Provenance, Splits, check_labels
 from seglab.util import atomic
@@ -73,14 +76,12 @@ def build(
 
 def _records(files: list[str]):
     """The shards' records in the one order `read` and `record_file_names` share."""
-    import tensorflow as tf
 
     return tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
 
 
 def read(files: list[str], count: int, deterministic: bool):
     """Shards -> `(uint8 image (H, W, 3), uint8 mask (H, W))`, read and decoded in parallel."""
-    import tensorflow as tf
 
     features = {"image": tf.io.FixedLenFeature([], tf.string), "mask": tf.io.FixedLenFeature([], tf.string)}
 
@@ -98,7 +99,6 @@ def read(files: list[str], count: int, deterministic: bool):
 def record_file_names(files: list[str]) -> list[str]:
     """Each record's COCO 2017 file name (its zero-padded image id, `000000000139.jpg`), in `read`'s
     order; only the id is parsed, no image is decoded."""
-    import tensorflow as tf
 
     feature = {"image_id": tf.io.FixedLenFeature([], tf.int64)}
     ids = _records(files).map(lambda record: tf.io.parse_single_example(record, feature)["image_id"])
@@ -131,7 +131,6 @@ def convert(
             log.info("coco_cat %s: reusing %d examples in %s", split, done["count"], out)
             return files, done["count"]
 
-    from pycocotools.coco import COCO
 
     coco = COCO(str(annotations))
     image_ids = select(coco, category, negative_fraction, seed, where=str(annotations))
@@ -166,7 +165,6 @@ def convert(
 
 
 def tf_record_iterator(path: Path):
-    import tensorflow as tf
 
     return tf.data.TFRecordDataset(str(path)).as_numpy_iterator()
 
@@ -216,7 +214,6 @@ def _check_layout(root: Path, split: str) -> tuple[Path, Path]:
 def _write_shard(path: Path, coco, cat_ids, images_dir: Path, image_ids: list[int], ignore_index, bar) -> list[str]:
     """Write one shard under a temporary name, renamed when complete; return the images skipped
     because they cannot be decoded (each logged with its file), as the pets folder source does."""
-    import tensorflow as tf
 
     skipped = []
 
@@ -246,7 +243,6 @@ def _write_shard(path: Path, coco, cat_ids, images_dir: Path, image_ids: list[in
 def _jpeg_bytes(file: Path) -> bytes | str:
     """The file's JPEG bytes (other formats re-encoded), or why it cannot be decoded.  Decoding it
     fully here costs once per conversion; a broken file found by TensorFlow would stop every epoch."""
-    from PIL import UnidentifiedImageError
 
     encoded = file.read_bytes()
     try:
@@ -262,6 +258,5 @@ def _jpeg_bytes(file: Path) -> bytes | str:
 
 
 def _progress(total: int, description: str):
-    from tqdm import tqdm
 
     return tqdm(total=total, desc=description, unit="img", mininterval=1.0)

@@ -17,6 +17,8 @@ Trimap values 1 pet, 2 background, 3 border are shifted to labels 0, 1, 2 (the o
 `data=shapes`).  Masks are only ever resized nearest-neighbour (`pipeline.prepare`).
 """
 
+# Lazy imports: tensorflow-datasets takes seconds to import and only data.source.kind=tfds needs it.
+
 from __future__ import annotations
 
 import logging
@@ -25,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
 
 from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits, check_labels
 from seglab.util import net
@@ -77,7 +81,6 @@ def build(
 def trimap_to_labels(trimap, source=None):
     """Trimap values 1, 2, 3 -> int32 labels 0, 1, 2; any other value stops the pipeline with a clear
     error naming `source` (the trimap file, a string tensor) when known."""
-    import tensorflow as tf
 
     labels = tf.cast(trimap, tf.int32) - TRIMAP_FIRST_VALUE
     in_range = tf.reduce_all((labels >= 0) & (labels < len(CLASS_NAMES)))
@@ -90,8 +93,7 @@ def trimap_to_labels(trimap, source=None):
 
 
 def _from_tfds(tfds_dir: str, version: str, val_percent: int, timeout: float, deterministic: bool) -> Splits:
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # seconds to import, and only data.source.kind=tfds needs it
 
     builder = tfds.builder(f"{TFDS_NAME}:{version}", data_dir=tfds_dir)
     if not builder.is_prepared():
@@ -219,7 +221,6 @@ def _undecodable(images_dir: Path, trimaps_dir: Path, names: list[str]) -> set[s
 
 def _header(path: Path) -> tuple[int, int] | str:
     """(width, height) from the file's header, or why it cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
@@ -233,7 +234,6 @@ def _header(path: Path) -> tuple[int, int] | str:
 
 
 def _decode_pairs(images_dir: Path, trimaps_dir: Path, names: list[str], deterministic: bool):
-    import tensorflow as tf
 
     images = [str(images_dir / f"{n}.jpg") for n in names]
     trimaps = [str(trimaps_dir / f"{n}.png") for n in names]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
+from tensorflow.python.framework import random_seed
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -147,7 +148,6 @@ def _shuffle(ds: tf.data.Dataset, buffer: int, seed: tf.Tensor) -> tf.data.Datas
     seed) with (0, 0); with a global seed of 0 (`seed=0`) that evaluates the seed tensor as a Python bool
     and raises OperatorNotAllowedInGraphError.  For this op a global seed of 0 is then taken as
     TensorFlow's default graph seed: the order still depends only on the seeds."""
-    from tensorflow.python.framework import random_seed
 
     graph = tf.compat.v1.get_default_graph()
     if graph.seed != 0:

@@ -10,6 +10,9 @@ outline of the union of objects; the rare class, as in the trimaps).
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
+
+from seglab.data import Provenance, Splits
 
 OBJECT, BACKGROUND, BOUNDARY = 0, 1, 2
 SHAPES = ("ellipse", "rectangle", "triangle", "star")
@@ -106,9 +109,7 @@ def build(image_size: int, train_size: int, val_size: int, max_objects: int = 3,
           test_size: int = 0):
     """The `data=shapes` source: disjoint train, validation and (test_size > 0) test splits from
     independent seeds."""
-    import tensorflow as tf
 
-    from seglab.data import Provenance, Splits
 
     def split(count: int, stream: int):
         images, masks = generate(count, image_size, seed * 1000 + stream, max_objects, boundary_width)

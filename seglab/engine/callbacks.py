@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from seglab import metrics
 from seglab.engine import checkpoint
@@ -216,7 +217,6 @@ class Profiler(keras.callbacks.Callback):
         self.steps = 0
 
     def on_train_batch_begin(self, batch, logs=None):
-        import tensorflow as tf
 
         self.step += 1
         if self.step == self.first:
@@ -232,7 +232,6 @@ class Profiler(keras.callbacks.Callback):
             self._stop()
 
     def _stop(self) -> None:
-        import tensorflow as tf
 
         self.steps = self.step - self.first + 1
         self.seconds_per_step = (time.perf_counter() - self.started_at) / self.steps

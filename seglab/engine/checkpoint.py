@@ -5,6 +5,8 @@ the previous complete checkpoint or the new one.  The data pipeline needs no sta
 batches depend only on (seed, epoch) (seglab/data/pipeline.py).
 """
 
+# Lazy imports: Keras loads where models are built or read, so the file names here are read without TensorFlow.
+
 from __future__ import annotations
 
 import json

@@ -20,6 +20,8 @@ import logging
 import re
 from dataclasses import dataclass
 
+import tensorflow as tf
+
 from seglab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,6 @@ class Finding:
 def training_step_ops(model, image_size: int) -> list[tuple[str, str, object]]:
     """(op type, op name, NodeDef) of every op in the traced training step of a compiled model
     (forward pass, loss, gradients, optimizer update, metrics), nested functions included."""
-    import tensorflow as tf
 
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # fit would build it the same way; no values change
@@ -117,7 +118,6 @@ def preflight(model, image_size: int, deterministic: bool) -> list[Finding]:
     kernels exist; a DeterminismError on a GPU, where the step would raise mid-run)."""
     if not deterministic:
         return []
-    import tensorflow as tf
 
     findings = find(model, image_size)
     if not findings:

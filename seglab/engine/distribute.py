@@ -21,6 +21,8 @@ and write their checkpoints to a temporary directory that is deleted at the end.
 Nothing here imports TensorFlow at module level: `check` runs before TensorFlow loads.
 """
 
+# Lazy imports: `check` runs before TensorFlow loads (a multi-worker cluster must be configured before it starts).
+
 from __future__ import annotations
 
 import contextlib

@@ -43,6 +43,8 @@ at another time); or it ran on another host and its heartbeat (every epoch) is o
 `trainer.heartbeat_timeout_min`.
 """
 
+# Lazy imports: MLflow loads only when the store is read: the sweep callback and `--cfg` read run identity first.
+
 from __future__ import annotations
 
 import fnmatch
@@ -63,6 +65,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
+from seglab.engine import checkpoint
 from seglab.errors import UserError
 from seglab.tracking import tags as keys
 
@@ -310,7 +313,6 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     job's own directory on this machine (`hydra.output_dir` tag), and in the run's artifacts (the
     upload named by the `seglab.checkpoint` tag: another machine, e.g. after a SLURM requeue);
     the one with more epochs wins."""
-    from seglab.engine import checkpoint
     from seglab.tracking import resumable
 
     local = _local_checkpoint(previous_tags, checkpoint_dir, current_dir)
@@ -338,7 +340,6 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
 
 
 def _local_checkpoint(previous_tags: dict[str, str], checkpoint_dir: Path, current_dir: Path) -> Path | None:
-    from seglab.engine import checkpoint
 
     candidates = [current_dir]
     if previous_tags.get(keys.HYDRA_OUTPUT_DIR):
@@ -358,7 +359,6 @@ def _copy_atomic(source: Path, target: Path) -> None:
 def initial_epoch(found: Plan, uri: str, model, checkpointer, checkpoint_dir: str) -> int:
     """Load the newest complete checkpoint of the run being continued into the compiled `model` and
     the `checkpointer`; the epochs it completed (0 for a new run, or one killed before its first)."""
-    from seglab.engine import checkpoint
 
     if found.run_id is None:
         return 0

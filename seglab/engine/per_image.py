@@ -19,8 +19,10 @@ import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
+import tensorflow as tf
 
 from seglab import metrics
+from seglab.util import visualize
 
 
 @dataclass
@@ -48,7 +50,6 @@ class PerImage:
 def score_images(model, batches, num_classes: int, worst: int = 0) -> PerImage:
     """Per-image confusion matrices of `model` over a split of `(image, mask)` batches, and its
     `worst` worst images by mean IoU (images with no labelled pixel are not ranked)."""
-    import tensorflow as tf
 
     matrices, kept, index = [], [], 0  # kept: a heap of (-mean IoU, -index, Example), the best of the worst on top
     for images, masks in batches:
@@ -94,7 +95,6 @@ def table(result: PerImage, class_names: list[str], names: list[str] | None = No
 
 def worst_grid(result: PerImage, num_classes: int) -> np.ndarray | None:
     """input | truth | prediction over the input | errors, one row per worst image, worst first."""
-    from seglab.util import visualize
 
     if not result.worst:
         return None

@@ -12,6 +12,8 @@ to the parent.  A single run never calls it.
 its error and returns no objective, so the other jobs go on.
 """
 
+# Lazy imports: MLflow loads only when a sweep starts: this Hydra callback is loaded by every `python -m seglab`.
+
 from __future__ import annotations
 
 import atexit
@@ -27,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from seglab import console, tracking
 from seglab.config import schema
 from seglab.engine import lifecycle
 from seglab.engine.lifecycle import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
@@ -138,7 +141,6 @@ class MlflowSweep(Callback):
     # stops with a message and a non-zero exit.
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from seglab import console
 
         console.quiet(bool(config.get("verbose")) or bool(config.hydra.verbose))
         try:
@@ -153,7 +155,6 @@ class MlflowSweep(Callback):
             raise SystemExit(f"seglab sweep: {type(err).__name__}: {err}") from err
 
     def _start(self, config: DictConfig) -> None:
-        from seglab import tracking  # MLflow loads only when a sweep starts
         from seglab.tracking import sweeps as sweep_runs
 
         _check_direction(config)

@@ -61,7 +61,7 @@ def open_run(cfg: DictConfig, device: str) -> tuple[lifecycle.Plan, Any]:
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     identity = {**lifecycle.tags(cfg), **lifecycle.owner_tags(), **_runtime_tags(device)}
     # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
-    # (seglab/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
+    # (seglab/engine/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
     chief = distribute.is_chief()
     found = lifecycle.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, identity[tags.RUN_KEY],
                            cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)

@@ -4,6 +4,8 @@ GFLOPs per image of `model=NAME` at the configured size (data.image_size, data.n
     python -m seglab.models unet_mobilenet data.image_size=224 model.encoder.weights=null
 """
 
+# Lazy imports: TensorFlow loads once the config is validated.
+
 from __future__ import annotations
 
 import sys

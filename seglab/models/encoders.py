@@ -15,6 +15,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from seglab.errors import UserError
 from seglab.models import facts
@@ -47,7 +48,6 @@ def synchronise() -> bool:
     the scope of a strategy with more than one (train.py builds it there): N replicas then train as one
     device would on the same batch; unsynchronised, each would normalise by its own 1/N of it.  With one
     replica, Keras' ordinary layer (two-pass moments, no all-reduce)."""
-    import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync > 1
 

@@ -1,6 +1,8 @@
 """Logged models as the tools that use them see them (predict, evaluate): load one from any store,
 and find the run that logged it."""
 
+# Lazy imports: the served model's code (TensorFlow) loads only when a model is loaded.
+
 from __future__ import annotations
 
 import mlflow

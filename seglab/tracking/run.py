@@ -11,6 +11,8 @@ end status is sent once, best-effort.  While a run is open, MLflow's HTTP retrie
 capped (`HTTP_LIMITS`) so that a dead server costs seconds, not MLflow's default minutes.
 """
 
+# Lazy imports: Keras, TensorFlow and MLflow's model flavours load when a model is logged, not for every run.
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +27,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
-from seglab.tracking import experiments, resumable, tags as keys
+from seglab.tracking import experiments, resumable
+from seglab.tracking import tags as keys
 from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
+from seglab.util import visualize
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +214,6 @@ class Run:
     def log_confusion_matrix(self, cm, class_names: list[str], title: str) -> None:
         """`confusion_matrix.png` (rows normalised, with counts) and `confusion_matrix.json`, the same
         for a training run and an evaluation run."""
-        from seglab.util import visualize
 
         self.log_figure(visualize.confusion_matrix_figure(cm, class_names, title), "confusion_matrix.png")
         self.log_dict({"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": cm.tolist()},

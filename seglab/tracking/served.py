@@ -11,6 +11,8 @@ The Keras model travels inside as a `.keras` file and is what `tracking.load_mod
 predict and evaluate.
 """
 
+# Lazy imports: MLflow imports this module to serve the model; TensorFlow loads when the model is loaded.
+
 from __future__ import annotations
 
 import base64
@@ -25,6 +27,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+from PIL import Image, UnidentifiedImageError
+
+from seglab.engine import checkpoint
 
 KERAS_ARTIFACT = "keras_model"
 BATCH = 8  # images per forward pass: a request of many large images must not need all of them in memory at once
@@ -37,7 +42,6 @@ SIGNATURE = ModelSignature(
 
 
 def png_base64(array: np.ndarray) -> str:
-    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, "PNG")
@@ -46,7 +50,6 @@ def png_base64(array: np.ndarray) -> str:
 
 def decode(data, row: int) -> np.ndarray:
     """Encoded image bytes (or their base64 text) -> uint8 RGB (H, W, 3); a clear error naming the row."""
-    from PIL import Image, UnidentifiedImageError
 
     if isinstance(data, str):
         data = base64.b64decode(data)
@@ -90,8 +93,6 @@ class ImageSegmenter(mlflow.pyfunc.PythonModel):
 
 def input_example(image_size: int):
     """One encoded image at the model's input size, as a client would send it."""
-    import pandas as pd
-    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.full((image_size, image_size, 3), 128, np.uint8)).save(buffer, "PNG")
@@ -102,9 +103,7 @@ def log_served_model(keras_model, name: str):
     """Log `keras_model` (a Keras model) wrapped as the image-taking pyfunc model; its ModelInfo."""
     import keras
     import tensorflow as tf
-    from PIL import Image
 
-    from seglab.engine import checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"

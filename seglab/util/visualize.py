@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 # A fixed, distinguishable palette (class i -> PALETTE[i % len]); background-like classes are not special.
 PALETTE = np.array(
@@ -74,8 +76,6 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: list[str], title: str =
 
     Built with `matplotlib.figure.Figure` on the Agg canvas: no pyplot, no global figure state.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     cm = np.asarray(cm, np.int64)
     totals = cm.sum(1, keepdims=True)
