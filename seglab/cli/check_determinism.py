@@ -49,10 +49,12 @@ def weights_difference(a: Path, b: Path) -> str | None:
     """The first variable that differs in any bit, or None."""
     import numpy as np
 
+    from seglab.engine.checkpoint import RUN_ID
+
     with np.load(a) as first, np.load(b) as second:
         if sorted(first.files) != sorted(second.files):
             return f"the checkpoints hold different variables ({len(first.files)} vs {len(second.files)})"
-        for key in sorted(first.files, key=_natural):
+        for key in sorted(set(first.files) - {RUN_ID}, key=_natural):  # two runs: two run ids
             x, y = first[key], second[key]
             if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
                 diff = np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))) if x.shape == y.shape else float("nan")
