@@ -178,7 +178,8 @@ def test_a_state_file_names_its_run_and_a_directory_of_another_run_is_refused(tm
     assert checkpoint.load_state(tmp_path / checkpoint.STATE_FILE, model).run_id == "abc"
     lifecycle.refuse_other_owner(tmp_path, "abc")  # its own directory
     lifecycle.refuse_other_owner(tmp_path / "empty", None)
-    with pytest.raises(lifecycle.CheckpointOwned, match=f"checkpoint_dir={tmp_path} holds the checkpoint of run abc.*trainer.resume=abc"):
+    owned = f"checkpoint_dir={tmp_path} holds the checkpoint of run abc.*trainer.resume=abc"
+    with pytest.raises(lifecycle.CheckpointOwned, match=owned):
         lifecycle.refuse_other_owner(tmp_path, None)
     with pytest.raises(lifecycle.CheckpointOwned, match="^trainer.resume=xyz: .* run abc, not of this run"):
         lifecycle.refuse_other_owner(tmp_path, "xyz")
@@ -198,15 +199,16 @@ def _refused(*args: str, cwd, names: list[str]) -> None:
     assert all(name in lines[-1] for name in names), lines[-1]
 
 
-@pytest.mark.slow  # one tiny training, then four refused commands (TensorFlow loads before each refusal)
+@pytest.mark.slow  # one tiny training, then five refused commands (TensorFlow loads before each refusal)
 def test_refused_commands_leave_a_finished_run_and_its_checkpoint_directory_as_they_were(tmp_path):
     """Issue 21: a new run given a directory holding another run's checkpoint, a resume with no
-    epochs left, a resume of another architecture, a resume from a directory another run has since
-    written to: each refused in one line, the run's record and checkpoint unchanged, no run added."""
+    epochs left, a resume of another architecture, an evaluation of its model on other data, a
+    resume from a directory another run has since written to: each refused in one line, the run's
+    record and checkpoint unchanged, no run added."""
     from tests.conftest import TINY, run_cli
 
     uri, shared = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "shared"
-    common = (f"tracking.uri={uri}", "tracking.log_model=false", f"trainer.checkpoint_dir={shared}")
+    common = (f"tracking.uri={uri}", f"trainer.checkpoint_dir={shared}")  # the model logged: an empty resume logged it again
     run_cli(*TINY, *common, "trainer.epochs=1", cwd=tmp_path, timeout=900)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("seglab-shapes").experiment_id
@@ -222,6 +224,15 @@ def test_refused_commands_leave_a_finished_run_and_its_checkpoint_directory_as_t
     _refused(*common, "trainer.epochs=2", f"trainer.resume={run_id}", "model.base_filters=6", cwd=tmp_path,
              names=["another architecture"])
     assert _snapshot(client, run_id) == before and state.read_bytes() == state_bytes
+
+    # seglab.evaluate of its model on other data (both have 3 classes): refused before anything is logged
+    done = subprocess.run([sys.executable, "-m", "seglab.evaluate", f"model_uri=runs:/{run_id}/model", "data=pets",
+                           f"tracking.uri={uri}"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"run {run_id} was trained on data=shapes" in last and "add data=shapes" in last and "data=pets" in last, last
+    assert _snapshot(client, run_id) == before and len(client.search_runs([experiment])) == 1
 
     other = client.create_run(experiment).info.run_id  # the directory then written to by another run
     with np.load(state) as saved:

@@ -154,7 +154,8 @@ class Checkpointer(keras.callbacks.Callback):
         if self.best_epoch is None or (value > self.best if self.maximize else value < self.best):
             self.best, self.best_epoch = value, epoch
             checkpoint.save_model(self.best_path, self.model)
-        checkpoint.save_state(self.last_path, self.model, checkpoint.TrainingState(epoch + 1, self.best, self.best_epoch, self.run_id))
+        state = checkpoint.TrainingState(epoch + 1, self.best, self.best_epoch, self.run_id)
+        checkpoint.save_state(self.last_path, self.model, state)
         if self.upload is not None and self.upload_every and (epoch + 1) % self.upload_every == 0:
             self.upload([self.last_path, self.best_path], epoch + 1)
 
