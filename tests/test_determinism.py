@@ -68,9 +68,9 @@ def test_comparison_sees_a_one_ulp_difference(tmp_path):
     weights = np.linspace(0, 1, 10, dtype=np.float32)
     nudged = weights.copy()
     nudged[3] = np.nextafter(nudged[3], np.float32(2))
-    np.savez(tmp_path / "a.npz", **{"model/0": weights})
-    np.savez(tmp_path / "b.npz", **{"model/0": weights})
-    np.savez(tmp_path / "c.npz", **{"model/0": nudged})
+    np.savez(tmp_path / "a.npz", **{"model/0": weights, "run_id": "run-a"})
+    np.savez(tmp_path / "b.npz", **{"model/0": weights, "run_id": "run-b"})  # two runs: their ids are not compared
+    np.savez(tmp_path / "c.npz", **{"model/0": nudged, "run_id": "run-a"})
     assert check_determinism.weights_difference(tmp_path / "a.npz", tmp_path / "b.npz") is None
     assert "model/0" in check_determinism.weights_difference(tmp_path / "a.npz", tmp_path / "c.npz")
     history = {"val_loss": [(0, 0.5), (1, 0.25)], "epoch_seconds": [(0, 1.0), (1, 2.0)]}

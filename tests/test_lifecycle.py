@@ -169,3 +169,77 @@ def test_resume_refuses_an_evaluation_run_and_a_sweep_parent_naming_the_id_to_us
         assert all(name in last for name in names), last
     assert {run_id: _snapshot(client, run_id) for run_id in before} == before
     assert len(client.search_runs([experiment])) == 3  # and no run was started instead
+
+
+def test_a_state_file_names_its_run_and_a_directory_of_another_run_is_refused(tmp_path):
+    model = compiled()
+    checkpoint.save_state(tmp_path / checkpoint.STATE_FILE, model, checkpoint.TrainingState(1, 0.5, 0, run_id="abc"))
+    assert checkpoint.saved_run_id(tmp_path / checkpoint.STATE_FILE) == "abc"
+    assert checkpoint.load_state(tmp_path / checkpoint.STATE_FILE, model).run_id == "abc"
+    lifecycle.refuse_other_owner(tmp_path, "abc")  # its own directory
+    lifecycle.refuse_other_owner(tmp_path / "empty", None)
+    owned = f"checkpoint_dir={tmp_path} holds the checkpoint of run abc.*trainer.resume=abc"
+    with pytest.raises(lifecycle.CheckpointOwned, match=owned):
+        lifecycle.refuse_other_owner(tmp_path, None)
+    with pytest.raises(lifecycle.CheckpointOwned, match="^trainer.resume=xyz: .* run abc, not of this run"):
+        lifecycle.refuse_other_owner(tmp_path, "xyz")
+    old = tmp_path / "old"  # a state file written before state files named their run: the run's own
+    old.mkdir()
+    checkpoint.save_state(old / checkpoint.STATE_FILE, model, checkpoint.TrainingState(1, 0.5, 0))
+    assert checkpoint.saved_run_id(old / checkpoint.STATE_FILE) is None
+    lifecycle.refuse_other_owner(old, "xyz")
+
+
+def _refused(*args: str, cwd, names: list[str]) -> None:
+    from tests.conftest import TINY, run_cli
+
+    done = run_cli(*TINY, *args, cwd=cwd, check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert all(name in lines[-1] for name in names), lines[-1]
+
+
+@pytest.mark.slow  # one tiny training, then five refused commands (TensorFlow loads before each refusal)
+def test_refused_commands_leave_a_finished_run_and_its_checkpoint_directory_as_they_were(tmp_path):
+    """Issue 21: a new run given a directory holding another run's checkpoint, a resume with no
+    epochs left, a resume of another architecture, an evaluation of its model on other data, a
+    resume from a directory another run has since written to: each refused in one line, the run's
+    record and checkpoint unchanged, no run added."""
+    from tests.conftest import TINY, run_cli
+
+    uri, shared = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "shared"
+    common = (f"tracking.uri={uri}", f"trainer.checkpoint_dir={shared}")  # the model logged: an empty resume logged it again
+    run_cli(*TINY, *common, "trainer.epochs=1", cwd=tmp_path, timeout=900)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("seglab-shapes").experiment_id
+    (first,) = client.search_runs([experiment])
+    run_id, state = first.info.run_id, shared / checkpoint.STATE_FILE
+    assert checkpoint.saved_run_id(state) == run_id
+    before, state_bytes = _snapshot(client, run_id), state.read_bytes()
+
+    _refused(*common, "trainer.epochs=1", "trainer.resume=never", cwd=tmp_path,
+             names=[f"trainer.checkpoint_dir={shared}", f"checkpoint of run {run_id}", f"trainer.resume={run_id}"])
+    _refused(*common, "trainer.epochs=1", f"trainer.resume={run_id}", cwd=tmp_path,
+             names=[f"nothing left to train: run {run_id} already has 1 epochs", "trainer.epochs=M"])
+    _refused(*common, "trainer.epochs=2", f"trainer.resume={run_id}", "model.base_filters=6", cwd=tmp_path,
+             names=["another architecture"])
+    assert _snapshot(client, run_id) == before and state.read_bytes() == state_bytes
+
+    # seglab.evaluate of its model on other data (both have 3 classes): refused before anything is logged
+    done = subprocess.run([sys.executable, "-m", "seglab.evaluate", f"model_uri=runs:/{run_id}/model", "data=pets",
+                           f"tracking.uri={uri}"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"run {run_id} was trained on data=shapes" in last and "add data=shapes" in last and "data=pets" in last, last
+    assert _snapshot(client, run_id) == before and len(client.search_runs([experiment])) == 1
+
+    other = client.create_run(experiment).info.run_id  # the directory then written to by another run
+    with np.load(state) as saved:
+        arrays = {**{k: saved[k] for k in saved.files}, checkpoint.RUN_ID: np.asarray(other)}
+    np.savez(state, **arrays)
+    before = _snapshot(client, run_id)
+    _refused(*common, "trainer.epochs=2", f"trainer.resume={run_id}", cwd=tmp_path,
+             names=[f"trainer.resume={run_id}", f"checkpoint of run {other}", f"trainer.resume={other}"])
+    assert _snapshot(client, run_id) == before
+    assert len(client.search_runs([experiment])) == 2

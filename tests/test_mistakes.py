@@ -198,6 +198,17 @@ trimap file); a checkpoint that cannot be written (disk full, no permission; the
 checkpoint stays intact and the MLflow run ends `FAILED`). A corrupt image is skipped with a warning
 naming it (`data=pets` folder source, `data=coco_cat` conversion).
 
+Mistakes about an existing run are answered the same way, after TensorFlow loads and before the store
+is written to, leaving that run's params, metrics, tags, artifacts and checkpoint as they were
+(`tests/test_lifecycle.py`, docs/resume.md): a `trainer.checkpoint_dir` holding another run's
+checkpoint (`trainer.checkpoint_dir=<dir> holds the checkpoint of run <id>, ...; give this run another
+trainer.checkpoint_dir, or continue that run with trainer.resume=<id>`); `trainer.resume=<id>` of a
+`FINISHED` run with no epochs left (`nothing left to train: run <id> already has N epochs; add
+trainer.epochs=M (M > N) to train more`), of a checkpoint of another architecture, of an evaluation
+run or a sweep's parent; `seglab.evaluate` of a model on other data than it was trained on (`the
+model of run <id> was trained on data=pets (its data.name param), but this evaluation has
+data=shapes: add data=pets`).
+
 | you typed | seglab answers | fix |
 |---|---|---|
 """

@@ -25,7 +25,7 @@ import numpy as np
 from seglab import errors
 from seglab.cli import helptext
 from seglab.config import schema
-from seglab.engine.checkpoint import STATE_FILE
+from seglab.engine.checkpoint import RUN_ID, STATE_FILE
 
 WALL_CLOCK_METRICS = ("epoch_seconds", "train_seconds", "train_images_per_second")
 CHECKPOINT_DIR = "checkpoints"  # trainer.checkpoint_dir of both runs
@@ -54,10 +54,11 @@ def train(overrides: list[str], workdir: Path) -> subprocess.CompletedProcess:
 def weights_difference(a: Path, b: Path) -> str | None:
     """The first variable that differs in any bit, or None."""
 
+
     with np.load(a) as first, np.load(b) as second:
         if sorted(first.files) != sorted(second.files):
             return f"the checkpoints hold different variables ({len(first.files)} vs {len(second.files)})"
-        for key in sorted(first.files, key=_natural):
+        for key in sorted(set(first.files) - {RUN_ID}, key=_natural):  # two runs: two run ids
             x, y = first[key], second[key]
             if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
                 diff = np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))) if x.shape == y.shape else float("nan")

@@ -122,9 +122,10 @@ class Checkpointer(keras.callbacks.Callback):
     """Every epoch the full training state to `checkpoint.STATE_FILE`; the best model (by `monitor`)
     to `checkpoint.BEST_FILE`.  Both files are replaced atomically.  Every `upload_every` epochs (0: never)
     both are handed to `upload(files, epochs_completed)` (the run's artifacts, for a resume on
-    another machine)."""
+    another machine).  The state names `run_id`, the run the directory belongs to (issue 21: another
+    run refuses to write into it or resume from it, seglab.engine.lifecycle.refuse_other_owner)."""
 
-    def __init__(self, directory: str | Path, monitor: str, upload=None, upload_every: int = 0):
+    def __init__(self, directory: str | Path, monitor: str, upload=None, upload_every: int = 0, run_id: str | None = None):
         super().__init__()
         self.directory = Path(directory)
         self.monitor = monitor
@@ -132,6 +133,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.best = -math.inf if self.maximize else math.inf
         self.best_epoch: int | None = None  # 0-based, as Keras' callbacks and MLflow's steps count
         self.upload, self.upload_every = upload, upload_every
+        self.run_id = run_id
 
     def restore(self, state: checkpoint.TrainingState) -> None:
         """Continue from a loaded checkpoint: its best so far stays the one to beat."""
@@ -153,7 +155,8 @@ class Checkpointer(keras.callbacks.Callback):
         if self.best_epoch is None or (value > self.best if self.maximize else value < self.best):
             self.best, self.best_epoch = value, epoch
             checkpoint.save_model(self.best_path, self.model)
-        checkpoint.save_state(self.last_path, self.model, checkpoint.TrainingState(epoch + 1, self.best, self.best_epoch))
+        state = checkpoint.TrainingState(epoch + 1, self.best, self.best_epoch, self.run_id)
+        checkpoint.save_state(self.last_path, self.model, state)
         if self.upload is not None and self.upload_every and (epoch + 1) % self.upload_every == 0:
             self.upload([self.last_path, self.best_path], epoch + 1)
 

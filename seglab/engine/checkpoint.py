@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # Keras loads where a model is built or loaded: the file name
 # The files of a checkpoint directory (`trainer.checkpoint_dir`), and of its uploads to a run's artifacts.
 STATE_FILE = "last.state.npz"  # the full training state (`save_state`)
 BEST_FILE = "best.keras"  # the best epoch's model (`save_model`)
+RUN_ID = "run_id"  # the state file's entry naming its run: who it belongs to, not what was learned
 
 
 @dataclass
@@ -33,6 +34,7 @@ class TrainingState:
     epoch: int  # epochs completed
     best: float  # best value of the monitored metric so far
     best_epoch: int | None = None  # 0-based epoch of `best`
+    run_id: str | None = None  # the MLflow run the state belongs to (None: written before states named it, or no run)
 
 
 class ArchitectureMismatch(UserError, ValueError):
@@ -70,6 +72,8 @@ def save_state(path: str | Path, model: keras.Model, state: TrainingState) -> No
     arrays["best"] = np.asarray(state.best)
     arrays["best_epoch"] = np.asarray(-1 if state.best_epoch is None else state.best_epoch)
     arrays["signature"] = np.asarray(json.dumps(signature(model)))
+    if state.run_id is not None:
+        arrays[RUN_ID] = np.asarray(state.run_id)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -86,19 +90,39 @@ def saved_epoch(path: str | Path) -> int:
         return int(saved["epoch"])
 
 
+def saved_run_id(path: str | Path) -> str | None:
+    """The run a state file belongs to, without loading its arrays; None when it does not say
+    (written before state files named their run)."""
+    with np.load(path) as saved:
+        return str(saved[RUN_ID]) if RUN_ID in saved.files else None
+
+
 def load_state(path: str | Path, model: keras.Model) -> TrainingState:
     """Restore into a compiled model with the same architecture and optimizer; another architecture
     is refused (ArchitectureMismatch) before any variable is changed."""
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
     with np.load(path) as saved:
-        _check_signature(path, saved, model)
+        _check_fits(path, saved, model)
         for i, v in enumerate(model.variables):
             v.assign(saved[f"model/{i}"])
         for i, v in enumerate(model.optimizer.variables):
             v.assign(saved[f"optimizer/{i}"])
         best_epoch = int(saved["best_epoch"]) if "best_epoch" in saved else -1
-        return TrainingState(epoch=int(saved["epoch"]), best=float(saved["best"]), best_epoch=None if best_epoch < 0 else best_epoch)
+        run_id = str(saved[RUN_ID]) if RUN_ID in saved.files else None
+        return TrainingState(epoch=int(saved["epoch"]), best=float(saved["best"]),
+                             best_epoch=None if best_epoch < 0 else best_epoch, run_id=run_id)
+
+
+def check_fits(path: str | Path, model: keras.Model) -> None:
+    """Refuse (ArchitectureMismatch) a state file saved from another model or optimizer than the
+    compiled `model`, without changing the model: what a resume asks before it writes anything."""
+    with np.load(path) as saved:
+        _check_fits(path, saved, model)
+
+
+def _check_fits(path, saved, model: keras.Model) -> None:
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    _check_signature(path, saved, model)
 
 
 def _check_signature(path, saved, model: keras.Model) -> None:

@@ -17,7 +17,7 @@ from seglab.config import schema
 from seglab.data import lineage, pipeline
 from seglab.engine import finish
 from seglab.metrics import scores
-from seglab.tracking import registry, tags
+from seglab.tracking import registry, resumable, tags
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,11 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None) -> Evalu
     # Before any work: set_alias needs a registered version.
     version = registry.registered_version(model_uri, uri) if alias else None
     model = load(model_uri, cfg)
+    training_run = tracking.model_run_id(model_uri, uri)
+    if training_run:
+        refuse_other_data(training_run, uri, cfg.data.name)
     splits = instantiate(cfg.data.source)
     split_name = _split_name(splits, cfg.data.name)
-    training_run = tracking.model_run_id(model_uri, uri)
     experiment, training_name = (
         tracking.run_experiment_and_name(training_run, uri) if training_run else (cfg.tracking.experiment, "model")
     )
@@ -77,6 +79,18 @@ def load(model_uri: str, cfg: DictConfig):
             f"data.num_classes={cfg.data.num_classes}: evaluate it on the data it was trained for."
         )
     return model
+
+
+def refuse_other_data(training_run: str, uri: str, data_name: str) -> None:
+    """A model is scored on the data it was trained for (issue 21: before, a pets model evaluated
+    without `data=pets` was scored on shapes and logged as a pets evaluation): the training run's
+    `data.name` param decides, before anything is logged.  A run without that param (a model logged
+    by hand) is not checked."""
+
+    trained_on = resumable.get_run(uri, training_run).params.get("data.name")
+    if trained_on is not None and trained_on != data_name:
+        raise schema.ConfigError(f"the model of run {training_run} was trained on data={trained_on} (its data.name param), "
+                                 f"but this evaluation has data={data_name}: add data={trained_on}")
 
 
 def _split_name(splits, data_name: str) -> str:

@@ -307,6 +307,40 @@ def refuse_other_kind(run_id: str, tags: dict[str, str]) -> None:
                           "the sweep with trainer.resume=auto")
 
 
+class CheckpointOwned(ResumeError):
+    """`trainer.checkpoint_dir` holds the checkpoint of another run (two runs given one absolute directory)."""
+
+
+def refuse_other_owner(directory: Path, run_id: str | None) -> None:
+    """A checkpoint directory belongs to one run (issue 21): the run a command writes to (`run_id`,
+    None for a new run) refuses a directory whose state file names another run, before that run is
+    opened, so neither run's checkpoint nor record changes.  A state file that names no run (written
+    before they did) is taken as the run's own."""
+    state = directory / checkpoint.STATE_FILE
+    owner = checkpoint.saved_run_id(state) if state.exists() else None
+    if owner is None or owner == run_id:
+        return
+    which = f"trainer.resume={run_id}: " if run_id else ""
+    raise CheckpointOwned(f"{which}trainer.checkpoint_dir={directory} holds the checkpoint of run {owner}, not of "
+                          f"{'this run' if run_id else 'a new run'}; give this run another trainer.checkpoint_dir, "
+                          f"or continue that run with trainer.resume={owner}")
+
+
+class NothingLeft(ResumeError):
+    """`trainer.resume=<id>` of a FINISHED run that already has the epochs asked for."""
+
+
+def refuse_nothing_left(found: Plan, epochs: int) -> None:
+    """Continuing a FINISHED run to no more epochs than it has would only log its model again:
+    refused before the run is opened (docs/resume.md says why this is an error, exit 2)."""
+    if found.run_id is None or found.status != "FINISHED":
+        return
+    done = int(found.previous_tags.get(keys.CHECKPOINT_EPOCH, -1))
+    if done >= epochs:
+        raise NothingLeft(f"nothing left to train: run {found.run_id} already has {done} epochs; "
+                          f"add trainer.epochs=M (M > {done}) to train more")
+
+
 def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoint_dir: Path, current_dir: Path) -> Path | None:
     """Put the newest complete checkpoint of the run into `current_dir` (the state file and the best
     model) and return the state file's path; None when the run has none.  Looked for in the killed
@@ -315,7 +349,7 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     the one with more epochs wins."""
     from seglab.tracking import resumable
 
-    local = _local_checkpoint(previous_tags, checkpoint_dir, current_dir)
+    local = _local_checkpoint(run_id, previous_tags, checkpoint_dir, current_dir)
     local_epoch = checkpoint.saved_epoch(local / checkpoint.STATE_FILE) if local else -1
     uploaded = previous_tags.get(keys.CHECKPOINT)
     uploaded_epoch = int(previous_tags.get(keys.CHECKPOINT_EPOCH, -1)) if uploaded else -1
@@ -339,12 +373,17 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     return current_dir / checkpoint.STATE_FILE
 
 
-def _local_checkpoint(previous_tags: dict[str, str], checkpoint_dir: Path, current_dir: Path) -> Path | None:
+def _local_checkpoint(run_id: str, previous_tags: dict[str, str], checkpoint_dir: Path, current_dir: Path) -> Path | None:
 
     candidates = [current_dir]
     if previous_tags.get(keys.HYDRA_OUTPUT_DIR):
         candidates.append(Path(previous_tags[keys.HYDRA_OUTPUT_DIR]) / checkpoint_dir)
     found = [d for d in candidates if (d / checkpoint.STATE_FILE).exists()]
+    others = [d for d in found if checkpoint.saved_run_id(d / checkpoint.STATE_FILE) not in (None, run_id)]
+    for directory in others:  # another run wrote there since (the same directory given to two runs): not this run's weights
+        log.warning("not resuming from %s: its checkpoint belongs to run %s", directory,
+                    checkpoint.saved_run_id(directory / checkpoint.STATE_FILE))
+    found = [d for d in found if d not in others]
     if not found:
         return None
     return max(found, key=lambda d: checkpoint.saved_epoch(d / checkpoint.STATE_FILE))

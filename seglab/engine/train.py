@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, losses, metrics, tracking
 from seglab.data import batches_of, lineage, pipeline, statistics
-from seglab.engine import callbacks, debug, determinism, distribute, finish, lifecycle, runtime
+from seglab.engine import callbacks, checkpoint, debug, determinism, distribute, finish, lifecycle, runtime
 from seglab.tracking import tags
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,16 @@ def run(cfg: DictConfig) -> float:
     strategy = distribute.make(cfg.trainer.strategy)
     device = runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     out = Path(HydraConfig.get().runtime.output_dir)
-    found, mlrun = open_run(cfg, device)
+    found, mlrun = open_run(cfg, device, out / cfg.trainer.checkpoint_dir)
+    refuse_unfit_checkpoint(cfg, found, out / cfg.trainer.checkpoint_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     with mlrun, distribute.checkpoint_directory(out / cfg.trainer.checkpoint_dir) as checkpoint_dir:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlrun.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         setup = set_up(cfg, strategy, mlrun)
         checkpointer = callbacks.Checkpointer(checkpoint_dir, monitor=cfg.optimize_metric,
-                                              upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every)
+                                              upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every,
+                                              run_id=mlrun.run_id)
         first_epoch = lifecycle.initial_epoch(found, cfg.tracking.uri, setup.model, checkpointer, cfg.trainer.checkpoint_dir)
         fitted = fit(cfg, mlrun, setup, checkpointer, first_epoch, out / "profile")
         log_training(cfg, mlrun, checkpointer, first_epoch, fitted.callbacks)
@@ -54,10 +56,11 @@ def run(cfg: DictConfig) -> float:
     return checkpointer.best
 
 
-def open_run(cfg: DictConfig, device: str) -> tuple[lifecycle.Plan, Any]:
+def open_run(cfg: DictConfig, device: str, checkpoint_dir: Path) -> tuple[lifecycle.Plan, Any]:
     """The run this training logs to (a `tracking.Run`, not yet started; on a multi-worker cluster's
     other workers a run that logs nothing) and the plan to continue an earlier one (trainer.resume:
-    a killed run of the same experiment, docs/resume.md)."""
+    a killed run of the same experiment, docs/resume.md).  A resume with nothing left to train and a
+    `checkpoint_dir` of another run are refused here, before the store is written to."""
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     identity = {**lifecycle.tags(cfg), **lifecycle.owner_tags(), **_runtime_tags(device)}
     # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
@@ -65,9 +68,28 @@ def open_run(cfg: DictConfig, device: str) -> tuple[lifecycle.Plan, Any]:
     chief = distribute.is_chief()
     found = lifecycle.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, identity[tags.RUN_KEY],
                            cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)
+    if chief:
+        lifecycle.refuse_nothing_left(found, cfg.trainer.epochs)
+        lifecycle.refuse_other_owner(checkpoint_dir, found.run_id)
     mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), identity, cfg.tracking.parent_run_id,
                          resume_run_id=found.run_id) if chief else tracking.NoOpRun()
     return found, mlrun
+
+
+def refuse_unfit_checkpoint(cfg: DictConfig, found: lifecycle.Plan, checkpoint_dir: Path) -> None:
+    """A resume whose checkpoint was saved from another model or optimizer is refused before the run
+    it continues is opened, so that run's record stays as it was (issue 21).  It costs a second
+    build of the model, only when a run is continued and has a checkpoint."""
+    if found.run_id is None:
+        return
+    path = lifecycle.restore_files(cfg.tracking.uri, found.run_id, found.previous_tags, Path(cfg.trainer.checkpoint_dir),
+                                   checkpoint_dir)  # a copy into this job's directory: the store is only read
+    if path is None:
+        return
+    model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
+    # The optimizer's variables depend on the optimizer and its schedule, not on the loss or the data.
+    compile_model(cfg, model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_epoch=1)
+    checkpoint.check_fits(path, model)
 
 
 @dataclass
