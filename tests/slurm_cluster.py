@@ -99,7 +99,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _node_idle(env: dict) -> bool:
-    done = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10, env=env)
+    done = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], check=False, capture_output=True, text=True, timeout=10, env=env)
     return done.returncode == 0 and done.stdout.strip() == "idle"
 
 
@@ -147,7 +147,7 @@ def slurm_cluster():
         else:
             os.environ["SLURM_CONF"] = old_conf
         if procs and procs[-1].poll() is None:  # no job outlives the session
-            subprocess.run(["scancel", "--full", "--user=root"], capture_output=True, timeout=30, env=env)
+            subprocess.run(["scancel", "--full", "--user=root"], check=False, capture_output=True, timeout=30, env=env)
         for proc in reversed(procs):
             _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
