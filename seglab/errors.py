@@ -6,7 +6,8 @@ What counts as a user's mistake: a `UserError` (seglab's errors whose message na
 file and the fix: ConfigError, DataError, TrackingError, ...) and Hydra's / OmegaConf's
 composition errors (an unknown key, a misspelt option, a value of the wrong type, a malformed
 override), a config file that is not valid YAML, and a sweep's scheduler missing or refusing its
-jobs (`hydra/launcher=slurm` without SLURM, or asking for what the cluster lacks).  Anything else is a bug and keeps its traceback.
+jobs (`hydra/launcher=slurm` without SLURM, or asking for what the cluster lacks).  Anything else
+is a bug and keeps its traceback.
 
 Nothing here imports TensorFlow or MLflow: it runs before either loads.
 """
