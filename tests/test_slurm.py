@@ -86,7 +86,9 @@ def test_a_job_requeued_by_slurm_mid_run_resumes_the_same_run_with_no_stale_erro
     job_id = job.data.tags[tags.JOB_ID]
     slurm_cluster.scontrol("requeue", job_id)
     # SLURM holds a requeued job back for a while (its begin time moves ~2 min on); start it now.
-    while "JobState=REQUEUED" in (record := slurm_cluster.scontrol("show", "job", job_id)) or "Restarts=1" not in record:
+    # (it passes through REQUEUED and COMPLETING first; RUNNING again only if SLURM did not hold it)
+    while not ("Restarts=1" in (record := slurm_cluster.scontrol("show", "job", job_id))
+               and ("JobState=PENDING" in record or "JobState=RUNNING" in record)):
         assert time.time() < deadline, record
         time.sleep(0.2)
     if "JobState=PENDING" in record:
