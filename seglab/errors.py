@@ -5,7 +5,9 @@ traceback.  `HYDRA_FULL_ERROR=1` (Hydra's own switch) shows the full traceback i
 What counts as a user's mistake: a `UserError` (seglab's errors whose message names the key or
 file and the fix: ConfigError, DataError, TrackingError, ...) and Hydra's / OmegaConf's
 composition errors (an unknown key, a misspelt option, a value of the wrong type, a malformed
-override), and a config file that is not valid YAML.  Anything else is a bug and keeps its traceback.
+override), a config file that is not valid YAML, and a sweep's scheduler missing or refusing its
+jobs (`hydra/launcher=slurm` without SLURM, or asking for what the cluster lacks).  Anything else
+is a bug and keeps its traceback.
 
 Nothing here imports TensorFlow or MLflow: it runs before either loads.
 """
@@ -25,6 +27,8 @@ from hydra.errors import HydraException, InstantiationException, MissingConfigEx
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 EXIT_USER_ERROR = 2  # argparse's code for a usage error; 1 stays for crashes
+SLURM_COMMANDS = ("sbatch", "srun", "scontrol", "sacct", "squeue", "scancel")  # what submitit calls
+reported: str | None = None  # the line `fail` printed; a sweep's parent run ends with it as its reason
 
 
 class UserError(Exception):
@@ -56,10 +60,33 @@ def explain(err: BaseException) -> str | None:
         return _omegaconf_message(err)
     if isinstance(err, yaml.YAMLError):  # a config file that does not parse, most likely one of the user's own (--config-dir)
         return f"not valid YAML: {one_line(err)}; fix the file at the line named"
+    return _scheduler_message(err)
+
+
+def _scheduler_message(err: BaseException) -> str | None:
+    """SLURM's commands missing, or sbatch refusing a submission (no cluster, an unknown partition, GPUs
+    the cluster lacks): the user's setup, not a bug.  Job failures after submission are not matched."""
+    import subprocess
+
+    seen: BaseException | None = err
+    while seen is not None:
+        missing = seen.filename if isinstance(seen, FileNotFoundError) else None
+        no_srun = _NO_SRUN.search(str(seen)) if isinstance(seen, RuntimeError) else None  # submitit's own check
+        command = missing if missing in SLURM_COMMANDS else no_srun.group(1) if no_srun else None
+        if command:
+            return (f"`{command}` not found: hydra/launcher=slurm and submitit_slurm submit through SLURM's "
+                    "commands; run the sweep where SLURM is (a login node), or use hydra/launcher=submitit_local")
+        if isinstance(seen, subprocess.CalledProcessError) and seen.cmd and seen.cmd[0] in SLURM_COMMANDS:
+            said = one_line(seen.stderr or "") or f"exit code {seen.returncode}"
+            return (f"SLURM refused the sweep's jobs ({seen.cmd[0]}: {said}); check that `sinfo` answers here and that "
+                    "the hydra.launcher values (partition, gpus_per_node, cpus_per_task, mem_gb) fit the cluster")
+        seen = seen.__cause__ or seen.__context__
     return None
 
 
 def fail(prog: str, message: str) -> None:
+    global reported
+    reported = message
     print(f"{prog}: {message}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
@@ -108,6 +135,8 @@ def _reraise(err: BaseException) -> Callable[[], Any]:
 
     return again
 
+
+_NO_SRUN = re.compile(r'Could not detect "(srun)", are you indeed on a slurm cluster')
 
 # --- Hydra and OmegaConf messages -> one line ----------------------------------------------
 

@@ -1,5 +1,7 @@
 """seglab.errors.explain: which errors are a user's mistake (one line) and which are bugs (traceback)."""
 
+import subprocess
+
 import pytest
 from hydra.utils import instantiate
 
@@ -48,3 +50,18 @@ def test_a_target_that_names_nothing_is_one_line_but_a_failing_import_inside_it_
     assert messages["seglab.sweep.MlflowSweep"].startswith("loss._target_=seglab.sweep.MlflowSweep: No module named 'seglab.sweep'")
     assert "has no attribute 'CrossEntropyy'" in messages["seglab.losses.CrossEntropyy"]
     assert messages["user_module_with_a_bug.build"] is None  # the module exists; what it imports does not: a bug, traceback
+
+
+def test_sbatch_refusing_a_submission_is_one_line_but_a_job_failing_after_it_keeps_its_traceback():
+    from submitit.core.utils import FailedJobError
+
+    stderr = "sbatch: error: Invalid generic resource (gres) specification\nsbatch: error: Batch job submission failed"
+    refused = FailedJobError(stderr)
+    refused.__cause__ = subprocess.CalledProcessError(1, ["sbatch", "/x/.submission_file.sh"], stderr=stderr)
+    assert errors.explain(refused).startswith(
+        "SLURM refused the sweep's jobs (sbatch: sbatch: error: Invalid generic resource (gres) specification sbatch: error: Batch"
+    )
+    assert errors.explain(FailedJobError("Job (task=0) failed during processing with trace: ...")) is None
+    with pytest.raises(FileNotFoundError) as no_sbatch:
+        subprocess.run(["sbatch"], check=False, env={"PATH": "/nonexistent"})
+    assert errors.explain(no_sbatch.value).startswith("`sbatch` not found: hydra/launcher=slurm and submitit_slurm")

@@ -39,10 +39,10 @@ def empty_store(tmp_path_factory) -> Path:
     return path
 
 
-def sweep(tmp_path: Path, empty_store: Path, *args: str, check: bool = True) -> tuple[str, subprocess.CompletedProcess]:
+def sweep(tmp_path: Path, empty_store: Path, *args: str, check: bool = True, env: dict | None = None) -> tuple[str, subprocess.CompletedProcess]:
     shutil.copy(empty_store, tmp_path / "m.db")
     uri = f"sqlite:///{tmp_path}/m.db"
-    done = run_cli(*args, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path, timeout=600, check=check)
+    done = run_cli(*args, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path, timeout=600, check=check, env=env)
     return uri, done
 
 

@@ -39,6 +39,7 @@ from seglab.util import objective
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "SEGLAB_PARENT_RUN_ID"
+ABANDONED_ERROR = "the sweep stopped before it ended"
 ORPHAN_ERROR = "the job's process ended without closing its run (killed? out of memory?); re-run the sweep to continue it"
 RUN_NAME_MAX_CHARS = 200  # long grids make long names; the full definition is in the parent's sweep.yaml
 
@@ -243,10 +244,13 @@ class MlflowSweep(Callback):
     def _end_abandoned(self) -> None:
         if self.parent_run_id is None:
             return
+        from seglab import errors
         from seglab.tracking import sweeps as sweep_runs
 
+        # The one line seglab printed, when it printed one (e.g. SLURM refused the jobs), is the reason.
+        reason = f"{ABANDONED_ERROR}: {errors.reported}" if errors.reported else f"{ABANDONED_ERROR} (see Hydra's log)"
         try:
             sweep_runs.kill_running_children(self.uri, self.parent_run_id, ORPHAN_ERROR)
-            sweep_runs.end_run(self.uri, self.parent_run_id, failed=True, error="the sweep stopped before it ended (see Hydra's log)")
+            sweep_runs.end_run(self.uri, self.parent_run_id, failed=True, error=reason)
         except Exception as err:  # at interpreter exit there is nobody left to raise to
             log.warning("could not end the sweep's MLflow run %s: %s", self.parent_run_id, err)

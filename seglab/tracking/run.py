@@ -67,6 +67,7 @@ class Run:
         self.logged_steps: dict[str, int] = {}  # metric (or `image:<key>`) -> last step the run already has
         self._checkpoint_dir: str | None = None
         self._status_before = "RUNNING"  # of the run being continued
+        self._previous_error: str | None = None  # the `error` tag of the attempt being continued
         self.tags = dict(tags)
         if parent_run_id:
             self.tags[keys.PARENT_RUN] = parent_run_id
@@ -92,6 +93,7 @@ class Run:
             if self.resume_run_id:
                 self.logged_steps = resumable.logged_steps(self.uri, self.resume_run_id)
                 self._checkpoint_dir = run.data.tags.get(keys.CHECKPOINT)
+                self._previous_error = run.data.tags.get(keys.ERROR)
         except BaseException:
             if mlflow.active_run() is not None:
                 mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
@@ -156,6 +158,10 @@ class Run:
         return False
 
     def _end(self, status: str) -> None:
+        if status == RunStatus.to_string(RunStatus.FINISHED) and self._previous_error is not None:
+            # A finished run is not in error: the killed attempt's reason moves to a tag of its own.
+            self._log("the previous attempt's error", mlflow.set_tag, keys.RESUME_PREVIOUS_ERROR, self._previous_error)
+            self._log("the previous attempt's error", mlflow.delete_tag, keys.ERROR)
         if self.failed is not None:
             log.warning(
                 "MLflow run %s is incomplete: logging failed at %s; not logged after that: %s.",

@@ -37,6 +37,7 @@ HEARTBEAT = "seglab.heartbeat"  # Unix seconds of the owner's last sign of life
 ERROR = "error"
 KILLED_REASON = "seglab.killed_reason"
 RESUME_CHANGED = "seglab.resume.changed"  # params a resumed run was re-started with, old -> new
+RESUME_PREVIOUS_ERROR = "seglab.resume.previous_error"  # the `error` of the attempt a resumed run finished after
 RESUME_REFUSED = "seglab.resume.refused"  # why the last attempt to continue the run was refused
 CHECKPOINT = "seglab.checkpoint"  # artifact directory of the newest complete uploaded checkpoint
 CHECKPOINT_EPOCH = "seglab.checkpoint_epoch"  # epochs completed in it

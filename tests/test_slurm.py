@@ -1,0 +1,104 @@
+"""seglab on a real one-node SLURM cluster (tests/slurm_cluster.py): a sweep through
+`hydra/launcher=submitit_slurm`, and what a user sees when SLURM is not there."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+
+import pytest
+
+from seglab.tracking import tags
+from tests.slurm_cluster import slurm_cluster  # noqa: F401
+from tests.test_resume import start_cli
+from tests.test_sweeps import SWEEP_TINY, empty_store, parent_and_children, sweep  # noqa: F401
+
+# The launcher values that fit the test's small node (docs/sweeps.md): one job at a time, two cores each.
+SMALL_NODE = (
+    "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=2",
+    "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "hydra.launcher.array_parallelism=1",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_sweep_on_slurm_is_one_parent_with_finished_children_tagged_with_their_job_ids(tmp_path, empty_store, slurm_cluster):  # noqa: F811
+    uri, _ = sweep(tmp_path, empty_store, "--multirun", *SMALL_NODE, *SWEEP_TINY, "model.base_filters=2,4")
+    _, parent, children = parent_and_children(uri)
+    assert parent.info.status == "FINISHED" and parent.data.tags["hydra.launcher"] == "submitit_slurm"
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    job_ids = [c.data.tags[tags.JOB_ID] for c in children]
+    assert len(set(job_ids)) == 2
+    for job_id, task in zip(job_ids, ("0", "1")):  # SLURM's own record of the job that ran each child
+        record = slurm_cluster.scontrol("show", "job", job_id)
+        assert "JobState=COMPLETED" in record and f"ArrayTaskId={task}" in record, record
+
+
+def ended_with(uri: str, reason: str) -> None:
+    """Every run of the sweep ended (none RUNNING), the parent FAILED with `reason` in its error."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    _, parent, _ = parent_and_children(uri)
+    assert parent.info.status == "FAILED" and reason in parent.data.tags[tags.ERROR]
+
+
+@pytest.mark.timeout(300)
+def test_a_slurm_sweep_without_slurm_says_so_in_one_line_and_ends_its_parent_with_the_reason(tmp_path, empty_store):  # noqa: F811
+    # A PATH with Python but none of SLURM's commands, as on a machine without SLURM.
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python").symlink_to(sys.executable)
+    uri, done = sweep(tmp_path, empty_store, "--multirun", *SMALL_NODE, *SWEEP_TINY, "model.base_filters=2,4", check=False,
+                      env={"PATH": str(bare)})
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and said == [said[-1]] and said[-1].startswith("seglab: `srun` not found"), done.stderr
+    ended_with(uri, "`srun` not found")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_slurm_preset_asking_for_gpus_the_cluster_lacks_says_so_and_ends_its_parent(tmp_path, empty_store, slurm_cluster):  # noqa: F811
+    uri, done = sweep(tmp_path, empty_store, "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug", *SWEEP_TINY,
+                      "model.base_filters=2,4", check=False)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("seglab: SLURM refused the sweep's jobs (sbatch:") and "gres" in last, done.stderr
+    ended_with(uri, "gres")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_job_requeued_by_slurm_mid_run_resumes_the_same_run_with_no_stale_error(tmp_path, empty_store, slurm_cluster):  # noqa: F811
+    shutil.copy(empty_store, tmp_path / "m.db")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    args = ("--multirun", *SMALL_NODE, *SWEEP_TINY, "trainer.epochs=3", "model.base_filters=4", f"tracking.uri={uri}",
+            f"hydra.sweep.dir={tmp_path}/multirun")
+    sweep_proc = start_cli(*args, cwd=tmp_path)
+    deadline = time.time() + 600
+    # the job's own log: the store is left alone while the job creates its run
+    while not any("epoch 1/3" in p.read_text() for p in tmp_path.glob("multirun/.submitit/*/*_log.out")):
+        assert sweep_proc.poll() is None and time.time() < deadline, sweep_proc.stdout.read() if sweep_proc.poll() is not None else "timeout"
+        time.sleep(0.2)
+    _, _, (job,) = parent_and_children(uri)
+    job_id = job.data.tags[tags.JOB_ID]
+    slurm_cluster.scontrol("requeue", job_id)
+    # SLURM holds a requeued job back for a while (its begin time moves ~2 min on); start it now.
+    # (it passes through REQUEUED and COMPLETING first; RUNNING again only if SLURM did not hold it)
+    while not ("Restarts=1" in (record := slurm_cluster.scontrol("show", "job", job_id))
+               and ("JobState=PENDING" in record or "JobState=RUNNING" in record)):
+        assert time.time() < deadline, record
+        time.sleep(0.2)
+    if "JobState=PENDING" in record:
+        slurm_cluster.scontrol("update", f"JobId={job_id}", "StartTime=now")
+    out, _ = sweep_proc.communicate(timeout=600)
+    assert sweep_proc.returncode == 0, out[-4000:]
+    client, _, (resumed,) = parent_and_children(uri)
+    assert resumed.info.run_id == job.info.run_id and resumed.info.status == "FINISHED"
+    assert "Restarts=1" in slurm_cluster.scontrol("show", "job", job_id)  # SLURM ran the job twice, as one run
+    for key in resumed.data.metrics:
+        assert [m.step for m in client.get_metric_history(resumed.info.run_id, key)] == [0, 1, 2], key
+    assert tags.ERROR not in resumed.data.tags
+    assert resumed.data.tags[tags.RESUME_PREVIOUS_ERROR]  # the killed attempt's reason, kept apart
