@@ -18,6 +18,7 @@ import argparse
 import difflib
 import os
 import re
+import subprocess
 import sys
 from typing import Any, Callable
 
@@ -66,7 +67,6 @@ def explain(err: BaseException) -> str | None:
 def _scheduler_message(err: BaseException) -> str | None:
     """SLURM's commands missing, or sbatch refusing a submission (no cluster, an unknown partition, GPUs
     the cluster lacks): the user's setup, not a bug.  Job failures after submission are not matched."""
-    import subprocess
 
     seen: BaseException | None = err
     while seen is not None:

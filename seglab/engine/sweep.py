@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from seglab import console, tracking
+from seglab import console, errors, tracking
 from seglab.config import schema
 from seglab.engine import lifecycle
 from seglab.engine.lifecycle import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
@@ -244,8 +244,7 @@ class MlflowSweep(Callback):
     def _end_abandoned(self) -> None:
         if self.parent_run_id is None:
             return
-        from seglab import errors
-        from seglab.tracking import sweeps as sweep_runs
+            from seglab.tracking import sweeps as sweep_runs
 
         # The one line seglab printed, when it printed one (e.g. SLURM refused the jobs), is the reason.
         reason = f"{ABANDONED_ERROR}: {errors.reported}" if errors.reported else f"{ABANDONED_ERROR} (see Hydra's log)"
