@@ -215,15 +215,16 @@ class Run:
         self.log_dict({"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": cm.tolist()},
                       "confusion_matrix.json")
 
-    def log_model(self, model, input_example) -> str | None:
+    def log_model(self, model, input_example, step: int = 0) -> str | None:
         """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow;
-        its URI, or None when the store did not take it."""
+        its URI, or None when the store did not take it.  `step`: the epoch whose weights it holds;
+        MLflow links the run's metrics of that step to the logged model (its page shows them)."""
         import keras
         import tensorflow as tf
 
         info = self._log(
             "the model", mlflow.tensorflow.log_model, model, name="model", input_example=input_example,
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"], step=step,
         )
         return info.model_uri if info is not None else None
 
@@ -252,12 +253,12 @@ class Run:
             except Exception as err:  # noqa: BLE001  a leftover upload wastes space, it loses nothing
                 log.warning("could not delete the superseded checkpoint %s of run %s: %s", previous, self.run_id, first_line(err))
 
-    def log_served_model(self, model, name: str = "served") -> str | None:
+    def log_served_model(self, model, name: str = "served", step: int = 0) -> str | None:
         """The Keras model wrapped as the image-taking pyfunc model (seglab.tracking.served, what
-        `mlflow models serve` runs); its URI, or None when the store did not take it."""
+        `mlflow models serve` runs); its URI, or None when the store did not take it.  `step`: as `log_model`'s."""
         from seglab.tracking.served import log_served_model
 
-        info = self._log("the served model", log_served_model, model, name)
+        info = self._log("the served model", log_served_model, model, name, step)
         return info.model_uri if info is not None else None
 
     def register_model(self, model_uri: str, name: str, tags: Mapping[str, Any]) -> str | None:
