@@ -8,6 +8,8 @@ composition errors (an unknown key, a misspelt option, a value of the wrong type
 override), a config file that is not valid YAML, and a sweep's scheduler missing or refusing its
 jobs (`hydra/launcher=slurm` without SLURM, or asking for what the cluster lacks).  Anything else
 is a bug and keeps its traceback.
+Ctrl-C and SIGTERM are one line too (`Interrupted`: where it stopped and how to go on), exit code
+130 or 143 (128 + the signal, as a shell reports it).
 
 Nothing here imports TensorFlow or MLflow: it runs before either loads.
 """
@@ -30,10 +32,21 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 EXIT_USER_ERROR = 2  # argparse's code for a usage error; 1 stays for crashes
 SLURM_COMMANDS = ("sbatch", "srun", "scontrol", "sacct", "squeue", "scancel")  # what submitit calls
 reported: str | None = None  # the line `fail` printed; a sweep's parent run ends with it as its reason
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class UserError(Exception):
     """A mistake in the command, the config or the data; the message names it and the fix."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended the command: `main` prints the message (where it stopped, how to go on)
+    as one line and exits with `exit_code`.  A KeyboardInterrupt, so whatever stops on Ctrl-C stops on it."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def full_error() -> bool:
@@ -91,10 +104,20 @@ def fail(prog: str, message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
+def interrupted(prog: str, err: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: one line (no traceback) and exit code 130 or 143."""
+    if full_error():
+        raise err
+    print(f"{prog}: {err if isinstance(err, Interrupted) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
+    sys.exit(getattr(err, "exit_code", EXIT_INTERRUPTED))
+
+
 def main(entry: Callable[..., Any], *args: Any, prog: str) -> Any:
-    """Call a command's `entry(*args)`; a user's mistake ends the process with one line."""
+    """Call a command's `entry(*args)`; a user's mistake ends the process with one line, and so does Ctrl-C."""
     try:
         return entry(*args)
+    except KeyboardInterrupt as err:
+        interrupted(prog, err)
     except Exception as err:
         message = None if full_error() else explain(err)
         if message is None:
@@ -125,6 +148,8 @@ def hydra_main(task: Callable[[], Any], prog: str = "seglab") -> Any:
     hydra_utils.run_and_report = run_and_report
     try:
         return task()
+    except KeyboardInterrupt as err:  # Ctrl-C in a sweep (a single run answers in `main`) or while Hydra composes
+        interrupted(prog, err)
     finally:
         hydra_utils.run_and_report = hydra_report
 

@@ -28,6 +28,20 @@ def weights(model) -> dict[int, np.ndarray]:
     return {i: v.numpy() for i, v in enumerate(model.variables) if "seed_generator" not in v.path}
 
 
+def logged_model_scores(client, run) -> dict[str, dict[str, float]]:
+    """val_mean_iou and val_loss of each logged model of `run` (`model`, `served`), as MLflow's model page shows them."""
+    found = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    return {m.name: {s.key: s.value for s in m.metrics or [] if s.key in ("val_mean_iou", "val_loss")}
+            for m in found if m.source_run_id == run.info.run_id}
+
+
+def assert_models_show_epoch(client, run, uri, step: int) -> None:
+    """The logged models carry the run's val_mean_iou and val_loss of epoch `step` (0-based), the weights they hold."""
+    mlflow.set_tracking_uri(uri)
+    expected = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}[step] for key in ("val_mean_iou", "val_loss")}
+    assert logged_model_scores(client, run) == {"model": expected, "served": expected}
+
+
 def logged_weights(run, uri):
     mlflow.set_tracking_uri(uri)
     return weights(mlflow.tensorflow.load_model(f"runs:/{run.info.run_id}/model"))
@@ -42,6 +56,7 @@ def test_logged_model_is_the_best_checkpoint(tmp_path):
     assert best_step != 2, "the premise: TINY's best epoch is not its last"
     assert run.data.tags[tags.BEST_STEP] == str(best_step), [m.value for m in history]
     assert run.data.tags[tags.MODEL_EPOCH] == str(best_step) and run.data.tags[tags.MODEL_WEIGHTS] == "best"
+    assert_models_show_epoch(client, run, uri, best_step)
     best = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/best.keras", tracking_uri=uri)
     import keras
 
@@ -58,6 +73,9 @@ def test_logged_model_is_the_best_checkpoint(tmp_path):
 def test_log_model_last_logs_the_last_epoch(tmp_path):
     client, run, uri = train(tmp_path, "last")
     assert run.data.tags[tags.MODEL_EPOCH] == "2" and run.data.tags[tags.MODEL_WEIGHTS] == "last"
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_mean_iou")}
+    assert history[2] != history[0], "the premise: the last epoch scores otherwise than the first (MLflow's default step)"
+    assert_models_show_epoch(client, run, uri, 2)
     got = logged_weights(run, uri)
     with np.load(tmp_path / "out/checkpoints/last.state.npz") as last:
         assert got and all(f"model/{i}" in last for i in got)

@@ -307,8 +307,9 @@ def test_cli_sweep_over_encoder_weights_offline(tmp_path):
     jobs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # the sweep's parent run is the other one
     scratch, imagenet = jobs
     assert scratch.data.params["model.encoder.weights"] == "null" and scratch.info.status == "FINISHED"
-    assert scratch.info.run_name == "fcn8-ce-shapes-job0" and "val_mean_iou" in scratch.data.metrics
+    assert scratch.info.run_name == "fcn8-ce-shapes-job0 model.encoder.weights=null" and "val_mean_iou" in scratch.data.metrics
     assert int(scratch.data.tags["model.parameters"]) == fcn_params(3, 8, "8s")
     assert imagenet.data.params["model.encoder.weights"] == "imagenet" and imagenet.info.status == "FAILED"
+    assert imagenet.info.run_name == "fcn8-ce-shapes-job1 model.encoder.weights=imagenet"
     assert "EncoderWeightsUnavailable" in imagenet.data.tags["error"]
     assert fcn8.VGG16_IMAGENET_FILE in imagenet.data.tags["error"]

@@ -71,7 +71,9 @@ def check_grid(uri: str):
     assert combos == [("2", "0.001"), ("2", "0.01"), ("4", "0.001"), ("4", "0.01")]
     for child, (width, lr) in zip(children, combos):
         assert child.info.status == "FINISHED"
-        assert child.info.run_name == f"unet-ce-shapes-job{child.data.tags['hydra.job.num']}"
+        # the job's values of the swept keys tell the runs apart in the run list
+        job = child.data.tags["hydra.job.num"]
+        assert child.info.run_name == f"unet-ce-shapes-job{job} model.base_filters={width} optimizer.learning_rate={lr}"
         assert f"model.base_filters={width}" in child.data.tags["hydra.overrides"]
         assert f"optimizer.learning_rate={lr}" in child.data.tags["hydra.overrides"]
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_mean_iou")] == [0]

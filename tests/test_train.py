@@ -128,25 +128,39 @@ def test_crash_ends_the_run_failed_with_the_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_run_killed(tmp_path):
+@pytest.mark.parametrize("sig, how, code", [(signal.SIGINT, "interrupted (Ctrl-C)", 130), (signal.SIGTERM, "terminated (SIGTERM)", 143)])
+def test_ctrl_c_and_sigterm_end_the_run_killed_in_one_line(tmp_path, sig, how, code):
+    """Sent after the first epoch's line: one line on stderr (no traceback), exit 128 + the signal, the run
+    KILLED with the reason and the epoch it was in as its `error` tag (1-based, as the console counts)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "log.txt", "w")  # a file, not a pipe nobody reads: a full pipe would block the job
+    # Files, not pipes nobody reads: a full pipe would block the job.
+    out, err = open(tmp_path / "out.txt", "w"), open(tmp_path / "err.txt", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "seglab", *TINY, "trainer.epochs=500", f"tracking.uri={uri}"],
-        cwd=tmp_path, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=tmp_path, env={**os.environ, **env}, stdout=out, stderr=err,
+        # Ctrl-C as in a terminal: a test suite started in the background (`&`, nohup) has SIGINT ignored, and so would the job.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # Watch the job's own output, not the SQLite file it is writing to (a reader could lock it).
         deadline = time.time() + 300
-        while "epoch   1/500" not in (tmp_path / "log.txt").read_text() and proc.poll() is None and time.time() < deadline:
+        while "epoch   1/500" not in (tmp_path / "out.txt").read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
-        assert proc.poll() is None, "the job ended before it could be terminated:\n" + (tmp_path / "log.txt").read_text()[-3000:]
-        proc.send_signal(signal.SIGTERM)
+        assert proc.poll() is None, "the job ended before it could be stopped:\n" + (tmp_path / "err.txt").read_text()[-3000:]
+        before = (tmp_path / "err.txt").read_text()
+        proc.send_signal(sig)
         proc.wait(timeout=60)
     finally:
         proc.kill()
-        log.close()
-    assert proc.returncode != 0, (tmp_path / "log.txt").read_text()[-3000:]
-    _, runs = only_run(uri)
+        out.close()
+        err.close()
+    said = (tmp_path / "err.txt").read_text()
+    assert proc.returncode == code, said[-3000:]
+    client, runs = only_run(uri)
     assert [r.info.status for r in runs] == ["KILLED"]
+    epoch = len(client.get_metric_history(runs[0].info.run_id, "val_loss")) + 1  # the epoch under way
+    assert runs[0].data.tags["error"] == f"{how} at epoch {epoch}"
+    # What the signal added (before it: TensorFlow's start-up notices, e.g. cuInit on a machine without a GPU)
+    assert said.startswith(before) and said[len(before):].splitlines() == [
+        f"seglab: {how} at epoch {epoch}; run the same command again to continue run {runs[0].info.run_id}"], said[-3000:]

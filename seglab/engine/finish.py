@@ -75,8 +75,9 @@ def finish(run, chosen: Chosen, split: Split, worst: int, publish: Publish | Non
 
 def _publish(run, chosen: Chosen, publish: Publish, split: str, matrix: np.ndarray) -> None:
     with console.keras_silent():  # MLflow predicts on the examples to infer the signatures: no progress bars
-        run.log_model(chosen.model, input_example=publish.input_example)
-        served_uri = run.log_served_model(chosen.model)  # takes encoded images: what `mlflow models serve` runs
+        # At the chosen epoch's step: the logged models show the scores of the weights they hold, not epoch 1's.
+        run.log_model(chosen.model, input_example=publish.input_example, step=chosen.epoch)
+        served_uri = run.log_served_model(chosen.model, step=chosen.epoch)  # takes encoded images: what `mlflow models serve` runs
     run.set_tags({tags.MODEL_EPOCH: chosen.epoch, tags.MODEL_WEIGHTS: publish.weights})
     if publish.register_as and served_uri:
         found = metrics.scores(matrix)

@@ -125,11 +125,25 @@ def _choice(cfg: DictConfig, group: str) -> str:
     return target.rsplit(".", 2)[-2 if target.endswith(".build") else -1].lower()
 
 
+# Set by a sweep (seglab.engine.sweep) for its jobs: the keys it sweeps, as a JSON list.
+SWEPT_KEYS_ENV = "SEGLAB_SWEPT_KEYS"
+RUN_NAME_CHARS = 100  # a name the run list shows whole; every override is in the `hydra.overrides` tag
+_NAME_GROUPS = ("model", "loss", "data")
+
+
 def run_name(cfg: DictConfig) -> str:
-    """`tracking.run_name`, else `<model>-<loss>-<data>`; the jobs of a sweep share it, so the job
-    number tells them apart in the run list (`-job<N>`)."""
-    name = cfg.tracking.get("run_name") or "-".join(_choice(cfg, g) for g in ("model", "loss", "data"))
-    return f"{name}-job{HydraConfig.get().job.num}" if in_multirun() else name
+    """`tracking.run_name`, else `<model>-<loss>-<data>`.  A sweep's job adds its number and its values
+    of the swept keys (`unet-ce-shapes-job1 optimizer.learning_rate=0.01`; a swept group already in the
+    name is not repeated), so the jobs can be told apart in the run list; at most RUN_NAME_CHARS."""
+    given = cfg.tracking.get("run_name")
+    name = given or "-".join(_choice(cfg, g) for g in _NAME_GROUPS)
+    if not in_multirun():
+        return name
+    hydra_cfg = HydraConfig.get()
+    swept = set(json.loads(os.environ.get(SWEPT_KEYS_ENV) or "[]")) - (set() if given else set(_NAME_GROUPS))
+    values = [o for o in map(str, hydra_cfg.overrides.task) if o.split("=", 1)[0].lstrip("+~") in swept]
+    full = " ".join([f"{name}-job{hydra_cfg.job.num}", *values])
+    return full if len(full) <= RUN_NAME_CHARS else f"{full[:RUN_NAME_CHARS - 3]}..."
 
 
 def tags(cfg: DictConfig) -> dict[str, str]:

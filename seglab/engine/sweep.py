@@ -17,6 +17,7 @@ its error and returns no objective, so the other jobs go on.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import tempfile
@@ -182,6 +183,7 @@ class MlflowSweep(Callback):
         if self.parent_run_id is None:
             self.parent_run_id = sweep_runs.start_parent_run(self.uri, config.tracking.experiment, sweep_name(config, definition), tags, texts)
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        os.environ[lifecycle.SWEPT_KEYS_ENV] = json.dumps(sorted(definition["swept"]))  # for the jobs' run names
         # Hydra calls on_multirun_end only when the sweeper returns; a sweep that raises (or Ctrl-C)
         # must not leave the parent RUNNING.
         atexit.register(self._end_abandoned)
@@ -232,6 +234,7 @@ class MlflowSweep(Callback):
             sweep_runs.log_to_run(uri, parent, metrics=metrics, params=params, tags=tags, texts=texts, files={str(plot): ""})
         sweep_runs.end_run(uri, parent, failed=succeeded == 0)
         os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(lifecycle.SWEPT_KEYS_ENV, None)
         self.parent_run_id = None
         log.info(
             "sweep done: %d of %d jobs succeeded%s | MLflow parent run %s, tracking.uri=%s | `python -m seglab.report %s`",

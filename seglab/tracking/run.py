@@ -27,6 +27,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
+from seglab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
 from seglab.tracking import experiments, resumable
 from seglab.tracking import tags as keys
 from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
@@ -48,7 +49,8 @@ def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class _Terminated(BaseException):
-    """SIGTERM (e.g. a scheduler cancelling the job) turned into an exception so the run ends KILLED."""
+    """SIGTERM (e.g. a scheduler cancelling the job) turned into an exception so the run ends KILLED
+    (and the command exits 143, seglab.errors)."""
 
 
 class Run:
@@ -65,6 +67,7 @@ class Run:
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.resume_run_id = resume_run_id
         self.logged_steps: dict[str, int] = {}  # metric (or `image:<key>`) -> last step the run already has
+        self._epochs_done = 0  # the epochs whose metrics the run has (a continued run's earlier ones too)
         self._checkpoint_dir: str | None = None
         self._status_before = "RUNNING"  # of the run being continued
         self._previous_error: str | None = None  # the `error` tag of the attempt being continued
@@ -92,6 +95,7 @@ class Run:
             run = mlflow.start_run(run_id=self.resume_run_id, run_name=self.run_name, tags=tags)
             if self.resume_run_id:
                 self.logged_steps = resumable.logged_steps(self.uri, self.resume_run_id)
+                self._epochs_done = max(self.logged_steps.values(), default=-1) + 1
                 self._checkpoint_dir = run.data.tags.get(keys.CHECKPOINT)
                 self._previous_error = run.data.tags.get(keys.ERROR)
         except BaseException:
@@ -132,9 +136,10 @@ class Run:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
+        stopped = self._stopped(exc_type)
         if exc_type is None:
             status = RunStatus.FINISHED
-        elif issubclass(exc_type, (KeyboardInterrupt, _Terminated, SystemExit)):
+        elif stopped or issubclass(exc_type, SystemExit):
             # SystemExit: e.g. submitit requeueing a pre-empted job from its signal handler
             status = RunStatus.KILLED
         else:
@@ -147,15 +152,32 @@ class Run:
         try:
             if exc is not None and self.failed is None:
                 try:
-                    mlflow.set_tag(keys.RESUME_REFUSED if refused else keys.ERROR, f"{exc_type.__name__}: {exc}"[:ERROR_TAG_CHARS])
+                    reason = stopped or f"{exc_type.__name__}: {exc}"
+                    mlflow.set_tag(keys.RESUME_REFUSED if refused else keys.ERROR, reason[:ERROR_TAG_CHARS])
                 except Exception as tag_err:  # the run must still be ended below
                     log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
             self._end(RunStatus.to_string(status))
         finally:
             self._restore_env()
-        if exc_type is _Terminated:
-            raise KeyboardInterrupt("terminated by SIGTERM") from exc
+        if stopped:  # one line for the user (seglab.errors), not the traceback of wherever training was
+            code = EXIT_TERMINATED if exc_type is _Terminated else EXIT_INTERRUPTED
+            after = (f"run the same command again to continue run {self.run_id}" if self._training
+                     else f"MLflow run {self.run_id} is KILLED")
+            raise Interrupted(f"{stopped}; {after}", code) from exc
         return False
+
+    @property
+    def _training(self) -> bool:
+        """A training run (it has a run key): the same command continues it (trainer.resume=auto)."""
+        return keys.RUN_KEY in self.tags
+
+    def _stopped(self, exc_type) -> str | None:
+        """Why Ctrl-C or SIGTERM stopped the run, for a training run with the epoch it was in (1-based,
+        as the console counts); None for any other ending."""
+        if exc_type is None or not issubclass(exc_type, (KeyboardInterrupt, _Terminated)):
+            return None
+        how = "terminated (SIGTERM)" if issubclass(exc_type, _Terminated) else "interrupted (Ctrl-C)"
+        return f"{how} at epoch {self._epochs_done + 1}" if self._training else how
 
     def _end(self, status: str) -> None:
         if status == RunStatus.to_string(RunStatus.FINISHED) and self._previous_error is not None:
@@ -187,6 +209,7 @@ class Run:
         return step > self.logged_steps.get(key, -1)
 
     def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
+        self._epochs_done = max(self._epochs_done, epoch + 1)
         new = {k: float(v) for k, v in metrics.items() if self._new_at(k, epoch)}
         if new:
             self._log(f"metrics of epoch {epoch}", mlflow.log_metrics, new, step=epoch)
@@ -225,15 +248,16 @@ class Run:
         self.log_dict({"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": cm.tolist()},
                       "confusion_matrix.json")
 
-    def log_model(self, model, input_example) -> str | None:
+    def log_model(self, model, input_example, step: int = 0) -> str | None:
         """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow;
-        its URI, or None when the store did not take it."""
+        its URI, or None when the store did not take it.  `step`: the epoch whose weights it holds;
+        MLflow links the run's metrics of that step to the logged model (its page shows them)."""
         import keras
         import tensorflow as tf
 
         info = self._log(
             "the model", mlflow.tensorflow.log_model, model, name="model", input_example=input_example,
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"], step=step,
         )
         return info.model_uri if info is not None else None
 
@@ -262,12 +286,12 @@ class Run:
             except Exception as err:  # noqa: BLE001  a leftover upload wastes space, it loses nothing
                 log.warning("could not delete the superseded checkpoint %s of run %s: %s", previous, self.run_id, first_line(err))
 
-    def log_served_model(self, model, name: str = "served") -> str | None:
+    def log_served_model(self, model, name: str = "served", step: int = 0) -> str | None:
         """The Keras model wrapped as the image-taking pyfunc model (seglab.tracking.served, what
-        `mlflow models serve` runs); its URI, or None when the store did not take it."""
+        `mlflow models serve` runs); its URI, or None when the store did not take it.  `step`: as `log_model`'s."""
         from seglab.tracking.served import log_served_model
 
-        info = self._log("the served model", log_served_model, model, name)
+        info = self._log("the served model", log_served_model, model, name, step)
         return info.model_uri if info is not None else None
 
     def register_model(self, model_uri: str, name: str, tags: Mapping[str, Any]) -> str | None:

@@ -99,8 +99,9 @@ def input_example(image_size: int):
     return pd.DataFrame({"image": [buffer.getvalue()]})
 
 
-def log_served_model(keras_model, name: str):
-    """Log `keras_model` (a Keras model) wrapped as the image-taking pyfunc model; its ModelInfo."""
+def log_served_model(keras_model, name: str, step: int = 0):
+    """Log `keras_model` (a Keras model) wrapped as the image-taking pyfunc model; its ModelInfo.
+    `step`: the epoch whose run metrics MLflow links to the logged model."""
     import keras
     import tensorflow as tf
 
@@ -112,7 +113,7 @@ def log_served_model(keras_model, name: str):
             name=name, python_model=str(Path(__file__).with_name("served_entry.py")), artifacts={KERAS_ARTIFACT: str(path)}, signature=SIGNATURE,
             input_example=input_example(int(keras_model.input_shape[1])),
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"pillow=={Image.__version__}",
-                              f"mlflow=={mlflow.__version__}", "pandas"],
+                              f"mlflow=={mlflow.__version__}", "pandas"], step=step,
         )
 
 
