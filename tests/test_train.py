@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from seglab.engine import checkpoint
 from tests.conftest import ROOT, TINY, run_cli
 
 
@@ -113,7 +114,8 @@ def test_same_config_gives_bit_identical_weights_and_metrics(tmp_path, trained):
     first = Path(run_a.data.tags["hydra.output_dir"]) / "checkpoints/last.state.npz"
     with np.load(first) as a, np.load(tmp_path / "run2/checkpoints/last.state.npz") as b:
         assert sorted(a.files) == sorted(b.files)
-        for name in a.files:
+        assert str(a[checkpoint.RUN_ID]) == run_a.info.run_id and str(b[checkpoint.RUN_ID]) == run_b.info.run_id
+        for name in set(a.files) - {checkpoint.RUN_ID}:  # what was learned; the run id says whose file it is
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 

@@ -112,12 +112,6 @@ def load_state(path: str | Path, model: keras.Model) -> TrainingState:
                              best_epoch=None if best_epoch < 0 else best_epoch, run_id=run_id)
 
 
-def check_fits(path: str | Path, model: keras.Model) -> None:
-    """Refuse (ArchitectureMismatch) a state file saved from another model or optimizer than the
-    compiled `model`, without changing the model: what a resume asks before it writes anything."""
-    with np.load(path) as saved:
-        _check_fits(path, saved, model)
-
 
 def _check_fits(path, saved, model: keras.Model) -> None:
     if not model.optimizer.built:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, losses, metrics, tracking
 from seglab.data import batches_of, lineage, pipeline, statistics
-from seglab.engine import callbacks, checkpoint, debug, determinism, distribute, finish, lifecycle, runtime
+from seglab.engine import callbacks, debug, determinism, distribute, finish, lifecycle, runtime
 from seglab.tracking import tags
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ def run(cfg: DictConfig) -> float:
     device = runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     out = Path(HydraConfig.get().runtime.output_dir)
     found, mlrun = open_run(cfg, device, out / cfg.trainer.checkpoint_dir)
-    refuse_unfit_checkpoint(cfg, found, out / cfg.trainer.checkpoint_dir)
     # The run opens first, so that any failure below (data, model, training) ends it FAILED.
     with mlrun, distribute.checkpoint_directory(out / cfg.trainer.checkpoint_dir) as checkpoint_dir:
         mlrun.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
@@ -74,22 +73,6 @@ def open_run(cfg: DictConfig, device: str, checkpoint_dir: Path) -> tuple[lifecy
     mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), identity, cfg.tracking.parent_run_id,
                          resume_run_id=found.run_id) if chief else tracking.NoOpRun()
     return found, mlrun
-
-
-def refuse_unfit_checkpoint(cfg: DictConfig, found: lifecycle.Plan, checkpoint_dir: Path) -> None:
-    """A resume whose checkpoint was saved from another model or optimizer is refused before the run
-    it continues is opened, so that run's record stays as it was (issue 21).  It costs a second
-    build of the model, only when a run is continued and has a checkpoint."""
-    if found.run_id is None:
-        return
-    path = lifecycle.restore_files(cfg.tracking.uri, found.run_id, found.previous_tags, Path(cfg.trainer.checkpoint_dir),
-                                   checkpoint_dir)  # a copy into this job's directory: the store is only read
-    if path is None:
-        return
-    model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
-    # The optimizer's variables depend on the optimizer and its schedule, not on the loss or the data.
-    compile_model(cfg, model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_epoch=1)
-    checkpoint.check_fits(path, model)
 
 
 @dataclass
