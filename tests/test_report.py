@@ -49,7 +49,7 @@ def test_csv_output_is_plain_csv_header_first(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     parent = sweeps.start_parent_run(uri, "e", "a-sweep", {tags.SWEEP: tags.SWEEP_PARENT}, {})
     for job, iou in enumerate((0.4, 0.6)):
-        job_tags = {tags.HYDRA_JOB_NUM: str(job), **run_identity.override_tags([f"model.base_filters={8 * (job + 1)}"])}
+        job_tags = {tags.HYDRA_JOB_NUM: str(job), **lifecycle.override_tags([f"model.base_filters={8 * (job + 1)}"])}
         with tracking.Run(uri, "e", f"job{job}", job_tags, parent_run_id=parent) as run:
             run.log_epoch({"val_mean_iou": iou, "val_mean_dice": iou}, 0)
     done = subprocess.run([sys.executable, "-m", "seglab.report", "a-sweep", "--tracking-uri", uri, "--format", "csv", "--no-log"],

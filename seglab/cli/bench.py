@@ -38,9 +38,11 @@ import numpy as np
 import psutil
 from hydra.utils import instantiate
 
-from seglab import console, errors
+from seglab import console, errors, tracking
 from seglab.cli import helptext
 from seglab.config import schema
+from seglab.config.check import require
+from seglab.config.trainer import PRECISIONS
 from seglab.data import batches_of
 from seglab.tracking import tags
 
@@ -61,12 +63,12 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         for precision in self.precisions:
-            schema._require(precision in schema.PRECISIONS, "bench.precisions", precision, f"choose from {', '.join(schema.PRECISIONS)}")
+            require(precision in PRECISIONS, "bench.precisions", precision, f"choose from {', '.join(PRECISIONS)}")
         for source in self.data:
-            schema._require(source in ("synthetic", "pipeline"), "bench.data", source, "choose from synthetic, pipeline")
-        schema._require(self.steps >= 1, "bench.steps", self.steps, "use an integer >= 1")
-        schema._require(self.warmup >= 1, "bench.warmup", self.warmup, "use an integer >= 1 (the first batch traces the step)")
-        schema._require(self.repeats >= 1, "bench.repeats", self.repeats, "use an integer >= 1")
+            require(source in ("synthetic", "pipeline"), "bench.data", source, "choose from synthetic, pipeline")
+        require(self.steps >= 1, "bench.steps", self.steps, "use an integer >= 1")
+        require(self.warmup >= 1, "bench.warmup", self.warmup, "use an integer >= 1 (the first batch traces the step)")
+        require(self.repeats >= 1, "bench.repeats", self.repeats, "use an integer >= 1")
 
 
 def parse(argv: list[str]) -> tuple[BenchOptions, list[str]]:
@@ -78,7 +80,7 @@ def parse(argv: list[str]) -> tuple[BenchOptions, list[str]]:
             continue
         key, _, value = arg[len("bench."):].partition("=")
         kind = BenchOptions.__dataclass_fields__.get(key)
-        schema._require(kind is not None, f"bench.{key}", value, f"use one of {', '.join('bench.' + k for k in BenchOptions.__dataclass_fields__)}")
+        require(kind is not None, f"bench.{key}", value, f"use one of {', '.join('bench.' + k for k in BenchOptions.__dataclass_fields__)}")
         default = getattr(BenchOptions(), key)
         if isinstance(default, list):
             items = [v for v in value.split(",") if v]

@@ -27,10 +27,8 @@ from seglab.config.model import ModelConfig
 from seglab.config.optimizer import OptimizerConfig
 from seglab.config.scheduler import SchedulerConfig
 from seglab.config.tracking import TrackingConfig
-from seglab.config.trainer import TrainerConfig  # PRECISIONS: seglab/cli/bench.py reads schema.PRECISIONS
+from seglab.config.trainer import TrainerConfig
 from seglab.errors import unknown_key_message
-
-_require = require  # the name seglab/cli/bench.py calls
 
 # The config groups.  An absolute path: under `python -m` Hydra would read a relative one as a package.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # seglab/conf, shipped as package data

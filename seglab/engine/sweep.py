@@ -245,10 +245,10 @@ class MlflowSweep(Callback):
             raise RuntimeError(f"all {len(rows)} jobs of the sweep failed; each child run of MLflow run {parent} has its error as the `error` tag")
 
     def _end_abandoned(self) -> None:
+        from seglab.tracking import sweeps as sweep_runs
+
         if self.parent_run_id is None:
             return
-            from seglab.tracking import sweeps as sweep_runs
-
         # The one line seglab printed, when it printed one (e.g. SLURM refused the jobs), is the reason.
         reason = f"{ABANDONED_ERROR}: {errors.reported}" if errors.reported else f"{ABANDONED_ERROR} (see Hydra's log)"
         try:
