@@ -164,5 +164,8 @@ def test_ctrl_c_and_sigterm_end_the_run_killed_in_one_line(tmp_path, sig, how, c
     epoch = len(client.get_metric_history(runs[0].info.run_id, "val_loss")) + 1  # the epoch under way
     assert runs[0].data.tags["error"] == f"{how} at epoch {epoch}"
     # What the signal added (before it: TensorFlow's start-up notices, e.g. cuInit on a machine without a GPU)
-    assert said.startswith(before) and said[len(before):].splitlines() == [
+    # TensorFlow itself may print "Exception ignored in: <function Executor.__del__ ...>" while the
+    # interpreter shuts down after the signal (seen once in CI, not seglab's output): cut it off.
+    added = said[len(before):].split("Exception ignored in: <function Executor.__del__", 1)[0]
+    assert said.startswith(before) and added.splitlines() == [
         f"seglab: {how} at epoch {epoch}; run the same command again to continue run {runs[0].info.run_id}"], said[-3000:]
