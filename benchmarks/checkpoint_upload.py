@@ -33,13 +33,13 @@ def main() -> None:
         cfg = compose(config_name="config", overrides=args.overrides)
 
     from seglab import tracking
-    from seglab.engine import checkpoint
+    from seglab.engine import checkpoint, train
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         uri = args.tracking_uri or f"sqlite:///{work}/m.db"
         model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
-        model.compile(optimizer=instantiate(cfg.optimizer), loss="sparse_categorical_crossentropy")
+        model.compile(optimizer=train.build_optimizer(cfg, steps_per_epoch=1), loss="sparse_categorical_crossentropy")
         model.optimizer.build(model.trainable_variables)
         state, best = work / "last.state.npz", work / "best.keras"
         checkpoint.save_state(state, model, checkpoint.TrainingState(epoch=1, best=0.0, best_epoch=0))

@@ -62,18 +62,36 @@ def keras_silent():
             enable_interactive_logging()
 
 
-def ui_address(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where a run is in the MLflow UI: its address for a tracking server, else how to open it."""
+def run_address(uri: str, experiment_id: str, run_id: str) -> list[str]:
+    """Console lines saying where a run is in the MLflow UI: its address on a tracking server, else how to
+    open it and then the address, on a line of its own (a long store path keeps each line short)."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}"
-    return f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/{page}"
+        return [f"MLflow run {run_id}: {uri.rstrip('/')}/{page}"]
+    return [f"MLflow run {run_id}: `mlflow ui --backend-store-uri {uri}`, then", f"  http://127.0.0.1:5000/{page}"]
+
+
+# Launchers whose jobs run at the same time and print to the same console.
+PARALLEL_LAUNCHERS = ("joblib",)
+
+
+def parallel_job() -> int | None:
+    """The number of this sweep's job when its launcher runs jobs side by side (joblib), else None."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.runtime.choices.get("hydra/launcher") not in PARALLEL_LAUNCHERS or hydra.job.get("num") is None:
+        return None
+    return hydra.job.num
 
 
 class ConsoleFormatter(logging.Formatter):
     """The console's lines (conf/hydra/job_logging/seglab.yaml): messages as they are, warnings and
-    errors marked; the job's log file keeps the full format with times and logger names."""
+    errors marked, and `[job N]` first when parallel jobs share the console (joblib: their epoch lines
+    interleave); the job's log file keeps the full format with times and logger names."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+        text = text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+        job = parallel_job()
+        return text if job is None else f"[job {job}] {text}"

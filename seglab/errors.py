@@ -5,7 +5,8 @@ traceback.  `HYDRA_FULL_ERROR=1` (Hydra's own switch) shows the full traceback i
 What counts as a user's mistake: a `UserError` (seglab's errors whose message names the key or
 file and the fix: ConfigError, DataError, TrackingError, ...) and Hydra's / OmegaConf's
 composition errors (an unknown key, a misspelt option, a value of the wrong type, a malformed
-override), a config file that is not valid YAML, and a sweep's scheduler missing or refusing its
+override), a config file that is not valid YAML, a file the operating system refuses (named, with
+its reason), an optuna search none of whose trials finished, and a sweep's scheduler missing or refusing its
 jobs (`hydra/launcher=slurm` without SLURM, or asking for what the cluster lacks).  Anything else
 is a bug and keeps its traceback.
 Ctrl-C and SIGTERM are one line too (`Interrupted`: where it stopped and how to go on), exit code
@@ -74,7 +75,27 @@ def explain(err: BaseException) -> str | None:
         return _omegaconf_message(err)
     if isinstance(err, yaml.YAMLError):  # a config file that does not parse, most likely one of the user's own (--config-dir)
         return f"not valid YAML: {one_line(err)}; fix the file at the line named"
-    return _scheduler_message(err)
+    if isinstance(err, ValueError) and str(err) == _NO_TRIAL_FINISHED:
+        return ("no trial of the search finished, so optuna has no best trial: each trial's MLflow child run has its error "
+                "as the `error` tag (`python -m seglab.report <experiment>` lists them); fix the search space or the fixed settings")
+    return _scheduler_message(err) or _file_message(err)
+
+
+def _file_message(err: BaseException) -> str | None:
+    """A file or directory the operating system refused (no such file, no permission, a directory where a
+    file was expected, a full or read-only disk): the path and the reason, whichever command met it."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.filename is not None:
+            path = seen.filename if seen.filename2 is None else f"{seen.filename} -> {seen.filename2}"
+            return (f"{path}: {seen.strerror or one_line(seen)}; check the path, its permissions and the free space "
+                    "(HYDRA_FULL_ERROR=1 shows where seglab met it)")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# optuna's Study.best_trial when every trial failed (hydra-optuna-sweeper asks for it after the last trial)
+_NO_TRIAL_FINISHED = "No trials are completed yet."
 
 
 def _scheduler_message(err: BaseException) -> str | None:
@@ -168,6 +189,7 @@ _NO_SRUN = re.compile(r'Could not detect "(srun)", are you indeed on a slurm clu
 # tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
 _LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^\]]*)\])?")
 _OPTION = re.compile(r"Could not find '([^']+)'")
+_CONFIG_DIR = re.compile(r"Additional config directory '[^']*' not found")
 _OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An item is already at) '([^']+)'")
 _MERGING = re.compile(r"Error merging override (\S+)")
 # A config file whose keys do not fit the schema (e.g. a user's own option, --config-dir); Hydra keeps
@@ -186,8 +208,11 @@ def _hydra_message(err: BaseException) -> str | None:
     cause = err.__cause__
     if isinstance(err, MissingConfigException) or _OPTION.search(text):
         return _missing_option(err, text)
+    if _CONFIG_DIR.search(text):
+        return (f"{one_line(text)}: give --config-dir the directory that holds your own config groups "
+                "(e.g. --config-dir my_conf for my_conf/experiment/NAME.yaml, then +experiment=NAME)")
     if isinstance(err, OverrideParseException):
-        return f"cannot read the override: {one_line(text)}. Write overrides as key=value (quote values with spaces: 'key=a b')."
+        return f"cannot read the override: {one_line(text)}. Write overrides as key=value; a value with spaces or characters such as ~ goes in quotes Hydra sees, e.g. \"key='~/a b'\"."
     composing = _COMPOSING.match(text)
     if cause is None and composing and _is_omegaconf(err.__context__):
         return f"in {composing.group(1)}.yaml: {_omegaconf_message(err.__context__)}"

@@ -1,13 +1,28 @@
 """A trained model applied to images of any size: the one preprocessing that `python -m seglab.predict`
 (seglab/cli/predict.py) and the served model (seglab/tracking/served.py) share, so both answer the
-same masks for the same image."""
+same masks for the same image.
+
+Two modes (`inference.mode`):
+- `resize`: the whole image resized to the model's input (bilinear, as in training), the label map
+  back to the image's size (nearest);
+- `slide`: windows of the model's input size moved over the image at full resolution with
+  `inference.stride` (the last window of a row or column flush with the image's edge), each pixel's
+  logits the uniform average over the windows that cover it, as MMSegmentation's `slide` mode; for
+  images larger than the training size, whose details resizing would blur.  An image smaller than a
+  window is zero-padded to one (the padding is cut off again).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import tensorflow as tf
 
 from seglab.data.pipeline import resize_image, to_unit_range  # the training pipeline's own preprocessing
+
+MODES = ("resize", "slide")
+WINDOW_BATCH = 8  # windows per forward pass: a large image must not need all of its windows in memory at once
 
 
 def preprocess(images: list[np.ndarray], size: int):
@@ -15,16 +30,72 @@ def preprocess(images: list[np.ndarray], size: int):
     return tf.stack([to_unit_range(resize_image(im, size)) for im in images])
 
 
-def segment(model, images: list[np.ndarray], scores: bool = False):
-    """Label maps (H, W) at each image's own size, from one batched forward pass; with `scores`,
-    also each image's per-class softmax probabilities (H, W, C) at its own size (bilinear)."""
-    logits = model(preprocess(images, model.input_shape[1]), training=False)
-    labels = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., None]
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Offsets of the windows along one side of `length` (>= window): every `stride`, the last flush with the end."""
+    count = max(math.ceil((length - window) / stride), 0) + 1
+    return sorted({min(i * stride, length - window) for i in range(count)})
+
+
+def slide_logits(model, image: np.ndarray, stride: int) -> np.ndarray:
+    """float32 (H, W, C) logits of one uint8 image (H, W, 3): the uniform average over the windows covering each pixel."""
+    window = int(model.input_shape[1])
+    height, width = image.shape[:2]
+    padded = np.zeros((max(height, window), max(width, window), 3), np.float32)
+    padded[:height, :width] = to_unit_range(image).numpy()
+    rows, columns = (window_starts(side, window, stride) for side in padded.shape[:2])
+    corners = [(y, x) for y in rows for x in columns]
+    total = np.zeros((*padded.shape[:2], int(model.output_shape[-1])), np.float32)
+    count = np.zeros((*padded.shape[:2], 1), np.float32)
+    for start in range(0, len(corners), WINDOW_BATCH):
+        chunk = corners[start : start + WINDOW_BATCH]
+        tiles = np.stack([padded[y : y + window, x : x + window] for y, x in chunk])
+        logits = np.asarray(model(tiles, training=False), np.float32)
+        for (y, x), tile in zip(chunk, logits):
+            total[y : y + window, x : x + window] += tile
+            count[y : y + window, x : x + window] += 1.0
+    return (total / count)[:height, :width]
+
+
+def slide_stride(stride: int | None, window: int) -> int:
+    """The stride `slide` mode moves a model's `window` by: `stride` pixels, or half a window (null); ValueError
+    beyond a window, which would leave pixels between the windows unseen."""
+    chosen = stride or max(window // 2, 1)
+    if chosen > window:
+        raise ValueError(f"inference.stride={chosen} is not allowed for this model: use at most its input size, {window} "
+                         "(a larger stride leaves pixels between the windows).")
+    return chosen
+
+
+def _logits(model, images: list[np.ndarray], mode: str, stride: int | None, flip: bool) -> list:
+    """float32 logits (H, W, C) per image at the model's size (resize) or the image's own (slide); with `flip`,
+    averaged with the logits of the horizontally flipped image, flipped back (test-time augmentation)."""
+    if mode == "slide":
+        def one(im):
+            logits = slide_logits(model, im, stride)
+            return (logits + slide_logits(model, im[:, ::-1], stride)[:, ::-1]) / 2 if flip else logits
+        return [one(im) for im in images]
+    batch = preprocess(images, model.input_shape[1])
+    logits = tf.cast(model(batch, training=False), tf.float32)
+    if flip:
+        logits = (logits + tf.reverse(tf.cast(model(tf.reverse(batch, [2]), training=False), tf.float32), [2])) / 2
+    return list(logits)
+
+
+def segment(model, images: list[np.ndarray], scores: bool = False, mode: str = "resize", stride: int | None = None,
+            flip: bool = False):
+    """Label maps (H, W) at each image's own size; with `scores`, also each image's per-class softmax
+    probabilities (H, W, C) at its own size.  `stride`: of `slide` mode's windows, in pixels; `flip`: average
+    with the horizontally flipped image's logits."""
+    logits = _logits(model, images, mode, stride, flip)
+    if mode == "slide":
+        masks = [np.asarray(lg).argmax(-1).astype(np.uint8) for lg in logits]
+        return (masks, [tf.nn.softmax(lg, axis=-1).numpy() for lg in logits]) if scores else masks
+    labels = [tf.argmax(lg, axis=-1, output_type=tf.int32)[..., None] for lg in logits]
     masks = [
         tf.image.resize(lab, im.shape[:2], method="nearest")[..., 0].numpy().astype(np.uint8)
         for lab, im in zip(labels, images)
     ]
     if not scores:
         return masks
-    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    probabilities = [tf.nn.softmax(lg, axis=-1) for lg in logits]
     return masks, [tf.image.resize(p, im.shape[:2], method="bilinear").numpy() for p, im in zip(probabilities, images)]

@@ -168,6 +168,116 @@ class WeightedCrossEntropy(_ScalarLoss):
                 "class_weights": self.class_weights}
 
 
+class Focal(_ScalarLoss):
+    """Focal loss (Lin, Goyal, Girshick, He, Dollar 2017, RetinaNet, eq. 5), multi-class: mean over the
+    labelled pixels of
+
+        FL = -alpha_t (1 - p_t)^gamma log p_t,    p_t = softmax(logits)[label]
+
+    with `alpha_t = alpha[label]` (`alpha` null: 1).  gamma = 0 and no alpha is cross-entropy; larger
+    gamma down-weights the pixels already classified well (p_t near 1).
+    """
+
+    def __init__(self, num_classes: int, gamma: float, alpha=None, ignore_index: int | None = None, name: str = "focal", **kwargs):
+        super().__init__(name=name, **kwargs)  # ranges and the count of alpha: seglab/config/loss.py (FocalConfig)
+        self.num_classes, self.ignore_index, self.gamma = num_classes, ignore_index, float(gamma)
+        self.alpha = None if alpha is None else [float(a) for a in alpha]
+
+    def call(self, y_true, y_pred):
+        _, logits, onehot, labelled = _labels_and_logits(y_true, y_pred, self.num_classes)
+        log_pt = -_cross_entropy(logits, onehot)  # 0 where unlabelled
+        # 1 - p_t as -expm1(log p_t): exact near p_t = 1.  The floor keeps (1 - p_t)^gamma's gradient finite
+        # where 1 - p_t is 0 (unlabelled pixels, certain predictions); what it adds is below float32's resolution.
+        modulating = tf.pow(tf.maximum(-tf.math.expm1(log_pt), np.finfo(np.float32).tiny), self.gamma)
+        per_pixel = -modulating * log_pt
+        if self.alpha is not None:
+            per_pixel *= tf.reduce_sum(onehot * tf.constant(self.alpha, tf.float32), -1)
+        return _mean(per_pixel, labelled)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "ignore_index": self.ignore_index,
+                "gamma": self.gamma, "alpha": self.alpha}
+
+
+class Tversky(_ScalarLoss):
+    """Tversky loss (Salehi, Erdogmus, Gholipour 2017, eq. 3): for each class c, with soft counts of the
+    softmax probabilities p against the one-hot targets g over all labelled pixels of the batch,
+
+        TP_c = sum(p_c g_c),  FP_c = sum(p_c (1 - g_c)),  FN_c = sum((1 - p_c) g_c)
+        TI_c = (TP_c + smooth) / (TP_c + alpha FP_c + beta FN_c + smooth)
+
+    and the loss is `1 - mean_c TI_c` over all C classes.  alpha = beta = 0.5 is the soft Dice of
+    sum(p) + sum(g); beta > alpha weighs missed pixels more than false alarms (recall over precision).
+    """
+
+    def __init__(self, num_classes: int, alpha: float, beta: float, smooth: float, ignore_index: int | None = None,
+                 name: str = "tversky", **kwargs):
+        super().__init__(name=name, **kwargs)  # ranges: seglab/config/loss.py (TverskyConfig); smooth > 0 keeps TI finite
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.alpha, self.beta, self.smooth = float(alpha), float(beta), float(smooth)
+
+    def call(self, y_true, y_pred):
+        _, logits, onehot, labelled = _labels_and_logits(y_true, y_pred, self.num_classes)
+        probs = tf.nn.softmax(logits, axis=-1) * labelled[..., None]
+        true_positive = tf.reduce_sum(probs * onehot, [0, 1, 2])
+        false_positive = tf.reduce_sum(probs, [0, 1, 2]) - true_positive
+        false_negative = tf.reduce_sum(onehot, [0, 1, 2]) - true_positive
+        index = (true_positive + self.smooth) / (
+            true_positive + self.alpha * false_positive + self.beta * false_negative + self.smooth)
+        return 1.0 - tf.reduce_mean(index)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "ignore_index": self.ignore_index,
+                "alpha": self.alpha, "beta": self.beta, "smooth": self.smooth}
+
+
+class Lovasz(_ScalarLoss):
+    """Lovasz-softmax loss (Berman, Rannen Triki, Blaschko 2018, eq. 8 and Algorithm 1), over all labelled
+    pixels of the batch: for each class c with errors m_c = |g_c - p_c| sorted in decreasing order (pi),
+
+        loss_c = sum_i m_c[pi_i] * (J_c(i) - J_c(i - 1)),
+        J_c(i) = 1 - (G_c - cumsum(g_c[pi])_i) / (G_c + cumsum(1 - g_c[pi])_i),  G_c = sum(g_c)
+
+    (the Lovasz extension of the Jaccard loss), averaged over the classes present in the labels
+    (0 when no pixel is labelled).
+
+    Unlabelled pixels are sorted last (error -1) and weigh 0: the prefix sums of the labelled ones are
+    those of the labelled pixels alone.  The gradient is taken through the errors only, each pixel's
+    weight J_c(i) - J_c(i - 1) held fixed (the loss is piecewise linear in m_c): no sort or gather in
+    the backward pass, whose GPU kernels are scatters, so the loss is deterministic on GPUs too.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None, name: str = "lovasz", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def call(self, y_true, y_pred):
+        _, logits, onehot, labelled = _labels_and_logits(y_true, y_pred, self.num_classes)
+        # (C, N): one row per class over the batch's pixels, the sort along the last axis.
+        truth = tf.transpose(tf.reshape(onehot, [-1, self.num_classes]))
+        valid = tf.reshape(labelled, [1, -1])
+        errors = tf.abs(truth - tf.transpose(tf.reshape(tf.nn.softmax(logits, axis=-1), [-1, self.num_classes]))) * valid
+        order = tf.argsort(tf.stop_gradient(errors - (1.0 - valid)), axis=-1, direction="DESCENDING", stable=True)
+        weights = tf.stop_gradient(_lovasz_weights(tf.gather(truth, order, batch_dims=1), tf.gather(valid[0], order)))
+        # Each pixel's weight back in its own place: the inverse permutation, itself an argsort.
+        per_class = tf.reduce_sum(errors * tf.gather(weights, tf.argsort(order, axis=-1), batch_dims=1), -1)
+        present = tf.cast(tf.reduce_sum(truth, -1) > 0, tf.float32)
+        return tf.reduce_sum(per_class * present) / tf.maximum(tf.reduce_sum(present), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "ignore_index": self.ignore_index}
+
+
+def _lovasz_weights(sorted_truth, sorted_valid):
+    """J_c(i) - J_c(i - 1) of Berman et al.'s Algorithm 1 for targets sorted by decreasing error, (C, N);
+    0 at the unlabelled pixels (sorted last)."""
+    total = tf.reduce_sum(sorted_truth, -1, keepdims=True)
+    intersection = total - tf.cumsum(sorted_truth, -1)
+    union = total + tf.cumsum((1.0 - sorted_truth) * sorted_valid, -1)
+    jaccard = 1.0 - intersection / tf.maximum(union, 1.0)  # union >= 1 from the first labelled pixel on
+    return tf.concat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], -1) * sorted_valid
+
+
 def balancing_weights(method: str, pixels, image_pixels) -> np.ndarray:
     """Class weights from the training split's counts (see `seglab.data.statistics.class_counts`).
 

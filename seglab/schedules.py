@@ -25,9 +25,11 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
     """Warm-up, then `decay(progress, epoch)`.  `base_learning_rate` comes from the optimizer config,
     `steps_per_epoch` and `epochs` from the data and trainer configs (seglab.train passes them)."""
 
-    def __init__(self, base_learning_rate: float, steps_per_epoch: int, epochs: int, warmup_epochs: float):
+    def __init__(self, base_learning_rate: float, steps_per_epoch: float, epochs: int, warmup_epochs: float):
         self.base_learning_rate = float(base_learning_rate)
-        self.steps_per_epoch, self.epochs, self.warmup_epochs = int(steps_per_epoch), int(epochs), float(warmup_epochs)
+        # Optimizer updates per epoch: the schedule is evaluated at the optimizer's `iterations`, which with
+        # trainer.gradient_accumulation_steps=k counts one update per k batches, so a fraction then.
+        self.steps_per_epoch, self.epochs, self.warmup_epochs = float(steps_per_epoch), int(epochs), float(warmup_epochs)
         self.warmup_steps = int(round(self.warmup_epochs * self.steps_per_epoch))
         self.total_steps = self.steps_per_epoch * self.epochs
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from tests.stores import fresh_store, store_of
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "seglab" / "conf")
 
@@ -27,7 +29,12 @@ TINY = (
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m seglab ARGS` as a user runs it, from `cwd` (outputs and ./mlflow.db land there)."""
+    """`python -m seglab ARGS` as a user runs it, from `cwd` (outputs and ./mlflow.db land there).
+    A command expected to succeed (`check`) that would create a new SQLite store gets it migrated
+    already (tests/stores.py); one expected to fail creates its own, so "no store left behind" holds."""
+    store = store_of(args, cwd) if check else None
+    if store is not None:
+        fresh_store(store)
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "seglab", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
@@ -69,3 +76,13 @@ def build_model(name: str, num_classes: int, image_size: int, **overrides):
 
 # The docker-compose tracking stack as local processes (PostgreSQL, an S3 endpoint, mlflow server).
 from tests.tracking_stack import stack_run, tracking_stack  # noqa: E402,F401
+
+# Groups of tests for the xdist workers, heaviest first (tests/schedule.py), and `--write-costs`.
+from tests.schedule import (  # noqa: E402,F401
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure_node,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_xdist_make_scheduler,
+)

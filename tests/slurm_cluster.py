@@ -68,7 +68,13 @@ class Cluster:
         return {"SLURM_CONF": str(self.conf)}
 
     def scontrol(self, *args: str) -> str:
-        return subprocess.run(["scontrol", *args], check=True, capture_output=True, text=True, timeout=30,
+        return self._client("scontrol", *args)
+
+    def scancel(self, *args: str) -> str:
+        return self._client("scancel", *args)
+
+    def _client(self, command: str, *args: str) -> str:
+        return subprocess.run([command, *args], check=True, capture_output=True, text=True, timeout=30,
                               env={**os.environ, **self.env()}).stdout
 
     def log_tail(self) -> str:

@@ -55,7 +55,7 @@ def test_logged_model_is_the_best_checkpoint(tmp_path):
     best_step = max(history, key=lambda m: m.value).step  # the first of equal maxima, as "improved" is strict
     assert best_step != 2, "the premise: TINY's best epoch is not its last"
     assert run.data.tags[tags.BEST_STEP] == str(best_step), [m.value for m in history]
-    assert run.data.tags[tags.MODEL_EPOCH] == str(best_step) and run.data.tags[tags.MODEL_WEIGHTS] == "best"
+    assert run.data.tags[tags.MODEL_STEP] == str(best_step) and run.data.tags[tags.MODEL_WEIGHTS] == "best"
     assert_models_show_epoch(client, run, uri, best_step)
     best = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/best.keras", tracking_uri=uri)
     import keras
@@ -72,7 +72,7 @@ def test_logged_model_is_the_best_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_log_model_last_logs_the_last_epoch(tmp_path):
     client, run, uri = train(tmp_path, "last")
-    assert run.data.tags[tags.MODEL_EPOCH] == "2" and run.data.tags[tags.MODEL_WEIGHTS] == "last"
+    assert run.data.tags[tags.MODEL_STEP] == "2" and run.data.tags[tags.MODEL_WEIGHTS] == "last"
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_mean_iou")}
     assert history[2] != history[0], "the premise: the last epoch scores otherwise than the first (MLflow's default step)"
     assert_models_show_epoch(client, run, uri, 2)

@@ -59,7 +59,35 @@ def test_the_config_says_which_callbacks_a_training_run_gets_and_in_which_order(
         found = callbacks.for_training(compose_cfg(*TINY, *overrides), run, checkpointer, 4, None, None, samples, tmp_path)
         return [type(c).__name__ for c in found]
 
-    plain = ["TerminateOnNaN", "MetricsLogger", "Checkpointer", "EpochLine", "Heartbeat"]
+    plain = ["TerminateOnNaN", "StopOnSigterm", "MetricsLogger", "Checkpointer", "EpochLine", "Heartbeat"]
     assert names("trainer.train_inference_images=0", "trainer.mask_samples=0") == plain
     assert names("trainer.train_inference_images=4", "trainer.mask_samples=1", "trainer.profile_batches=[1,2]") == [
-        "TerminateOnNaN", "InferenceModeScores", *plain[1:], "MaskLogger", "Profiler"]
+        *plain[:2], "InferenceModeScores", *plain[2:], "MaskLogger", "Profiler"]
+    # EMA weights in before anything scores, logs or saves; early stopping reads the checkpointer's best epoch.
+    assert names("trainer.train_inference_images=0", "trainer.mask_samples=0", "optimizer.ema=true",
+                 "trainer.early_stopping_patience=3") == [
+        *plain[:2], "EMAWeights", "MetricsLogger", "Checkpointer", "EarlyStopping", "EpochLine", "Heartbeat"]
+
+
+def test_a_sigterm_whose_exception_python_swallowed_still_stops_training_at_the_next_batch():
+    """SIGTERM's handler raises wherever Python happens to be; in a `__del__` (or an import lock's
+    callback) Python prints "Exception ignored" and goes on, as once in CI where training then ran to its end."""
+    import os
+    import signal
+
+    from seglab.engine import callbacks
+    from seglab.tracking import run as tracked
+
+    class Dying:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, its exception is ignored
+
+    previous = signal.signal(signal.SIGTERM, tracked._raise_terminated)
+    try:
+        tracked._TERMINATED.clear()
+        Dying()
+        with pytest.raises(tracked._Terminated):
+            callbacks.StopOnSigterm().on_train_batch_end(0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        tracked._TERMINATED.clear()

@@ -62,11 +62,23 @@ def test_stack_is_postgres_minio_and_a_proxying_mlflow_server(env_file):
     assert (port["host_ip"], str(port["published"]), str(port["target"])) == ("127.0.0.1", "5000", "5000")
 
 
+def mounts(service: dict) -> set[tuple[str, str]]:
+    """(volume, path in the container) of each mount: docker-compose v1 prints `name:path:rw`, Compose v2 the long form."""
+    found = set()
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume["source"], volume["target"]
+        found.add((source, target))
+    return found
+
+
 def test_named_volumes_keep_metadata_and_artifacts(env_file):
     config = yaml.safe_load(compose_config(env_file).stdout)
     assert {"postgres-data", "minio-data", "trainer-runs"} <= set(config["volumes"])
-    assert "postgres-data:/var/lib/postgresql/data:rw" in config["services"]["postgres"]["volumes"]
-    assert "minio-data:/data:rw" in config["services"]["minio"]["volumes"]
+    assert ("postgres-data", "/var/lib/postgresql/data") in mounts(config["services"]["postgres"])
+    assert ("minio-data", "/data") in mounts(config["services"]["minio"])
 
 
 def test_trainer_runs_seglab_on_the_gpu_against_the_server(env_file):
@@ -112,7 +124,7 @@ def test_basic_auth_override(env_file):
 
 
 def test_env_file_is_not_committed():
-    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", ".env"], timeout=10)
+    ignored = subprocess.run([program("git", "git"), "-C", str(ROOT), "check-ignore", "-q", ".env"], timeout=10)
     assert ignored.returncode == 0, ".env must be git-ignored"
     assert ENV_EXAMPLE.exists()
 

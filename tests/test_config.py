@@ -33,6 +33,10 @@ def _cheap(group: str, option: str, tmp_path: Path) -> list[str]:
         from tests.test_coco_cat import write_coco
 
         return ["data.image_size=32", f"data.source.path={write_coco(tmp_path / 'coco')}", f"data.source.cache_dir={tmp_path / 'cache'}"]
+    if group == "model" and option == "deeplabv3plus":
+        return ["data.image_size=32", "model.depth=18"]  # its depth is ResNet's
+    if group == "model" and option == "segformer":
+        return ["data.image_size=64", "model.decoder_width=16"]  # KerasHub's MiT builds from 64 px
     return CHEAP.get(group, [])
 
 
@@ -75,8 +79,10 @@ def test_every_option_composes_validates_and_builds(compose_cfg, group, option, 
         for split in (splits.train, splits.val):
             image, mask = next(iter(split))
             assert image.shape[-1] == 3 and mask.shape[:2] == image.shape[:2]
-    elif group == "optimizer":
-        assert isinstance(instantiate(cfg.optimizer), keras.optimizers.Optimizer)
+    elif group == "optimizer":  # as training builds it: optimizer.ema and the schedule are seglab's, not Keras' keys
+        from seglab.engine import train
+
+        assert isinstance(train.build_optimizer(cfg, steps_per_epoch=1), keras.optimizers.Optimizer)
 
 
 def test_defaults_are_the_documented_ones(compose_cfg):
@@ -103,9 +109,10 @@ def test_defaults_are_the_documented_ones(compose_cfg):
         ("model=unet_mobilenet model.bn_momentum=0", "model.bn_momentum"),
         ("optimizer=sgd optimizer.momentum=1.5", "optimizer.momentum"),
         ("optimizer=adamw optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
-        ("scheduler=cosine scheduler.warmup_epochs=15", "scheduler.warmup_epochs"),  # not below trainer.epochs=15
+        ("scheduler=cosine scheduler.warmup_epochs=15", "scheduler.warmup_epochs"),  # not below trainer.epochs (8)
         ("scheduler=poly scheduler.min_learning_rate=0.1", "scheduler.min_learning_rate"),  # above the optimizer's
         ("scheduler=poly scheduler.power=0", "scheduler.power"),
+        ("data.class_names=[object,object,boundary]", "data.class_names"),
         ("scheduler=step scheduler.gamma=0", "scheduler.gamma"),
         ("scheduler=step scheduler.step_epochs=0", "scheduler.step_epochs"),
         ("tracking.log_model=worst", "tracking.log_model"),
@@ -113,6 +120,10 @@ def test_defaults_are_the_documented_ones(compose_cfg):
         ("trainer.profile_batches=[5,3]", "trainer.profile_batches"),
         ("trainer.profile_batches=[0,3]", "trainer.profile_batches"),
         ("trainer.profile_batches=[4]", "trainer.profile_batches"),
+        ("optimizer.ema_momentum=1.0", "optimizer.ema_momentum"),
+        ("optimizer=sgd optimizer.ema_momentum=-0.1", "optimizer.ema_momentum"),
+        ("trainer.gradient_accumulation_steps=0", "trainer.gradient_accumulation_steps"),
+        ("trainer.early_stopping_patience=0", "trainer.early_stopping_patience"),
     ],
 )
 def test_schema_rejects_out_of_range_values_naming_the_key(compose_cfg, override, key):
@@ -175,3 +186,28 @@ def test_cli_rejects_bad_input_quickly_with_nonzero_exit(tmp_path, args, expecte
 def test_schema_rejects_values_that_would_fail_mid_training(compose_cfg, override, key):
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.")):
         schema.validate(compose_cfg(override))
+
+
+def test_a_learning_rate_orders_of_magnitude_off_is_a_warning_not_a_refusal(compose_cfg, caplog):
+    from seglab.config import schema
+
+    with caplog.at_level("WARNING"):
+        schema.validate(compose_cfg("optimizer.learning_rate=3"))
+    assert "optimizer.learning_rate=3 is far outside Adam's usual range" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        schema.validate(compose_cfg("optimizer=sgd", "optimizer.learning_rate=0.1"))
+    assert "learning_rate" not in caplog.text
+
+
+def test_batches_are_checked_against_a_counted_split_too(compose_cfg):
+    """A folder's size is known only once counted (engine/train.py calls this then)."""
+    from seglab.config.check import ConfigError
+    from seglab.config.trainer import check_batches
+
+    trainer = compose_cfg("trainer.batch_size=16", "trainer.overfit_batches=3", "trainer.limit_batches=99").trainer
+    check_batches(trainer, 33, "counted")  # 3 batches of 16; limit_batches is only a cap
+    with pytest.raises(ConfigError, match=r"trainer.overfit_batches=3 .* has 2 batches"):
+        check_batches(trainer, 32, "counted")
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=16 .* use at most 10"):
+        check_batches(trainer, 10, "counted")

@@ -11,12 +11,17 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from seglab import console
+from seglab.cli.train import STARTING
 from tests.conftest import TINY
 
 EXPECTED = (
+    re.compile(re.escape(STARTING)),  # first, so the seconds before epoch 1 are not silent
     re.compile(r"epoch +\d+/\d+  loss \d\.\d{4}  val mIoU \d\.\d{4}  val Dice \d\.\d{4}  \d+\.\d s  best val_mean_iou \d\.\d{4} \(epoch \d+\)"),
-    re.compile(r"best val_mean_iou \d\.\d{4} at epoch \d+; checkpoints in \S+; MLflow run (\w+): .*#/experiments/(\d+)/runs/(\w+)"),
+    re.compile(r"best val_mean_iou \d\.\d{4} at epoch \d+; checkpoints in \S+"),
+    re.compile(r"MLflow run (\w+): `mlflow ui --backend-store-uri \S+`, then"),
+    re.compile(r"  http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs/(\w+)"),
 )
+LINE_CHARS = 200  # the console's longest line (a terminal's width, twice over)
 
 
 def _quiet_env() -> dict[str, str]:
@@ -36,12 +41,14 @@ def test_default_run_prints_only_epoch_lines_and_the_run_address(quiet_run):
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     unexpected = [line for line in lines if not any(p.fullmatch(line) for p in EXPECTED)]
     assert not unexpected, "\n".join(unexpected)
-    epochs = [line for line in lines if EXPECTED[0].fullmatch(line)]
+    assert lines[0] == STARTING
+    epochs = [line for line in lines if EXPECTED[1].fullmatch(line)]
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
-    last = EXPECTED[1].fullmatch(lines[-1])
-    assert last and last.group(1) == last.group(3)
-    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(last.group(1))
-    assert run.info.experiment_id == last.group(2)
+    assert max(map(len, lines)) <= LINE_CHARS, max(lines, key=len)
+    named, address = EXPECTED[3].fullmatch(lines[-2]), EXPECTED[4].fullmatch(lines[-1])
+    assert EXPECTED[2].fullmatch(lines[-3]) and named and address and named.group(1) == address.group(2)
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(named.group(1))
+    assert run.info.experiment_id == address.group(1)
     assert "val_iou_boundary" in run.data.metrics  # per-class values: in MLflow, not on the console
     assert "iou_boundary" not in done.stdout
 
@@ -49,7 +56,7 @@ def test_default_run_prints_only_epoch_lines_and_the_run_address(quiet_run):
 @pytest.mark.slow
 def test_evaluate_and_predict_print_only_their_results(quiet_run):
     tmp_path, done = quiet_run
-    run_id = EXPECTED[1].search(done.stdout + done.stderr).group(1)
+    run_id = EXPECTED[3].search(done.stdout + done.stderr).group(1)
     data = [arg for arg in TINY if arg.startswith("data.")]
     evaluated = subprocess_run_quiet(tmp_path, "seglab.evaluate", f"model_uri=runs:/{run_id}/model", *data)
     lines = (evaluated.stdout + evaluated.stderr).strip().splitlines()
@@ -79,10 +86,10 @@ def subprocess_run_quiet(tmp_path, module, *args):
     return done
 
 
-def test_ui_address_of_a_server_run_and_of_a_local_store():
-    assert console.ui_address("http://host:5000/", "3", "abc") == "http://host:5000/#/experiments/3/runs/abc"
-    local = console.ui_address("sqlite:///mlflow.db", "3", "abc")
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in local and local.endswith("#/experiments/3/runs/abc")
+def test_run_address_of_a_server_run_and_of_a_local_store():
+    assert console.run_address("http://host:5000/", "3", "abc") == ["MLflow run abc: http://host:5000/#/experiments/3/runs/abc"]
+    command, address = console.run_address("sqlite:///mlflow.db", "3", "abc")
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in command and address.endswith("#/experiments/3/runs/abc")
 
 
 class _Terminal:

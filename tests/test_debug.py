@@ -35,7 +35,7 @@ def test_fast_runs_one_epoch_of_two_batches_and_logs_no_model(tmp_path):
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mean_iou")] == [0]
     assert not [a for a in client.list_artifacts(run.info.run_id) if a.path == "model"]  # tracking.log_model=false
-    assert "seglab.model_epoch" not in run.data.tags
+    assert "seglab.model_step" not in run.data.tags
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} >= {"checkpoints/best.keras"}
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from seglab import losses, metrics
 from seglab.cli import check_determinism
+from seglab.util import threads
 from seglab.config import schema
 from seglab.config.check import ConfigError
 from seglab.engine import determinism
@@ -82,11 +83,15 @@ def test_comparison_sees_a_one_ulp_difference(tmp_path):
 
 @pytest.mark.slow
 def test_check_determinism_on_a_tiny_run(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # One intra-op thread, as a sweep's job gets (docs/sweeps.md): each run records it, the verdict names it.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1"}
+    env.pop("TF_NUM_INTEROP_THREADS", None)
     done = subprocess.run([sys.executable, "-m", "seglab.check_determinism", *TINY], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1].startswith("deterministic: two runs of")
+    verdict = done.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("deterministic: two runs of"), verdict
+    assert f"with 1 intra-op and {threads.schedulable_cores()} inter-op threads ended with bit-identical" in verdict
     assert not list(tmp_path.iterdir())  # both runs lived in a temporary directory
 
 

@@ -1,12 +1,15 @@
 """trainer.strategy: mirrored over two logical CPU devices and multi_worker with two local processes
 give the single-device result (up to float rounding), and MLflow gets one run, from the chief."""
 
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from mlflow import MlflowClient
 
 from seglab.config import schema
 from seglab.engine import checkpoint, distribute
+from seglab.tracking import tags
 from tests.conftest import ROOT, TINY, run_cli
 
 # Dropout, augmentation and shuffling off: a replica draws its own dropout masks, and tf.data's
@@ -65,6 +69,32 @@ def test_a_bad_tf_config_is_named(monkeypatch):
         distribute.check("multi_worker", "never")
 
 
+@pytest.mark.parametrize("settings,named", [
+    (("resume", "auto"), "trainer.resume=auto is not supported with a multi-worker strategy yet (trainer.strategy=multi_worker): "
+                         "add trainer.resume=never."),
+    (("jit_compile", True), "trainer.jit_compile=true is not supported"),
+    (("steps_per_execution", 8), "trainer.steps_per_execution=8 is not supported"),
+])
+def test_what_the_multi_worker_loop_does_not_run_is_refused_before_tensorflow(monkeypatch, settings, named):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}))
+    trainer = {"resume": "never", "jit_compile": False, "steps_per_execution": 1, settings[0]: settings[1]}
+    with pytest.raises(distribute.DistributeError, match=re.escape(named)):
+        distribute.check("multi_worker", trainer["resume"], trainer["jit_compile"], trainer["steps_per_execution"])
+    distribute.check("mirrored", trainer["resume"], trainer["jit_compile"], trainer["steps_per_execution"])  # fit runs those
+
+
+def test_an_srun_step_of_several_tasks_is_a_cluster_of_one_worker_per_task():
+    env = {"SLURM_STEP_NUM_TASKS": "5", "SLURM_PROCID": "3", "SLURM_JOB_ID": "5007", "SLURM_STEP_NODELIST": "a1,b2,c3",
+           "SLURM_STEP_TASKS_PER_NODE": "2(x2),1"}
+    port = distribute.SLURM_PORT_BASE + 7 * distribute.SLURM_PORTS_PER_NODE
+    assert distribute.slurm_cluster(env) == {
+        "cluster": {"worker": [f"a1:{port}", f"a1:{port + 1}", f"b2:{port}", f"b2:{port + 1}", f"c3:{port}"]},
+        "task": {"type": "worker", "index": 3}}
+    # One task, or a batch script outside srun (no step variables): no cluster.
+    assert distribute.slurm_cluster({**env, "SLURM_STEP_NUM_TASKS": "1"}) is None
+    assert distribute.slurm_cluster({"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_ID": "1"}) is None
+
+
 def the_run(uri):
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -77,7 +107,7 @@ def histories(client, run):
     return {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)] for k in keys}
 
 
-def assert_same_training(reference_dir, reference, other_dir, other):
+def assert_same_training(reference_dir, reference, _uri, other_dir, other):
     assert other["replicas"] == "2"
     for key, values in reference["history"].items():
         np.testing.assert_allclose(other["history"][key], values, rtol=METRICS_RTOL, err_msg=key)
@@ -103,7 +133,7 @@ def single_device(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("single")
     uri = f"sqlite:///{cwd}/mlflow.db"
     run_cli(*SAME_STEPS, f"tracking.uri={uri}", f"hydra.run.dir={cwd}/run", cwd=cwd)
-    return cwd / "run", finished(uri)
+    return cwd / "run", finished(uri), uri
 
 
 @pytest.mark.slow
@@ -128,52 +158,87 @@ def free_ports(count):
     return ports
 
 
-class PerReplicaToTensor(ValueError):
-    """A worker's fit failed as keras-team/keras#20585: Keras 3's symbolic build converts a PerReplica value
-    to a tensor under MultiWorkerMirroredStrategy (tensorflow/tensorflow#72388)."""
+def start_workers(tmp_path, count, *overrides):
+    """`count` processes of the real CLI with trainer.strategy=multi_worker, TF_CONFIG naming loopback ports:
+    the launch command docs/performance.md gives.  Each writes worker<i>.log and runs in hydra.run.dir worker<i>."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(count)]
+    procs = []
+    for index in range(count):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        log = open(tmp_path / f"worker{index}.log", "w")
+        procs.append((subprocess.Popen(
+            [sys.executable, "-m", "seglab", *overrides, "trainer.strategy=multi_worker", f"hydra.run.dir={tmp_path}/worker{index}"],
+            cwd=tmp_path, env={**os.environ, **ENV, "TF_CONFIG": tf_config}, stdout=log, stderr=subprocess.STDOUT,
+        ), log))
+    return procs
 
 
-# The last line of the workers' ValueError (Keras 3.15 / TF 2.20), after the PerReplica value it prints.
-KERAS_20585 = "with an unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>) to a Tensor"
-# Measured: both workers fail ~80 s after start on a busy 2-core machine; a worker waiting on one that died
-# would wait forever, so both get one deadline, and the test (with the single-device run) a bound too.
+def wait_all(procs, timeout):
+    """Each worker's (exit code, output); a worker still running at the deadline is killed (its code then negative)."""
+    deadline = time.monotonic() + timeout
+    try:
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                break
+    finally:
+        for proc, log in procs:
+            proc.kill()
+            proc.wait()
+            log.close()
+    return [(proc.returncode, Path(log.name).read_text()) for proc, log in procs]
+
+
+# Measured: the two workers end ~100 s after start on a busy 2-core machine; a worker waiting on one that
+# died would wait for a collective, so both get one deadline, and the test (with the single-device run) a bound too.
 WORKERS_TIMEOUT_S = 420
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(WORKERS_TIMEOUT_S + 240)
-@pytest.mark.xfail(strict=True, raises=PerReplicaToTensor, reason=(
-    "Keras 3's fit fails under MultiWorkerMirroredStrategy before the first step (its symbolic build reduces "
-    "PerReplica values: keras-team/keras#20585, tensorflow/tensorflow#72388; seen with Keras 3.15 / TF 2.20). "
-    "strict and raises: this test turns red once Keras fixes it (then remove the xfail), and on a hang or any "
-    "other failure."))
+@pytest.mark.timeout(WORKERS_TIMEOUT_S + 300)
 def test_multi_worker_with_two_local_processes_matches_one_device_and_only_the_chief_logs(tmp_path, single_device):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    procs = []
-    for index in (0, 1):
-        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        log = open(tmp_path / f"worker{index}.log", "w")
-        procs.append((subprocess.Popen(
-            [sys.executable, "-m", "seglab", *SAME_STEPS, "trainer.strategy=multi_worker", "trainer.resume=never", f"tracking.uri={uri}",
-             f"hydra.run.dir={tmp_path}/worker{index}"],
-            cwd=tmp_path, env={**os.environ, **ENV, "TF_CONFIG": tf_config}, stdout=log, stderr=subprocess.STDOUT,
-        ), log))
-    deadline = time.monotonic() + WORKERS_TIMEOUT_S
-    try:
-        for proc, _ in procs:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0))
-    finally:
-        for proc, log in procs:
-            proc.kill()
-            log.close()
-    for index, (proc, _) in enumerate(procs):
-        output = (tmp_path / f"worker{index}.log").read_text()
-        if proc.returncode != 0 and KERAS_20585 in output:
-            raise PerReplicaToTensor(f"worker {index}: {output[-2000:]}")
-        assert proc.returncode == 0, output[-4000:]
+    procs = start_workers(tmp_path, 2, *SAME_STEPS, "trainer.resume=never", f"tracking.uri={uri}")
+    for index, (code, output) in enumerate(wait_all(procs, WORKERS_TIMEOUT_S)):
+        assert code == 0, f"worker {index} exited {code}:\n{output[-4000:]}"
     assert_same_training(*single_device, tmp_path / "worker0", finished(uri))
-    assert not (tmp_path / "worker1/checkpoints").exists()  # the other worker saved to a deleted temporary directory
+    client, run = the_run(uri)
+    _, reference = the_run(single_device[2])
+    assert sorted(run.data.metrics) == sorted(reference.data.metrics)  # the same metrics as fit logs, no more, no fewer
+    history = histories(client, run)["train_loss"]
+    assert history[1] < history[0], history
+    # The other worker saved to a deleted temporary directory (the path preflight made its own, empty).
+    assert not any((tmp_path / "worker1/checkpoints").iterdir())
+    assert_replicas_are_the_chiefs_checkpoint(tmp_path / "worker0/checkpoints/last.state.npz",
+                                              [tmp_path / f"worker{i}.log" for i in (0, 1)])
+
+
+def assert_replicas_are_the_chiefs_checkpoint(state_file, worker_logs):
+    """Bit-identical replicas: the chief's last checkpoint has the weights every worker reports it trained."""
+    with np.load(state_file) as state:
+        model = [state[f"model/{i}"] for i in range(sum(name.startswith("model/") for name in state.files))]
+    expected = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in model)).hexdigest()
+    for index, log in enumerate(worker_logs):
+        assert f"final weights sha256 {expected} (worker {index} of {len(worker_logs)})" in log.read_text(), log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(WORKERS_TIMEOUT_S + 60)
+def test_a_worker_killed_mid_run_ends_the_chiefs_run_failed_naming_it(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    procs = start_workers(tmp_path, 2, *TINY, "trainer.epochs=6", "trainer.mask_samples=0", "tracking.log_model=false",
+                          "trainer.resume=never", f"tracking.uri={uri}")
+    deadline = time.monotonic() + WORKERS_TIMEOUT_S
+    while "epoch 1/6" not in (tmp_path / "worker1.log").read_text():
+        assert time.monotonic() < deadline and procs[1][0].poll() is None, (tmp_path / "worker1.log").read_text()[-3000:]
+        time.sleep(0.2)
+    procs[1][0].kill()
+    (code, output), _ = wait_all(procs, deadline - time.monotonic())
+    assert code == 2, output[-3000:]
+    assert output.strip().splitlines()[-1].startswith("seglab: a worker of the cluster stopped during training ("), output[-3000:]
+    _, run = the_run(uri)
+    assert run.info.status == "FAILED" and "a worker of the cluster stopped" in run.data.tags[tags.ERROR]
 
 
 @pytest.mark.slow
@@ -214,6 +279,7 @@ def test_batch_norm_is_synchronised_when_built_for_several_replicas(tmp_path):
     """Built in a two-replica strategy's scope (as train.py builds), every batch-norm layer of the U-Net,
     the MobileNetV2 decoder and its encoder from scratch uses the global batch's statistics."""
     script = """
+import hashlib
 import json
 import tensorflow as tf
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)

@@ -65,3 +65,14 @@ def test_sbatch_refusing_a_submission_is_one_line_but_a_job_failing_after_it_kee
     with pytest.raises(FileNotFoundError) as no_sbatch:
         subprocess.run(["sbatch"], check=False, env={"PATH": "/nonexistent"})
     assert errors.explain(no_sbatch.value).startswith("`sbatch` not found: hydra/launcher=slurm and submitit_slurm")
+
+
+def test_a_file_the_system_refuses_is_one_line_naming_it_but_other_errors_keep_their_traceback(tmp_path):
+    with pytest.raises(IsADirectoryError) as directory:
+        open(tmp_path, "w")
+    assert errors.explain(directory.value) == (f"{tmp_path}: Is a directory; check the path, its permissions and the free "
+                                               "space (HYDRA_FULL_ERROR=1 shows where seglab met it)")
+    wrapped = RuntimeError("while writing the report")
+    wrapped.__cause__ = directory.value
+    assert errors.explain(wrapped).startswith(f"{tmp_path}: Is a directory")
+    assert errors.explain(OSError("no file involved")) is None

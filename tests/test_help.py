@@ -32,7 +32,7 @@ def test_help_lists_every_option_of_every_group_and_marks_the_chosen_ones():
 
 def test_help_gives_each_main_key_its_type_value_and_yaml_comment():
     text = _help("trainer.epochs=7")
-    assert re.search(r"^  trainer\.epochs=7 +int +passes over the training split$", text, re.M)
+    assert re.search(r"^  trainer\.epochs=7 +int +\[integer >= 1\] passes over the training split$", text, re.M)
     assert re.search(r"^  verbose=False +bool +true: library notices", text, re.M)
     from omegaconf import OmegaConf
 
@@ -43,8 +43,36 @@ def test_help_gives_each_main_key_its_type_value_and_yaml_comment():
     assert "python -m seglab +debug=fast" in text  # the examples
 
 
+@pytest.mark.parametrize("choices", [(), ("model=unet_mobilenet", "loss=dice", "data=pets", "optimizer=sgd"),
+                                     ("model=fcn8", "loss=weighted", "data=coco_cat", "scheduler=step")])
+def test_help_lists_every_key_of_the_chosen_options_with_its_value(choices, compose_cfg):
+    from omegaconf import OmegaConf
+
+    from seglab.tracking import flatten
+
+    text = _help(*choices)
+    cfg = compose_cfg(*choices)
+    for group in ("model", "loss", "data", "optimizer", "scheduler", "trainer", "tracking"):
+        keys = flatten(OmegaConf.to_container(cfg[group], resolve=False))
+        for key in keys:
+            if not key.endswith("_target_"):
+                value = OmegaConf.select(cfg, f"{group}.{key}")
+                assert f"  {group}.{key}={value}" in text, (group, key)
+
+
+def test_help_gives_the_ranges_the_schema_checks():
+    text = _help("model=unet_mobilenet", "loss=dice", "data=pets")
+    assert re.search(r"^  model\.alpha=1\.0 +float +\[positive width multiplier\] MobileNetV2 width multiplier", text, re.M)
+    assert re.search(r"^  model\.encoder\.weights=imagenet +str +imagenet \| null", text, re.M)  # nested keys and their comment
+    assert re.search(r"^  loss\.smooth=1\.0 +float +\[float >= 0\] added to numerator", text, re.M)
+    assert re.search(r"^  data\.source\.val_percent=\d+ +int +\[integer from 1 to 50\]", text, re.M)
+    assert re.search(r"^  model\.bn_momentum=0\.9 +float +\[momentum in \(0, 1\)\]", text, re.M)  # an interval is kept
+    # The default model's depth: a range no YAML comment repeats, read from UNetConfig's check.
+    assert re.search(r"^  model\.depth=\d +int +\[integer from 1 to 6\]", _help(), re.M)
+
+
 COMMANDS = ("seglab", "seglab.bench", "seglab.evaluate", "seglab.predict", "seglab.check_determinism", "seglab.report",
-            "seglab.data", "seglab.models")
+            "seglab.data", "seglab.models", "seglab.export")
 # Run as `python -m COMMAND FLAG`, then say whether TensorFlow was imported on the way.
 _RUN_AND_TELL = """
 import runpy, sys

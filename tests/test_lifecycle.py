@@ -26,7 +26,7 @@ def test_run_key_ignores_length_outputs_and_logging_but_not_what_is_learned(comp
             "trainer.checkpoint_every=5", "tracking.uri=sqlite:///other.db", "tracking.experiment=x", "data.cache=null")
     for override in same:
         assert lifecycle.run_key(compose_cfg(override)) == key, override
-    for override in ("optimizer.learning_rate=0.01", "seed=1", "model.depth=3", "trainer.batch_size=8", "loss=dice",
+    for override in ("optimizer.learning_rate=0.01", "seed=1", "model.depth=3", "trainer.batch_size=16", "loss=dice",
                      "data.source.train_size=10", "trainer.jit_compile=true"):
         assert lifecycle.run_key(compose_cfg(override)) != key, override
 
@@ -136,8 +136,16 @@ def _snapshot(client: MlflowClient, run_id: str) -> dict:
     """Everything a command could change on a run: status, params, metrics (every step), tags, artifacts."""
     run = client.get_run(run_id)
     history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in run.data.metrics}
-    return {"status": run.info.status, "end": run.info.end_time, "params": run.data.params, "metrics": history,
-            "tags": run.data.tags, "artifacts": [a.path for a in client.list_artifacts(run_id)]}
+    return {"status": run.info.status, "end": run.info.end_time, "name": run.info.run_name, "params": run.data.params,
+            "metrics": history, "tags": run.data.tags, "artifacts": _artifacts(client, run_id)}
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[tuple[str, int | None]]:
+    """Every artifact file of the run, with its size (config.yaml rewritten with another config differs)."""
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found.extend(_artifacts(client, run_id, item.path) if item.is_dir else [(item.path, item.file_size)])
+    return found
 
 
 @pytest.mark.slow  # two runs of the command line (TensorFlow loads before the refusal)
@@ -241,3 +249,36 @@ def test_refused_commands_leave_a_finished_run_and_its_checkpoint_directory_as_t
              names=[f"trainer.resume={run_id}", f"checkpoint of run {other}", f"trainer.resume={other}"])
     assert _snapshot(client, run_id) == before
     assert len(client.search_runs([experiment])) == 2
+
+
+@pytest.mark.slow  # one tiny training, then two refused resumes (TensorFlow loads before the second one's refusal)
+def test_a_resume_of_another_architecture_is_refused_and_changes_nothing_in_the_store(tmp_path):
+    """Issue 21: a changed model setting is refused from the run's logged params, before the run reopens
+    (one line, exit 2); a checkpoint that does not fit although the params
+    agree (SGD without momentum has no momentum variables) is refused by the checkpoint's own shape check
+    after the run reopened, and the run is put back as it was."""
+    from tests.conftest import TINY, run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = (*TINY, f"tracking.uri={uri}", "tracking.log_model=false", "optimizer=sgd")
+    run_cli(*common, "optimizer.momentum=0.0", cwd=tmp_path, timeout=900)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
+    run_id = run.info.run_id
+    before = _snapshot(client, run_id)
+
+    done = run_cli(*common, "optimizer.momentum=0.0", "trainer.epochs=3", f"trainer.resume={run_id}", "model.base_filters=6",
+                   cwd=tmp_path, check=False)
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert last.startswith(f"seglab: trainer.resume={run_id}: run {run_id} trained another architecture"), last
+    assert "model.base_filters=4 -> 6" in last and "trainer.resume=never" in last, last
+    assert last.endswith("set them back: model.base_filters=4"), last
+    assert _snapshot(client, run_id) == before
+
+    done = run_cli(*common, "optimizer.momentum=0.5", "trainer.epochs=3", f"trainer.resume={run_id}", cwd=tmp_path,
+                   check=False, timeout=900)
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "another architecture" in last, done.stderr[-3000:]
+    assert _snapshot(client, run_id) == before
+    assert len(client.search_runs([run.info.experiment_id])) == 1

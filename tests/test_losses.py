@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from seglab.losses import CrossEntropy, Dice, WeightedCrossEntropy, balancing_weights
+from seglab.losses import CrossEntropy, Dice, Focal, Lovasz, Tversky, WeightedCrossEntropy, balancing_weights
 
 C = 3
 IGNORE = 255
@@ -51,6 +51,10 @@ ALL_LOSSES = [
     Dice(C, ignore_index=IGNORE),
     Dice(C, ignore_index=IGNORE, squared_denominator=False, smooth=0.0, per_image=True, ce_weight=1.0),
     WeightedCrossEntropy(C, class_weights=[2.0, 0.5, 3.0], ignore_index=IGNORE),
+    Focal(C, gamma=2.0, ignore_index=IGNORE),
+    Focal(C, gamma=0.5, alpha=[0.25, 1.0, 2.0], ignore_index=IGNORE),
+    Tversky(C, alpha=0.3, beta=0.7, smooth=1.0, ignore_index=IGNORE),
+    Lovasz(C, ignore_index=IGNORE),
 ]
 
 
@@ -287,6 +291,156 @@ def test_inverse_frequency_weights_average_to_one_over_pixels():
     assert (weights * pixels).sum() / pixels.sum() == pytest.approx(1.0)
 
 
+# --- focal, Tversky, Lovasz: NumPy written from the papers, over the labelled pixels only -----------------
+
+
+def labelled_pixels(labels, logits):
+    """The labelled pixels' labels (N,) and float64 softmax probabilities (N, C), ignored pixels dropped."""
+    keep = (labels >= 0) & (labels < logits.shape[-1])
+    return labels[keep], numpy_softmax(logits.astype(np.float64))[keep]
+
+
+def numpy_focal(labels, logits, gamma, alpha=None):
+    """Lin et al. 2017, eq. 5: mean of -alpha_t (1 - p_t)^gamma log p_t."""
+    y, p = labelled_pixels(labels, logits)
+    p_t = p[np.arange(len(y)), y]
+    a_t = np.ones(len(y)) if alpha is None else np.asarray(alpha)[y]
+    return float(np.mean(-a_t * (1 - p_t) ** gamma * np.log(p_t))) if len(y) else 0.0
+
+
+def numpy_tversky(labels, logits, alpha, beta, smooth):
+    """Salehi et al. 2017, eq. 3, with a loop over classes."""
+    y, p = labelled_pixels(labels, logits)
+    indices = []
+    for c in range(logits.shape[-1]):
+        g = (y == c).astype(np.float64)
+        tp, fp, fn = (p[:, c] * g).sum(), (p[:, c] * (1 - g)).sum(), ((1 - p[:, c]) * g).sum()
+        indices.append((tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
+    return 1 - float(np.mean(indices))
+
+
+def numpy_lovasz(labels, logits):
+    """Berman et al. 2018, Algorithm 1 (lovasz_softmax_flat, classes='present') with a Python loop."""
+    y, p = labelled_pixels(labels, logits)
+    losses = []
+    for c in range(logits.shape[-1]):
+        g = (y == c).astype(np.float64)
+        if g.sum() == 0:
+            continue
+        errors = np.abs(g - p[:, c])
+        order = np.argsort(-errors, kind="stable")
+        g_sorted = g[order]
+        jaccard = np.empty(len(g))
+        for i in range(len(g)):  # J(i): Jaccard loss of predicting the first i + 1 pixels as class c
+            intersection = g.sum() - g_sorted[: i + 1].sum()
+            union = g.sum() + (1 - g_sorted[: i + 1]).sum()
+            jaccard[i] = 1 - intersection / union
+        weights = np.diff(jaccard, prepend=0.0)
+        losses.append(float(errors[order] @ weights))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def with_ignored(labels, seed=5):
+    ignored = labels.copy()
+    ignored[np.random.default_rng(seed).random(labels.shape) < 0.3] = IGNORE
+    return ignored
+
+
+NEW_LOSSES = [
+    (Focal(C, gamma=2.0, ignore_index=IGNORE), lambda y, z: numpy_focal(y, z, 2.0)),
+    (Focal(C, gamma=0.0, ignore_index=IGNORE), lambda y, z: numpy_focal(y, z, 0.0)),
+    (Focal(C, gamma=0.5, alpha=[0.25, 1.0, 2.0], ignore_index=IGNORE), lambda y, z: numpy_focal(y, z, 0.5, [0.25, 1.0, 2.0])),
+    (Tversky(C, alpha=0.3, beta=0.7, smooth=1.0, ignore_index=IGNORE), lambda y, z: numpy_tversky(y, z, 0.3, 0.7, 1.0)),
+    (Tversky(C, alpha=2.0, beta=0.0, smooth=1e-3, ignore_index=IGNORE), lambda y, z: numpy_tversky(y, z, 2.0, 0.0, 1e-3)),
+    (Lovasz(C, ignore_index=IGNORE), numpy_lovasz),
+]
+NEW_IDS = ["focal-g2", "focal-g0", "focal-alpha", "tversky", "tversky-fp-only", "lovasz"]
+
+
+@pytest.mark.parametrize("loss_fn,reference", NEW_LOSSES, ids=NEW_IDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_new_losses_equal_the_numpy_references_with_ignored_pixels(loss_fn, reference, seed):
+    labels, logits = random_case(seed, shape=(3, 5, 6))
+    labels = with_ignored(labels, seed)
+    assert (labels == IGNORE).any() and (labels != IGNORE).any()
+    assert float(loss_fn(labels, 3 * logits)) == pytest.approx(reference(labels, 3 * logits), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn,reference", NEW_LOSSES, ids=NEW_IDS)
+def test_new_losses_gradients_equal_numpy_finite_differences(loss_fn, reference):
+    """Lovasz is piecewise linear in the errors: away from ties its gradient is the sorted weights'."""
+    labels, logits = random_case(12, shape=(2, 2, 3))
+    labels = with_ignored(labels, 1)
+    _, grad = loss_and_gradient(loss_fn, labels, logits)
+    step, numeric, z = 1e-6, np.zeros(logits.shape), logits.astype(np.float64)
+    for index in np.ndindex(z.shape):
+        up, down = z.copy(), z.copy()
+        up[index] += step
+        down[index] -= step
+        numeric[index] = (reference(labels, up) - reference(labels, down)) / (2 * step)
+    assert np.abs(numeric).sum() > 0
+    np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-6)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy_and_gamma_down_weights_easy_pixels():
+    labels, logits = random_case(6)
+    assert float(Focal(C, gamma=0.0)(labels, logits)) == pytest.approx(float(CrossEntropy(C)(labels, logits)), rel=1e-6)
+    easy = np.where(np.eye(C, dtype=bool)[labels], 4.0, 0.0).astype(np.float32)  # p_t ~ 0.96 everywhere
+    assert float(Focal(C, gamma=2.0)(labels, easy)) < 0.01 * float(CrossEntropy(C)(labels, easy))
+
+
+def test_tversky_with_equal_halves_is_soft_dice_of_plain_sums():
+    labels, logits = random_case(7)
+    tversky = Tversky(C, alpha=0.5, beta=0.5, smooth=1.0)(labels, logits)
+    dice = Dice(C, squared_denominator=False, smooth=2.0)(labels, logits)  # (2TP + 2s) / (2TP + FP + FN + 2s)
+    assert float(tversky) == pytest.approx(float(dice), rel=1e-6)
+
+
+def test_lovasz_of_a_perfect_prediction_is_zero_and_of_hard_mistakes_is_the_jaccard_loss():
+    labels, _ = random_case(8)
+    perfect = (CERTAIN * np.eye(C)[labels]).astype(np.float32)
+    assert float(Lovasz(C)(labels, perfect)) == pytest.approx(0.0, abs=1e-6)
+    wrong = labels.copy()
+    wrong[0] = (labels[0] + 1) % C  # the first image predicted as the next class
+    hard = (CERTAIN * np.eye(C)[wrong]).astype(np.float32)
+    # With one-hot predictions the Lovasz extension equals the Jaccard loss 1 - IoU_c (Berman et al., sec. 3.1).
+    iou = [((wrong == c) & (labels == c)).sum() / ((wrong == c) | (labels == c)).sum() for c in range(C) if (labels == c).any()]
+    assert float(Lovasz(C)(labels, hard)) == pytest.approx(1 - np.mean(iou), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_fn", [f for f, _ in NEW_LOSSES], ids=NEW_IDS)
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_new_losses_stay_finite_on_half_precision_logits(loss_fn, dtype):
+    """Mixed precision hands the loss float16/bfloat16 logits: computed in float32, finite even where
+    float16 saturates (logits of +-6e4, softmax exactly one-hot)."""
+    labels, logits = random_case(9)
+    labels = with_ignored(labels)
+    for scale in (1.0, 6e4 / np.abs(logits).max()):  # float16's largest is 65504
+        half = tf.Variable(tf.cast(scale * logits, dtype))
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, half)
+        grad = tape.gradient(loss, half)
+        assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+        assert np.all(np.isfinite(tf.cast(grad, tf.float32).numpy()))
+    assert float(loss_fn(labels, tf.cast(logits, dtype))) == pytest.approx(float(loss_fn(labels, logits)), rel=2e-2, abs=1e-3)
+
+
+def test_lovasz_backward_pass_has_no_op_without_a_deterministic_gpu_kernel():
+    """The determinism preflight's own check on a compiled model with the Lovasz loss: no sort, gather or
+    scatter gradient in the traced training step."""
+    import keras
+
+    from seglab.engine import determinism
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(C, 1)(inputs))
+    model.compile(optimizer="adam", loss=Lovasz(C, ignore_index=IGNORE))
+    ops = {op for op, _, _ in determinism.training_step_ops(model, 8)}
+    assert "TopKV2" in ops  # the sort is in the step (forward only)
+    assert determinism.find(model, 8) == []
+    assert not ops & {"UnsortedSegmentSum", "ScatterNd", "TensorScatterAdd"}
+
+
 # --- through the command line ----------------------------------------------------------------
 
 
@@ -335,6 +489,27 @@ def test_cli_dice_and_weighted_log_weights_and_the_final_confusion_matrix(tmp_pa
         assert run.data.metrics["val_dice_boundary"] == pytest.approx(final["dice"][2], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_cli_focal_tversky_and_lovasz_train(tmp_path):
+    """One sweep, three tiny runs (deterministic, float32; half precision: tests/test_precision.py): each
+    finishes, its training loss falls from the first epoch to the last, and its logged loss is the one asked."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import TINY, run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_cli("--multirun", "loss=focal,tversky,lovasz", *TINY, "trainer.epochs=3", "trainer.mask_samples=0",
+            "tracking.log_model=false", f"tracking.uri={uri}", cwd=tmp_path, timeout=900)
+    client = MlflowClient(uri)
+    found = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
+    runs = {r.data.params["loss._target_"]: r for r in found if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(runs) == ["seglab.losses.Focal", "seglab.losses.Lovasz", "seglab.losses.Tversky"]
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED" and run.data.params["deterministic"] == "True", name
+        history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]
+        assert len(history) == 3 and np.all(np.isfinite(history)) and history[-1] < history[0], (name, history)
+
+
 # --- config ------------------------------------------------------------------------------------
 
 
@@ -349,6 +524,12 @@ def test_cli_dice_and_weighted_log_weights_and_the_final_confusion_matrix(tmp_pa
         (("loss=weighted", "loss.class_weights=[1.0,2.0]"), "loss.class_weights"),
         (("loss=weighted", "loss.class_weights=[1.0,-2.0,1.0]"), "loss.class_weights"),
         (("loss=weighted", "loss.class_weights=median"), "loss.class_weights"),
+        (("loss=focal", "loss.gamma=-1"), "loss.gamma"),
+        (("loss=focal", "loss.alpha=[1.0,2.0]"), "loss.alpha"),
+        (("loss=focal", "loss.alpha=[1.0,-2.0,1.0]"), "loss.alpha"),
+        (("loss=tversky", "loss.alpha=-0.1"), "loss.alpha"),
+        (("loss=tversky", "loss.beta=-0.1"), "loss.beta"),
+        (("loss=tversky", "loss.smooth=0"), "loss.smooth"),
     ],
 )
 def test_loss_schema_rejects_bad_values_naming_the_key(compose_cfg, overrides, key):
@@ -365,3 +546,8 @@ def test_loss_options_build_from_the_composed_config(compose_cfg):
     assert isinstance(dice, Dice) and dice.classes == [0, 2]  # shapes: background is class 1
     weighted = instantiate(compose_cfg("loss=weighted", "loss.class_weights=[2.0,2.0,1.0]").loss, num_classes=3)
     assert isinstance(weighted, WeightedCrossEntropy) and weighted.class_weights == [2.0, 2.0, 1.0]
+    focal = instantiate(compose_cfg("loss=focal", "loss.alpha=[1.0,2.0,3.0]").loss, num_classes=3)
+    assert isinstance(focal, Focal) and (focal.gamma, focal.alpha) == (2.0, [1.0, 2.0, 3.0])
+    tversky = instantiate(compose_cfg("loss=tversky").loss, num_classes=3)
+    assert isinstance(tversky, Tversky) and (tversky.alpha, tversky.beta, tversky.smooth) == (0.3, 0.7, 1.0)
+    assert isinstance(instantiate(compose_cfg("loss=lovasz", "data.ignore_index=255").loss, num_classes=3), Lovasz)

@@ -1,7 +1,9 @@
 """Every mistake a new user makes gets one line: each row of MISTAKES runs the real command line in a
 subprocess and expects a non-zero exit, exactly one non-empty stderr line, no traceback, the
-named key or file in it, and no `mlflow.db` left behind by a command that failed.  Almost all fail
-before TensorFlow loads, in one to three seconds.
+named key or file in it, and no `mlflow.db` left behind by a command that failed (a row found
+only once the data is read may leave the store the run would have gone to, but no run in it).
+Almost all fail before TensorFlow loads, in one to three seconds.  A row's `setup` puts the files
+it needs in the command's directory (a broken data folder, a preset of the user's, an empty store).
 
 docs/troubleshooting.md is this table: a test checks that each row there is what the command prints
 today; regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.md`.
@@ -11,10 +13,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -23,6 +27,47 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "troubleshooting.md"
 RUN = "runs:/0123456789abcdef/model"  # a model URI of a store that does not exist here
+NO_RUN = "0123456789abcdef0123456789abcdef"  # a run id the (empty) store.db does not have
+SMALL = "data.image_size=32 data.source.train_size=48 data.source.val_size=16"  # rows that read the data: quick to make
+
+
+def broken_pets(cwd: Path) -> None:
+    """An Oxford-IIIT Pet folder whose photos are not images (trimaps fine)."""
+    for name in ("Abyssinian_1", "Abyssinian_2", "beagle_1"):
+        (cwd / "pets" / "images").mkdir(parents=True, exist_ok=True)
+        (cwd / "pets" / "annotations" / "trimaps").mkdir(parents=True, exist_ok=True)
+        (cwd / "pets" / "images" / f"{name}.jpg").write_text("not a JPEG\n")
+        Image.fromarray(np.full((8, 8), 2, np.uint8)).save(cwd / "pets" / "annotations" / "trimaps" / f"{name}.png")
+
+
+def truncated_coco(cwd: Path) -> None:
+    """COCO's layout with an annotations file cut short, as an interrupted unpacking leaves it."""
+    for split in ("train2017", "val2017"):
+        (cwd / "coco" / split).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(cwd / "coco" / split / "000000000001.jpg")
+        (cwd / "coco" / "annotations").mkdir(exist_ok=True)
+        (cwd / "coco" / "annotations" / f"instances_{split}.json").write_text('{"images": [{"id": 1, "file_name": "0000')
+
+
+def user_presets(cwd: Path) -> None:
+    """A directory of the user's own presets, one with a YAML syntax error."""
+    (cwd / "mine" / "experiment").mkdir(parents=True, exist_ok=True)
+    (cwd / "mine" / "experiment" / "broken.yaml").write_text("# @package _global_\nmodel:\n  depth: [3\n")
+
+
+_EMPTY_STORE: list[bytes] = []
+
+
+def empty_store(cwd: Path) -> None:
+    """store.db: an MLflow store with no run (made once, copied)."""
+    if not _EMPTY_STORE:
+        from mlflow import MlflowClient
+
+        made = cwd / "made.db"
+        MlflowClient(f"sqlite:///{made}").search_experiments()
+        _EMPTY_STORE.append(made.read_bytes())
+        made.unlink()
+    (cwd / "store.db").write_bytes(_EMPTY_STORE[0])
 
 
 @dataclass(frozen=True)
@@ -30,6 +75,8 @@ class Mistake:
     command: str  # what the user types after `python -m `
     names: str  # the key, option or file the one line must name
     fix: str  # for the docs: what to do
+    setup: Optional[Callable[[Path], None]] = None  # files the command finds in its directory
+    reads_data: bool = False  # found once the data is read: ./mlflow.db may exist, but with no run in it
 
 
 MISTAKES = [
@@ -72,6 +119,9 @@ MISTAKES = [
     Mistake("seglab data.augment.crop_min=0", "data.augment.crop_min", "Use a fraction in (0, 1]."),
     Mistake("seglab data.shuffle_buffer=0", "data.shuffle_buffer", "Use at least 1."),
     Mistake("seglab data.source.train_size=0", "data.source.train_size", "Use at least 1 image."),
+    Mistake("seglab trainer.batch_size=900", "trainer.batch_size=900", "Use at most the training split's size (800)."),
+    Mistake("seglab trainer.overfit_batches=101", "trainer.overfit_batches=101", "Use at most the 100 batches the split has."),
+    Mistake("seglab data.class_names=[object,object,boundary]", "data.class_names", "Give each class its own name."),
     Mistake("seglab seed=-1", "seed", "Use a non-negative integer."),
     Mistake("seglab seed=abc", "seed", "Use a non-negative integer."),
     Mistake("seglab optimize_metric=val_iou", "optimize_metric", "Use one of the listed metrics."),
@@ -97,6 +147,21 @@ MISTAKES = [
     Mistake("seglab tracking.uri=sqlite:///nowhere/mlflow.db", "nowhere", "Create the directory first."),
     Mistake("seglab tracking.uri=", "tracking.uri", "Give a tracking URI."),
     Mistake("seglab tracking.experiment=", "tracking.experiment", "Give an experiment name."),
+    Mistake("seglab trainer.checkpoint_dir=/etc/passwd", "trainer.checkpoint_dir", "Name a directory, not a file."),
+    Mistake("seglab data.cache=notes.txt/x", "data.cache", "The prefix's directory must be a directory."),
+    Mistake("seglab model=unet_mobilenet model.encoder.weights=nope.h5", "model.encoder.weights",
+            "Give the weights file's path, or `imagenet`, or `null`."),
+    Mistake("seglab model=fcn8 model.encoder.weights=~/w.h5", "~/w.h5", "Quote it for Hydra: `\"model.encoder.weights='~/w.h5'\"`."),
+    Mistake("seglab --config-dir nowhere +experiment=mine", "--config-dir", "Give the directory that holds your `experiment/` folder."),
+    Mistake("seglab --config-dir mine +experiment=broken", "broken.yaml", "Fix the YAML at the line and column named.", user_presets),
+    # --- the runner: the data, read before the MLflow run opens (TensorFlow loaded; no run recorded)
+    Mistake(f"seglab data.num_classes=2 data.class_names=[object,background] {SMALL}", "data.num_classes=2",
+            "The masks have labels 0..2: `data.num_classes=3` with three names (or `data.ignore_index=2` if 2 means unlabelled).",
+            reads_data=True),
+    Mistake("seglab data=pets data.source.kind=folder data.source.path=pets data.image_size=32", "data.source.path=pets",
+            "Unpack the archives again: no photo of the split decodes.", broken_pets, reads_data=True),
+    Mistake("seglab data=coco_cat data.source.path=coco data.source.cache_dir=cache data.image_size=32",
+            "instances_train2017.json", "Unpack the annotations again: the file is cut short.", truncated_coco, reads_data=True),
     # --- the other commands
     Mistake("seglab.models unett", "model=unett", "Use a model of `conf/model/`."),
     Mistake("seglab.models", "NAME", "Name a model."),
@@ -106,10 +171,16 @@ MISTAKES = [
     Mistake("seglab.data", "name", "Name a data set."),
     Mistake("seglab.data shapes --passes x", "--passes", "Give an integer."),
     Mistake("seglab.data shapes data.cache=memroy", "data.cache", "`memory`, `null` or a path prefix with a directory."),
+    Mistake("seglab.data shapes --out photos", "--out", "Give an image file name, e.g. `--out samples.png`."),
+    Mistake("seglab.data shapes --out /proc/x/s.png", "--out", "Write it where you can write."),
+    Mistake("seglab.data shapes --samples 0", "--samples", "Use 1 or more."),
+    Mistake("seglab.data shapes --passes 1", "--passes", "Use 2 or more: the first pass fills the cache."),
     Mistake("seglab.evaluate data=shapes", "model_uri", "Give `model_uri=runs:/<run id>/model`."),
     Mistake(f"seglab.evaluate model_uri={RUN}", "mlflow.db", "Run where training ran, or pass `tracking.uri=`."),
     Mistake(f"seglab.evaluate model_uri={RUN} data=shapez", "data=shapez", "Use a data set of `conf/data/`."),
     Mistake(f"seglab.evaluate model_uri={RUN} +trainer.epoch=1", "trainer.epoch", "Remove the unknown key."),
+    Mistake(f"seglab.evaluate model_uri=runs:/{NO_RUN}/model tracking.uri=sqlite:///store.db", NO_RUN,
+            "Use a run id of this store (the MLflow UI, or the last line of training).", empty_store),
     Mistake("seglab.predict", "model_uri", "Give model_uri, input and output."),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=photos", "output=photos", "Write the masks outside the input folder."),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=photos/masks", "output=photos/masks", "Write the masks outside the input folder."),
@@ -117,32 +188,62 @@ MISTAKES = [
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=masks", "mlflow.db", "Run where training ran, or pass `tracking.uri=`."),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=masks batch_size=0", "batch_size", "Use at least 1."),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=masks colour=1", "colour", "Remove the unknown key."),
+    Mistake("seglab.predict model_uri=model input=photos output=notes.txt", "output=notes.txt", "Name a directory for the masks."),
+    Mistake("seglab.predict model_uri=model input=photos output=/proc/x/masks", "output=/proc/x/masks", "Write the masks where you can write."),
+    Mistake("seglab.predict model_uri=model input=notes.txt output=masks", "input=notes.txt", "Give an image or a folder of images."),
+    Mistake(f"seglab.predict model_uri=runs:/{NO_RUN}/model input=photos output=masks tracking.uri=sqlite:///store.db", NO_RUN,
+            "Use a run id of this store.", empty_store),
     Mistake("seglab.report", "sweep", "Name a sweep: its parent run id, experiment or run name."),
     Mistake("seglab.report my-sweep", "mlflow.db", "Run where the sweep ran, or pass `--tracking-uri`."),
     Mistake("seglab.report my-sweep --tracking-uri sqlite:///notes.txt", "notes.txt", "Point it at the sweep's store."),
     Mistake("seglab.report my-sweep --format pdf", "--format", "Use text, markdown or csv."),
+    Mistake(f"seglab.report {NO_RUN} --tracking-uri sqlite:///store.db", NO_RUN, "Name a sweep of this store.", empty_store),
+    Mistake("seglab.report my-sweep --tracking-uri sqlite:///store.db --output photos", "--output=photos",
+            "Give a file name, e.g. `--output photos/report.md`.", empty_store),
+    Mistake("seglab.report my-sweep --tracking-uri sqlite:///store.db --output /proc/x/r.md", "--output=/proc/x/r.md",
+            "Write it where you can write.", empty_store),
+    Mistake("seglab.report my-sweep --tracking-uri sqlite:///store.db --sort speed", "--sort", "Sort by a column of the table.", empty_store),
     Mistake("seglab.bench bench.jit=false,true", "trainer.jit_compile", "Add `deterministic=false` to measure XLA."),
+    Mistake("seglab.bench bench.steps=abc", "bench.steps", "Give an integer."),
+    Mistake("seglab.bench bench.jit=maybe", "bench.jit", "Use true or false."),
+    Mistake("seglab.bench bench.models=", "bench.models", "Name at least one model."),
+    Mistake("seglab.bench bench.data=real", "bench.data", "Use synthetic or pipeline."),
+    Mistake("seglab.bench steps=3", "bench.steps=3", "The benchmark's own options start with `bench.`."),
+    Mistake("seglab.bench bench.out=photos", "bench.out=photos", "Give a file name, e.g. `bench.out=photos/bench.json`."),
+    Mistake("seglab.bench bench.out=/proc/x/b.json", "bench.out=/proc/x/b.json", "Write it where you can write."),
 ]
 
 
-def workdir(path: Path) -> Path:
-    """What the commands find in the current directory: a folder of photos and a text file."""
+def workdir(path: Path, mistake: Mistake | None = None) -> Path:
+    """What the commands find in the current directory: a folder of photos, a text file, and what the row sets up."""
     (path / "photos").mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "photos" / "cat.png")
     (path / "notes.txt").write_text("not a database\n")
+    if mistake is not None and mistake.setup is not None:
+        mistake.setup(path)
     return path
 
 
+def runs_in(db: Path) -> int:
+    """Runs in an MLflow SQLite store (0 when MLflow has not made its tables)."""
+    with sqlite3.connect(db) as connection:
+        tables = {name for (name,) in connection.execute("select name from sqlite_master where type='table'")}
+        return connection.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
+
+
 def answer(mistake: Mistake, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it: seglab quiets TensorFlow's C++ log (rows that read the data load it)
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     argv = [sys.executable, "-m", *shlex.split(mistake.command.replace("'", "\\'"))]
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    # TensorFlow loads for a row that reads the data: minutes on a busy machine.
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600 if mistake.reads_data else 120)
 
 
-def doc_row(mistake: Mistake, line: str) -> str:
-    cell = line.replace("|", "\\|")
+def doc_row(mistake: Mistake, line: str, cwd: Path) -> str:
+    """The docs' row; paths inside the command's own (temporary) directory are written relative to it."""
+    cell = line.replace(f"{cwd}/", "").replace("|", "\\|")
     return f"| `python -m {mistake.command}` | {cell} | {mistake.fix} |"
 
 
@@ -151,15 +252,18 @@ def cwd(tmp_path):
     return workdir(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def answers(tmp_path_factory):
+def answer_all(dirs: list[Path]) -> list[subprocess.CompletedProcess]:
     """Every command run once, three at a time (each is a process of its own, in its own directory)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    dirs = [workdir(tmp_path_factory.mktemp("mistake")) for _ in MISTAKES]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        done = list(pool.map(answer, MISTAKES, dirs))
-    return {m.command: (d, path) for m, d, path in zip(MISTAKES, done, dirs)}
+        return list(pool.map(answer, MISTAKES, dirs))
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory):
+    dirs = [workdir(tmp_path_factory.mktemp("mistake"), m) for m in MISTAKES]
+    return {m.command: (d, path) for m, d, path in zip(MISTAKES, answer_all(dirs), dirs)}
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.command for m in MISTAKES])
@@ -175,8 +279,15 @@ def test_mistake_is_one_line(mistake, answers):
         pass  # a sweep opens its parent run (MLflow may log creating the store) before Hydra composes the jobs; it ends FAILED
     else:
         assert len(lines) == 1, done.stderr[-3000:]
-        assert not (cwd / "mlflow.db").exists(), "a failed command left an empty mlflow.db"
-    assert doc_row(mistake, answer_line) in DOC.read_text(), f"docs/troubleshooting.md is out of date: {doc_row(mistake, answer_line)}"
+        store = cwd / "mlflow.db"
+        if mistake.reads_data:
+            assert not store.exists() or runs_in(store) == 0, "a mistake in the data left a run in the store"
+        else:
+            assert not store.exists(), "a failed command left an empty mlflow.db"
+        if (cwd / "store.db").exists():
+            assert runs_in(cwd / "store.db") == 0
+    row = doc_row(mistake, answer_line, cwd)
+    assert row in DOC.read_text(), f"docs/troubleshooting.md is out of date: {row}"
 
 
 def test_full_error_shows_the_traceback(cwd):
@@ -188,15 +299,23 @@ def test_full_error_shows_the_traceback(cwd):
 HEADER = """# Troubleshooting: what seglab answers, and the fix
 
 Every mistake below is answered with one line on stderr (`<command>: <what is wrong>`, naming the key
-or file; with `--multirun` it is the last line) and exit code 2, before TensorFlow loads; `HYDRA_FULL_ERROR=1` shows the full traceback
-instead. `tests/test_mistakes.py` runs each command and checks that this table is what it prints;
+or file; with `--multirun` it is the last line) and exit code 2, before TensorFlow loads unless said
+otherwise; `HYDRA_FULL_ERROR=1` shows the full traceback instead. Paths inside the directory the
+command ran in are shown relative to it. `tests/test_mistakes.py` runs each command and checks that this table is what it prints;
 regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.md`.
 
-Mistakes found only while the data is read (with TensorFlow loaded) end the same way, with the
-file named: a mask label outside the classes, in any split (`data.source.kind=folder` names the
-trimap file); a checkpoint that cannot be written (disk full, no permission; the previous
-checkpoint stays intact and the MLflow run ends `FAILED`). A corrupt image is skipped with a warning
-naming it (`data=pets` folder source, `data=coco_cat` conversion).
+Mistakes found only once the data is read (with TensorFlow loaded, the rows below that name the
+data) end the same way, before the MLflow run opens, so the store holds no run: every mask of the
+training and validation splits is counted, and a label that is neither a class nor
+`data.ignore_index` is refused naming the largest one found (a bad trimap of `data.source.kind=folder`
+names the trimap file); a split where no image decodes, and an annotations file that is not COCO's,
+name the folder or file. A class configured but without a pixel in the training split is a warning
+with the pixels of each class. A corrupt image among readable ones is skipped with a warning naming
+it (`data=pets` folder source, `data=coco_cat` conversion, `seglab.predict`). A checkpoint that
+cannot be written (disk full, no permission) ends the run `FAILED` with one line naming it, the
+previous checkpoint intact; any file the operating system refuses is named with its reason.
+`seglab.predict` reads 16-bit images scaled to 8 bits, palette, grey and CMYK images as RGB, and
+drops an alpha channel (the colours as stored, as training reads an RGBA image).
 
 Mistakes about an existing run are answered the same way, after TensorFlow loads and before the store
 is written to, leaving that run's params, metrics, tags, artifacts and checkpoint as they were
@@ -218,9 +337,9 @@ if __name__ == "__main__":  # regenerate docs/troubleshooting.md
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
+        dirs = [workdir(Path(tmp) / str(i), m) for i, m in enumerate(MISTAKES)]
         rows = []
-        for i, m in enumerate(MISTAKES):
-            done = answer(m, workdir(Path(tmp) / str(i)))
+        for m, done, cwd in zip(MISTAKES, answer_all(dirs), dirs):
             lines = [line for line in done.stderr.splitlines() if line.strip()]
-            rows.append(doc_row(m, lines[-1] if lines else "(nothing)"))
+            rows.append(doc_row(m, lines[-1] if lines else "(nothing)", cwd))
     sys.stdout.write(HEADER + "\n".join(rows) + "\n")

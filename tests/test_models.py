@@ -292,7 +292,7 @@ def test_out_of_range_model_options_name_the_key(compose_cfg, overrides, key):
 @pytest.mark.timeout(300)
 def test_cli_sweep_over_encoder_weights_offline(tmp_path):
     """From scratch, FCN-8s trains; with ImageNet weights neither cached nor downloadable, the job
-    ends FAILED with the fix (one sweep: one TensorFlow start-up for both)."""
+    ends FAILED with the fix, and the sweep exits 1 naming it (one sweep: one TensorFlow start-up for both)."""
     uri = f"sqlite:///{tmp_path}/m.db"
     done = run_cli(
         "--multirun", "model=fcn8", "model.encoder.weights=null,imagenet", "model.fc_width=8", "data.image_size=32",
@@ -300,7 +300,11 @@ def test_cli_sweep_over_encoder_weights_offline(tmp_path):
         "trainer.mask_samples=0", f"tracking.uri={uri}", "tracking.log_model=false",
         cwd=tmp_path, check=False, env={"KERAS_HOME": str(tmp_path / "keras"), **DEAD_PROXY},
     )
-    assert done.returncode == 0, done.stderr[-3000:]  # one job failed, one succeeded: the sweep goes on
+    # One job failed, one succeeded: the sweep went on, then exits non-zero naming the failed job.
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 1 and last.startswith("seglab: 1 of 2 jobs of the sweep failed: job 1 (model.encoder.weights="
+                                                    "imagenet): FAILED: "), done.stderr[-3000:]
+    assert "EncoderWeightsUnavailable" in last and fcn8.VGG16_IMAGENET_FILE in last
     assert "model.encoder.weights=null" in done.stdout + done.stderr  # the way out, shown to the user
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id], order_by=["start_time"])

@@ -58,3 +58,70 @@ def test_predict_command_line_names_a_missing_input(tmp_path):
     done = predict_cli("model_uri=runs:/0/model", f"input={tmp_path}/nowhere", "output=out", cwd=tmp_path)
     assert done.returncode == 2
     assert f"input={tmp_path}/nowhere does not exist" in done.stderr
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey (H, W) or RGB (H, W, 3) uint16), written by hand: Pillow writes 16-bit grey only."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+    raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_predict_reads_deep_palette_alpha_grey_and_cmyk_images_as_their_8_bit_rgb_equivalent(tmp_path, caplog):
+    """Each file holds the same picture as an 8-bit RGB array; its mask must be that array's mask.
+    Before, a 16-bit grey image was clipped to white (a mask of a white square)."""
+    import mlflow
+
+    from seglab import inference
+    from seglab.cli import predict
+    from tests.conftest import build_model
+
+    model = build_model("unet", 3, 32, depth=2, base_filters=4)
+    mlflow.tensorflow.save_model(model, str(tmp_path / "model"))
+    rng = np.random.default_rng(3)
+    palette = rng.integers(0, 256, (16, 3), dtype=np.uint8)
+    index = rng.integers(0, 16, (40, 24), dtype=np.uint8)
+    rgb = palette[index]  # 16 colours: a palette image can hold it exactly
+    grey = rng.integers(0, 256, (40, 24), dtype=np.uint8)
+    as_rgb = np.repeat(grey[..., None], 3, axis=-1)
+    images = tmp_path / "images"
+    images.mkdir()
+    equivalent = {}
+
+    def save(name: str, image: Image.Image, same_as: np.ndarray) -> None:
+        image.save(images / name)
+        equivalent[name] = same_as
+
+    (images / "grey16.png").write_bytes(_png16(grey.astype(np.uint16) * 257))
+    equivalent["grey16.png"] = as_rgb
+    (images / "rgb16.png").write_bytes(_png16(rgb.astype(np.uint16) * 257))
+    equivalent["rgb16.png"] = rgb
+    paletted = Image.fromarray(index, "P")
+    paletted.putpalette(palette.ravel().tolist())
+    save("palette.png", paletted, rgb)
+    paletted.info["transparency"] = 0
+    save("palette_transparent.png", paletted, rgb)
+    save("rgba.png", Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (40, 24), dtype=np.uint8)])), rgb)  # alpha dropped
+    save("grey.png", Image.fromarray(grey), as_rgb)
+    save("grey_alpha.png", Image.fromarray(np.dstack([grey, np.full_like(grey, 9)]), "LA"), as_rgb)
+    save("bilevel.png", Image.fromarray(grey > 127).convert("1"), np.repeat(np.where(grey > 127, 255, 0).astype(np.uint8)[..., None], 3, -1))
+    save("cmyk.tif", Image.fromarray(rgb).convert("CMYK"), rgb)  # Pillow's CMYK round trip is exact
+    Image.fromarray(np.full((4, 4), 3.5, np.float32), "F").save(images / "float.tif")
+
+    out = tmp_path / "out"
+    assert predict.main([f"model_uri={tmp_path / 'model'}", f"input={images}", f"output={out}",
+                         f"tracking.uri=sqlite:///{tmp_path}/m.db"]) == 0
+    expected = dict(zip(equivalent, inference.segment(model, list(equivalent.values()))))
+    for name, mask in expected.items():
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}_mask.png")), mask, err_msg=name)
+    white = inference.segment(model, [np.full_like(as_rgb, 255)])[0]
+    assert (expected["grey16.png"] != white).any(), "pick another seed: this model answers the clipped image's mask"
+    assert f"skipped {images / 'float.tif'}: not a readable image (F pixels range 3.5..3.5, outside 0..1" in caplog.text

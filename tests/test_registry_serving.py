@@ -179,6 +179,20 @@ def test_mlflow_models_serve_answers_png_and_jpeg_files_with_masks_at_their_size
         with pytest.raises(urllib.error.HTTPError) as bad:
             post(f"{url}/invocations", {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
         assert bad.value.code == 400 and "image 0 of the request is not a readable image" in bad.value.read().decode()
+        # Malformed requests: HTTP 400 saying what to send, never a stack trace in the body.
+        from seglab.tracking import served
+        from tests.test_served import png_header_only
+
+        side = int(served.MAX_PIXELS ** 0.5) + 1
+        for body, what in [({"dataframe_records": [{"image": base64.b64encode(png_header_only(side, side)).decode()}]},
+                            f"limit of {served.MAX_PIXELS:,}"),
+                           ({"dataframe_records": [{"image": "%%% not base64"}]}, "base64"),
+                           ({"dataframe_records": [{"pixels": [1, 2, 3]}]}, "image"),
+                           ({"instances": "not a table"}, "")]:
+            with pytest.raises(urllib.error.HTTPError) as bad:
+                post(f"{url}/invocations", body)
+            text = bad.value.read().decode()
+            assert bad.value.code == 400 and what in text and "Traceback" not in text and "stack_trace" not in text, text[:3000]
     finally:
         os.killpg(server.pid, 9)  # the server and its uvicorn worker: the group this test started
         server.wait(timeout=30)

@@ -58,15 +58,31 @@ def test_every_step_follows_the_formula(compose_cfg, name, overrides, warmup_epo
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_every_optimizer_takes_the_schedule_and_its_settings(compose_cfg, optimizer):
-    cfg = compose_cfg(f"optimizer={optimizer}", "scheduler=cosine")
-    schedule = instantiate(cfg.scheduler, base_learning_rate=cfg.optimizer.learning_rate, steps_per_epoch=STEPS, epochs=EPOCHS)
-    built = instantiate(cfg.optimizer, _partial_=True)(learning_rate=schedule)
+    from seglab.engine import train
+
+    cfg = compose_cfg(f"optimizer={optimizer}", "scheduler=cosine", f"trainer.epochs={EPOCHS}")
+    built = train.build_optimizer(cfg, steps_per_epoch=STEPS)
     assert isinstance(built._learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+    assert built._learning_rate.total_steps == STEPS * EPOCHS
+    assert not built.use_ema and built.gradient_accumulation_steps is None  # the YAMLs' defaults: off
     assert float(built.learning_rate) == pytest.approx(cfg.optimizer.learning_rate)  # step 0 of cosine: the base
     if optimizer == "sgd":
         assert built.momentum == cfg.optimizer.momentum and built.nesterov == cfg.optimizer.nesterov
     if cfg.optimizer.weight_decay is not None:
         assert built.weight_decay == pytest.approx(cfg.optimizer.weight_decay)
+
+
+def test_ema_and_accumulation_reach_the_optimizer_and_the_schedule_counts_updates(compose_cfg):
+    """With k batches per update the optimizer's `iterations` (where the schedule is evaluated) counts
+    updates, so the schedule runs over STEPS / k updates an epoch and still ends at the run's end."""
+    from seglab.engine import train
+
+    cfg = compose_cfg("scheduler=cosine", f"trainer.epochs={EPOCHS}", "optimizer.ema=true", "optimizer.ema_momentum=0.9",
+                      "trainer.gradient_accumulation_steps=4")
+    built = train.build_optimizer(cfg, steps_per_epoch=STEPS)
+    assert built.use_ema and built.ema_momentum == 0.9 and built.gradient_accumulation_steps == 4
+    assert built._learning_rate.total_steps == pytest.approx(STEPS * EPOCHS / 4)
+    assert train.build_optimizer(compose_cfg("trainer.gradient_accumulation_steps=1"), STEPS).gradient_accumulation_steps is None
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -11,13 +13,15 @@ import pytest
 
 from seglab.tracking import tags
 from tests.slurm_cluster import slurm_cluster  # noqa: F401
-from tests.test_resume import start_cli
+from tests.test_distribute import ENV, SAME_STEPS, assert_replicas_are_the_chiefs_checkpoint, histories, the_run
+from tests.test_resume import RESUMABLE, assert_same_training, only_run, start_cli, uninterrupted  # noqa: F401
 from tests.test_sweeps import SWEEP_TINY, empty_store, parent_and_children, sweep  # noqa: F401
 
-# The launcher values that fit the test's small node (docs/sweeps.md): one job at a time, two cores each.
+# The launcher values that fit the test's small node (docs/sweeps.md): one job at a time, two cores each;
+# timeout_min > 10, or submitit takes the pre-emption signal for a time-out and does not requeue.
 SMALL_NODE = (
     "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=2",
-    "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "hydra.launcher.array_parallelism=1",
+    "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=30", "hydra.launcher.array_parallelism=1",
 )
 
 
@@ -71,25 +75,32 @@ def test_a_slurm_preset_asking_for_gpus_the_cluster_lacks_says_so_and_ends_its_p
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_job_requeued_by_slurm_mid_run_resumes_the_same_run_with_no_stale_error(tmp_path, empty_store, slurm_cluster):  # noqa: F811
+@pytest.mark.parametrize("stop", ["requeue", "preempt"])
+def test_a_job_requeued_or_preempted_mid_run_resumes_the_same_run_bit_identically_with_no_stale_error(
+        tmp_path, empty_store, slurm_cluster, uninterrupted, stop):  # noqa: F811
+    """`scontrol requeue` (SLURM sends SIGTERM, then starts the job again) or the preemption signal
+    (`scancel --signal=USR2`: submitit's handler requeues the job itself) during epoch 2 of 4: the job
+    continues the same MLflow run, which ends FINISHED, bit-identical to a run never stopped."""
     shutil.copy(empty_store, tmp_path / "m.db")
     uri = f"sqlite:///{tmp_path}/m.db"
-    args = ("--multirun", *SMALL_NODE, *SWEEP_TINY, "trainer.epochs=3", "model.base_filters=4", f"tracking.uri={uri}",
-            f"hydra.sweep.dir={tmp_path}/multirun")
+    args = ("--multirun", *SMALL_NODE, *RESUMABLE, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun")
     sweep_proc = start_cli(*args, cwd=tmp_path)
     deadline = time.time() + 600
     # the job's own log: the store is left alone while the job creates its run
-    while not any("epoch 1/3" in p.read_text() for p in tmp_path.glob("multirun/.submitit/*/*_log.out")):
+    while not any("epoch 1/4" in p.read_text() for p in tmp_path.glob("multirun/.submitit/*/*_log.out")):
         assert sweep_proc.poll() is None and time.time() < deadline, sweep_proc.stdout.read() if sweep_proc.poll() is not None else "timeout"
         time.sleep(0.2)
-    _, _, (job,) = parent_and_children(uri)
+    client, _, (job,) = parent_and_children(uri)
     job_id = job.data.tags[tags.JOB_ID]
-    slurm_cluster.scontrol("requeue", job_id)
+    if stop == "requeue":
+        slurm_cluster.scontrol("requeue", job_id)
+    else:
+        slurm_cluster.scancel("--signal=USR2", job_id)
     # SLURM holds a requeued job back for a while (its begin time moves ~2 min on); start it now.
     # (it passes through REQUEUED and COMPLETING first; RUNNING again only if SLURM did not hold it)
     while not ("Restarts=1" in (record := slurm_cluster.scontrol("show", "job", job_id))
                and ("JobState=PENDING" in record or "JobState=RUNNING" in record)):
-        assert time.time() < deadline, record
+        assert time.time() < deadline and "JobState=COMPLETED" not in record, (record, job_logs(tmp_path))
         time.sleep(0.2)
     if "JobState=PENDING" in record:
         slurm_cluster.scontrol("update", f"JobId={job_id}", "StartTime=now")
@@ -98,7 +109,33 @@ def test_a_job_requeued_by_slurm_mid_run_resumes_the_same_run_with_no_stale_erro
     client, _, (resumed,) = parent_and_children(uri)
     assert resumed.info.run_id == job.info.run_id and resumed.info.status == "FINISHED"
     assert "Restarts=1" in slurm_cluster.scontrol("show", "job", job_id)  # SLURM ran the job twice, as one run
-    for key in resumed.data.metrics:
-        assert [m.step for m in client.get_metric_history(resumed.info.run_id, key)] == [0, 1, 2], key
+    assert "Bypassing sacct error" not in out, out[-4000:]
     assert tags.ERROR not in resumed.data.tags
-    assert resumed.data.tags[tags.RESUME_PREVIOUS_ERROR]  # the killed attempt's reason, kept apart
+    assert resumed.data.tags[tags.RESUME_PREVIOUS_ERROR]  # the stopped attempt's reason, kept apart
+    assert_same_training(only_run(uninterrupted), (client, resumed), tmp_path, epochs=4)
+
+
+def job_logs(tmp_path) -> str:
+    return "".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("multirun/.submitit/*/*_log.*")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_two_task_srun_trains_one_model_from_slurms_environment(tmp_path, slurm_cluster):  # noqa: F811
+    """No TF_CONFIG: each task builds the cluster from SLURM_PROCID, the step's task count and node list
+    (seglab.engine.distribute.slurm_cluster); the command docs/performance.md gives."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    done = subprocess.run(
+        ["srun", "--ntasks=2", "--cpus-per-task=1", "--kill-on-bad-exit=1", f"--output={tmp_path}/worker%t.log",
+         sys.executable, "-m", "seglab", *SAME_STEPS, "trainer.strategy=multi_worker", "trainer.resume=never",
+         f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/worker${{oc.env:SLURM_PROCID}}"],
+        cwd=tmp_path, env={**env, **ENV, **slurm_cluster.env()}, capture_output=True, text=True, timeout=720,
+    )
+    logs = [tmp_path / f"worker{i}.log" for i in (0, 1)]
+    assert done.returncode == 0, done.stderr[-2000:] + "".join(p.read_text()[-3000:] for p in logs if p.exists())
+    client, run = the_run(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["replicas"] == "2"
+    loss = histories(client, run)["train_loss"]
+    assert loss[1] < loss[0], loss
+    assert_replicas_are_the_chiefs_checkpoint(tmp_path / "worker0/checkpoints/last.state.npz", logs)

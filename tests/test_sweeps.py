@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,7 @@ def check_grid(uri: str):
         assert f"model.base_filters={width}" in child.data.tags["hydra.overrides"]
         assert f"optimizer.learning_rate={lr}" in child.data.tags["hydra.overrides"]
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_mean_iou")] == [0]
+        assert child.data.params["runtime.intra_op_threads"] == "1"  # ONE_THREAD, recorded (docs/reproducibility.md)
     best = max(children, key=lambda c: c.data.metrics["val_mean_iou"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
     assert parent.data.metrics["best_val_mean_iou"] == pytest.approx(best.data.metrics["val_mean_iou"])
@@ -98,43 +100,85 @@ def test_basic_launcher_grid_is_one_parent_with_four_children(basic_grid):
 
 @pytest.mark.slow
 def test_joblib_grid_gives_the_same_study_and_the_same_numbers(tmp_path, empty_store, basic_grid):
-    uri, _ = sweep(tmp_path, empty_store, "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SWEEP_TINY, *GRID, ONE_THREAD)
+    uri, done = sweep(tmp_path, empty_store, "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SWEEP_TINY, *GRID, ONE_THREAD)
     parallel = check_grid(uri)
+    # The jobs' lines interleave on one console: each says which job it is.
+    epoch_lines = [line for line in done.stdout.splitlines() if " epoch 1/1 " in f" {line} "]
+    assert sorted(line.split("]")[0] for line in epoch_lines) == ["[job 0", "[job 1", "[job 2", "[job 3"], done.stdout
     # Jobs in fresh worker processes score exactly what they scored one after another in one process:
     # nothing (session, seeds, data caches) leaks from one basic-launcher job into the next.
     assert parallel == check_grid(basic_grid)
 
 
 @pytest.mark.slow
-def test_failing_jobs_are_recorded_and_the_sweep_goes_on_with_submitit_local(tmp_path, empty_store):
-    # lr=1e30 makes the loss NaN; lr=0 the schema rejects (before TensorFlow loads).
-    uri, done = sweep(tmp_path, empty_store, "--multirun", "hydra/launcher=submitit_local", *SWEEP_TINY, "optimizer.learning_rate=0.003,1e30,0")
-    assert done.returncode == 0
+def test_a_failing_job_is_recorded_the_sweep_goes_on_and_exits_non_zero_naming_it_with_submitit_local(tmp_path, empty_store):
+    # lr=1e30 makes the loss NaN: found only while training.
+    uri, done = sweep(tmp_path, empty_store, "--multirun", "hydra/launcher=submitit_local", *SWEEP_TINY,
+                      "optimizer.learning_rate=0.003,1e30", check=False)
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert last.startswith("seglab: 1 of 2 jobs of the sweep failed: job 1 (optimizer.learning_rate=1e+30): FAILED: "), last
+    assert "NaN or Inf loss" in last
     client, parent, children = parent_and_children(uri)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and f"seglab.report {parent.info.run_id}" in last
     assert parent.data.tags["hydra.launcher"] == "submitit_local"
-    assert (parent.data.metrics["jobs_succeeded"], parent.data.metrics["jobs_failed"]) == (1, 2)
-    by_lr = {float(c.data.params.get("optimizer.learning_rate", c.data.tags["hydra.overrides"].split("optimizer.learning_rate=")[1].split()[0])): c
-             for c in children}
-    assert by_lr[0.003].info.status == "FINISHED" and by_lr[0.003].data.metrics["val_mean_iou"] > 0
-    assert by_lr[1e30].info.status == "FAILED" and "NaN or Inf loss" in by_lr[1e30].data.tags["error"]
-    assert by_lr[0].info.status == "FAILED" and "positive float" in by_lr[0].data.tags["error"]
+    assert (parent.data.metrics["jobs_succeeded"], parent.data.metrics["jobs_failed"]) == (1, 1)
+    first, second = children
+    assert first.info.status == "FINISHED" and first.data.metrics["val_mean_iou"] > 0
+    assert second.info.status == "FAILED" and "NaN or Inf loss" in second.data.tags["error"]
 
 
-def test_a_sweep_stopped_by_a_wrong_value_leaves_its_parent_failed_not_running(tmp_path, empty_store):
+def test_every_job_is_validated_before_the_first_trains_and_a_bad_one_stops_the_sweep_in_one_line(tmp_path, empty_store):
+    # Job 0 is valid, job 1's size is rejected by the schema for a depth-2 U-Net (not a multiple of 4).
+    uri, done = sweep(tmp_path, empty_store, "--multirun", *SWEEP_TINY, "data.image_size=32,34", "model.base_filters=2,4", check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and lines == [lines[-1]], done.stderr[-3000:]
+    assert lines[-1].startswith("seglab: sweep job 2 (data.image_size=34 model.base_filters=2): data.image_size=34 "), lines
+    assert lines[-1].endswith("no job was run: fix that value or leave it out of the sweep"), lines
+    client = MlflowClient(uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []  # no parent, no job
+    assert not (tmp_path / "multirun").exists()
+
+    # A value that does not compose: Hydra's own message names the override; still before anything opens.
     uri, done = sweep(tmp_path, empty_store, "--multirun", "model.base_filters=4,four", check=False)
-    assert done.returncode != 0 and "model.base_filters" in done.stderr
-    client, parent, children = parent_and_children(uri)
-    assert parent.info.status == "FAILED" and "stopped before it ended" in parent.data.tags["error"]
-    assert children == []
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and lines == [lines[-1]] and "model.base_filters=four" in lines[-1], done.stderr[-3000:]
+    assert MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]) == []
 
 
-def test_a_sweep_whose_every_job_failed_exits_non_zero(tmp_path, empty_store):
-    # Both sizes are rejected by the schema for a depth-2 U-Net (not multiples of 4): no training runs.
-    uri, done = sweep(tmp_path, empty_store, "--multirun", *SWEEP_TINY, "data.image_size=30,34", check=False)
-    assert done.returncode != 0 and "all 2 jobs of the sweep failed" in done.stderr
+def test_a_search_is_checked_with_its_fixed_settings_and_one_whose_every_trial_fails_ends_in_one_line(tmp_path, empty_store):
+    # A fixed value every trial would share (34 px fits no depth-4 U-Net): refused before anything opens.
+    uri, done = sweep(tmp_path, empty_store, "+hparams_search=unet_shapes", "hydra.sweeper.n_trials=2", "data.image_size=34",
+                      check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and lines == [lines[-1]], done.stderr[-3000:]
+    assert lines[-1].startswith("seglab: every trial of the search: data.image_size=34 is not allowed"), lines
+    assert MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]) == []
+
+    # Trials optuna chooses are validated as each starts: a search space no trial of which is valid (depth 7 and 8
+    # are out of range) records each trial FAILED, then ends in one line, its parent FAILED with that line.
+    user = tmp_path / "conf" / "hparams_search"
+    user.mkdir(parents=True)
+    (user / "too_deep.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        defaults:
+          - override /hydra/sweeper: optuna
+        hydra:
+          mode: MULTIRUN
+          sweeper:
+            direction: maximize
+            n_trials: 2
+            max_failure_rate: 1.0
+            params:
+              model.depth: choice(7, 8)
+        """))
+    uri, done = sweep(tmp_path, empty_store, "--config-dir", str(tmp_path / "conf"), "+hparams_search=too_deep", check=False)
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert last.startswith("seglab: no trial of the search finished"), last
     client, parent, children = parent_and_children(uri)
-    assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FAILED", "FAILED"]
+    assert parent.info.status == "FAILED" and "no trial of the search finished" in parent.data.tags["error"]
+    assert [c.info.status for c in children] == ["FAILED", "FAILED"] and all("model.depth" in c.data.tags["error"] for c in children)
 
 
 def test_a_sweep_that_cannot_be_tracked_or_optimises_the_wrong_way_stops_before_any_job(tmp_path):

@@ -14,6 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from seglab.engine import checkpoint
+from seglab.tracking.run import masks_file
+from seglab.util import visualize
 from tests.conftest import ROOT, TINY, run_cli
 
 
@@ -85,6 +87,11 @@ def test_mask_images_checkpoints_and_config_are_artifacts(trained):
 
     grid = np.asarray(Image.open(local))
     assert grid.shape[1] > 3 * 32 and grid.shape[0] >= 2 * 32  # 3 panels wide, 2 samples high
+    # The same pictures as artifact files, numbered as the console numbers epochs (1, 2), larger, with a legend.
+    assert {a.path for a in client.list_artifacts(rid, "masks")} == {masks_file(0), masks_file(1)} == {
+        "masks/epoch_001.png", "masks/epoch_002.png"}
+    local = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=masks_file(1), tracking_uri=trained[3])
+    assert Image.open(local).size[0] >= 3 * visualize.MASK_PANEL_PX
     checkpoints = {a.path for a in client.list_artifacts(rid, "checkpoints")}
     assert checkpoints == {"checkpoints/best.keras", "checkpoints/last.state.npz"}
     assert "config.yaml" in {a.path for a in client.list_artifacts(rid)}

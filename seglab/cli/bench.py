@@ -40,7 +40,7 @@ from hydra.utils import instantiate
 
 from seglab import console, errors, tracking
 from seglab.cli import helptext
-from seglab.config import schema
+from seglab.config import preflight, schema
 from seglab.config.check import require
 from seglab.config.trainer import PRECISIONS
 from seglab.data import batches_of
@@ -69,6 +69,8 @@ class BenchOptions:
         require(self.steps >= 1, "bench.steps", self.steps, "use an integer >= 1")
         require(self.warmup >= 1, "bench.warmup", self.warmup, "use an integer >= 1 (the first batch traces the step)")
         require(self.repeats >= 1, "bench.repeats", self.repeats, "use an integer >= 1")
+        require(self.matmul_size >= 1, "bench.matmul_size", self.matmul_size, "use an integer >= 1")
+        require(bool(self.out), "bench.out", self.out, "give the file the JSON report is written to, e.g. bench.out=bench.json")
 
 
 def parse(argv: list[str]) -> tuple[BenchOptions, list[str]]:
@@ -76,6 +78,9 @@ def parse(argv: list[str]) -> tuple[BenchOptions, list[str]]:
     options, overrides = {}, []
     for arg in argv:
         if not arg.startswith("bench."):
+            name = arg.partition("=")[0]
+            require(name not in BenchOptions.__dataclass_fields__, name, arg.partition("=")[2],
+                    f"the benchmark's own options start with bench.: write bench.{arg}")
             overrides.append(arg)
             continue
         key, _, value = arg[len("bench."):].partition("=")
@@ -84,14 +89,26 @@ def parse(argv: list[str]) -> tuple[BenchOptions, list[str]]:
         default = getattr(BenchOptions(), key)
         if isinstance(default, list):
             items = [v for v in value.split(",") if v]
-            options[key] = [v.lower() in ("1", "true", "yes") for v in items] if key == "jit" else items
+            require(bool(items), f"bench.{key}", value, "give at least one value (a comma-separated list)")
+            options[key] = [_boolean(f"bench.{key}", v) for v in items] if key == "jit" else items
         elif isinstance(default, bool):
-            options[key] = value.lower() in ("1", "true", "yes")
+            options[key] = _boolean(f"bench.{key}", value)
         elif isinstance(default, int):
+            require(value.strip().lstrip("-").isdigit(), f"bench.{key}", value, "give an integer")
             options[key] = int(value)
         else:
             options[key] = value or None
     return BenchOptions(**options), overrides
+
+
+def _boolean(key: str, value: str) -> bool:
+    """true/false (also yes/no, 1/0): anything else is a mistake, not false."""
+    word = value.strip().lower()
+    require(word in TRUE + FALSE, key, value, "use true or false")
+    return word in TRUE
+
+
+TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
 
 def matmul_flops(size: int, dtype: str, seconds: float = 1.0) -> float:
@@ -244,6 +261,7 @@ def run(options: BenchOptions, overrides: list[str]) -> dict:
         for model_name, precision, jit, job in grid(options, overrides):
             cfg = schema.compose(job)
             for source in options.data:
+                print(f"measuring {model_name} {precision} xla={jit} {source} ...", flush=True)
                 seglab_runs, plain_runs = [], []
                 for _ in range(options.repeats):  # interleaved: both see the same machine load
                     plain_runs.append(measure(cfg, source, options, False, store))
@@ -320,6 +338,9 @@ def main(argv: list[str]) -> None:
     if helptext.print_usage(argv, __doc__):
         return
     options, overrides = parse(argv)
+    preflight.writable_file(options.out, "bench.out")  # now, not after minutes of measuring
+    if options.tracking_uri:
+        preflight.check_store(options.tracking_uri, key="bench.tracking_uri")
     cfg = schema.compose(overrides)
     for *_, job in grid(options, overrides):  # bad overrides (e.g. XLA with deterministic=true) fail before TensorFlow loads
         schema.compose(job)

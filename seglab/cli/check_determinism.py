@@ -26,6 +26,7 @@ from seglab import errors
 from seglab.cli import helptext
 from seglab.config import schema
 from seglab.engine.checkpoint import RUN_ID, STATE_FILE
+from seglab.util import threads
 
 WALL_CLOCK_METRICS = ("epoch_seconds", "train_seconds", "train_images_per_second")
 CHECKPOINT_DIR = "checkpoints"  # trainer.checkpoint_dir of both runs
@@ -92,18 +93,28 @@ def check(overrides: list[str]) -> tuple[bool, str]:
         runs = [Path(tmp) / name for name in ("first", "second")]
         for run in runs:
             train(overrides, run)
-        histories = [latest_run_metrics(f"sqlite:///{run}/mlflow.db", EXPERIMENT) for run in runs]
+        histories, params = zip(*(latest_run_metrics(f"sqlite:///{run}/mlflow.db", EXPERIMENT) for run in runs))
         states = [run / CHECKPOINT_DIR / STATE_FILE for run in runs]
         difference = weights_difference(*states) or metrics_difference(*histories)
         compared = [k for k in histories[0] if k not in WALL_CLOCK_METRICS]
         epochs = max((len(v) for v in histories[0].values()), default=0)
     what = " ".join(overrides) or "(defaults)"
+    settings = [thread_settings(p) for p in params]
+    if settings[0] != settings[1]:  # not like with like: a different split of each reduction may change the last bits
+        return False, (f"not comparable: the two runs of `python -m seglab {what}` ran with different thread settings "
+                       f"({settings[0]} vs {settings[1]}); set TF_NUM_INTRAOP_THREADS and TF_NUM_INTEROP_THREADS and run again")
     if difference:
-        return False, f"NOT deterministic: two runs of `python -m seglab {what}` differ: {difference}"
+        return False, f"NOT deterministic: two runs of `python -m seglab {what}` with {settings[0]} differ: {difference}"
     return True, (
-        f"deterministic: two runs of `python -m seglab {what}` ended with bit-identical weights and optimizer state "
-        f"and bit-identical values of {len(compared)} metrics over {epochs} epochs"
+        f"deterministic: two runs of `python -m seglab {what}` with {settings[0]} ended with bit-identical weights and "
+        f"optimizer state and bit-identical values of {len(compared)} metrics over {epochs} epochs (other thread "
+        "counts can differ in the last bits: docs/reproducibility.md)"
     )
+
+
+def thread_settings(params: dict[str, str]) -> str:
+    """'2 intra-op and 2 inter-op threads', from a run's params (seglab.util.threads)."""
+    return f"{params.get(threads.INTRA_OP, '?')} intra-op and {params.get(threads.INTER_OP, '?')} inter-op threads"
 
 
 def main(argv: list[str] | None = None) -> int:

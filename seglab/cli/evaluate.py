@@ -24,7 +24,7 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from seglab import console, errors
+from seglab import console, errors, tracking
 from seglab.cli import helptext
 from seglab.config import preflight, schema
 
@@ -56,6 +56,7 @@ def parse(argv: list[str]) -> tuple[str, str | None, DictConfig]:
 
 def run(model_uri: str, cfg: DictConfig, alias: str | None = None) -> dict[str, float]:
     """Evaluate (seglab.engine.evaluate), print the scores, return them."""
+    tracking.check_model_uri(model_uri, cfg.tracking.uri)  # a wrong run id answers before TensorFlow loads
     from seglab.engine import evaluate
 
     found = evaluate.evaluate(model_uri, cfg, alias)

@@ -14,12 +14,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from seglab.config import ranges
 from seglab.config.schema import CONF_DIR
 
 OPTIONAL_GROUPS = ("debug", "experiment", "hparams_search")  # added with +GROUP=OPTION
-# Groups whose every top-level key is a main key; of the others, the keys named here.
-ALL_KEYS = ("trainer", "tracking", "optimizer", "scheduler")
-MAIN_KEYS = {"data": ("image_size", "num_classes", "cache")}
 EXAMPLES = """\
   python -m seglab                                        # defaults: model=unet loss=ce data=shapes
   python -m seglab model=fcn8 loss=dice trainer.epochs=3  # other options and values
@@ -28,7 +26,8 @@ EXAMPLES = """\
   python -m seglab --cfg job                              # print the whole composed config (no TensorFlow)
   python -m seglab.report SWEEP                           # a sweep's jobs as a table"""
 HELP_FLAGS = ("--help", "-h")
-_COMMENTED = re.compile(r"^(\w+):\s*(.*?)\s+#\s*(.*)$")
+KEY_COLUMN_MAX = 40
+_KEY_LINE = re.compile(r"^( *)(\w+):\s*(.*?)(?:\s+#\s*(.*))?$")
 
 
 def print_usage(argv: list[str], doc: str) -> bool:
@@ -51,8 +50,32 @@ def options(group: str) -> dict[str, str]:
 
 
 def _comments(path: Path) -> dict[str, str]:
-    """{top-level key: the comment beside it} in one YAML file."""
-    return {m.group(1): m.group(3) for m in map(_COMMENTED.match, path.read_text().splitlines()) if m}
+    """{dotted key: what the YAML says of it} in one YAML file: the comment beside the key, else the
+    first sentence of the comment block just above it."""
+    found, above, path_to = {}, [], []  # path_to: (indent, key) of the enclosing keys
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            above.append(line.lstrip("# ").strip())
+            continue
+        m = _KEY_LINE.match(line)
+        if m:
+            indent, key, beside = len(m.group(1)), m.group(2), m.group(4)
+            path_to = [(i, k) for i, k in path_to if i < indent] + [(indent, key)]
+            about = beside or _first_sentences(" ".join(above))
+            if about:
+                found[".".join(k for _, k in path_to)] = about
+        above = []
+    return found
+
+
+def _first_sentences(text: str, at_least: int = 40) -> str:
+    """The first sentences of `text` that say something: at least `at_least` characters ("XLA." alone does not)."""
+    taken = ""
+    for sentence in re.split(r"(?<=\.)\s+", text):
+        taken = f"{taken} {sentence}".strip()
+        if len(taken) >= at_least:
+            break
+    return taken
 
 
 def _type(cfg: DictConfig, key: str) -> str:
@@ -76,21 +99,41 @@ def groups(cfg: DictConfig) -> list[str]:
     return [g for g in named if g in cfg.hydra.runtime.choices and Path(CONF_DIR, g).is_dir()]
 
 
+def _leaves(node: DictConfig, prefix: str = "") -> list[tuple[DictConfig, str, str]]:
+    """(the node holding it, its key there, its dotted key under `node`) for every value under `node`."""
+    found = []
+    for key in node:
+        child = node._get_node(key)
+        if key == "_target_":
+            continue
+        if isinstance(child, DictConfig):
+            found += [(holder, k, f"{key}.{dotted}") for holder, k, dotted in _leaves(node[key])]
+        else:
+            found.append((node, key, key))
+    return found
+
+
 def main_keys(cfg: DictConfig) -> list[tuple[str, str, str, str]]:
-    """(key, type, current value, comment) for the top-level keys and each chosen group's main keys."""
+    """(key, type, current value, range and comment) for the top-level keys and every key of each
+    chosen group option (model.*, loss.*, data.source.*, ...); the ranges are the schema's checks."""
     choices = cfg.hydra.runtime.choices
     rows = []
     top = _comments(Path(CONF_DIR, "config.yaml"))
+    top_ranges = ranges.of_schema(OmegaConf.get_type(cfg))
     for key in cfg:
         if key != "hydra" and not isinstance(cfg._get_node(key), DictConfig):
-            rows.append((key, _type(cfg, key), _value(cfg, key), top.get(key, "")))
+            rows.append((key, _type(cfg, key), _value(cfg, key), _about(top_ranges.get(key), top.get(key))))
     for group in groups(cfg):
-        node = cfg[group]
         comments = _comments(Path(CONF_DIR, group, f"{choices[group]}.yaml"))
-        keys = [k for k in node if k != "_target_" and not isinstance(node._get_node(k), DictConfig)]
-        keys = keys if group in ALL_KEYS else [k for k in keys if k in MAIN_KEYS.get(group, ())]
-        rows += [(f"{group}.{k}", _type(node, k), _value(node, k), comments.get(k, "")) for k in keys]
+        for holder, key, dotted in _leaves(cfg[group]):
+            found = ranges.of_schema(OmegaConf.get_type(holder)) | top_ranges
+            name = f"{group}.{dotted}"
+            rows.append((name, _type(holder, key), _value(holder, key), _about(found.get(name), comments.get(dotted))))
     return rows
+
+
+def _about(allowed: str | None, comment: str | None) -> str:
+    return " ".join(filter(None, (f"[{allowed}]" if allowed else None, comment)))
 
 
 def render(_root_: DictConfig) -> str:
@@ -109,14 +152,15 @@ def render(_root_: DictConfig) -> str:
         for name, about in options(group).items():
             mark = "*" if choices.get(group) == name else " "
             lines.append(f"  {mark} {name:<30} {about}".rstrip())
-    lines += ["", "== Main keys (KEY=VALUE; type, value now, what it does) =="]
+    lines += ["", "== Keys of the chosen options (KEY=VALUE; type, value now, [range the schema checks], what it does) =="]
     rows = main_keys(cfg)
-    width = max(len(f"{k}={v}") for k, _, v, _ in rows)
+    width = min(max(len(f"{k}={v}") for k, _, v, _ in rows), KEY_COLUMN_MAX)  # a long list value overflows
     for key, kind, value, about in rows:
         lines.append(f"  {f'{key}={value}':<{width}}  {kind:<6} {about}".rstrip())
     lines += [
-        "", "Every other key: `python -m seglab --cfg job` prints the composed config; the ranges are checked by",
-        "seglab/config/ before TensorFlow loads.", "", "== Examples ==", EXAMPLES, "",
+        "", "Another option's keys: name it too (e.g. python -m seglab model=unet_mobilenet --help). The ranges are",
+        "checked by seglab/config/ before TensorFlow loads; `python -m seglab --cfg job` prints the composed config.",
+        "", "== Examples ==", EXAMPLES, "",
         "Hydra's own flags (--cfg, --multirun, --info, shell completion, ...): python -m seglab --hydra-help",
     ]
     return "\n".join(lines).replace("$", "$$")  # Hydra fills the template with string.Template: a literal $ is $$

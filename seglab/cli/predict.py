@@ -5,10 +5,15 @@ logged by seglab, from any MLflow store (`tracking.uri`, default the training de
 `sqlite:///mlflow.db`).  Per image it writes `<file name>_mask.png` (e.g. `cat.jpg_mask.png`) (the label of each pixel as its grey
 value, at the image's own size) and `<file name>_overlay.png` (the labels' colours over the image).
 Images of any size are resized to the model's input (bilinear, as in training) and the predicted
-mask back to the image's size with nearest-neighbour.  Files that cannot be read as images are
-skipped and named at the end.
+mask back to the image's size with nearest-neighbour; with `inference.mode=slide`, windows of the
+model's input size slide over the image at full resolution every `inference.stride` pixels (default
+half a window) and the logits of overlapping windows are averaged (for images larger than the
+training size).  16-bit images are scaled to 8 bits (not clipped); grey, palette and CMYK images are
+converted to RGB and an alpha channel is dropped (seglab/util/images.py).  Files that cannot be read
+as images are skipped, each named in one line.
 
-Other keys: `batch_size=8`, `tracking.uri=...`, `verbose=true` (library notices too).
+Other keys: `batch_size=8`, `inference.mode=resize|slide`, `inference.stride=N`, `inference.flip=true`, `tracking.uri=...`,
+`verbose=true` (library notices too).
 """
 
 # Lazy imports: TensorFlow and MLflow load once the arguments are checked: a mistake answers in a second.
@@ -19,6 +24,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from omegaconf import MISSING, OmegaConf
@@ -26,18 +32,27 @@ from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from tqdm import tqdm
 
-from seglab import console, errors
+from seglab import console, errors, tracking
 from seglab.cli import helptext
 from seglab.config import preflight
 from seglab.config.schema import ConfigError
-from seglab.util import visualize
+from seglab.util import images, visualize
 
 log = logging.getLogger(__name__)
+
+INFERENCE_MODES = ("resize", "slide")  # seglab.inference.MODES (that module imports TensorFlow)
 
 
 @dataclass
 class TrackingRef:
     uri: str = "sqlite:///mlflow.db"
+
+
+@dataclass
+class InferenceOptions:
+    mode: str = "resize"  # seglab.inference.MODES
+    stride: Optional[int] = None  # slide: pixels between windows; None: half the model's input size
+    flip: bool = False  # test-time augmentation: average with the horizontally flipped image's logits
 
 
 @dataclass
@@ -48,6 +63,7 @@ class PredictConfig:
     batch_size: int = 8
     verbose: bool = False  # true: TensorFlow's and MLflow's notices too
     tracking: TrackingRef = field(default_factory=TrackingRef)
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
 
 
 def parse(argv: list[str]) -> PredictConfig:
@@ -62,25 +78,39 @@ def parse(argv: list[str]) -> PredictConfig:
         raise ConfigError(f"{errors.explain(err)}; usage: {__doc__.strip().splitlines()[0]}") from err
     if config.batch_size < 1:
         raise ConfigError(f"batch_size={config.batch_size} is not allowed: use an integer >= 1.")
+    check_inference(config.inference)
     if not Path(config.input).exists():
         raise ConfigError(f"input={config.input} does not exist: give an image file or a directory of images.")
     preflight.check_output_outside_input(config.input, config.output)
     if config.model_uri.startswith(("runs:/", "models:/")):
         preflight.check_store(config.tracking.uri, must_exist=True)
+    preflight.writable_dir(Path(config.output), "output", config.output)  # an existing file, or no permission
     return config
+
+
+def check_inference(options: InferenceOptions) -> None:
+    if options.mode not in INFERENCE_MODES:
+        raise ConfigError(f"inference.mode={options.mode} is not allowed: choose one of {', '.join(INFERENCE_MODES)}.")
+    if options.stride is not None and options.stride < 1:
+        raise ConfigError(f"inference.stride={options.stride} is not allowed: use an integer >= 1 (pixels between windows).")
+
+
+def slide_stride(options: InferenceOptions, window: int) -> int | None:
+    """The stride `slide` mode moves the model's `window` by; a stride beyond it would leave pixels unseen."""
+    from seglab import inference  # TensorFlow: the model is loaded by now
+
+    if options.mode != "slide":
+        return None
+    try:
+        return inference.slide_stride(options.stride, window)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def input_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3); grey, palette and RGBA images are converted.  Raises OSError or ValueError
-    for anything that is not a readable image."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -> None:
@@ -95,25 +125,35 @@ def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -
 def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
     """Segment every input; (images written, [(unreadable file, why)])."""
 
-    from seglab import inference, tracking  # TensorFlow and MLflow: only once the arguments are checked
-
     source, output = Path(cfg.input), Path(cfg.output)
     files = input_files(source)
     if not files:
         raise ConfigError(f"input={cfg.input} holds no files.")
+    # Headers only, before the model loads: a folder (or file) with nothing to segment answers in seconds.
+    skipped = [(path, why) for path in files if (why := images.not_an_image(path))]
+    if len(skipped) == len(files):
+        raise ConfigError(f"input={cfg.input} holds no readable image ({len(files)} file(s); {skipped[0][0]}: {skipped[0][1]}); "
+                          "give an image file or a folder of images.")
+    files = [path for path in files if path not in dict(skipped)]
+    tracking.check_model_uri(cfg.model_uri, cfg.tracking.uri)  # a wrong run id answers before TensorFlow loads
+    from seglab import inference  # TensorFlow
+
     model = tracking.load_model(cfg.model_uri, cfg.tracking.uri)
+    stride = slide_stride(cfg.inference, int(model.input_shape[1]))
     root = source.parent if source.is_file() else source
-    written, skipped = 0, []
+    written = 0
     with tqdm(total=len(files), unit="image", desc="predict", file=sys.stderr, disable=None) as bar:  # None: no bar off a terminal
         for start in range(0, len(files), cfg.batch_size):
             readable = []
             for path in files[start : start + cfg.batch_size]:
                 try:
-                    readable.append((path, read_rgb(path)))
-                except (OSError, ValueError, Image.DecompressionBombError) as err:
-                    skipped.append((path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+                    readable.append((path, images.read_rgb(path)))
+                except images.UNREADABLE as err:
+                    skipped.append((path, images.why_unreadable(err)))
             if readable:
-                for (path, image), labels in zip(readable, inference.segment(model, [im for _, im in readable])):
+                masks = inference.segment(model, [im for _, im in readable], mode=cfg.inference.mode, stride=stride,
+                                         flip=cfg.inference.flip)
+                for (path, image), labels in zip(readable, masks):
                     write(output, path.relative_to(root), image, labels)
                 written += len(readable)
             bar.update(min(cfg.batch_size, len(files) - start))

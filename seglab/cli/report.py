@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep", help="parent run id, MLflow experiment name (its latest sweep), or a sweep's run name")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    parser.add_argument("--sort", default="objective", help=f"column to sort by (default: the sweep's optimize_metric); one of {', '.join(SORTABLE)}")
+    parser.add_argument("--sort", default="objective", choices=SORTABLE, metavar="COLUMN", help=f"column to sort by (default: the sweep's optimize_metric); one of {', '.join(SORTABLE)}")
     parser.add_argument("--ascending", action="store_true", help="smallest first (default: largest first; best first for the objective)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="text")
     parser.add_argument("--output", type=Path, help="also write the table to this file (.csv or .md picks the format)")
@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     console.quiet(args.verbose)
 
     preflight.check_store(args.tracking_uri, must_exist=True, key="--tracking-uri")
+    if args.output:
+        preflight.writable_file(args.output, "--output")
     from seglab.tracking import sweeps as sweep_runs
 
     parent = sweep_runs.find_parent_run(args.tracking_uri, args.sweep)

@@ -3,6 +3,8 @@ With `--multirun`, each job goes through `sweep.run_job`: a failing job is recor
 
 # Lazy imports: TensorFlow loads only after validation, the path and store preflight and the strategy check.
 
+import logging
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -12,6 +14,10 @@ from seglab.cli import helptext  # noqa: F401  the --help resolver
 from seglab.config import preflight, schema
 from seglab.config.schema import CONF_DIR
 from seglab.engine import distribute, sweep
+
+log = logging.getLogger(__name__)
+STARTING = ("starting: loading TensorFlow, building the model and the data, then tracing the training step "
+            "(the first epoch's line comes last)")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -29,8 +35,12 @@ def _run(cfg: DictConfig) -> float:
 
 def _train(cfg: DictConfig) -> float:
     preflight.check_paths(cfg, HydraConfig.get().runtime.output_dir)  # paths and store, before MLflow and TensorFlow
-    distribute.check(cfg.trainer.strategy, cfg.trainer.resume)  # e.g. multi_worker without TF_CONFIG: before TensorFlow loads
+    preflight.check_batches(cfg)
+    trainer = cfg.trainer  # e.g. multi_worker without TF_CONFIG: before TensorFlow loads
+    distribute.check(trainer.strategy, trainer.resume, trainer.jit_compile, trainer.steps_per_execution)
     tracking.check_reachable(cfg.tracking.uri)  # a server that is down: fail in seconds, before TensorFlow too
+    # What the 10-30 s before the first epoch's line are spent on, said before they start.
+    log.info(STARTING)
     from seglab.engine import train
 
     return train.run(cfg)

@@ -50,6 +50,9 @@ class DataConfig:
             list(self.class_names),
             f"give exactly data.num_classes={self.num_classes} names",
         )
+        repeated = sorted({name for name in self.class_names if list(self.class_names).count(name) > 1})
+        require(not repeated, "data.class_names", repeated,
+                "give each class its own name (they name the per-class metrics, e.g. val_iou_<name>)")
         bad_names = [name for name in self.class_names if not CLASS_NAME.fullmatch(str(name))]
         require(
             not bad_names,

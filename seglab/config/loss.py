@@ -81,9 +81,50 @@ class WeightedCrossEntropyConfig(LossConfig):
                     f"give exactly data.num_classes={num_classes} weights")
 
 
+@dataclass
+class FocalConfig(LossConfig):
+    _target_: str = MISSING
+    ignore_index: Optional[int] = MISSING
+    gamma: float = MISSING  # focusing parameter: 0 is cross-entropy
+    alpha: Optional[list[float]] = MISSING  # one weight per class, or null (all 1)
+
+    def __post_init__(self) -> None:
+        require(self.gamma >= 0, "loss.gamma", self.gamma, "use a float >= 0 (0: cross-entropy, 2: the paper's)")
+        require(self.alpha is None or (len(self.alpha) > 0 and all(a >= 0 for a in self.alpha)), "loss.alpha",
+                None if self.alpha is None else list(self.alpha), "use null or non-negative weights, one per class")
+
+    def check_classes(self, num_classes: int) -> None:
+        require(self.alpha is None or len(self.alpha) == num_classes, "loss.alpha", list(self.alpha or []),
+                f"give exactly data.num_classes={num_classes} weights, or null")
+
+
+@dataclass
+class TverskyConfig(LossConfig):
+    _target_: str = MISSING
+    ignore_index: Optional[int] = MISSING
+    alpha: float = MISSING  # weight of false positives
+    beta: float = MISSING  # weight of false negatives
+    smooth: float = MISSING
+
+    def __post_init__(self) -> None:
+        require(self.alpha >= 0, "loss.alpha", self.alpha, "use a float >= 0 (the weight of false positives, e.g. 0.3)")
+        require(self.beta >= 0, "loss.beta", self.beta, "use a float >= 0 (the weight of false negatives, e.g. 0.7)")
+        require(self.smooth > 0, "loss.smooth", self.smooth,
+                "use a float > 0 (e.g. 1.0): with 0 a class absent from target and prediction divides 0 by 0")
+
+
+@dataclass
+class LovaszConfig(LossConfig):
+    _target_: str = MISSING
+    ignore_index: Optional[int] = MISSING
+
+
 # The ConfigStore entries (GROUP/NAME) that the option YAMLs name in their defaults lists.
 SCHEMAS = {
     "loss/ce_schema": CrossEntropyConfig,
     "loss/dice_schema": DiceConfig,
     "loss/weighted_schema": WeightedCrossEntropyConfig,
+    "loss/focal_schema": FocalConfig,
+    "loss/tversky_schema": TverskyConfig,
+    "loss/lovasz_schema": LovaszConfig,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from omegaconf import MISSING
@@ -18,6 +19,10 @@ class ModelConfig:
     def size_multiple(self) -> int:
         """The input side must be a multiple of this (total downsampling of the encoder)."""
         return 1
+
+    def min_size(self) -> int:
+        """The smallest input side the builder accepts."""
+        return self.size_multiple()
 
 
 def _check_bn_momentum(value: float) -> None:
@@ -111,9 +116,72 @@ class UNetMobileNetConfig(ModelConfig):
         return facts.MOBILENET_V2_STRIDE
 
 
+def _check_preset(preset: Optional[str], presets: dict, architecture: object, what: str) -> None:
+    """A KerasHub preset of the configured architecture, a handle (kaggle://, hf://) or a preset directory."""
+    if preset is None or "://" in preset or Path(preset).expanduser().is_dir():
+        return
+    require(
+        preset in presets, "model.preset", preset,
+        f"use one of KerasHub's {what} presets ({', '.join(sorted(presets))}), the path of a preset directory, "
+        "or null (random initialisation)",
+    )
+    require(
+        presets[preset] == architecture, "model.preset", preset,
+        f"it holds a {what} of another size ({presets[preset]}, not {architecture}): choose a preset of the configured one "
+        "or set the model's size to the preset's",
+    )
+
+
+@dataclass
+class DeepLabV3PlusConfig(ModelConfig):
+    _target_: str = "seglab.models.deeplabv3plus.build"
+    depth: int = MISSING
+    dilation_rates: list[int] = MISSING
+    projection_filters: int = MISSING
+    preset: Optional[str] = MISSING
+
+    def __post_init__(self) -> None:
+        require(self.depth in facts.RESNET_DEPTHS, "model.depth", self.depth, f"choose a ResNet depth of {list(facts.RESNET_DEPTHS)}")
+        require(
+            len(self.dilation_rates) == 3 and all(r >= 1 for r in self.dilation_rates), "model.dilation_rates", self.dilation_rates,
+            "give three atrous rates >= 1 (the paper uses [6, 12, 18])",
+        )
+        require(self.projection_filters >= 1, "model.projection_filters", self.projection_filters, "use an integer >= 1 (the paper uses 48)")
+        _check_preset(self.preset, facts.RESNET_PRESETS, self.depth, "ResNet")
+
+    def size_multiple(self) -> int:
+        return facts.RESNET_STRIDE
+
+
+@dataclass
+class SegFormerConfig(ModelConfig):
+    _target_: str = "seglab.models.segformer.build"
+    variant: str = MISSING
+    decoder_width: Optional[int] = MISSING
+    drop_path: float = MISSING
+    preset: Optional[str] = MISSING
+
+    def __post_init__(self) -> None:
+        require(self.variant in facts.MIT_VARIANTS, "model.variant", self.variant, f"choose one of {', '.join(facts.MIT_VARIANTS)}")
+        require(
+            self.decoder_width is None or self.decoder_width >= 1, "model.decoder_width", self.decoder_width,
+            "use an integer >= 1, or null for the paper's width",
+        )
+        require(0.0 <= self.drop_path < 1.0, "model.drop_path", self.drop_path, "use a rate in [0, 1) (the paper uses 0.1)")
+        _check_preset(self.preset, facts.MIT_PRESETS, self.variant, "MiT")
+
+    def size_multiple(self) -> int:
+        return facts.MIT_STRIDE
+
+    def min_size(self) -> int:
+        return facts.MIT_MIN_SIZE
+
+
 # The ConfigStore entries (GROUP/NAME) that the option YAMLs name in their defaults lists.
 SCHEMAS = {
     "model/unet_schema": UNetConfig,
     "model/fcn8_schema": FCN8Config,
     "model/unet_mobilenet_schema": UNetMobileNetConfig,
+    "model/deeplabv3plus_schema": DeepLabV3PlusConfig,
+    "model/segformer_schema": SegFormerConfig,
 }

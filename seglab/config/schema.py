@@ -62,6 +62,8 @@ class Config:
             f"this model downsamples by {multiple}, so use a multiple of {multiple} "
             f"(e.g. {max(multiple, self.data.image_size // multiple * multiple)})",
         )
+        smallest = self.model.min_size()
+        require(self.data.image_size >= smallest, "data.image_size", self.data.image_size, f"this model needs images of at least {smallest} px")
         self.loss.check_classes(self.data.num_classes)
         require(
             self.scheduler.warmup_epochs < self.trainer.epochs, "scheduler.warmup_epochs", self.scheduler.warmup_epochs,

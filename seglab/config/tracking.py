@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -10,6 +11,20 @@ from omegaconf import MISSING
 from seglab.config.check import require
 
 LOG_MODEL = ("best", "last", False)
+# What MLflow's model registry refuses in a registered model's name (mlflow.utils.validation._validate_model_name,
+# and its file store's path separators and '%'); refused here, before training, not after the model is logged.
+NAME_FORBIDDEN = ("/", ":", "%", "\\")
+
+
+def registered_name_problem(name: str) -> str | None:
+    """Why MLflow would refuse `name` as a registered model name; None when it takes it."""
+    found = [c for c in NAME_FORBIDDEN if c in name]
+    if found:
+        return f"a registered model name cannot contain {' or '.join(repr(c) for c in found)}"
+    norm = posixpath.normpath(name)
+    if norm != name or norm == "." or norm.startswith(".."):
+        return f"a registered model name must not read as a path ({name!r} would be {norm!r})"
+    return None
 
 
 @dataclass
@@ -30,6 +45,9 @@ class TrackingConfig:
         require(self.register_as is None or (bool(self.register_as.strip()) and bool(self.log_model)),
                 "tracking.register_as", self.register_as,
                 "a registered model needs a logged one: give a non-empty name and keep tracking.log_model on")
+        problem = self.register_as and registered_name_problem(self.register_as)
+        require(not problem, "tracking.register_as", self.register_as,
+                f"{problem}; use letters, digits, '-', '_', '.' (e.g. team-seg; MLflow numbers the versions itself)")
 
 
 # The ConfigStore entries (GROUP/NAME) that the option YAMLs name in their defaults lists.

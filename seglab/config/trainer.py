@@ -32,6 +32,8 @@ class TrainerConfig:
     resume: str = MISSING  # auto | never | <MLflow run id> (docs/resume.md)
     checkpoint_every: int = MISSING  # epochs between uploads of the training state to the run's artifacts
     heartbeat_timeout_min: float = MISSING  # a RUNNING run on another host silent this long is taken as dead
+    gradient_accumulation_steps: Optional[int] = MISSING  # batches per optimizer update (null or 1: every batch)
+    early_stopping_patience: Optional[int] = MISSING  # epochs without improvement of optimize_metric (null: off)
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")
@@ -52,6 +54,11 @@ class TrainerConfig:
         for key in ("limit_batches", "overfit_batches"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"trainer.{key}", value, "use null (all batches) or an integer >= 1")
+        require(self.gradient_accumulation_steps is None or self.gradient_accumulation_steps >= 1,
+                "trainer.gradient_accumulation_steps", self.gradient_accumulation_steps,
+                "use null (an update every batch) or an integer >= 1 (k: one update per k batches)")
+        require(self.early_stopping_patience is None or self.early_stopping_patience >= 1, "trainer.early_stopping_patience",
+                self.early_stopping_patience, "use null (train all trainer.epochs) or an integer >= 1 (epochs)")
         steps = self.profile_batches
         require(steps is None or (len(steps) == 2 and 1 <= steps[0] <= steps[1]), "trainer.profile_batches", steps,
                 "use null (no profile) or [first, last] training steps with 1 <= first <= last, e.g. [3,5]")
@@ -61,3 +68,23 @@ class TrainerConfig:
 SCHEMAS = {
     "trainer/trainer_schema": TrainerConfig,
 }
+
+
+def batches_per_epoch(images: int, batch_size: int) -> int:
+    """Batches an epoch of a split of `images` elements takes (the last one may be partial)."""
+    return -(-images // batch_size)
+
+
+def check_batches(trainer, images: int, where: str) -> None:
+    """Batch size and overfit_batches against the training split's `images` (`where` says how it is known):
+    from the config for the built-in data (schema.py), once counted for folders (engine/train.py)."""
+    batch = trainer.batch_size
+    require(batch <= images, "trainer.batch_size", batch,
+            f"use at most {images}, the training split's size ({where}): a larger batch repeats nothing, it just shrinks")
+    # overfit_batches repeats N batches: more than there are is meaningless. limit_batches is only a cap (+debug
+    # presets set one for any data), so one above the split's batches is fine.
+    batches = batches_per_epoch(images, batch)
+    require(trainer.overfit_batches is None or trainer.overfit_batches <= batches, "trainer.overfit_batches",
+            trainer.overfit_batches, f"use at most {batches}: the training split ({images} images, {where}) has {batches} "
+            f"batches of trainer.batch_size={batch}")
+

@@ -11,6 +11,7 @@ sees every later epoch).  Writes a grid of augmented training samples (image | m
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
@@ -18,7 +19,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from seglab import console, errors
-from seglab.config import schema
+from seglab.config import preflight, schema
+from seglab.config.check import require
 from seglab.data import batches_of
 from seglab.util import visualize
 
@@ -54,6 +56,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--samples", type=int, default=8, help="training examples in the PNG grid")
     parser.add_argument("--out", default=None, help="PNG path (default: data-NAME.png)")
     args = parser.parse_args(argv)
+    require(args.passes >= 2, "--passes", args.passes, "use 2 or more (the first pass fills the cache, the later ones are what training sees)")
+    require(args.samples >= 1, "--samples", args.samples, "use 1 or more")
+    out = args.out or f"data-{args.name}.png"
+    require(Path(out).suffix.lower() in Image.registered_extensions(), "--out", out, "give an image file name, e.g. --out samples.png")
+    preflight.writable_file(out, "--out")  # now, not after the passes
     cfg = compose_config(args.name, args.overrides)
     console.quiet(console.is_verbose(cfg))
 
@@ -64,9 +71,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = cfg.data
     splits = instantiate(data.source)
     batches = batches_of(cfg, splits.train, "train", training=True)
-    rates = images_per_second(batches, max(args.passes, 2))
+    rates = images_per_second(batches, args.passes)
     result = {"first_pass_images_per_second": rates[0], "images_per_second": sum(rates[1:]) / len(rates[1:])}
-    out = args.out or f"data-{args.name}.png"
     Image.fromarray(sample_grid(batches, args.samples, data.num_classes)).save(out)
     print(
         f"data={args.name} image_size={data.image_size} batch_size={cfg.trainer.batch_size} cache={data.cache}: "

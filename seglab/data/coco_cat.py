@@ -132,7 +132,7 @@ def convert(
             return files, done["count"]
 
 
-    coco = COCO(str(annotations))
+    coco = load_annotations(annotations)
     image_ids = select(coco, category, negative_fraction, seed, where=str(annotations))
     missing = [coco.imgs[i]["file_name"] for i in image_ids if not (images_dir / coco.imgs[i]["file_name"]).is_file()]
     if missing:
@@ -162,6 +162,19 @@ def convert(
     atomic.write_bytes(manifest, json.dumps(dict(count=count, shards=names)).encode())
     log.info("coco_cat %s: wrote %d examples in %d shards to %s", split, count, n_shards, out)
     return [str(out / name) for name in names], count
+
+
+def load_annotations(annotations: Path) -> COCO:
+    """pycocotools' index of an instances file; a DataError naming the file when it is not one (cut short
+    by an interrupted download or unpacking, or another JSON file), instead of a JSONDecodeError without it."""
+    again = f"unpack annotations_trainval2017.zip (from {DOWNLOAD}) into {annotations.parent.parent} again"
+    try:
+        return COCO(str(annotations))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{annotations} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}): "
+                        f"the file is incomplete or damaged; {again}.") from None
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as err:  # JSON, but not COCO's layout
+        raise DataError(f"{annotations} is not a COCO instances file ({type(err).__name__}: {err}); {again}.") from None
 
 
 def tf_record_iterator(path: Path):

@@ -46,6 +46,7 @@ TRIMAP_RANGE_ERROR = LABEL_ERROR_MARKER + (
 )
 TF_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what tf.io.decode_image reads
 MAX_NAMED = 5  # file names quoted in an error message
+JPEG_END = b"\xff\xd9"  # the EOI marker that ends every complete JPEG
 SCAN_THREADS = 8  # header reads are I/O-bound
 
 
@@ -165,7 +166,18 @@ def _from_folder(root: Path, val_percent: int, split_seed: int, deterministic: b
         raise DataError(f"data.source.path={root}: {len(order)} trainval images are too few to split off a validation set.")
     train, val = [str(n) for n in order[:-n_val]], [str(n) for n in order[-n_val:]]
 
+    # The split is made before broken files are dropped, so that a file that breaks moves no other image.
     skipped = _undecodable(images_dir, trimaps_dir, trainval + (test or []))
+    kept = {which: [n for n in names if n not in skipped] for which, names in (("train", train), ("val", val), ("test", test or []))}
+    for which, names in (("train", train), ("val", val)):
+        if not kept[which]:
+            first = next(n for n in names if n in skipped)
+            raise DataError(
+                f"data.source.path={root}: none of the {len(names)} images of the {which} split can be decoded, e.g. "
+                f"{skipped[first]}: unpack images.tar.gz and annotations.tar.gz (from {ARCHIVES_URL}) into it again."
+            )
+    for name, problem in skipped.items():
+        log.warning("skipping %s: %s", name, problem)
     if skipped:
         log.warning("skipped %d of %d image/trimap pairs that cannot be decoded", len(skipped), len(trainval) + len(test or []))
 
@@ -179,8 +191,8 @@ def _from_folder(root: Path, val_percent: int, split_seed: int, deterministic: b
         return Provenance({"kind": "folder", "path": str(root), "split": which, "val_percent": val_percent,
                            "split_seed": split_seed}, files=files, names=[f"{n}.jpg" for n in kept] if deterministic else None)
 
-    log.info("%s from %s: %d train, %d val, %d test", TFDS_NAME, root, len(train), len(val), len(test or ()))
-    return Splits(train=split(train), val=split(val), test=split(test) if test else None,
+    log.info("%s from %s: %d train, %d val, %d test", TFDS_NAME, root, len(kept["train"]), len(kept["val"]), len(kept["test"]))
+    return Splits(train=split(train), val=split(val), test=split(test) if kept["test"] else None,
                   about={"train": about(train, "train"), "val": about(val, "val"), **({"test": about(test, "test")} if test else {})})
 
 
@@ -202,16 +214,15 @@ def _check_pairs(images_dir: Path, trimaps_dir: Path, names: list[str]) -> None:
         )
 
 
-def _undecodable(images_dir: Path, trimaps_dir: Path, names: list[str]) -> set[str]:
-    """Names whose image or trimap cannot be decoded (each logged); a size mismatch is an error instead."""
+def _undecodable(images_dir: Path, trimaps_dir: Path, names: list[str]) -> dict[str, str]:
+    """Names whose image or trimap cannot be decoded -> why; a size mismatch is an error instead."""
     with ThreadPoolExecutor(SCAN_THREADS) as pool:
         sizes = list(pool.map(lambda n: (_header(images_dir / f"{n}.jpg"), _header(trimaps_dir / f"{n}.png")), names))
-    skipped, mismatched = set(), []
+    skipped, mismatched = {}, []
     for name, (image, trimap) in zip(names, sizes):
         for problem in (image, trimap):
             if isinstance(problem, str):
-                log.warning("skipping %s: %s", name, problem)
-                skipped.add(name)
+                skipped.setdefault(name, problem)
         if name not in skipped and image != trimap:
             mismatched.append(f"{name} (image {image[0]}x{image[1]}, trimap {trimap[0]}x{trimap[1]})")
     if mismatched:
@@ -227,10 +238,20 @@ def _header(path: Path) -> tuple[int, int] | str:
             if image.format not in TF_IMAGE_FORMATS:
                 return f"{path} is {image.format}, which TensorFlow cannot decode"
             size = image.size
-            image.verify()  # PNG: every chunk's checksum; catches truncated files
+            if image.format == "JPEG" and not _ends_like_jpeg(path):
+                image.load()  # a JPEG cut short (TensorFlow would stop mid-epoch on it); one with trailing bytes loads
+            else:
+                image.verify()  # PNG: every chunk's checksum; catches truncated files
             return size
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         return f"{path} cannot be decoded ({err})"
+
+
+def _ends_like_jpeg(path: Path) -> bool:
+    """Whether the file ends with JPEG's end-of-image marker: two bytes read instead of a full decode."""
+    with open(path, "rb") as f:
+        f.seek(-len(JPEG_END), os.SEEK_END)
+        return f.read() == JPEG_END
 
 
 def _decode_pairs(images_dir: Path, trimaps_dir: Path, names: list[str], deterministic: bool):

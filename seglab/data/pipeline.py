@@ -12,10 +12,11 @@ every run.
 
 from __future__ import annotations
 
-import math
 
 import tensorflow as tf
 from tensorflow.python.framework import random_seed
+
+from seglab.config import trainer as trainer_schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -132,7 +133,7 @@ def _epoch(ds, epoch, seed: int, shuffle_buffer: int, batch_size: int, determini
 
 def steps_per_epoch(examples: int, batch_size: int) -> int:
     """Batches per epoch of a split of `examples` elements (the last one may be partial)."""
-    return math.ceil(examples / batch_size)
+    return trainer_schema.batches_per_epoch(examples, batch_size)
 
 
 def count(dataset: tf.data.Dataset) -> int:

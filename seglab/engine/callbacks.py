@@ -15,33 +15,93 @@ import tensorflow as tf
 
 from seglab import metrics
 from seglab.engine import checkpoint
+from seglab.tracking.run import raise_if_terminated
 from seglab.util import objective, visualize
 
 log = logging.getLogger(__name__)
 
 
 def for_training(cfg, run, checkpointer: "Checkpointer", train_images: int, loss, inference_batches=None,
-                 samples: tuple[np.ndarray, np.ndarray] | None = None, profile_dir: Path | None = None) -> list[keras.callbacks.Callback]:
+                 samples: tuple[np.ndarray, np.ndarray] | None = None, profile_dir: Path | None = None,
+                 first_epoch: int = 0) -> list[keras.callbacks.Callback]:
     """The callbacks of a training run's `fit`, in the order Keras calls them: trainer.train_inference_images
     (0: none) scores `inference_batches`, trainer.mask_samples (0: none) draws the first of `samples` every
-    epoch, trainer.profile_batches (null: none) profiles into `profile_dir`."""
+    epoch, trainer.profile_batches (null: none) profiles into `profile_dir`; optimizer.ema swaps the moving
+    averages in (a run resumed at `first_epoch` > 0 starts with them in), trainer.early_stopping_patience stops."""
     trainer = cfg.trainer
     # Keras hands every callback the same epoch logs, in list order: InferenceModeScores comes before
     # MetricsLogger because it adds train_inference_* to those logs, which MetricsLogger then logs.
+    # EMAWeights comes before every callback that scores, logs or saves the model: they see the EMA weights.
+    ema = [EMAWeights(resumed=first_epoch > 0)] if cfg.optimizer.ema else []
     scores = [InferenceModeScores(inference_batches, cfg.data.num_classes, loss)] if trainer.train_inference_images else []
-    masks = [MaskLogger(run, *samples)] if trainer.mask_samples else []
+    masks = [MaskLogger(run, *samples, list(cfg.data.class_names))] if trainer.mask_samples else []
     profiler = [Profiler(*trainer.profile_batches, profile_dir)] if trainer.profile_batches else []
+    # After the checkpointer, whose best epoch it reads.
+    stopper = ([EarlyStopping(checkpointer, trainer.early_stopping_patience, ema[0] if ema else None)]
+               if trainer.early_stopping_patience else [])
     return [
         # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
         keras.callbacks.TerminateOnNaN(raise_error=True),
+        StopOnSigterm(),
+        *ema,
         *scores,
         MetricsLogger(run, train_images),
         checkpointer,
+        *stopper,
         EpochLine(trainer.epochs, checkpointer),
         Heartbeat(run),
         *masks,
         *profiler,
     ]
+
+
+class EMAWeights(keras.callbacks.SwapEMAWeights):
+    """optimizer.ema: Keras' swap of the model's weights with the optimizer's exponential moving averages
+    (Polyak averaging) around validation and from each epoch's end to the next one's start, so validation,
+    the callbacks after this one (scores, logs, checkpoints, masks) and, through the optimizer's
+    `finalize_variable_values` after the last epoch, the finished model hold the EMA weights, while the
+    training steps update the raw ones.
+
+    A state saved at an epoch's end therefore holds the EMA weights in the model and the raw ones in the
+    optimizer's averages.  `resumed`: the model was restored from such a state, so the next epoch's start
+    swaps them back exactly as it would have without the interruption (bit-identical resume)."""
+
+    def __init__(self, resumed: bool = False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
+
+    def finalize(self) -> None:
+        """Training ends after this epoch although it is not the last (early stopping): the averages take
+        the EMA weights now in the model, so that Keras' `finalize_variable_values` after fit keeps them."""
+        if self._ema_weights_in_model:
+            self._finalize_ema_values()
+
+
+class EarlyStopping(keras.callbacks.Callback):
+    """trainer.early_stopping_patience: stop after `patience` epochs in a row without improvement of the
+    checkpointer's monitored metric (optimize_metric).  The count is the epochs since the checkpointer's
+    best epoch, which a resumed run restores, so a resumed run stops where an uninterrupted one would.
+    `stopped_epoch`: the 0-based epoch after which it stopped (None: it did not)."""
+
+    def __init__(self, checkpointer: Checkpointer, patience: int, ema: EMAWeights | None = None):
+        super().__init__()
+        self.checkpointer, self.patience, self.ema = checkpointer, patience, ema
+        self.stopped_epoch: int | None = None
+
+    def exhausted(self, epoch: int) -> bool:
+        """Whether the patience has run out after 0-based `epoch`."""
+        best = self.checkpointer.best_epoch
+        return best is not None and epoch - best >= self.patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.exhausted(epoch) and epoch < self.params["epochs"] - 1:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch
+            if self.ema is not None:
+                self.ema.finalize()
+            log.info("early stopping after epoch %d: %s has not improved on epoch %d's %.4f in %d epoch(s) "
+                     "(trainer.early_stopping_patience=%d)", epoch + 1, self.checkpointer.monitor,
+                     self.checkpointer.best_epoch + 1, self.checkpointer.best, epoch - self.checkpointer.best_epoch, self.patience)
 
 
 def mlflow_name(key: str) -> str:
@@ -105,17 +165,17 @@ class InferenceModeScores(keras.callbacks.Callback):
 
 
 class MaskLogger(keras.callbacks.Callback):
-    """Every epoch: a grid of fixed validation images with true and predicted masks."""
+    """Every epoch: fixed validation images with their true and predicted masks, in class colours
+    with a legend of `class_names` (seglab.util.visualize.labelled_masks)."""
 
-    def __init__(self, run, images: np.ndarray, masks: np.ndarray):
+    def __init__(self, run, images: np.ndarray, masks: np.ndarray, class_names: list[str]):
         super().__init__()
-        self.run, self.images, self.masks = run, images, masks
+        self.run, self.images, self.masks, self.class_names = run, images, masks, class_names
 
     def on_epoch_end(self, epoch, logs=None):
-        logits = self.model(self.images, training=False)
-        logits = np.asarray(logits)
-        grid = visualize.mask_grid(self.images, self.masks, np.argmax(logits, axis=-1), num_classes=logits.shape[-1])
-        self.run.log_masks(grid, epoch)
+        logits = np.asarray(self.model(self.images, training=False))
+        picture = visualize.labelled_masks(self.images, self.masks, np.argmax(logits, axis=-1), self.class_names)
+        self.run.log_masks(picture, epoch)
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -251,3 +311,14 @@ class Heartbeat(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.run.heartbeat()
+
+
+class StopOnSigterm(keras.callbacks.Callback):
+    """A SIGTERM whose exception Python swallowed still stops training, at the next batch
+    (tracking.run.raise_if_terminated)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_terminated()
+
+    def on_test_batch_end(self, batch, logs=None):
+        raise_if_terminated()

@@ -78,8 +78,8 @@ def _publish(run, chosen: Chosen, publish: Publish, split: str, matrix: np.ndarr
         # At the chosen epoch's step: the logged models show the scores of the weights they hold, not epoch 1's.
         run.log_model(chosen.model, input_example=publish.input_example, step=chosen.epoch)
         served_uri = run.log_served_model(chosen.model, step=chosen.epoch)  # takes encoded images: what `mlflow models serve` runs
-    run.set_tags({tags.MODEL_EPOCH: chosen.epoch, tags.MODEL_WEIGHTS: publish.weights})
+    run.set_tags({tags.MODEL_STEP: chosen.epoch, tags.MODEL_WEIGHTS: publish.weights})
     if publish.register_as and served_uri:
         found = metrics.scores(matrix)
-        run.register_model(served_uri, publish.register_as, {"run_id": run.run_id, "data": publish.data, "epoch": chosen.epoch, **{
+        run.register_model(served_uri, publish.register_as, {"run_id": run.run_id, "data": publish.data, "epoch": chosen.epoch + 1, **{
             f"{split}_{key}": found[key] for key in ("mean_iou", "mean_dice", "pixel_accuracy")}})

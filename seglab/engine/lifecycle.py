@@ -32,7 +32,8 @@ This module knows Hydra (job number, overrides, chosen options); `seglab.trackin
 - `never`: always a new run.
 - `<run id>`: continue that run, whatever its status (a FINISHED one to train more epochs), unless
   its owner is alive, or it is not a training run (an evaluation run, a sweep's parent:
-  `refuse_other_kind` names the id to use), refused before anything is written.
+  `refuse_other_kind` names the id to use), or its logged params say it trained another architecture
+  (`refuse_other_architecture`), refused before anything is written.
 
 Whatever the mode, a RUNNING run of the same key whose owner is dead is not left RUNNING: it is
 continued, or ended KILLED with the reason in the `seglab.killed_reason` tag.
@@ -68,6 +69,7 @@ import seglab
 from seglab.engine import checkpoint
 from seglab.errors import UserError
 from seglab.tracking import tags as keys
+from seglab.tracking.params import as_text, flatten
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +234,7 @@ class Plan:
     run_id: str | None  # the run to continue; None: a new run
     previous_tags: dict[str, str] = field(default_factory=dict)  # its tags before this command changed them
     status: str | None = None  # its status when found
+    previous_params: dict[str, str] = field(default_factory=dict)  # the params it logged (its config)
 
 
 def owner_alive(tags: dict[str, str], timeout_s: float, now: float | None = None) -> bool:
@@ -284,7 +287,7 @@ def plan(mode: str, uri: str, experiment: str, key: str, parent_run_id: str | No
     if chosen is None:
         return Plan(None)
     log.info("trainer.resume=auto: continuing %s run %s (same run key %s)", chosen.status, chosen.run_id, key)
-    return Plan(chosen.run_id, chosen.tags, chosen.status)
+    return Plan(chosen.run_id, chosen.tags, chosen.status, chosen.params)
 
 
 def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
@@ -303,7 +306,7 @@ def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
     if run.status == "RUNNING" and owner_alive(run.tags, timeout_s):
         raise ResumeError(f"trainer.resume={run_id}: that run is still running ({_describe_owner(run.tags)}); "
                           "stop it first, or wait trainer.heartbeat_timeout_min if that host is gone")
-    return Plan(run_id, run.tags, run.status)
+    return Plan(run_id, run.tags, run.status, run.params)
 
 
 def refuse_other_kind(run_id: str, tags: dict[str, str]) -> None:
@@ -338,6 +341,38 @@ def refuse_other_owner(directory: Path, run_id: str | None) -> None:
     raise CheckpointOwned(f"{which}trainer.checkpoint_dir={directory} holds the checkpoint of run {owner}, not of "
                           f"{'this run' if run_id else 'a new run'}; give this run another trainer.checkpoint_dir, "
                           f"or continue that run with trainer.resume={owner}")
+
+
+# What the checkpoint's variables are made of: the model group (all of it: MLflow keeps a param's first
+# value, so a run whose model settings changed would describe a model it no longer holds), what the builder
+# is given, and the optimizer (its state's variables).  A resume changing any of these is refused.
+ARCHITECTURE = ("model.*", "data.num_classes", "data.image_size", "optimizer._target_")
+
+
+class OtherArchitecture(ResumeError):
+    """`trainer.resume` of a run whose logged params say it trained another model or optimizer."""
+
+
+def refuse_other_architecture(found: Plan, cfg: DictConfig) -> None:
+    """A resume must continue the model the run holds: decided from the run's logged params, before
+    the run is reopened or any model is built (a second model built to compare would rename the
+    resumed one's layers).  A run that logged no params (killed before) is left to the checkpoint's
+    own shape check."""
+    if found.run_id is None or not found.previous_params:
+        return
+    now = as_text(flatten(OmegaConf.to_container(cfg, resolve=True)))
+
+    def architecture(params: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in params.items() if any(fnmatch.fnmatchcase(k, p) for p in ARCHITECTURE)}
+
+    before, after = architecture(found.previous_params), architecture(now)
+    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if not differ:
+        return
+    changes = ", ".join(f"{k}={before.get(k, '(none)')} -> {after.get(k, '(none)')}" for k in differ)
+    back = " ".join(f"{k}={before[k]}" for k in differ if k in before)
+    raise OtherArchitecture(f"trainer.resume={cfg.trainer.resume}: run {found.run_id} trained another architecture "
+                            f"({changes}); start a new run with trainer.resume=never, or set them back: {back}")
 
 
 class NothingLeft(ResumeError):

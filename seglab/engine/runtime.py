@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from seglab.util import threads
+
 
 def setup(seed: int, deterministic: bool, precision: str = "float32") -> str:
     """Reset Keras state left by a previous job, seed everything, set the precision policy for the
@@ -39,3 +41,10 @@ def set_precision(policy: str) -> None:
     need (it has float32's exponent range).
     """
     keras.mixed_precision.set_global_policy(policy)
+
+
+def thread_params() -> dict[str, int]:
+    """The intra-op and inter-op threads TensorFlow runs this job's ops with (`seglab.util.threads`)."""
+    configured = {threads.INTRA_OP: tf.config.threading.get_intra_op_parallelism_threads(),
+                  threads.INTER_OP: tf.config.threading.get_inter_op_parallelism_threads()}
+    return threads.effective(configured)

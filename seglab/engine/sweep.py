@@ -8,11 +8,14 @@ SLURM) hand the environment on, so the layout is the same for all of them.  When
 the callback reads the children back from MLflow, whichever process ran them, and logs the summary
 to the parent.  A single run never calls it.
 
-`run_job` is the task function of a sweep job: a failing job is recorded as a FAILED child run with
-its error and returns no objective, so the other jobs go on.
+Before the parent opens, `check_jobs` composes and validates every job of a basic-sweeper sweep (the
+grid Hydra will launch): one bad job stops the sweep in one line, exit 2, before any job trains.
+`run_job` is the task function of a sweep job: a failing job (training failed; a job an optuna
+search chose that does not validate) is recorded as a FAILED child run with its error and returns no
+objective, so the other jobs go on; the sweep then exits non-zero, naming the failed jobs.
 """
 
-# Lazy imports: MLflow loads only when a sweep starts: this Hydra callback is loaded by every `python -m seglab`.
+# Lazy imports: MLflow loads only when a sweep starts, submitit only for a SLURM sweep: this Hydra callback is loaded by every `python -m seglab`.
 
 from __future__ import annotations
 
@@ -24,14 +27,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from seglab import console, errors, tracking
-from seglab.config import schema
+from seglab.config import preflight, schema
 from seglab.engine import lifecycle
 from seglab.engine.lifecycle import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
 from seglab.tracking import tags as keys
@@ -43,6 +48,7 @@ PARENT_RUN_ENV = "SEGLAB_PARENT_RUN_ID"
 ABANDONED_ERROR = "the sweep stopped before it ended"
 ORPHAN_ERROR = "the job's process ended without closing its run (killed? out of memory?); re-run the sweep to continue it"
 RUN_NAME_MAX_CHARS = 200  # long grids make long names; the full definition is in the parent's sweep.yaml
+JOB_ERROR_CHARS = 300  # of each failed job's error in the sweep's last line; the whole error is the child run's tag
 
 
 def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | None:
@@ -118,6 +124,72 @@ def sweep_name(config: DictConfig, definition: dict[str, Any]) -> str:
     return f"sweep {swept}".strip()[:RUN_NAME_MAX_CHARS]
 
 
+def job_overrides(config: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides, as the basic sweeper expands them (its `params`, then the command line);
+    None for a sweeper that chooses its jobs as it goes (optuna)."""
+    if config.hydra.runtime.choices.get("hydra/sweeper") != "basic":
+        return None
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_jobs(config: DictConfig) -> None:
+    """Compose and validate every job before the first trains (and before the parent run opens): a bad
+    job is one line naming it, exit 2.  A search that picks its jobs as it goes (optuna) is checked
+    with its fixed settings, a value every trial would share; each trial is validated again when it
+    starts (`run_job`)."""
+    jobs = job_overrides(config)
+    if jobs is None:
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        _check_job(config, [o.input_line for o in parsed if not o.is_sweep_override()], "every trial of the search")
+        return
+    swept = set(sweep_definition(config)["swept"])
+    for num, overrides in enumerate(jobs):
+        values = " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept) or "(defaults)"
+        _check_job(config, overrides, f"sweep job {num} ({values})")
+
+
+def _check_job(config: DictConfig, overrides: list[str], job: str) -> None:
+    """One job composed as the launcher will compose it, and validated as `run_job` will.  A composition
+    error already names the override it could not apply; a schema error names a key, so `job` is added."""
+    try:
+        job_cfg = GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
+    except Exception as err:
+        _fail_or_raise(err)
+    with open_dict(job_cfg):
+        del job_cfg["hydra"]  # as the task function receives it
+    try:
+        schema.validate(job_cfg)
+    except Exception as err:
+        _fail_or_raise(err, f"{job}: ", "; no job was run: fix that value or leave it out of the sweep")
+
+
+def _fail_or_raise(err: Exception, before: str = "", after: str = "") -> None:
+    """A user's mistake (seglab.errors.explain knows it): one line, exit 2; anything else is a bug: raised."""
+    message = errors.explain(err)
+    if message is None:
+        raise err
+    errors.fail("seglab", f"{before}{message.rstrip('.') if after else message}{after}")
+
+
+def failed_jobs_message(rows: list[dict[str, Any]], job_errors: dict[str, str], parent: str) -> str | None:
+    """One line naming the jobs that did not finish and why (`job_errors`: run id -> its `error` tag);
+    None when every job finished."""
+    failed = [r for r in rows if r["status"] != "FINISHED"]
+    if not failed:
+        return None
+    how_many = f"all {len(rows)}" if len(failed) == len(rows) else f"{len(failed)} of {len(rows)}"
+
+    def why(row: dict[str, Any]) -> str:
+        error = errors.one_line(job_errors.get(row["run_id"], ""))
+        return f": {error[:JOB_ERROR_CHARS]}{'...' if len(error) > JOB_ERROR_CHARS else ''}" if error else ""
+
+    each = "; ".join(f"job {r['job']} ({r['overrides']}): {r['status']}{why(r)}" for r in failed)
+    return (f"{how_many} jobs of the sweep failed: {each}; each child run of MLflow run {parent} has its error as the "
+            f"`error` tag (`python -m seglab.report {parent}`)")
+
+
 def _check_direction(config: DictConfig) -> None:
     """An optuna search must optimise `optimize_metric` the way seglab ranks it (losses down, scores up)."""
     direction = OmegaConf.select(config, "hydra.sweeper.direction")
@@ -139,12 +211,21 @@ class MlflowSweep(Callback):
         self.parent_run_id: str | None = None
 
     # Hydra turns an Exception raised by a callback into a warning and goes on with exit code 0;
-    # SystemExit is not an Exception, so a sweep that cannot be tracked, or whose every job failed,
+    # SystemExit is not an Exception, so a sweep that cannot be tracked, or any of whose jobs failed,
     # stops with a message and a non-zero exit.
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
 
         console.quiet(bool(config.get("verbose")) or bool(config.hydra.verbose))
+        try:  # the parent's artifacts go there too: checked before it opens
+            preflight.check_store(config.tracking.uri, experiment=config.tracking.experiment)
+        except schema.ConfigError as err:
+            errors.fail("seglab", str(err))
+        check_jobs(config)  # exits 2 in one line; nothing opened yet
+        if "slurm" in str(config.hydra.launcher.get("_target_", "")).lower():
+            from seglab.engine import slurm  # submitit: only for SLURM sweeps
+
+            slurm.skip_sacct_without_accounting()
         try:
             self._start(config)
         except Exception as err:
@@ -152,9 +233,11 @@ class MlflowSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            self._end(config)
+            failed = self._end(config)
         except Exception as err:
             raise SystemExit(f"seglab sweep: {type(err).__name__}: {err}") from err
+        if failed:
+            raise SystemExit(f"seglab: {failed}")  # exit 1: the jobs ran and failed (a mistake found before is 2)
 
     def _start(self, config: DictConfig) -> None:
         from seglab.tracking import sweeps as sweep_runs
@@ -203,7 +286,8 @@ class MlflowSweep(Callback):
             log.info("sweep: continuing the unfinished sweep of MLflow parent run %s", parent)
         return parent
 
-    def _end(self, config: DictConfig) -> None:
+    def _end(self, config: DictConfig) -> str | None:
+        """Summarise the sweep on its parent and end it; the line naming the failed jobs, None when all finished."""
         from seglab.cli import report
         from seglab.tracking import sweeps as sweep_runs
 
@@ -241,8 +325,7 @@ class MlflowSweep(Callback):
             succeeded, len(rows), f", best {metric} {best['objective']:.4f} ({best['overrides']})" if best else "",
             parent, uri, parent,
         )
-        if rows and succeeded == 0:
-            raise RuntimeError(f"all {len(rows)} jobs of the sweep failed; each child run of MLflow run {parent} has its error as the `error` tag")
+        return failed_jobs_message(rows, {c.run_id: c.tags.get(keys.ERROR, "") for c in children}, parent)
 
     def _end_abandoned(self) -> None:
         from seglab.tracking import sweeps as sweep_runs

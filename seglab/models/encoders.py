@@ -32,6 +32,10 @@ class EncoderWeightsUnavailable(UserError, RuntimeError):
     """The ImageNet weights are neither in the Keras cache nor downloadable; the message says what to do."""
 
 
+class EncoderWeightsFileMissing(UserError, FileNotFoundError):
+    """model.encoder.weights names a file that does not exist; the message names it and the options."""
+
+
 def options(encoder: Mapping[str, Any]) -> tuple[str | None, bool]:
     """(weights, trainable) of an `encoder:` mapping (conf/model/*.yaml holds the defaults)."""
     return encoder["weights"], bool(encoder["trainable"])
@@ -84,7 +88,7 @@ def weights_file(weights: str | None, imagenet_file: str, imagenet_subdir: str, 
         return imagenet_weights(imagenet_file, KERAS_WEIGHTS_URL + imagenet_subdir + "/" + imagenet_file, what)
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise EncoderWeightsFileMissing(
             f"model.encoder.weights={weights!r}: no such file (resolved to {path.resolve()}). Give the path of a "
             f"weights file of {what} with include_top=False, or use model.encoder.weights=imagenet or null."
         )

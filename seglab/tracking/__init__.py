@@ -1,9 +1,10 @@
 """Everything MLflow, one room per job:
 
-- `run`:    what one run logs (`Run`, a context manager that always ends the run) and `flatten`;
+- `run`:    what one run logs (`Run`, a context manager that always ends the run);
+- `params`: how a config becomes a run's params (`flatten`, `as_text`; no MLflow);
 - `protocol`: the verbs of a run (`RunProtocol`), and the run that logs nothing (`NoOpRun`);
 - `experiments`: the experiments runs go in (`experiment_id`: created as model training for MLflow 3's UI);
-- `models`: logged models for the tools that use them (`load_model`, `model_run_id`);
+- `models`: logged models for the tools that use them (`load_model`, `model_run_id`, `log_export`);
 - `sweeps`: how a sweep's runs are tied (the parent run by id, its children read back);
 - `store`:  the store itself (`check_reachable`, `TrackingError`, which errors mean "unavailable");
 - `registry`: registered models (`register`, `registered_version`, `set_alias`);
@@ -18,9 +19,10 @@ The names most callers need are importable from here.  They load on first use, s
 import importlib
 
 _HOME = {
-    "load_model": "models", "model_run_id": "models", "run_experiment_and_name": "models",
+    "load_model": "models", "check_model_uri": "models", "model_run_id": "models", "run_experiment_and_name": "models",
+    "log_export": "models",
     "NoOpRun": "protocol", "RunProtocol": "protocol",
-    "Run": "run", "flatten": "run",
+    "Run": "run", "flatten": "params",
     "TrackingError": "store", "check_reachable": "store", "store_unavailable": "store",
 }
 __all__ = sorted(_HOME)

@@ -5,10 +5,31 @@ and find the run that logged it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from seglab.tracking.store import TrackingError, check_reachable, first_line
+
+
+def check_model_uri(model_uri: str, tracking_uri: str) -> None:
+    """A TrackingError when there is no model at `model_uri` (a run id that does not exist, an unknown
+    registered name or version, a path without an MLmodel file): asked of the store before TensorFlow
+    loads, so the answer comes in seconds."""
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        mlflow.models.get_model_info(model_uri)
+    except MlflowException as err:
+        raise _not_loadable(model_uri, tracking_uri, err) from err
+
+
+def _not_loadable(model_uri: str, tracking_uri: str, err: Exception) -> TrackingError:
+    return TrackingError(
+        f"model_uri={model_uri} cannot be loaded from tracking.uri={tracking_uri}: {first_line(err)}. "
+        "Use the URI printed at the end of training or shown in the run's Artifacts tab, e.g. runs:/<run id>/model."
+    )
 
 
 def load_model(model_uri: str, tracking_uri: str):
@@ -27,10 +48,7 @@ def load_model(model_uri: str, tracking_uri: str):
             raise TrackingError(f"model_uri={model_uri} is not a seglab model (neither Keras nor seglab's served model).")
         return model
     except MlflowException as err:
-        raise TrackingError(
-            f"model_uri={model_uri} cannot be loaded from tracking.uri={tracking_uri}: {first_line(err)}. "
-            "Use the URI printed at the end of training or shown in the run's Artifacts tab, e.g. runs:/<run id>/model."
-        ) from err
+        raise _not_loadable(model_uri, tracking_uri, err) from err
 
 
 def model_run_id(model_uri: str, tracking_uri: str) -> str | None:
@@ -44,3 +62,17 @@ def run_experiment_and_name(run_id: str, tracking_uri: str) -> tuple[str, str]:
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     return client.get_experiment(run.info.experiment_id).name, run.info.run_name
+
+
+def log_export(model_uri: str, tracking_uri: str, path: Path, artifact_path: str) -> str | None:
+    """Log an exported file (or directory) to the run that logged the model at `model_uri`, without
+    reopening it (its status and end time stay); the run's id, or None for a model outside any run."""
+    run_id = model_run_id(model_uri, tracking_uri)
+    if run_id is None:
+        return None
+    client = mlflow.MlflowClient(tracking_uri)
+    if path.is_dir():
+        client.log_artifacts(run_id, str(path), f"{artifact_path}/{path.name}")
+    else:
+        client.log_artifact(run_id, str(path), artifact_path)
+    return run_id

@@ -26,6 +26,8 @@ class RunRecord:
     tags: dict[str, str]
     params: dict[str, str]
     start_ms: int
+    end_ms: int | None = None
+    name: str | None = None
 
 
 def _client(uri: str) -> MlflowClient:
@@ -60,7 +62,24 @@ def experiment_of(uri: str, run_id: str) -> str:
 
 
 def _record(run) -> RunRecord:
-    return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.params), run.info.start_time)
+    return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.params), run.info.start_time,
+                     run.info.end_time, run.info.run_name)
+
+
+def put_back(uri: str, before: RunRecord) -> None:
+    """Return a reopened run's status, end time, name and tags to what they were (`before`): a resume
+    refused after the run reopened leaves no trace on it.  Params cannot be deleted in MLflow: the
+    caller logs none before it knows the resume goes ahead."""
+    client = _client(uri)
+    now = client.get_run(before.run_id).data.tags
+    for key in now.keys() - before.tags.keys():
+        client.delete_tag(before.run_id, key)
+    for key, value in before.tags.items():
+        if now.get(key) != value:
+            client.set_tag(before.run_id, key, value)
+    client.set_terminated(before.run_id, before.status, end_time=before.end_ms)
+    if before.name is not None:
+        client.update_run(before.run_id, name=before.name)
 
 
 def end_killed(uri: str, run_id: str, reason: str) -> None:

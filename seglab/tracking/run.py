@@ -30,22 +30,19 @@ from mlflow.entities import RunStatus
 from seglab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
 from seglab.tracking import experiments, resumable
 from seglab.tracking import tags as keys
+from seglab.tracking.params import as_text
 from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
 from seglab.util import visualize
 
 log = logging.getLogger(__name__)
 
 
-def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'depth': 4}} -> {'model.depth': 4}; lists are kept as one value."""
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+MASKS_FILE = "masks/epoch_{:03d}.png"  # numbered from 1, as the console counts epochs (MLflow step + 1)
+
+
+def masks_file(step: int) -> str:
+    """The artifact path of the mask picture of the epoch at MLflow step `step` (0-based)."""
+    return MASKS_FILE.format(step + 1)
 
 
 class _Terminated(BaseException):
@@ -60,7 +57,8 @@ class Run:
     not logged again (a changed value goes to the `seglab.resume.changed` tag, since MLflow refuses
     to change a param), and a metric or image is never logged twice at the same step, so an epoch
     redone after a kill leaves one value per step.  An exception with `resume_refused = True` (the
-    resume is refused before training touched anything) leaves the continued run in its earlier status."""
+    resume is refused before training touched anything) returns the continued run's status, end time,
+    name and tags to what they were."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None,
                  resume_run_id: str | None = None):
@@ -69,7 +67,7 @@ class Run:
         self.logged_steps: dict[str, int] = {}  # metric (or `image:<key>`) -> last step the run already has
         self._epochs_done = 0  # the epochs whose metrics the run has (a continued run's earlier ones too)
         self._checkpoint_dir: str | None = None
-        self._status_before = "RUNNING"  # of the run being continued
+        self._before: resumable.RunRecord | None = None  # the run being continued, as it was before it reopened
         self._previous_error: str | None = None  # the `error` tag of the attempt being continued
         self.tags = dict(tags)
         if parent_run_id:
@@ -91,7 +89,7 @@ class Run:
             mlflow.set_experiment(experiment_id=experiments.experiment_id(MlflowClient(self.uri), self.experiment))
             tags = {**self.tags, keys.HEARTBEAT: str(int(time.time()))}
             if self.resume_run_id:
-                self._status_before = resumable.get_run(self.uri, self.resume_run_id).status
+                self._before = resumable.get_run(self.uri, self.resume_run_id)
             run = mlflow.start_run(run_id=self.resume_run_id, run_name=self.run_name, tags=tags)
             if self.resume_run_id:
                 self.logged_steps = resumable.logged_steps(self.uri, self.resume_run_id)
@@ -105,6 +103,7 @@ class Run:
             raise
         self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         if _in_main_thread():
+            _TERMINATED.clear()
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
 
@@ -144,16 +143,14 @@ class Run:
             status = RunStatus.KILLED
         else:
             status = RunStatus.FAILED
-        refused = self.resume_run_id is not None and getattr(exc, "resume_refused", False)
-        if refused:
-            # The resume was refused before training changed anything (e.g. a checkpoint of another
-            # architecture): the run keeps the status it had, the reason goes to a tag, not to `error`.
-            status = RunStatus.from_string(self._status_before)
+        if self._before is not None and getattr(exc, "resume_refused", False):
+            self._put_back()
+            return False
         try:
             if exc is not None and self.failed is None:
                 try:
                     reason = stopped or f"{exc_type.__name__}: {exc}"
-                    mlflow.set_tag(keys.RESUME_REFUSED if refused else keys.ERROR, reason[:ERROR_TAG_CHARS])
+                    mlflow.set_tag(keys.ERROR, reason[:ERROR_TAG_CHARS])
                 except Exception as tag_err:  # the run must still be ended below
                     log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
             self._end(RunStatus.to_string(status))
@@ -165,6 +162,17 @@ class Run:
                      else f"MLflow run {self.run_id} is KILLED")
             raise Interrupted(f"{stopped}; {after}", code) from exc
         return False
+
+    def _put_back(self) -> None:
+        """The resume was refused before training changed anything (a checkpoint that does not fit the
+        model, which the params check before reopening did not foresee): the run is left as it was."""
+        try:
+            mlflow.end_run(self._before.status)  # pops the active run; put_back then restores its end time
+            resumable.put_back(self.uri, self._before)
+        except STORE_ERRORS as err:
+            log.warning("could not return MLflow run %s to how it was (%s)", self.run_id, first_line(err))
+        finally:
+            self._restore_env()
 
     @property
     def _training(self) -> bool:
@@ -195,7 +203,7 @@ class Run:
             log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status, first_line(err))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        params = {k: ("null" if v is None else str(v)) for k, v in params.items()}
+        params = as_text(params)
         if self.resume_run_id:
             before = resumable.get_run(self.uri, self.run_id).params
             changed = {k: f"{before[k]} -> {v}" for k, v in params.items() if k in before and before[k] != v}
@@ -212,17 +220,21 @@ class Run:
         self._epochs_done = max(self._epochs_done, epoch + 1)
         new = {k: float(v) for k, v in metrics.items() if self._new_at(k, epoch)}
         if new:
-            self._log(f"metrics of epoch {epoch}", mlflow.log_metrics, new, step=epoch)
+            self._log(f"metrics of epoch {epoch + 1}", mlflow.log_metrics, new, step=epoch)  # epochs counted as on the console
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         self._log("metrics", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()})
 
     def log_masks(self, image, epoch: int, key: str = "val_masks") -> None:
-        """An image per epoch under one key: the UI's step slider shows the masks improving."""
+        """An image per epoch under one key (the UI's step slider shows the masks improving), and the
+        same image as the artifact file `masks_file(epoch)`: the image card sits below the run's
+        params, the artifact view shows a file at the top of the page."""
         if not self._new_at(f"image:{key}", epoch):
             return
         # synchronous: an upload that fails must raise here, to be reported, not die in a background thread
-        self._log(f"{key} image of epoch {epoch}", mlflow.log_image, image, key=key, step=epoch, synchronous=True)
+        what = f"{key} image of epoch {epoch + 1}"
+        self._log(what, mlflow.log_image, image, key=key, step=epoch, synchronous=True)
+        self._log(what, mlflow.log_image, image, artifact_file=masks_file(epoch))
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self._log(f"artifact {path}", mlflow.log_artifact, path, artifact_path)
@@ -325,8 +337,20 @@ def _summary(items: list[str], shown: int = 4) -> str:
 
 
 
+_TERMINATED = threading.Event()  # set by the SIGTERM handler, so a swallowed exception is raised again
+
+
 def _raise_terminated(signum, frame):
+    _TERMINATED.set()
     raise _Terminated()
+
+
+def raise_if_terminated() -> None:
+    """Raise SIGTERM's exception again if one came and was swallowed: raised where Python only reports it
+    (in a `__del__`, an import lock's weakref callback: "Exception ignored in ..."), it would let training
+    go on to the end. Training calls this after every batch (engine/callbacks.py)."""
+    if _TERMINATED.is_set():
+        raise _Terminated()
 
 
 def _in_main_thread() -> bool:

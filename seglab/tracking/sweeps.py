@@ -164,18 +164,19 @@ def find_parent_run(uri: str, name_or_id: str) -> str:
     return runs[0].info.run_id
 
 
-def latest_run_metrics(uri: str, experiment: str) -> dict[str, list[tuple[int, float]]]:
-    """Every metric of the newest run of `experiment`, as (step, value) in step order (for comparing
-    two runs, `seglab.check_determinism`)."""
+def latest_run_metrics(uri: str, experiment: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
+    """Every metric of the newest run of `experiment`, as (step, value) in step order, and its params
+    (for comparing two runs, `seglab.check_determinism`)."""
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise TrackingError(f"no experiment {experiment!r} in tracking.uri={uri}")
     (run,) = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
-    return {
+    metrics = {
         key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
         for key in run.data.metrics
     }
+    return metrics, dict(run.data.params)
 
 
 def create_experiment(uri: str, experiment: str, artifact_location: str) -> str:

@@ -38,7 +38,6 @@ ERROR = "error"
 KILLED_REASON = "seglab.killed_reason"
 RESUME_CHANGED = "seglab.resume.changed"  # params a resumed run was re-started with, old -> new
 RESUME_PREVIOUS_ERROR = "seglab.resume.previous_error"  # the `error` of the attempt a resumed run finished after
-RESUME_REFUSED = "seglab.resume.refused"  # why the last attempt to continue the run was refused
 CHECKPOINT = "seglab.checkpoint"  # artifact directory of the newest complete uploaded checkpoint
 CHECKPOINT_EPOCH = "seglab.checkpoint_epoch"  # epochs completed in it
 
@@ -49,8 +48,9 @@ KERAS_VERSION = "keras.version"
 DEVICE = "device"  # what training ran on (GPU, CPU)
 REPLICAS = "replicas"
 XLA = "seglab.xla"  # true when Keras compiled the training step with XLA (trainer.jit_compile is what was asked)
-BEST_STEP = "best_step"
-MODEL_EPOCH = "seglab.model_epoch"  # the epoch whose weights the logged model holds
+BEST_STEP = "best_step"  # a step, as MLflow counts: epoch - 1 (docs/runs.md, "Counting epochs")
+STOPPED_EPOCH = "seglab.stopped_epoch"  # the epoch (from 1, as the console counts) after which early stopping ended training (absent: it did not)
+MODEL_STEP = "seglab.model_step"  # the MLflow step (epoch - 1) whose weights the logged model holds
 MODEL_WEIGHTS = "seglab.model_weights"  # tracking.log_model: best or last
 
 

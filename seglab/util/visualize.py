@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 # A fixed, distinguishable palette (class i -> PALETTE[i % len]); background-like classes are not special.
 PALETTE = np.array(
@@ -16,6 +17,11 @@ OVERLAY_ALPHA = 0.5
 SEPARATOR_PX = 2
 CM_INCHES_PER_CLASS, CM_MAX_INCHES = 0.9, 16.0
 CM_MAX_ANNOTATED_CLASSES = 15  # beyond this the numbers in the cells would not be readable
+# The per-epoch mask picture: each panel drawn this many pixels wide whatever the image size (32-px
+# panels are unreadable in MLflow's artifact view), nearest-neighbour so each label stays a block.
+MASK_PANEL_PX = 192
+MASK_DPI = 100
+MASK_COLUMNS = ("image", "truth", "prediction")
 
 
 IGNORED_COLOUR = np.array([0, 0, 0], np.uint8)
@@ -68,6 +74,34 @@ def mask_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray | None = No
         rows.append(np.concatenate(panels, axis=1))
         rows.append(np.full((SEPARATOR_PX, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
+
+
+def labelled_masks(images: np.ndarray, true: np.ndarray, pred: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """A readable picture of predictions (uint8 RGB): one row per sample, columns image | truth |
+    prediction (class colours), each panel upscaled to MASK_PANEL_PX, and a legend naming each class
+    colour (black: unlabelled, when the truth has an ignore_index).  `images` are float RGB in [0, 1]."""
+    n, columns = len(images), len(MASK_COLUMNS)
+    num_classes = len(class_names)
+    side = MASK_PANEL_PX / MASK_DPI
+    legend_inches = 0.3 * (1 + (num_classes + 1) // columns)
+    fig = Figure(figsize=(side * columns, side * n + 0.3 + legend_inches), dpi=MASK_DPI)
+    canvas = FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(n, columns, left=0, right=1, top=1 - 0.3 / fig.get_figheight(),
+                            bottom=legend_inches / fig.get_figheight(), wspace=0.03, hspace=0.03)
+    for i in range(n):
+        rgb = (np.asarray(images[i], np.float32) * 255).clip(0, 255).astype(np.uint8)
+        for j, panel in enumerate((rgb, colorize(true[i], num_classes), colorize(pred[i], num_classes))):
+            ax = fig.add_subplot(grid[i, j])
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(MASK_COLUMNS[j], fontsize=11)
+    handles = [Patch(color=PALETTE[c % len(PALETTE)] / 255, label=name) for c, name in enumerate(class_names)]
+    if ((true < 0) | (true >= num_classes)).any():
+        handles.append(Patch(color=IGNORED_COLOUR / 255, label="unlabelled"))
+    fig.legend(handles=handles, loc="lower center", ncol=columns, frameon=False, fontsize=10)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def confusion_matrix_figure(cm: np.ndarray, class_names: list[str], title: str = "confusion matrix"):
