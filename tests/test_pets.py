@@ -4,6 +4,7 @@ archive layout written here (with the real archive's quirks), offline failure, a
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -125,8 +126,12 @@ def test_tfds_missing_offline_fails_fast_and_says_what_to_do(tmp_path, monkeypat
         pets.build(kind="tfds", tfds_dir=str(empty), connect_timeout=3)
     assert time.perf_counter() - start < 60  # the bound is 30 s; tfds alone retries for ~200 s
     message = str(error.value)
-    for expected in ("oxford_iiit_pet", str(empty), "127.0.0.1:9", "tfds build oxford_iiit_pet", "data.source.kind=folder", "data=shapes"):
+    for expected in ("oxford_iiit_pet", str(empty), "127.0.0.1:9", pets.prepare_command(str(empty)), "data.source.kind=folder", "data=shapes"):
         assert expected in message
+    # the prepare command is a runnable Python one-liner (`tfds build` needs apache_beam)
+    words = shlex.split(pets.prepare_command(str(empty)))
+    assert words[:2] == ["python", "-c"] and "download_and_prepare()" in words[2]
+    compile(words[2], "prepare", "exec")
 
 
 # --- the unpacked archives -------------------------------------------------------------------

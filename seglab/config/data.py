@@ -108,7 +108,7 @@ class PetsSourceConfig:
 
     _target_: str = MISSING
     kind: str = MISSING
-    tfds_dir: str = MISSING  # kind=tfds: where `tfds build oxford_iiit_pet` put the data set
+    tfds_dir: str = MISSING  # kind=tfds: where tensorflow-datasets prepared the data set (docs/data.md)
     version: str = MISSING  # kind=tfds: oxford_iiit_pet version
     path: Optional[str] = MISSING  # kind=folder: DIR with images/ and annotations/trimaps/
     val_percent: int = MISSING  # validation = the last val_percent % of the (shuffled, for folder) train split

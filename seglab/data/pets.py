@@ -126,6 +126,11 @@ def _from_tfds(tfds_dir: str, version: str, val_percent: int, timeout: float, de
                   about={name: about(spec) for name, spec in specs.items()})
 
 
+def prepare_command(tfds_dir: str) -> str:
+    """The shell command that downloads and prepares the data set into tfds_dir (`tfds build` would need apache_beam)."""
+    return f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{TFDS_NAME}', data_dir='{tfds_dir}').download_and_prepare()\""
+
+
 def _check_reachable(expected_dir: str, tfds_dir: str, timeout: float) -> None:
     problem = net.unreachable(DOWNLOAD_URL, timeout)
     if problem is None:
@@ -133,7 +138,8 @@ def _check_reachable(expected_dir: str, tfds_dir: str, timeout: float) -> None:
     raise DataError(
         f"The data set {TFDS_NAME} is not prepared in data.source.tfds_dir={tfds_dir} (looked for {expected_dir}) "
         f"and its download cannot start ({problem}). Either prepare it on a machine with a network: "
-        f"`tfds build {TFDS_NAME} --data_dir {tfds_dir}` (or copy a prepared {tfds_dir}/{TFDS_NAME} here); or download "
+        f"run this command there (seglab prepares it into data.source.tfds_dir, about 800 MB) or "
+        f"`{prepare_command(tfds_dir)}`, and copy {tfds_dir}/{TFDS_NAME} here; or download "
         f"images.tar.gz and annotations.tar.gz from {ARCHIVES_URL}, unpack both into DIR and run with "
         f"data.source.kind=folder data.source.path=DIR. data=shapes needs no download and works offline."
     )
