@@ -1,8 +1,8 @@
 """A trained model applied to images of any size: the one preprocessing that `python -m seglab.predict`
-(seglab/cli/predict.py) and the served model (seglab/tracking/served.py) share, so both answer the
-same masks for the same image.
+(seglab/cli/predict.py), the served model (seglab/tracking/served.py) and `seglab.evaluate`
+(seglab/engine/evaluate.py) share, so all answer the same masks for the same image.
 
-Two modes (`inference.mode`):
+Two modes (`inference.mode`, checked in seglab/config/inference.py):
 - `resize`: the whole image resized to the model's input (bilinear, as in training), the label map
   back to the image's size (nearest);
 - `slide`: windows of the model's input size moved over the image at full resolution with
@@ -21,7 +21,6 @@ import tensorflow as tf
 
 from seglab.data.pipeline import resize_image, to_unit_range  # the training pipeline's own preprocessing
 
-MODES = ("resize", "slide")
 WINDOW_BATCH = 8  # windows per forward pass: a large image must not need all of its windows in memory at once
 
 
@@ -37,11 +36,12 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 def slide_logits(model, image: np.ndarray, stride: int) -> np.ndarray:
-    """float32 (H, W, C) logits of one uint8 image (H, W, 3): the uniform average over the windows covering each pixel."""
+    """float32 (H, W, C) logits of one float32 image (H, W, 3) in [0, 1]: the uniform average over the windows
+    covering each pixel."""
     window = int(model.input_shape[1])
     height, width = image.shape[:2]
     padded = np.zeros((max(height, window), max(width, window), 3), np.float32)
-    padded[:height, :width] = to_unit_range(image).numpy()
+    padded[:height, :width] = image
     rows, columns = (window_starts(side, window, stride) for side in padded.shape[:2])
     corners = [(y, x) for y in rows for x in columns]
     total = np.zeros((*padded.shape[:2], int(model.output_shape[-1])), np.float32)
@@ -56,29 +56,26 @@ def slide_logits(model, image: np.ndarray, stride: int) -> np.ndarray:
     return (total / count)[:height, :width]
 
 
-def slide_stride(stride: int | None, window: int) -> int:
-    """The stride `slide` mode moves a model's `window` by: `stride` pixels, or half a window (null); ValueError
-    beyond a window, which would leave pixels between the windows unseen."""
-    chosen = stride or max(window // 2, 1)
-    if chosen > window:
-        raise ValueError(f"inference.stride={chosen} is not allowed for this model: use at most its input size, {window} "
-                         "(a larger stride leaves pixels between the windows).")
-    return chosen
+def batch_logits(model, batch, mode: str = "resize", stride: int | None = None, flip: bool = False):
+    """float32 logits (N, H, W, C) of a float32 batch (N, H, W, 3) in [0, 1]: at the model's size for `resize`
+    (the batch must be at it), at the batch's own for `slide`; with `flip`, averaged with the logits of the
+    horizontally flipped images, flipped back (test-time augmentation)."""
+    def once(images):
+        if mode == "slide":
+            return tf.stack([slide_logits(model, np.asarray(im, np.float32), stride) for im in images])
+        return tf.cast(model(images, training=False), tf.float32)
+
+    logits = once(batch)
+    if flip:
+        logits = (logits + tf.reverse(once(tf.reverse(batch, [2])), [2])) / 2
+    return logits
 
 
 def _logits(model, images: list[np.ndarray], mode: str, stride: int | None, flip: bool) -> list:
-    """float32 logits (H, W, C) per image at the model's size (resize) or the image's own (slide); with `flip`,
-    averaged with the logits of the horizontally flipped image, flipped back (test-time augmentation)."""
+    """float32 logits (H, W, C) per uint8 image at the model's size (resize) or the image's own (slide)."""
     if mode == "slide":
-        def one(im):
-            logits = slide_logits(model, im, stride)
-            return (logits + slide_logits(model, im[:, ::-1], stride)[:, ::-1]) / 2 if flip else logits
-        return [one(im) for im in images]
-    batch = preprocess(images, model.input_shape[1])
-    logits = tf.cast(model(batch, training=False), tf.float32)
-    if flip:
-        logits = (logits + tf.reverse(tf.cast(model(tf.reverse(batch, [2]), training=False), tf.float32), [2])) / 2
-    return list(logits)
+        return [batch_logits(model, to_unit_range(im)[None], mode, stride, flip)[0] for im in images]
+    return list(batch_logits(model, preprocess(images, model.input_shape[1]), mode, stride, flip))
 
 
 def segment(model, images: list[np.ndarray], scores: bool = False, mode: str = "resize", stride: int | None = None,

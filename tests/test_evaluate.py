@@ -110,3 +110,45 @@ def test_on_the_shared_server_a_registered_version_gets_the_alias_and_loads_by_i
     assert str(client.get_model_version_by_alias("stack-segmodel", "champion").version) == version
     model = tracking.load_model("models:/stack-segmodel@champion", tracking_stack.uri)
     assert model.input_shape[1:] == (32, 32, 3)
+
+
+@pytest.mark.slow
+def test_slide_mode_scores_the_split_at_data_image_size_in_windows_of_the_models_size(tracking_stack, stack_run):
+    """A 32-px model on 64-px test images, windows every 32 px: each quadrant is one window, so the logged
+    confusion matrix is that of the model applied to each quadrant, computed here without seglab.inference."""
+    from hydra.utils import instantiate
+
+    from seglab import tracking
+    from seglab.cli import evaluate
+    from seglab.config import schema
+    from seglab.data import pipeline
+
+    run_id, _, _ = stack_run
+    data = ["data=shapes", "data.image_size=64", "data.source.train_size=8", "data.source.val_size=8", "data.source.test_size=4"]
+    client = MlflowClient(tracking_stack.uri)
+    before = {r.info.run_id for r in eval_runs(client, run_id)}
+    assert evaluate.main([f"model_uri=runs:/{run_id}/model", *data, "inference.mode=slide", "inference.stride=32",
+                          f"tracking.uri={tracking_stack.uri}"]) == 0
+    (run,) = [r for r in eval_runs(client, run_id) if r.info.run_id not in before]
+    assert (run.data.params["inference.mode"], run.data.params["inference.stride"]) == ("slide", "32")
+    logged = np.array(json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="confusion_matrix.json", tracking_uri=tracking_stack.uri)).read())["counts"])
+
+    model = tracking.load_model(f"runs:/{run_id}/model", tracking_stack.uri)
+    splits = instantiate(schema.compose(data, check=False).data.source)
+    expected = np.zeros((3, 3), np.int64)
+    for images, masks in pipeline.make(splits.test, image_size=64, batch_size=4, training=False, seed=0, deterministic=True, cache=None):
+        quadrants = [images[:, y : y + 32, x : x + 32] for y in (0, 32) for x in (0, 32)]
+        labels = [np.asarray(model(q, training=False)).argmax(-1) for q in quadrants]
+        predicted = np.concatenate([np.concatenate(labels[:2], 2), np.concatenate(labels[2:], 2)], 1)
+        np.add.at(expected, (np.asarray(masks).ravel(), predicted.ravel()), 1)
+    assert logged.sum() == 4 * 64 * 64
+    np.testing.assert_array_equal(logged, expected)
+
+
+def test_evaluate_refuses_a_bad_inference_option_before_tensorflow():
+    from seglab.cli import evaluate
+    from seglab.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"inference\.mode=tile is not allowed: choose one of resize, slide\."):
+        evaluate.parse(["model_uri=/nowhere", "data=shapes", "inference.mode=tile"])

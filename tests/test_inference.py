@@ -60,7 +60,7 @@ def test_windows_that_tile_the_image_give_each_tiles_own_prediction(model):
 def test_overlapping_windows_average_their_logits_like_a_numpy_reference(model, height, width, stride):
     img = image(height, width, seed=height + width)
     expected = reference_slide_logits(model, img, stride)
-    np.testing.assert_allclose(inference.slide_logits(model, img, stride), expected, atol=1e-5)
+    np.testing.assert_allclose(inference.slide_logits(model, img.astype(np.float32) / 255.0, stride), expected, atol=1e-5)
     masks, probabilities = inference.segment(model, [img], scores=True, mode="slide", stride=stride)
     np.testing.assert_array_equal(masks[0], expected.argmax(-1))
     softmax = np.exp(expected) / np.exp(expected).sum(-1, keepdims=True)

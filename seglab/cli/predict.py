@@ -34,25 +34,17 @@ from tqdm import tqdm
 
 from seglab import console, errors, tracking
 from seglab.cli import helptext
+from seglab.config import inference as inference_config
 from seglab.config import preflight
+from seglab.config.inference import InferenceOptions
 from seglab.config.schema import ConfigError
 from seglab.util import images, visualize
 
 log = logging.getLogger(__name__)
 
-INFERENCE_MODES = ("resize", "slide")  # seglab.inference.MODES (that module imports TensorFlow)
-
-
 @dataclass
 class TrackingRef:
     uri: str = "sqlite:///mlflow.db"
-
-
-@dataclass
-class InferenceOptions:
-    mode: str = "resize"  # seglab.inference.MODES
-    stride: Optional[int] = None  # slide: pixels between windows; None: half the model's input size
-    flip: bool = False  # test-time augmentation: average with the horizontally flipped image's logits
 
 
 @dataclass
@@ -78,7 +70,7 @@ def parse(argv: list[str]) -> PredictConfig:
         raise ConfigError(f"{errors.explain(err)}; usage: {__doc__.strip().splitlines()[0]}") from err
     if config.batch_size < 1:
         raise ConfigError(f"batch_size={config.batch_size} is not allowed: use an integer >= 1.")
-    check_inference(config.inference)
+    inference_config.check(config.inference)
     if not Path(config.input).exists():
         raise ConfigError(f"input={config.input} does not exist: give an image file or a directory of images.")
     preflight.check_output_outside_input(config.input, config.output)
@@ -88,23 +80,9 @@ def parse(argv: list[str]) -> PredictConfig:
     return config
 
 
-def check_inference(options: InferenceOptions) -> None:
-    if options.mode not in INFERENCE_MODES:
-        raise ConfigError(f"inference.mode={options.mode} is not allowed: choose one of {', '.join(INFERENCE_MODES)}.")
-    if options.stride is not None and options.stride < 1:
-        raise ConfigError(f"inference.stride={options.stride} is not allowed: use an integer >= 1 (pixels between windows).")
-
-
 def slide_stride(options: InferenceOptions, window: int) -> int | None:
-    """The stride `slide` mode moves the model's `window` by; a stride beyond it would leave pixels unseen."""
-    from seglab import inference  # TensorFlow: the model is loaded by now
-
-    if options.mode != "slide":
-        return None
-    try:
-        return inference.slide_stride(options.stride, window)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    """The stride `slide` mode moves the model's `window` by (None in resize mode)."""
+    return inference_config.slide_stride(options.stride, window) if options.mode == "slide" else None
 
 
 def input_files(path: Path) -> list[Path]:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from seglab import tracking
+from seglab import inference, tracking
+from seglab.config import inference as inference_config
 from seglab.config import schema
+from seglab.config.inference import InferenceOptions
 from seglab.data import lineage, pipeline
 from seglab.engine import finish
 from seglab.metrics import scores
@@ -32,13 +35,15 @@ class Evaluation:
     version: tuple[str, str] | None  # (registered name, version) the alias now names
 
 
-def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None) -> Evaluation:
+def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options: InferenceOptions | None = None) -> Evaluation:
     """Score the model at `model_uri` on `cfg`'s data and log the evaluation run; with `alias`, point
-    `models:/<name>@<alias>` at the evaluated version."""
+    `models:/<name>@<alias>` at the evaluated version.  `options`: how the model is applied (resize by default)."""
     uri = cfg.tracking.uri
+    options = options or InferenceOptions()
     # Before any work: set_alias needs a registered version.
     version = registry.registered_version(model_uri, uri) if alias else None
-    model = load(model_uri, cfg)
+    model = load(model_uri, cfg, options)
+    stride = inference_config.slide_stride(options.stride, int(model.input_shape[1])) if options.mode == "slide" else None
     training_run = tracking.model_run_id(model_uri, uri)
     if training_run:
         refuse_other_data(training_run, uri, cfg.data.name)
@@ -48,16 +53,18 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None) -> Evalu
         tracking.run_experiment_and_name(training_run, uri) if training_run else (cfg.tracking.experiment, "model")
     )
     with tracking.Run(uri, experiment, f"eval-{training_name}", _tags(model_uri, cfg, split_name, training_run, version)) as mlrun:
-        mlrun.log_params({"model_uri": model_uri, "split": split_name,
+        mlrun.log_params({"model_uri": model_uri, "split": split_name, "inference.mode": options.mode,
+                          "inference.flip": options.flip, **({"inference.stride": stride} if stride else {}),
                           **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})
         lineage.log(mlrun, cfg.data.name, splits, [split_name])
         batches = pipeline.make(
-            getattr(splits, split_name), image_size=model.input_shape[1], batch_size=cfg.trainer.batch_size, training=False,
+            getattr(splits, split_name), image_size=cfg.data.image_size, batch_size=cfg.trainer.batch_size, training=False,
             seed=cfg.seed, deterministic=True, cache=None,
         )
         split = finish.Split(split_name, batches, list(cfg.data.class_names), finish.image_names(splits, split_name))
-        result = finish.finish(mlrun, finish.Chosen(model, f"{training_name} on {cfg.data.name} {split_name}"), split,
-                               cfg.trainer.worst_samples)
+        applied = partial(inference.batch_logits, model, mode=options.mode, stride=stride, flip=options.flip)
+        chosen = finish.Chosen(model, f"{training_name} on {cfg.data.name} {split_name}", logits=applied)
+        result = finish.finish(mlrun, chosen, split, cfg.trainer.worst_samples)
         found = split_metrics(result.split_matrix, split_name, split.class_names)
         mlrun.log_metrics(found)
     if version:
@@ -65,11 +72,14 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None) -> Evalu
     return Evaluation(split_name, int(result.split_matrix.sum()), found, mlrun.run_id, experiment, version)
 
 
-def load(model_uri: str, cfg: DictConfig):
-    """The logged model as a Keras model, with `cfg.data.image_size` set to the size it takes (the
-    data source then builds its images at that size, not resized from another)."""
+def load(model_uri: str, cfg: DictConfig, options: InferenceOptions):
+    """The logged model as a Keras model; in resize mode with `cfg.data.image_size` set to the size it
+    takes (the data source then builds its images at that size, not resized from another); in slide mode
+    the split is scored at `data.image_size` as given, in windows of the model's size."""
     model = tracking.load_model(model_uri, cfg.tracking.uri)
-    if model.input_shape[1] != cfg.data.image_size:
+    if options.mode == "slide":
+        log.info("slide mode: scoring at data.image_size=%d in %d px windows", cfg.data.image_size, model.input_shape[1])
+    elif model.input_shape[1] != cfg.data.image_size:
         log.info("the model takes %d px images: data.image_size=%d becomes %d for this evaluation",
                  model.input_shape[1], cfg.data.image_size, model.input_shape[1])
         OmegaConf.update(cfg, "data.image_size", int(model.input_shape[1]))

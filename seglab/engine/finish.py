@@ -23,6 +23,7 @@ class Chosen:
     model: object  # a keras.Model
     title: str
     epoch: int | None = None  # training: the 0-based epoch whose weights it holds
+    logits: object = None  # how it is applied to a batch of images (seglab.inference.batch_logits); None: model(batch)
 
 
 @dataclass
@@ -65,7 +66,7 @@ def finish(run, chosen: Chosen, split: Split, worst: int, publish: Publish | Non
     """Score `chosen` on `split` per image and log to `run` (a tracking.Run) the confusion matrix,
     the per-image table and the `worst` worst images; with `publish`, the model, the served model
     and (tracking.register_as) the registry entry.  The per-image scores."""
-    result = per_image.score_images(chosen.model, split.batches, len(split.class_names), worst=worst)
+    result = per_image.score_images(chosen.model, split.batches, len(split.class_names), worst=worst, logits=chosen.logits)
     run.log_confusion_matrix(result.split_matrix, split.class_names, chosen.title)
     per_image.log(run, result, split.class_names, split.name, split.image_names)
     if publish is not None:

@@ -47,13 +47,15 @@ class PerImage:
         return self.matrices.sum(0)
 
 
-def score_images(model, batches, num_classes: int, worst: int = 0) -> PerImage:
+def score_images(model, batches, num_classes: int, worst: int = 0, logits=None) -> PerImage:
     """Per-image confusion matrices of `model` over a split of `(image, mask)` batches, and its
-    `worst` worst images by mean IoU (images with no labelled pixel are not ranked)."""
+    `worst` worst images by mean IoU (images with no labelled pixel are not ranked).  `logits`: how the
+    model is applied to a batch (e.g. seglab.inference.batch_logits' slide mode); None: `model(batch)`."""
 
     matrices, kept, index = [], [], 0  # kept: a heap of (-mean IoU, -index, Example), the best of the worst on top
     for images, masks in batches:
-        labels = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+        found = logits(images) if logits else model(images, training=False)
+        labels = tf.argmax(found, axis=-1, output_type=tf.int32)
         batch = metrics.image_confusion_matrices(masks, labels, num_classes).numpy()
         matrices.append(batch)
         for i, cm in enumerate(batch):

@@ -29,6 +29,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image, UnidentifiedImageError
 
+from seglab.config import inference as inference_config
+from seglab.config.check import ConfigError
+from seglab.config.inference import InferenceOptions
 from seglab.engine import checkpoint
 from seglab.util import images
 
@@ -128,17 +131,14 @@ class ImageSegmenter(mlflow.pyfunc.PythonModel):
 
 def inference_options(params: dict, window: int) -> dict:
     """segment()'s mode, stride and flip from the request's params; a 400 naming a wrong one."""
-    from seglab.inference import MODES, slide_stride
-
-    mode = str(params.get("mode") or "resize")
-    if mode not in MODES:
-        raise MlflowException(f"params mode={mode} is not allowed: choose one of {', '.join(MODES)} (docs/serving.md)",
-                              INVALID_PARAMETER_VALUE)
+    options = InferenceOptions(str(params.get("mode") or "resize"), int(params.get("stride") or 0) or None,
+                               bool(params.get("flip", False)))
     try:
-        stride = slide_stride(int(params.get("stride") or 0) or None, window) if mode == "slide" else None
-    except ValueError as err:
-        raise MlflowException(f"params stride: {err}", INVALID_PARAMETER_VALUE) from None
-    return {"mode": mode, "stride": stride, "flip": bool(params.get("flip", False))}
+        inference_config.check(options, prefix="params ")
+        stride = inference_config.slide_stride(options.stride, window, "params ") if options.mode == "slide" else None
+    except ConfigError as err:
+        raise MlflowException(f"{err} (docs/serving.md)", INVALID_PARAMETER_VALUE) from None
+    return {"mode": options.mode, "stride": stride, "flip": options.flip}
 
 
 def input_example(image_size: int):
