@@ -62,10 +62,15 @@ def keras_silent():
             enable_interactive_logging()
 
 
+# MLflow 3's UI opens in its GenAI view (traces, "agent versions") unless the address or the browser's last choice
+# says otherwise; this query selects its model-training view (runs, metrics, models), whatever the browser chose.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
 def run_address(uri: str, experiment_id: str, run_id: str) -> list[str]:
-    """Console lines saying where a run is in the MLflow UI: its address on a tracking server, else how to
-    open it and then the address, on a line of its own (a long store path keeps each line short)."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    """Console lines saying where a run is in the MLflow UI (its model-training view): its address on a tracking
+    server, else how to open it and then the address, on a line of its own (a long store path keeps each line short)."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
         return [f"MLflow run {run_id}: {uri.rstrip('/')}/{page}"]
     return [f"MLflow run {run_id}: `mlflow ui --backend-store-uri {uri}`, then", f"  http://127.0.0.1:5000/{page}"]

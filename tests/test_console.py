@@ -19,7 +19,7 @@ EXPECTED = (
     re.compile(r"epoch +\d+/\d+  loss \d\.\d{4}  val mIoU \d\.\d{4}  val Dice \d\.\d{4}  \d+\.\d s  best val_mean_iou \d\.\d{4} \(epoch \d+\)"),
     re.compile(r"best val_mean_iou \d\.\d{4} at epoch \d+; checkpoints in \S+"),
     re.compile(r"MLflow run (\w+): `mlflow ui --backend-store-uri \S+`, then"),
-    re.compile(r"  http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs/(\w+)"),
+    re.compile(r"  http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs/(\w+)\?workflowType=machine_learning"),
 )
 LINE_CHARS = 200  # the console's longest line (a terminal's width, twice over)
 
@@ -87,9 +87,11 @@ def subprocess_run_quiet(tmp_path, module, *args):
 
 
 def test_run_address_of_a_server_run_and_of_a_local_store():
-    assert console.run_address("http://host:5000/", "3", "abc") == ["MLflow run abc: http://host:5000/#/experiments/3/runs/abc"]
+    # the model-training view's address (tests/test_ui.py opens it in a browser)
+    page = "#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert console.run_address("http://host:5000/", "3", "abc") == [f"MLflow run abc: http://host:5000/{page}"]
     command, address = console.run_address("sqlite:///mlflow.db", "3", "abc")
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in command and address.endswith("#/experiments/3/runs/abc")
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in command and address.endswith(page)
 
 
 class _Terminal:

@@ -98,3 +98,34 @@ def test_artifact_view_lists_and_renders_the_per_epoch_mask_picture(tracking_sta
     assert size[0] >= 3 * visualize.MASK_PANEL_PX and size[1] >= 2 * visualize.MASK_PANEL_PX  # 3 columns, 2 samples
     # In the first screen, without scrolling: the picture's top half at least lies inside the viewport.
     assert box is not None and box["y"] + box["height"] / 2 < VIEWPORT["height"] and box["width"] >= 400
+
+
+@pytest.mark.slow
+def test_the_address_a_run_prints_opens_the_model_training_view_in_a_new_browser(tracking_stack, stack_run, tmp_path):
+    """MLflow 3 opens in its GenAI view (traces, agent versions) by default: the address the console prints
+    selects the model-training view, and the UI keeps it on the way from the run to its experiment's runs."""
+    chromium = program("chromium", "chromium")
+    from playwright.sync_api import sync_playwright
+
+    run_id, _, done = stack_run
+    (address,) = [line.split(": ", 1)[1] for line in done.stdout.splitlines() if line.startswith(f"MLflow run {run_id}: ")]
+    assert address.startswith(tracking_stack.uri) and address.endswith("?workflowType=machine_learning")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, timeout=UI_TIMEOUT_MS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)  # a fresh profile: no view chosen before
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.goto(address)
+            page.get_by_role("heading", name="unet-ce-shapes").wait_for()
+            page.get_by_role("tab", name="Model metrics").wait_for()
+            # The side navigation of the model-training view: Runs and Models of the experiment, in that view.
+            runs = page.locator("a[href*='/runs?workflowType=machine_learning']").first
+            assert page.locator("a[href*='/models?workflowType=machine_learning']").count() >= 1
+            runs.click()
+            page.get_by_text("Run Name", exact=True).wait_for()  # the runs table, not the GenAI overview
+            page.get_by_role("link", name="unet-ce-shapes").first.wait_for()
+            text = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "experiment-runs.png"))
+        finally:
+            browser.close()
+    assert "No cost data available" not in text and "Agent versions" not in text  # GenAI's overview cards
