@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.stores import fresh_store, store_of
+from tests.zygote import Zygote
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "seglab" / "conf")
@@ -28,6 +30,32 @@ TINY = (
 )
 
 
+# Set in this process by the tests' own MLflow calls (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI), not by the
+# user: a command inherits it only when a test passes it in `env`.
+LEAKED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def inherited_env() -> dict[str, str]:
+    """This process's environment less what the tests' own MLflow calls set in it (LEAKED)."""
+    return {name: value for name, value in os.environ.items() if name not in LEAKED}
+
+
+CLI_ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+_ZYGOTE = Zygote({**inherited_env(), **CLI_ENV})
+atexit.register(_ZYGOTE.close)
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` from `cwd` in a new process, as subprocess.run(capture_output=True, text=True) answers it:
+    forked from tests/zygote.py's (TensorFlow imported once per test worker) unless `env` changes what is read at
+    import, or SEGLAB_TESTS_UNFORKED is set (then a new interpreter each time, to compare)."""
+    full_env = {**inherited_env(), **CLI_ENV, **(env or {})}
+    if _ZYGOTE.serves(full_env) and not os.environ.get("SEGLAB_TESTS_UNFORKED"):
+        return _ZYGOTE.run(module, list(args), cwd, full_env, timeout)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m seglab ARGS` as a user runs it, from `cwd` (outputs and ./mlflow.db land there).
     A command expected to succeed (`check`) that would create a new SQLite store gets it migrated
@@ -35,10 +63,7 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True, env
     store = store_of(args, cwd) if check else None
     if store is not None:
         fresh_store(store)
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    done = subprocess.run(
-        [sys.executable, "-m", "seglab", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
+    done = run_module("seglab", *args, cwd=cwd, timeout=timeout, env=env)
     if check and done.returncode != 0:
         raise AssertionError(f"seglab exited {done.returncode}\nSTDOUT:\n{done.stdout[-4000:]}\nSTDERR:\n{done.stderr[-4000:]}")
     return done

@@ -18,7 +18,6 @@ files docs/configuration.md shows.  Commands that are not run are in SKIPPED, ea
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import shlex
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CONF_DIR, ROOT, TINY
+from tests.conftest import CONF_DIR, ROOT, TINY, inherited_env, run_module
 
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "seglab" / "conf" / "experiment" / "README.md"]
 SHELL_FENCES = ("bash", "sh", "console", "shell")
@@ -194,7 +193,7 @@ def test_every_documented_command_composes(command, tmp_path, monkeypatch):
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1"}
+    return {**inherited_env(), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1"}
 
 
 def run(command: Command, cwd: Path, *extra: str, fill: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -202,8 +201,7 @@ def run(command: Command, cwd: Path, *extra: str, fill: dict[str, str] | None = 
     args = list(command.args)
     for old, new in (fill or {}).items():
         args = [a.replace(old, new) for a in args]
-    return subprocess.run([sys.executable, "-m", command.module, *args, *extra], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_module(command.module, *args, *extra, cwd=cwd, env=_env(), timeout=timeout)
 
 
 def ok(done: subprocess.CompletedProcess, where: str) -> subprocess.CompletedProcess:

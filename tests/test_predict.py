@@ -2,20 +2,17 @@
 The main test calls the entry point in this process (TensorFlow is loaded once); the last one runs
 the command line."""
 
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import run_module
 
 
 def predict_cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "seglab.predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return run_module("seglab.predict", *args, cwd=cwd)
 
 
 @pytest.mark.slow

@@ -1,0 +1,163 @@
+"""`python -m seglab ARGS` (or another seglab command) in a fresh process without paying for Python's imports each time.
+
+Each command-line test used to start a new interpreter that imported TensorFlow, Keras, MLflow and Hydra
+(about 8 s of CPU on the 2-core test machine) before it did its second of work.  A zygote imports them
+once per pytest worker and forks one child per command: the child is a new process, as a user's
+command is (its own op-determinism switch, precision policy, Hydra state, signal handlers, exit code,
+stdout and stderr), started from a parent that has run no TensorFlow op, so TensorFlow's runtime is
+created in the child as in a fresh interpreter.  The child runs `seglab/__main__.py` as `python -m`
+does (runpy, `sys.argv` as given) in the command's directory and environment, and exits as the
+interpreter does (thread joins, atexit handlers, flushes) less the teardown of its modules.
+
+What a fork cannot give is an environment read while the modules import (Keras reads KERAS_HOME,
+TensorFlow its TF_* switches): a command whose environment differs from the zygote's in such a
+variable (IMPORT_TIME) runs as a plain subprocess instead, as do the tests about start-up itself
+(tests/test_console.py, tests/test_help.py, tests/test_install.py, the README's quick start), which
+call subprocess directly.
+
+Protocol, one request at a time over the zygote's stdin/stdout: a JSON line {module, argv, cwd, env,
+out, err} in; a line {"pid": ...} once the child runs, then {"code": ...} when it has exited.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Environment variables read while TensorFlow, Keras or Python start: a command that sets one differently runs unforked.
+# (TensorFlow reads TF_NUM_INTRAOP_THREADS and the like when its runtime starts, in the child: those may differ.)
+IMPORT_TIME = ("KERAS_", "TF_CPP_", "TF_ENABLE_", "TF_USE_", "TENSORFLOW_", "PYTHON", "CUDA_", "OMP_", "KMP_", "MKL_", "LD_")
+PRELOAD = ("tensorflow", "keras", "keras_hub", "mlflow", "hydra", "omegaconf", "seglab.cli.train", "seglab.engine.train")
+
+
+class Zygote:
+    """One forking server, started on first use."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = dict(env)
+        self.process: subprocess.Popen | None = None
+        self.streams = Path(tempfile.mkdtemp(prefix="seglab-zygote-"))  # the children's stdout and stderr
+
+    def serves(self, env: dict[str, str]) -> bool:
+        """Whether a command with `env` may be forked from this zygote (no import-time variable differs)."""
+        keys = {k for k in (*env, *self.env) if k.startswith(IMPORT_TIME)}
+        return all(env.get(k) == self.env.get(k) for k in keys)
+
+    def run(self, module: str, argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        """`python -m MODULE *argv` from `cwd`, as subprocess.run(capture_output=True, text=True) would answer it."""
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen([sys.executable, "-m", "tests.zygote"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, env=self.env, cwd=str(Path(__file__).parent.parent),
+                                            text=True, bufsize=1)
+        out, err = self.streams / "stdout", self.streams / "stderr"
+        request = {"module": module, "argv": argv, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        pid = self._answer(None)["pid"]
+        try:
+            answer = self._answer(timeout)
+            code, self.last_cpu_s = answer["code"], answer["cpu_s"]
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            self._answer(None)
+            raise subprocess.TimeoutExpired(["python", "-m", module, *argv], timeout, _read(out), _read(err)) from None
+        finally:
+            stdout, stderr = _read(out), _read(err)
+            out.unlink(missing_ok=True)
+            err.unlink(missing_ok=True)
+        return subprocess.CompletedProcess(["python", "-m", module, *argv], code, stdout, stderr)
+
+    def _answer(self, timeout: float | None) -> dict:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the test zygote exited with {self.process.wait()}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+        shutil.rmtree(self.streams, ignore_errors=True)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _child(request: dict) -> int:
+    """In the forked child: become `python -m MODULE ARGV` and return its exit code."""
+    import runpy
+
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for fd, target in ((null, 0), (out, 1), (err, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    sys.argv = ["-m", *request["argv"]]  # runpy puts the module's path first, as `python -m` does
+    try:
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:  # what the interpreter would print before exiting 1
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def _exit(code: int) -> None:
+    """End the child as the interpreter ends a program, less the teardown of every module (seconds for one that
+    has imported TensorFlow, and nothing a command's result depends on): non-daemon threads joined, atexit
+    handlers run (MLflow's among them), streams flushed."""
+    import atexit
+    import threading
+
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def serve() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    gc.freeze()  # the imported modules' objects: the children's garbage collector leaves them (and their pages) alone
+    requests, answers = sys.stdin, sys.stdout
+    for line in requests:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            requests.close()
+            code = _child(request)
+            _exit(code)
+        answers.write(json.dumps({"pid": pid}) + "\n")
+        answers.flush()
+        _, status, usage = os.wait4(pid, 0)
+        answers.write(json.dumps({"code": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime}) + "\n")
+        answers.flush()
+
+
+if __name__ == "__main__":
+    serve()
