@@ -41,7 +41,7 @@ def inherited_env() -> dict[str, str]:
 
 
 CLI_ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-_ZYGOTE = Zygote({**inherited_env(), **CLI_ENV})
+_ZYGOTE = Zygote()  # started by the first command, with its environment
 atexit.register(_ZYGOTE.close)
 
 
@@ -49,9 +49,10 @@ def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, env: di
     """`python -m MODULE ARGS` from `cwd` in a new process, as subprocess.run(capture_output=True, text=True) answers it:
     forked from tests/zygote.py's (TensorFlow imported once per test worker) unless `env` changes what is read at
     import, or SEGLAB_TESTS_UNFORKED is set (then a new interpreter each time, to compare)."""
-    full_env = {**inherited_env(), **CLI_ENV, **(env or {})}
-    if _ZYGOTE.serves(full_env) and not os.environ.get("SEGLAB_TESTS_UNFORKED"):
-        return _ZYGOTE.run(module, list(args), cwd, full_env, timeout)
+    default = {**inherited_env(), **CLI_ENV}
+    full_env = {**default, **(env or {})}
+    if _ZYGOTE.serves(full_env, default) and not os.environ.get("SEGLAB_TESTS_UNFORKED"):
+        return _ZYGOTE.run(module, list(args), cwd, full_env, timeout, default)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -33,27 +33,33 @@ import tempfile
 from pathlib import Path
 
 # Environment variables read while TensorFlow, Keras or Python start: a command that sets one differently runs unforked.
-# (TensorFlow reads TF_NUM_INTRAOP_THREADS and the like when its runtime starts, in the child: those may differ.)
-IMPORT_TIME = ("KERAS_", "TF_CPP_", "TF_ENABLE_", "TF_USE_", "TENSORFLOW_", "PYTHON", "CUDA_", "OMP_", "KMP_", "MKL_", "LD_")
+# (TensorFlow reads TF_NUM_INTRAOP_THREADS, CUDA_VISIBLE_DEVICES and the like when its runtime starts, in the child:
+# those may differ.)
+IMPORT_TIME = ("KERAS_", "TF_CPP_", "TF_ENABLE_", "TF_USE_", "TENSORFLOW_", "PYTHON", "OMP_", "KMP_", "MKL_", "LD_")
 PRELOAD = ("tensorflow", "keras", "keras_hub", "mlflow", "hydra", "omegaconf", "seglab.cli.train", "seglab.engine.train")
 
 
 class Zygote:
     """One forking server, started on first use."""
 
-    def __init__(self, env: dict[str, str]):
-        self.env = dict(env)
+    def __init__(self):
+        self.env: dict[str, str] | None = None  # the environment it was started with (None: not started yet)
         self.process: subprocess.Popen | None = None
         self.streams = Path(tempfile.mkdtemp(prefix="seglab-zygote-"))  # the children's stdout and stderr
 
-    def serves(self, env: dict[str, str]) -> bool:
-        """Whether a command with `env` may be forked from this zygote (no import-time variable differs)."""
-        keys = {k for k in (*env, *self.env) if k.startswith(IMPORT_TIME)}
-        return all(env.get(k) == self.env.get(k) for k in keys)
+    def serves(self, env: dict[str, str], default: dict[str, str]) -> bool:
+        """Whether a command with `env` may be forked from this zygote: no import-time variable differs from the
+        environment it runs with (`default`, the tests' usual one, once it starts)."""
+        base = self.env if self.env is not None else default
+        keys = {k for k in (*env, *base) if k.startswith(IMPORT_TIME)}
+        return all(env.get(k) == base.get(k) for k in keys)
 
-    def run(self, module: str, argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-        """`python -m MODULE *argv` from `cwd`, as subprocess.run(capture_output=True, text=True) would answer it."""
+    def run(self, module: str, argv: list[str], cwd: Path, env: dict[str, str], timeout: float,
+            default: dict[str, str]) -> subprocess.CompletedProcess:
+        """`python -m MODULE *argv` from `cwd` with `env`, as subprocess.run(capture_output=True, text=True) would
+        answer it; the zygote (re)starts with `default` when it is not running."""
         if self.process is None or self.process.poll() is not None:
+            self.env = dict(self.env if self.env is not None else default)
             self.process = subprocess.Popen([sys.executable, "-m", "tests.zygote"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, env=self.env, cwd=str(Path(__file__).parent.parent),
                                             text=True, bufsize=1)
