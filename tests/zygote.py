@@ -120,8 +120,11 @@ def _child(request: dict) -> int:
     sys.argv = ["-m", *request["argv"]]  # runpy puts the module's path first, as `python -m` does
     try:
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except SystemExit as stop:  # as the interpreter ends on it: sys.exit("message") prints the message and exits 1
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
     except BaseException:  # what the interpreter would print before exiting 1
         import traceback
 
