@@ -128,7 +128,7 @@ def test_a_two_task_srun_trains_one_model_from_slurms_environment(tmp_path, slur
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     done = subprocess.run(
         ["srun", "--ntasks=2", "--cpus-per-task=1", "--kill-on-bad-exit=1", f"--output={tmp_path}/worker%t.log",
-         sys.executable, "-m", "seglab", *SAME_STEPS, "trainer.strategy=multi_worker", "trainer.resume=never",
+         sys.executable, "-m", "seglab", *SAME_STEPS, "trainer.strategy=multi_worker",
          f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/worker${{oc.env:SLURM_PROCID}}"],
         cwd=tmp_path, env={**env, **ENV, **slurm_cluster.env()}, capture_output=True, text=True, timeout=720,
     )

@@ -37,7 +37,7 @@ def _train(cfg: DictConfig) -> float:
     preflight.check_paths(cfg, HydraConfig.get().runtime.output_dir)  # paths and store, before MLflow and TensorFlow
     preflight.check_batches(cfg)
     trainer = cfg.trainer  # e.g. multi_worker without TF_CONFIG: before TensorFlow loads
-    distribute.check(trainer.strategy, trainer.resume, trainer.jit_compile, trainer.steps_per_execution)
+    distribute.check(trainer.strategy, trainer.jit_compile, trainer.steps_per_execution)
     tracking.check_reachable(cfg.tracking.uri)  # a server that is down: fail in seconds, before TensorFlow too
     # What the 10-30 s before the first epoch's line are spent on, said before they start.
     log.info(STARTING)

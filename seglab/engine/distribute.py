@@ -115,15 +115,13 @@ def resolve(name: str) -> str:
     return name
 
 
-def check(name: str, resume: str, jit_compile: bool = False, steps_per_execution: int = 1) -> None:
+def check(name: str, jit_compile: bool = False, steps_per_execution: int = 1) -> None:
     """Fail before TensorFlow loads when the strategy cannot run here, or not with these trainer settings:
-    resuming needs every worker to start from the same checkpoint, which only the chief looks for; the
-    multi-worker loop (seglab.engine.multi_worker) runs one step per call, without XLA."""
+    the multi-worker loop (seglab.engine.multi_worker) runs one step per call, without XLA."""
     if resolve(name) != "multi_worker":
         return
     which = f"trainer.strategy={name}{', TF_CONFIG set' if name == 'auto' else ''}"
-    for unsupported, value, fix in ((resume != "never", f"trainer.resume={resume}", "trainer.resume=never"),
-                                    (jit_compile, "trainer.jit_compile=true", "trainer.jit_compile=false"),
+    for unsupported, value, fix in ((jit_compile, "trainer.jit_compile=true", "trainer.jit_compile=false"),
                                     (steps_per_execution != 1, f"trainer.steps_per_execution={steps_per_execution}",
                                      "trainer.steps_per_execution=1")):
         if unsupported:

@@ -10,7 +10,11 @@ logs carry the keys and definitions `fit` gives: `loss` the batch-size-weighted 
 losses, the segmentation metrics computed by `seglab.metrics`' own metric objects from the summed
 confusion matrix, and the same with `val_`.  Supported: every callback of
 `seglab.engine.callbacks.for_training` (each sees the hooks fit calls it with); refused before
-TensorFlow loads: XLA and steps_per_execution > 1 (seglab.engine.distribute.check)."""
+TensorFlow loads: XLA and steps_per_execution > 1 (seglab.engine.distribute.check).
+
+Resuming: only the chief looks for the run to continue and loads its checkpoint (seglab.engine.lifecycle);
+`from_chief` then gives every worker the chief's variables and epoch, so all replicas start the same step.
+A worker lost mid-run (`WorkerLost`) ends the chief's run KILLED, so re-running the job continues it."""
 
 from __future__ import annotations
 
@@ -35,13 +39,71 @@ def fit(model: keras.Model, loss, strategy, train_ds: tf.data.Dataset, val_ds: t
     try:
         _loop(model, loss, strategy, train_ds, val_ds, fit_callbacks, epochs, first_epoch, steps_per_epoch, class_names)
     except tf.errors.UnavailableError as err:  # a peer died: the collectives of every other worker fail, mid-step
-        lines = [line.strip() for line in err.message.splitlines() if line.strip()] or [type(err).__name__]
-        said = next((line for line in lines if "unhealthy" in line or "aborted by" in line), lines[0])
-        raise distribute.DistributeError(f"a worker of the cluster stopped during training ({said}): this run ends; "
-                                         "see that worker's log, then start every worker again") from None
+        raise WorkerLost.of(err, "during training") from None
     # Every worker says what it trained, so a cluster's logs show the replicas agree (or that they do not).
     log.info("multi_worker: final weights sha256 %s (%s %d of %d)", weights_digest(model), strategy.cluster_resolver.task_type,
              strategy.cluster_resolver.task_id, distribute.cluster_size(distribute.cluster()))
+
+
+class WorkerLost(distribute.DistributeError):
+    """A peer of the cluster stopped (killed, its node lost): an interruption, not an error of the config,
+    so the run ends KILLED (seglab.tracking.Run) and re-running every worker continues it (trainer.resume=auto)."""
+
+    ends_killed = True
+
+    @classmethod
+    def of(cls, err: tf.errors.UnavailableError, when: str) -> "WorkerLost":
+        lines = [line.strip() for line in err.message.splitlines() if line.strip()] or [type(err).__name__]
+        said = next((line for line in lines if "unhealthy" in line or "aborted by" in line), lines[0])
+        return cls(f"a worker of the cluster stopped {when} ({said}): this run ends KILLED; see that worker's log, "
+                   "then start every worker again to continue it")
+
+
+def from_chief(strategy, model: keras.Model, checkpointer, first_epoch: int) -> int:
+    """Every worker takes the chief's training state: the model's and the optimizer's variables, the epochs
+    completed and the checkpointer's best so far (which early stopping counts from), so that a run the chief
+    resumed continues on all replicas from the same step.  One all-reduce of the state's bytes, the chief's
+    on its first replica and zeros on every other (a sum that is the chief's state, bit for bit); the
+    chief's epoch for a new run is 0 and nothing changes.  Called by every worker, in the same place."""
+    variables = [*model.variables, *model.optimizer.variables]
+    best_epoch = -1 if checkpointer.best_epoch is None else checkpointer.best_epoch
+    arrays = [np.array([first_epoch, best_epoch], np.int64), np.array([checkpointer.best], np.float64),
+              *(np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables)]
+    words = _as_words(arrays) if distribute.is_chief() else np.zeros(_words_for(arrays), np.int32)
+
+    def contribution(context):
+        return tf.constant(words) if context.replica_id_in_sync_group == 0 else tf.zeros_like(words)
+
+    try:
+        summed = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.experimental_distribute_values_from_function(contribution),
+                                 axis=None)
+    except tf.errors.UnavailableError as err:  # the chief stopped before training (e.g. it refused the resume)
+        raise WorkerLost.of(err, "before training") from None
+    restored = _from_words(summed.numpy(), arrays)
+    (epoch, best_epoch), (best,), values = restored[0], restored[1], restored[2:]
+    if not distribute.is_chief():
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        checkpointer.best, checkpointer.best_epoch = float(best), None if best_epoch < 0 else int(best_epoch)
+    return int(epoch)
+
+
+def _words_for(arrays: list[np.ndarray]) -> int:
+    return -(-sum(a.nbytes for a in arrays) // 4)
+
+
+def _as_words(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays' bytes, in order, as int32 words (zero-padded): any dtype travels exactly through a sum."""
+    data = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+    return np.frombuffer(data + bytes(-len(data) % 4), np.int32)
+
+
+def _from_words(words: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
+    data, arrays, at = words.astype(np.int32).tobytes(), [], 0
+    for a in like:
+        arrays.append(np.frombuffer(data, a.dtype, a.size, at).reshape(a.shape))
+        at += a.nbytes
+    return arrays
 
 
 def _loop(model, loss, strategy, train_ds, val_ds, fit_callbacks, epochs, first_epoch, steps_per_epoch, class_names):

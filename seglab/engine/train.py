@@ -43,6 +43,8 @@ def run(cfg: DictConfig) -> float:
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every,
                                               run_id=mlrun.run_id)
         first_epoch = lifecycle.initial_epoch(found, cfg.tracking.uri, setup.model, checkpointer, cfg.trainer.checkpoint_dir)
+        if distribute.resolve(cfg.trainer.strategy) == "multi_worker":  # the chief alone looked for a run to continue
+            first_epoch = multi_worker.from_chief(setup.strategy, setup.model, checkpointer, first_epoch)
         if found.run_id is not None:  # once its checkpoint fits: a refused resume leaves the run's config as it was
             log_config(cfg, mlrun)
         fitted = fit(cfg, mlrun, setup, checkpointer, first_epoch, out / "profile")

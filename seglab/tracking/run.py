@@ -138,8 +138,9 @@ class Run:
         stopped = self._stopped(exc_type)
         if exc_type is None:
             status = RunStatus.FINISHED
-        elif stopped or issubclass(exc_type, SystemExit):
-            # SystemExit: e.g. submitit requeueing a pre-empted job from its signal handler
+        elif stopped or issubclass(exc_type, SystemExit) or getattr(exc, "ends_killed", False):
+            # SystemExit: e.g. submitit requeueing a pre-empted job from its signal handler; ends_killed: an
+            # interruption from outside the run (a lost worker of a cluster), which trainer.resume=auto continues
             status = RunStatus.KILLED
         else:
             status = RunStatus.FAILED
