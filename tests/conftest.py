@@ -40,21 +40,39 @@ def inherited_env() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name not in LEAKED}
 
 
-CLI_ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+# PYTHONUNBUFFERED: a command's output (and its jobs', which inherit it) reaches its file line by line, as tests watch it.
+CLI_ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 _ZYGOTE = Zygote()  # started by the first command, with its environment
 atexit.register(_ZYGOTE.close)
+
+
+def _command_env(env: dict | None) -> tuple[dict, dict, bool]:
+    """The tests' usual environment for a command, the command's own (with `env`), and whether it is forked."""
+    default = {**inherited_env(), **CLI_ENV}
+    full_env = {**default, **(env or {})}
+    return default, full_env, _ZYGOTE.serves(full_env, default) and not os.environ.get("SEGLAB_TESTS_UNFORKED")
 
 
 def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` from `cwd` in a new process, as subprocess.run(capture_output=True, text=True) answers it:
     forked from tests/zygote.py's (TensorFlow imported once per test worker) unless `env` changes what is read at
     import, or SEGLAB_TESTS_UNFORKED is set (then a new interpreter each time, to compare)."""
-    default = {**inherited_env(), **CLI_ENV}
-    full_env = {**default, **(env or {})}
-    if _ZYGOTE.serves(full_env, default) and not os.environ.get("SEGLAB_TESTS_UNFORKED"):
+    default, full_env, forked = _command_env(env)
+    if forked:
         return _ZYGOTE.run(module, list(args), cwd, full_env, timeout, default)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def start_module(module: str, *args: str, cwd: Path, env: dict | None = None):
+    """`python -m MODULE ARGS` from `cwd`, started and not waited for, in a session of its own (os.killpg(proc.pid, ...)
+    reaches what it starts), its stdout and stderr as one stream of lines in `proc.stdout`: forked from the zygote
+    as run_module decides, else a subprocess.Popen."""
+    default, full_env, forked = _command_env(env)
+    if forked:
+        return _ZYGOTE.start(module, list(args), cwd, full_env, default)
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

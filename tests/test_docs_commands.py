@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CONF_DIR, ROOT, TINY, inherited_env, run_module
+from tests.conftest import ROOT, TINY, inherited_env, run_module
 
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "seglab" / "conf" / "experiment" / "README.md"]
 SHELL_FENCES = ("bash", "sh", "console", "shell")

@@ -11,7 +11,9 @@ today; regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.
 
 from __future__ import annotations
 
+import atexit
 import os
+import queue
 import shlex
 import sqlite3
 import subprocess
@@ -23,6 +25,9 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.conftest import inherited_env
+from tests.zygote import BEFORE_TENSORFLOW, Zygote
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "troubleshooting.md"
@@ -231,14 +236,34 @@ def runs_in(db: Path) -> int:
         return connection.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
 
 
-def answer(mistake: Mistake, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def user_env() -> dict[str, str]:
+    env = {**inherited_env(), "PYTHONPATH": str(ROOT)}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it: seglab quiets TensorFlow's C++ log (rows that read the data load it)
     env.pop("HYDRA_FULL_ERROR", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    argv = [sys.executable, "-m", *shlex.split(mistake.command.replace("'", "\\'"))]
-    # TensorFlow loads for a row that reads the data: minutes on a busy machine.
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600 if mistake.reads_data else 120)
+    return env
+
+
+# Forked from zygotes that have imported only what seglab's commands import before TensorFlow (Hydra, MLflow, seglab's
+# command modules): each row is still a process of its own, and TensorFlow, where a row loads it, starts in it.
+_ZYGOTES: "queue.Queue[Zygote]" = queue.Queue()
+for _ in range(3):
+    _ZYGOTES.put(Zygote(BEFORE_TENSORFLOW))
+
+
+@atexit.register
+def _close_zygotes() -> None:
+    while not _ZYGOTES.empty():
+        _ZYGOTES.get().close()
+
+
+def answer(mistake: Mistake, cwd: Path) -> subprocess.CompletedProcess:
+    module, *args = shlex.split(mistake.command.replace("'", "\\'"))
+    env = user_env()
+    zygote = _ZYGOTES.get()
+    try:  # TensorFlow loads for a row that reads the data: minutes on a busy machine.
+        return zygote.run(module, args, cwd, env, 600 if mistake.reads_data else 120, env)
+    finally:
+        _ZYGOTES.put(zygote)
 
 
 def doc_row(mistake: Mistake, line: str, cwd: Path) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,23 +14,21 @@ import pytest
 from mlflow import MlflowClient
 
 from seglab.engine import checkpoint
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import TINY, run_cli, start_module
 from tests.stores import fresh_store, store_of
 
 TIMING = ("epoch_seconds", "train_seconds", "train_images_per_second")
 RESUMABLE = (*TINY, "trainer.epochs=4", "data.source.train_size=64")
 
 
-def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, env: dict | None = None):
     store = store_of(args, cwd)  # the first process opens the store: migrated already, as run_cli does
     if store is not None:
         fresh_store(store)
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "seglab", *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return start_module("seglab", *args, cwd=cwd, env=env)
 
 
-def kill_at(proc: subprocess.Popen, marker: str, timeout: float = 600, occurrence: int = 1) -> str:
+def kill_at(proc, marker: str, timeout: float = 600, occurrence: int = 1) -> str:
     """SIGKILL the process (and its children) as soon as it prints `marker` the `occurrence`-th time."""
     seen, deadline = [], time.time() + timeout
     for line in proc.stdout:

@@ -16,7 +16,7 @@ variable (IMPORT_TIME) runs as a plain subprocess instead, as do the tests about
 call subprocess directly.
 
 Protocol, one request at a time over the zygote's stdin/stdout: a JSON line {module, argv, cwd, env,
-out, err} in; a line {"pid": ...} once the child runs, then {"code": ...} when it has exited.
+out, err, session} in; a line {"pid": ...} once the child runs, then {"code": ...} when it has exited.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Environment variables read while TensorFlow, Keras or Python start: a command that sets one differently runs unforked.
@@ -37,14 +38,22 @@ from pathlib import Path
 # those may differ.)
 IMPORT_TIME = ("KERAS_", "TF_CPP_", "TF_ENABLE_", "TF_USE_", "TENSORFLOW_", "PYTHON", "OMP_", "KMP_", "MKL_", "LD_")
 PRELOAD = ("tensorflow", "keras", "keras_hub", "mlflow", "hydra", "omegaconf", "seglab.cli.train", "seglab.engine.train")
+# What seglab's commands import before TensorFlow: a zygote of these forks commands whose TensorFlow, if they load it, starts
+# in the child with the child's environment (tests/test_mistakes.py: TensorFlow's C++ log level is seglab's to set).
+BEFORE_TENSORFLOW = tuple(f"seglab.cli.{name}" for name in ("train", "predict", "evaluate", "export", "report", "bench",
+                                                               "check_determinism"))
 
 
 class Zygote:
     """One forking server, started on first use."""
 
-    def __init__(self):
+    def __init__(self, preload: tuple[str, ...] = PRELOAD):
+        self.preload = preload
+        self.last_cpu_s: float | None = None  # the CPU seconds of the last command's child
         self.env: dict[str, str] | None = None  # the environment it was started with (None: not started yet)
         self.process: subprocess.Popen | None = None
+        self.started: Started | None = None  # the last command `start` forked
+        self.starts = 0
         self.streams = Path(tempfile.mkdtemp(prefix="seglab-zygote-"))  # the children's stdout and stderr
 
     def serves(self, env: dict[str, str], default: dict[str, str]) -> bool:
@@ -54,20 +63,37 @@ class Zygote:
         keys = {k for k in (*env, *base) if k.startswith(IMPORT_TIME)}
         return all(env.get(k) == base.get(k) for k in keys)
 
+    def _fork(self, request: dict, default: dict[str, str]) -> int:
+        """Send one command to the zygote, (re)started with `default` when it is not running; the child's pid."""
+        if self.started is not None and self.started.returncode is None:  # one command at a time: a test left it running
+            self.started.kill()
+            self.started.wait()
+        if self.process is None or self.process.poll() is not None:
+            self.env = dict(self.env if self.env is not None else default)
+            self.process = subprocess.Popen([sys.executable, "-m", "tests.zygote", *self.preload], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, env=self.env, cwd=str(Path(__file__).parent.parent),
+                                            text=True, bufsize=1)
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._answer(None)["pid"]
+
+    def start(self, module: str, argv: list[str], cwd: Path, env: dict[str, str], default: dict[str, str]) -> "Started":
+        """`python -m MODULE *argv` started and not waited for, in a session of its own, stdout and stderr in one
+        stream: subprocess.Popen(stdout=PIPE, stderr=STDOUT, text=True, start_new_session=True) as the tests use it."""
+        self.starts += 1
+        out = self.streams / f"output{self.starts}"  # its own file, there before the child writes (the reader opens it first)
+        out.touch()
+        request = {"module": module, "argv": argv, "cwd": str(cwd), "env": env, "out": str(out), "err": str(out), "session": True}
+        self.started = Started(self, self._fork(request, default), out)
+        return self.started
+
     def run(self, module: str, argv: list[str], cwd: Path, env: dict[str, str], timeout: float,
             default: dict[str, str]) -> subprocess.CompletedProcess:
         """`python -m MODULE *argv` from `cwd` with `env`, as subprocess.run(capture_output=True, text=True) would
         answer it; the zygote (re)starts with `default` when it is not running."""
-        if self.process is None or self.process.poll() is not None:
-            self.env = dict(self.env if self.env is not None else default)
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.zygote"], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, env=self.env, cwd=str(Path(__file__).parent.parent),
-                                            text=True, bufsize=1)
         out, err = self.streams / "stdout", self.streams / "stderr"
         request = {"module": module, "argv": argv, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err)}
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        pid = self._answer(None)["pid"]
+        pid = self._fork(request, default)
         try:
             answer = self._answer(timeout)
             code, self.last_cpu_s = answer["code"], answer["cpu_s"]
@@ -97,6 +123,75 @@ class Zygote:
         shutil.rmtree(self.streams, ignore_errors=True)
 
 
+class Started:
+    """A command `Zygote.start` forked: `pid` (its process group's too), `stdout` (its output's lines as they come),
+    `poll`, `wait`, `communicate` and `returncode` as subprocess.Popen has them."""
+
+    def __init__(self, zygote: Zygote, pid: int, output: Path):
+        self.zygote, self.pid, self.returncode = zygote, pid, None
+        self._output = open(output, errors="replace")
+        self.stdout = _Stream(self._lines())
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self.returncode = self.zygote._answer(0)["code"]
+            except TimeoutError:
+                pass
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                self.returncode = self.zygote._answer(timeout)["code"]
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout) from None
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        self.wait(timeout)
+        return "".join(self.stdout), None
+
+    def _lines(self):
+        """Each line of the output once it is complete (the last one also without its newline), until the command has
+        ended and all it wrote is read."""
+        pending = ""
+        while True:
+            pending += self._output.readline()
+            if pending.endswith("\n"):
+                yield pending
+                pending = ""
+            elif self.poll() is not None:
+                rest = pending + self._output.read()
+                yield from rest.splitlines(keepends=True)
+                self._output.close()
+                return
+            else:
+                time.sleep(0.05)
+
+
+class _Stream:
+    """A started command's output as a pipe's reader gives it: its lines, or `read()` for all that is left."""
+
+    def __init__(self, lines):
+        self._lines = lines
+
+    def __iter__(self):
+        return self._lines
+
+    def __next__(self) -> str:
+        return next(self._lines)
+
+    def read(self) -> str:
+        return "".join(self._lines)
+
+
 def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
@@ -105,12 +200,14 @@ def _child(request: dict) -> int:
     """In the forked child: become `python -m MODULE ARGV` and return its exit code."""
     import runpy
 
+    if request.get("session"):
+        os.setsid()  # as start_new_session=True: a signal to its process group reaches what it starts, and nothing else
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     null = os.open(os.devnull, os.O_RDONLY)
     out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    err = os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.dup(out) if request["err"] == request["out"] else os.open(request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for fd, target in ((null, 0), (out, 1), (err, 2)):
         os.dup2(fd, target)
         os.close(fd)
@@ -147,11 +244,13 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def serve() -> None:
+def serve(preload: list[str]) -> None:
     import importlib
 
-    for name in PRELOAD:
+    for name in preload:
         importlib.import_module(name)
+    if "tensorflow" not in preload and "tensorflow" in sys.modules:
+        raise RuntimeError(f"importing {preload} loaded TensorFlow: a zygote of them would not start it in the child")
     gc.freeze()  # the imported modules' objects: the children's garbage collector leaves them (and their pages) alone
     requests, answers = sys.stdin, sys.stdout
     for line in requests:
@@ -169,4 +268,4 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1:])

@@ -24,7 +24,6 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from omegaconf import MISSING, OmegaConf
