@@ -99,7 +99,7 @@ def _as_words(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def _from_words(words: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
-    data, arrays, at = words.astype(np.int32).tobytes(), [], 0
+    data, arrays, at = words.tobytes(), [], 0
     for a in like:
         arrays.append(np.frombuffer(data, a.dtype, a.size, at).reshape(a.shape))
         at += a.nbytes

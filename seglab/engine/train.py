@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> float:
                                               upload=mlrun.log_checkpoint, upload_every=cfg.trainer.checkpoint_every,
                                               run_id=mlrun.run_id)
         first_epoch = lifecycle.initial_epoch(found, cfg.tracking.uri, setup.model, checkpointer, cfg.trainer.checkpoint_dir)
-        if distribute.resolve(cfg.trainer.strategy) == "multi_worker":  # the chief alone looked for a run to continue
+        if setup.multi_worker:  # the chief alone looked for a run to continue
             first_epoch = multi_worker.from_chief(setup.strategy, setup.model, checkpointer, first_epoch)
         if found.run_id is not None:  # once its checkpoint fits: a refused resume leaves the run's config as it was
             log_config(cfg, mlrun)
@@ -77,7 +77,7 @@ def open_run(cfg: DictConfig, device: str, checkpoint_dir: Path) -> tuple[lifecy
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     identity = {**lifecycle.tags(cfg), **lifecycle.owner_tags(), **_runtime_tags(device)}
     # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
-    # (seglab/engine/distribute.py; distribute.check refuses resume with multi_worker before TensorFlow loads).
+    # (seglab/engine/distribute.py); the other workers take its state in multi_worker.from_chief.
     chief = distribute.is_chief()
     found = lifecycle.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, identity[tags.RUN_KEY],
                            cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)
@@ -101,6 +101,7 @@ class Setup:
     steps_per_epoch: int
     val_ds: tf.data.Dataset  # the validation batches, before +debug limits them
     strategy: Any  # the tf.distribute strategy the model was built in
+    multi_worker: bool  # a multi-worker cluster: the workers take the chief's state and train in seglab's own loop
 
 
 @dataclass
@@ -154,7 +155,8 @@ def set_up(cfg: DictConfig, strategy, mlrun, data: Data) -> Setup:
     # XLA as Keras compiled it, not as asked: Keras falls back to no XLA where a layer lacks support.
     mlrun.set_tags({tags.PARAMETERS: model.count_params(), tags.REPLICAS: strategy.num_replicas_in_sync,
                     tags.XLA: str(bool(model.jit_compile)).lower()})
-    return Setup(model, splits, loss, train_images, steps_per_epoch, val_ds, strategy)
+    return Setup(model, splits, loss, train_images, steps_per_epoch, val_ds, strategy,
+                 distribute.resolve(cfg.trainer.strategy) == "multi_worker")
 
 
 @dataclass
@@ -183,7 +185,7 @@ def fit(cfg: DictConfig, mlrun, setup: Setup, checkpointer: callbacks.Checkpoint
     stopper = next((c for c in fit_callbacks if isinstance(c, callbacks.EarlyStopping)), None)
     # Killed after early stopping ended it, before the run finished: nothing is left to train.
     stopped = stopper is not None and 0 < first_epoch < trainer.epochs and stopper.exhausted(first_epoch - 1)
-    if first_epoch < trainer.epochs and not stopped and distribute.resolve(trainer.strategy) == "multi_worker":
+    if first_epoch < trainer.epochs and not stopped and setup.multi_worker:
         # Keras 3's fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585): seglab's own loop.
         multi_worker.fit(setup.model, setup.loss, setup.strategy, train_ds, val_ds, fit_callbacks, trainer.epochs, first_epoch,
                          setup.steps_per_epoch, list(cfg.data.class_names))
