@@ -24,17 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from seglab.tracking import tags
 
-ARCHITECTURES = {
-    "fcn8": ("model.encoder.weights=null",),
-    "unet": (),
-    "unet_mobilenet": ("model.encoder.weights=null",),
-    "deeplabv3plus": (),
-    "segformer": (),
-}
-LOSSES = ("ce", "dice", "weighted", "focal", "tversky", "lovasz")
+CONF = Path(__file__).resolve().parents[1] / "seglab" / "conf"
+DOWNLOADED_ENCODER = ("fcn8", "unet_mobilenet")  # their ImageNet encoder files cannot be downloaded here
+
+
+def swept(preset: str, group: str) -> list[str]:
+    """The options of `group` that `+experiment=preset` sweeps: one list, the preset's."""
+    return str(OmegaConf.load(CONF / "experiment" / f"{preset}.yaml").hydra.sweeper.params[group]).split(",")
 
 
 def seglab(module: str, *args: str, cwd: Path) -> str:
@@ -50,9 +50,12 @@ def job(name: str, overrides: tuple[str, ...], data: tuple[str, ...], uri: str, 
     client = MlflowClient(uri)
 
     def runs(where: str) -> list:  # the finished runs matching `where`, the newest first
-        experiments = [e.experiment_id for e in client.search_experiments(filter_string="name = 'seglab-pets'")]
+        if not experiments:
+            experiments.extend(e.experiment_id for e in client.search_experiments(filter_string="name = 'seglab-pets'"))
         return client.search_runs(experiments, f"{where} and attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"]) if experiments else []
+
+    experiments: list[str] = []  # seglab-pets' id, looked up once it exists
 
     if not runs(f"attributes.run_name = '{name}'"):
         seglab("seglab", *overrides, *data, f"tracking.uri={uri}", f"tracking.run_name={name}", "tracking.log_model=best",
@@ -99,15 +102,17 @@ def main() -> None:
             f"trainer.epochs={args.epochs}", "trainer.mask_samples=0", "seed=42")
     jobs = []
     if "architectures" in args.what:
-        jobs += [("architectures", f"arch-{m}", (f"model={m}", "loss=ce", *extra)) for m, extra in ARCHITECTURES.items()]
+        jobs += [("architectures", f"arch-{m}", (f"model={m}", "loss=ce", *(("model.encoder.weights=null",)
+                                                                          if m in DOWNLOADED_ENCODER else ())))
+                 for m in swept("compare_architectures", "model")]
     if "losses" in args.what:
-        jobs += [("losses", f"loss-{loss}", ("model=unet", f"loss={loss}")) for loss in LOSSES]
+        jobs += [("losses", f"loss-{loss}", ("model=unet", f"loss={loss}")) for loss in swept("compare_losses", "loss")]
     jobs = [j for j in jobs if j[1] not in args.skip]
     MlflowClient(uri).search_experiments()  # the store's tables made once, before parallel jobs open it
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(lambda j: (j[0], job(j[1], j[2], data, uri, cwd)), jobs))
     setting = (f"{args.trainval} trainval / {args.test} test pets-like photos at {args.image_size} px, {args.epochs} epochs, "
-               "batch 8, seed 42, random initialisation")
+               f"batch {OmegaConf.load(CONF / 'trainer' / 'default.yaml').batch_size}, seed 42, random initialisation")
     for what in args.what:
         print(table(f"{what} ({setting})", [r for w, r in rows if w == what]), end="\n\n")
 
