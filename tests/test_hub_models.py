@@ -49,7 +49,29 @@ def test_deeplabv3plus_decoder_is_the_papers_on_resnet():
     assert resnet.count_params() == 23_561_152  # KerasHub's figure for resnet_50_imagenet
     backbone = model.get_layer("deeplabv3plus_backbone")
     assert backbone.get_layer("decoder_conv").filters == 48
-    assert list(backbone.dilation_rates) == [6, 12, 18]
+    assert list(build_model("deeplabv3plus", 2, 224).get_layer("deeplabv3plus_backbone").dilation_rates) == [6, 7, 7]
+    assert list(build_model("deeplabv3plus", 2, 640).get_layer("deeplabv3plus_backbone").dilation_rates) == [6, 12, 18]
+
+
+def test_deeplabv3plus_rates_past_the_features_side_are_built_at_it_and_compute_the_same():
+    """At 64 px the pyramid pools 2x2 features: rates 6/12/18 are built as 2/2/2 (TensorFlow's CPU atrous
+    kernel pads to the rate: ~10x the step's time), and that pyramid equals KerasHub's at 6/12/18 with the
+    same weights.  A rate below the side is a different function: 1 is not 2 here."""
+    from keras_hub.src.models.deeplab_v3.deeplab_v3_layers import SpatialPyramidPooling
+
+    backbone = build_model("deeplabv3plus", 3, 64).get_layer("deeplabv3plus_backbone")
+    assert list(backbone.dilation_rates) == [2, 2, 2]
+    built = next(layer for layer in backbone.layers if isinstance(layer, SpatialPyramidPooling))
+    features = np.random.default_rng(0).normal(size=(2, 2, 2, 2048)).astype("float32")
+
+    def pyramid(rates):
+        layer = SpatialPyramidPooling(dilation_rates=rates)
+        layer(features)
+        layer.set_weights(built.get_weights())
+        return keras.ops.convert_to_numpy(layer(features))
+
+    np.testing.assert_allclose(pyramid([6, 12, 18]), keras.ops.convert_to_numpy(built(features)), atol=1e-5)
+    assert np.abs(pyramid([1, 2, 2]) - pyramid([2, 2, 2])).max() > 1e-3
 
 
 @pytest.mark.parametrize("num_classes,expected", [(150, 3_753_206), (19, 3_719_539)])

@@ -8,6 +8,12 @@ whose 1x1 projection to 48 channels is concatenated, then bilinearly upsampled t
 Difference, forced by KerasHub: its ResNet has no atrous last stage, so the pyramid pools the
 stride-32 features (output stride 32, not the paper's 16) and is upsampled 8x, not 4x; the decoder
 has KerasHub's single 1x1 convolution of 256 channels where the paper has two 3x3 ones.
+
+A rate at least the side of the pooled features (image_size / 32: 2 at 64 px, 4 at 128) puts every
+tap of its 3x3 branch but the centre in the zero padding, for every position: the branch is then the
+same function (and gradient) at any such rate, and it is built at the side (`pyramid_rates`), because
+TensorFlow's CPU atrous convolution pads the features to the rate: at 64 px, ResNet-50's training step
+took ~10x longer with 6/12/18 than with 2/2/2.  The paper's rates act as atrous ones from 224 px (7).
 """
 
 from __future__ import annotations
@@ -45,11 +51,12 @@ def build(
     """The values come from conf/model/deeplabv3plus.yaml (defaults), seglab/config/model.py (ranges) and
     seglab/models/facts.py (the ResNet depths)."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
+    encoder = resnet_encoder(depth, image_size, preset)
     deeplab = keras_hub.models.DeepLabV3Backbone(
-        image_encoder=resnet_encoder(depth, image_size, preset),
+        image_encoder=encoder,
         spatial_pyramid_pooling_key=f"P{ASPP_LEVEL}",
         upsampling_size=2 ** (ASPP_LEVEL - DECODER_LEVEL),
-        dilation_rates=list(dilation_rates),
+        dilation_rates=pyramid_rates(dilation_rates, encoder.pyramid_outputs[f"P{ASPP_LEVEL}"].shape[1]),
         low_level_feature_key=f"P{DECODER_LEVEL}",
         projection_filters=projection_filters,
         image_shape=(image_size, image_size, 3),
@@ -58,3 +65,9 @@ def build(
     features = deeplab(hub.imagenet_normalisation(inputs))  # 256 channels at the input resolution
     logits = layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(features)
     return keras.Model(inputs, logits, name="deeplabv3plus")
+
+
+def pyramid_rates(dilation_rates: list[int], side: int) -> list[int]:
+    """The rates the pyramid is built with on features `side` wide: a rate of at least `side` reads only
+    its centre tap inside the features, as a rate of `side` does (the module's docstring)."""
+    return [min(rate, side) for rate in dilation_rates]
