@@ -133,12 +133,24 @@ def interrupted(prog: str, err: KeyboardInterrupt) -> None:
     sys.exit(getattr(err, "exit_code", EXIT_INTERRUPTED))
 
 
+def reader_gone() -> None:
+    """The reader of stdout left (`python -m seglab.predict --help | head -1`): no traceback, and none
+    when Python flushes stdout at exit either (the recipe of Python's `signal` documentation)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(EXIT_USER_ERROR)
+
+
 def main(entry: Callable[..., Any], *args: Any, prog: str) -> Any:
     """Call a command's `entry(*args)`; a user's mistake ends the process with one line, and so does Ctrl-C."""
     try:
-        return entry(*args)
+        try:
+            return entry(*args)
+        finally:  # also after argparse's --help (SystemExit)
+            sys.stdout.flush()  # a reader that left is answered here (`reader_gone`), not by Python's flush at exit
     except KeyboardInterrupt as err:
         interrupted(prog, err)
+    except BrokenPipeError:
+        reader_gone()
     except Exception as err:
         message = None if full_error() else explain(err)
         if message is None:
@@ -168,9 +180,14 @@ def hydra_main(task: Callable[[], Any], prog: str = "seglab") -> Any:
 
     hydra_utils.run_and_report = run_and_report
     try:
-        return task()
+        try:
+            return task()
+        finally:
+            sys.stdout.flush()  # as in `main`
     except KeyboardInterrupt as err:  # Ctrl-C in a sweep (a single run answers in `main`) or while Hydra composes
         interrupted(prog, err)
+    except BrokenPipeError:
+        reader_gone()
     finally:
         hydra_utils.run_and_report = hydra_report
 

@@ -96,3 +96,19 @@ def test_every_command_answers_help_with_its_usage_before_tensorflow_loads(comma
     assert done.returncode == 0, done.stderr
     assert f"python -m {command}" in done.stdout, done.stdout  # the usage line names the command
     assert "Traceback" not in done.stderr and "tensorflow not loaded" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_read_by_a_reader_that_left_ends_without_a_traceback(command):
+    """`python -m seglab.predict --help | head -1`: the reader is gone before the usage is written. The pipe's
+    read end is closed before the command starts, so every write fails, whatever the timing."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", command, "--help"], cwd=ROOT, stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    finally:
+        os.close(write)
+    assert done.returncode != 0 and done.stderr == "", (done.returncode, done.stderr)

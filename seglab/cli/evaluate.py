@@ -23,7 +23,6 @@ Every other argument is a training-config override (`data=...`, `data.source.tes
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from dataclasses import dataclass
@@ -89,9 +88,7 @@ def run(request: Request) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    if helptext.print_usage(argv, __doc__):
+    if (argv := helptext.arguments(argv, __doc__)) is None:
         return 0
     request = parse(argv)
     console.quiet(console.is_verbose(request.cfg))  # before TensorFlow and MLflow load (`verbose=true` shows their notices)

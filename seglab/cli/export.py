@@ -89,9 +89,7 @@ def run(cfg: ExportConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    if helptext.print_usage(argv, __doc__):
+    if (argv := helptext.arguments(argv, __doc__)) is None:
         return 0
     cfg = parse(argv)
     console.quiet(cfg.verbose)  # before TensorFlow and MLflow load

@@ -9,7 +9,9 @@ written beside them in the YAML, and examples.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +39,14 @@ def print_usage(argv: list[str], doc: str) -> bool:
         return False
     print(doc.strip())
     return True
+
+
+def arguments(argv: list[str] | None, doc: str) -> list[str] | None:
+    """A command's start: its log lines as `[LEVEL] message` from INFO, its arguments (the command line's
+    when `argv` is None), or None once `--help` has printed its usage (`doc`)."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    return None if print_usage(argv, doc) else argv
 
 
 def options(group: str) -> dict[str, str]:
