@@ -15,7 +15,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from seglab.errors import UserError
 from seglab.models import facts
@@ -51,7 +50,11 @@ def synchronise() -> bool:
     """Batch statistics of the global batch, all-reduced over the replicas, when the model is built in
     the scope of a strategy with more than one (train.py builds it there): N replicas then train as one
     device would on the same batch; unsynchronised, each would normalise by its own 1/N of it.  With one
-    replica, Keras' ordinary layer (two-pass moments, no all-reduce)."""
+    replica, Keras' ordinary layer (two-pass moments, no all-reduce).  Strategies are TensorFlow's: on another
+    Keras backend (benchmarks/gpu_determinism.py builds these models on JAX) there is one replica."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync > 1
 
