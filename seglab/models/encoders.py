@@ -6,6 +6,9 @@ initialisation, trained from scratch) or a path to a weights file of the same ap
 with `include_top=False` (a `.h5` like Keras' own, or a `.weights.h5` from `save_weights`).
 """
 
+# Lazy imports: TensorFlow only in `synchronise`, when the backend is TensorFlow (the builders also load on JAX:
+# benchmarks/gpu_determinism.py).
+
 from __future__ import annotations
 
 import os
