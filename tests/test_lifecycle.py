@@ -4,6 +4,7 @@ without training (the kills of real trainings are in test_resume.py)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -282,3 +283,31 @@ def test_a_resume_of_another_architecture_is_refused_and_changes_nothing_in_the_
     assert done.returncode == 2 and "Traceback" not in done.stderr and "another architecture" in last, done.stderr[-3000:]
     assert _snapshot(client, run_id) == before
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+@pytest.mark.parametrize("sig, how", [(signal.SIGTERM, "terminated (SIGTERM)"), (signal.SIGINT, "interrupted (Ctrl-C)")])
+def test_a_signal_during_an_mlflow_write_comes_when_the_write_ends(tmp_path, sig, how):
+    """Ctrl-C or SIGTERM while the run writes to MLflow: the write is finished, not cut in half, then the signal's
+    exception comes; the run ends KILLED with the reason as its `error` tag."""
+    import mlflow
+
+    from seglab import errors, tracking
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+
+    def write_signalled_halfway():
+        mlflow.set_tag("first", "1")
+        os.kill(os.getpid(), sig)  # its handler runs here, between the two halves of the write
+        mlflow.set_tag("second", "2")
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a worker may ignore Ctrl-C)
+    try:
+        with pytest.raises(errors.Interrupted, match=re.escape(how)):
+            with tracking.Run(uri, "e", "r", {}) as run:
+                run._log("a write", write_signalled_halfway)
+                pytest.fail("the signal's exception did not come when the write ended")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    found = MlflowClient(uri).get_run(run.run_id)
+    assert found.info.status == "KILLED" and found.data.tags["error"] == how
+    assert found.data.tags["first"] == "1" and found.data.tags["second"] == "2"

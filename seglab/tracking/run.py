@@ -15,6 +15,7 @@ capped (`HTTP_LIMITS`) so that a dead server costs seconds, not MLflow's default
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -77,6 +78,7 @@ class Run:
         self.failed: str | None = None  # what was being logged when the store stopped answering
         self.skipped: list[str] = []  # what was not logged after that
         self._previous_sigterm = None
+        self._previous_sigint = None
         self._previous_env: dict[str, str | None] = {}
 
     def __enter__(self) -> Self:
@@ -105,6 +107,8 @@ class Run:
         if _in_main_thread():
             _TERMINATED.clear()
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, `&`)
+                self._previous_sigint = signal.signal(signal.SIGINT, _raise_interrupted)
         return self
 
     def _restore_env(self) -> None:
@@ -120,7 +124,8 @@ class Run:
             self.skipped.append(what)
             return None
         try:
-            return call(*args, **kwargs)
+            with _one_write():
+                return call(*args, **kwargs)
         except STORE_ERRORS as err:
             if not store_unavailable(err):
                 raise  # the request itself was wrong (e.g. an invalid value): a bug to see, not an outage
@@ -135,6 +140,8 @@ class Run:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
         stopped = self._stopped(exc_type)
         if exc_type is None:
             status = RunStatus.FINISHED
@@ -341,9 +348,42 @@ def _summary(items: list[str], shown: int = 4) -> str:
 _TERMINATED = threading.Event()  # set by the SIGTERM handler, so a swallowed exception is raised again
 
 
+_writing = 0  # MLflow writes under way (`_one_write`, main thread only: signals are handled there)
+_deferred: type[BaseException] | None = None  # the signal's exception that came during one of them
+
+
 def _raise_terminated(signum, frame):
     _TERMINATED.set()
-    raise _Terminated()
+    _raise_after_write(_Terminated)
+
+
+def _raise_interrupted(signum, frame):
+    _raise_after_write(KeyboardInterrupt)
+
+
+def _raise_after_write(exc_type: type[BaseException]) -> None:
+    """Raise a signal's exception now, or, during an MLflow write, once it ends: raised halfway through the
+    store's code it would leave a write cut in half (a database session or upload abandoned mid-way), and the
+    run's closing records (its `error` tag) could then fail."""
+    global _deferred
+    if _writing:
+        _deferred = exc_type
+    else:
+        raise exc_type()
+
+
+@contextlib.contextmanager
+def _one_write():
+    """An MLflow write that Ctrl-C and SIGTERM do not cut in half: their exception comes when it ends."""
+    global _writing, _deferred
+    _writing += 1
+    try:
+        yield
+    finally:
+        _writing -= 1
+    if _writing == 0 and _deferred is not None:
+        exc_type, _deferred = _deferred, None
+        raise exc_type()
 
 
 def raise_if_terminated() -> None:
