@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,34 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True, env
     if check and done.returncode != 0:
         raise AssertionError(f"seglab exited {done.returncode}\nSTDOUT:\n{done.stdout[-4000:]}\nSTDERR:\n{done.stderr[-4000:]}")
     return done
+
+
+def signal_after(marker: str, sig: int, module: str, *args: str, cwd: Path) -> tuple[int, str]:
+    """Start `python -m MODULE ARGS` in a new interpreter (what its real shutdown prints is the point), send it `sig`
+    once `marker` is in its stdout, and wait: (its exit code, what it wrote to stderr after the signal).
+    Output goes to files, not pipes nobody reads (a full pipe would block it), and the test watches the command's
+    own output, not a store it writes (a reader could lock SQLite)."""
+    out, err = open(cwd / "out.txt", "w"), open(cwd / "err.txt", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=cwd, env={**inherited_env(), **CLI_ENV}, stdout=out, stderr=err,
+        # Ctrl-C as in a terminal: a test suite started in the background (`&`, nohup) has SIGINT ignored, and so would the command.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.time() + 300
+        while marker not in (cwd / "out.txt").read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the command ended before it could be stopped:\n" + (cwd / "err.txt").read_text()[-3000:]
+        before = (cwd / "err.txt").read_text()
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        out.close()
+        err.close()
+    said = (cwd / "err.txt").read_text()
+    assert said.startswith(before), said[-3000:]
+    return proc.returncode, said[len(before):]
 
 
 @pytest.fixture

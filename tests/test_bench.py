@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, signal_after
 
 TINY_BENCH = (
     "bench.steps=3", "bench.warmup=2", "bench.repeats=1", "bench.matmul_size=256", "bench.data=synthetic",
@@ -54,28 +53,8 @@ def test_bad_bench_option_is_named(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_ends_the_bench_in_one_line(tmp_path):
     """Ctrl-C while it measures: exit code 130 and one line on stderr, no traceback."""
-    out, err = open(tmp_path / "out.txt", "w"), open(tmp_path / "err.txt", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seglab.bench", *TINY_BENCH, "bench.steps=1000000", f"bench.out={tmp_path}/b.json"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"},
-        stdout=out, stderr=err,
-        # Ctrl-C as in a terminal: a test suite started in the background has SIGINT ignored, and so would the bench.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        deadline = time.time() + 300
-        while "measuring unet" not in (tmp_path / "out.txt").read_text() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert proc.poll() is None, (tmp_path / "err.txt").read_text()[-3000:]
-        before = (tmp_path / "err.txt").read_text()
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-        out.close()
-        err.close()
-    said = (tmp_path / "err.txt").read_text()
+    code, added = signal_after("measuring unet", signal.SIGINT, "seglab.bench", *TINY_BENCH, "bench.steps=1000000",
+                               f"bench.out={tmp_path}/b.json", cwd=tmp_path)
     # 130 (seglab.errors' exit code) or ended by SIGINT itself, which a shell also reports as 130: both are Ctrl-C's end.
-    assert proc.returncode in (130, -signal.SIGINT), said[-3000:]
-    added = [line for line in said[len(before):].splitlines() if line.strip()]
-    assert added == ["seglab.bench: interrupted (Ctrl-C)"], said[-3000:]
+    assert code in (130, -signal.SIGINT), added
+    assert [line for line in added.splitlines() if line.strip()] == ["seglab.bench: interrupted (Ctrl-C)"], added

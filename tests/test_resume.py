@@ -82,12 +82,17 @@ def assert_same_training(a: tuple, b: tuple, tmp: Path, epochs: int) -> None:
         np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
 
 
+def trained_once(tmp_path_factory, name: str, args: tuple[str, ...]) -> str:
+    """The store of one uninterrupted run of `args`: what a module fixture compares the interrupted runs with."""
+    cwd = tmp_path_factory.mktemp(name)
+    uri = f"sqlite:///{cwd}/m.db"
+    run_cli(*args, f"tracking.uri={uri}", cwd=cwd, timeout=900)
+    return uri
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("uninterrupted")
-    uri = f"sqlite:///{cwd}/m.db"
-    run_cli(*RESUMABLE, f"tracking.uri={uri}", cwd=cwd, timeout=900)
-    return uri
+    return trained_once(tmp_path_factory, "uninterrupted", RESUMABLE)
 
 
 @pytest.mark.slow
@@ -196,10 +201,7 @@ OPTIONS = (*RESUMABLE, "trainer.epochs=8", "optimizer.ema=true", "trainer.gradie
 
 @pytest.fixture(scope="module")
 def uninterrupted_options(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("uninterrupted_options")
-    uri = f"sqlite:///{cwd}/m.db"
-    run_cli(*OPTIONS, f"tracking.uri={uri}", cwd=cwd, timeout=900)
-    return uri
+    return trained_once(tmp_path_factory, "uninterrupted_options", OPTIONS)
 
 
 def stop_epoch(history: list[tuple[int, float]], patience: int) -> int | None:

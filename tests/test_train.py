@@ -1,11 +1,7 @@
 """Real, tiny trainings through `python -m seglab`, checked through MlflowClient."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +12,7 @@ from mlflow import MlflowClient
 from seglab.engine import checkpoint
 from seglab.tracking.run import masks_file
 from seglab.util import visualize
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import TINY, run_cli, signal_after
 
 
 def only_run(uri, experiment="seglab-shapes"):
@@ -142,37 +138,15 @@ def test_ctrl_c_and_sigterm_end_the_run_killed_in_one_line(tmp_path, sig, how, c
     """Sent after the first epoch's line: one line on stderr (no traceback), exit 128 + the signal, the run
     KILLED with the reason and the epoch it was in as its `error` tag (1-based, as the console counts)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    # Files, not pipes nobody reads: a full pipe would block the job.
-    out, err = open(tmp_path / "out.txt", "w"), open(tmp_path / "err.txt", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seglab", *TINY, "trainer.epochs=500", f"tracking.uri={uri}"],
-        cwd=tmp_path, env={**os.environ, **env}, stdout=out, stderr=err,
-        # Ctrl-C as in a terminal: a test suite started in the background (`&`, nohup) has SIGINT ignored, and so would the job.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        # Watch the job's own output, not the SQLite file it is writing to (a reader could lock it).
-        deadline = time.time() + 300
-        while "epoch   1/500" not in (tmp_path / "out.txt").read_text() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert proc.poll() is None, "the job ended before it could be stopped:\n" + (tmp_path / "err.txt").read_text()[-3000:]
-        before = (tmp_path / "err.txt").read_text()
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-        out.close()
-        err.close()
-    said = (tmp_path / "err.txt").read_text()
-    assert proc.returncode == code, said[-3000:]
+    code_, added = signal_after("epoch   1/500", sig, "seglab", *TINY, "trainer.epochs=500", f"tracking.uri={uri}", cwd=tmp_path)
+    assert code_ == code, added
     client, runs = only_run(uri)
     assert [r.info.status for r in runs] == ["KILLED"]
     epoch = len(client.get_metric_history(runs[0].info.run_id, "val_loss")) + 1  # the epoch under way
-    assert runs[0].data.tags["error"] == f"{how} at epoch {epoch}"
+    assert runs[0].data.tags.get("error") == f"{how} at epoch {epoch}", added
     # What the signal added (before it: TensorFlow's start-up notices, e.g. cuInit on a machine without a GPU)
     # TensorFlow itself may print "Exception ignored in: <function Executor.__del__ ...>" while the
     # interpreter shuts down after the signal (seen once in CI, not seglab's output): cut it off.
-    added = said[len(before):].split("Exception ignored in: <function Executor.__del__", 1)[0]
-    assert said.startswith(before) and added.splitlines() == [
-        f"seglab: {how} at epoch {epoch}; run the same command again to continue run {runs[0].info.run_id}"], said[-3000:]
+    seglab_said = added.split("Exception ignored in: <function Executor.__del__", 1)[0]
+    assert seglab_said.splitlines() == [
+        f"seglab: {how} at epoch {epoch}; run the same command again to continue run {runs[0].info.run_id}"], added
