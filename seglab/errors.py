@@ -35,6 +35,7 @@ SLURM_COMMANDS = ("sbatch", "srun", "scontrol", "sacct", "squeue", "scancel")  #
 reported: str | None = None  # the line `fail` printed; a sweep's parent run ends with it as its reason
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`'s writer
 
 
 class UserError(Exception):
@@ -137,7 +138,7 @@ def reader_gone() -> None:
     """The reader of stdout left (`python -m seglab.predict --help | head -1`): no traceback, and none
     when Python flushes stdout at exit either (the recipe of Python's `signal` documentation)."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(EXIT_READER_GONE)
 
 
 def main(entry: Callable[..., Any], *args: Any, prog: str) -> Any:
