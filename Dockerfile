@@ -6,7 +6,9 @@ FROM tensorflow/tensorflow:2.20.0-gpu
 WORKDIR /opt/seglab
 COPY pyproject.toml README.md ./
 COPY seglab ./seglab
-# A normal install, as a user's: the configs and presets are package data (seglab/conf).
+COPY conf ./conf
+COPY experiments ./experiments
+# A normal install, as a user's: the configs and presets are package data (conf/).
 RUN pip install --no-cache-dir .
 
 WORKDIR /runs

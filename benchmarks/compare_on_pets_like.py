@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from seglab.tracking import tags
 
-CONF = Path(__file__).resolve().parents[1] / "seglab" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 DOWNLOADED_ENCODER = ("fcn8", "unet_mobilenet")  # their ImageNet encoder files cannot be downloaded here
 
 

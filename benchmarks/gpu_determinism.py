@@ -7,7 +7,7 @@ What it runs, and what it does not: the GPU machine this project is lent has no 
 64 MiB of files a call, and TensorFlow with the CUDA 12 libraries it is built against is over 1.5 GB, so
 seglab's own training loop (TensorFlow: tf.data, its losses and metrics) cannot run there. What can is Keras
 3 with the machine's JAX: this builds every model with seglab's own builders (`seglab/models/*.build`, the
-YAML defaults of `seglab/conf/model/*.yaml`, random initialisation), and trains each with Keras' `fit` on
+YAML defaults of `conf/model/*.yaml`, random initialisation), and trains each with Keras' `fit` on
 generated shapes (sparse softmax cross-entropy, Adam, dropout and batch norm as configured) twice, each time
 in a fresh process under XLA's deterministic GPU ops (`--xla_gpu_deterministic_ops=true`, the JAX
 counterpart of TensorFlow's op determinism), then compares every weight and the loss history bit for bit.
@@ -38,7 +38,7 @@ def build(name: str, image_size: int):
     sys.path.insert(0, str(ROOT))
     import importlib
 
-    options = {k: v for k, v in yaml.safe_load((ROOT / "seglab/conf/model" / f"{name}.yaml").read_text()).items()
+    options = {k: v for k, v in yaml.safe_load((ROOT / "conf/model" / f"{name}.yaml").read_text()).items()
                if k not in ("defaults", "_target_")}
     if "encoder" in options:
         options["encoder"] = {**options["encoder"], "weights": None}

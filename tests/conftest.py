@@ -17,7 +17,7 @@ from tests.stores import fresh_store, store_of
 from tests.zygote import Zygote
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = str(ROOT / "seglab" / "conf")
+CONF_DIR = str(ROOT / "conf")
 
 # A tiny, fast experiment: 32 px images, a two-level U-Net, a few dozen images, two epochs.
 TINY = (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-TRACKING_YAML = Path(__file__).resolve().parent.parent / "seglab" / "conf" / "tracking" / "mlflow.yaml"
+TRACKING_YAML = Path(__file__).resolve().parent.parent / "conf" / "tracking" / "mlflow.yaml"
 
 _lock = threading.Lock()
 _template: Path | None = None

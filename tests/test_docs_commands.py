@@ -1,5 +1,5 @@
 """Every documented command works as written: each shell command of README.md, docs/*.md and
-seglab/conf/experiment/README.md (fenced bash/sh/console blocks, lines starting `python -m seglab` or
+experiments/README.md (fenced bash/sh/console blocks, lines starting `python -m seglab` or
 `seglab`, `\\` continuations joined) is
 
 - composed and validated as its command would compose it (`test_every_documented_command_composes`,
@@ -30,7 +30,7 @@ import pytest
 
 from tests.conftest import ROOT, TINY, inherited_env, run_module
 
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "seglab" / "conf" / "experiment" / "README.md"]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "experiments" / "README.md"]
 SHELL_FENCES = ("bash", "sh", "console", "shell")
 FAKE_RUN_ID = "0123456789abcdef0123456789abcdef"
 RUN_ID = "<run id>"

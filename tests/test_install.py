@@ -31,7 +31,8 @@ def wheel(tmp_path_factory) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "seglab", source / "seglab", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("seglab", "conf", "experiments"):  # conf/experiment stays a link to ../experiments, as in git
+        shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     # Offline with the venv's setuptools when it has one; otherwise pip fetches the build backend.
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     pip("wheel", "--no-deps", *isolation, str(source), "-w", str(tmp / "dist"), cwd=tmp)
@@ -59,6 +60,7 @@ def test_the_wheel_holds_every_config_and_preset(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     conf = Path(CONF_DIR)
     expected = {f"seglab/conf/{p.relative_to(conf).as_posix()}" for p in conf.rglob("*") if p.suffix in (".yaml", ".md")}
+    expected |= {f"seglab/conf/experiment/{p.name}" for p in (ROOT / "experiments").glob("*") if p.suffix in (".yaml", ".md")}
     assert {"seglab/conf/config.yaml", "seglab/conf/model/unet.yaml", "seglab/conf/experiment/compare_losses.yaml"} <= expected
     missing = sorted(expected - names)
     assert not missing, f"not in the wheel (pyproject.toml's package-data): {missing}"
@@ -94,3 +96,13 @@ def test_the_installed_package_trains_from_an_unrelated_directory(installed):
     (run,) = client.search_runs([client.get_experiment_by_name("debug-shapes").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["val_mean_iou"] >= 0
+
+
+def test_pyproject_lists_every_package():
+    """conf/ lies outside seglab/, so pyproject.toml lists the packages by hand: a new subpackage left out of the
+    list would be missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "seglab").rglob("__init__.py")}
+    assert found | {"seglab.conf"} == listed

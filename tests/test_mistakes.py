@@ -95,7 +95,7 @@ MISTAKES = [
     Mistake("seglab data=shapez", "data=shapez", "Choose an option that exists in `conf/data/`."),
     Mistake("seglab optimizer=adamm", "optimizer=adamm", "Choose one of `adam`, `adamw`, `sgd` (`conf/optimizer/`)."),
     Mistake("seglab trainer=fast", "trainer=fast", "Use `trainer=default` and override its keys."),
-    Mistake("seglab +experiment=nosuch", "experiment=nosuch", "Choose a preset in `seglab/conf/experiment/`, or add your own directory with `--config-dir`."),
+    Mistake("seglab +experiment=nosuch", "experiment=nosuch", "Choose a preset in `experiments/`, or add your own directory with `--config-dir`."),
     Mistake("seglab hydra/launcher=slurmm", "hydra/launcher=slurmm", "Choose an installed launcher."),
     Mistake("seglab trainer.epochs", "trainer.epochs", "Overrides are `key=value`."),
     Mistake("seglab 'trainer.epochs=3", "trainer.epochs", "Close the quote (the shell passed it on)."),

@@ -31,7 +31,11 @@ from seglab.config.trainer import TrainerConfig
 from seglab.errors import unknown_key_message
 
 # The config groups.  An absolute path: under `python -m` Hydra would read a relative one as a package.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # seglab/conf, shipped as package data
+# conf/ stands at the top of the repository (experiments/ beside it, linked in as conf/experiment); a wheel
+# ships it as the package data seglab/conf (pyproject.toml), so an installed copy finds it there and a checkout or
+# an editable install finds the repository's own files: one copy of each.
+_PACKAGE = Path(__file__).resolve().parent.parent
+CONF_DIR = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
 GROUPS = (model, loss, data, optimizer, scheduler, trainer, tracking)
 
 METRICS = ("val_mean_iou", "val_mean_dice", "val_pixel_accuracy", "val_loss")

@@ -1,0 +1,102 @@
+"""What a person reads on the console: library notices off unless asked for (`verbose=true` or
+Hydra's `hydra.verbose`), one short line per epoch (`callbacks.EpochLine`), and a last line that
+says where the run is in the MLflow UI.  Nothing here imports TensorFlow: `quiet` must run first.
+"""
+
+# Lazy imports: Keras only where its progress bars are silenced; the console is set up before TensorFlow loads.
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+
+from hydra.core.hydra_config import HydraConfig
+
+# Read by TensorFlow's C++ runtime when it loads: 3 drops its INFO, WARNING and ERROR lines (CUDA
+# probes on a machine without a GPU, oneDNN and CPU-instruction notices, "Local rendezvous is
+# aborting", graph-attribute mismatches); fatal errors still print and Python exceptions still raise.
+# MLflow sets its own loggers' level from MLFLOW_LOGGING_LEVEL when it is imported (INFO by default:
+# "Creating initial MLflow database tables", "Experiment ... does not exist. Creating a new experiment").
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING",
+             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # "Downloading artifacts" bars when a model is logged
+# Python loggers whose INFO lines narrate library internals ("Creating initial MLflow database
+# tables", alembic migrations, font caches); their warnings still show.
+NOISY_LOGGERS = ("mlflow", "alembic", "matplotlib", "PIL", "h5py", "urllib3", "git")
+# TensorFlow's and absl's Python warnings are about TensorFlow internals (retracing, saving).
+INTERNAL_LOGGERS = ("tensorflow", "absl")
+
+
+def is_verbose(cfg) -> bool:
+    """`verbose=true`, or Hydra's own switch (`hydra.verbose=true` or a list of loggers)."""
+
+    return bool(cfg.get("verbose")) or (HydraConfig.initialized() and bool(HydraConfig.get().verbose))
+
+
+def quiet(verbose: bool) -> None:
+    """Silence library notices for this process (call before TensorFlow is imported)."""
+    if verbose:
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)  # a value the user set wins
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in INTERNAL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def keras_silent():
+    """No Keras progress bars inside (MLflow predicts on the input example to infer a model's signature)."""
+    from keras.config import disable_interactive_logging, enable_interactive_logging, is_interactive_logging_enabled
+
+    was_enabled = is_interactive_logging_enabled()
+    disable_interactive_logging()  # Keras' output then goes to absl's logger, silenced by `quiet`
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if was_enabled:
+            enable_interactive_logging()
+
+
+# MLflow 3's UI opens in its GenAI view (traces, "agent versions") unless the address or the browser's last choice
+# says otherwise; this query selects its model-training view (runs, metrics, models), whatever the browser chose.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def run_address(uri: str, experiment_id: str, run_id: str) -> list[str]:
+    """Console lines saying where a run is in the MLflow UI (its model-training view): its address on a tracking
+    server, else how to open it and then the address, on a line of its own (a long store path keeps each line short)."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        return [f"MLflow run {run_id}: {uri.rstrip('/')}/{page}"]
+    return [f"MLflow run {run_id}: `mlflow ui --backend-store-uri {uri}`, then", f"  http://127.0.0.1:5000/{page}"]
+
+
+# Launchers whose jobs run at the same time and print to the same console.
+PARALLEL_LAUNCHERS = ("joblib",)
+
+
+def parallel_job() -> int | None:
+    """The number of this sweep's job when its launcher runs jobs side by side (joblib), else None."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.runtime.choices.get("hydra/launcher") not in PARALLEL_LAUNCHERS or hydra.job.get("num") is None:
+        return None
+    return hydra.job.num
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The console's lines (conf/hydra/job_logging/seglab.yaml): messages as they are, warnings and
+    errors marked, and `[job N]` first when parallel jobs share the console (joblib: their epoch lines
+    interleave); the job's log file keeps the full format with times and logger names."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        text = text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+        job = parallel_job()
+        return text if job is None else f"[job {job}] {text}"

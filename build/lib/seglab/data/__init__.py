@@ -1,0 +1,90 @@
+"""Data sources (one module each) and the shared tf.data pipeline.
+
+A source builder returns `Splits`: unbatched `tf.data.Dataset`s of `(image, mask)` pairs, the
+image uint8 RGB `(H, W, 3)` of any size, the mask integer labels `(H, W)`.  `pipeline.make`
+turns a split into the batches the model trains on.  Beside the data, `Splits.about` says where
+each split comes from (`Provenance`: the source, the files it is read from, the examples' file
+names when known), for the run's dataset records (`seglab.data.lineage`) and per-image tables.
+"""
+
+# Lazy imports: TensorFlow loads when a pipeline is built, not when `python -m seglab.data` checks its arguments.
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from seglab.errors import UserError
+
+# Starts the message of an in-graph label check (tf.debugging.Assert), which TensorFlow can only raise as an
+# InvalidArgumentError mid-epoch: seglab.errors finds it there and prints it as one line.
+LABEL_ERROR_MARKER = "seglab label check:"
+LABEL_CHECK_EXAMPLES = 8  # masks read by `check_labels` before training: enough to catch a wrong config, cheap
+
+
+class DataError(UserError, RuntimeError):
+    """The data cannot be read as configured; the message names what is missing and how to fix it."""
+
+
+def cache_name(data_cfg, split: str) -> str:
+    """A file-cache name unique to the data set, its size and its source settings, so that a run
+    with other data or settings never reads another run's `data.cache` files."""
+
+
+    data = OmegaConf.to_container(data_cfg, resolve=True)
+    settings = OmegaConf.to_yaml({key: data[key] for key in ("name", "image_size", "source")})
+    return f"{data_cfg.name}-{split}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+
+
+def batches_of(cfg, dataset, split: str, training: bool = False, cache: bool = True, epochs: range = range(1)):
+    """`pipeline.make` with the config's settings: the batches training and the benchmark read.
+    `cache=False` for a pass that reads only part of the split or reads it once (no cache to fill);
+    `epochs`: training batches of those epochs, one after the other (pipeline.make)."""
+    from seglab.data import pipeline
+
+    data = cfg.data
+    return pipeline.make(
+        dataset, image_size=data.image_size, batch_size=cfg.trainer.batch_size, training=training, seed=cfg.seed,
+        deterministic=cfg.deterministic, augment_options=dict(data.augment) if training else None,
+        cache=data.cache if cache else None, cache_name=cache_name(data, split), shuffle_buffer=data.shuffle_buffer,
+        epochs=epochs,
+    )
+
+
+@dataclass
+class Provenance:
+    """Where one split comes from."""
+
+    source: dict  # what identifies it, e.g. {"kind": "tfds", "name": "oxford_iiit_pet", "version": "4.0.0", "split": "test"}
+    files: Optional[list] = None  # the files it is read from, digested for lineage (None: digest the decoded examples)
+    names: Optional[list] = None  # each example's file name, in the split's order (None: unknown, use the index)
+    selection: str = ""  # the part of `files` that is the split, when they hold more (a tfds slice, e.g. train[:90%])
+
+
+@dataclass
+class Splits:
+    train: Any  # tf.data.Dataset
+    val: Any
+    test: Optional[Any] = None
+    about: dict = field(default_factory=dict)  # split name ("train", "val", "test") -> Provenance
+
+
+def check_labels(dataset, num_classes: int, ignore_index: Optional[int], where: str, count: int = LABEL_CHECK_EXAMPLES) -> None:
+    """Fail before training if the first masks hold a label that is neither a class nor `ignore_index`."""
+    import tensorflow as tf
+
+    try:
+        masks = [mask for _, mask in dataset.take(count).as_numpy_iterator()]
+    except tf.errors.InvalidArgumentError as err:  # e.g. an in-graph check of a source's label range
+        raise DataError(f"{where}: the first examples cannot be read: {err.message.split(' [[')[0]}") from None
+    for mask in masks:
+        labels = set(np.unique(mask).tolist()) - {ignore_index}
+        bad = sorted(label for label in labels if not 0 <= label < num_classes)
+        if bad:
+            raise DataError(
+                f"{where}: masks contain labels {bad}, but data.num_classes={num_classes} allows 0..{num_classes - 1}"
+                + (f" (and data.ignore_index={ignore_index})" if ignore_index is not None else "")
+                + ": fix data.num_classes / data.ignore_index, or the masks."
+            )

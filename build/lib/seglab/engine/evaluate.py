@@ -1,0 +1,130 @@
+"""An evaluation (`python -m seglab.evaluate`, seglab/cli/evaluate.py says what it logs): a logged
+model scored on a data config's test split (the validation split, with a warning, when the data set
+has none) in a new MLflow run linked to the training run; it ends as a training run does
+(seglab.engine.finish), and with an alias, the alias then names the evaluated version."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from seglab import inference, tracking
+from seglab.config import inference as inference_config
+from seglab.config import schema
+from seglab.config.inference import InferenceOptions
+from seglab.data import lineage, pipeline
+from seglab.engine import finish
+from seglab.metrics import scores
+from seglab.tracking import registry, resumable, tags
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    split: str  # test, or val when the data set has no test split
+    pixels: int  # the labelled pixels scored
+    metrics: dict[str, float]  # `<split>_pixel_accuracy`, `<split>_mean_iou`, ..., as logged
+    run_id: str | None
+    experiment: str
+    version: tuple[str, str] | None  # (registered name, version) the alias now names
+
+
+def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options: InferenceOptions | None = None) -> Evaluation:
+    """Score the model at `model_uri` on `cfg`'s data and log the evaluation run; with `alias`, point
+    `models:/<name>@<alias>` at the evaluated version.  `options`: how the model is applied (resize by default)."""
+    uri = cfg.tracking.uri
+    options = options or InferenceOptions()
+    # Before any work: set_alias needs a registered version.
+    version = registry.registered_version(model_uri, uri) if alias else None
+    model = load(model_uri, cfg, options)
+    stride = inference_config.slide_stride(options.stride, int(model.input_shape[1])) if options.mode == "slide" else None
+    training_run = tracking.model_run_id(model_uri, uri)
+    if training_run:
+        refuse_other_data(training_run, uri, cfg.data.name)
+    splits = instantiate(cfg.data.source)
+    split_name = _split_name(splits, cfg.data.name)
+    experiment, training_name = (
+        tracking.run_experiment_and_name(training_run, uri) if training_run else (cfg.tracking.experiment, "model")
+    )
+    with tracking.Run(uri, experiment, f"eval-{training_name}", _tags(model_uri, cfg, split_name, training_run, version)) as mlrun:
+        mlrun.log_params({"model_uri": model_uri, "split": split_name, "inference.mode": options.mode,
+                          "inference.flip": options.flip, **({"inference.stride": stride} if stride else {}),
+                          **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})
+        lineage.log(mlrun, cfg.data.name, splits, [split_name])
+        batches = pipeline.make(
+            getattr(splits, split_name), image_size=cfg.data.image_size, batch_size=cfg.trainer.batch_size, training=False,
+            seed=cfg.seed, deterministic=True, cache=None,
+        )
+        split = finish.Split(split_name, batches, list(cfg.data.class_names), finish.image_names(splits, split_name))
+        applied = partial(inference.batch_logits, model, mode=options.mode, stride=stride, flip=options.flip)
+        chosen = finish.Chosen(model, f"{training_name} on {cfg.data.name} {split_name}", logits=applied)
+        result = finish.finish(mlrun, chosen, split, cfg.trainer.worst_samples)
+        found = split_metrics(result.split_matrix, split_name, split.class_names)
+        mlrun.log_metrics(found)
+    if version:
+        registry.set_alias(*version, alias, uri)
+    return Evaluation(split_name, int(result.split_matrix.sum()), found, mlrun.run_id, experiment, version)
+
+
+def load(model_uri: str, cfg: DictConfig, options: InferenceOptions):
+    """The logged model as a Keras model; in resize mode with `cfg.data.image_size` set to the size it
+    takes (the data source then builds its images at that size, not resized from another); in slide mode
+    the split is scored at `data.image_size` as given, in windows of the model's size."""
+    model = tracking.load_model(model_uri, cfg.tracking.uri)
+    if options.mode == "slide":
+        log.info("slide mode: scoring at data.image_size=%d in %d px windows", cfg.data.image_size, model.input_shape[1])
+    elif model.input_shape[1] != cfg.data.image_size:
+        log.info("the model takes %d px images: data.image_size=%d becomes %d for this evaluation",
+                 model.input_shape[1], cfg.data.image_size, model.input_shape[1])
+        OmegaConf.update(cfg, "data.image_size", int(model.input_shape[1]))
+    if model.output_shape[-1] != cfg.data.num_classes:
+        raise schema.ConfigError(
+            f"the model predicts {model.output_shape[-1]} classes but data={cfg.data.name} has "
+            f"data.num_classes={cfg.data.num_classes}: evaluate it on the data it was trained for."
+        )
+    return model
+
+
+def refuse_other_data(training_run: str, uri: str, data_name: str) -> None:
+    """A model is scored on the data it was trained for (issue 21: before, a pets model evaluated
+    without `data=pets` was scored on shapes and logged as a pets evaluation): the training run's
+    `data.name` param decides, before anything is logged.  A run without that param (a model logged
+    by hand) is not checked."""
+
+    trained_on = resumable.get_run(uri, training_run).params.get("data.name")
+    if trained_on is not None and trained_on != data_name:
+        raise schema.ConfigError(f"the model of run {training_run} was trained on data={trained_on} (its data.name param), "
+                                 f"but this evaluation has data={data_name}: add data={trained_on}")
+
+
+def _split_name(splits, data_name: str) -> str:
+    if splits.test is not None:
+        return "test"
+    log.warning("data=%s has no test split; evaluating on the validation split instead. Model selection saw "
+                "these images, so the scores are optimistic.", data_name)
+    return "val"
+
+
+def _tags(model_uri: str, cfg: DictConfig, split: str, training_run: str | None, version: tuple[str, str] | None) -> dict:
+    found = {tags.MODEL_URI: model_uri, tags.SPLIT: split, tags.DATA: cfg.data.name}
+    if training_run:
+        found[tags.TRAINING_RUN] = training_run
+    if version:
+        found[tags.MODEL_VERSION] = f"{version[0]}/{version[1]}"
+    return found
+
+
+def split_metrics(cm: np.ndarray, split: str, class_names: list[str]) -> dict[str, float]:
+    """The split's scores from its confusion matrix, as an evaluation logs them: pixel accuracy, mean
+    IoU, mean Dice, then the IoU and Dice of each class that occurs (in truth or prediction)."""
+    s = scores(cm)
+    found = {f"{split}_{key}": s[key] for key in ("pixel_accuracy", "mean_iou", "mean_dice")}
+    for kind in ("iou", "dice"):
+        found.update({f"{split}_{kind}_{name}": float(v) for name, v in zip(class_names, s[kind]) if np.isfinite(v)})
+    return found

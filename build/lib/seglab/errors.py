@@ -1,0 +1,329 @@
+"""One error handler for every seglab command line: a user's mistake is one line on stderr,
+`<command>: <what is wrong, naming the key or file, and the fix>`, and exit code 2, never a
+traceback.  `HYDRA_FULL_ERROR=1` (Hydra's own switch) shows the full traceback instead.
+
+What counts as a user's mistake: a `UserError` (seglab's errors whose message names the key or
+file and the fix: ConfigError, DataError, TrackingError, ...) and Hydra's / OmegaConf's
+composition errors (an unknown key, a misspelt option, a value of the wrong type, a malformed
+override), a config file that is not valid YAML, a file the operating system refuses (named, with
+its reason), an optuna search none of whose trials finished, and a sweep's scheduler missing or refusing its
+jobs (`hydra/launcher=slurm` without SLURM, or asking for what the cluster lacks).  Anything else
+is a bug and keeps its traceback.
+Ctrl-C and SIGTERM are one line too (`Interrupted`: where it stopped and how to go on), exit code
+130 or 143 (128 + the signal, as a shell reports it).
+
+Nothing here imports TensorFlow or MLflow: it runs before either loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import subprocess
+import sys
+from typing import Any, Callable
+
+import hydra._internal.utils as hydra_utils
+import yaml
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+EXIT_USER_ERROR = 2  # argparse's code for a usage error; 1 stays for crashes
+SLURM_COMMANDS = ("sbatch", "srun", "scontrol", "sacct", "squeue", "scancel")  # what submitit calls
+reported: str | None = None  # the line `fail` printed; a sweep's parent run ends with it as its reason
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`'s writer
+
+
+class UserError(Exception):
+    """A mistake in the command, the config or the data; the message names it and the fix."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended the command: `main` prints the message (where it stopped, how to go on)
+    as one line and exits with `exit_code`.  A KeyboardInterrupt, so whatever stops on Ctrl-C stops on it."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+
+
+def one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def explain(err: BaseException) -> str | None:
+    """The one-line message for a user's mistake; None for anything else (a bug: keep the traceback)."""
+
+    seen: BaseException | None = err
+    while seen is not None:  # Hydra's instantiate wraps what a builder raised (e.g. a DataError)
+        if isinstance(seen, UserError):
+            return one_line(seen)
+        seen = seen.__cause__
+    label_check = _LABEL_CHECK.search(str(err))
+    if label_check:  # a data check inside the tf.data graph, raised by TensorFlow mid-epoch
+        return one_line(" ".join(part.strip() for part in label_check.groups() if part))
+    if isinstance(err, HydraException):
+        return _hydra_message(err)
+    if isinstance(err, OmegaConfBaseException):
+        return _omegaconf_message(err)
+    if isinstance(err, yaml.YAMLError):  # a config file that does not parse, most likely one of the user's own (--config-dir)
+        return f"not valid YAML: {one_line(err)}; fix the file at the line named"
+    if isinstance(err, ValueError) and str(err) == _NO_TRIAL_FINISHED:
+        return ("no trial of the search finished, so optuna has no best trial: each trial's MLflow child run has its error "
+                "as the `error` tag (`python -m seglab.report <experiment>` lists them); fix the search space or the fixed settings")
+    return _scheduler_message(err) or _file_message(err)
+
+
+def _file_message(err: BaseException) -> str | None:
+    """A file or directory the operating system refused (no such file, no permission, a directory where a
+    file was expected, a full or read-only disk): the path and the reason, whichever command met it."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.filename is not None:
+            path = seen.filename if seen.filename2 is None else f"{seen.filename} -> {seen.filename2}"
+            return (f"{path}: {seen.strerror or one_line(seen)}; check the path, its permissions and the free space "
+                    "(HYDRA_FULL_ERROR=1 shows where seglab met it)")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# optuna's Study.best_trial when every trial failed (hydra-optuna-sweeper asks for it after the last trial)
+_NO_TRIAL_FINISHED = "No trials are completed yet."
+
+
+def _scheduler_message(err: BaseException) -> str | None:
+    """SLURM's commands missing, or sbatch refusing a submission (no cluster, an unknown partition, GPUs
+    the cluster lacks): the user's setup, not a bug.  Job failures after submission are not matched."""
+
+    seen: BaseException | None = err
+    while seen is not None:
+        missing = seen.filename if isinstance(seen, FileNotFoundError) else None
+        no_srun = _NO_SRUN.search(str(seen)) if isinstance(seen, RuntimeError) else None  # submitit's own check
+        command = missing if missing in SLURM_COMMANDS else no_srun.group(1) if no_srun else None
+        if command:
+            return (f"`{command}` not found: hydra/launcher=slurm and submitit_slurm submit through SLURM's "
+                    "commands; run the sweep where SLURM is (a login node), or use hydra/launcher=submitit_local")
+        if isinstance(seen, subprocess.CalledProcessError) and seen.cmd and seen.cmd[0] in SLURM_COMMANDS:
+            said = one_line(seen.stderr or "") or f"exit code {seen.returncode}"
+            return (f"SLURM refused the sweep's jobs ({seen.cmd[0]}: {said}); check that `sinfo` answers here and that "
+                    "the hydra.launcher values (partition, gpus_per_node, cpus_per_task, mem_gb) fit the cluster")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def fail(prog: str, message: str) -> None:
+    global reported
+    reported = message
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def interrupted(prog: str, err: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: one line (no traceback) and exit code 130 or 143."""
+    if full_error():
+        raise err
+    print(f"{prog}: {err if isinstance(err, Interrupted) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
+    sys.exit(getattr(err, "exit_code", EXIT_INTERRUPTED))
+
+
+def reader_gone() -> None:
+    """The reader of stdout left (`python -m seglab.predict --help | head -1`): no traceback, and none
+    when Python flushes stdout at exit either (the recipe of Python's `signal` documentation)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(EXIT_READER_GONE)
+
+
+def main(entry: Callable[..., Any], *args: Any, prog: str) -> Any:
+    """Call a command's `entry(*args)`; a user's mistake ends the process with one line, and so does Ctrl-C."""
+    try:
+        try:
+            return entry(*args)
+        finally:  # also after argparse's --help (SystemExit)
+            sys.stdout.flush()  # a reader that left is answered here (`reader_gone`), not by Python's flush at exit
+    except KeyboardInterrupt as err:
+        interrupted(prog, err)
+    except BrokenPipeError:
+        reader_gone()
+    except Exception as err:
+        message = None if full_error() else explain(err)
+        if message is None:
+            raise
+        fail(prog, message)
+
+
+def hydra_main(task: Callable[[], Any], prog: str = "seglab") -> Any:
+    """Run a `@hydra.main` function with `explain` in front of Hydra's error printer.
+
+    Hydra catches every exception of composition and of the task function in
+    `hydra._internal.utils.run_and_report`, which prints a (shortened) traceback or a multi-line
+    OmegaConf message; a task function cannot catch composition errors, so the printer itself is
+    wrapped here, for this call only.  Errors that are not user mistakes go to Hydra's printer as before.
+    """
+
+    hydra_report = hydra_utils.run_and_report
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except Exception as err:
+            message = None if full_error() else explain(err)
+            if message is None:
+                return hydra_report(_reraise(err))
+            fail(prog, message)
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        try:
+            return task()
+        finally:
+            sys.stdout.flush()  # as in `main`
+    except KeyboardInterrupt as err:  # Ctrl-C in a sweep (a single run answers in `main`) or while Hydra composes
+        interrupted(prog, err)
+    except BrokenPipeError:
+        reader_gone()
+    finally:
+        hydra_utils.run_and_report = hydra_report
+
+
+def _reraise(err: BaseException) -> Callable[[], Any]:
+    def again() -> Any:
+        raise err
+
+    return again
+
+
+_NO_SRUN = re.compile(r'Could not detect "(srun)", are you indeed on a slurm cluster')
+
+# --- Hydra and OmegaConf messages -> one line ----------------------------------------------
+
+# tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
+_LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^\]]*)\])?")
+_OPTION = re.compile(r"Could not find '([^']+)'")
+_CONFIG_DIR = re.compile(r"Additional config directory '[^']*' not found")
+_OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An item is already at) '([^']+)'")
+_MERGING = re.compile(r"Error merging override (\S+)")
+# A config file whose keys do not fit the schema (e.g. a user's own option, --config-dir); Hydra keeps
+# OmegaConf's error only as the context, not the cause.
+_TARGET = re.compile(r"Error locating target '([^']+)'")
+_FULL_KEY = re.compile(r"full_key: (\S+)")
+_COMPOSING = re.compile(r"In '([^']+)': \w+ raised while composing config")
+_SCHEMA_SUFFIX = "_schema"
+
+
+def _hydra_message(err: BaseException) -> str | None:
+
+    if isinstance(err, InstantiationException):
+        return _unknown_target(err)  # None: a builder failed on something that is not a UserError, a bug: keep the traceback
+    text = str(err)
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) or _OPTION.search(text):
+        return _missing_option(err, text)
+    if _CONFIG_DIR.search(text):
+        return (f"{one_line(text)}: give --config-dir the directory that holds your own config groups "
+                "(e.g. --config-dir my_conf for my_conf/experiment/NAME.yaml, then +experiment=NAME)")
+    if isinstance(err, OverrideParseException):
+        return f"cannot read the override: {one_line(text)}. Write overrides as key=value; a value with spaces or characters such as ~ goes in quotes Hydra sees, e.g. \"key='~/a b'\"."
+    composing = _COMPOSING.match(text)
+    if cause is None and composing and _is_omegaconf(err.__context__):
+        return f"in {composing.group(1)}.yaml: {_omegaconf_message(err.__context__)}"
+    override = _OVERRIDE.search(text) or _MERGING.search(text)
+    if cause is not None and override:
+        return _omegaconf_message(cause, override=override.group(1))
+    if cause is not None:
+        return _omegaconf_message(cause) if _is_omegaconf(cause) else f"{one_line(text)}: {one_line(cause)}"
+    return one_line(text)
+
+
+def _unknown_target(err: BaseException) -> str | None:
+    """A `_target_` naming a module or attribute that does not exist, e.g. a module path of before the
+    layered layout in a user's own config; None when the target exists but importing it failed (a bug)."""
+    found = _TARGET.search(str(err))
+    why = getattr(err.__cause__, "__cause__", None)  # Hydra's ImportError wraps what importing raised
+    if found is None or why is None:
+        return None
+    target = found.group(1)
+    module_missing = isinstance(why, ModuleNotFoundError) and f"{target}.".startswith(f"{why.name}.")
+    if not (module_missing or isinstance(why, AttributeError)):
+        return None
+    module, _, name = target.rpartition(".")
+    reason = one_line(why)
+    if module_missing and why.name == target and "is not a package" in reason:  # Hydra's last try: the name as a module
+        reason = f"module '{module}' has no attribute '{name}'"
+    where = _FULL_KEY.search(str(err))
+    return (f"{where.group(1) + '.' if where else ''}_target_={target}: {reason}; module paths that moved "
+            "in seglab's layered layout are listed in docs/configuration.md")
+
+
+def _missing_option(err: BaseException, text: str) -> str:
+    """`model=unett` -> the group's real options (without the `*_schema` entries the ConfigStore adds)."""
+    found = _OPTION.search(text)
+    wanted = found.group(1) if found else "?"
+    group, _, option = wanted.rpartition("/")
+    options = [o for o in (getattr(err, "options", None) or []) if not o.endswith(_SCHEMA_SUFFIX)]
+    if not group:
+        return f"no config named {wanted!r}: {one_line(text)}"
+    hint = _did_you_mean(option, options)
+    return (
+        f"{group}={option}: no such option in conf/{group}/;{hint} choose one of {', '.join(options)}"
+        if options else f"{group}={option}: no such option (conf/{group}/{option}.yaml does not exist)"
+    )
+
+
+def _is_omegaconf(err: BaseException) -> bool:
+
+    return isinstance(err, OmegaConfBaseException)
+
+
+def _omegaconf_message(err: BaseException, override: str | None = None) -> str:
+
+    key = getattr(err, "full_key", None) or (override.split("=", 1)[0].lstrip("+~") if override else None)
+    msg = getattr(err, "msg", None) or str(err)
+    first = msg.splitlines()[0] if msg.strip() else type(err).__name__
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and ("not in" in first or "Missing key" in first):
+        return unknown_key_message(key or "?", _sibling_keys(err))
+    if isinstance(err, MissingMandatoryValue):
+        return f"{key} is required and has no value: set it, e.g. {key}=..."
+    if isinstance(err, ValidationError):
+        value = override.split("=", 1)[1] if override and "=" in override else getattr(err, "value", None)
+        return f"{key}={value}: {first.rstrip('.')}; give a value of the type the key takes (see `python -m seglab --cfg job`)"
+    return f"{key + ': ' if key else ''}{first}"
+
+
+def _sibling_keys(err: BaseException) -> list[str]:
+    parent = getattr(err, "parent_node", None)
+    try:
+        return [str(k) for k in parent.keys()] if parent is not None else []
+    except Exception:  # noqa: BLE001  only a hint: any node type without keys gives none
+        return []
+
+
+def unknown_key_message(key: str, known: list[str]) -> str:
+    """`trainer.epoch` -> names the real keys of its node and the closest one."""
+    parent, _, name = key.lstrip("+~").rpartition(".")
+    where = parent or "the top level"
+    hint = _did_you_mean(name, known)
+    listed = f" ({where} has {', '.join(sorted(known))})" if known else ""
+    return f"{key} is not a config key{listed};{hint} remove it or fix the spelling"
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" did you mean {close[0]}?" if close else ""
+
+
+def argument_parser(**kwargs: Any):
+    """argparse, but a usage mistake is a UserError (one line through `main`), not two lines and exit."""
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise UserError(f"{message}; usage: {one_line(self.format_usage()).removeprefix('usage: ')}")
+
+    return Parser(**kwargs)

@@ -1,0 +1,90 @@
+"""FCN-8s (Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation",
+CVPR 2015) on a VGG16 encoder, with the paper's 32s and 16s variants one setting away.
+
+Differences from the paper, all forced by Keras or the CPU: `same` padding replaces the
+paper's 100-pixel input padding and crops, so the input side must be a multiple of 32; Keras'
+`include_top=False` ImageNet file has no fc layers, so fc6/fc7 start random; their width is
+configurable (the paper's 4096 is one setting away).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+from seglab.models import encoders, facts
+
+VGG16_IMAGENET_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+ENCODER_OUTPUTS = ("block3_pool", "block4_pool", "block5_pool")  # strides 8, 16, 32
+
+
+def bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    """A Conv2DTranspose kernel (size, size, out, in) that upsamples each channel bilinearly
+    (FCN's `upsample_filt`; channels do not mix)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    rows, cols = np.ogrid[:size, :size]
+    filt = (1 - abs(rows - center) / factor) * (1 - abs(cols - center) / factor)
+    kernel = np.zeros((size, size, channels, channels), np.float32)
+    kernel[:, :, range(channels), range(channels)] = filt[..., None]
+    return kernel
+
+
+def upsample(x, channels: int, factor: int, name: str, dtype: str | None = None):
+    """Learned `factor`x upsampling: a transposed convolution with kernel 2*factor, initialised to
+    bilinear interpolation (paper, section 3.3)."""
+    layer = layers.Conv2DTranspose(channels, 2 * factor, strides=factor, padding="same", use_bias=False, name=name, dtype=dtype)
+    y = layer(x)
+    layer.kernel.assign(bilinear_kernel(2 * factor, channels))
+    return y
+
+
+def score(x, num_classes: int, name: str):
+    """1x1 class scoring layer, zero-initialised as in the paper (section 4.2)."""
+    return layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=name)(x)
+
+
+def vgg16_encoder(image_size: int, weights: str | None, trainable: bool) -> keras.Model:
+    """VGG16's convolutional part, (S, S, 3) caffe-preprocessed -> pool3, pool4, pool5."""
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    encoders.load(vgg, encoders.weights_file(weights, VGG16_IMAGENET_FILE, "vgg16", "VGG16"), "VGG16")
+    encoder = keras.Model(vgg.input, [vgg.get_layer(name).output for name in ENCODER_OUTPUTS], name="vgg16")
+    encoder.trainable = trainable  # frozen: no gradients reach it
+    return encoder
+
+
+def build(
+    num_classes: int,
+    image_size: int,
+    variant: str,
+    fc_width: int,
+    dropout: float,
+    encoder: Mapping[str, Any],
+) -> keras.Model:
+    """The values come from conf/model/fcn8.yaml (defaults), seglab/config/model.py (ranges) and
+    seglab/models/facts.py (the variants)."""
+    weights, trainable = encoders.options(encoder)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    pool3, pool4, pool5 = vgg16_encoder(image_size, weights, trainable)(encoders.vgg16_preprocessing(inputs))
+
+    # fc6 and fc7 of VGG16 as convolutions ("convolutionalization", section 3.1), with dropout.
+    x = layers.Conv2D(fc_width, 7, padding="same", activation="relu", name="fc6")(pool5)
+    x = layers.Dropout(dropout, name="drop6")(x)
+    x = layers.Conv2D(fc_width, 1, activation="relu", name="fc7")(x)
+    x = layers.Dropout(dropout, name="drop7")(x)
+    x = score(x, num_classes, "score_fr")
+
+    # Section 4.2: 2x upsample the stride-32 scores and add the pool4 scores (16s), then again with pool3 (8s).
+    stride = facts.FCN_VARIANTS[variant]
+    if stride <= 16:  # pool4 is at stride 16, pool3 at 8 (ENCODER_OUTPUTS)
+        x = upsample(x, num_classes, 2, "upscore2")
+        x = layers.Add(name="fuse_pool4")([x, score(pool4, num_classes, "score_pool4")])
+    if stride <= 8:
+        x = upsample(x, num_classes, 2, "upscore_pool4")
+        x = layers.Add(name="fuse_pool3")([x, score(pool3, num_classes, "score_pool3")])
+    logits = upsample(x, num_classes, stride, f"upscore{stride}", dtype="float32")
+    return keras.Model(inputs, logits, name=f"fcn{variant}")

@@ -1,0 +1,112 @@
+"""What a re-run needs from the store to continue a run: earlier runs of the same experiment found
+by tags, ended KILLED with a reason, their checkpoints downloaded, and what they already logged
+(so a redone epoch is not logged twice).  Plain values out, nothing of MLflow; any store (SQLite,
+a tracking server with S3 artifacts)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from seglab.tracking import tags
+from seglab.tracking.store import ERROR_TAG_CHARS, check_reachable
+
+_IMAGE_STEP = re.compile(r"^(?P<key>.+?)[%+]step[%+](?P<step>\d+)[%+]")  # MLflow 3 names: key+step+N+..., older: %
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED
+    tags: dict[str, str]
+    params: dict[str, str]
+    start_ms: int
+    end_ms: int | None = None
+    name: str | None = None
+
+
+def _client(uri: str) -> MlflowClient:
+    check_reachable(uri)
+    return MlflowClient(uri)
+
+
+def _quoted(value: str) -> str:
+    if "'" in value:
+        raise ValueError(f"cannot search for a tag value with a quote: {value!r}")
+    return f"'{value}'"
+
+
+def find_runs(uri: str, experiment: str, tags: Mapping[str, str]) -> list[RunRecord]:
+    """Runs of `experiment` carrying all of `tags`, newest first ([] when the experiment does not exist yet)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    where = " and ".join(f"tags.`{k}` = {_quoted(v)}" for k, v in tags.items())
+    runs = client.search_runs([found.experiment_id], filter_string=where, order_by=["attributes.start_time DESC"], max_results=1000)
+    return [_record(r) for r in runs]
+
+
+def get_run(uri: str, run_id: str) -> RunRecord:
+    return _record(_client(uri).get_run(run_id))
+
+
+def experiment_of(uri: str, run_id: str) -> str:
+    client = _client(uri)
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.params), run.info.start_time,
+                     run.info.end_time, run.info.run_name)
+
+
+def put_back(uri: str, before: RunRecord) -> None:
+    """Return a reopened run's status, end time, name and tags to what they were (`before`): a resume
+    refused after the run reopened leaves no trace on it.  Params cannot be deleted in MLflow: the
+    caller logs none before it knows the resume goes ahead."""
+    client = _client(uri)
+    now = client.get_run(before.run_id).data.tags
+    for key in now.keys() - before.tags.keys():
+        client.delete_tag(before.run_id, key)
+    for key, value in before.tags.items():
+        if now.get(key) != value:
+            client.set_tag(before.run_id, key, value)
+    client.set_terminated(before.run_id, before.status, end_time=before.end_ms)
+    if before.name is not None:
+        client.update_run(before.run_id, name=before.name)
+
+
+def end_killed(uri: str, run_id: str, reason: str) -> None:
+    """End a run whose process is gone KILLED, naming why in the `seglab.killed_reason` tag."""
+    client = _client(uri)
+    client.set_tag(run_id, tags.KILLED_REASON, reason[:ERROR_TAG_CHARS])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
+def download_checkpoint(uri: str, run_id: str, artifact_dir: str, destination: Path) -> Path:
+    """The uploaded checkpoint directory `artifact_dir` of the run, into `destination`; its local path."""
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(_client(uri).download_artifacts(run_id, artifact_dir, str(destination)))
+
+
+def logged_steps(uri: str, run_id: str) -> dict[str, int]:
+    """The last step logged for each metric of the run, and for each image key (as `image:<key>`)."""
+    client = _client(uri)
+    run = client.get_run(run_id)
+    steps = {}
+    for key in run.data.metrics:
+        history = client.get_metric_history(run_id, key)
+        if history:
+            steps[key] = max(m.step for m in history)
+    for artifact in client.list_artifacts(run_id, "images"):
+        match = _IMAGE_STEP.match(Path(artifact.path).name)
+        if match:
+            name = f"image:{match['key']}"
+            steps[name] = max(steps.get(name, -1), int(match["step"]))
+    return steps

@@ -1,0 +1,414 @@
+"""What one run logs: `Run` opens an MLflow run and logs through the verbs of
+`tracking.protocol.RunProtocol` (`log_params`, `log_epoch`, `log_masks`, `log_figure`,
+`log_artifact`, `log_model`, ...); the end of the `with` block
+sets its status (FINISHED, FAILED or KILLED; never left RUNNING).  No module-level state: each job of
+a sweep opens its own `Run`.
+
+A tracking server that goes away during a run does not stop the training: the first logging call
+that fails is reported as a warning naming what was being logged, the run carries on without the
+server (later logging is skipped, checkpoints stay in the job's output directory), and the run's
+end status is sent once, best-effort.  While a run is open, MLflow's HTTP retries and timeout are
+capped (`HTTP_LIMITS`) so that a dead server costs seconds, not MLflow's default minutes.
+"""
+
+# Lazy imports: Keras, TensorFlow and MLflow's model flavours load when a model is logged, not for every run.
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Self
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from seglab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
+from seglab.tracking import experiments, resumable
+from seglab.tracking import tags as keys
+from seglab.tracking.params import as_text
+from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
+from seglab.util import visualize
+
+log = logging.getLogger(__name__)
+
+
+MASKS_FILE = "masks/epoch_{:03d}.png"  # numbered from 1, as the console counts epochs (MLflow step + 1)
+
+
+def masks_file(step: int) -> str:
+    """The artifact path of the mask picture of the epoch at MLflow step `step` (0-based)."""
+    return MASKS_FILE.format(step + 1)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (e.g. a scheduler cancelling the job) turned into an exception so the run ends KILLED
+    (and the command exits 143, seglab.errors)."""
+
+
+class Run:
+    """One MLflow run; use as a context manager so its status is always set.
+
+    With `resume_run_id` it continues that run (same id, RUNNING again): params it already has are
+    not logged again (a changed value goes to the `seglab.resume.changed` tag, since MLflow refuses
+    to change a param), and a metric or image is never logged twice at the same step, so an epoch
+    redone after a kill leaves one value per step.  An exception with `resume_refused = True` (the
+    resume is refused before training touched anything) returns the continued run's status, end time,
+    name and tags to what they were."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None,
+                 resume_run_id: str | None = None):
+        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.resume_run_id = resume_run_id
+        self.logged_steps: dict[str, int] = {}  # metric (or `image:<key>`) -> last step the run already has
+        self._epochs_done = 0  # the epochs whose metrics the run has (a continued run's earlier ones too)
+        self._checkpoint_dir: str | None = None
+        self._before: resumable.RunRecord | None = None  # the run being continued, as it was before it reopened
+        self._previous_error: str | None = None  # the `error` tag of the attempt being continued
+        self.tags = dict(tags)
+        if parent_run_id:
+            self.tags[keys.PARENT_RUN] = parent_run_id
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.failed: str | None = None  # what was being logged when the store stopped answering
+        self.skipped: list[str] = []  # what was not logged after that
+        self._previous_sigterm = None
+        self._previous_sigint = None
+        self._previous_env: dict[str, str | None] = {}
+
+    def __enter__(self) -> Self:
+        check_reachable(self.uri)
+        self._previous_env = {name: os.environ.get(name) for name in HTTP_LIMITS}
+        for name, value in HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
+        try:
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_experiment(experiment_id=experiments.experiment_id(MlflowClient(self.uri), self.experiment))
+            tags = {**self.tags, keys.HEARTBEAT: str(int(time.time()))}
+            if self.resume_run_id:
+                self._before = resumable.get_run(self.uri, self.resume_run_id)
+            run = mlflow.start_run(run_id=self.resume_run_id, run_name=self.run_name, tags=tags)
+            if self.resume_run_id:
+                self.logged_steps = resumable.logged_steps(self.uri, self.resume_run_id)
+                self._epochs_done = max(self.logged_steps.values(), default=-1) + 1
+                self._checkpoint_dir = run.data.tags.get(keys.CHECKPOINT)
+                self._previous_error = run.data.tags.get(keys.ERROR)
+        except BaseException:
+            if mlflow.active_run() is not None:
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            self._restore_env()
+            raise
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+        if _in_main_thread():
+            _TERMINATED.clear()
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, `&`)
+                self._previous_sigint = signal.signal(signal.SIGINT, _raise_interrupted)
+        return self
+
+    def _restore_env(self) -> None:
+        for name, value in self._previous_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def _log(self, what: str, call, *args, **kwargs):
+        """Call MLflow; on the first store error warn, naming `what`, and skip all later logging."""
+        if self.failed is not None:
+            self.skipped.append(what)
+            return None
+        try:
+            with _one_write():
+                return call(*args, **kwargs)
+        except STORE_ERRORS as err:
+            if not store_unavailable(err):
+                raise  # the request itself was wrong (e.g. an invalid value): a bug to see, not an outage
+            self.failed = what
+            log.warning(
+                "MLflow logging failed while logging %s to tracking.uri=%s (run %s): %s. Training goes on without "
+                "the tracking server; nothing more is logged to it, checkpoints stay in the job's output directory.",
+                what, self.uri, self.run_id, first_line(err),
+            )
+            return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+        stopped = self._stopped(exc_type)
+        if exc_type is None:
+            status = RunStatus.FINISHED
+        elif stopped or issubclass(exc_type, SystemExit) or getattr(exc, "ends_killed", False):
+            # SystemExit: e.g. submitit requeueing a pre-empted job from its signal handler; ends_killed: an
+            # interruption from outside the run (a lost worker of a cluster), which trainer.resume=auto continues
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FAILED
+        if self._before is not None and getattr(exc, "resume_refused", False):
+            self._put_back()
+            return False
+        try:
+            if exc is not None and self.failed is None:
+                try:
+                    reason = stopped or f"{exc_type.__name__}: {exc}"
+                    mlflow.set_tag(keys.ERROR, reason[:ERROR_TAG_CHARS])
+                except Exception as tag_err:  # the run must still be ended below
+                    log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
+            self._end(RunStatus.to_string(status))
+        finally:
+            self._restore_env()
+        if stopped:  # one line for the user (seglab.errors), not the traceback of wherever training was
+            code = EXIT_TERMINATED if exc_type is _Terminated else EXIT_INTERRUPTED
+            after = (f"run the same command again to continue run {self.run_id}" if self._training
+                     else f"MLflow run {self.run_id} is KILLED")
+            raise Interrupted(f"{stopped}; {after}", code) from exc
+        return False
+
+    def _put_back(self) -> None:
+        """The resume was refused before training changed anything (a checkpoint that does not fit the
+        model, which the params check before reopening did not foresee): the run is left as it was."""
+        try:
+            mlflow.end_run(self._before.status)  # pops the active run; put_back then restores its end time
+            resumable.put_back(self.uri, self._before)
+        except STORE_ERRORS as err:
+            log.warning("could not return MLflow run %s to how it was (%s)", self.run_id, first_line(err))
+        finally:
+            self._restore_env()
+
+    @property
+    def _training(self) -> bool:
+        """A training run (it has a run key): the same command continues it (trainer.resume=auto)."""
+        return keys.RUN_KEY in self.tags
+
+    def _stopped(self, exc_type) -> str | None:
+        """Why Ctrl-C or SIGTERM stopped the run, for a training run with the epoch it was in (1-based,
+        as the console counts); None for any other ending."""
+        if exc_type is None or not issubclass(exc_type, (KeyboardInterrupt, _Terminated)):
+            return None
+        how = "terminated (SIGTERM)" if issubclass(exc_type, _Terminated) else "interrupted (Ctrl-C)"
+        return f"{how} at epoch {self._epochs_done + 1}" if self._training else how
+
+    def _end(self, status: str) -> None:
+        if status == RunStatus.to_string(RunStatus.FINISHED) and self._previous_error is not None:
+            # A finished run is not in error: the killed attempt's reason moves to a tag of its own.
+            self._log("the previous attempt's error", mlflow.set_tag, keys.RESUME_PREVIOUS_ERROR, self._previous_error)
+            self._log("the previous attempt's error", mlflow.delete_tag, keys.ERROR)
+        if self.failed is not None:
+            log.warning(
+                "MLflow run %s is incomplete: logging failed at %s; not logged after that: %s.",
+                self.run_id, self.failed, _summary(self.skipped),
+            )
+        try:  # after a failure: once, best-effort, the server may be back
+            mlflow.end_run(status)  # pops the active run even when the server does not answer
+        except STORE_ERRORS as err:
+            log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status, first_line(err))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        params = as_text(params)
+        if self.resume_run_id:
+            before = resumable.get_run(self.uri, self.run_id).params
+            changed = {k: f"{before[k]} -> {v}" for k, v in params.items() if k in before and before[k] != v}
+            params = {k: v for k, v in params.items() if k not in before}
+            if changed:
+                log.info("resumed run %s with changed params: %s", self.run_id, changed)
+                self.set_tags({keys.RESUME_CHANGED: "; ".join(f"{k}: {v}" for k, v in changed.items())[:ERROR_TAG_CHARS]})
+        self._log("params", mlflow.log_params, params)
+
+    def _new_at(self, key: str, step: int) -> bool:
+        return step > self.logged_steps.get(key, -1)
+
+    def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
+        self._epochs_done = max(self._epochs_done, epoch + 1)
+        new = {k: float(v) for k, v in metrics.items() if self._new_at(k, epoch)}
+        if new:
+            self._log(f"metrics of epoch {epoch + 1}", mlflow.log_metrics, new, step=epoch)  # epochs counted as on the console
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self._log("metrics", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()})
+
+    def log_masks(self, image, epoch: int, key: str = "val_masks") -> None:
+        """An image per epoch under one key (the UI's step slider shows the masks improving), and the
+        same image as the artifact file `masks_file(epoch)`: the image card sits below the run's
+        params, the artifact view shows a file at the top of the page."""
+        if not self._new_at(f"image:{key}", epoch):
+            return
+        # synchronous: an upload that fails must raise here, to be reported, not die in a background thread
+        what = f"{key} image of epoch {epoch + 1}"
+        self._log(what, mlflow.log_image, image, key=key, step=epoch, synchronous=True)
+        self._log(what, mlflow.log_image, image, artifact_file=masks_file(epoch))
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self._log(f"artifact {path}", mlflow.log_artifact, path, artifact_path)
+
+    def log_artifacts(self, directory: str, artifact_path: str | None = None) -> None:
+        self._log(f"artifacts {directory}", mlflow.log_artifacts, directory, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._log(artifact_file, mlflow.log_text, text, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self._log(artifact_file, mlflow.log_dict, dict(data), artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib Figure as an image artifact (e.g. `confusion_matrix.png`)."""
+        self._log(artifact_file, mlflow.log_figure, figure, artifact_file)
+
+    def log_confusion_matrix(self, cm, class_names: list[str], title: str) -> None:
+        """`confusion_matrix.png` (rows normalised, with counts) and `confusion_matrix.json`, the same
+        for a training run and an evaluation run."""
+
+        self.log_figure(visualize.confusion_matrix_figure(cm, class_names, title), "confusion_matrix.png")
+        self.log_dict({"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": cm.tolist()},
+                      "confusion_matrix.json")
+
+    def log_model(self, model, input_example, step: int = 0) -> str | None:
+        """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow;
+        its URI, or None when the store did not take it.  `step`: the epoch whose weights it holds;
+        MLflow links the run's metrics of that step to the logged model (its page shows them)."""
+        import keras
+        import tensorflow as tf
+
+        info = self._log(
+            "the model", mlflow.tensorflow.log_model, model, name="model", input_example=input_example,
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"], step=step,
+        )
+        return info.model_uri if info is not None else None
+
+    def heartbeat(self) -> None:
+        """A sign of life, so that another command does not take this run for one whose process died."""
+        self.set_tags({keys.HEARTBEAT: int(time.time())})
+
+    def log_checkpoint(self, files: list[Path], epoch: int, directory: str | None = None) -> None:
+        """Upload `files` (the training state and the best model after `epoch` epochs) to `directory`
+        (default `resume/epoch-NNNN`), then point the `seglab.checkpoint` tags at it, then delete the
+        previous upload: a kill during the upload leaves the tags on the previous complete one."""
+        directory = directory or f"resume/epoch-{epoch:04d}"
+        for path in files:
+            self._log(f"checkpoint {path.name} of epoch {epoch}", mlflow.log_artifact, str(path), directory)
+            if self.failed:
+                return
+        self.set_tags({keys.CHECKPOINT: directory, keys.CHECKPOINT_EPOCH: epoch})
+        if self.failed:
+            return
+        previous, self._checkpoint_dir = self._checkpoint_dir, directory
+        if previous and previous != directory and previous.startswith("resume/"):
+            try:
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                get_artifact_repository(mlflow.get_artifact_uri()).delete_artifacts(previous)
+            except Exception as err:  # noqa: BLE001  a leftover upload wastes space, it loses nothing
+                log.warning("could not delete the superseded checkpoint %s of run %s: %s", previous, self.run_id, first_line(err))
+
+    def log_served_model(self, model, name: str = "served", step: int = 0) -> str | None:
+        """The Keras model wrapped as the image-taking pyfunc model (seglab.tracking.served, what
+        `mlflow models serve` runs); its URI, or None when the store did not take it.  `step`: as `log_model`'s."""
+        from seglab.tracking.served import log_served_model
+
+        info = self._log("the served model", log_served_model, model, name, step)
+        return info.model_uri if info is not None else None
+
+    def register_model(self, model_uri: str, name: str, tags: Mapping[str, Any]) -> str | None:
+        """A new version of the registered model `name` (tagged with `tags`); its version number."""
+        from seglab.tracking.registry import register
+
+        return self._log(f"model version of {name}", register, model_uri, name, tags)
+
+    def log_table(self, columns: Mapping[str, list], artifact_file: str) -> None:
+        """Columns of equal length as a table the MLflow UI can sort and filter (`*.json`)."""
+        self._log(artifact_file, mlflow.log_table, data=dict(columns), artifact_file=artifact_file)
+
+    def log_image(self, image, artifact_file: str) -> None:
+        """One image (uint8 RGB array) as an artifact file, e.g. `worst_val.png`."""
+        self._log(artifact_file, mlflow.log_image, image, artifact_file=artifact_file)
+
+    def log_dataset(self, record) -> None:
+        """A data split as the run's input (`seglab.data.lineage.DatasetRecord`), with its context."""
+        from seglab.tracking.datasets import as_mlflow_dataset
+
+        self._log(f"dataset {record.name}", _log_input, as_mlflow_dataset(record), record.context)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._log(f"tags {', '.join(tags)}", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+
+
+def _summary(items: list[str], shown: int = 4) -> str:
+    if len(items) <= 2 * shown:
+        return ", ".join(items) or "nothing"
+    return f"{len(items)} calls: {', '.join(items[:shown])}, ..., {', '.join(items[-shown:])}"
+
+
+
+_TERMINATED = threading.Event()  # set by the SIGTERM handler, so a swallowed exception is raised again
+
+
+_writing = 0  # MLflow writes under way (`_one_write`, main thread only: signals are handled there)
+_deferred: type[BaseException] | None = None  # the signal's exception that came during one of them
+
+
+def _raise_terminated(signum, frame):
+    _TERMINATED.set()
+    _raise_after_write(_Terminated)
+
+
+def _raise_interrupted(signum, frame):
+    _raise_after_write(KeyboardInterrupt)
+
+
+def _raise_after_write(exc_type: type[BaseException]) -> None:
+    """Raise a signal's exception now, or, during an MLflow write, once it ends: raised halfway through the
+    store's code it would leave a write cut in half (a database session or upload abandoned mid-way), and the
+    run's closing records (its `error` tag) could then fail."""
+    global _deferred
+    if _writing:
+        _deferred = exc_type
+    else:
+        raise exc_type()
+
+
+@contextlib.contextmanager
+def _one_write():
+    """An MLflow write that Ctrl-C and SIGTERM do not cut in half: their exception comes when it ends."""
+    global _writing, _deferred
+    _writing += 1
+    try:
+        yield
+    finally:
+        _writing -= 1
+    if _writing == 0 and _deferred is not None:
+        exc_type, _deferred = _deferred, None
+        raise exc_type()
+
+
+def raise_if_terminated() -> None:
+    """Raise SIGTERM's exception again if one came and was swallowed: raised where Python only reports it
+    (in a `__del__`, an import lock's weakref callback: "Exception ignored in ..."), it would let training
+    go on to the end. Training calls this after every batch (engine/callbacks.py)."""
+    if _TERMINATED.is_set():
+        raise _Terminated()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+# A store's words for "another writer inserted this row first" (SQLite, PostgreSQL, MySQL).
+_INSERT_RACE = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
+def _log_input(dataset, context: str) -> None:
+    """mlflow.log_input; jobs of a parallel sweep log the same data set to one experiment at the same
+    moment, and the store keeps one row per data set: the loser of that race tries once more, and
+    then finds the row the winner wrote."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as err:
+        if not any(words in str(err) for words in _INSERT_RACE):
+            raise
+        mlflow.log_input(dataset, context=context)

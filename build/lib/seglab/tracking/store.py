@@ -1,0 +1,64 @@
+"""The tracking store itself: how an unusable store is told apart from a bad request, and the
+fast reachability check of a server.  The store is whatever `tracking.uri` says (SQLite file, or an
+http(s) tracking server with its own artifact store); nothing here assumes a local file."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import requests
+from mlflow.exceptions import MlflowException
+
+from seglab.errors import UserError
+from seglab.util import net
+
+# A tag holding a message (an error, why a run was ended, what changed) keeps its start (MLflow caps a tag value at 8,000 characters).
+ERROR_TAG_CHARS = 5000
+# MLflow's defaults are 7 retries with exponential backoff and a 120 s timeout per request: minutes
+# of waiting per call on a dead server.  Values the user set in the environment win.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# What a store that is down or misbehaving raises (the REST client wraps connection errors in MlflowException).
+STORE_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
+CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError, OSError)
+
+
+class TrackingError(UserError, RuntimeError):
+    """The tracking store cannot be used; the message says which URI and what to do."""
+
+
+def check_reachable(uri: str) -> None:
+    """Fail in seconds, not after minutes of MLflow's HTTP retries, when a server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=net.REACHABILITY_TIMEOUT_S)
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 behind basic auth, 404 behind a path prefix): it is up
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingError(
+            f"MLflow tracking server tracking.uri={uri} is not reachable ({err}). Start it (e.g. "
+            "`docker compose up -d mlflow`), fix the URI, or log locally with tracking.uri=sqlite:///mlflow.db."
+        ) from err
+
+
+def store_unavailable(err: BaseException) -> bool:
+    """The store cannot be reached or failed on its side (connection refused or reset, timeout,
+    retries exhausted, HTTP 5xx, a local disk error), as opposed to rejecting a bad request (4xx)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, CONNECTION_ERRORS):
+            return True
+        if isinstance(seen, MlflowException) and seen.get_http_status_code() >= 500:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:500] if text else type(err).__name__
