@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from seglab.config import sources
 from seglab.config.check import require
 
 CLASS_NAME = re.compile(r"[\w.\- ]+")
@@ -72,6 +73,8 @@ class DataConfig:
             self.background_index,
             f"use null or a class label in 0..{self.num_classes - 1}",
         )
+        if isinstance(self.source, dict):  # a source without a dataclass: its builder's signature is its schema
+            sources.check_source(self.source)
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "use an integer >= 1")
         # A bare word is a typo of `memory` far more often than a wanted file prefix in the working directory.
         require(
