@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from seglab.config import schema
 from seglab.models import encoders, facts, fcn8, unet_mobilenet
-from seglab.models.__main__ import describe
+from seglab.cli.models import describe
 from seglab.models.flops import forward_flops
 from tests.conftest import build_model, run_cli
 
