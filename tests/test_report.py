@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from seglab.cli import report
 from seglab.engine import lifecycle
 from seglab.tracking import tags as keys
-from seglab.tracking.sweeps import ChildRun
+from seglab.tracking.sweeps import ChildRun, EvalRun
 
 
 def _child(job: int, overrides: list[str], key: str, start_ms: int, status: str = "FINISHED", ious=(0.5,)) -> ChildRun:
@@ -60,3 +63,93 @@ def test_csv_output_is_plain_csv_header_first(tmp_path):
     assert header == list(report.COLUMNS)
     assert [(row[0], row[3]) for row in table] == [("1", "0.6"), ("0", "0.4")]  # best first
     assert f"sweep {parent}: 2 jobs, 2 finished" in done.stderr
+
+
+# --- the test split: paired bootstrap intervals (seglab.engine.compare) ---------------------------------------------
+
+def _image(tp_truth_pred: list[tuple[int, int, int]]) -> list[list[int]]:
+    return [list(c) for c in tp_truth_pred]
+
+
+def test_pooled_counts_read_back_from_a_per_image_table_give_the_split_mean_iou():
+    from seglab.engine import compare, per_image
+    from seglab.metrics import scores
+
+    rng = np.random.default_rng(3)
+    matrices = rng.integers(0, 40, size=(7, 3, 3))
+    matrices[2, 1, :] = matrices[2, :, 1] = 0  # class 1 in neither truth nor prediction of image 2: NaN in the table
+    matrices[5] = 0  # an image with no labelled pixel
+    names, counts = compare.counts_from_table(per_image.table(per_image.PerImage(matrices), ["bg", "cat", "edge"]))
+    assert names == [str(i) for i in range(7)]
+    assert np.array_equal(counts[..., 0], np.diagonal(matrices, axis1=1, axis2=2))  # TP, truth, prediction exact again
+    assert np.array_equal(counts[..., 1], matrices.sum(2)) and np.array_equal(counts[..., 2], matrices.sum(1))
+    assert compare.mean_iou(counts.sum(0)) == pytest.approx(scores(matrices.sum(0))["mean_iou"], abs=1e-12)
+
+
+def test_bootstrap_of_a_hand_case_two_images():
+    from seglab.engine import compare
+
+    # Image a: both classes right (mIoU 1); image b: both wrong (0).  Pooled: each class 1 TP of a union of 3.
+    a, b = _image([(1, 1, 1), (1, 1, 1)]), _image([(0, 1, 1), (0, 1, 1)])
+    result = compare.paired_bootstrap(np.array([[a, b]]))
+    assert result.mean_iou[0] == pytest.approx(1 / 3)
+    # Draws are {a, a} (mIoU 1), {a, b} (1/3) or {b, b} (0), a quarter of them each of the pure ones: the 2.5 and 97.5
+    # percentiles are 0 and 1 exactly.
+    assert (result.low[0], result.high[0]) == (0.0, 1.0)
+    assert result.best == 0 and not result.distinguishable[0]
+    assert (compare.draws(5, resamples=40).sum(1) == 5).all()
+
+
+def test_identical_jobs_are_not_distinguishable_and_clearly_different_ones_are():
+    from seglab.engine import compare
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(50, 100, size=(30, 3)).astype(float)
+    hardness = rng.uniform(0.5, 0.95, size=(30, 1))  # how much of each image's truth a job finds: some images are hard
+    good = np.stack([np.rint(hardness * truth), truth, truth], axis=-1)  # prediction as large as the truth
+    worse = np.stack([np.rint((hardness - 0.05) * truth), truth, truth], axis=-1)  # 5 points less on every image
+    same = compare.paired_bootstrap(np.stack([good, good]))
+    assert same.diff_low.tolist() == same.diff_high.tolist() == [0.0, 0.0] and not same.distinguishable.any()
+    assert same.low[0] == same.low[1] and same.high[0] == same.high[1]
+    apart = compare.paired_bootstrap(np.stack([worse, good]))
+    assert apart.best == 1 and apart.distinguishable.tolist() == [True, False] and apart.diff_low[0] > 0
+    # Paired: every draw moves both jobs alike, so the difference is told apart though the jobs' own intervals overlap.
+    assert apart.low[1] < apart.high[0]
+
+
+def test_jobs_tested_on_other_images_get_no_intervals_and_one_line_saying_why():
+    from seglab.engine import compare
+
+    counts = np.ones((2, 1, 3))
+    assert compare.align([(["x", "y"], counts), (["y", "x"], counts[::-1])])[0].shape == (2, 2, 1, 3)
+    aligned, why = compare.align([(["x", "y"], counts), (["x", "z"], counts)])
+    assert aligned is None and "not tested on the same images" in why and "\n" not in why
+
+
+def _eval(tables: dict, job: str, tp: float, names=("a", "b", "c", "d")) -> EvalRun:
+    pixels = 100
+    columns = {"image": list(names), "index": list(range(len(names))), "pixels": [pixels] * len(names)}
+    iou = tp / (2 * pixels - tp)
+    columns.update({"iou_x": [iou] * len(names), "true_x": [1.0] * len(names), "pred_x": [1.0] * len(names)})
+    tables[job] = EvalRun(f"eval-{job}", iou, columns)
+    return tables[job]
+
+
+def test_tested_jobs_get_the_interval_columns_and_the_mark_and_untested_ones_keep_theirs():
+    children = [_child(job, [f"model.base_filters={2 ** job}"], f"k{job}", job) for job in range(4)]
+    evaluations: dict = {}
+    for job, tp in ((0, 90.0), (1, 90.0), (2, 40.0)):  # job 3 has no test evaluation
+        _eval(evaluations, f"run{job}-{job}", tp)
+    table = report.rows(children)
+    note = report.add_test_scores(table, evaluations)
+    assert note.startswith("test: 4 images; 95% intervals: percentiles of 2000 paired bootstrap resamples")
+    table = report.sort(table, "test_mean_iou")
+    assert [(r["job"], r["vs_best"]) for r in table] == [(0, "best"), (1, "~best"), (2, "worse"), (3, None)]
+    assert table[0]["test_95ci"] == f"[{90 / 110:.4f}, {90 / 110:.4f}]"  # every image alike: no spread
+    text = report.to_text(table).splitlines()
+    assert text[0].split()[:6] == ["job", "status", "overrides", "test_mean_iou", "test_95ci", "vs_best"]
+    assert report.to_csv(table).splitlines()[0].startswith("job,status,overrides,test_mean_iou,test_ci_low,test_ci_high,vs_best,")
+    untested = report.rows(children)
+    assert report.add_test_scores(untested, {}) == "" and report.to_csv(untested).splitlines()[0] == ",".join(report.COLUMNS)
+    _eval(evaluations, "run1-1", 90.0, names=("a", "b", "c", "e"))
+    assert "not tested on the same images" in report.add_test_scores(report.rows(children), evaluations)
