@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -41,7 +44,6 @@ def test_a_job_failed_then_rerun_counts_once_by_its_latest_run():
 
 
 def test_csv_output_is_plain_csv_header_first(tmp_path):
-    import csv
     import subprocess
     import sys
 
@@ -153,3 +155,43 @@ def test_tested_jobs_get_the_interval_columns_and_the_mark_and_untested_ones_kee
     assert report.add_test_scores(untested, {}) == "" and report.to_csv(untested).splitlines()[0] == ",".join(report.COLUMNS)
     _eval(evaluations, "run1-1", 90.0, names=("a", "b", "c", "e"))
     assert "not tested on the same images" in report.add_test_scores(report.rows(children), evaluations)
+
+
+@pytest.mark.slow
+def test_a_real_sweep_evaluated_on_its_test_split_is_reported_with_intervals_and_a_chart(tmp_path):
+    from mlflow import MlflowClient
+
+    from seglab.engine import compare
+    from seglab.tracking import sweeps
+    from tests.conftest import TINY, run_cli, run_module
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    data = ("data.image_size=32", "data.source.train_size=16", "data.source.val_size=8", "data.source.test_size=12")
+    run_cli("--multirun", *TINY, *data, "trainer.epochs=1", "trainer.mask_samples=0", "model.base_filters=2,4",
+            f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path, timeout=600)
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get(keys.SWEEP) == keys.SWEEP_PARENT]
+    jobs = [r for r in runs if r.data.tags.get(keys.PARENT_RUN) == parent.info.run_id]
+    for job in jobs:
+        done = run_module("seglab.evaluate", f"model_uri=runs:/{job.info.run_id}/model", *data, f"tracking.uri={uri}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    logged = {r.data.tags[keys.TRAINING_RUN]: r.data.metrics["test_mean_iou"] for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.`{keys.SPLIT}` = 'test'")}
+
+    done = run_module("seglab.report", parent.info.run_id, "--tracking-uri", uri, "--format", "csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"sweep {parent.info.run_id}: 2 jobs, 2 finished, 2 tested" in done.stderr
+    assert "test: 12 images; 95% intervals: percentiles of 2000 paired bootstrap resamples" in done.stderr
+    table = list(csv.DictReader(done.stdout.splitlines()))
+    assert [float(r["test_mean_iou"]) for r in table] == sorted((logged[r["run_id"]] for r in table), reverse=True)
+    assert [r["vs_best"] for r in table][0] == "best" and table[1]["vs_best"] in ("~best", "worse")
+    for r in table:
+        assert float(r["test_ci_low"]) <= float(r["test_mean_iou"]) <= float(r["test_ci_high"])
+        assert float(r["test_ci_low"]) < float(r["test_ci_high"])  # 12 different images: a spread
+    artifacts = {a.path: a for a in client.list_artifacts(parent.info.run_id)}
+    assert {"test_mean_iou.png", "report.csv", "report.md"} <= set(artifacts) and artifacts["test_mean_iou.png"].file_size > 0
+    assert "~best: not distinguishable from the best" in Path(client.download_artifacts(parent.info.run_id, "report.md", str(tmp_path))).read_text()
+    # The tables as MLflow gives them back hold the exact counts: pooled, they give the logged test mIoU.
+    for run_id, found in sweeps.latest_test_evaluations(uri, list(logged)).items():
+        assert compare.mean_iou(compare.counts_from_table(found.table)[1].sum(0)) == pytest.approx(logged[run_id], abs=1e-9)

@@ -43,7 +43,9 @@ TEST_COLUMNS = ("test_mean_iou", "test_95ci", "vs_best")
 TEST_CSV_COLUMNS = ("test_mean_iou", "test_ci_low", "test_ci_high", "vs_best")
 BEST, NOT_DISTINGUISHABLE, WORSE, DIFFERENT = "best", "~best", "worse", "differs"
 TEST_CHART = "test_mean_iou.png"
-TITLE_CHARS = 110  # per line of the chart's title (add_test_scores' note)
+TITLE_CHARS = 100  # per line of the chart's title (add_test_scores' note)
+LEGEND = (f"{NOT_DISTINGUISHABLE}: not distinguishable from the best (the 95% interval of best - job holds 0); "
+          f"{WORSE}: below the best (that interval lies above 0)")
 
 
 def _best(values: list[float], metric: str) -> float | None:
@@ -132,8 +134,7 @@ def add_test_scores(table: list[dict[str, Any]], evaluations: dict[str, EvalRun]
     for i, r in enumerate(rows_tested):
         r.update(test_ci_low=float(result.low[i]), test_ci_high=float(result.high[i]), vs_best=_standing(result, i),
                  test_95ci=f"[{result.low[i]:.4f}, {result.high[i]:.4f}]")
-    return (f"test: {result.images} images; 95% intervals: percentiles of {result.resamples} paired bootstrap resamples of "
-            f"the test images; {NOT_DISTINGUISHABLE}: not distinguishable from the best (the interval of best - job holds 0)")
+    return f"test: {result.images} images; 95% intervals: percentiles of {result.resamples} paired bootstrap resamples of them"
 
 
 def _standing(result: compare.Comparison, job: int) -> str:
@@ -207,26 +208,23 @@ def plot_objective(table: list[dict[str, Any]], optimize_metric: str, path: Path
 
 
 def plot_test(table: list[dict[str, Any]], note: str, path: Path) -> Path:
-    """A point per tested job, best first: its test mean IoU with its 95 % interval as a bar; the best,
-    the jobs not distinguishable from it and the others each in their own colour (no bars without intervals)."""
+    """A point per tested job, best first: its test mean IoU with its 95 % interval as a bar, coloured and
+    labelled by how it stands to the best (`vs_best`; no bars, grey, when there are no intervals)."""
     rows_tested = sorted(tested(table), key=lambda r: r["test_mean_iou"], reverse=True)
-    fig = Figure(figsize=(8, 1.6 + 0.35 * len(rows_tested)))
+    colors = {BEST: "tab:blue", NOT_DISTINGUISHABLE: "tab:green"}  # the others grey
+    fig = Figure(figsize=(8, 1.4 + 0.35 * len(rows_tested) + 0.15 * note.count("\n")))
     ax = fig.subplots()
-    styles = {BEST: ("tab:blue", "best"), NOT_DISTINGUISHABLE: ("tab:green", "not distinguishable from the best"),
-              WORSE: ("tab:gray", "distinguishable from the best"), DIFFERENT: ("tab:gray", "distinguishable from the best"),
-              None: ("tab:gray", "no interval")}
-    shown = set()
     for i, r in enumerate(rows_tested):
-        color, label = styles[r["vs_best"]]
         point = r["test_mean_iou"]
         error = None if r["test_ci_low"] is None else [[point - r["test_ci_low"]], [r["test_ci_high"] - point]]
-        ax.errorbar(point, i, xerr=error, fmt="o", color=color, capsize=4, label=None if label in shown else label)
-        shown.add(label)
-    ax.set_yticks(range(len(rows_tested)), [f"{r['job']}: {r['overrides']}" for r in rows_tested], fontsize=8)
+        ax.errorbar(point, i, xerr=error, fmt="o", color=colors.get(r["vs_best"], "tab:gray"), capsize=4)
+    labels = [f"{r['job']}: {r['overrides']}" + (f"  [{r['vs_best']}]" if r["vs_best"] else "") for r in rows_tested]
+    ax.set_yticks(range(len(rows_tested)), labels, fontsize=8)
+    for tick, r in zip(ax.get_yticklabels(), rows_tested):
+        tick.set_color(colors.get(r["vs_best"], "black"))
     ax.set_ylim(len(rows_tested) - 0.5, -0.5)
     ax.set_xlabel("test mean IoU (95% paired bootstrap interval)")
-    ax.set_title(textwrap.fill(note, TITLE_CHARS), fontsize=8)
-    ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle("\n".join(textwrap.fill(line, TITLE_CHARS) for line in note.splitlines()), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
@@ -272,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{f', {len(tested(table))} tested' if note else ''}\n")
     sys.stdout.write(FORMATS[args.format](table, metric))
     if note:
+        note += f"\n{LEGEND}" if any(r["vs_best"] for r in table) else ""
         summary.write(note + "\n")
     if args.output:
         fmt = {".csv": "csv", ".md": "markdown"}.get(args.output.suffix, args.format)

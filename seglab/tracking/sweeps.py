@@ -7,8 +7,11 @@ and each opens its own fluent run, which must not be nested in another."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow import MlflowClient
@@ -162,11 +165,14 @@ def latest_test_evaluations(uri: str, training_run_ids: list[str]) -> dict[str, 
 
 
 def _table(client: MlflowClient, run) -> dict[str, list] | None:
-    """The run's per-image test table as columns, read back with MLflow's own table reader."""
+    """The run's per-image test table as columns.  Read from the file `log_table` wrote (pandas' `split`
+    layout: column names, then rows; NaN as null): `MlflowClient.load_table` searches the process's
+    default tracking URI, not the client's (MLflow 3.17)."""
     if TEST_TABLE not in {a.path for a in client.list_artifacts(run.info.run_id)}:
         return None
-    frame = client.load_table(run.info.experiment_id, TEST_TABLE, run_ids=[run.info.run_id])
-    return {str(column): frame[column].tolist() for column in frame.columns}
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = json.loads(Path(client.download_artifacts(run.info.run_id, TEST_TABLE, tmp)).read_text())
+    return {str(name): [row[i] for row in saved["data"]] for i, name in enumerate(saved["columns"])}
 
 
 def find_parent_run(uri: str, name_or_id: str) -> str:
