@@ -5,6 +5,11 @@ name (its latest run so named, e.g. an experiment preset's name).  The table has
 the overrides that differ between the jobs, best validation mean IoU and Dice over the epochs,
 epochs run, wall time and training throughput.  It is printed (text, Markdown or CSV), optionally
 written to a file, and logged to the parent run as `report.md` and `report.csv`.
+
+Jobs whose model was scored on the test split (`python -m seglab.evaluate model_uri=runs:/<job's run
+id>/model ...`) are ranked by their test mean IoU, with its 95 % interval from a paired bootstrap over
+the test images and a mark for the jobs not distinguishable from the best (seglab.engine.compare);
+that comparison is also drawn and logged to the parent run as `test_mean_iou.png`.
 """
 
 # Lazy imports: MLflow loads once the arguments are parsed: `--help` and a mistake answer at once.
@@ -16,6 +21,8 @@ import io
 import math
 import os
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,14 +30,22 @@ from matplotlib.figure import Figure
 
 from seglab import console, errors
 from seglab.config import preflight
-from seglab.engine import lifecycle
+from seglab.engine import compare, lifecycle
 from seglab.tracking import tags
-from seglab.tracking.sweeps import ChildRun
+from seglab.tracking.sweeps import TEST_TABLE, ChildRun, EvalRun
 from seglab.util import objective
 
 COLUMNS = ("job", "status", "overrides", "val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s", "run_id", "error")
-METRIC_COLUMNS = ("val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s")
+METRIC_COLUMNS = ("test_mean_iou", "val_mean_iou", "val_mean_dice", "epochs", "wall_s", "images_per_s")
 ERROR_CHARS = 80
+# Only when some job has a test evaluation, after `overrides`: the interval in one cell for reading, in two for a CSV.
+TEST_COLUMNS = ("test_mean_iou", "test_95ci", "vs_best")
+TEST_CSV_COLUMNS = ("test_mean_iou", "test_ci_low", "test_ci_high", "vs_best")
+BEST, NOT_DISTINGUISHABLE, WORSE, DIFFERENT = "best", "~best", "worse", "differs"
+TEST_CHART = "test_mean_iou.png"
+TITLE_CHARS = 100  # per line of the chart's title (add_test_scores' note)
+LEGEND = (f"{NOT_DISTINGUISHABLE}: not distinguishable from the best (the 95% interval of best - job holds 0); "
+          f"{WORSE}: below the best (that interval lies above 0)")
 
 
 def _best(values: list[float], metric: str) -> float | None:
@@ -81,16 +96,55 @@ def best(table: list[dict[str, Any]], optimize_metric: str) -> dict[str, Any] | 
     return next(r for r in finished if r["objective"] == top)
 
 
-SORTABLE = (*COLUMNS, "objective")
+SORTABLE = (*COLUMNS, "objective", "test_mean_iou")
 
 
 def sort(table: list[dict[str, Any]], column: str, ascending: bool = False) -> list[dict[str, Any]]:
-    """Rows by `column`; rows without a value (failed jobs) last either way."""
+    """Rows by `column`; rows without a value (failed jobs, jobs not tested) last either way."""
     if column not in SORTABLE:
         raise SystemExit(f"--sort {column!r} is not a column; choose one of {', '.join(SORTABLE)}")
-    present = [r for r in table if r[column] is not None]
-    missing = [r for r in table if r[column] is None]
+    present = [r for r in table if r.get(column) is not None]
+    missing = [r for r in table if r.get(column) is None]
     return sorted(present, key=lambda r: r[column], reverse=not ascending) + missing
+
+
+def tested(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in table if r.get("test_mean_iou") is not None]
+
+
+def add_test_scores(table: list[dict[str, Any]], evaluations: dict[str, EvalRun]) -> str:
+    """Give each row (in place) its job's test mean IoU (`evaluations`: training run id -> its test
+    evaluation) and, when every tested job's per-image table covers the same images, its 95 % paired
+    bootstrap interval and how it stands to the best (`vs_best`).  One line saying what was done or why
+    there are no intervals; "" when no job was tested."""
+    for r in table:
+        found = evaluations.get(r["run_id"])
+        r.update(test_mean_iou=found.mean_iou if found else None, test_ci_low=None, test_ci_high=None, test_95ci=None,
+                 vs_best=None)
+    rows_tested = tested(table)
+    if not rows_tested:
+        return ""
+    missing = [r["job"] for r in rows_tested if evaluations[r["run_id"]].table is None]
+    if missing:
+        return f"test: job {', '.join(map(str, missing))} has no per-image table ({TEST_TABLE}): no intervals"
+    counts, why_not = compare.align([compare.counts_from_table(evaluations[r["run_id"]].table) for r in rows_tested])
+    if counts is None:
+        return f"test: {why_not}"
+    result = compare.paired_bootstrap(counts)
+    for i, r in enumerate(rows_tested):
+        r.update(test_ci_low=float(result.low[i]), test_ci_high=float(result.high[i]), vs_best=_standing(result, i),
+                 test_95ci=f"[{result.low[i]:.4f}, {result.high[i]:.4f}]")
+    return f"test: {result.images} images; 95% intervals: percentiles of {result.resamples} paired bootstrap resamples of them"
+
+
+def _standing(result: compare.Comparison, job: int) -> str:
+    """`vs_best` of a job.  A job with a lower mIoU than the best whose interval of best - job lies below 0 is
+    possible in principle (percentile intervals are not centred on the estimate): it `differs`."""
+    if job == result.best:
+        return BEST
+    if not result.distinguishable[job]:
+        return NOT_DISTINGUISHABLE
+    return WORSE if result.diff_low[job] > 0 else DIFFERENT
 
 
 def _cell(value: Any, column: str = "") -> str:
@@ -101,12 +155,16 @@ def _cell(value: Any, column: str = "") -> str:
     return str(value)
 
 
-def _header(optimize_metric: str) -> list[str]:
-    return list(COLUMNS) if optimize_metric in COLUMNS else [*COLUMNS[:5], "objective", *COLUMNS[5:]]
+def _header(optimize_metric: str, table: list[dict[str, Any]], test_columns: tuple[str, ...] = TEST_COLUMNS) -> list[str]:
+    header = list(COLUMNS) if optimize_metric in COLUMNS else [*COLUMNS[:5], "objective", *COLUMNS[5:]]
+    if tested(table):
+        at = header.index("overrides") + 1
+        header[at:at] = test_columns
+    return header
 
 
 def to_markdown(table: list[dict[str, Any]], optimize_metric: str = "val_mean_iou") -> str:
-    header = _header(optimize_metric)
+    header = _header(optimize_metric, table)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if h in METRIC_COLUMNS else "---" for h in header) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(h), h).replace("|", "\\|") for h in header) + " |" for r in table]
     return "\n".join(lines) + "\n"
@@ -115,14 +173,14 @@ def to_markdown(table: list[dict[str, Any]], optimize_metric: str = "val_mean_io
 def to_csv(table: list[dict[str, Any]], optimize_metric: str = "val_mean_iou") -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    header = _header(optimize_metric)
+    header = _header(optimize_metric, table, TEST_CSV_COLUMNS)
     writer.writerow(header)
     writer.writerows([["" if r.get(h) is None else r.get(h) for h in header] for r in table])
     return out.getvalue()
 
 
 def to_text(table: list[dict[str, Any]], optimize_metric: str = "val_mean_iou") -> str:
-    header = _header(optimize_metric)
+    header = _header(optimize_metric, table)
     cells = [header] + [[_cell(r.get(h), h) for h in header] for r in table]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells) + "\n"
@@ -149,6 +207,29 @@ def plot_objective(table: list[dict[str, Any]], optimize_metric: str, path: Path
     return path
 
 
+def plot_test(table: list[dict[str, Any]], note: str, path: Path) -> Path:
+    """A point per tested job, best first: its test mean IoU with its 95 % interval as a bar, coloured and
+    labelled by how it stands to the best (`vs_best`; no bars, grey, when there are no intervals)."""
+    rows_tested = sorted(tested(table), key=lambda r: r["test_mean_iou"], reverse=True)
+    colors = {BEST: "tab:blue", NOT_DISTINGUISHABLE: "tab:green"}  # the others grey
+    fig = Figure(figsize=(8, 1.4 + 0.35 * len(rows_tested) + 0.15 * note.count("\n")))
+    ax = fig.subplots()
+    for i, r in enumerate(rows_tested):
+        point = r["test_mean_iou"]
+        error = None if r["test_ci_low"] is None else [[point - r["test_ci_low"]], [r["test_ci_high"] - point]]
+        ax.errorbar(point, i, xerr=error, fmt="o", color=colors.get(r["vs_best"], "tab:gray"), capsize=4)
+    labels = [f"{r['job']}: {r['overrides']}" + (f"  [{r['vs_best']}]" if r["vs_best"] else "") for r in rows_tested]
+    ax.set_yticks(range(len(rows_tested)), labels, fontsize=8)
+    for tick, r in zip(ax.get_yticklabels(), rows_tested):
+        tick.set_color(colors.get(r["vs_best"], "black"))
+    ax.set_ylim(len(rows_tested) - 0.5, -0.5)
+    ax.set_xlabel("test mean IoU (95% paired bootstrap interval)")
+    fig.suptitle("\n".join(textwrap.fill(line, TITLE_CHARS) for line in note.splitlines()), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
 FORMATS = {"text": to_text, "markdown": to_markdown, "csv": to_csv}
 
 
@@ -157,11 +238,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep", help="parent run id, MLflow experiment name (its latest sweep), or a sweep's run name")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    parser.add_argument("--sort", default="objective", choices=SORTABLE, metavar="COLUMN", help=f"column to sort by (default: the sweep's optimize_metric); one of {', '.join(SORTABLE)}")
+    parser.add_argument("--sort", choices=SORTABLE, metavar="COLUMN",
+                        help="column to sort by (default: test_mean_iou when a job was evaluated on the test split, else "
+                             f"the sweep's optimize_metric); one of {', '.join(SORTABLE)}")
     parser.add_argument("--ascending", action="store_true", help="smallest first (default: largest first; best first for the objective)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="text")
     parser.add_argument("--output", type=Path, help="also write the table to this file (.csv or .md picks the format)")
-    parser.add_argument("--no-log", action="store_true", help="do not log report.md / report.csv to the parent run")
+    parser.add_argument("--no-log", action="store_true",
+                        help=f"do not log report.md, report.csv and {TEST_CHART} to the parent run")
     parser.add_argument("--verbose", action="store_true", help="MLflow's own notices too")
     args = parser.parse_args(argv)
     console.quiet(args.verbose)
@@ -175,17 +259,28 @@ def main(argv: list[str] | None = None) -> None:
     children = sweep_runs.child_runs(args.tracking_uri, parent)
     metric = next((c.params["optimize_metric"] for c in children if "optimize_metric" in c.params), "val_mean_iou")
     table = rows(children, metric)
-    best_first_ascending = args.sort == "objective" and objective.minimized(metric)
-    table = sort(table, args.sort, args.ascending or best_first_ascending)
+    finished = [r["run_id"] for r in table if r["status"] == "FINISHED"]
+    note = add_test_scores(table, sweep_runs.latest_test_evaluations(args.tracking_uri, finished))
+    column = args.sort or ("test_mean_iou" if note else "objective")
+    best_first_ascending = column == "objective" and objective.minimized(metric)
+    table = sort(table, column, args.ascending or best_first_ascending)
     # The summary goes before the table, except into a CSV: that stays plain CSV, header first (the summary to stderr).
     summary = sys.stderr if args.format == "csv" else sys.stdout
-    summary.write(f"sweep {parent}: {len(table)} jobs, {sum(r['status'] == 'FINISHED' for r in table)} finished\n")
+    summary.write(f"sweep {parent}: {len(table)} jobs, {sum(r['status'] == 'FINISHED' for r in table)} finished"
+                  f"{f', {len(tested(table))} tested' if note else ''}\n")
     sys.stdout.write(FORMATS[args.format](table, metric))
+    if note:
+        note += f"\n{LEGEND}" if any(r["vs_best"] for r in table) else ""
+        summary.write(note + "\n")
     if args.output:
         fmt = {".csv": "csv", ".md": "markdown"}.get(args.output.suffix, args.format)
         args.output.write_text(FORMATS[fmt](table, metric))
     if not args.no_log:
-        sweep_runs.log_to_run(args.tracking_uri, parent, texts={"report.md": to_markdown(table, metric), "report.csv": to_csv(table, metric)})
+        with tempfile.TemporaryDirectory() as tmp:
+            chart = {str(plot_test(table, note, Path(tmp) / TEST_CHART)): ""} if note else {}
+            markdown = to_markdown(table, metric) + (f"\n{note}\n" if note else "")
+            texts = {"report.md": markdown, "report.csv": to_csv(table, metric)}
+            sweep_runs.log_to_run(args.tracking_uri, parent, texts=texts, files=chart)
 
 
 def cli() -> None:

@@ -7,8 +7,11 @@ and each opens its own fluent run, which must not be nested in another."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from mlflow import MlflowClient
@@ -38,6 +41,19 @@ class ChildRun:
 
 
 HISTORY_KEYS = ("val_mean_iou", "val_mean_dice", "val_loss", "val_pixel_accuracy", "train_images_per_second")
+
+TEST_SPLIT = "test"
+TEST_TABLE = f"per_image_{TEST_SPLIT}.json"  # what seglab.engine.per_image.log names the test split's table
+TEST_METRIC = f"{TEST_SPLIT}_mean_iou"
+
+
+@dataclass
+class EvalRun:
+    """A job's evaluation on the test split (seglab.evaluate) as plain values."""
+
+    run_id: str
+    mean_iou: float | None  # its logged `test_mean_iou`
+    table: dict[str, list] | None  # `per_image_test.json`'s columns (NaN where a score is undefined); None: not logged
 
 
 def _client(uri: str) -> MlflowClient:
@@ -131,6 +147,32 @@ def child_runs(uri: str, parent_run_id: str) -> list[ChildRun]:
             run.info.start_time, run.info.end_time, history,
         ))
     return children
+
+
+def latest_test_evaluations(uri: str, training_run_ids: list[str]) -> dict[str, EvalRun]:
+    """For each training run that has one, its latest FINISHED evaluation run on the test split (tagged
+    `seglab.training_run_id` and `seglab.split=test`), by training run id."""
+    client = _client(uri)
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    found = {}
+    for run_id in training_run_ids:
+        where = (f"tags.`{keys.TRAINING_RUN}` = '{run_id}' and tags.`{keys.SPLIT}` = '{TEST_SPLIT}' "
+                 "and attributes.status = 'FINISHED'")
+        runs = client.search_runs(experiment_ids, filter_string=where, order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            found[run_id] = EvalRun(runs[0].info.run_id, runs[0].data.metrics.get(TEST_METRIC), _table(client, runs[0]))
+    return found
+
+
+def _table(client: MlflowClient, run) -> dict[str, list] | None:
+    """The run's per-image test table as columns.  Read from the file `log_table` wrote (pandas' `split`
+    layout: column names, then rows; NaN as null): `MlflowClient.load_table` searches the process's
+    default tracking URI, not the client's (MLflow 3.17)."""
+    if TEST_TABLE not in {a.path for a in client.list_artifacts(run.info.run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = json.loads(Path(client.download_artifacts(run.info.run_id, TEST_TABLE, tmp)).read_text())
+    return {str(name): [row[i] for row in saved["data"]] for i, name in enumerate(saved["columns"])}
 
 
 def find_parent_run(uri: str, name_or_id: str) -> str:
