@@ -177,3 +177,33 @@ def test_function_local_imports_only_keep_heavy_libraries_off_a_fast_path_and_sa
             unexplained.append(str(path.relative_to(ROOT)))
     assert not wrong, "function-local imports of light modules (import them at the top):\n" + "\n".join(wrong)
     assert not unexplained, f"modules with function-local imports but no {LAZY_NOTE!r} line saying why:\n" + "\n".join(unexplained)
+
+
+# The layers, top down (README, "Where things are"). A module imports only from its own layer or below. The
+# command names (`python -m seglab.<command>`: seglab/<command>.py and the packages' __main__.py) are two-line
+# entry points into seglab/cli/, above every layer. models/facts.py is the TensorFlow-free knowledge of the
+# architectures that the schema checks with, so it sits with the schema.
+LAYERS = (
+    ("entry points", lambda m: m.endswith(".__main__") or m.count(".") == 1 and m.split(".")[1] in ENTRY_POINTS),
+    ("cli", lambda m: m.startswith("seglab.cli.")),
+    ("engine", lambda m: m.startswith("seglab.engine.")),
+    ("models, data, tracking and the ML parts",
+     lambda m: m.split(".")[1] in ("models", "data", "tracking", "losses", "metrics", "inference", "schedules")
+     and m != "seglab.models.facts"),
+    ("config", lambda m: m.startswith("seglab.config.") or m == "seglab.models.facts"),
+    ("helpers", lambda m: True),
+)
+ENTRY_POINTS = ("evaluate", "predict", "report", "bench", "check_determinism", "export")
+
+
+def layer(module: str) -> int:
+    if module == "seglab":  # the package's __init__: the version, nothing else
+        return len(LAYERS) - 1
+    return next(i for i, (_, member) in enumerate(LAYERS) if member(module))
+
+
+def test_no_import_climbs_back_up_a_layer():
+    graph = import_graph()
+    climbs = [f"{a} ({LAYERS[layer(a)][0]}) -> {b} ({LAYERS[layer(b)][0]})"
+              for a, targets in sorted(graph.items()) for b in sorted(targets) if layer(b) < layer(a)]
+    assert not climbs, "imports that climb back up a layer:\n" + "\n".join(climbs)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seglab.cli import report
+from seglab.engine import summary
 from seglab.engine import lifecycle
 from seglab.tracking import tags as keys
 from seglab.tracking.sweeps import ChildRun, EvalRun
@@ -28,7 +28,7 @@ def test_overrides_with_spaces_and_equals_signs_stay_whole():
         _child(0, ["tracking.run_name=lr sweep a=1", "optimizer.learning_rate=0.001"], "k0", 1),
         _child(1, ["tracking.run_name=lr sweep a=1", "optimizer.learning_rate=0.01"], "k1", 2),
     ]
-    table = report.rows(children)
+    table = summary.rows(children)
     assert [r["combination"] for r in table] == [{"optimizer.learning_rate": "0.001"}, {"optimizer.learning_rate": "0.01"}]
 
 
@@ -38,9 +38,9 @@ def test_a_job_failed_then_rerun_counts_once_by_its_latest_run():
         _child(1, ["model.base_filters=16"], "k1", 2, status="FAILED", ious=()),
         _child(1, ["model.base_filters=16"], "k1", 50, ious=(0.3, 0.6)),  # the same job re-run by the resumed sweep
     ]
-    table = report.rows(children)
+    table = summary.rows(children)
     assert [(r["job"], r["status"], r["val_mean_iou"]) for r in table] == [(0, "FINISHED", 0.4), (1, "FINISHED", 0.6)]
-    assert report.best(table, "val_mean_iou")["job"] == 1
+    assert summary.best(table, "val_mean_iou")["job"] == 1
 
 
 def test_csv_output_is_plain_csv_header_first(tmp_path):
@@ -62,7 +62,7 @@ def test_csv_output_is_plain_csv_header_first(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     header, *table = list(csv.reader(done.stdout.splitlines()))
-    assert header == list(report.COLUMNS)
+    assert header == list(summary.COLUMNS)
     assert [(row[0], row[3]) for row in table] == [("1", "0.6"), ("0", "0.4")]  # best first
     assert f"sweep {parent}: 2 jobs, 2 finished" in done.stderr
 
@@ -142,19 +142,19 @@ def test_tested_jobs_get_the_interval_columns_and_the_mark_and_untested_ones_kee
     evaluations: dict = {}
     for job, tp in ((0, 90.0), (1, 90.0), (2, 40.0)):  # job 3 has no test evaluation
         _eval(evaluations, f"run{job}-{job}", tp)
-    table = report.rows(children)
-    note = report.add_test_scores(table, evaluations)
+    table = summary.rows(children)
+    note = summary.add_test_scores(table, evaluations)
     assert note.startswith("test: 4 images; 95% intervals: percentiles of 2000 paired bootstrap resamples")
-    table = report.sort(table, "test_mean_iou")
+    table = summary.sort(table, "test_mean_iou")
     assert [(r["job"], r["vs_best"]) for r in table] == [(0, "best"), (1, "~best"), (2, "worse"), (3, None)]
     assert table[0]["test_95ci"] == f"[{90 / 110:.4f}, {90 / 110:.4f}]"  # every image alike: no spread
-    text = report.to_text(table).splitlines()
+    text = summary.to_text(table).splitlines()
     assert text[0].split()[:6] == ["job", "status", "overrides", "test_mean_iou", "test_95ci", "vs_best"]
-    assert report.to_csv(table).splitlines()[0].startswith("job,status,overrides,test_mean_iou,test_ci_low,test_ci_high,vs_best,")
-    untested = report.rows(children)
-    assert report.add_test_scores(untested, {}) == "" and report.to_csv(untested).splitlines()[0] == ",".join(report.COLUMNS)
+    assert summary.to_csv(table).splitlines()[0].startswith("job,status,overrides,test_mean_iou,test_ci_low,test_ci_high,vs_best,")
+    untested = summary.rows(children)
+    assert summary.add_test_scores(untested, {}) == "" and summary.to_csv(untested).splitlines()[0] == ",".join(summary.COLUMNS)
     _eval(evaluations, "run1-1", 90.0, names=("a", "b", "c", "e"))
-    assert "not tested on the same images" in report.add_test_scores(report.rows(children), evaluations)
+    assert "not tested on the same images" in summary.add_test_scores(summary.rows(children), evaluations)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from seglab.errors import UserError
+from seglab.models import inference_model
 from seglab.util import atomic
 
 if TYPE_CHECKING:  # Keras loads where a model is built or loaded: the file names below are read before TensorFlow loads
@@ -138,14 +139,6 @@ def _check_signature(path, saved, model: keras.Model) -> None:
         f"checkpoint {path} was saved from another architecture than the configured model ({detail}). "
         "Resume it with the config it was trained with, or start a new run with trainer.resume=never."
     )
-
-
-def inference_model(model: keras.Model) -> keras.Model:
-    """The same layers and weights without the compiled loss, metrics and optimizer, so the saved
-    file loads with plain Keras (no seglab classes needed) and takes raw [0, 1] RGB images."""
-    import keras
-
-    return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 def load_model(path: str | Path) -> keras.Model:

@@ -288,7 +288,7 @@ class MlflowSweep(Callback):
 
     def _end(self, config: DictConfig) -> str | None:
         """Summarise the sweep on its parent and end it; the line naming the failed jobs, None when all finished."""
-        from seglab.cli import report
+        from seglab.engine import summary  # matplotlib and MLflow: only when a sweep ends
         from seglab.tracking import sweeps as sweep_runs
 
         assert self.uri and self.parent_run_id, "on_multirun_end without on_multirun_start"
@@ -296,13 +296,13 @@ class MlflowSweep(Callback):
         metric = config.optimize_metric
         sweep_runs.kill_running_children(uri, parent, ORPHAN_ERROR)
         children = sweep_runs.child_runs(uri, parent)
-        rows = report.rows(children, metric)
+        rows = summary.rows(children, metric)
         succeeded = sum(r["status"] == "FINISHED" for r in rows)
         metrics: dict[str, float] = {"jobs_total": len(rows), "jobs_succeeded": succeeded, "jobs_failed": len(rows) - succeeded}
         params: dict[str, Any] = {}
         tags: dict[str, Any] = {}
-        texts = {"summary.md": report.to_markdown(rows, metric), "summary.csv": report.to_csv(rows, metric)}
-        best = report.best(rows, metric)
+        texts = {"summary.md": summary.to_markdown(rows, metric), "summary.csv": summary.to_csv(rows, metric)}
+        best = summary.best(rows, metric)
         if best is not None:
             metrics[f"best_{metric}"] = best["objective"]
             tags[keys.BEST_RUN] = best["run_id"]
@@ -313,7 +313,7 @@ class MlflowSweep(Callback):
             params.update({f"best.{k}": v for k, v in (study.get("best_params") or {}).items()})
             texts["optimization_results.yaml"] = optuna_results.read_text()
         with tempfile.TemporaryDirectory() as tmp:
-            plot = report.plot_objective(rows, metric, Path(tmp) / "objective.png")
+            plot = summary.plot_objective(rows, metric, Path(tmp) / "objective.png")
             tags[keys.SWEEP_ENDED] = "true"  # a re-run of this sweep starts a new one instead of reopening it
             sweep_runs.log_to_run(uri, parent, metrics=metrics, params=params, tags=tags, texts=texts, files={str(plot): ""})
         sweep_runs.end_run(uri, parent, failed=succeeded == 0)

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from seglab.config import inference as inference_config
 from seglab.config.check import ConfigError
 from seglab.config.inference import InferenceOptions
-from seglab.engine import checkpoint
+from seglab.models import inference_model
 from seglab.util import images
 
 KERAS_ARTIFACT = "keras_model"
@@ -159,7 +159,7 @@ def log_served_model(keras_model, name: str, step: int = 0):
                     f"mlflow=={mlflow.__version__}", "pandas", *keras_hub_requirement(keras_model)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
-        checkpoint.save_model(path, keras_model)
+        inference_model(keras_model).save(path)  # a file of the temporary directory: no other reader
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(Path(__file__).with_name("served_entry.py")), artifacts={KERAS_ARTIFACT: str(path)}, signature=SIGNATURE,
             input_example=input_example(int(keras_model.input_shape[1])), model_config={"max_pixels": MAX_PIXELS},
