@@ -207,6 +207,8 @@ def test_find_reads_the_coco_2017_layout_and_a_single_json(data, tmp_path):
     (root / "annotations" / "instances_train2017.json").rename(single / "labels.json")
     assert coco_source.find(single / "labels.json") == {
         "path": str(single), "train": {"annotations": "labels.json", "images": "."}, "val": None, "test": None}
+    carved = coco_source.build(**coco_source.find(single / "labels.json"), cache_dir=str(cache))
+    assert int(carved.train.cardinality()) + int(carved.val.cardinality()) == 4
 
     (tmp_path / "other" / "annotations").mkdir(parents=True)
     (tmp_path / "other" / "annotations" / "instances_train2017.json").write_text('{"captions": []}')

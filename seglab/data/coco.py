@@ -320,7 +320,8 @@ def select(coco: COCO, part: Part, label_of: dict[int, int], negative_fraction: 
     which keeps them all) the images with a category plus seeded others making up `negative_fraction`."""
     image_ids = sorted(coco.imgs)
     if part.carve is not None:
-        in_val = set(np.random.default_rng(seed).permutation(image_ids)[: round(len(image_ids) * part.carve)].tolist())
+        share = min(len(image_ids) - 1, max(1, round(len(image_ids) * part.carve)))  # one image each at least
+        in_val = set(np.random.default_rng(seed).permutation(image_ids)[:share].tolist())
         image_ids = [i for i in image_ids if (i in in_val) == (part.role == "val")]
     if not image_ids:
         raise DataError(f"{part.annotations}: the {part.role} split has no images; check data.source.{part.role}"
