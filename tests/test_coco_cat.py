@@ -13,7 +13,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from seglab.data import DataError, coco_cat
+from seglab.data import DataError
+from seglab.data import coco as coco_source
 from tests.conftest import run_cli
 
 CAT, DOG = 17, 18  # COCO's ids; seglab must look the cat up by name, so the dog comes first
@@ -106,7 +107,8 @@ def coco(tmp_path):
 
 
 def build(root, cache, **kw):
-    return coco_cat.build(path=str(root), cache_dir=str(cache), shards=2, ignore_index=IGNORE, **kw)
+    kw = {"categories": ["cat"], "negative_fraction": 0.0, **kw}  # the data=coco_cat preset
+    return coco_source.build(path=str(root), cache_dir=str(cache), shards=2, ignore_index=IGNORE, **kw)
 
 
 def test_masks_match_pycocotools_pixel_for_pixel(coco):
@@ -149,7 +151,7 @@ def test_negatives_are_a_seeded_share_of_cat_free_images(coco):
 
 def test_crowd_counts_as_cat_without_ignore_index(coco):
     root, cache = coco
-    splits = coco_cat.build(path=str(root), cache_dir=str(cache), ignore_index=None)
+    splits = coco_source.build(path=str(root), cache_dir=str(cache), ignore_index=None, categories=["cat"], negative_fraction=0.0)
     expected = expected_masks(root, "train2017")[42]
     np.testing.assert_array_equal(by_width(splits.train)[42][1], np.where(expected == IGNORE, 1, expected))
 
@@ -163,7 +165,7 @@ def test_conversion_is_cached_and_reused(coco, caplog):
     build(root, cache)
     first = shards(cache)
     assert len(first) == 3  # train: 3 images in 2 shards; val: 1 image, 1 shard
-    with caplog.at_level(logging.INFO, logger="seglab.data.coco_cat"):
+    with caplog.at_level(logging.INFO, logger="seglab.data.coco"):
         build(root, cache)
     assert shards(cache) == first
     assert caplog.text.count("reusing") == 2
@@ -196,7 +198,7 @@ def test_corrupt_image_is_skipped_and_named(tmp_path, caplog, content):
     root = write_coco(tmp_path / "coco")
     victim = root / "train2017" / f"{2:012d}.jpg"
     victim.write_bytes(victim.read_bytes()[:200] if content == "truncated" else content)
-    with caplog.at_level(logging.WARNING, logger="seglab.data.coco_cat"):
+    with caplog.at_level(logging.WARNING, logger="seglab.data.coco"):
         splits = build(root, tmp_path / "cache")
     assert str(victim) in caplog.text and "skipped 1 image" in caplog.text
     assert sorted(by_width(splits.train)) == [40, 42]  # image 2 (width 41) is left out, the others are kept
@@ -230,7 +232,7 @@ def test_problems_are_clear_errors_before_training(tmp_path):
         build(root, cache)
 
     with pytest.raises(DataError, match="no category named 'kitten'"):
-        build(write_coco(tmp_path / "ok"), cache, category="kitten")
+        build(write_coco(tmp_path / "ok"), cache, categories=["kitten"])
 
     with pytest.raises(DataError, match="data.num_classes=3 contradicts"):
         build(tmp_path / "ok", cache, num_classes=3)

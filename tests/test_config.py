@@ -33,6 +33,11 @@ def _cheap(group: str, option: str, tmp_path: Path) -> list[str]:
         from tests.test_coco_cat import write_coco
 
         return ["data.image_size=32", f"data.source.path={write_coco(tmp_path / 'coco')}", f"data.source.cache_dir={tmp_path / 'cache'}"]
+    if group == "data" and option == "coco":
+        from tests.test_coco import write_coco as write_coco_categories
+
+        return ["data.image_size=32", f"data.source.path={write_coco_categories(tmp_path / 'coco')}",
+                f"data.source.cache_dir={tmp_path / 'cache'}", "data.num_classes=4", "data.class_names=[background,person,dog,cat]"]
     if group == "model" and option == "deeplabv3plus":
         return ["data.image_size=32", "model.depth=18"]  # its depth is ResNet's
     if group == "model" and option == "segformer":

@@ -132,37 +132,9 @@ class PetsSourceConfig:
         )
 
 
-@dataclass
-class CocoCatSourceConfig:
-    """COCO 2017 instances -> binary cat masks, converted once to sharded TFRecords."""
-
-    _target_: str = MISSING
-    path: str = MISSING  # holds annotations/instances_<split>.json and <split>/ image folders
-    cache_dir: str = MISSING  # TFRecords, one subfolder per conversion setting
-    category: str = MISSING  # COCO category name (its id is looked up in the annotation file)
-    train_split: str = MISSING
-    val_split: str = MISSING
-    negative_fraction: float = MISSING  # share of each converted split made of images without the category
-    shards: int = MISSING  # TFRecord files per split (read in parallel)
-    seed: int = MISSING  # which cat-free images are picked as negatives
-    ignore_index: Optional[int] = MISSING
-    num_classes: int = MISSING
-    deterministic: bool = MISSING
-
-    def __post_init__(self) -> None:
-        fraction = self.negative_fraction
-        require(0.0 <= fraction < 1.0, "data.source.negative_fraction", fraction, "use a fraction in [0, 1)")
-        require(self.shards >= 1, "data.source.shards", self.shards, "use an integer >= 1")
-        require(
-            self.ignore_index is None or 2 <= self.ignore_index <= 255, "data.ignore_index", self.ignore_index,
-            "COCO masks are stored as 8-bit PNG: use null (crowd counts as cat) or a label in 2..255 (e.g. 255)",
-        )
-
-
 # The ConfigStore entries (GROUP/NAME) that the option YAMLs name in their defaults lists.
 SCHEMAS = {
     "data/data_schema": DataConfig,
     "data/source/shapes_schema": ShapesSourceConfig,
     "data/source/pets_schema": PetsSourceConfig,
-    "data/source/coco_cat_schema": CocoCatSourceConfig,
 }

@@ -1,0 +1,470 @@
+"""COCO-format instance annotations (Lin et al., ECCV 2014) -> semantic masks, for any list of categories.
+
+Each split (`train`, `val`, optionally `test`) is an instances JSON (`annotations`) and the folder of its
+images (`images`), both relative to `path`; the defaults are COCO 2017's layout.  Without a `val` file, a
+seeded `val_fraction` of the train file's images is the validation split.  The classes are background 0,
+then `categories` in their order, looked up by name (null: every category of the train file, in the
+file's order; a name listed twice in a file is one class).
+
+A mask paints the image's non-crowd instances of those categories (polygons and RLE alike, pycocotools)
+from the largest to the smallest, so where two instances overlap the SMALLER one wins (a cat on a sofa
+stays a cat); of two with the same area, the later annotation in the file wins.  Crowd regions
+(iscrowd=1) that no instance covers get `ignore_index` (with `ignore_index: null` they count as their
+category).  `negative_fraction` keeps the images holding one of the categories plus that share of images
+without any (picked with `seed`); null keeps every image of the file.
+
+The conversion runs once per content and setting and writes sharded TFRecords (the JPEG or PNG bytes as
+they are, the mask as an 8-bit PNG) under `cache_dir/<image folder>-<key>/`, the key a digest of the
+annotation file's bytes, the image folder and every setting that changes the records.  Each shard is
+written under a temporary name and renamed when complete, and a split's manifest is written last, so an
+interrupted conversion leaves nothing a later run would trust; that run converts the missing shards.
+Reading is a parallel `TFRecordDataset` pipeline.
+"""
+
+# Lazy imports: this module is imported while the config is checked (seglab/config/sources.py calls `check`
+# and `find` runs for `python -m seglab.data inspect`); TensorFlow loads only when the splits are built.
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+from tqdm import tqdm
+
+from seglab.config.check import ConfigError, require
+from seglab.data import DataError, Provenance, Splits, check_labels
+from seglab.util import atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # bump when the record layout or the mask rule changes: old caches are then ignored
+DOWNLOAD = "https://cocodataset.org/#download (2017 Train/Val images and 2017 Train/Val annotations)"
+TRAIN_2017 = {"annotations": "annotations/instances_train2017.json", "images": "train2017"}
+VAL_2017 = {"annotations": "annotations/instances_val2017.json", "images": "val2017"}
+ROLES = ("train", "val", "test")
+BACKGROUND = "background"
+KEPT_AS_IS = {"JPEG": ("L", "RGB"), "PNG": None}  # formats TensorFlow decodes as stored (None: any mode)
+MAX_NAMED = 5
+MAX_LABEL = 255  # masks are stored as 8-bit PNG
+HEAD_BYTES = 64  # enough to see the JSON object open
+TAIL_BYTES = 1 << 16  # COCO files end with their "categories"
+CHUNK_BYTES = 1 << 20
+
+
+def build(
+    path: str = "data/coco",
+    categories: Optional[list] = None,
+    train: dict = TRAIN_2017,
+    val: Optional[dict] = VAL_2017,
+    test: Optional[dict] = None,
+    val_fraction: float = 0.1,
+    cache_dir: str = "~/.cache/seglab/coco",
+    negative_fraction: Optional[float] = None,
+    shards: int = 8,
+    seed: int = 0,
+    ignore_index: Optional[int] = 255,
+    num_classes: Optional[int] = None,
+    class_names: Optional[list] = None,
+    deterministic: bool = True,
+) -> Splits:
+    """The `data=coco` source: `(uint8 RGB image (H, W, 3), int32 labels (H, W))` at each file's own size."""
+    if categories is not None:
+        _refuse(_contradiction(num_classes, class_names, list(categories), f"data.source.categories={list(categories)}"))
+    root = Path(path).expanduser()
+    parts = plan(root, train, val, test, val_fraction)
+    settings = dict(negative_fraction=negative_fraction, shards=shards, seed=seed, ignore_index=ignore_index)
+    classes = list(categories) if categories is not None else None
+    splits, about = {}, {}
+    for role, part in parts.items():  # train first: with categories null, its file fixes the classes
+        files, count, classes = convert(part, Path(cache_dir).expanduser(), classes=classes, **settings)
+        if role == "train" and categories is None:
+            _refuse(_contradiction(num_classes, class_names, classes, str(part.annotations)))
+        splits[role] = read(files, count, deterministic)
+        # Names for the splits per-image tables show, and only in a deterministic order.
+        names = record_names(files) if role != "train" and deterministic else None
+        about[role] = Provenance({"kind": "coco", "annotations": str(part.annotations), "images": str(part.images),
+                                  "categories": classes, "val_fraction": part.carve, **settings}, files=files, names=names)
+    check_labels(splits["train"], len(classes) + 1, ignore_index, f"coco ({parts['train'].annotations})")
+    return Splits(train=splits["train"], val=splits["val"], test=splits.get("test"), about=about)
+
+
+def check(**arguments: Any) -> None:
+    """The ranges of `data.source` (its keys and types are checked against `build`'s signature first)."""
+    bound = inspect.signature(build).bind(**arguments)
+    bound.apply_defaults()
+    a = bound.arguments
+    fraction = a["negative_fraction"]
+    require(fraction is None or 0.0 <= fraction < 1.0, "data.source.negative_fraction", fraction,
+            "use a fraction in [0, 1) (e.g. 0.2: a fifth of each split without any of the categories), or null for every image")
+    require(a["shards"] >= 1, "data.source.shards", a["shards"], "use an integer >= 1")
+    for role in ROLES:
+        entry = a[role]
+        require((entry is None and role != "train") or _is_split(entry), f"data.source.{role}", entry,
+                "give {annotations: FILE.json, images: DIR}, relative to data.source.path" + ("" if role == "train" else ", or null"))
+    if a["val"] is None:
+        require(0.0 < a["val_fraction"] < 1.0, "data.source.val_fraction", a["val_fraction"],
+                "use a fraction in (0, 1): with data.source.val null, that share of the train file's images is the validation split")
+    categories, num_classes, ignore = a["categories"], a["num_classes"], a["ignore_index"]
+    if categories is not None:
+        names = [str(name) for name in categories]
+        require(bool(names) and all(names), "data.source.categories", categories,
+                "name one category or more, e.g. [cat, dog], or null for every category of the file")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        require(not repeated, "data.source.categories", repeated, "name each category once")
+        problem = _contradiction(num_classes, a["class_names"], names, f"data.source.categories={names}")
+        if problem:
+            raise ConfigError(problem)
+    require(num_classes is None or num_classes <= MAX_LABEL + 1, "data.num_classes", num_classes,
+            f"COCO masks are stored as 8-bit PNG: use at most {MAX_LABEL + 1} classes")
+    lowest = num_classes if num_classes is not None else 2
+    require(ignore is None or lowest <= ignore <= MAX_LABEL, "data.ignore_index", ignore,
+            f"COCO masks are stored as 8-bit PNG: use null (crowd regions count as their category) or a label in "
+            f"{lowest}..{MAX_LABEL} (e.g. 255)")
+
+
+def _is_split(entry: Any) -> bool:
+    return isinstance(entry, dict) and set(entry) == {"annotations", "images"} and all(isinstance(v, str) for v in entry.values())
+
+
+def _contradiction(num_classes: Optional[int], class_names: Optional[list], names: list[str], where: str) -> Optional[str]:
+    """The line saying how data.num_classes / data.class_names disagree with the categories, or None."""
+    background = str(class_names[0]) if class_names else BACKGROUND
+    fix = f"data.num_classes={len(names) + 1} data.class_names=[{','.join([background, *names])}]"
+    if num_classes is not None and num_classes != len(names) + 1:
+        return (f"data.num_classes={num_classes} contradicts {where}: {len(names)} categor{'y' if len(names) == 1 else 'ies'} "
+                f"({', '.join(names)}) plus background make {len(names) + 1} classes; use {fix}.")
+    if class_names is not None and [str(name) for name in class_names[1:]] != names:
+        return (f"data.class_names={list(class_names)} contradicts {where}: class 0 is the background, then each category "
+                f"in that order; use {fix}.")
+    return None
+
+
+def _refuse(problem: Optional[str]) -> None:
+    if problem:
+        raise DataError(problem)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One split to convert: its instances file, its image folder, and for a split carved out of the train
+    file, the validation share (`carve`) that the val part takes and the train part leaves."""
+
+    role: str
+    annotations: Path
+    images: Path
+    carve: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        """What the cache folder, the manifest and the shards are named by: the image folder (train2017)."""
+        return f"{self.images.name}-{self.role}" if self.carve is not None else self.images.name
+
+
+def plan(root: Path, train: dict, val: Optional[dict], test: Optional[dict], val_fraction: float) -> dict[str, Part]:
+    """The splits' files, checked to exist (one line naming the missing one and the fix)."""
+    if not root.is_dir():
+        raise DataError(f"data.source.path={root} does not exist: give the folder of the COCO-format data "
+                        f"(COCO 2017: download it from {DOWNLOAD} and unpack it there).")
+    parts = {}
+    for role, entry in (("train", train), ("val", val), ("test", test)):
+        if entry is None:
+            continue
+        annotations, images = root / entry["annotations"], root / entry["images"]
+        if not annotations.is_file():
+            raise DataError(f"{annotations} is missing: set data.source.{role}.annotations to the split's instances JSON "
+                            f"(relative to {root}), or for COCO 2017 unpack annotations_trainval2017.zip into {root} (from {DOWNLOAD}).")
+        if not images.is_dir() or not any(images.iterdir()):
+            raise DataError(f"{images} is missing or empty: set data.source.{role}.images to the folder of the split's images "
+                            f"(relative to {root}), or for COCO 2017 unpack {images.name}.zip into {root} (from {DOWNLOAD}).")
+        parts[role] = Part(role, annotations, images)
+    if val is None:
+        parts["val"] = Part("val", parts["train"].annotations, parts["train"].images, carve=val_fraction)
+        parts["train"] = replace(parts["train"], carve=val_fraction)
+    return {role: parts[role] for role in ROLES if role in parts}
+
+
+def read(files: list[str], count: int, deterministic: bool):
+    """Shards -> `(uint8 image (H, W, 3), int32 mask (H, W))`, read and decoded in parallel."""
+    import tensorflow as tf
+
+    features = {"image": tf.io.FixedLenFeature([], tf.string), "mask": tf.io.FixedLenFeature([], tf.string)}
+
+    def decode(record):
+        example = tf.io.parse_single_example(record, features)
+        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)  # JPEG or PNG
+        image.set_shape([None, None, 3])
+        mask = tf.cast(tf.io.decode_png(example["mask"], channels=1)[..., 0], tf.int32)
+        return image, mask
+
+    pairs = _records(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return pairs.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def _records(files: list[str]):
+    """The shards' records in the one order `read` and `record_names` share."""
+    import tensorflow as tf
+
+    return tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+
+
+def record_names(files: list[str]) -> list[str]:
+    """Each record's image file name (as the JSON gives it), in `read`'s order; no image is decoded."""
+    import tensorflow as tf
+
+    feature = {"name": tf.io.FixedLenFeature([], tf.string)}
+    names = _records(files).map(lambda record: tf.io.parse_single_example(record, feature)["name"])
+    return [name.decode() for name in names.as_numpy_iterator()]
+
+
+def cache_key(part: Part, **settings: Any) -> str:
+    """A digest of what the records hold: the annotation file's bytes, the image folder, the settings."""
+    with part.annotations.open("rb") as file:
+        content = hashlib.file_digest(file, "sha256").hexdigest()
+    described = dict(format=FORMAT_VERSION, annotations=content, images=str(part.images.resolve()), role=part.role,
+                     carve=part.carve, **settings)
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def convert(part: Part, cache_dir: Path, *, classes: Optional[list[str]], negative_fraction: Optional[float],
+            shards: int, seed: int, ignore_index: Optional[int]) -> tuple[list[str], int, list[str]]:
+    """Convert one split once; its shard files, number of examples and class names (reusing a complete cache)."""
+    settings = dict(classes=classes, negative_fraction=negative_fraction, shards=shards, seed=seed, ignore_index=ignore_index)
+    out = cache_dir / f"{part.label}-{cache_key(part, **settings)}"
+    manifest = out / f"{part.label}.json"
+    if manifest.is_file():
+        done = json.loads(manifest.read_text())
+        files = [str(out / name) for name in done["shards"]]
+        if all(Path(f).is_file() for f in files):
+            log.info("coco %s: reusing %d examples in %s", part.label, done["count"], out)
+            return files, done["count"], done["classes"]
+
+    coco = load_annotations(part.annotations)
+    classes, label_of = resolve(coco, classes, str(part.annotations))
+    image_ids = select(coco, part, label_of, negative_fraction, seed)
+    missing = [coco.imgs[i]["file_name"] for i in image_ids if not (part.images / coco.imgs[i]["file_name"]).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} images listed in {part.annotations} are missing from {part.images}, e.g. "
+                        f"{', '.join(missing[:MAX_NAMED])}: put them there, or point data.source.{part.role}.images at "
+                        f"their folder (COCO 2017: unpack {part.images.name}.zip from {DOWNLOAD}).")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(dict(annotations=str(part.annotations), images=str(part.images),
+                                                       carve=part.carve, **settings), indent=1))
+    names = write_shards(out, part, coco, label_of, image_ids, shards, ignore_index)
+    # Shards of an earlier, interrupted conversion were written by the same rules: read their counts back.
+    count = sum(1 for name in names for _ in _records([str(out / name)]))
+    if count == 0:
+        raise DataError(f"coco {part.label}: none of the {len(image_ids)} selected images in {part.images} can be decoded.")
+    atomic.write_bytes(manifest, json.dumps(dict(count=count, shards=names, classes=classes)).encode())
+    log.info("coco %s: wrote %d examples in %d shards to %s", part.label, count, len(names), out)
+    return [str(out / name) for name in names], count, classes
+
+
+def write_shards(out: Path, part: Part, coco: COCO, label_of: dict[int, int], image_ids: list[int], shards: int,
+                 ignore_index: Optional[int]) -> list[str]:
+    """Write the shards not there yet (image i goes to shard i mod n); their names, complete ones included."""
+    for stale in atomic.leftovers(out):  # left by an interrupted conversion (not by another job still converting)
+        stale.unlink(missing_ok=True)
+    n_shards = min(shards, len(image_ids))
+    names = [f"{part.label}-{i:05d}-of-{n_shards:05d}.tfrecord" for i in range(n_shards)]
+    todo = [i for i, name in enumerate(names) if not (out / name).is_file()]
+    skipped: list[str] = []
+    total = sum(len(image_ids[i::n_shards]) for i in todo)
+    with tqdm(total=total, desc=f"coco {part.label} -> TFRecords", unit="img", mininterval=1.0) as bar:
+        for i in todo:
+            skipped += _write_shard(out / names[i], coco, label_of, part, image_ids[i::n_shards], ignore_index, bar)
+    if skipped:
+        log.warning("coco %s: skipped %d image(s) that cannot be decoded: %s", part.label, len(skipped),
+                    ", ".join(skipped[:MAX_NAMED]))
+    return names
+
+
+def load_annotations(annotations: Path) -> COCO:
+    """pycocotools' index of an instances file; a DataError naming the file when it is not one (cut short
+    by an interrupted download or unpacking, or another JSON file), instead of a JSONDecodeError without it."""
+    again = f"write or unpack it again (COCO 2017: annotations_trainval2017.zip from {DOWNLOAD})"
+    try:
+        return COCO(str(annotations))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{annotations} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}): "
+                        f"the file is incomplete or damaged; {again}.") from None
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as err:  # JSON, but not COCO's layout
+        raise DataError(f"{annotations} is not a COCO instances file ({type(err).__name__}: {err}); {again}.") from None
+
+
+def resolve(coco: COCO, classes: Optional[list[str]], where: str) -> tuple[list[str], dict[int, int]]:
+    """The class names (null: the file's categories in its order) and each category id's label (1, 2, ...)."""
+    ids_of: dict[str, list[int]] = {}
+    for category in coco.dataset.get("categories", []):
+        ids_of.setdefault(str(category["name"]), []).append(category["id"])
+    if not ids_of:
+        raise DataError(f"{where} lists no categories: give a COCO instances file (its \"categories\" name each class).")
+    classes = list(ids_of) if classes is None else classes
+    unknown = [name for name in classes if name not in ids_of]
+    if unknown:
+        raise DataError(f"{where} has no category named {unknown[0]!r} (it has: {', '.join(ids_of)}): "
+                        "name categories from that list in data.source.categories.")
+    return classes, {cat_id: label for label, name in enumerate(classes, start=1) for cat_id in ids_of[name]}
+
+
+def select(coco: COCO, part: Part, label_of: dict[int, int], negative_fraction: Optional[float], seed: int) -> list[int]:
+    """The split's image ids: the train or val share of a carved file, then (unless `negative_fraction` is null,
+    which keeps them all) the images with a category plus seeded others making up `negative_fraction`."""
+    image_ids = sorted(coco.imgs)
+    if part.carve is not None:
+        share = min(len(image_ids) - 1, max(1, round(len(image_ids) * part.carve)))  # one image each at least
+        in_val = set(np.random.default_rng(seed).permutation(image_ids)[:share].tolist())
+        image_ids = [i for i in image_ids if (i in in_val) == (part.role == "val")]
+    if not image_ids:
+        raise DataError(f"{part.annotations}: the {part.role} split has no images; check data.source.{part.role}"
+                        + (" and data.source.val_fraction." if part.carve is not None else "."))
+    if negative_fraction is None:
+        return image_ids
+    holding = set().union(*(coco.catToImgs.get(cat_id, []) for cat_id in label_of))
+    positives = [i for i in image_ids if i in holding]
+    if not positives:
+        wanted = " or a ".join(repr(name) for name in dict.fromkeys(coco.cats[c]["name"] for c in label_of))
+        raise DataError(f"{part.annotations}: zero images contain a {wanted}; check data.source.path and the split files.")
+    others = [i for i in image_ids if i not in holding]
+    wanted = round(len(positives) * negative_fraction / (1.0 - negative_fraction))
+    negatives = np.random.default_rng(seed).permutation(others)[:wanted].tolist() if wanted else []
+    return sorted(positives + [int(i) for i in negatives])
+
+
+def mask_for(coco: COCO, image_id: int, label_of: dict[int, int], ignore_index: Optional[int]) -> np.ndarray:
+    """(H, W) uint8 labels: instances painted largest first, so the smaller wins where two overlap (equal
+    areas: the later annotation); crowd regions that no instance covers get `ignore_index`."""
+    info = coco.imgs[image_id]
+    mask = np.zeros((info["height"], info["width"]), np.uint8)
+    instances, crowds = [], []
+    for order, ann in enumerate(coco.loadAnns(coco.getAnnIds(imgIds=[image_id], catIds=list(label_of), iscrowd=None))):
+        region = coco.annToMask(ann).astype(bool)
+        if region.shape != mask.shape:
+            raise DataError(f"annotation {ann.get('id')} of image {info['file_name']} is {region.shape[1]}x{region.shape[0]} "
+                            f"but the image is {mask.shape[1]}x{mask.shape[0]} in the JSON: fix its RLE \"size\".")
+        (crowds if ann.get("iscrowd", 0) else instances).append((-int(region.sum()), order, label_of[ann["category_id"]], region))
+    if ignore_index is None:  # crowds count as their category, under the instances
+        for _, _, label, region in crowds:
+            mask[region] = label
+    covered = np.zeros(mask.shape, bool)
+    for _, _, label, region in sorted(instances, key=lambda item: item[:2]):
+        mask[region] = label
+        covered |= region
+    if ignore_index is not None:
+        for _, _, _, region in crowds:
+            mask[region & ~covered] = ignore_index
+    return mask
+
+
+def _write_shard(path: Path, coco: COCO, label_of: dict[int, int], part: Part, image_ids: list[int], ignore_index, bar) -> list[str]:
+    """Write one shard under a temporary name, renamed when complete; return the images skipped
+    because they cannot be decoded (each logged with its file)."""
+    import tensorflow as tf
+
+    skipped = []
+
+    def feature(value: bytes | int):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def write(temporary: str) -> None:
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for image_id in image_ids:
+                bar.update(1)
+                info = coco.imgs[image_id]
+                file = part.images / info["file_name"]
+                encoded = image_bytes(file, (info["width"], info["height"]), part.annotations)
+                if isinstance(encoded, str):
+                    log.warning("coco: skipping %s: %s", file, encoded)
+                    skipped.append(str(file))
+                    continue
+                png = io.BytesIO()
+                Image.fromarray(mask_for(coco, image_id, label_of, ignore_index)).save(png, "PNG")
+                record = {"image": feature(encoded), "mask": feature(png.getvalue()), "image_id": feature(int(image_id)),
+                          "name": feature(str(info["file_name"]).encode())}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=record)).SerializeToString())
+
+    atomic.write(path, write)  # a shard under its final name is always complete
+    return skipped
+
+
+def image_bytes(file: Path, size: tuple[int, int], annotations: Path) -> bytes | str:
+    """The file's bytes when TensorFlow decodes them as stored (JPEG, PNG), else re-encoded as PNG; or why it
+    cannot be decoded.  Decoding it fully here costs once per conversion; a broken file found by TensorFlow
+    would stop every epoch."""
+    encoded = file.read_bytes()
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            image.load()
+            if image.size != size:
+                raise DataError(f"{file} is {image.size[0]}x{image.size[1]} but {annotations} gives it {size[0]}x{size[1]}: "
+                                "the masks would not fit it; fix the file's \"width\"/\"height\" there or the image.")
+            modes = KEPT_AS_IS.get(image.format, ())
+            if modes is None or image.mode in modes:
+                return encoded
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "PNG")
+            return buffer.getvalue()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"not a readable image ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+
+
+def find(path: Path) -> Optional[dict]:
+    """The `data.source` arguments that read PATH as COCO, or None: PATH is a folder whose annotations/*.json
+    hold "images", "annotations" and "categories" (instances_train*.json the train split, *val* val, *test*
+    test), or such a JSON file itself (its images beside it or in a folder named by its split)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".json":
+        root = path.parent.parent if path.parent.name == "annotations" else path.parent
+        files = [path]
+    elif (path / "annotations").is_dir():
+        root, files = path, sorted((path / "annotations").glob("*.json"), key=lambda f: (not f.name.startswith("instances"), f.name))
+    else:
+        return None
+    found: dict[str, dict] = {}
+    for file in files:
+        role = next((r for r in ROLES if r in file.stem.lower()), None) or ("train" if len(files) == 1 else None)
+        images = _image_folder(root, file, role) if role and role not in found else None
+        if images is not None and _looks_like_coco(file):
+            found[role] = {"annotations": str(file.relative_to(root)), "images": str(images.relative_to(root)) or "."}
+    if "train" not in found:
+        return None
+    return {"path": str(root), "train": found["train"], "val": found.get("val"), "test": found.get("test")}
+
+
+def _image_folder(root: Path, file: Path, role: str) -> Optional[Path]:
+    """Where a split's images are: the folder named as the file after `instances_` (train2017), or by the split."""
+    named = file.stem.split("instances_")[-1]
+    candidates = [root / named, root / "images" / named, root / role, root / "images" / role, root / "images", file.parent]
+    return next((folder for folder in candidates if folder.is_dir() and folder.name != "annotations"
+                 and any(f.suffix.lower() in (".jpg", ".jpeg", ".png") for f in folder.iterdir())), None)
+
+
+def _looks_like_coco(file: Path) -> bool:
+    """Whether a JSON file has COCO's three keys, without parsing it: a 450 MB train file is read only up
+    to its "annotations" key (its "categories" end the file)."""
+    keys = [b'"images"', b'"annotations"', b'"categories"']
+    with file.open("rb") as stream:
+        if not stream.read(HEAD_BYTES).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+            return False
+        stream.seek(max(0, file.stat().st_size - TAIL_BYTES))
+        tail = stream.read()
+        keys = [key for key in keys if key not in tail]
+        stream.seek(0)
+        carried = b""
+        while keys:
+            chunk = stream.read(CHUNK_BYTES)
+            if not chunk:
+                return False
+            keys = [key for key in keys if key not in carried + chunk]
+            carried = chunk[-16:]
+    return True
