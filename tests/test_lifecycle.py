@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from seglab.engine import checkpoint, lifecycle
+from seglab.engine import checkpoint, claim, lifecycle
 from tests.conftest import ROOT, build_model
 
 
@@ -33,26 +33,26 @@ def test_run_key_ignores_length_outputs_and_logging_but_not_what_is_learned(comp
 
 
 def own_tags(**changes) -> dict[str, str]:
-    return {**lifecycle.owner_tags(), **changes}
+    return {**claim.owner_tags(), **changes}
 
 
 def test_owner_alive_by_pid_on_this_host_and_by_heartbeat_on_another():
     parent = os.getppid()  # alive, started when it was
-    alive_here = own_tags(**{"seglab.pid": str(parent), "seglab.pid_start": lifecycle.process_start(parent)})
-    assert lifecycle.owner_alive(alive_here, timeout_s=60)
-    assert not lifecycle.owner_alive({**alive_here, "seglab.pid_start": "1"}, timeout_s=60)  # pid reused by another process
+    alive_here = own_tags(**{"seglab.pid": str(parent), "seglab.pid_start": claim.process_start(parent)})
+    assert claim.owner_alive(alive_here, timeout_s=60)
+    assert not claim.owner_alive({**alive_here, "seglab.pid_start": "1"}, timeout_s=60)  # pid reused by another process
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert not lifecycle.owner_alive(own_tags(**{"seglab.pid": done.stdout.strip()}), timeout_s=60)
+    assert not claim.owner_alive(own_tags(**{"seglab.pid": done.stdout.strip()}), timeout_s=60)
     elsewhere = {"seglab.host": socket.gethostname() + "-other", "seglab.pid": "1"}
-    assert lifecycle.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 30)}, timeout_s=60)
-    assert not lifecycle.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 90)}, timeout_s=60)
+    assert claim.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 30)}, timeout_s=60)
+    assert not claim.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 90)}, timeout_s=60)
 
 
 def test_a_requeued_job_takes_the_run_of_its_own_job_id_for_dead(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     tags = {"seglab.host": "node7", "seglab.pid": "1", "seglab.heartbeat": str(int(time.time())), "seglab.job_id": "4242"}
-    assert not lifecycle.owner_alive(tags, timeout_s=3600)
-    assert lifecycle.owner_alive({**tags, "seglab.job_id": "4243"}, timeout_s=3600)
+    assert not claim.owner_alive(tags, timeout_s=3600)
+    assert claim.owner_alive({**tags, "seglab.job_id": "4243"}, timeout_s=3600)
 
 
 def compiled(**kwargs):
@@ -311,3 +311,62 @@ def test_a_signal_during_an_mlflow_write_comes_when_the_write_ends(tmp_path, sig
     found = MlflowClient(uri).get_run(run.run_id)
     assert found.info.status == "KILLED" and found.data.tags["error"] == how
     assert found.data.tags["first"] == "1" and found.data.tags["second"] == "2"
+
+
+CLAIMER = textwrap.dedent("""
+    import sys, time
+    from seglab.engine import claim
+    from seglab.tracking import resumable, tags
+    uri, run_id, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    mine = claim.Claim.mine(1)
+    resumable.get_run(uri, run_id)  # the store opened before the start line, as a command has it open
+    time.sleep(max(0.0, at - time.time()))
+    other = resumable.claim(uri, run_id, tags.claim(1), mine.value)
+    print("won" if other is None else "lost to " + other)
+""")
+
+
+def test_of_processes_claiming_one_generation_of_a_run_at_once_exactly_one_wins(tmp_path):
+    """The claim's primitive (seglab.engine.claim): four real processes log `seglab.claim.1` with their own
+    value at the same instant; the store takes one, the others are told its value; the same value again is a no-op."""
+    from seglab.tracking import resumable, tags
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    at = time.time() + 8
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, uri, run_id, str(at)], cwd=tmp_path, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    said = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in said]
+    answers = sorted(out.strip() for out, _ in said)
+    winner = client.get_run(run_id).data.params[tags.claim(1)]
+    assert answers == ["lost to " + winner] * 3 + ["won"], answers
+    assert resumable.claim(uri, run_id, tags.claim(1), winner) is None  # the same value again: a no-op
+    assert resumable.claim(uri, run_id, tags.claim(1), "other") == winner
+
+
+def test_take_refuses_a_run_a_live_process_holds_and_claims_one_whose_holder_is_dead(tmp_path):
+    from seglab.tracking import resumable, tags
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = os.getppid()  # a live process on this host, not this one
+    alive = {**claim.owner_tags(), tags.PID: str(parent), tags.PID_START: claim.process_start(parent)}
+    run_id = client.create_run(client.create_experiment("e"), tags=alive).info.run_id
+    with pytest.raises(claim.RunTaken, match=f"^trainer.resume=x: run {run_id} is RUNNING and held by pid {parent} on host"):
+        claim.take(uri, resumable.get_run(uri, run_id), 60, "trainer.resume=x")
+    assert tags.claim(1) not in client.get_run(run_id).data.params  # refused before claiming
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client.set_tag(run_id, tags.PID, done.stdout.strip())  # its owner is gone
+    first = claim.take(uri, resumable.get_run(uri, run_id), 60, "trainer.resume=x")
+    assert (first.generation, first.pid) == (1, str(os.getpid()))
+    assert client.get_run(run_id).data.params[tags.claim(1)] == first.value
+    # The claimant (this process, alive but not "another" one) has not reopened the run: a third process that
+    # read the run now would find it held by the claim; a claim by a dead process is taken over as generation 2.
+    record = resumable.get_run(uri, run_id)
+    assert claim.latest(record.params) == first
+    client.log_param(run_id, tags.claim(2), claim.Claim(2, socket.gethostname(), done.stdout.strip(), "-", time.time(), "t").value)
+    assert claim.take(uri, resumable.get_run(uri, run_id), 60, "trainer.resume=x").generation == 3
