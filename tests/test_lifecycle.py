@@ -370,3 +370,40 @@ def test_take_refuses_a_run_a_live_process_holds_and_claims_one_whose_holder_is_
     assert claim.latest(record.params) == first
     client.log_param(run_id, tags.claim(2), claim.Claim(2, socket.gethostname(), done.stdout.strip(), "-", time.time(), "t").value)
     assert claim.take(uri, resumable.get_run(uri, run_id), 60, "trainer.resume=x").generation == 3
+
+
+FILLS_THE_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    from seglab import errors, tracking
+    uri, work = sys.argv[1], Path(sys.argv[2])
+    big = work / "last.state.npz"
+    big.write_bytes(b"x" * 12_000_000)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (6_000_000, 6_000_000))
+
+    def train():
+        with tracking.Run(uri, "e", "r", {}) as run:
+            print(run.run_id, flush=True)
+            run.log_text("small", "notes.txt")
+            run.log_checkpoint([big], 1)
+
+    errors.main(train, prog="seglab")
+""")
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_failed_naming_the_file_and_exits_non_zero(tmp_path):
+    """A full disk (EFBIG past RLIMIT_FSIZE, what a full disk's ENOSPC is to seglab) while a checkpoint is
+    uploaded: not taken for a tracking server gone away (which training survives) but a lost file: the run ends
+    FAILED with the reason, the command exits 2 with one line naming the file."""
+    uri, work = f"sqlite:///{tmp_path}/m.db", tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run([sys.executable, "-c", FILLS_THE_DISK, uri, str(work)], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "INFO mlflow" not in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert re.match(r"^seglab: could not write into \S+/artifacts while logging checkpoint last.state.npz of epoch 1 to run \w+: "
+                    r"File too large; free space", lines[-1]), lines
+    run = MlflowClient(uri).get_run(done.stdout.strip())
+    assert run.info.status == "FAILED" and "File too large" in run.data.tags["error"]
+    assert "seglab.checkpoint" not in run.data.tags  # no tag points at the half-written upload

@@ -4,6 +4,7 @@ http(s) tracking server with its own artifact store); nothing here assumes a loc
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import urllib.error
@@ -50,6 +51,26 @@ def check_reachable(uri: str) -> None:
             f"MLflow tracking server tracking.uri={uri} is not reachable ({err}). Start it (e.g. "
             "`docker compose up -d mlflow`), fix the URI, or log locally with tracking.uri=sqlite:///mlflow.db."
         ) from err
+
+
+class WriteFailed(TrackingError):
+    """A file of the run could not be written (disk full, file too large, read-only, no permission): the run ends
+    FAILED and the command exits non-zero, never 0 with a model or checkpoint lost."""
+
+
+# A local write the operating system refused: not a server that went away (Run carries on without one), a lost file.
+WRITE_REFUSED = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def write_refused(err: BaseException) -> OSError | None:
+    """The OSError of a file the operating system refused to write, wherever it is in `err`'s chain; else None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if (isinstance(seen, OSError) and not isinstance(seen, requests.exceptions.RequestException)
+                and seen.errno in WRITE_REFUSED):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def store_unavailable(err: BaseException) -> bool:
