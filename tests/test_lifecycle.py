@@ -407,3 +407,34 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_failed_naming_the_file
     run = MlflowClient(uri).get_run(done.stdout.strip())
     assert run.info.status == "FAILED" and "File too large" in run.data.tags["error"]
     assert "seglab.checkpoint" not in run.data.tags  # no tag points at the half-written upload
+
+
+@pytest.mark.slow  # a tiny training, then two evaluations
+def test_an_evaluation_killed_with_sigkill_is_ended_killed_by_the_next_evaluation_naming_why(tmp_path):
+    """`kill -9` during seglab.evaluate leaves its run RUNNING (no process is left to end it); the next
+    evaluation in that experiment finds its process gone and ends it KILLED with the reason."""
+    from tests.conftest import TINY, run_cli, run_module, start_module
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_cli(*TINY, f"tracking.uri={uri}", "trainer.epochs=1", cwd=tmp_path, timeout=900)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("seglab-shapes").experiment_id
+    (training,) = client.search_runs([experiment])
+    args = (f"model_uri=runs:/{training.info.run_id}/model", f"tracking.uri={uri}", "data.source.test_size=600")
+    proc = start_module("seglab.evaluate", *args, cwd=tmp_path)
+    deadline, where = time.time() + 300, "tags.`seglab.split` = 'test'"
+    while not client.search_runs([experiment], where):
+        assert proc.poll() is None and time.time() < deadline, "the evaluation ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (killed,) = client.search_runs([experiment], where)
+    assert killed.info.status == "RUNNING" and killed.data.tags["seglab.pid"]
+
+    done = run_module("seglab.evaluate", *args, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = client.get_run(killed.info.run_id)
+    assert again.info.status == "KILLED", again.info.status
+    reason = again.data.tags["seglab.killed_reason"]
+    assert f"pid {killed.data.tags['seglab.pid']}" in reason and "is gone; found by seglab.evaluate" in reason, reason
+    assert sorted(r.info.status for r in client.search_runs([experiment], where)) == ["FINISHED", "KILLED"]

@@ -176,3 +176,18 @@ def take(uri: str, run, timeout_s: float, why: str) -> Claim:
                        f"(claim {mine.generation}); it writes to that run now, this command does not")
     log.info("claimed run %s (claim %d)", run.run_id, mine.generation)
     return mine
+
+
+def end_dead(uri: str, experiment: str, timeout_s: float, by: str) -> list[str]:
+    """End KILLED the RUNNING runs of `experiment` whose holder is gone (a `kill -9`, a lost node), naming it and
+    `by`, the command that found them, in the `seglab.killed_reason` tag; their ids.  Every command that opens a
+    run in an experiment calls it first, so no run of a dead process stays RUNNING past the next command."""
+    from seglab.tracking import resumable
+
+    ended = []
+    for run in resumable.running_runs(uri, experiment):
+        if not held(run, timeout_s):
+            resumable.end_killed(uri, run.run_id, f"its process ({describe(holder(run))}) is gone; found by {by}")
+            log.warning("run %s was RUNNING with its process gone: ended KILLED", run.run_id)
+            ended.append(run.run_id)
+    return ended

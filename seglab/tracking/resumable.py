@@ -53,6 +53,16 @@ def find_runs(uri: str, experiment: str, tags: Mapping[str, str]) -> list[RunRec
     return [_record(r) for r in runs]
 
 
+def running_runs(uri: str, experiment: str) -> list[RunRecord]:
+    """The RUNNING runs of `experiment` that say who owns them (the `seglab.host` tag), newest first."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    return [_record(r) for r in runs if tags.HOST in r.data.tags]
+
+
 def get_run(uri: str, run_id: str) -> RunRecord:
     return _record(_client(uri).get_run(run_id))
 
