@@ -20,6 +20,8 @@ this process is dead; on this host, its pid exists with the same start time; on 
 heartbeat (or claim) is newer than `trainer.heartbeat_timeout_min`.
 """
 
+# Lazy imports: MLflow loads only when the store is read: owner_tags is read by the sweep callback before it.
+
 from __future__ import annotations
 
 import logging
@@ -182,7 +184,7 @@ def end_dead(uri: str, experiment: str, timeout_s: float, by: str) -> list[str]:
     """End KILLED the RUNNING runs of `experiment` whose holder is gone (a `kill -9`, a lost node), naming it and
     `by`, the command that found them, in the `seglab.killed_reason` tag; their ids.  Every command that opens a
     run in an experiment calls it first, so no run of a dead process stays RUNNING past the next command."""
-    from seglab.tracking import resumable
+    from seglab.tracking import resumable  # MLflow loads when a command asks the store, not on import
 
     ended = []
     for run in resumable.running_runs(uri, experiment):

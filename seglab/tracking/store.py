@@ -2,6 +2,8 @@
 fast reachability check of a server.  The store is whatever `tracking.uri` says (SQLite file, or an
 http(s) tracking server with its own artifact store); nothing here assumes a local file."""
 
+# Lazy imports: MlflowClient (MLflow's store code) loads when a SQLite store is opened, not when errors are classified.
+
 from __future__ import annotations
 
 import errno
