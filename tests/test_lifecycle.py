@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from seglab.engine import checkpoint, lifecycle
+from seglab.engine import checkpoint, claim, lifecycle
 from tests.conftest import ROOT, build_model
 
 
@@ -33,26 +33,26 @@ def test_run_key_ignores_length_outputs_and_logging_but_not_what_is_learned(comp
 
 
 def own_tags(**changes) -> dict[str, str]:
-    return {**lifecycle.owner_tags(), **changes}
+    return {**claim.owner_tags(), **changes}
 
 
 def test_owner_alive_by_pid_on_this_host_and_by_heartbeat_on_another():
     parent = os.getppid()  # alive, started when it was
-    alive_here = own_tags(**{"seglab.pid": str(parent), "seglab.pid_start": lifecycle.process_start(parent)})
-    assert lifecycle.owner_alive(alive_here, timeout_s=60)
-    assert not lifecycle.owner_alive({**alive_here, "seglab.pid_start": "1"}, timeout_s=60)  # pid reused by another process
+    alive_here = own_tags(**{"seglab.pid": str(parent), "seglab.pid_start": claim.process_start(parent)})
+    assert claim.owner_alive(alive_here, timeout_s=60)
+    assert not claim.owner_alive({**alive_here, "seglab.pid_start": "1"}, timeout_s=60)  # pid reused by another process
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert not lifecycle.owner_alive(own_tags(**{"seglab.pid": done.stdout.strip()}), timeout_s=60)
+    assert not claim.owner_alive(own_tags(**{"seglab.pid": done.stdout.strip()}), timeout_s=60)
     elsewhere = {"seglab.host": socket.gethostname() + "-other", "seglab.pid": "1"}
-    assert lifecycle.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 30)}, timeout_s=60)
-    assert not lifecycle.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 90)}, timeout_s=60)
+    assert claim.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 30)}, timeout_s=60)
+    assert not claim.owner_alive({**elsewhere, "seglab.heartbeat": str(int(time.time()) - 90)}, timeout_s=60)
 
 
 def test_a_requeued_job_takes_the_run_of_its_own_job_id_for_dead(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     tags = {"seglab.host": "node7", "seglab.pid": "1", "seglab.heartbeat": str(int(time.time())), "seglab.job_id": "4242"}
-    assert not lifecycle.owner_alive(tags, timeout_s=3600)
-    assert lifecycle.owner_alive({**tags, "seglab.job_id": "4243"}, timeout_s=3600)
+    assert not claim.owner_alive(tags, timeout_s=3600)
+    assert claim.owner_alive({**tags, "seglab.job_id": "4243"}, timeout_s=3600)
 
 
 def compiled(**kwargs):
@@ -281,7 +281,11 @@ def test_a_resume_of_another_architecture_is_refused_and_changes_nothing_in_the_
                    check=False, timeout=900)
     last = [line for line in done.stderr.splitlines() if line.strip()][-1]
     assert done.returncode == 2 and "Traceback" not in done.stderr and "another architecture" in last, done.stderr[-3000:]
-    assert _snapshot(client, run_id) == before
+    after = _snapshot(client, run_id)
+    # The resume had claimed the run (seglab.engine.claim) before the checkpoint could be tried: that write-once
+    # param stays (MLflow deletes no param), naming who took the run; everything else is as it was.
+    claimed = after["params"].pop("seglab.claim.1")
+    assert claimed.split(":")[1] != str(os.getpid()) and after == before
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
@@ -311,3 +315,130 @@ def test_a_signal_during_an_mlflow_write_comes_when_the_write_ends(tmp_path, sig
     found = MlflowClient(uri).get_run(run.run_id)
     assert found.info.status == "KILLED" and found.data.tags["error"] == how
     assert found.data.tags["first"] == "1" and found.data.tags["second"] == "2"
+
+
+CLAIMER = textwrap.dedent("""
+    import sys, time
+    from seglab.engine import claim
+    from seglab.tracking import resumable, tags
+    uri, run_id, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    mine = claim.Claim.mine(1)
+    resumable.get_run(uri, run_id)  # the store opened before the start line, as a command has it open
+    time.sleep(max(0.0, at - time.time()))
+    other = resumable.claim(uri, run_id, tags.claim(1), mine.value)
+    print("won" if other is None else "lost to " + other)
+""")
+
+
+def test_of_processes_claiming_one_generation_of_a_run_at_once_exactly_one_wins(tmp_path):
+    """The claim's primitive (seglab.engine.claim): four real processes log `seglab.claim.1` with their own
+    value at the same instant; the store takes one, the others are told its value; the same value again is a no-op."""
+    from seglab.tracking import resumable, tags
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    at = time.time() + 8
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, uri, run_id, str(at)], cwd=tmp_path, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    said = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in said]
+    answers = sorted(out.strip() for out, _ in said)
+    winner = client.get_run(run_id).data.params[tags.claim(1)]
+    assert answers == ["lost to " + winner] * 3 + ["won"], answers
+    assert resumable.claim(uri, run_id, tags.claim(1), winner) is None  # the same value again: a no-op
+    assert resumable.claim(uri, run_id, tags.claim(1), "other") == winner
+
+
+def test_take_refuses_a_run_a_live_process_holds_and_claims_one_whose_holder_is_dead(tmp_path):
+    from seglab.tracking import resumable, tags
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = os.getppid()  # a live process on this host, not this one
+    alive = {**claim.owner_tags(), tags.PID: str(parent), tags.PID_START: claim.process_start(parent)}
+    run_id = client.create_run(client.create_experiment("e"), tags=alive).info.run_id
+    with pytest.raises(claim.RunTaken, match=f"^trainer.resume=x: run {run_id} is RUNNING and held by pid {parent} on host"):
+        claim.take(uri, resumable.get_run(uri, run_id), 60, "trainer.resume=x")
+    assert tags.claim(1) not in client.get_run(run_id).data.params  # refused before claiming
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    client.set_tag(run_id, tags.PID, done.stdout.strip())  # its owner is gone
+    first = claim.take(uri, resumable.get_run(uri, run_id), 60, "trainer.resume=x")
+    assert (first.generation, first.pid) == (1, str(os.getpid()))
+    assert client.get_run(run_id).data.params[tags.claim(1)] == first.value
+    # The claimant (this process, alive but not "another" one) has not reopened the run: a third process that
+    # read the run now would find it held by the claim; a claim by a dead process is taken over as generation 2.
+    record = resumable.get_run(uri, run_id)
+    assert claim.latest(record.params) == first
+    client.log_param(run_id, tags.claim(2), claim.Claim(2, socket.gethostname(), done.stdout.strip(), "-", time.time(), "t").value)
+    assert claim.take(uri, resumable.get_run(uri, run_id), 60, "trainer.resume=x").generation == 3
+
+
+FILLS_THE_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    from seglab import errors, tracking
+    uri, work = sys.argv[1], Path(sys.argv[2])
+    big = work / "last.state.npz"
+    big.write_bytes(b"x" * 12_000_000)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (6_000_000, 6_000_000))
+
+    def train():
+        with tracking.Run(uri, "e", "r", {}) as run:
+            print(run.run_id, flush=True)
+            run.log_text("small", "notes.txt")
+            run.log_checkpoint([big], 1)
+
+    errors.main(train, prog="seglab")
+""")
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_failed_naming_the_file_and_exits_non_zero(tmp_path):
+    """A full disk (EFBIG past RLIMIT_FSIZE, what a full disk's ENOSPC is to seglab) while a checkpoint is
+    uploaded: not taken for a tracking server gone away (which training survives) but a lost file: the run ends
+    FAILED with the reason, the command exits 2 with one line naming the file."""
+    uri, work = f"sqlite:///{tmp_path}/m.db", tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run([sys.executable, "-c", FILLS_THE_DISK, uri, str(work)], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "INFO mlflow" not in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert re.match(r"^seglab: could not write into \S+/artifacts while logging checkpoint last.state.npz of epoch 1 to run \w+: "
+                    r"File too large; free space", lines[-1]), lines
+    run = MlflowClient(uri).get_run(done.stdout.strip())
+    assert run.info.status == "FAILED" and "File too large" in run.data.tags["error"]
+    assert "seglab.checkpoint" not in run.data.tags  # no tag points at the half-written upload
+
+
+@pytest.mark.slow  # a tiny training, then two evaluations
+def test_an_evaluation_killed_with_sigkill_is_ended_killed_by_the_next_evaluation_naming_why(tmp_path):
+    """`kill -9` during seglab.evaluate leaves its run RUNNING (no process is left to end it); the next
+    evaluation in that experiment finds its process gone and ends it KILLED with the reason."""
+    from tests.conftest import TINY, run_cli, run_module, start_module
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_cli(*TINY, f"tracking.uri={uri}", "trainer.epochs=1", cwd=tmp_path, timeout=900)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("seglab-shapes").experiment_id
+    (training,) = client.search_runs([experiment])
+    args = (f"model_uri=runs:/{training.info.run_id}/model", f"tracking.uri={uri}", "data.source.test_size=600")
+    proc = start_module("seglab.evaluate", *args, cwd=tmp_path)
+    deadline, where = time.time() + 300, "tags.`seglab.split` = 'test'"
+    while not client.search_runs([experiment], where):
+        assert proc.poll() is None and time.time() < deadline, "the evaluation ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (killed,) = client.search_runs([experiment], where)
+    assert killed.info.status == "RUNNING" and killed.data.tags["seglab.pid"]
+
+    done = run_module("seglab.evaluate", *args, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = client.get_run(killed.info.run_id)
+    assert again.info.status == "KILLED", again.info.status
+    reason = again.data.tags["seglab.killed_reason"]
+    assert f"pid {killed.data.tags['seglab.pid']}" in reason and "is gone; found by seglab.evaluate" in reason, reason
+    assert sorted(r.info.status for r in client.search_runs([experiment], where)) == ["FINISHED", "KILLED"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from seglab.engine import checkpoint
-from tests.conftest import TINY, run_cli, start_module
+from tests.conftest import CLI_ENV, TINY, inherited_env, run_cli, start_module
 from tests.stores import fresh_store, store_of
 
 TIMING = ("epoch_seconds", "train_seconds", "train_images_per_second")
@@ -240,3 +242,30 @@ def test_ema_accumulation_and_early_stopping_resume_bit_identically(tmp_path, un
     assert resumed.data.tags["seglab.stopped_epoch"] == first.data.tags["seglab.stopped_epoch"]
     epochs = int(first.data.tags["seglab.stopped_epoch"])  # counted from 1: the epochs trained
     assert_same_training(only_run(uninterrupted_options), (client, resumed), tmp_path, epochs=epochs)
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_run_started_at_once_one_trains_the_other_refuses_in_one_line(tmp_path):
+    """One writer per run (seglab.engine.claim): two `trainer.resume=<id>` of the same run started together;
+    exactly one trains it, the other exits 2 with one line naming the run and the process that holds it,
+    and every metric has one value per step."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    common = (*TINY, f"tracking.uri={uri}", "tracking.log_model=false", "trainer.mask_samples=0")
+    run_cli(*common, "trainer.epochs=1", cwd=tmp_path, timeout=900)
+    client, first = only_run(uri)
+    run_id = first.info.run_id
+    # Two interpreters of their own (the tests' zygote forks one command at a time).
+    procs = [subprocess.Popen([sys.executable, "-m", "seglab", *common, "trainer.epochs=2", f"trainer.resume={run_id}"],
+                              cwd=tmp_path, env={**inherited_env(), **CLI_ENV}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    said = [p.communicate(timeout=900)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], [s[-3000:] for s in said]
+    refused = said[[p.returncode for p in procs].index(2)]
+    last = refused.strip().splitlines()[-1]
+    assert "Traceback" not in refused and last.startswith(f"seglab: trainer.resume={run_id}: run {run_id} "), refused[-3000:]
+    assert "pid " in last and "on host" in last, last
+    client, run = only_run(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["seglab.checkpoint_epoch"] == "2"
+    for key, values in histories(client, run).items():
+        assert [step for step, _ in values] == [0, 1], (key, values)

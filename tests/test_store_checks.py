@@ -84,3 +84,34 @@ def test_an_existing_experiments_own_artifact_location_is_the_one_checked(tmp_pa
         preflight.check_store(uri, experiment="blocked")
     with pytest.raises(ConfigError, match="mlruns, which cannot be written"):
         preflight.check_store(uri, experiment="new")  # a new experiment's artifacts go to ./mlruns
+
+
+OPENER = """
+import sys, time
+from seglab import tracking
+uri, at = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, at - time.time()))
+with tracking.Run(uri, "e", "r", {}) as run:
+    run.log_metrics({"m": 1.0})
+"""
+
+
+def test_a_store_that_does_not_exist_yet_opened_by_three_processes_at_once_works_for_all(tmp_path):
+    """MLflow creates a new SQLite store in the first process that opens it: three processes doing so in the
+    same instant each get a run (not `table ... already exists`, not an out-of-date schema)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    uri = f"sqlite:///{tmp_path}/new.db"
+    at = time.time() + 6
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, uri, str(at)], cwd=tmp_path, text=True, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}) for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-1500:] for e in errors]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3

@@ -150,3 +150,34 @@ def test_ctrl_c_and_sigterm_end_the_run_killed_in_one_line(tmp_path, sig, how, c
     seglab_said = added.split("Exception ignored in: <function Executor.__del__", 1)[0]
     assert seglab_said.splitlines() == [
         f"seglab: {how} at epoch {epoch}; run the same command again to continue run {runs[0].info.run_id}"], added
+
+
+RUN_DIR = """
+import sys, time
+from hydra import compose, initialize_config_dir
+from seglab.config import schema
+at = float(sys.argv[1])
+time.sleep(max(0.0, at - time.time()))
+with initialize_config_dir(config_dir=schema.CONF_DIR, version_base="1.3"):
+    print(compose(config_name="config", return_hydra_config=True).hydra.run.dir)
+"""
+
+
+def test_two_commands_started_in_the_same_second_get_two_output_directories(tmp_path):
+    """hydra.run.dir (conf/config.yaml): Hydra's outputs/<date>/<time> alone is shared by two trainings started in
+    one second, whose checkpoints then overwrite each other's; the pid keeps them apart."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    at = int(time.time()) + 6.1  # both resolve `now` in the same second
+    procs = [subprocess.Popen([sys.executable, "-c", RUN_DIR, str(at)], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}) for _ in range(2)]
+    said = [p.communicate(timeout=120) for p in procs]
+    dirs = [out.strip() for out, _ in said]
+    assert all(dirs) and all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in said]
+    assert dirs[0] != dirs[1] and Path(dirs[0]).parent == Path(dirs[1]).parent, dirs
+    assert {Path(d).name.rsplit("-", 1)[1] for d in dirs} == {str(p.pid) for p in procs}

@@ -11,6 +11,7 @@ Nothing here imports TensorFlow: bad input fails in about a second.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def register() -> None:
         for path, node in group.SCHEMAS.items():
             where, _, name = path.rpartition("/")
             cs.store(group=where, name=name, node=node)
+
+
+# In the job's output directory (conf/config.yaml, hydra.run.dir): two commands started in the same second get
+# two directories, not one whose checkpoints both overwrite.  The pid is this process's: it resolves run.dir.
+OmegaConf.register_new_resolver("seglab_pid", os.getpid, replace=True)
 
 
 def compose(overrides: list[str], check: bool = True) -> DictConfig:

@@ -18,7 +18,7 @@ from seglab.config import inference as inference_config
 from seglab.config import schema
 from seglab.config.inference import InferenceOptions
 from seglab.data import lineage, pipeline
-from seglab.engine import finish
+from seglab.engine import claim, finish
 from seglab.metrics import scores
 from seglab.tracking import registry, resumable, tags
 
@@ -52,7 +52,9 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
     experiment, training_name = (
         tracking.run_experiment_and_name(training_run, uri) if training_run else (cfg.tracking.experiment, "model")
     )
-    with tracking.Run(uri, experiment, f"eval-{training_name}", _tags(model_uri, cfg, split_name, training_run, version)) as mlrun:
+    claim.end_dead(uri, experiment, 60 * cfg.trainer.heartbeat_timeout_min, "seglab.evaluate")  # e.g. an evaluation killed with -9
+    run_tags = {**_tags(model_uri, cfg, split_name, training_run, version), **claim.owner_tags()}
+    with tracking.Run(uri, experiment, f"eval-{training_name}", run_tags) as mlrun:
         mlrun.log_params({"model_uri": model_uri, "split": split_name, "inference.mode": options.mode,
                           "inference.flip": options.flip, **({"inference.stride": stride} if stride else {}),
                           **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})

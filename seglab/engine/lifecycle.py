@@ -31,17 +31,16 @@ This module knows Hydra (job number, overrides, chosen options); `seglab.trackin
   FINISHED and FAILED (an error) runs are never continued by `auto`.
 - `never`: always a new run.
 - `<run id>`: continue that run, whatever its status (a FINISHED one to train more epochs), unless
-  its owner is alive, or it is not a training run (an evaluation run, a sweep's parent:
+  another live process holds it (`take`, seglab.engine.claim), or it is not a training run (an evaluation run, a sweep's parent:
   `refuse_other_kind` names the id to use), or its logged params say it trained another architecture
   (`refuse_other_architecture`), refused before anything is written.
 
 Whatever the mode, a RUNNING run of the same key whose owner is dead is not left RUNNING: it is
 continued, or ended KILLED with the reason in the `seglab.killed_reason` tag.
 
-An owner is dead when (`owner_alive`): this process is its scheduler job requeued (same SLURM or
-submitit job id); or it ran on this host and its pid is gone (or now belongs to a process started
-at another time); or it ran on another host and its heartbeat (every epoch) is older than
-`trainer.heartbeat_timeout_min`.
+Whichever run a command continues, it claims it first (`take`): one atomic, write-once claim in the
+store, so that one process writes to a run at a time (seglab.engine.claim says who holds a run and
+when its holder is dead).
 """
 
 # Lazy imports: MLflow loads only when the store is read: the sweep callback and `--cfg` read run identity first.
@@ -54,9 +53,7 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +63,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
-from seglab.engine import checkpoint
+from seglab.engine import checkpoint, claim
 from seglab.errors import UserError
 from seglab.tracking import tags as keys
 from seglab.tracking.params import as_text, flatten
@@ -185,34 +182,6 @@ def sweep_key(config: DictConfig, definition: dict[str, Any]) -> str:
     return _digest({"swept": definition["swept"], "fixed": fixed, "sweeper": sweeper, "metric": definition["optimize_metric"]})
 
 
-def owner_tags() -> dict[str, str]:
-    """Who is running a run now, so a later command can tell a live owner from a dead one
-    (`owner_alive`): host, pid (and the process's start time, against pid reuse), the
-    scheduler's job id (a requeued job keeps it), and a heartbeat (Unix seconds)."""
-    found = {keys.HOST: socket.gethostname(), keys.PID: str(os.getpid()), keys.HEARTBEAT: str(int(time.time()))}
-    started = process_start(os.getpid())
-    if started:
-        found[keys.PID_START] = started
-    job = scheduler_job_id()
-    if job:
-        found[keys.JOB_ID] = job
-    return found
-
-
-def scheduler_job_id() -> str | None:
-    """SLURM's job id (kept when SLURM requeues the job), or submitit's local job id."""
-    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None off Linux."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _git_commit() -> str | None:
     source = Path(__file__).resolve().parent
     try:
@@ -235,36 +204,7 @@ class Plan:
     previous_tags: dict[str, str] = field(default_factory=dict)  # its tags before this command changed them
     status: str | None = None  # its status when found
     previous_params: dict[str, str] = field(default_factory=dict)  # the params it logged (its config)
-
-
-def owner_alive(tags: dict[str, str], timeout_s: float, now: float | None = None) -> bool:
-    job = scheduler_job_id()
-    if job and tags.get(keys.JOB_ID) == job:
-        return False  # the scheduler requeued that job as this process: its first run is over
-    if tags.get(keys.HOST) == socket.gethostname():
-        pid = int(tags.get(keys.PID, "-1"))
-        if pid == os.getpid():
-            return False  # an earlier job of this same process (a sweep's basic launcher) that did not end it
-        if pid <= 0 or not _pid_alive(pid):
-            return False
-        started = tags.get(keys.PID_START)
-        return started is None or process_start(pid) in (None, started)
-    heartbeat = float(tags.get(keys.HEARTBEAT, "0"))
-    return (now or time.time()) - heartbeat < timeout_s
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
-def _describe_owner(tags: dict[str, str]) -> str:
-    return f"pid {tags.get(keys.PID, '?')} on host {tags.get(keys.HOST, '?')}"
+    record: Any = None  # the run as found (a tracking.resumable.RunRecord), what `take` claims
 
 
 def plan(mode: str, uri: str, experiment: str, key: str, parent_run_id: str | None, timeout_s: float) -> Plan:
@@ -275,19 +215,19 @@ def plan(mode: str, uri: str, experiment: str, key: str, parent_run_id: str | No
         return _explicit(mode, uri, experiment, timeout_s)
     same = [r for r in resumable.find_runs(uri, experiment, {keys.RUN_KEY: key})
             if r.tags.get(keys.PARENT_RUN) == (parent_run_id or None)]
-    dead_running = [r for r in same if r.status == "RUNNING" and not owner_alive(r.tags, timeout_s)]
+    dead_running = [r for r in same if r.status == "RUNNING" and not claim.held(r, timeout_s)]
     chosen = None
     if mode == "auto":
         chosen = next((r for r in same if r.status == "KILLED" or r in dead_running), None)
     for run in dead_running:
         if run is not chosen:
             why = f"continued by run {chosen.run_id} instead" if chosen else "a new run was started with trainer.resume=never"
-            resumable.end_killed(uri, run.run_id, f"its process ({_describe_owner(run.tags)}) is gone; {why}")
+            resumable.end_killed(uri, run.run_id, f"its process ({claim.describe(claim.holder(run))}) is gone; {why}")
             log.warning("run %s was RUNNING with its process gone: ended KILLED", run.run_id)
     if chosen is None:
         return Plan(None)
     log.info("trainer.resume=auto: continuing %s run %s (same run key %s)", chosen.status, chosen.run_id, key)
-    return Plan(chosen.run_id, chosen.tags, chosen.status, chosen.params)
+    return Plan(chosen.run_id, chosen.tags, chosen.status, chosen.params, chosen)
 
 
 def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
@@ -303,10 +243,15 @@ def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
     if run_experiment != experiment:
         raise ResumeError(f"trainer.resume={run_id} is a run of experiment {run_experiment!r}, not {experiment!r}: "
                           f"add tracking.experiment={run_experiment!r}")
-    if run.status == "RUNNING" and owner_alive(run.tags, timeout_s):
-        raise ResumeError(f"trainer.resume={run_id}: that run is still running ({_describe_owner(run.tags)}); "
-                          "stop it first, or wait trainer.heartbeat_timeout_min if that host is gone")
-    return Plan(run_id, run.tags, run.status, run.params)
+    return Plan(run_id, run.tags, run.status, run.params, run)
+
+
+def take(found: Plan, uri: str, timeout_s: float, why: str) -> claim.Claim | None:
+    """Claim the run `found` continues for this process (seglab.engine.claim), before anything is written to it;
+    None for a new run (its creator holds it).  RunTaken, naming the other process, when it is held or was just claimed."""
+    if found.run_id is None:
+        return None
+    return claim.take(uri, found.record, timeout_s, why)
 
 
 def refuse_other_kind(run_id: str, tags: dict[str, str]) -> None:
@@ -479,6 +424,6 @@ def resumable_parent(uri: str, experiment: str, sweep_key: str, timeout_s: float
     if not parents or keys.SWEEP_ENDED in parents[0].tags:
         return None
     newest = parents[0]
-    if newest.status == "RUNNING" and owner_alive(newest.tags, timeout_s):
+    if newest.status == "RUNNING" and claim.owner_alive(newest.tags, timeout_s):
         return None  # the same sweep is running now, elsewhere: this one is a new sweep
     return newest.run_id

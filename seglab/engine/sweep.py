@@ -37,7 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from seglab import console, errors, tracking
 from seglab.config import preflight, schema
-from seglab.engine import lifecycle
+from seglab.engine import claim, lifecycle
 from seglab.engine.lifecycle import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
 from seglab.tracking import tags as keys
 from seglab.util import objective
@@ -248,7 +248,7 @@ class MlflowSweep(Callback):
         self.uri = config.tracking.uri
         key = lifecycle.sweep_key(config, definition)
         tags = {
-            **lifecycle.owner_tags(),
+            **claim.owner_tags(),
             keys.SWEEP_KEY: key,
             keys.SWEEP: keys.SWEEP_PARENT,
             **lifecycle.override_tags(config.hydra.overrides.task),

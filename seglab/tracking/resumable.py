@@ -12,6 +12,7 @@ from typing import Mapping
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
 from seglab.tracking import tags
 from seglab.tracking.store import ERROR_TAG_CHARS, check_reachable
@@ -52,6 +53,16 @@ def find_runs(uri: str, experiment: str, tags: Mapping[str, str]) -> list[RunRec
     return [_record(r) for r in runs]
 
 
+def running_runs(uri: str, experiment: str) -> list[RunRecord]:
+    """The RUNNING runs of `experiment` that say who owns them (the `seglab.host` tag), newest first."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    return [_record(r) for r in runs if tags.HOST in r.data.tags]
+
+
 def get_run(uri: str, run_id: str) -> RunRecord:
     return _record(_client(uri).get_run(run_id))
 
@@ -87,6 +98,22 @@ def end_killed(uri: str, run_id: str, reason: str) -> None:
     client = _client(uri)
     client.set_tag(run_id, tags.KILLED_REASON, reason[:ERROR_TAG_CHARS])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
+def claim(uri: str, run_id: str, key: str, value: str) -> str | None:
+    """Log the write-once param `key` = `value` on the run (engine.claim): None when this call logged it (or had
+    already: the same value again is a no-op), else the other value a process logged first."""
+    client = _client(uri)
+    try:
+        client.log_param(run_id, key, value)
+    except MlflowException as err:
+        if err.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        first = client.get_run(run_id).data.params.get(key)
+        if first is None or first == value:
+            raise  # refused for another reason (a deleted run)
+        return first
+    return None
 
 
 def download_checkpoint(uri: str, run_id: str, artifact_dir: str, destination: Path) -> Path:

@@ -32,7 +32,8 @@ from seglab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
 from seglab.tracking import experiments, resumable
 from seglab.tracking import tags as keys
 from seglab.tracking.params import as_text
-from seglab.tracking.store import ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, check_reachable, first_line, store_unavailable
+from seglab.tracking.store import (ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, WriteFailed, check_reachable, first_line,
+                                   store_unavailable, write_refused)
 from seglab.util import visualize
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,11 @@ class Run:
             with _one_write():
                 return call(*args, **kwargs)
         except STORE_ERRORS as err:
+            refused = write_refused(err)
+            if refused is not None:  # a full disk, not an outage: the run ends FAILED, the command exits non-zero
+                where = refused.filename or f"into {mlflow.get_artifact_uri()}"  # a copy (sendfile) names no file
+                raise WriteFailed(f"could not write {where} while logging {what} to run {self.run_id}: "
+                                  f"{refused.strerror}; free space (or make it writable), then run the command again") from err
             if not store_unavailable(err):
                 raise  # the request itself was wrong (e.g. an invalid value): a bug to see, not an outage
             self.failed = what

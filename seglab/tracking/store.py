@@ -2,10 +2,16 @@
 fast reachability check of a server.  The store is whatever `tracking.uri` says (SQLite file, or an
 http(s) tracking server with its own artifact store); nothing here assumes a local file."""
 
+# Lazy imports: MlflowClient (MLflow's store code) loads when a SQLite store is opened, not when errors are classified.
+
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import requests
 from mlflow.exceptions import MlflowException
@@ -32,7 +38,10 @@ class TrackingError(UserError, RuntimeError):
 
 
 def check_reachable(uri: str) -> None:
-    """Fail in seconds, not after minutes of MLflow's HTTP retries, when a server is down."""
+    """Fail in seconds, not after minutes of MLflow's HTTP retries, when a server is down; a SQLite store
+    is opened first by one process at a time (`_open_sqlite`).  Every command calls this before it uses the store."""
+    if uri.startswith("sqlite:///"):
+        _open_sqlite(uri)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -44,6 +53,26 @@ def check_reachable(uri: str) -> None:
             f"MLflow tracking server tracking.uri={uri} is not reachable ({err}). Start it (e.g. "
             "`docker compose up -d mlflow`), fix the URI, or log locally with tracking.uri=sqlite:///mlflow.db."
         ) from err
+
+
+class WriteFailed(TrackingError):
+    """A file of the run could not be written (disk full, file too large, read-only, no permission): the run ends
+    FAILED and the command exits non-zero, never 0 with a model or checkpoint lost."""
+
+
+# A local write the operating system refused: not a server that went away (Run carries on without one), a lost file.
+WRITE_REFUSED = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def write_refused(err: BaseException) -> OSError | None:
+    """The OSError of a file the operating system refused to write, wherever it is in `err`'s chain; else None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if (isinstance(seen, OSError) and not isinstance(seen, requests.exceptions.RequestException)
+                and seen.errno in WRITE_REFUSED):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def store_unavailable(err: BaseException) -> bool:
@@ -62,3 +91,29 @@ def store_unavailable(err: BaseException) -> bool:
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:500] if text else type(err).__name__
+
+
+_opened: set[str] = set()  # SQLite stores this process has opened (and so found whole): nothing to wait for again
+
+
+def _open_sqlite(uri: str) -> None:
+    """MLflow creates and migrates a new SQLite store in whichever process opens it first; two at once both
+    try (`table ... already exists`), and one that opens it mid-migration finds an out-of-date schema.  So
+    each process opens it the first time under an exclusive lock on the file's directory (no lock file
+    is left behind), and finds it either absent or whole."""
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if uri in _opened or path in ("", ":memory:"):
+        return
+    from mlflow import MlflowClient  # MLflow's store code loads when a command opens a store, not on import
+
+    directory = Path(path).expanduser().absolute().parent
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # no such directory: MLflow names it (seglab.config.preflight checked it before)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        MlflowClient(uri).search_experiments(max_results=1)
+    finally:
+        os.close(handle)  # releases the lock
+    _opened.add(uri)

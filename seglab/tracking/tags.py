@@ -26,12 +26,20 @@ HYDRA_LAUNCHER = "hydra.launcher"
 HYDRA_SWEEPER = "hydra.sweeper"
 HYDRA_SWEEP_DIR = "hydra.sweep.dir"
 
-# Who owns a RUNNING run, and whether it is alive (engine.lifecycle.owner_alive).
+# Who owns a RUNNING run, and whether it is alive (engine.claim.owner_alive).
 HOST = "seglab.host"
 PID = "seglab.pid"
 PID_START = "seglab.pid_start"  # the process's start time, against pid reuse
 JOB_ID = "seglab.job_id"  # SLURM or submitit job id
 HEARTBEAT = "seglab.heartbeat"  # Unix seconds of the owner's last sign of life
+# Who may write to a run (engine.claim): params, not tags (write-once in every store), `seglab.claim.<generation>`.
+CLAIM_PREFIX = "seglab.claim."
+
+
+def claim(generation: int) -> str:
+    """The param that records the `generation`-th claim of a run (`<host>:<pid>:<process start>:<time>:<uuid4>`)."""
+    return f"{CLAIM_PREFIX}{generation}"
+
 
 # How a run ended, and what continuing it did.
 ERROR = "error"
