@@ -187,7 +187,7 @@ def decode(file, record, spec: Spec):
         image = pixels(example[spec.image_key], size, 3, spec.encoding, spec.image_key, file)
         mask = pixels(example[spec.mask_key], size, 1, spec.mask_encoding, spec.mask_key, file)
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(mask)[:2]))
-    with tf.control_dependencies([_assert(same, f"a record's {spec.mask_key} is not the size of its {spec.image_key}", file)]):
+    with tf.control_dependencies([_assert(same, f"the {spec.mask_key} of a record is not the size of its {spec.image_key}", file)]):
         return tf.identity(image), tf.cast(mask[..., 0], tf.int32)
 
 
@@ -196,12 +196,13 @@ def pixels(content, size, channels: int, encoding: str, key: str, file):
     import tensorflow as tf  # seconds to import; the config check imports this module without it
 
     def raw():
-        if size is None:
-            raise DataError(f"data.source.encoding=raw needs the height and width: set data.source.height_key and "
-                            f"width_key (the features that hold them), or the encoding of {key}'s bytes.")
+        if size is None:  # encoding auto without height and width: raw bytes cannot be shaped
+            with tf.control_dependencies([_assert(False, f"the {key} of a record is neither PNG nor JPEG, and raw bytes "
+                                                         "need data.source.height_key and width_key", file)]):
+                return tf.zeros([0, 0, channels], tf.uint8)
         values = tf.io.decode_raw(content, tf.uint8)
         fits = tf.equal(tf.size(values), size[0] * size[1] * channels)
-        message = f"a record's {key} does not hold height x width x {channels} raw bytes"
+        message = f"the {key} of a record does not hold height x width x {channels} raw bytes"
         with tf.control_dependencies([_assert(fits, message, file)]):
             return tf.reshape(values, tf.stack([size[0], size[1], channels]))
 
@@ -239,11 +240,16 @@ def seeded_part(val_fraction: float, seed: int, val: bool):
 
 
 def check(path: str | None = None, encoding: str = "raw", mask_encoding: str = "raw", compression: str | None = None,
-          val_fraction: float = 0.1, **_) -> None:
+          val_fraction: float = 0.1, height_key: str | None = "height", width_key: str | None = "width", **_) -> None:
     require(bool(path), "data.source.path", path, "set data.source.path=DIR, the folder of the TFRecord files "
             "(data.source.train, val and test are globs in it)")
     for key, value in (("encoding", encoding), ("mask_encoding", mask_encoding)):
         require(value in ENCODINGS, f"data.source.{key}", value, f"choose one of {', '.join(ENCODINGS)}")
+    raw = [key for key, value in (("encoding", encoding), ("mask_encoding", mask_encoding)) if value == "raw"]
+    for key, value in (("height_key", height_key), ("width_key", width_key)):
+        require(value is not None or not raw, f"data.source.{key}", value,
+                f"raw bytes (data.source.{raw[0] if raw else ''}=raw) need the feature that holds the size; "
+                "or set the encoding png, jpeg or auto")
     require(_lower(compression) in COMPRESSIONS, "data.source.compression", compression, "use none, GZIP or ZLIB")
     require(0.0 < val_fraction < 1.0, "data.source.val_fraction", val_fraction,
             "use a fraction in (0, 1) (used when the val glob matches no file)")
