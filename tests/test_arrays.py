@@ -74,6 +74,16 @@ def test_float_images_label_masks_and_npz_members(tmp_path, save):
     assert np.array_equal(np.stack([g[1] for g in got]), labels[order, ..., 0])
 
 
+def test_validation_from_members_of_one_npz(tmp_path):
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8), rng.integers(0, CLASSES, (7, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "data.npz", x_train=x[:5], y_train=y[:5], x_val=x[5:], y_val=y[5:])
+    splits = arrays.build(str(tmp_path), images="data.npz:x_train", masks="data.npz:y_train", val_images="data.npz:x_val",
+                          val_masks="data.npz:y_val", num_classes=CLASSES)
+    assert splits.about["val"].names == ["data.npz:x_val[0]", "data.npz:x_val[1]"]
+    assert np.array_equal(np.stack([image for image, _ in examples(splits.val)]), x[5:])
+
+
 def test_a_pixel_without_a_class_gets_ignore_index(tmp_path):
     onehot = np.zeros((2, 4, 4, CLASSES), np.uint8)
     onehot[..., 1] = 1

@@ -74,11 +74,16 @@ class Array:
                 yield np.frombuffer(member.read(step), self.dtype).reshape(self.shape[1:])
 
 
+def file_of(spec: str) -> str:
+    """The file a data.source value names: data.npz of data.npz:x_train."""
+    name, npz, _ = spec.partition(".npz:")
+    return name + ".npz" if npz else spec
+
+
 def open_array(root: Path, spec: str, key: str) -> Array:
     """The array that `spec` (a data.source key's value: FILE.npy, FILE.npz or FILE.npz:MEMBER) names under `root`,
     from its header alone."""
-    name, _, member = spec.partition(":") if ".npz:" in spec else (spec, "", "")
-    file = root / name
+    file, member = root / file_of(spec), spec.partition(".npz:")[2]
     if not file.is_file():
         raise DataError(f"data.source.{key}={spec}: {file} does not exist: set data.source.path to the folder that "
                         f"holds it, or data.source.{key} to the file's name.")
@@ -255,7 +260,7 @@ def build(
 def optional_pair(root: Path, split: str, image_spec: str | None, mask_spec: str | None, num_classes: int) -> Pair | None:
     """A validation or test pair: both files there, or neither (then None); one without the other is refused."""
     keys = (f"{split}_images", f"{split}_masks")
-    present = [spec is not None and (root / spec.partition(".npz:")[0]).is_file() for spec in (image_spec, mask_spec)]
+    present = [spec is not None and (root / file_of(spec)).is_file() for spec in (image_spec, mask_spec)]
     if not any(present):
         return None
     if not all(present):
@@ -286,7 +291,7 @@ def check(path: str | None = None, val_fraction: float = 0.1, images: str = "", 
     require(0.0 <= val_fraction < 1.0, "data.source.val_fraction", val_fraction,
             "use a fraction in [0, 1) (used when there are no validation files)")
     for key, value in (("images", images), ("masks", masks)):
-        require(str(value).partition(".npz:")[0].endswith((".npy", ".npz")), f"data.source.{key}", value,
+        require(file_of(str(value)).endswith((".npy", ".npz")), f"data.source.{key}", value,
                 "name a .npy or .npz file (FILE.npz:KEY for one array of several)")
 
 
