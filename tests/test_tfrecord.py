@@ -44,14 +44,18 @@ def pairs(n: int, seed: int, side: int = 32) -> list[tuple[np.ndarray, np.ndarra
             for k in range(n)]
 
 
+def write_notes_records(root: Path, n_train: int = 16, n_val: int = 4) -> tuple[list, list]:
+    """n_train training examples in two shards and n_val validation examples, 32 px high, 32 to 34 wide."""
+    train, val = pairs(n_train, 0), pairs(n_val, 1)
+    write(root / "train-0.tfrecord", [notes_example(*p) for p in train[: n_train // 2]])
+    write(root / "train-1.tfrecord", [notes_example(*p) for p in train[n_train // 2 :]])
+    write(root / "val.tfrecord", [notes_example(*p) for p in val])
+    return train, val
+
+
 @pytest.fixture
 def notes_records(tmp_path):
-    """16 training examples in two shards and 4 validation examples, 32 px high, 32 to 34 wide."""
-    train, val = pairs(16, 0), pairs(4, 1)
-    write(tmp_path / "train-0.tfrecord", [notes_example(*p) for p in train[:8]])
-    write(tmp_path / "train-1.tfrecord", [notes_example(*p) for p in train[8:]])
-    write(tmp_path / "val.tfrecord", [notes_example(*p) for p in val])
-    return tmp_path, train, val
+    return tmp_path, *write_notes_records(tmp_path)
 
 
 def key(image: np.ndarray, mask: np.ndarray) -> bytes:
