@@ -38,6 +38,12 @@ def _cheap(group: str, option: str, tmp_path: Path) -> list[str]:
 
         return ["data.image_size=32", f"data.source.path={write_coco_categories(tmp_path / 'coco')}",
                 f"data.source.cache_dir={tmp_path / 'cache'}", "data.num_classes=4", "data.class_names=[background,person,dog,cat]"]
+    if group == "data" and option in ("arrays", "tfrecord"):
+        from tests.test_arrays import notes_layout
+        from tests.test_tfrecord import write_notes_records
+
+        notes_layout(tmp_path, n_train=4, n_val=2) if option == "arrays" else write_notes_records(tmp_path, 4, 2)
+        return ["data.image_size=32", f"data.source.path={tmp_path}", "data.num_classes=3", "data.class_names=[a,b,c]"]
     if group == "model" and option == "deeplabv3plus":
         return ["data.image_size=32", "model.depth=18"]  # its depth is ResNet's
     if group == "model" and option == "segformer":
