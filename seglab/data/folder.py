@@ -550,3 +550,28 @@ def _colours_to_labels(tf, rgb, colours, path):
     ])
     with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(tf.reduce_any(unknown)), [message])]):
         return tf.identity(labels)
+
+
+# --- for `python -m seglab.data inspect` -------------------------------------------------------
+
+
+def class_names(path: Path) -> list[str] | None:
+    """The class names of a classes.csv|json|yaml in PATH, or None."""
+    found = class_file(Path(path))
+    return found[0] if found else None
+
+
+def mask_colours(path: Path, image_dir: str | None = None, mask_dir: str | None = None, mask_suffix: str = "",
+                 limit: int = 200, **_) -> list[tuple[int, int, int]]:
+    """The colours of the first `limit` masks when they are RGB (none when they hold labels), in RGB order: a colour
+    table for masks that come without one."""
+    _, found = locate(Path(path), image_dir, mask_dir, mask_suffix)
+    masks = [m for pairs in found.values() for _, m, _ in pairs][:limit]
+    seen: set[tuple[int, int, int]] = set()
+    for mask in masks:
+        with Image.open(mask) as opened:
+            if opened.mode not in COLOUR_MODES:
+                return []
+            rgb = np.asarray(opened.convert("RGB")).reshape(-1, 3)
+        seen |= set(map(tuple, np.unique(rgb, axis=0).tolist()))
+    return sorted(seen)
