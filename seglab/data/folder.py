@@ -51,6 +51,7 @@ SIBLING_SUFFIXES = ("annot", "_annot", "_labels", "labels", "_label", "_masks", 
 LIST_DIRS = (".", "lists", "splits", "imagesets/segmentation")
 CLASS_FILES = ("classes.csv", "classes.json", "classes.yaml", "classes.yml", "class_dict.csv")
 ON_UNREADABLE = ("skip", "fail")
+HEADER_WORDS = ("name", "names", "class", "class_name", "label")  # the first cell of a classes.csv header row
 MAX_NAMED = 3  # file names quoted in an error message
 SCAN_THREADS = 8  # header reads are I/O-bound
 JPEG_END = b"\xff\xd9"  # the marker that ends every complete JPEG
@@ -366,7 +367,7 @@ def class_file(root: Path) -> tuple[list[str], list[list[int]] | None] | None:
         text = file.read_bytes().decode("utf-8-sig")
         if file.suffix == ".csv":
             rows = [r for r in csv.reader(io.StringIO(text)) if r and r[0].strip()]
-            if rows and not all(v.strip().isdigit() for v in rows[0][1:]):  # a header row
+            if rows and (rows[0][0].strip().lower() in HEADER_WORDS or not all(v.strip().isdigit() for v in rows[0][1:])):
                 rows = rows[1:]
             entries = [(r[0].strip(), [int(v) for v in r[1:4]] if len(r) >= 4 else None) for r in rows]
         else:

@@ -46,6 +46,7 @@ class Found:
     sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
     pixels: Counter = field(default_factory=Counter)  # label -> pixels
     problems: list = field(default_factory=list)
+    refused: str = ""  # why the source could not read it
     class_names: list | None = None
 
 
@@ -112,7 +113,8 @@ def _build(build, module, found: Found):
     except DataError as err:
         colours = getattr(module, "mask_colours", lambda **_: [])(**found.arguments)
         if not colours or "colors" in found.arguments:
-            found.problems.append(errors.one_line(err))
+            found.refused = errors.one_line(err)
+            found.problems.append(found.refused)
             return None
         found.arguments["colors"] = [list(c) for c in colours]
         return _build(build, module, found)
@@ -216,7 +218,7 @@ def main(argv: list[str]) -> Found:
     found = scan(path)
     print("\n".join(report(path, found)))
     if not found.images:
-        raise DataError(f"{path}: data={found.name} cannot read it: {found.problems[-1] if found.problems else 'no images'}")
+        raise DataError(f"{path}: data={found.name} cannot read it: {found.refused or 'no images'}")
     values = settings(found)
     if args.write:
         write_option(Path(args.write), found, values)
