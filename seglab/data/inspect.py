@@ -203,18 +203,23 @@ def write_option(file: Path, found: Found, values: dict) -> None:
                     f"data={file.stem}\n" + yaml.safe_dump(option, sort_keys=False))
 
 
-def main(argv: list[str]) -> Found:
+def parse(argv: list[str]):
     parser = errors.argument_parser(prog="python -m seglab.data inspect", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="the folder (or file) that holds the data set")
     parser.add_argument("--write", default=None, help="also write the settings as a data option, e.g. my_conf/data/mine.yaml")
     parser.add_argument("--verbose", action="store_true", help="keep the libraries' notices")
     args = parser.parse_args(argv)
+    if args.write and (Path(args.write).suffix != ".yaml" or Path(args.write).parent.name != "data"):
+        raise errors.UserError(f"--write {args.write}: give CONFIG_DIR/data/NAME.yaml, the place --config-dir reads a data option from.")
+    return args
+
+
+def main(argv: list[str]) -> Found:
+    args = parse(argv)
     console.quiet(args.verbose)
     path = Path(args.path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist: give the folder that holds your images and masks.")
-    if args.write and (Path(args.write).suffix != ".yaml" or Path(args.write).parent.name != "data"):
-        raise errors.UserError(f"--write {args.write}: give CONFIG_DIR/data/NAME.yaml, the place --config-dir reads a data option from.")
     found = scan(path)
     print("\n".join(report(path, found)))
     if not found.images:
