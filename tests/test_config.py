@@ -33,6 +33,12 @@ def _cheap(group: str, option: str, tmp_path: Path) -> list[str]:
         from tests.test_coco_cat import write_coco
 
         return ["data.image_size=32", f"data.source.path={write_coco(tmp_path / 'coco')}", f"data.source.cache_dir={tmp_path / 'cache'}"]
+    if group == "data" and option == "folder":
+        from tests.test_folder import write_split
+
+        write_split(tmp_path / "train", tmp_path / "trainannot", ["a", "b"])
+        write_split(tmp_path / "val", tmp_path / "valannot", ["c"])
+        return ["data.image_size=32", f"data.source.path={tmp_path}", "data.num_classes=3", "data.class_names=[a,b,c]"]
     if group == "model" and option == "deeplabv3plus":
         return ["data.image_size=32", "model.depth=18"]  # its depth is ResNet's
     if group == "model" and option == "segformer":
