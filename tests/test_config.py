@@ -44,6 +44,12 @@ def _cheap(group: str, option: str, tmp_path: Path) -> list[str]:
 
         notes_layout(tmp_path, n_train=4, n_val=2) if option == "arrays" else write_notes_records(tmp_path, 4, 2)
         return ["data.image_size=32", f"data.source.path={tmp_path}", "data.num_classes=3", "data.class_names=[a,b,c]"]
+    if group == "data" and option == "folder":
+        from tests.test_folder import write_split
+
+        write_split(tmp_path / "train", tmp_path / "trainannot", ["a", "b"])
+        write_split(tmp_path / "val", tmp_path / "valannot", ["c"])
+        return ["data.image_size=32", f"data.source.path={tmp_path}", "data.num_classes=3", "data.class_names=[a,b,c]"]
     if group == "model" and option == "deeplabv3plus":
         return ["data.image_size=32", "model.depth=18"]  # its depth is ResNet's
     if group == "model" and option == "segformer":

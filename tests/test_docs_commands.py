@@ -149,6 +149,11 @@ def compose_like(command: Command, config_dir: Path) -> int:
     elif name == "seglab.bench":
         options, overrides = bench.parse(args)
         jobs = [job for *_, job in bench.grid(options, overrides)]
+    elif name == "seglab.data" and args[:1] == ["inspect"]:
+        from seglab.data import inspect
+
+        inspect.parse(args[1:])  # it reads a data set, not a config: tests/test_inspect.py runs it
+        return 1
     elif name in ("seglab.data", "seglab.models"):
         group = "data" if name == "seglab.data" else "model"
         jobs = [[f"{group}={args[0]}", *[a.replace("=DIR", "=/tmp") for a in args[1:]]]]

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import OmegaConf
 
-from seglab.errors import UserError
+from seglab.errors import UserError, explain, one_line
 
 # Starts the message of an in-graph label check (tf.debugging.Assert), which TensorFlow can only raise as an
 # InvalidArgumentError mid-epoch: seglab.errors finds it there and prints it as one line.
@@ -78,7 +78,8 @@ def check_labels(dataset, num_classes: int, ignore_index: Optional[int], where: 
     try:
         masks = [mask for _, mask in dataset.take(count).as_numpy_iterator()]
     except tf.errors.InvalidArgumentError as err:  # e.g. an in-graph check of a source's label range
-        raise DataError(f"{where}: the first examples cannot be read: {err.message.split(' [[')[0]}") from None
+        detail = explain(err) or one_line(err.message.split(" [[")[0])  # an in-graph check's own line, when it is one
+        raise DataError(f"{where}: the first examples cannot be read: {detail}") from None
     for mask in masks:
         labels = set(np.unique(mask).tolist()) - {ignore_index}
         bad = sorted(label for label in labels if not 0 <= label < num_classes)

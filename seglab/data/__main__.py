@@ -1,4 +1,5 @@
 """`python -m seglab.data NAME [key=value ...]`: benchmark a data set's training pipeline.
+(`python -m seglab.data inspect PATH`: what a data set holds and how to train on it, seglab/data/inspect.py.)
 
 Composes the real config (`data=NAME` plus the overrides, validated like `python -m seglab`),
 builds the training pipeline exactly as `seglab.train` does, and prints images/second for the
@@ -10,6 +11,7 @@ sees every later epoch).  Writes a grid of augmented training samples (image | m
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from PIL import Image
 from seglab import console, errors
 from seglab.config import preflight, schema
 from seglab.config.check import require
-from seglab.data import batches_of
+from seglab.data import batches_of, inspect
 from seglab.util import visualize
 
 
@@ -48,7 +50,10 @@ def sample_grid(batches, count: int, num_classes: int):
     return visualize.mask_grid(np.stack(images), np.stack(masks), num_classes=num_classes)
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inspect"]:
+        return inspect.main(argv[1:])
     parser = errors.argument_parser(prog="python -m seglab.data", description=__doc__.splitlines()[0])
     parser.add_argument("name", help="a data config: shapes, pets, coco_cat, ... (conf/data/NAME.yaml)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.image_size=128 trainer.batch_size=32")

@@ -1,0 +1,235 @@
+"""`python -m seglab.data inspect PATH [--write my_conf/data/NAME.yaml]`: what a data set holds and how to train on it.
+
+Tries every conf/data/*.yaml whose source module has a `find(path)` (`folder` last: it reads the most layouts),
+builds the splits with the arguments the first one returns, and reads them once: images per split, their sizes
+and aspect, the classes found (labels, or the colours of colour-coded masks) with their share of the pixels, and
+every problem (the source's warnings, its refusal).  Its last line is the command that trains on it; `--write`
+puts the same settings in a data option for `--config-dir`.
+"""
+
+# Lazy imports: the source modules import TensorFlow when they build the splits, after the arguments are checked.
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import yaml
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from seglab import console, errors
+from seglab.config import schema
+from seglab.data import DataError
+
+GENERIC = "folder"  # reads the most layouts, so it is asked last
+SIDE_MULTIPLE = 32  # the largest downsampling of seglab's models: each side a multiple of it fits all of them
+LONGEST_SIDE = 512  # a suggested input size no larger than this on its longer side (CPU-friendly)
+SCAN_CLASSES = 1 << 16  # num_classes while inspecting: no label is refused before it is counted
+VOID = 255  # the usual label of unlabelled pixels in 8-bit masks
+
+
+@dataclass
+class Found:
+    """What inspect learnt about PATH."""
+
+    name: str  # the data option (conf/data/NAME.yaml) that reads it
+    arguments: dict  # data.source.* that read it
+    images: dict = field(default_factory=dict)  # split -> count
+    sizes: Counter = field(default_factory=Counter)  # (height, width) -> images
+    pixels: Counter = field(default_factory=Counter)  # label -> pixels
+    problems: list = field(default_factory=list)
+    refused: str = ""  # why the source could not read it
+    class_names: list | None = None
+
+
+def candidates() -> list[tuple[str, object]]:
+    """(option name, source module) for each conf/data/*.yaml whose source module has `find`, folder last."""
+    found = []
+    for file in sorted(Path(schema.CONF_DIR, "data").glob("*.yaml"), key=lambda f: (f.stem == GENERIC, f.stem)):
+        target = ((yaml.safe_load(file.read_text()) or {}).get("source") or {}).get("_target_", "")
+        try:
+            module = importlib.import_module(target.rpartition(".")[0])
+        except ImportError:
+            continue
+        if callable(getattr(module, "find", None)):
+            found.append((file.stem, module))
+    return found
+
+
+def identify(path: Path) -> tuple[str, object, dict]:
+    for name, module in candidates():
+        arguments = module.find(path)
+        if arguments is not None:
+            return name, module, dict(arguments)
+    names = ", ".join(name for name, _ in candidates())
+    raise DataError(f"{path}: none of the data layouts ({names}) reads it: see docs/own-data.md for the layouts.")
+
+
+def source_arguments(name: str, arguments: dict) -> dict:
+    """The option's data.source with `arguments` over it, its interpolations resolved for a scan."""
+    option = OmegaConf.load(Path(schema.CONF_DIR, "data", f"{name}.yaml"))
+    option.pop("defaults", None)
+    option.num_classes = arguments.get("num_classes", SCAN_CLASSES)
+    root = OmegaConf.create({"deterministic": True, "seed": 0, "data": option})
+    source = OmegaConf.to_container(root.data.source, resolve=True)
+    source.pop("_target_")
+    return {**source, **arguments}
+
+
+def scan(path: Path) -> Found:
+    name, module, arguments = identify(path)
+    found = Found(name, arguments)
+    build = getattr(module, OmegaConf.load(Path(schema.CONF_DIR, "data", f"{name}.yaml")).source._target_.rpartition(".")[2])
+    warnings = _Collect()
+    logging.getLogger("seglab").addHandler(warnings)
+    try:
+        splits = _build(build, module, found)
+    finally:
+        logging.getLogger("seglab").removeHandler(warnings)
+    found.problems += warnings.lines
+    if splits is None:
+        return found
+    for split in ("train", "val", "test"):
+        dataset = getattr(splits, split)
+        if dataset is not None:
+            found.images[split] = _count(dataset, found)
+    found.class_names = getattr(module, "class_names", lambda _: None)(path)
+    return found
+
+
+def _build(build, module, found: Found):
+    """The splits, or None with the source's refusal among the problems; colour masks without a colour table are
+    read through the colours their first masks hold."""
+    try:
+        return build(**source_arguments(found.name, found.arguments))
+    except DataError as err:
+        colours = getattr(module, "mask_colours", lambda **_: [])(**found.arguments)
+        if not colours or "colors" in found.arguments:
+            found.refused = errors.one_line(err)
+            found.problems.append(found.refused)
+            return None
+        found.arguments["colors"] = [list(c) for c in colours]
+        return _build(build, module, found)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _count(dataset, found: Found) -> int:
+    images = 0
+    for image, mask in dataset.as_numpy_iterator():
+        images += 1
+        found.sizes[image.shape[:2]] += 1
+        labels, pixels = np.unique(mask, return_counts=True)
+        found.pixels.update(dict(zip(labels.tolist(), pixels.tolist())))
+    return images
+
+
+def suggested_size(height: int, width: int) -> tuple[int, int]:
+    """The frame's aspect kept, the longer side at most LONGEST_SIDE, each side a multiple of SIDE_MULTIPLE."""
+    scale = min(1.0, LONGEST_SIDE / max(height, width))
+    return tuple(max(SIDE_MULTIPLE, round(side * scale / SIDE_MULTIPLE) * SIDE_MULTIPLE) for side in (height, width))
+
+
+def settings(found: Found) -> dict:
+    """The data.* keys that train on it (nested, as in a data option)."""
+    labels = sorted(found.pixels)
+    void = VOID if VOID in found.pixels and labels[-1] == VOID and len(labels) > 1 else None
+    classes = max([label for label in labels if label != void], default=0) + 1
+    names = found.class_names if found.class_names and len(found.class_names) >= classes else None
+    colours = found.arguments.get("colors")
+    if names is None:
+        names = [f"r{r}_g{g}_b{b}" for r, g, b in colours] if colours else [f"class_{c}" for c in range(classes)]
+    classes = max(classes, len(names))
+    height, width = found.sizes.most_common(1)[0][0]
+    return {"num_classes": classes, "class_names": names, "ignore_index": void if void is not None else (VOID if classes <= VOID else None),
+            "image_size": list(suggested_size(height, width)), "resize": "fit", "source": found.arguments}
+
+
+def overrides(found: Found, values: dict) -> list[str]:
+    """`data=NAME key=value ...`; image_size as one side where this seglab takes no [height, width] (and no resize)."""
+    def spelt(value):
+        return yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip().replace(", ", ",").removesuffix("\n...")
+    pairs = [f"data.source.{key}={spelt(value)}" for key, value in values["source"].items()]
+    pairs += [f"data.{key}={spelt(values[key])}" for key in ("num_classes", "class_names", "ignore_index", "image_size", "resize")]
+    try:
+        schema.compose([f"data={found.name}", *pairs])
+    except (errors.UserError, HydraException, OmegaConfBaseException):  # a seglab whose data.image_size is one side
+        side = max(values["image_size"])
+        pairs = [p for p in pairs if not p.startswith(("data.image_size=", "data.resize="))] + [f"data.image_size={side}"]
+    return [f"data={found.name}", *pairs]
+
+
+def report(path: Path, found: Found) -> list[str]:
+    """The lines inspect prints before the command."""
+    lines = [f"{path}: data={found.name} reads it ({', '.join(f'{k}={v}' for k, v in found.arguments.items())})"]
+    lines += [f"  {split}: {count} images" for split, count in found.images.items()]
+    for (height, width), count in found.sizes.most_common(5):
+        aspect = Fraction(width, height).limit_denominator(20)
+        lines.append(f"  size {width}x{height} (aspect {aspect.numerator}:{aspect.denominator}): {count} images")
+    total = sum(found.pixels.values()) or 1
+    colours = found.arguments.get("colors")
+    for label, pixels in sorted(found.pixels.items()):
+        name = found.class_names[label] if found.class_names and 0 <= label < len(found.class_names) else None
+        colour = f" colour {tuple(colours[label])}" if colours and 0 <= label < len(colours) else ""
+        lines.append(f"  label {label}{f' ({name})' if name else ''}{colour}: {100 * pixels / total:.2f} % of the pixels")
+    lines += [f"  problem: {problem}" for problem in found.problems] or ["  problems: none"]
+    return lines
+
+
+def write_option(file: Path, found: Found, values: dict) -> None:
+    """A data option for --config-dir: the generic option's settings with these over them."""
+    option = {"defaults": [found.name, "_self_"], "name": file.stem,
+              **{key: values[key] for key in ("num_classes", "class_names", "ignore_index")}}
+    image = [p for p in overrides(found, values) if p.startswith(("data.image_size=", "data.resize="))]
+    option.update({p.split("=", 1)[0].removeprefix("data."): yaml.safe_load(p.split("=", 1)[1]) for p in image})
+    option["source"] = values["source"]
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(f"# written by python -m seglab.data inspect; train: python -m seglab --config-dir {file.parent.parent} "
+                    f"data={file.stem}\n" + yaml.safe_dump(option, sort_keys=False))
+
+
+def parse(argv: list[str]):
+    parser = errors.argument_parser(prog="python -m seglab.data inspect", description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="the folder (or file) that holds the data set")
+    parser.add_argument("--write", default=None, help="also write the settings as a data option, e.g. my_conf/data/mine.yaml")
+    parser.add_argument("--verbose", action="store_true", help="keep the libraries' notices")
+    args = parser.parse_args(argv)
+    if args.write and (Path(args.write).suffix != ".yaml" or Path(args.write).parent.name != "data"):
+        raise errors.UserError(f"--write {args.write}: give CONFIG_DIR/data/NAME.yaml, the place --config-dir reads a data option from.")
+    return args
+
+
+def main(argv: list[str]) -> Found:
+    args = parse(argv)
+    console.quiet(args.verbose)
+    path = Path(args.path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist: give the folder that holds your images and masks.")
+    found = scan(path)
+    print("\n".join(report(path, found)))
+    if not found.images:
+        raise DataError(f"{path}: data={found.name} cannot read it: {found.refused or 'no images'}")
+    values = settings(found)
+    if args.write:
+        write_option(Path(args.write), found, values)
+        print(f"wrote {args.write}; train on it with:")
+        print(f"python -m seglab --config-dir {Path(args.write).parent.parent} data={Path(args.write).stem}")
+    else:
+        print("train on it with:")
+        print(" ".join(["python -m seglab", *overrides(found, values)]))
+    return found

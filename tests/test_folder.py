@@ -1,0 +1,253 @@
+"""`data=folder`: every layout and mask encoding written as real files in tmp_path, read back through the source;
+each bad-data line; `find`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seglab.config.check import ConfigError
+from seglab.config.sources import check_source
+from seglab.data import DataError, folder
+
+W43, H43 = 32, 24  # a 4:3 frame
+W21, H21 = 48, 24  # a 2:1 frame
+PALETTE = [200, 10, 10, 10, 200, 10, 10, 10, 200]  # index 0 red, 1 green, 2 blue: not the grey of the indices
+COLOURS = [(0, 0, 0), (128, 64, 128), (250, 170, 30)]
+
+
+def labels_for(seed: int, width: int, height: int, classes: int = 3) -> np.ndarray:
+    """A mask with every class in it: vertical bands, shifted by the seed."""
+    columns = (np.arange(width) * classes // width + seed) % classes
+    return np.broadcast_to(columns, (height, width)).astype(np.uint8)
+
+
+def write_image(path: Path, width: int, height: int, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(), "PNG")
+    Image.fromarray(pixels).save(path, format=fmt)
+
+
+def write_mask(path: Path, labels: np.ndarray, encoding: str = "L", colours=COLOURS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if encoding == "P":
+        mask = Image.fromarray(labels.astype(np.uint8), mode="L").convert("P")
+        mask.putpalette(PALETTE)
+    elif encoding == "I;16":
+        mask = Image.fromarray(labels.astype(np.uint16))
+    elif encoding == "RGB":
+        mask = Image.fromarray(np.asarray(colours, np.uint8)[labels])
+    else:
+        mask = Image.fromarray(labels.astype(np.uint8), mode="L")
+    mask.save(path, format="PNG")
+
+
+def write_split(images: Path, masks: Path, names, width=W43, height=H43, encoding="L", image_ext=".png", offset=0):
+    for i, name in enumerate(names):
+        write_image(images / f"{name}{image_ext}", width, height, seed=i + offset)
+        write_mask(masks / f"{name}.png", labels_for(i + offset, width, height), encoding)
+
+
+def read(split) -> list[tuple[np.ndarray, np.ndarray]]:
+    return list(split.as_numpy_iterator())
+
+
+def build(path, **arguments):
+    arguments = {"num_classes": 3, "ignore_index": 255, **arguments}
+    return folder.build(path=str(path), **arguments)
+
+
+# --- layouts ------------------------------------------------------------------------------------
+
+
+def test_camvid_split_folders_with_annot_siblings_4_3_frames_and_upper_case_extensions(tmp_path):
+    write_split(tmp_path / "train", tmp_path / "trainannot", ["a", "b", "c"], image_ext=".PNG")
+    write_split(tmp_path / "val", tmp_path / "valannot", ["d"], offset=3)
+    write_split(tmp_path / "test", tmp_path / "testannot", ["e", "f"], image_ext=".JPG", offset=4)
+    splits = build(tmp_path)
+    train, test = read(splits.train), read(splits.test)
+    assert [len(train), len(read(splits.val)), len(test)] == [3, 1, 2]
+    image, mask = train[1]
+    assert image.shape == (H43, W43, 3) and image.dtype == np.uint8 and mask.dtype == np.int32
+    np.testing.assert_array_equal(mask, labels_for(1, W43, H43))
+    np.testing.assert_array_equal(image, np.asarray(Image.open(tmp_path / "train" / "b.PNG")))
+    assert splits.about["train"].names == ["a.PNG", "b.PNG", "c.PNG"]
+    assert splits.about["test"].names == ["e.JPG", "f.JPG"]
+    assert folder.find(tmp_path) == {"path": str(tmp_path)}
+
+
+def test_palette_masks_in_masks_slash_split_give_their_indices_not_their_colours(tmp_path):
+    write_split(tmp_path / "images" / "train", tmp_path / "masks" / "train", ["a", "b"], encoding="P")
+    write_split(tmp_path / "images" / "val", tmp_path / "masks" / "val", ["c"], encoding="P", offset=2)
+    assert Image.open(tmp_path / "masks" / "train" / "a.png").mode == "P"
+    splits = build(tmp_path)
+    np.testing.assert_array_equal(read(splits.val)[0][1], labels_for(2, W43, H43))
+    assert splits.test is None
+
+
+def test_sixteen_bit_masks_under_each_split_remapped_by_label_map(tmp_path):
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        for i, name in enumerate(names):
+            write_image(tmp_path / split / "images" / f"{name}.png", W21, H21, seed=i)
+            write_mask(tmp_path / split / "masks" / f"{name}.png", (labels_for(i, W21, H21).astype(np.uint16) + 1000), "I;16")
+    splits = build(tmp_path, label_map={1000: 255, 1001: 0, 1002: 1}, num_classes=2)
+    mask = read(splits.train)[0][1]
+    expected = np.choose(labels_for(0, W21, H21), [255, 0, 1])
+    np.testing.assert_array_equal(mask, expected)
+    assert mask.shape == (H21, W21)
+
+
+def test_list_files_with_bom_and_crlf_names_and_path_pairs(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b", "c", "d"])
+    (tmp_path / "train.txt").write_bytes("\ufeffa\r\nb.png\r\n\r\nc\r\n".encode("utf-8"))
+    (tmp_path / "val.txt").write_bytes("\ufeff/SegNet/data/images/d.png /SegNet/data/masks/d.png\r\n".encode("utf-8"))
+    splits = build(tmp_path)
+    assert splits.about["train"].names == ["a.png", "b.png", "c.png"]
+    np.testing.assert_array_equal(read(splits.val)[0][1], labels_for(3, W43, H43))
+
+
+def test_one_pair_of_folders_split_by_seed(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", [f"n{i:02d}" for i in range(20)])
+    splits = build(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=3)
+    names = {s: splits.about[s].names for s in ("train", "val", "test")}
+    assert [len(names[s]) for s in ("train", "val", "test")] == [14, 4, 2]
+    assert not set(names["train"]) & set(names["val"]) and not set(names["val"]) & set(names["test"])
+    assert build(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=3).about["val"].names == names["val"]
+    assert build(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=4).about["val"].names != names["val"]
+
+
+def test_colour_masks_through_a_classes_csv_beside_the_data(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b", "c"], width=W21, height=H21, encoding="RGB")
+    (tmp_path / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nroad,128,64,128\nsign,250,170,30\n")
+    splits = build(tmp_path, val_fraction=0.34)
+    for name, (_, mask) in zip(splits.about["train"].names, read(splits.train)):
+        np.testing.assert_array_equal(mask, labels_for("abc".index(name[0]), W21, H21))
+    assert folder.class_file(tmp_path) == (["void", "road", "sign"], [list(c) for c in COLOURS])
+
+
+def test_colour_masks_through_data_source_colors_and_a_label_map(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"], encoding="RGB")
+    splits = build(tmp_path, colors=[list(c) for c in COLOURS], label_map={0: 255, 1: 0, 2: 1}, num_classes=2, val_fraction=0.5)
+    mask = read(splits.train)[0][1]
+    assert set(np.unique(mask).tolist()) == {0, 1, 255}
+
+
+def test_a_tiff_image_and_a_classes_json_with_names_only(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"], image_ext=".tif")
+    (tmp_path / "classes.json").write_text('["sky", "road", "car"]')
+    splits = build(tmp_path, val_fraction=0.5)
+    assert read(splits.train)[0][0].shape == (H43, W43, 3)
+    assert folder.class_file(tmp_path) == (["sky", "road", "car"], None)
+
+
+# --- bad data: one line each ------------------------------------------------------------------
+
+
+def refused(path, **arguments) -> str:
+    with pytest.raises(DataError) as caught:
+        build(path, **arguments)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unpaired_images_and_masks_are_counted_and_named(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b", "c"])
+    (tmp_path / "masks" / "b.png").unlink()
+    write_mask(tmp_path / "masks" / "zz.png", labels_for(0, W43, H43))
+    message = refused(tmp_path)
+    assert "1 images in" in message and "b.png" in message and "1 masks in" in message and "zz.png" in message
+
+
+def test_a_mask_of_another_size_than_its_image(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"])
+    write_mask(tmp_path / "masks" / "b.png", labels_for(0, W21, H21))
+    message = refused(tmp_path, val_fraction=0.5)
+    assert "b.png (48x24, its image b.png 32x24)" in message
+
+
+def test_a_colour_outside_the_table_names_the_colour_the_file_and_the_count(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"], encoding="RGB")
+    labels = labels_for(0, W43, H43)
+    write_mask(tmp_path / "masks" / "a.png", labels, "RGB", colours=[(0, 0, 0), (128, 64, 128), (1, 2, 3)])
+    message = refused(tmp_path, colors=[list(c) for c in COLOURS], val_fraction=0.5)
+    assert "a.png" in message and f"has {int((labels == 2).sum())} pixels" in message and "(1, 2, 3)" in message
+
+
+def test_colour_masks_without_a_table(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"], encoding="RGB")
+    assert "data.source.colors" in refused(tmp_path, val_fraction=0.5)
+
+
+def test_labels_past_num_classes(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"])
+    assert "data.num_classes=2" in refused(tmp_path, num_classes=2, val_fraction=0.5)
+
+
+def test_an_empty_split(tmp_path):
+    write_split(tmp_path / "train", tmp_path / "trainannot", ["a", "b"])
+    (tmp_path / "val").mkdir()
+    (tmp_path / "valannot").mkdir()
+    assert "the val split" in refused(tmp_path)
+
+
+def test_duplicate_stems(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"])
+    write_image(tmp_path / "images" / "a.jpg", W43, H43)
+    assert "same stem 'a'" in refused(tmp_path)
+
+
+def test_undecodable_files_are_skipped_with_a_count_or_refused(tmp_path, caplog):
+    write_split(tmp_path / "train", tmp_path / "trainannot", ["a", "b", "c"])
+    write_split(tmp_path / "val", tmp_path / "valannot", ["d"])
+    (tmp_path / "train" / "b.png").write_bytes(b"not a png")
+    truncated = (tmp_path / "trainannot" / "c.png").read_bytes()
+    (tmp_path / "trainannot" / "c.png").write_bytes(truncated[: len(truncated) // 2])
+    splits = build(tmp_path)
+    assert splits.about["train"].names == ["a.png"]
+    assert "skipping 2 of 4" in caplog.text and "b.png" in caplog.text
+    assert "b.png" in refused(tmp_path, on_unreadable="fail")
+
+
+def test_a_symlink_loop(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"])
+    os.symlink(tmp_path / "images", tmp_path / "images" / "again")
+    assert "symlink loop" in refused(tmp_path)
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"])
+    (Path(os.fsdecode(bytes(tmp_path / "images") + b"/caf\xe9.png"))).write_bytes(b"")
+    assert "caf\\xe9.png: the file name is not UTF-8" in refused(tmp_path)
+
+
+def test_nothing_to_read(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    assert "found no images and masks" in refused(tmp_path)
+    assert folder.find(tmp_path) is None
+
+
+# --- the config ----------------------------------------------------------------------------------
+
+
+def test_find_spots_a_mask_suffix(tmp_path):
+    write_image(tmp_path / "images" / "0001TP_1.png", W43, H43)
+    write_mask(tmp_path / "masks" / "0001TP_1_L.png", labels_for(0, W43, H43))
+    assert folder.find(tmp_path) == {"path": str(tmp_path), "mask_suffix": "_L"}
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("path", None, "data.source.path=DIR"),
+    ("val_fraction", 1.0, "[0, 1)"),
+    ("colors", [[0, 0, 300]], "0..255"),
+    ("on_unreadable", "ignore", "skip or fail"),
+])
+def test_the_source_keys_are_checked_before_tensorflow(key, value, says):
+    source = {"_target_": "seglab.data.folder.build", "path": "DIR", key: value}
+    with pytest.raises(ConfigError, match=f"data.source.{key}=.*{says}".replace("[", r"\[").replace(")", r"\)")):
+        check_source(source)

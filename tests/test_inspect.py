@@ -1,0 +1,85 @@
+"""`python -m seglab.data inspect PATH`: the report on real generated layouts, and that the command it prints trains."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from seglab.data import DataError, inspect
+from tests.conftest import run_cli, run_module
+from tests.test_folder import COLOURS, H21, W21, labels_for, write_image, write_mask, write_split
+
+TINY_MODEL = ("model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=4", "trainer.mask_samples=1")
+
+
+def camvid_with_void(root, width=W21, height=H21):
+    """train/ + trainannot/, val/ + valannot/, index masks with a void band (255), a classes.csv of names."""
+    for split, names, offset in (("train", ["a", "b", "c", "d"], 0), ("val", ["e", "f"], 4)):
+        for i, name in enumerate(names):
+            write_image(root / split / f"{name}.png", width, height, seed=i + offset)
+            labels = labels_for(i + offset, width, height).copy()
+            labels[:2] = 255
+            write_mask(root / f"{split}annot" / f"{name}.png", labels)
+    (root / "classes.csv").write_text("name\nsky\nroad\ncar\n")
+
+
+def test_inspect_reports_splits_sizes_classes_and_prints_the_overrides(tmp_path, capsys):
+    camvid_with_void(tmp_path)
+    inspect.main([str(tmp_path)])
+    said = capsys.readouterr().out.splitlines()
+    assert "  train: 4 images" in said and "  val: 2 images" in said
+    assert f"  size {W21}x{H21} (aspect 2:1): 6 images" in said
+    void_share = 100 * 2 / H21
+    assert f"  label 255: {void_share:.2f} % of the pixels" in said
+    assert any(line.startswith("  label 1 (road): ") for line in said)
+    assert said[-2] == "train on it with:"
+    command = said[-1].split()
+    assert command[:4] == ["python", "-m", "seglab", "data=folder"]
+    assert {f"data.source.path={tmp_path}", "data.num_classes=3", "data.class_names=[sky,road,car]",
+            "data.ignore_index=255"} <= set(command)
+
+
+def test_inspect_finds_the_colours_of_colour_coded_masks(tmp_path, capsys):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b", "c"], encoding="RGB")
+    inspect.main([str(tmp_path)])
+    said = capsys.readouterr().out
+    assert "data.source.colors=[[0,0,0],[128,64,128],[250,170,30]]" in said
+    assert "label 1 colour (128, 64, 128): 33.33 % of the pixels" in said
+
+
+def test_inspect_lists_problems_and_refuses_what_cannot_be_read(tmp_path, capsys):
+    camvid_with_void(tmp_path)
+    (tmp_path / "train" / "b.png").write_bytes(b"broken")
+    inspect.main([str(tmp_path)])
+    assert "  problem: skipping 1 of 6 image/mask pairs" in capsys.readouterr().out
+    write_mask(tmp_path / "valannot" / "e.png", labels_for(0, 8, 8))
+    with pytest.raises(DataError, match="cannot read it: 1 masks differ in size"):
+        inspect.main([str(tmp_path)])
+    assert "e.png (8x8, its image e.png 48x24)" in capsys.readouterr().out
+
+
+def test_inspect_knows_the_folder_layout_last_and_suggests_sizes_that_keep_the_aspect():
+    names = [name for name, _ in inspect.candidates()]
+    assert names[-1] == "folder"
+    assert inspect.suggested_size(360, 480) == (352, 480)
+    assert inspect.suggested_size(1024, 2048) == (256, 512)
+
+
+@pytest.mark.slow
+def test_the_printed_command_trains(tmp_path):
+    data = tmp_path / "data"
+    camvid_with_void(data)
+    (data / "trainannot" / "a.png").unlink()
+    write_mask(data / "trainannot" / "a.png", np.where(labels_for(0, W21, H21) == 2, 2, 0).astype(np.uint8), "P")
+    done = run_module("seglab.data", "inspect", str(data), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    command = shlex.split(done.stdout.splitlines()[-1])
+    assert command[:3] == ["python", "-m", "seglab"]
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_cli(*command[3:], *TINY_MODEL, f"tracking.uri={uri}", cwd=tmp_path)
+    runs = MlflowClient(uri).search_runs(MlflowClient(uri).search_experiments()[0].experiment_id)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert runs[0].data.params["data.source.path"] == str(data)
