@@ -193,7 +193,7 @@ def test_a_non_square_model_predicts_masks_at_each_images_size_through_predict_a
 def test_a_crop_model_is_evaluated_on_full_images_in_windows_and_exports_at_its_size(wide_run, tmp_path):
     uri, run_id, cwd = wide_run
     done = run_module("seglab.evaluate", f"model_uri=runs:/{run_id}/model", "data=shapes", "data.source.test_size=4",
-                      f"tracking.uri={uri}", cwd=cwd, timeout=600)
+                      "data.source.image_size=[48,64]", f"tracking.uri={uri}", cwd=cwd, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
