@@ -143,11 +143,11 @@ def inference_options(params: dict, window: int) -> dict:
     return {"mode": options.mode, "stride": stride, "flip": options.flip}
 
 
-def input_example(height: int, width: int):
-    """One encoded image at the model's input size (height, width), as a client would send it."""
+def input_example(height: int, width: int | None = None):
+    """One encoded image at the model's input size (height, width; one side: a square), as a client would send it."""
 
     buffer = io.BytesIO()
-    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buffer, "PNG")
+    Image.fromarray(np.full((height, width or height, 3), 128, np.uint8)).save(buffer, "PNG")
     return pd.DataFrame({"image": [buffer.getvalue()]})
 
 
