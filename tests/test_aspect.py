@@ -212,3 +212,10 @@ def test_a_crop_model_is_evaluated_on_full_images_in_windows_and_exports_at_its_
                           f"output={tmp_path / 'export'}", f"tracking.uri={uri}", cwd=cwd, timeout=600)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert "max abs difference" in exported.stdout
+
+
+def test_a_resume_sees_one_side_and_the_same_pair_as_the_same_architecture():
+    from seglab.engine.lifecycle import same_size
+
+    assert same_size("64") == same_size("[64, 64]") == (64, 64)
+    assert same_size("[32, 64]") != same_size("[64, 32]")
