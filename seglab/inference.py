@@ -3,8 +3,10 @@
 (seglab/engine/evaluate.py) share, so all answer the same masks for the same image.
 
 Two modes (`inference.mode`, checked in seglab/config/inference.py):
-- `resize`: the whole image resized to the model's input (bilinear, as in training), the label map
-  back to the image's size (nearest);
+- `resize`: the whole image brought to the model's input (H, W) as the model was trained (its `data.resize`):
+  stretched (bilinear, as in training), fitted inside and padded with zeros (the padding's logits cut off), or
+  scaled to cover (H, W) and read in windows of (H, W) (crop: trained on windows, it sees the full image in
+  windows); the label map back to the image's size (nearest);
 - `slide`: windows of the model's input size moved over the image at full resolution with
   `inference.stride` (the last window of a row or column flush with the image's edge), each pixel's
   logits the uniform average over the windows that cover it, as MMSegmentation's `slide` mode; for
@@ -19,13 +21,19 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from seglab.data.pipeline import resize_image, to_unit_range  # the training pipeline's own preprocessing
+from seglab.data.pipeline import resize_image, scaled_size, to_unit_range  # the training pipeline's own preprocessing
 
 WINDOW_BATCH = 8  # windows per forward pass: a large image must not need all of its windows in memory at once
 
 
-def preprocess(images: list[np.ndarray], size: int):
-    """uint8 RGB images (H, W, 3) of any sizes -> one float32 batch (N, size, size, 3) in [0, 1], as in training."""
+def model_size(model) -> tuple[int, int]:
+    """(height, width) of the images a model takes."""
+    return int(model.input_shape[1]), int(model.input_shape[2])
+
+
+def preprocess(images: list[np.ndarray], size):
+    """uint8 RGB images (H, W, 3) of any sizes -> one float32 batch (N, h, w, 3) in [0, 1] at `size` (one side or
+    (h, w)), as in training."""
     return tf.stack([to_unit_range(resize_image(im, size)) for im in images])
 
 
@@ -38,21 +46,21 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 def slide_logits(model, image: np.ndarray, stride: int) -> np.ndarray:
     """float32 (H, W, C) logits of one float32 image (H, W, 3) in [0, 1]: the uniform average over the windows
     covering each pixel."""
-    window = int(model.input_shape[1])
+    window = model_size(model)
     height, width = image.shape[:2]
-    padded = np.zeros((max(height, window), max(width, window), 3), np.float32)
+    padded = np.zeros((max(height, window[0]), max(width, window[1]), 3), np.float32)
     padded[:height, :width] = image
-    rows, columns = (window_starts(side, window, stride) for side in padded.shape[:2])
+    rows, columns = (window_starts(side, win, stride) for side, win in zip(padded.shape[:2], window))
     corners = [(y, x) for y in rows for x in columns]
     total = np.zeros((*padded.shape[:2], int(model.output_shape[-1])), np.float32)
     count = np.zeros((*padded.shape[:2], 1), np.float32)
     for start in range(0, len(corners), WINDOW_BATCH):
         chunk = corners[start : start + WINDOW_BATCH]
-        tiles = np.stack([padded[y : y + window, x : x + window] for y, x in chunk])
+        tiles = np.stack([padded[y : y + window[0], x : x + window[1]] for y, x in chunk])
         logits = np.asarray(model(tiles, training=False), np.float32)
         for (y, x), tile in zip(chunk, logits):
-            total[y : y + window, x : x + window] += tile
-            count[y : y + window, x : x + window] += 1.0
+            total[y : y + window[0], x : x + window[1]] += tile
+            count[y : y + window[0], x : x + window[1]] += 1.0
     return (total / count)[:height, :width]
 
 
@@ -71,28 +79,51 @@ def batch_logits(model, batch, mode: str = "resize", stride: int | None = None, 
     return logits
 
 
-def _logits(model, images: list[np.ndarray], mode: str, stride: int | None, flip: bool) -> list:
-    """float32 logits (H, W, C) per uint8 image at the model's size (resize) or the image's own (slide)."""
+def _logits(model, images: list[np.ndarray], mode: str, stride: int | None, flip: bool, resize: str) -> list:
+    """float32 logits (h, w, C) per uint8 image, of the image's content at some scale (the caller resizes them
+    to the image's size): slide at the image's own size; resize as the model was trained (`resize`, its
+    data.resize): stretched to the model's size, fitted inside it (the padding cut off again), or, for crop,
+    scaled to cover the model's size and read in windows of it."""
+    size = model_size(model)
     if mode == "slide":
         return [batch_logits(model, to_unit_range(im)[None], mode, stride, flip)[0] for im in images]
-    return list(batch_logits(model, preprocess(images, model.input_shape[1]), mode, stride, flip))
+    if resize == "crop":
+        stride = stride or max(min(size) // 2, 1)
+        covered = [resize_image(im, scaled_size(im.shape, size, cover=True)) for im in images]
+        return [batch_logits(model, to_unit_range(im)[None], "slide", stride, flip)[0] for im in covered]
+    if resize == "fit":
+        return [_fitted_logits(model, im, size, flip) for im in images]
+    return list(batch_logits(model, preprocess(images, size), mode, stride, flip))
+
+
+def _fitted_logits(model, image: np.ndarray, size: tuple[int, int], flip: bool):
+    """data.resize=fit: the image scaled to fit inside the model's size and centred on zeros, as in training;
+    the logits of the image's part."""
+    inner = [int(side) for side in scaled_size(image.shape, size, cover=False)]
+    top, left = (size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2
+    canvas = tf.image.pad_to_bounding_box(to_unit_range(resize_image(image, inner)), top, left, *size)
+    logits = batch_logits(model, canvas[None], "resize", None, flip)[0]
+    return logits[top : top + inner[0], left : left + inner[1]]
 
 
 def segment(model, images: list[np.ndarray], scores: bool = False, mode: str = "resize", stride: int | None = None,
-            flip: bool = False):
+            flip: bool = False, resize: str = "stretch"):
     """Label maps (H, W) at each image's own size; with `scores`, also each image's per-class softmax
-    probabilities (H, W, C) at its own size.  `stride`: of `slide` mode's windows, in pixels; `flip`: average
-    with the horizontally flipped image's logits."""
-    logits = _logits(model, images, mode, stride, flip)
-    if mode == "slide":
-        masks = [np.asarray(lg).argmax(-1).astype(np.uint8) for lg in logits]
-        return (masks, [tf.nn.softmax(lg, axis=-1).numpy() for lg in logits]) if scores else masks
+    probabilities (H, W, C) at its own size.  `stride`: of the sliding windows, in pixels; `flip`: average
+    with the horizontally flipped image's logits; `resize`: the model's data.resize (stretch, fit, crop), how
+    `resize` mode brings an image to the model's size."""
+    logits = _logits(model, images, mode, stride, flip, resize)
     labels = [tf.argmax(lg, axis=-1, output_type=tf.int32)[..., None] for lg in logits]
-    masks = [
-        tf.image.resize(lab, im.shape[:2], method="nearest")[..., 0].numpy().astype(np.uint8)
-        for lab, im in zip(labels, images)
-    ]
+    masks = [_at(lab, im.shape[:2], "nearest")[..., 0].numpy().astype(np.uint8) for lab, im in zip(labels, images)]
     if not scores:
         return masks
     probabilities = [tf.nn.softmax(lg, axis=-1) for lg in logits]
-    return masks, [tf.image.resize(p, im.shape[:2], method="bilinear").numpy() for p, im in zip(probabilities, images)]
+    return masks, [_at(p, im.shape[:2], "bilinear").numpy() for p, im in zip(probabilities, images)]
+
+
+def _at(values, shape: tuple[int, int], method: str):
+    """`values` (h, w, k) at the image's `shape`; as they are when already at it."""
+    values = tf.convert_to_tensor(values)
+    if tuple(values.shape[:2]) == tuple(shape):
+        return values
+    return tf.image.resize(values, shape, method=method)

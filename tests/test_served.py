@@ -73,7 +73,7 @@ def test_the_served_model_refuses_what_is_not_an_image_in_one_message_each(model
 
 def test_an_image_of_more_pixels_than_the_limit_is_refused_from_its_header(model_uri):
     model = mlflow.pyfunc.load_model(model_uri)
-    assert model.model_config == {"max_pixels": served.MAX_PIXELS}
+    assert model.model_config == {"max_pixels": served.MAX_PIXELS, "resize": "stretch"}  # resize: the training's data.resize
     side = int(served.MAX_PIXELS ** 0.5) + 1  # one row of pixels over: refused without decoding 75 MB
     message = refusal(model, pd.DataFrame({"image": [png_header_only(side, side)]}))
     assert f"image 0 of the request is {side}x{side} = {side * side:,} pixels" in message

@@ -42,6 +42,7 @@ from seglab import console, errors, tracking
 from seglab.cli import helptext
 from seglab.config import preflight, schema
 from seglab.config.check import require
+from seglab.config.data import plain, size_of
 from seglab.config.trainer import PRECISIONS
 from seglab.data import batches_of
 from seglab.tracking import tags
@@ -169,11 +170,11 @@ def _batches(cfg, source: str, steps: int):
     import tensorflow as tf
 
 
-    size, batch, classes = cfg.data.image_size, cfg.trainer.batch_size, cfg.data.num_classes
+    (height, width), batch, classes = size_of(cfg.data.image_size), cfg.trainer.batch_size, cfg.data.num_classes
     if source == "synthetic":
         rng = np.random.default_rng(cfg.seed)
-        images = rng.uniform(size=(batch, size, size, 3)).astype(np.float32)
-        masks = rng.integers(0, classes, size=(batch, size, size)).astype(np.int32)
+        images = rng.uniform(size=(batch, height, width, 3)).astype(np.float32)
+        masks = rng.integers(0, classes, size=(batch, height, width)).astype(np.int32)
         return tf.data.Dataset.from_tensors((images, masks)).repeat(steps)
     splits = instantiate(cfg.data.source)
     return batches_of(cfg, splits.train, "train", training=True).repeat().take(steps)
@@ -290,7 +291,7 @@ def _row(model_name, precision, jit, source, cfg, seglab_runs, plain_runs, peaks
     return {
         "model": model_name, "precision": precision, "jit_compile": jit, "xla": all(r["xla"] for r in seglab_runs + plain_runs),
         "data": source,
-        "image_size": cfg.data.image_size, "batch_size": cfg.trainer.batch_size, "forward_gflops": flops / 1e9,
+        "image_size": plain(cfg.data.image_size), "batch_size": cfg.trainer.batch_size, "forward_gflops": flops / 1e9,
         "images_per_second": images_per_second,
         "plain_keras_images_per_second": median(plain_runs, "images_per_second"),
         "overhead_ratio": images_per_second / median(plain_runs, "images_per_second"),

@@ -3,8 +3,8 @@
 Exports a model logged by seglab (from any MLflow store, `tracking.uri`, default the training
 default `sqlite:///mlflow.db`) with Keras 3's exporters: `DIR/model.onnx` (format=onnx),
 `DIR/model.tflite` (format=litert) or the SavedModel directory `DIR/saved_model`.  The file takes
-(N, S, S, 3) float32 RGB in [0, 1] at the model's input size S and answers (N, S, S, classes)
-float32 logits.  It is then run by its own runtime (onnxruntime, TensorFlow's LiteRT interpreter,
+(N, H, W, 3) float32 RGB in [0, 1] at the model's input size (H, W), data.image_size, and answers
+(N, H, W, classes) float32 logits.  It is then run by its own runtime (onnxruntime, TensorFlow's LiteRT interpreter,
 TensorFlow) on a sample input and compared with the Keras model's logits: the largest absolute
 difference is printed.  When the model belongs to a run, the export is logged to that run as an
 artifact under `export/<format>/`.  How to run each file: docs/export.md.

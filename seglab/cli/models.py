@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from seglab import console, errors
 from seglab.cli import helptext
 from seglab.config import schema
+from seglab.config.data import size_of
 from seglab.config.schema import CONF_DIR
 
 
@@ -28,8 +29,8 @@ def describe(name: str, overrides: list[str]) -> tuple[int, int]:
     model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
     model.summary(expand_nested=False)
     params, flops = model.count_params(), forward_flops(model)
-    size = cfg.data.image_size
-    print(f"{name}: {params:,} parameters, {flops / 1e9:.2f} GFLOPs per {size}x{size} image ({cfg.data.num_classes} classes)")
+    height, width = size_of(cfg.data.image_size)
+    print(f"{name}: {params:,} parameters, {flops / 1e9:.2f} GFLOPs per {height}x{width} image ({cfg.data.num_classes} classes)")
     return params, flops
 
 

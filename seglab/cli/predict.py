@@ -4,10 +4,11 @@ Segments every image under `input` (a file, or a directory searched recursively)
 logged by seglab, from any MLflow store (`tracking.uri`, default the training default
 `sqlite:///mlflow.db`).  Per image it writes `<file name>_mask.png` (e.g. `cat.jpg_mask.png`) (the label of each pixel as its grey
 value, at the image's own size) and `<file name>_overlay.png` (the labels' colours over the image).
-Images of any size are resized to the model's input (bilinear, as in training) and the predicted
-mask back to the image's size with nearest-neighbour; with `inference.mode=slide`, windows of the
+Images of any size are brought to the model's input (H, W) as its training's `data.resize` did (stretched
+bilinear; fitted inside and padded; or, for crop, scaled to cover (H, W) and read in windows of it) and the
+predicted mask back to the image's size with nearest-neighbour; with `inference.mode=slide`, windows of the
 model's input size slide over the image at full resolution every `inference.stride` pixels (default
-half a window) and the logits of overlapping windows are averaged (for images larger than the
+half the window's shorter side) and the logits of overlapping windows are averaged (for images larger than the
 training size).  16-bit images are scaled to 8 bits (not clipped); grey, palette and CMYK images are
 converted to RGB and an alpha channel is dropped (seglab/util/images.py).  Files that cannot be read
 as images are skipped, each named in one line.
@@ -116,7 +117,8 @@ def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
     from seglab import inference  # TensorFlow
 
     model = tracking.load_model(cfg.model_uri, cfg.tracking.uri)
-    stride = slide_stride(cfg.inference, int(model.input_shape[1]))
+    resize = tracking.model_resize(cfg.model_uri, cfg.tracking.uri)  # as the model was trained: stretch, fit or crop
+    stride = slide_stride(cfg.inference, min(inference.model_size(model)))
     root = source.parent if source.is_file() else source
     written = 0
     with tqdm(total=len(files), unit="image", desc="predict", file=sys.stderr, disable=None) as bar:  # None: no bar off a terminal
@@ -129,7 +131,7 @@ def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:
                     skipped.append((path, images.why_unreadable(err)))
             if readable:
                 masks = inference.segment(model, [im for _, im in readable], mode=cfg.inference.mode, stride=stride,
-                                         flip=cfg.inference.flip)
+                                         flip=cfg.inference.flip, resize=resize)
                 for (path, image), labels in zip(readable, masks):
                     write(output, path.relative_to(root), image, labels)
                 written += len(readable)

@@ -12,6 +12,34 @@ from seglab.config import sources
 from seglab.config.check import require
 
 CLASS_NAME = re.compile(r"[\w.\- ]+")
+MIN_SIDE = 8  # the smallest image side any pipeline step or model is written for
+# data.resize: how an image of another aspect becomes (H, W) (seglab/data/pipeline.py does each).
+RESIZE_MODES = ("stretch", "fit", "crop")
+SIZE_HELP = f"use one side (an integer >= {MIN_SIDE}) or [height, width] (e.g. [96, 128])"
+
+
+def size_of(image_size: Any) -> tuple[int, int]:
+    """`data.image_size` as (height, width): one side (an int) for a square, or [height, width].
+    ConfigError, one line, for anything else (a list of another length, a side that is not a positive integer)."""
+    sides = [image_size] if isinstance(image_size, int) else image_size
+    try:
+        sides = list(sides)
+    except TypeError:
+        sides = []
+    ok = len(sides) in (1, 2) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides)
+    require(ok and (len(sides) == 2 or isinstance(image_size, int)), "data.image_size", plain(image_size), SIZE_HELP)
+    return (sides[0], sides[-1])
+
+
+def size_text(image_size: Any) -> str:
+    """The size as an override writes it: `64` for a square given as one side, `[48,64]` otherwise."""
+    height, width = size_of(image_size)
+    return str(height) if isinstance(image_size, int) else f"[{height},{width}]"
+
+
+def plain(value: Any) -> Any:
+    """A ListConfig as the list it holds, so a message shows `[32, 0]`, not an OmegaConf repr."""
+    return list(value) if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)) else value
 
 
 @dataclass
@@ -32,7 +60,7 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    image_size: int = MISSING
+    image_size: Any = MISSING  # one side (square) or [height, width]: the size the model sees
     num_classes: int = MISSING
     class_names: list[str] = MISSING
     ignore_index: Optional[int] = MISSING  # label of pixels that count nowhere (e.g. COCO crowd regions)
@@ -41,9 +69,19 @@ class DataConfig:
     augment: AugmentConfig = MISSING
     cache: Optional[str] = MISSING  # "memory", a file path prefix with a directory (e.g. ./cache/pets), or null
     shuffle_buffer: int = MISSING
+    # How an image of another aspect becomes image_size: stretch (squeezed), fit (aspect kept, padded with
+    # ignore_index) or crop (aspect kept, a random crop in training, the centre in validation).  A default,
+    # so that a data YAML of your own written before the key still composes.
+    resize: str = "stretch"
 
     def __post_init__(self) -> None:
-        require(self.image_size >= 8, "data.image_size", self.image_size, "use an integer >= 8")
+        require(min(size_of(self.image_size)) >= MIN_SIDE, "data.image_size", plain(self.image_size), SIZE_HELP)
+        require(self.resize in RESIZE_MODES, "data.resize", self.resize, f"choose one of {', '.join(RESIZE_MODES)}")
+        require(
+            self.resize != "fit" or self.ignore_index is not None, "data.resize", self.resize,
+            "fit pads each image to data.image_size and labels the padding data.ignore_index, which is null here: "
+            "set data.ignore_index=255 (or use data.resize=stretch|crop)",
+        )
         require(self.num_classes >= 2, "data.num_classes", self.num_classes, "use an integer >= 2")
         require(
             len(self.class_names) == self.num_classes,
@@ -86,7 +124,7 @@ class DataConfig:
 @dataclass
 class ShapesSourceConfig:
     _target_: str = MISSING
-    image_size: int = MISSING
+    image_size: Any = MISSING  # data.image_size: the images are generated at it
     train_size: int = MISSING
     val_size: int = MISSING
     test_size: int = MISSING  # 0: no test split (`python -m seglab.evaluate` then falls back to validation)

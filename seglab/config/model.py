@@ -17,11 +17,11 @@ class ModelConfig:
     _target_: str = MISSING
 
     def size_multiple(self) -> int:
-        """The input side must be a multiple of this (total downsampling of the encoder)."""
+        """Each side of the input (height and width) must be a multiple of this (total downsampling of the encoder)."""
         return 1
 
     def min_size(self) -> int:
-        """The smallest input side the builder accepts."""
+        """The smallest input side (height or width) the builder accepts."""
         return self.size_multiple()
 
 

@@ -22,7 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from seglab.config import data, loss, model, optimizer, scheduler, tracking, trainer
 from seglab.config.check import ConfigError, require
-from seglab.config.data import DataConfig
+from seglab.config.data import DataConfig, size_of
 from seglab.config.loss import LossConfig
 from seglab.config.model import ModelConfig
 from seglab.config.optimizer import OptimizerConfig
@@ -59,16 +59,7 @@ class Config:
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", self.seed, "use a non-negative integer")
         require(self.optimize_metric in METRICS, "optimize_metric", self.optimize_metric, f"choose one of {', '.join(METRICS)}")
-        multiple = self.model.size_multiple()
-        require(
-            self.data.image_size % multiple == 0,
-            "data.image_size",
-            self.data.image_size,
-            f"this model downsamples by {multiple}, so use a multiple of {multiple} "
-            f"(e.g. {max(multiple, self.data.image_size // multiple * multiple)})",
-        )
-        smallest = self.model.min_size()
-        require(self.data.image_size >= smallest, "data.image_size", self.data.image_size, f"this model needs images of at least {smallest} px")
+        self.check_size()
         self.loss.check_classes(self.data.num_classes)
         require(
             self.scheduler.warmup_epochs < self.trainer.epochs, "scheduler.warmup_epochs", self.scheduler.warmup_epochs,
@@ -94,6 +85,24 @@ class Config:
             f"use null or a label outside 0..{self.data.num_classes - 1} (e.g. 255): the metrics count every label in "
             "that range as a class; to leave a class out, relabel it to data.ignore_index in the data",
         )
+
+    def check_size(self) -> None:
+        """Each side of data.image_size a multiple of the model's downsampling and at least its smallest input;
+        the size suggested is one that passes both (segformer at 48 px: 64, not 32, which is too small)."""
+        multiple, smallest = self.model.size_multiple(), self.model.min_size()
+        sides = size_of(self.data.image_size)
+
+        def fixed(side: int) -> int:
+            return max(side // multiple * multiple, -(-smallest // multiple) * multiple)
+
+        suggestion = [fixed(side) for side in sides]
+        example = suggestion[0] if isinstance(self.data.image_size, int) else f"[{suggestion[0]},{suggestion[1]}]"
+        shown = data.plain(self.data.image_size)
+        each = "" if isinstance(shown, int) else " on each side"
+        require(all(side % multiple == 0 for side in sides), "data.image_size", shown,
+                f"this model downsamples by {multiple}, so use a multiple of {multiple}{each} (e.g. {example})")
+        require(min(sides) >= smallest, "data.image_size", shown,
+                f"this model needs images of at least {smallest} px a side (e.g. {example})")
 
 
 def register() -> None:

@@ -29,12 +29,14 @@ class DataError(UserError, RuntimeError):
 
 
 def cache_name(data_cfg, split: str) -> str:
-    """A file-cache name unique to the data set, its size and its source settings, so that a run
-    with other data or settings never reads another run's `data.cache` files."""
+    """A file-cache name unique to the data set, its size, its resize mode and its source settings, so that a
+    run with other data or settings never reads another run's `data.cache` files.  (data.resize=stretch, the
+    default, is left out of the digest: the caches written before the key existed stay valid; fit's padding is labelled ignore_index.)"""
 
 
     data = OmegaConf.to_container(data_cfg, resolve=True)
-    settings = OmegaConf.to_yaml({key: data[key] for key in ("name", "image_size", "source")})
+    keys = ("name", "image_size", "source") + (("resize", "ignore_index") if data.get("resize", "stretch") != "stretch" else ())
+    settings = OmegaConf.to_yaml({key: data[key] for key in keys})
     return f"{data_cfg.name}-{split}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 
@@ -46,7 +48,8 @@ def batches_of(cfg, dataset, split: str, training: bool = False, cache: bool = T
 
     data = cfg.data
     return pipeline.make(
-        dataset, image_size=data.image_size, batch_size=cfg.trainer.batch_size, training=training, seed=cfg.seed,
+        dataset, image_size=data.image_size, resize=data.resize, ignore_index=data.ignore_index,
+        batch_size=cfg.trainer.batch_size, training=training, seed=cfg.seed,
         deterministic=cfg.deterministic, augment_options=dict(data.augment) if training else None,
         cache=data.cache if cache else None, cache_name=cache_name(data, split), shuffle_buffer=data.shuffle_buffer,
         epochs=epochs,

@@ -1,5 +1,10 @@
 """The tf.data pipeline shared by every data set: resize, normalise, cache, shuffle, augment, batch.
 
+Resizing to `data.image_size` (H, W) follows `data.resize`: `stretch` squeezes the image to it; `fit` keeps
+the aspect, scales the image to fit inside and pads it (0 in the image, `ignore_index` in the mask); `crop`
+keeps the aspect, scales the image to cover (H, W) and cuts a window: random in training (stateless, from
+the example's seed, as the augmentation), the centre in evaluation.
+
 Images are delivered as float32 RGB in [0, 1]; each model applies its own encoder preprocessing
 inside its graph, so a saved model takes raw images.  Masks are resized with nearest-neighbour
 only (bilinear would invent fractional labels) and delivered as int32 `(H, W)` label maps.
@@ -17,26 +22,86 @@ import tensorflow as tf
 from tensorflow.python.framework import random_seed
 
 from seglab.config import trainer as trainer_schema
+from seglab.config.data import size_of
 
 AUTOTUNE = tf.data.AUTOTUNE
+CROP_STREAM = 5  # data.resize=crop's window: its own stream of an example's seed (augment uses 1 to 4)
 
 
-def resize_image(image, image_size: int):
-    """uint8 RGB of any size -> uint8 (S, S, 3), bilinear.  Still uint8: what is cached takes a
-    quarter of the memory float32 would."""
-    image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear")
+def resize_image(image, image_size):
+    """uint8 RGB of any size -> uint8 (H, W, 3) at `image_size` (one side, or (H, W), tensors allowed), bilinear.
+    Still uint8: what is cached takes a quarter of the memory float32 would."""
+    image = tf.image.resize(tf.cast(image, tf.float32), _sides(image_size), method="bilinear")
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
-def resize_mask(mask, image_size: int):
-    """Integer labels (H, W) or (H, W, 1) -> int32 (S, S), nearest-neighbour only (no invented labels)."""
+def resize_mask(mask, image_size):
+    """Integer labels (H, W) or (H, W, 1) -> int32 at `image_size`, nearest-neighbour only (no invented labels)."""
     mask = tf.cast(mask, tf.int32)
     if mask.shape.rank == 2:
         mask = mask[..., None]
-    return tf.image.resize(mask, (image_size, image_size), method="nearest")[..., 0]
+    return tf.image.resize(mask, _sides(image_size), method="nearest")[..., 0]
 
 
-def prepare(image, mask, image_size: int):
+def _sides(image_size):
+    """(H, W) of a data.image_size, or a size tensor as it is (fit and crop compute the size in the graph)."""
+    return image_size if tf.is_tensor(image_size) else size_of(image_size)
+
+
+def scaled_size(shape, image_size, cover: bool):
+    """The size (h, w) an image of `shape` (its first two sides) takes at the one scale that fits it inside
+    `image_size` (cover=False: data.resize=fit) or makes it cover `image_size` (cover=True: crop); aspect kept."""
+    height, width = size_of(image_size)
+    sides = tf.cast(shape[:2], tf.float32)
+    ratios = tf.constant([height, width], tf.float32) / sides
+    scale = tf.reduce_max(ratios) if cover else tf.reduce_min(ratios)
+    size = tf.cast(tf.round(sides * scale), tf.int32)
+    # Rounding must not leave a side short of (cover) or past (fit) the target.
+    target = tf.constant([height, width], tf.int32)
+    return tf.maximum(size, target) if cover else tf.clip_by_value(size, 1, target)
+
+
+def fit(image, mask, image_size, ignore_index: int):
+    """data.resize=fit: the whole image at the scale that fits it inside (H, W), centred; the border is 0 in
+    the image and `ignore_index` in the mask, so it counts in neither the loss nor the metrics."""
+    height, width = size_of(image_size)
+    size = scaled_size(tf.shape(image), image_size, cover=False)
+    image, mask = resize_image(image, size), resize_mask(mask, size)
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    padding = [[top, height - size[0] - top], [left, width - size[1] - left]]
+    image = tf.pad(image, padding + [[0, 0]])
+    mask = tf.pad(mask, padding, constant_values=ignore_index)
+    return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(mask, (height, width))
+
+
+def cover(image, mask, image_size):
+    """data.resize=crop, before the crop: the image at the scale that makes it cover (H, W), aspect kept."""
+    size = scaled_size(tf.shape(image), image_size, cover=True)
+    return resize_image(image, size), resize_mask(mask, size)
+
+
+def crop(image, mask, image_size, seed=None):
+    """A (H, W) window of an image that covers it: at a uniform position drawn from `seed` (training), or
+    the centre (seed None: validation)."""
+    height, width = size_of(image_size)
+    room = tf.shape(image)[:2] - tf.constant([height, width])
+    if seed is None:
+        top, left = room[0] // 2, room[1] // 2
+    else:
+        top, left = tf.unstack(tf.random.stateless_uniform([2], seed=seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
+                               % (room + 1))
+    image, mask = image[top : top + height, left : left + width], mask[top : top + height, left : left + width]
+    return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(mask, (height, width))
+
+
+def prepare(image, mask, image_size, resize: str = "stretch", ignore_index: int | None = None, training: bool = False):
+    """One example at the model's size as data.resize says (stretch, fit, crop), image uint8, mask int32.  A
+    training example in crop mode stays at its covering size: its random window is cut per epoch (`_epoch`)."""
+    if resize == "fit":
+        return fit(image, mask, image_size, ignore_index)
+    if resize in ("crop", "cover"):  # cover: the whole covering image (seglab.evaluate reads it in windows)
+        image, mask = cover(image, mask, image_size)
+        return (image, mask) if training or resize == "cover" else crop(image, mask, image_size)
     return resize_image(image, image_size), resize_mask(mask, image_size)
 
 
@@ -91,13 +156,17 @@ def make(
     cache_name: str = "split",
     shuffle_buffer: int = 1024,
     epochs: range = range(1),
+    resize: str = "stretch",
+    ignore_index: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (image float32 (B, S, S, 3), mask int32 (B, S, S)) from an unbatched split.
+    """Batches of (image float32 (B, H, W, 3), mask int32 (B, H, W)) from an unbatched split, (H, W) being
+    `image_size` (one side or (H, W)) reached as `resize` says (data.resize; fit pads the mask with `ignore_index`).
 
     Training: the batches of `epochs` one after the other (`steps_per_epoch` batches each), for
     `fit(..., steps_per_epoch=..., initial_epoch=epochs.start)`; evaluation: one pass."""
     ds = dataset.map(
-        lambda image, mask: prepare(image, mask, image_size), num_parallel_calls=AUTOTUNE, deterministic=deterministic
+        lambda image, mask: prepare(image, mask, image_size, resize, ignore_index, training),
+        num_parallel_calls=AUTOTUNE, deterministic=deterministic,
     )
     if cache == "memory":
         ds = ds.cache()
@@ -105,9 +174,9 @@ def make(
         ds = ds.cache(f"{cache}-{cache_name}")  # cache_name: seglab.data.cache_name, unique to the data
     if training:
         options = dict(augment_options or {})
-        prepared = ds
+        prepared, window = ds, size_of(image_size) if resize == "crop" else None
         ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(
-            lambda epoch: _epoch(prepared, epoch, seed, shuffle_buffer, batch_size, deterministic, options)
+            lambda epoch: _epoch(prepared, epoch, seed, shuffle_buffer, batch_size, deterministic, options, window)
         )
     else:
         ds = ds.map(lambda image, mask: (to_unit_range(image), mask), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
@@ -118,17 +187,21 @@ def make(
     return ds.with_options(opts)
 
 
-def _epoch(ds, epoch, seed: int, shuffle_buffer: int, batch_size: int, deterministic: bool, options: dict) -> tf.data.Dataset:
-    """One epoch's batches; its order and augmentation depend only on (seed, epoch), not on how
-    many epochs this process has run before."""
+def _epoch(ds, epoch, seed: int, shuffle_buffer: int, batch_size: int, deterministic: bool, options: dict,
+           window: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """One epoch's batches; its order, crop `window`s (data.resize=crop) and augmentation depend only on
+    (seed, epoch), not on how many epochs this process has run before."""
     epoch_key = tf.stack([tf.constant(seed, tf.int64), epoch])
     shuffle_seed = tf.random.stateless_uniform([], seed=epoch_key, minval=None, maxval=None, dtype=tf.int64)
     ds = _shuffle(ds, shuffle_buffer, shuffle_seed)
-    return ds.enumerate().map(
-        lambda index, pair: augment(to_unit_range(pair[0]), pair[1], _subseed(epoch_key, index), **options),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    ).batch(batch_size)
+
+    def example(index, pair):
+        image, mask, element_seed = pair[0], pair[1], _subseed(epoch_key, index)
+        if window is not None:
+            image, mask = crop(image, mask, window, _subseed(element_seed, CROP_STREAM))
+        return augment(to_unit_range(image), mask, element_seed, **options)
+
+    return ds.enumerate().map(example, num_parallel_calls=AUTOTUNE, deterministic=deterministic).batch(batch_size)
 
 
 def steps_per_epoch(examples: int, batch_size: int) -> int:

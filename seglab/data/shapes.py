@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from seglab.config.data import plain, size_of
 from seglab.data import Provenance, Splits
 
 OBJECT, BACKGROUND, BOUNDARY = 0, 1, 2
@@ -38,9 +39,9 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, 3)
 
 
-def _shape_mask(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
-    cy, cx = rng.uniform(0.2, 0.8, 2) * size
-    radius = rng.uniform(0.12, 0.3) * size
+def _shape_mask(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    cy, cx = rng.uniform(0.2, 0.8, 2) * np.array(size)
+    radius = rng.uniform(0.12, 0.3) * min(size)
     angle = rng.uniform(0, 2 * np.pi)
     u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
     v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
@@ -74,17 +75,18 @@ def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
-def render(rng: np.random.Generator, size: int, max_objects: int, boundary_width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One (image uint8 (size, size, 3), mask uint8 (size, size)) pair."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def render(rng: np.random.Generator, size, max_objects: int, boundary_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (image uint8 (H, W, 3), mask uint8 (H, W)) pair; `size`: one side or (H, W)."""
+    size = size_of(size)
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]].astype(np.float32)
     base, other = _colour(rng), _colour(rng)
-    pattern = (_texture(rng, yy, xx, size)[..., None] + 1) / 2
+    pattern = (_texture(rng, yy, xx, min(size))[..., None] + 1) / 2
     image = base * (1 - pattern * 0.5) + other * pattern * 0.5
-    objects = np.zeros((size, size), bool)
+    objects = np.zeros(size, bool)
     for _ in range(rng.integers(1, max_objects + 1)):
         shape = _shape_mask(rng, yy, xx, size)
         colour, accent = _colour(rng), _colour(rng)
-        tex = (_texture(rng, yy, xx, size)[..., None] + 1) / 2
+        tex = (_texture(rng, yy, xx, min(size))[..., None] + 1) / 2
         strength = rng.uniform(0.1, 0.6)
         fill = colour * (1 - tex * strength) + accent * tex * strength
         image = np.where(shape[..., None], fill, image)
@@ -92,23 +94,23 @@ def render(rng: np.random.Generator, size: int, max_objects: int, boundary_width
     image += rng.normal(0, rng.uniform(3, 15), image.shape)
     inner = ~_grow(~objects, boundary_width // 2)
     outer = _grow(objects, boundary_width - boundary_width // 2)
-    mask = np.full((size, size), BACKGROUND, np.uint8)
+    mask = np.full(size, BACKGROUND, np.uint8)
     mask[objects] = OBJECT
     mask[outer & ~inner] = BOUNDARY
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def generate(count: int, size: int, seed: int, max_objects: int = 3, boundary_width: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """`count` pairs as arrays (count, size, size, 3) uint8 and (count, size, size) uint8."""
+def generate(count: int, size, seed: int, max_objects: int = 3, boundary_width: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """`count` pairs as arrays (count, H, W, 3) uint8 and (count, H, W) uint8; `size`: one side or (H, W)."""
     rng = np.random.default_rng(seed)
     pairs = [render(rng, size, max_objects, boundary_width) for _ in range(count)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def build(image_size: int, train_size: int, val_size: int, max_objects: int = 3, boundary_width: int = 2, seed: int = 0,
+def build(image_size: int | list[int], train_size: int, val_size: int, max_objects: int = 3, boundary_width: int = 2, seed: int = 0,
           test_size: int = 0):
     """The `data=shapes` source: disjoint train, validation and (test_size > 0) test splits from
-    independent seeds."""
+    independent seeds, generated at `image_size` (one side, or [height, width])."""
 
 
     def split(count: int, stream: int):
@@ -116,7 +118,7 @@ def build(image_size: int, train_size: int, val_size: int, max_objects: int = 3,
         return tf.data.Dataset.from_tensor_slices((images, masks))
 
     def about(stream: int) -> Provenance:
-        return Provenance({"kind": "shapes", "seed": seed, "stream": stream, "image_size": image_size,
+        return Provenance({"kind": "shapes", "seed": seed, "stream": stream, "image_size": plain(image_size),
                            "max_objects": max_objects, "boundary_width": boundary_width})
 
     return Splits(train=split(train_size, 0), val=split(val_size, 1), test=split(test_size, 2) if test_size else None,

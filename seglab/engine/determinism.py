@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from seglab.config.data import size_of
 from seglab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -82,22 +83,24 @@ class Finding:
         return f"layer {self.layer!r}: {self.op_type}, {self.what}; {self.fix}"
 
 
-def training_step_ops(model, image_size: int) -> list[tuple[str, str, object]]:
+def training_step_ops(model, image_size) -> list[tuple[str, str, object]]:
     """(op type, op name, NodeDef) of every op in the traced training step of a compiled model
-    (forward pass, loss, gradients, optimizer update, metrics), nested functions included."""
+    (forward pass, loss, gradients, optimizer update, metrics), nested functions included.
+    `image_size`: one side or (height, width), as data.image_size."""
 
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # fit would build it the same way; no values change
     # As fit runs it: in a replica context of the strategy in scope (the default one: a plain call).
     strategy = tf.distribute.get_strategy()
     step = tf.function(lambda data: strategy.run(model.train_step, args=(data,)))
-    spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32), tf.TensorSpec((None, image_size, image_size), tf.int32))
+    height, width = size_of(image_size)
+    spec = (tf.TensorSpec((None, height, width, 3), tf.float32), tf.TensorSpec((None, height, width), tf.int32))
     graph_def = step.get_concrete_function(spec).graph.as_graph_def()
     nodes = list(graph_def.node) + [node for function in graph_def.library.function for node in function.node_def]
     return [(node.op, node.name, node) for node in nodes]
 
 
-def find(model, image_size: int) -> list[Finding]:
+def find(model, image_size) -> list[Finding]:
     """Ops of the training step without a deterministic GPU kernel, one finding per (layer, op type)."""
     names = {layer.name for layer in _all_layers(model)}
     found: dict[tuple[str, str], Finding] = {}
@@ -113,7 +116,7 @@ def find(model, image_size: int) -> list[Finding]:
     return list(found.values())
 
 
-def preflight(model, image_size: int, deterministic: bool) -> list[Finding]:
+def preflight(model, image_size, deterministic: bool) -> list[Finding]:
     """Before `fit` with `deterministic: true`: log each finding (a warning on a CPU, where the
     kernels exist; a DeterminismError on a GPU, where the step would raise mid-run)."""
     if not deterministic:

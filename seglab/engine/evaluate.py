@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from seglab import inference, tracking
 from seglab.config import inference as inference_config
 from seglab.config import schema
+from seglab.config.data import size_of, size_text
 from seglab.config.inference import InferenceOptions
 from seglab.data import lineage, pipeline
 from seglab.engine import claim, finish
@@ -42,11 +43,15 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
     options = options or InferenceOptions()
     # Before any work: set_alias needs a registered version.
     version = registry.registered_version(model_uri, uri) if alias else None
-    model = load(model_uri, cfg, options)
-    stride = inference_config.slide_stride(options.stride, int(model.input_shape[1])) if options.mode == "slide" else None
     training_run = tracking.model_run_id(model_uri, uri)
     if training_run:
         refuse_other_data(training_run, uri, cfg.data.name)
+    adopt_resize(model_uri, cfg, training_run)
+    model = load(model_uri, cfg, options)
+    window = min(inference.model_size(model))
+    # A model trained on crops scores full images, scaled as in training, in windows of its size (one image a batch).
+    windows = options.mode == "slide" or cfg.data.resize == "crop"
+    stride = inference_config.slide_stride(options.stride, window) if windows else None
     splits = instantiate(cfg.data.source)
     split_name = _split_name(splits, cfg.data.name)
     experiment, training_name = (
@@ -59,12 +64,14 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
                           "inference.flip": options.flip, **({"inference.stride": stride} if stride else {}),
                           **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})
         lineage.log(mlrun, cfg.data.name, splits, [split_name])
+        full = options.mode == "resize" and cfg.data.resize == "crop"
         batches = pipeline.make(
-            getattr(splits, split_name), image_size=cfg.data.image_size, batch_size=cfg.trainer.batch_size, training=False,
-            seed=cfg.seed, deterministic=True, cache=None,
+            getattr(splits, split_name), image_size=cfg.data.image_size, batch_size=1 if full else cfg.trainer.batch_size,
+            training=False, seed=cfg.seed, deterministic=True, cache=None, resize="cover" if full else cfg.data.resize,
+            ignore_index=cfg.data.ignore_index,
         )
         split = finish.Split(split_name, batches, list(cfg.data.class_names), finish.image_names(splits, split_name))
-        applied = partial(inference.batch_logits, model, mode=options.mode, stride=stride, flip=options.flip)
+        applied = partial(inference.batch_logits, model, mode="slide" if windows else "resize", stride=stride, flip=options.flip)
         chosen = finish.Chosen(model, f"{training_name} on {cfg.data.name} {split_name}", logits=applied)
         result = finish.finish(mlrun, chosen, split, cfg.trainer.worst_samples)
         found = split_metrics(result.split_matrix, split_name, split.class_names)
@@ -79,18 +86,36 @@ def load(model_uri: str, cfg: DictConfig, options: InferenceOptions):
     takes (the data source then builds its images at that size, not resized from another); in slide mode
     the split is scored at `data.image_size` as given, in windows of the model's size."""
     model = tracking.load_model(model_uri, cfg.tracking.uri)
+    taken, given = inference.model_size(model), size_of(cfg.data.image_size)
+    shown = size_text(cfg.data.image_size)
     if options.mode == "slide":
-        log.info("slide mode: scoring at data.image_size=%d in %d px windows", cfg.data.image_size, model.input_shape[1])
-    elif model.input_shape[1] != cfg.data.image_size:
-        log.info("the model takes %d px images: data.image_size=%d becomes %d for this evaluation",
-                 model.input_shape[1], cfg.data.image_size, model.input_shape[1])
-        OmegaConf.update(cfg, "data.image_size", int(model.input_shape[1]))
+        log.info("slide mode: scoring at data.image_size=%s in %dx%d px windows", shown, *taken)
+    elif taken != given:
+        size = taken[0] if taken[0] == taken[1] else list(taken)
+        log.info("the model takes %dx%d px images: data.image_size=%s becomes %s for this evaluation", *taken, shown,
+                 size_text(size))
+        OmegaConf.update(cfg, "data.image_size", size)
     if model.output_shape[-1] != cfg.data.num_classes:
         raise schema.ConfigError(
             f"the model predicts {model.output_shape[-1]} classes but data={cfg.data.name} has "
             f"data.num_classes={cfg.data.num_classes}: evaluate it on the data it was trained for."
         )
     return model
+
+
+def adopt_resize(model_uri: str, cfg: DictConfig, training_run: str | None) -> None:
+    """data.resize (and, for fit, the ignore_index its padding is labelled with) as the model was trained:
+    scored as it learned to see images, whatever the composed data config says."""
+    trained = tracking.model_resize(model_uri, cfg.tracking.uri)
+    if trained != cfg.data.resize:
+        log.info("the model was trained with data.resize=%s: this evaluation uses it too", trained)
+    OmegaConf.update(cfg, "data.resize", trained)
+    if trained == "fit" and cfg.data.ignore_index is None:
+        before = resumable.get_run(cfg.tracking.uri, training_run).params.get("data.ignore_index") if training_run else None
+        if before in (None, "null"):
+            raise schema.ConfigError(f"the model of {model_uri} was trained with data.resize=fit, which labels the padding "
+                                     "data.ignore_index, but it is null here: set data.ignore_index=255")
+        OmegaConf.update(cfg, "data.ignore_index", int(before))
 
 
 def refuse_other_data(training_run: str, uri: str, data_name: str) -> None:

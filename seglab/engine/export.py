@@ -6,8 +6,8 @@ model's logits on a sample input.
 - `litert`: `model.tflite` (TensorFlow's TFLite converter), run with TensorFlow's interpreter;
 - `saved_model`: a TensorFlow SavedModel directory, endpoint `serve`, run with `tf.saved_model.load`.
 
-Every file takes what the Keras model takes, (N, S, S, 3) float32 RGB in [0, 1], and answers
-(N, S, S, classes) float32 logits.
+Every file takes what the Keras model takes, (N, H, W, 3) float32 RGB in [0, 1] (H, W: data.image_size),
+and answers (N, H, W, classes) float32 logits.
 """
 
 # Lazy imports: onnxruntime (the optional `export` extra) only for format=onnx.

@@ -44,6 +44,7 @@ class Publish:
     input_example: np.ndarray  # one image: MLflow infers the model's signature from it
     register_as: str | None
     data: str  # the data config's name, a tag of the registered version
+    resize: str = "stretch"  # data.resize: kept with the served model, so predict and serving bring images to it alike
 
 
 def choose(log_model, model, checkpointer, epochs: int) -> Chosen:
@@ -78,7 +79,8 @@ def _publish(run, chosen: Chosen, publish: Publish, split: str, matrix: np.ndarr
     with console.keras_silent():  # MLflow predicts on the examples to infer the signatures: no progress bars
         # At the chosen epoch's step: the logged models show the scores of the weights they hold, not epoch 1's.
         run.log_model(chosen.model, input_example=publish.input_example, step=chosen.epoch)
-        served_uri = run.log_served_model(chosen.model, step=chosen.epoch)  # takes encoded images: what `mlflow models serve` runs
+        # Takes encoded images: what `mlflow models serve` runs.
+        served_uri = run.log_served_model(chosen.model, step=chosen.epoch, resize=publish.resize)
     run.set_tags({tags.MODEL_STEP: chosen.epoch, tags.MODEL_WEIGHTS: publish.weights})
     if publish.register_as and served_uri:
         found = metrics.scores(matrix)

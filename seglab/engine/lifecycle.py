@@ -47,6 +47,7 @@ when its holder is dead).
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import hashlib
 import json
@@ -63,6 +64,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import seglab
+from seglab.config.check import ConfigError
+from seglab.config.data import size_of
 from seglab.engine import checkpoint, claim
 from seglab.errors import UserError
 from seglab.tracking import tags as keys
@@ -294,6 +297,14 @@ def refuse_other_owner(directory: Path, run_id: str | None) -> None:
 ARCHITECTURE = ("model.*", "data.num_classes", "data.image_size", "optimizer._target_")
 
 
+def same_size(text: str):
+    """A logged data.image_size as (height, width), so that one side and [side, side] compare equal."""
+    try:
+        return size_of(ast.literal_eval(text))
+    except (ValueError, SyntaxError, ConfigError):
+        return text
+
+
 class OtherArchitecture(ResumeError):
     """`trainer.resume` of a run whose logged params say it trained another model or optimizer."""
 
@@ -310,12 +321,16 @@ def refuse_other_architecture(found: Plan, cfg: DictConfig) -> None:
     def architecture(params: dict[str, str]) -> dict[str, str]:
         return {k: v for k, v in params.items() if any(fnmatch.fnmatchcase(k, p) for p in ARCHITECTURE)}
 
+    def same(key: str) -> bool:  # data.image_size 64 and [64, 64] build the same model
+        value = same_size if key == "data.image_size" else str
+        return key in before and key in after and value(before[key]) == value(after[key])
+
     before, after = architecture(found.previous_params), architecture(now)
-    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    differ = sorted(k for k in before.keys() | after.keys() if not same(k))
     if not differ:
         return
     changes = ", ".join(f"{k}={before.get(k, '(none)')} -> {after.get(k, '(none)')}" for k in differ)
-    back = " ".join(f"{k}={before[k]}" for k in differ if k in before)
+    back = " ".join(f"{k}={before[k].replace(', ', ',')}" for k in differ if k in before)  # [32,64]: one shell word
     raise OtherArchitecture(f"trainer.resume={cfg.trainer.resume}: run {found.run_id} trained another architecture "
                             f"({changes}); start a new run with trainer.resume=never, or set them back: {back}")
 

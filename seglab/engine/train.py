@@ -52,7 +52,8 @@ def run(cfg: DictConfig) -> float:
 
         chosen = finish.choose(cfg.tracking.log_model, setup.model, checkpointer, fitted.epochs)
         val = finish.Split("val", fitted.val_ds, list(cfg.data.class_names), finish.image_names(setup.splits, "val"))
-        publish = finish.Publish(cfg.tracking.log_model, fitted.samples[0][:1], cfg.tracking.register_as, cfg.data.name)
+        publish = finish.Publish(cfg.tracking.log_model, fitted.samples[0][:1], cfg.tracking.register_as, cfg.data.name,
+                                 cfg.data.resize)
         finish.finish(mlrun, chosen, val, cfg.trainer.worst_samples, publish if cfg.tracking.log_model else None)
         log.info("best %s %.4f at epoch %d; %s", cfg.optimize_metric, checkpointer.best, checkpointer.best_epoch + 1,
                  f"checkpoints in {checkpointer.directory}" if distribute.is_chief()

@@ -22,27 +22,28 @@ import keras
 import keras_hub
 from keras import layers
 
+from seglab.config.data import size_of
 from seglab.models import facts, hub
 
 # The pyramid pools the encoder's P5 features (stride 2**5) and the decoder takes its P2 ones (stride 4).
 ASPP_LEVEL, DECODER_LEVEL = 5, 2
 
 
-def resnet_encoder(depth: int, image_size: int, preset: str | None) -> keras.Model:
+def resnet_encoder(depth: int, size: tuple[int, int], preset: str | None) -> keras.Model:
     """KerasHub's ResNet (v1) of `depth` layers, random or from `preset` (a ResNet preset of that depth)."""
     if preset is not None:
-        return hub.encoder_from_preset(preset, image_size, f"ResNet-{depth}")
+        return hub.encoder_from_preset(preset, size, f"ResNet-{depth}")
     blocks, block_type = facts.RESNET_DEPTHS[depth]
     return keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=list(facts.RESNET_FILTERS),
         stackwise_num_blocks=list(blocks), stackwise_num_strides=[1, 2, 2, 2], block_type=block_type,
-        image_shape=(image_size, image_size, 3), name=f"resnet{depth}",
+        image_shape=(*size, 3), name=f"resnet{depth}",
     )
 
 
 def build(
     num_classes: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
     depth: int,
     dilation_rates: list[int],
     projection_filters: int,
@@ -50,16 +51,17 @@ def build(
 ) -> keras.Model:
     """The values come from conf/model/deeplabv3plus.yaml (defaults), seglab/config/model.py (ranges) and
     seglab/models/facts.py (the ResNet depths)."""
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    encoder = resnet_encoder(depth, image_size, preset)
+    size = size_of(image_size)
+    inputs = keras.Input((*size, 3), name="image")
+    encoder = resnet_encoder(depth, size, preset)
     deeplab = keras_hub.models.DeepLabV3Backbone(
         image_encoder=encoder,
         spatial_pyramid_pooling_key=f"P{ASPP_LEVEL}",
         upsampling_size=2 ** (ASPP_LEVEL - DECODER_LEVEL),
-        dilation_rates=pyramid_rates(dilation_rates, encoder.pyramid_outputs[f"P{ASPP_LEVEL}"].shape[1]),
+        dilation_rates=pyramid_rates(dilation_rates, max(encoder.pyramid_outputs[f"P{ASPP_LEVEL}"].shape[1:3])),
         low_level_feature_key=f"P{DECODER_LEVEL}",
         projection_filters=projection_filters,
-        image_shape=(image_size, image_size, 3),
+        image_shape=(*size, 3),
         name="deeplabv3plus_backbone",
     )
     features = deeplab(hub.imagenet_normalisation(inputs))  # 256 channels at the input resolution
@@ -68,6 +70,6 @@ def build(
 
 
 def pyramid_rates(dilation_rates: list[int], side: int) -> list[int]:
-    """The rates the pyramid is built with on features `side` wide: a rate of at least `side` reads only
-    its centre tap inside the features, as a rate of `side` does (the module's docstring)."""
+    """The rates the pyramid is built with on features whose longer side is `side`: a rate of at least `side`
+    reads only its centre tap inside the features, as a rate of `side` does (the module's docstring)."""
     return [min(rate, side) for rate in dilation_rates]

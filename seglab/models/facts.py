@@ -13,7 +13,7 @@ UNET_POOL = 2
 
 
 def unet_input_multiple(depth: int) -> int:
-    """The U-Net's input side must be a multiple of this: its `depth` poolings halve it each time."""
+    """Each side of the U-Net's input must be a multiple of this: its `depth` poolings halve both each time."""
     return UNET_POOL**depth
 
 

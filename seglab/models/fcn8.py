@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from seglab.config.data import size_of
 from seglab.models import encoders, facts
 
 VGG16_IMAGENET_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -48,9 +49,9 @@ def score(x, num_classes: int, name: str):
     return layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=name)(x)
 
 
-def vgg16_encoder(image_size: int, weights: str | None, trainable: bool) -> keras.Model:
-    """VGG16's convolutional part, (S, S, 3) caffe-preprocessed -> pool3, pool4, pool5."""
-    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+def vgg16_encoder(size: tuple[int, int], weights: str | None, trainable: bool) -> keras.Model:
+    """VGG16's convolutional part, (H, W, 3) caffe-preprocessed -> pool3, pool4, pool5."""
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(*size, 3))
     encoders.load(vgg, encoders.weights_file(weights, VGG16_IMAGENET_FILE, "vgg16", "VGG16"), "VGG16")
     encoder = keras.Model(vgg.input, [vgg.get_layer(name).output for name in ENCODER_OUTPUTS], name="vgg16")
     encoder.trainable = trainable  # frozen: no gradients reach it
@@ -59,7 +60,7 @@ def vgg16_encoder(image_size: int, weights: str | None, trainable: bool) -> kera
 
 def build(
     num_classes: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
     variant: str,
     fc_width: int,
     dropout: float,
@@ -68,8 +69,9 @@ def build(
     """The values come from conf/model/fcn8.yaml (defaults), seglab/config/model.py (ranges) and
     seglab/models/facts.py (the variants)."""
     weights, trainable = encoders.options(encoder)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    pool3, pool4, pool5 = vgg16_encoder(image_size, weights, trainable)(encoders.vgg16_preprocessing(inputs))
+    size = size_of(image_size)
+    inputs = keras.Input((*size, 3), name="image")
+    pool3, pool4, pool5 = vgg16_encoder(size, weights, trainable)(encoders.vgg16_preprocessing(inputs))
 
     # fc6 and fc7 of VGG16 as convolutions ("convolutionalization", section 3.1), with dropout.
     x = layers.Conv2D(fc_width, 7, padding="same", activation="relu", name="fc6")(pool5)

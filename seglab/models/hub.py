@@ -63,7 +63,7 @@ def check_preset(preset: str, what: str) -> None:
         )
 
 
-def encoder_from_preset(preset: str, image_size: int, what: str) -> keras.Model:
-    """The KerasHub backbone of `preset`, with its weights, for (image_size, image_size, 3) inputs."""
+def encoder_from_preset(preset: str, size: tuple[int, int], what: str) -> keras.Model:
+    """The KerasHub backbone of `preset`, with its weights, for (height, width, 3) inputs."""
     check_preset(preset, what)
-    return keras_hub.models.Backbone.from_preset(preset, image_shape=(image_size, image_size, 3))
+    return keras_hub.models.Backbone.from_preset(preset, image_shape=(*size, 3))

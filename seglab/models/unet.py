@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from seglab.config.data import size_of
 from seglab.models import encoders, facts
 
 
@@ -21,16 +22,17 @@ def conv_block(x, filters: int, batch_norm: bool, bn_momentum: float, name: str)
 
 def build(
     num_classes: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
     base_filters: int,
     depth: int,
     dropout: float,
     batch_norm: bool,
     bn_momentum: float,
 ) -> keras.Model:
-    """`depth` 2x2 max-pool steps; level l has base_filters * 2**l channels (64 ... 1024 in the paper).
-    The values come from conf/model/unet.yaml (defaults) and seglab/config/model.py (ranges)."""
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    """`depth` 2x2 max-pool steps; level l has base_filters * 2**l channels (64 ... 1024 in the paper);
+    `image_size`: one side or (height, width).  The values come from conf/model/unet.yaml (defaults) and
+    seglab/config/model.py (ranges)."""
+    inputs = keras.Input((*size_of(image_size), 3), name="image")
     x, skips = inputs, []
     for level in range(depth):
         x = conv_block(x, base_filters * 2**level, batch_norm, bn_momentum, f"down{level}")

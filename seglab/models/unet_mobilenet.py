@@ -13,6 +13,7 @@ from typing import Any
 import keras
 from keras import layers
 
+from seglab.config.data import size_of
 from seglab.models import encoders, facts
 
 # Encoder feature maps at strides 2, 4, 8, 16 (skips) and 32 (decoder input), as in the tutorial.
@@ -20,9 +21,10 @@ SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "b
 DECODER_FILTERS = (512, 256, 128, 64)
 
 
-def imagenet_file(alpha: float, image_size: int) -> str:
-    """Keras' file for this width and size (the 224 one for other sizes, as keras.applications does)."""
-    rows = image_size if image_size in facts.MOBILENET_V2_IMAGENET_SIZES else 224
+def imagenet_file(alpha: float, image_size: int | tuple[int, int]) -> str:
+    """Keras' file for this width and size (the 224 one for other sizes and non-square ones, as keras.applications does)."""
+    height, width = size_of(image_size)
+    rows = height if height == width and height in facts.MOBILENET_V2_IMAGENET_SIZES else 224
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
 
 
@@ -39,16 +41,16 @@ def upsample_block(x, filters: int, dropout: float, bn_momentum: float, name: st
 
 
 def mobilenet_v2_encoder(
-    image_size: int, alpha: float, weights: str | None, trainable: bool, bn_momentum: float, freeze_batch_norm: bool
+    size: tuple[int, int], alpha: float, weights: str | None, trainable: bool, bn_momentum: float, freeze_batch_norm: bool
 ) -> keras.Model:
-    """MobileNetV2 up to block_16_project, (S, S, 3) in [-1, 1] -> the five SKIPS feature maps.
+    """MobileNetV2 up to block_16_project, (H, W, 3) in [-1, 1] -> the five SKIPS feature maps.
     Its batch norm layers get `bn_momentum`, or, with pretrained weights and `freeze_batch_norm`, keep
     their ImageNet statistics (encoders.set_batch_norm says why)."""
     mobilenet = keras.applications.MobileNetV2(
-        input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, weights=None
+        input_shape=(*size, 3), alpha=alpha, include_top=False, weights=None
     )
     what = f"MobileNetV2 (alpha={alpha})"
-    encoders.load(mobilenet, encoders.weights_file(weights, imagenet_file(alpha, image_size), "mobilenet_v2", what), what)
+    encoders.load(mobilenet, encoders.weights_file(weights, imagenet_file(alpha, size), "mobilenet_v2", what), what)
     encoders.set_batch_norm(mobilenet, bn_momentum, frozen=freeze_batch_norm and weights is not None)
     encoder = keras.Model(mobilenet.input, [mobilenet.get_layer(name).output for name in SKIPS], name="mobilenet_v2")
     encoder.trainable = trainable  # frozen: no gradients, and batch norm uses its ImageNet statistics
@@ -57,7 +59,7 @@ def mobilenet_v2_encoder(
 
 def build(
     num_classes: int,
-    image_size: int,
+    image_size: int | tuple[int, int],
     alpha: float,
     dropout: float,
     bn_momentum: float,
@@ -65,8 +67,9 @@ def build(
 ) -> keras.Model:
     """The values come from conf/model/unet_mobilenet.yaml (defaults) and seglab/config/model.py (ranges)."""
     weights, trainable = encoders.options(encoder)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    mobilenet = mobilenet_v2_encoder(image_size, alpha, weights, trainable, bn_momentum, bool(encoder["freeze_batch_norm"]))
+    size = size_of(image_size)
+    inputs = keras.Input((*size, 3), name="image")
+    mobilenet = mobilenet_v2_encoder(size, alpha, weights, trainable, bn_momentum, bool(encoder["freeze_batch_norm"]))
     *skips, x = mobilenet(encoders.mobilenet_v2_preprocessing(inputs))
     for level, (filters, skip) in enumerate(zip(DECODER_FILTERS, reversed(skips))):
         x = upsample_block(x, filters, dropout, bn_momentum, f"up{level}")

@@ -4,7 +4,7 @@
 - `params`: how a config becomes a run's params (`flatten`, `as_text`; no MLflow);
 - `protocol`: the verbs of a run (`RunProtocol`), and the run that logs nothing (`NoOpRun`);
 - `experiments`: the experiments runs go in (`experiment_id`: created as model training for MLflow 3's UI);
-- `models`: logged models for the tools that use them (`load_model`, `model_run_id`, `log_export`);
+- `models`: logged models for the tools that use them (`load_model`, `model_run_id`, `model_resize`, `log_export`);
 - `sweeps`: how a sweep's runs are tied (the parent run by id, its children read back);
 - `store`:  the store itself (`check_reachable`, `TrackingError`, which errors mean "unavailable");
 - `registry`: registered models (`register`, `registered_version`, `set_alias`);
@@ -20,7 +20,7 @@ import importlib
 
 _HOME = {
     "load_model": "models", "check_model_uri": "models", "model_run_id": "models", "run_experiment_and_name": "models",
-    "log_export": "models",
+    "log_export": "models", "model_resize": "models",
     "NoOpRun": "protocol", "RunProtocol": "protocol",
     "Run": "run", "flatten": "params",
     "TrackingError": "store", "check_reachable": "store", "store_unavailable": "store",

@@ -51,6 +51,20 @@ def load_model(model_uri: str, tracking_uri: str):
         raise _not_loadable(model_uri, tracking_uri, err) from err
 
 
+def model_resize(model_uri: str, tracking_uri: str) -> str:
+    """How the model at `model_uri` was trained to see images (data.resize: stretch, fit, crop): its served
+    model's model_config, else its training run's `data.resize` param, else stretch (logged before the key)."""
+    from seglab.tracking.served import resize_of
+
+    mlflow.set_tracking_uri(tracking_uri)
+    info = mlflow.models.get_model_info(model_uri)
+    if "resize" in (info.flavors.get("python_function", {}).get("config") or {}):
+        return resize_of(info)
+    if info.run_id is None:
+        return "stretch"
+    return mlflow.MlflowClient(tracking_uri).get_run(info.run_id).data.params.get("data.resize", "stretch")
+
+
 def model_run_id(model_uri: str, tracking_uri: str) -> str | None:
     """The id of the run that logged the model at `model_uri` (None for a model outside any run)."""
     mlflow.set_tracking_uri(tracking_uri)

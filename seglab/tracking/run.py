@@ -312,12 +312,13 @@ class Run:
             except Exception as err:  # noqa: BLE001  a leftover upload wastes space, it loses nothing
                 log.warning("could not delete the superseded checkpoint %s of run %s: %s", previous, self.run_id, first_line(err))
 
-    def log_served_model(self, model, name: str = "served", step: int = 0) -> str | None:
+    def log_served_model(self, model, name: str = "served", step: int = 0, resize: str = "stretch") -> str | None:
         """The Keras model wrapped as the image-taking pyfunc model (seglab.tracking.served, what
-        `mlflow models serve` runs); its URI, or None when the store did not take it.  `step`: as `log_model`'s."""
+        `mlflow models serve` runs); its URI, or None when the store did not take it.  `step`: as `log_model`'s;
+        `resize`: the training's data.resize, which predict, evaluate and serving then apply."""
         from seglab.tracking.served import log_served_model
 
-        info = self._log("the served model", log_served_model, model, name, step)
+        info = self._log("the served model", log_served_model, model, name, step, resize)
         return info.model_uri if info is not None else None
 
     def register_model(self, model_uri: str, name: str, tags: Mapping[str, Any]) -> str | None:

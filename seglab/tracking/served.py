@@ -6,7 +6,8 @@ converted to RGB), any size up to `MAX_PIXELS`; in JSON each is base64 (MLflow d
 per image: `mask`, the label map at the image's own size as a greyscale PNG, base64; `height`,
 `width`; and with the parameter `scores=true`, `scores`: one greyscale PNG per class (base64) of that
 class's softmax probability x 255 at the image's size.  Preprocessing is `seglab.inference.segment`'s,
-the one used by `python -m seglab.predict` (resize bilinear to the model's input, masks back nearest).
+the one used by `python -m seglab.predict` (the image brought to the model's (H, W) as its training's
+`data.resize` did, kept in the `model_config`; masks back to the image's size nearest).
 The Keras model travels inside as a `.keras` file and is what `tracking.load_model` unwraps for
 predict and evaluate.
 """
@@ -102,8 +103,9 @@ class ImageSegmenter(mlflow.pyfunc.PythonModel):
         import keras
 
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
-        # A model logged before the limit existed has no model_config: it gets the default.
+        # A model logged before the limit (or data.resize) existed has no model_config: it gets the default.
         self.max_pixels = int((context.model_config or {}).get("max_pixels", MAX_PIXELS))
+        self.resize = str((context.model_config or {}).get("resize", "stretch"))
 
     # pd.DataFrame: the signature above is explicit; a hint MLflow cannot infer one from keeps it from
     # printing its advice to add hints every time the class is defined.
@@ -113,12 +115,12 @@ class ImageSegmenter(mlflow.pyfunc.PythonModel):
         if "image" not in getattr(model_input, "columns", ()):
             raise MlflowException("the request needs a column `image` of encoded images (docs/serving.md)", INVALID_PARAMETER_VALUE)
         with_scores = bool((params or {}).get("scores", False))
-        options = inference_options(params or {}, int(self.model.input_shape[1]))
+        options = inference_options(params or {}, min(self.model.input_shape[1:3]))
         images = [decode(data, row, self.max_pixels) for row, data in enumerate(model_input["image"])]
         rows = []
         for start in range(0, len(images), BATCH):
             chunk = images[start : start + BATCH]
-            found = segment(self.model, chunk, scores=with_scores, **options)
+            found = segment(self.model, chunk, scores=with_scores, resize=self.resize, **options)
             masks, probabilities = found if with_scores else (found, None)
             for i, mask in enumerate(masks):
                 row = {"mask": png_base64(mask), "height": mask.shape[0], "width": mask.shape[1]}
@@ -141,17 +143,18 @@ def inference_options(params: dict, window: int) -> dict:
     return {"mode": options.mode, "stride": stride, "flip": options.flip}
 
 
-def input_example(image_size: int):
-    """One encoded image at the model's input size, as a client would send it."""
+def input_example(height: int, width: int | None = None):
+    """One encoded image at the model's input size (height, width; one side: a square), as a client would send it."""
 
     buffer = io.BytesIO()
-    Image.fromarray(np.full((image_size, image_size, 3), 128, np.uint8)).save(buffer, "PNG")
+    Image.fromarray(np.full((height, width or height, 3), 128, np.uint8)).save(buffer, "PNG")
     return pd.DataFrame({"image": [buffer.getvalue()]})
 
 
-def log_served_model(keras_model, name: str, step: int = 0):
+def log_served_model(keras_model, name: str, step: int = 0, resize: str = "stretch"):
     """Log `keras_model` (a Keras model) wrapped as the image-taking pyfunc model; its ModelInfo.
-    `step`: the epoch whose run metrics MLflow links to the logged model."""
+    `step`: the epoch whose run metrics MLflow links to the logged model; `resize`: the training's data.resize,
+    kept in the model's `model_config` so that every user of the model brings images to it the same way."""
     import keras
     import tensorflow as tf
 
@@ -162,7 +165,8 @@ def log_served_model(keras_model, name: str, step: int = 0):
         inference_model(keras_model).save(path)  # a file of the temporary directory: no other reader
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(Path(__file__).with_name("served_entry.py")), artifacts={KERAS_ARTIFACT: str(path)}, signature=SIGNATURE,
-            input_example=input_example(int(keras_model.input_shape[1])), model_config={"max_pixels": MAX_PIXELS},
+            input_example=input_example(*map(int, keras_model.input_shape[1:3])),
+            model_config={"max_pixels": MAX_PIXELS, "resize": resize},
             pip_requirements=requirements, step=step,
         )
 
@@ -176,6 +180,12 @@ def keras_hub_requirement(keras_model) -> list[str]:
     import keras_hub
 
     return [f"keras-hub=={keras_hub.__version__}"]
+
+
+def resize_of(model_info) -> str:
+    """The data.resize a logged model was trained with (its served model's model_config), stretch when it
+    does not say (a Keras-flavour model, or one logged before the key)."""
+    return str((model_info.flavors.get("python_function", {}).get("config") or {}).get("resize", "stretch"))
 
 
 def keras_model_of(pyfunc_model):
