@@ -25,7 +25,6 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-import hydra._internal.utils as hydra_utils
 import yaml
 from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
@@ -36,6 +35,8 @@ reported: str | None = None  # the line `fail` printed; a sweep's parent run end
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`'s writer
+HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's switch: raise, not print, what it catches
+USER_FULL_ERROR = "SEGLAB_USER_FULL_ERROR"  # HYDRA_FULL_ERROR as the user set it, while `hydra_main` sets it
 
 
 class UserError(Exception):
@@ -52,7 +53,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def full_error() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+    """The user asked for full tracebacks (HYDRA_FULL_ERROR=1, Hydra's own switch, as it was before `hydra_main`)."""
+    return os.environ.get(USER_FULL_ERROR, os.environ.get(HYDRA_FULL_ERROR, "")) not in ("", "0")
 
 
 def one_line(text: str) -> str:
@@ -160,44 +162,39 @@ def main(entry: Callable[..., Any], *args: Any, prog: str) -> Any:
 
 
 def hydra_main(task: Callable[[], Any], prog: str = "seglab") -> Any:
-    """Run a `@hydra.main` function with `explain` in front of Hydra's error printer.
+    """Run a `@hydra.main` function: a user's mistake, met by Hydra while it composes the config or raised
+    by the task, is one line; anything else keeps its traceback.
 
-    Hydra catches every exception of composition and of the task function in
-    `hydra._internal.utils.run_and_report`, which prints a (shortened) traceback or a multi-line
-    OmegaConf message; a task function cannot catch composition errors, so the printer itself is
-    wrapped here, for this call only.  Errors that are not user mistakes go to Hydra's printer as before.
-    """
-
-    hydra_report = hydra_utils.run_and_report
-
-    def run_and_report(func: Callable[[], Any]) -> Any:
-        try:
-            return func()
-        except Exception as err:
-            message = None if full_error() else explain(err)
-            if message is None:
-                return hydra_report(_reraise(err))
-            fail(prog, message)
-
-    hydra_utils.run_and_report = run_and_report
+    Hydra prints what it catches (a shortened traceback, or OmegaConf's multi-line message) unless its
+    documented switch HYDRA_FULL_ERROR is set: then it raises.  So the switch is set for this call, and what
+    Hydra raises is explained here; the user's own setting is kept in USER_FULL_ERROR (also for the sweep's
+    job processes, which inherit both), and `full_error` reads that."""
+    before = {name: os.environ.get(name) for name in (HYDRA_FULL_ERROR, USER_FULL_ERROR)}
+    os.environ[USER_FULL_ERROR] = "1" if full_error() else ""
+    os.environ[HYDRA_FULL_ERROR] = "1"
     try:
         try:
             return task()
         finally:
+            for name, value in before.items():
+                _restore(name, value)
             sys.stdout.flush()  # as in `main`
     except KeyboardInterrupt as err:  # Ctrl-C in a sweep (a single run answers in `main`) or while Hydra composes
         interrupted(prog, err)
     except BrokenPipeError:
         reader_gone()
-    finally:
-        hydra_utils.run_and_report = hydra_report
+    except Exception as err:
+        message = None if full_error() else explain(err)
+        if message is None:
+            raise
+        fail(prog, message)
 
 
-def _reraise(err: BaseException) -> Callable[[], Any]:
-    def again() -> Any:
-        raise err
-
-    return again
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 _NO_SRUN = re.compile(r'Could not detect "(srun)", are you indeed on a slurm cluster')
