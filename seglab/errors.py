@@ -26,7 +26,13 @@ import sys
 from typing import Any, Callable
 
 import yaml
-from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
+from hydra.errors import (
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+    SearchPathException,
+)
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 EXIT_USER_ERROR = 2  # argparse's code for a usage error; 1 stays for crashes
@@ -200,15 +206,13 @@ def _restore(name: str, value: str | None) -> None:
 _NO_SRUN = re.compile(r'Could not detect "(srun)", are you indeed on a slurm cluster')
 
 # --- Hydra and OmegaConf messages -> one line ----------------------------------------------
+# From the exception types and attributes hydra.errors and omegaconf.errors define (the option a missing config
+# names, the full key and value of an OmegaConf error).  Two facts no attribute holds are read from Hydra's text,
+# each with a way out if the text changes: the target of an `instantiate` that names nothing (else: a traceback,
+# as for a bug) and the config file whose keys do not fit the schema (else: the message without the file's name).
 
 # tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
 _LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^\]]*)\])?")
-_OPTION = re.compile(r"Could not find '([^']+)'")
-_CONFIG_DIR = re.compile(r"Additional config directory '[^']*' not found")
-_OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An item is already at) '([^']+)'")
-_MERGING = re.compile(r"Error merging override (\S+)")
-# A config file whose keys do not fit the schema (e.g. a user's own option, --config-dir); Hydra keeps
-# OmegaConf's error only as the context, not the cause.
 _TARGET = re.compile(r"Error locating target '([^']+)'")
 _FULL_KEY = re.compile(r"full_key: (\S+)")
 _COMPOSING = re.compile(r"In '([^']+)': \w+ raised while composing config")
@@ -220,21 +224,18 @@ def _hydra_message(err: BaseException) -> str | None:
     if isinstance(err, InstantiationException):
         return _unknown_target(err)  # None: a builder failed on something that is not a UserError, a bug: keep the traceback
     text = str(err)
-    cause = err.__cause__
-    if isinstance(err, MissingConfigException) or _OPTION.search(text):
+    if isinstance(err, MissingConfigException):
         return _missing_option(err, text)
-    if _CONFIG_DIR.search(text):
+    if isinstance(err, SearchPathException):  # --config-dir naming no directory
         return (f"{one_line(text)}: give --config-dir the directory that holds your own config groups "
                 "(e.g. --config-dir my_conf for my_conf/experiment/NAME.yaml, then +experiment=NAME)")
     if isinstance(err, OverrideParseException):
         return f"cannot read the override: {one_line(text)}. Write overrides as key=value; a value with spaces or characters such as ~ goes in quotes Hydra sees, e.g. \"key='~/a b'\"."
-    composing = _COMPOSING.match(text)
-    if cause is None and composing and _is_omegaconf(err.__context__):
-        return f"in {composing.group(1)}.yaml: {_omegaconf_message(err.__context__)}"
-    override = _OVERRIDE.search(text) or _MERGING.search(text)
-    if cause is not None and override:
-        return _omegaconf_message(cause, override=override.group(1))
-    if cause is not None:
+    cause = err.__cause__
+    if cause is None and _is_omegaconf(err.__context__):  # a config file whose keys do not fit the schema (a user's own option)
+        composing = _COMPOSING.match(text)
+        return f"{f'in {composing.group(1)}.yaml: ' if composing else ''}{_omegaconf_message(err.__context__)}"
+    if cause is not None:  # an override Hydra could not apply: OmegaConf's error names the key and the value
         return _omegaconf_message(cause) if _is_omegaconf(cause) else f"{one_line(text)}: {one_line(cause)}"
     return one_line(text)
 
@@ -259,12 +260,11 @@ def _unknown_target(err: BaseException) -> str | None:
             "in seglab's layered layout are listed in docs/configuration.md")
 
 
-def _missing_option(err: BaseException, text: str) -> str:
+def _missing_option(err: MissingConfigException, text: str) -> str:
     """`model=unett` -> the group's real options (without the `*_schema` entries the ConfigStore adds)."""
-    found = _OPTION.search(text)
-    wanted = found.group(1) if found else "?"
+    wanted = err.missing_cfg_file or "?"
     group, _, option = wanted.rpartition("/")
-    options = [o for o in (getattr(err, "options", None) or []) if not o.endswith(_SCHEMA_SUFFIX)]
+    options = [o for o in (err.options or []) if not o.endswith(_SCHEMA_SUFFIX)]
     if not group:
         return f"no config named {wanted!r}: {one_line(text)}"
     hint = _did_you_mean(option, options)
@@ -279,9 +279,9 @@ def _is_omegaconf(err: BaseException) -> bool:
     return isinstance(err, OmegaConfBaseException)
 
 
-def _omegaconf_message(err: BaseException, override: str | None = None) -> str:
+def _omegaconf_message(err: BaseException) -> str:
 
-    key = getattr(err, "full_key", None) or (override.split("=", 1)[0].lstrip("+~") if override else None)
+    key = getattr(err, "full_key", None)
     msg = getattr(err, "msg", None) or str(err)
     first = msg.splitlines()[0] if msg.strip() else type(err).__name__
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and ("not in" in first or "Missing key" in first):
@@ -289,7 +289,7 @@ def _omegaconf_message(err: BaseException, override: str | None = None) -> str:
     if isinstance(err, MissingMandatoryValue):
         return f"{key} is required and has no value: set it, e.g. {key}=..."
     if isinstance(err, ValidationError):
-        value = override.split("=", 1)[1] if override and "=" in override else getattr(err, "value", None)
+        value = getattr(err, "value", None)
         return f"{key}={value}: {first.rstrip('.')}; give a value of the type the key takes (see `python -m seglab --cfg job`)"
     return f"{key + ': ' if key else ''}{first}"
 
