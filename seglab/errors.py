@@ -25,9 +25,14 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-import hydra._internal.utils as hydra_utils
 import yaml
-from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
+from hydra.errors import (
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+    SearchPathException,
+)
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 EXIT_USER_ERROR = 2  # argparse's code for a usage error; 1 stays for crashes
@@ -36,6 +41,8 @@ reported: str | None = None  # the line `fail` printed; a sweep's parent run end
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`'s writer
+HYDRA_FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's switch: raise, not print, what it catches
+USER_FULL_ERROR = "SEGLAB_USER_FULL_ERROR"  # HYDRA_FULL_ERROR as the user set it, while `hydra_main` sets it
 
 
 class UserError(Exception):
@@ -52,7 +59,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def full_error() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+    """The user asked for full tracebacks (HYDRA_FULL_ERROR=1, Hydra's own switch, as it was before `hydra_main`)."""
+    return os.environ.get(USER_FULL_ERROR, os.environ.get(HYDRA_FULL_ERROR, "")) not in ("", "0")
 
 
 def one_line(text: str) -> str:
@@ -160,58 +168,51 @@ def main(entry: Callable[..., Any], *args: Any, prog: str) -> Any:
 
 
 def hydra_main(task: Callable[[], Any], prog: str = "seglab") -> Any:
-    """Run a `@hydra.main` function with `explain` in front of Hydra's error printer.
+    """Run a `@hydra.main` function: a user's mistake, met by Hydra while it composes the config or raised
+    by the task, is one line; anything else keeps its traceback.
 
-    Hydra catches every exception of composition and of the task function in
-    `hydra._internal.utils.run_and_report`, which prints a (shortened) traceback or a multi-line
-    OmegaConf message; a task function cannot catch composition errors, so the printer itself is
-    wrapped here, for this call only.  Errors that are not user mistakes go to Hydra's printer as before.
-    """
-
-    hydra_report = hydra_utils.run_and_report
-
-    def run_and_report(func: Callable[[], Any]) -> Any:
-        try:
-            return func()
-        except Exception as err:
-            message = None if full_error() else explain(err)
-            if message is None:
-                return hydra_report(_reraise(err))
-            fail(prog, message)
-
-    hydra_utils.run_and_report = run_and_report
+    Hydra prints what it catches (a shortened traceback, or OmegaConf's multi-line message) unless its
+    documented switch HYDRA_FULL_ERROR is set: then it raises.  So the switch is set for this call, and what
+    Hydra raises is explained here; the user's own setting is kept in USER_FULL_ERROR (also for the sweep's
+    job processes, which inherit both), and `full_error` reads that."""
+    before = {name: os.environ.get(name) for name in (HYDRA_FULL_ERROR, USER_FULL_ERROR)}
+    os.environ[USER_FULL_ERROR] = "1" if full_error() else ""
+    os.environ[HYDRA_FULL_ERROR] = "1"
     try:
         try:
             return task()
         finally:
+            for name, value in before.items():
+                _restore(name, value)
             sys.stdout.flush()  # as in `main`
     except KeyboardInterrupt as err:  # Ctrl-C in a sweep (a single run answers in `main`) or while Hydra composes
         interrupted(prog, err)
     except BrokenPipeError:
         reader_gone()
-    finally:
-        hydra_utils.run_and_report = hydra_report
+    except Exception as err:
+        message = None if full_error() else explain(err)
+        if message is None:
+            raise
+        fail(prog, message)
 
 
-def _reraise(err: BaseException) -> Callable[[], Any]:
-    def again() -> Any:
-        raise err
-
-    return again
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 _NO_SRUN = re.compile(r'Could not detect "(srun)", are you indeed on a slurm cluster')
 
 # --- Hydra and OmegaConf messages -> one line ----------------------------------------------
+# From the exception types and attributes hydra.errors and omegaconf.errors define (the option a missing config
+# names, the full key and value of an OmegaConf error).  Two facts no attribute holds are read from Hydra's text,
+# each with a way out if the text changes: the target of an `instantiate` that names nothing (else: a traceback,
+# as for a bug) and the config file whose keys do not fit the schema (else: the message without the file's name).
 
 # tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
 _LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^\]]*)\])?")
-_OPTION = re.compile(r"Could not find '([^']+)'")
-_CONFIG_DIR = re.compile(r"Additional config directory '[^']*' not found")
-_OVERRIDE = re.compile(r"(?:Could not override|Could not append to config\. An item is already at) '([^']+)'")
-_MERGING = re.compile(r"Error merging override (\S+)")
-# A config file whose keys do not fit the schema (e.g. a user's own option, --config-dir); Hydra keeps
-# OmegaConf's error only as the context, not the cause.
 _TARGET = re.compile(r"Error locating target '([^']+)'")
 _FULL_KEY = re.compile(r"full_key: (\S+)")
 _COMPOSING = re.compile(r"In '([^']+)': \w+ raised while composing config")
@@ -223,21 +224,18 @@ def _hydra_message(err: BaseException) -> str | None:
     if isinstance(err, InstantiationException):
         return _unknown_target(err)  # None: a builder failed on something that is not a UserError, a bug: keep the traceback
     text = str(err)
-    cause = err.__cause__
-    if isinstance(err, MissingConfigException) or _OPTION.search(text):
+    if isinstance(err, MissingConfigException):
         return _missing_option(err, text)
-    if _CONFIG_DIR.search(text):
+    if isinstance(err, SearchPathException):  # --config-dir naming no directory
         return (f"{one_line(text)}: give --config-dir the directory that holds your own config groups "
                 "(e.g. --config-dir my_conf for my_conf/experiment/NAME.yaml, then +experiment=NAME)")
     if isinstance(err, OverrideParseException):
         return f"cannot read the override: {one_line(text)}. Write overrides as key=value; a value with spaces or characters such as ~ goes in quotes Hydra sees, e.g. \"key='~/a b'\"."
-    composing = _COMPOSING.match(text)
-    if cause is None and composing and _is_omegaconf(err.__context__):
-        return f"in {composing.group(1)}.yaml: {_omegaconf_message(err.__context__)}"
-    override = _OVERRIDE.search(text) or _MERGING.search(text)
-    if cause is not None and override:
-        return _omegaconf_message(cause, override=override.group(1))
-    if cause is not None:
+    cause = err.__cause__
+    if cause is None and _is_omegaconf(err.__context__):  # a config file whose keys do not fit the schema (a user's own option)
+        composing = _COMPOSING.match(text)
+        return f"{f'in {composing.group(1)}.yaml: ' if composing else ''}{_omegaconf_message(err.__context__)}"
+    if cause is not None:  # an override Hydra could not apply: OmegaConf's error names the key and the value
         return _omegaconf_message(cause) if _is_omegaconf(cause) else f"{one_line(text)}: {one_line(cause)}"
     return one_line(text)
 
@@ -262,12 +260,11 @@ def _unknown_target(err: BaseException) -> str | None:
             "in seglab's layered layout are listed in docs/configuration.md")
 
 
-def _missing_option(err: BaseException, text: str) -> str:
+def _missing_option(err: MissingConfigException, text: str) -> str:
     """`model=unett` -> the group's real options (without the `*_schema` entries the ConfigStore adds)."""
-    found = _OPTION.search(text)
-    wanted = found.group(1) if found else "?"
+    wanted = err.missing_cfg_file or "?"
     group, _, option = wanted.rpartition("/")
-    options = [o for o in (getattr(err, "options", None) or []) if not o.endswith(_SCHEMA_SUFFIX)]
+    options = [o for o in (err.options or []) if not o.endswith(_SCHEMA_SUFFIX)]
     if not group:
         return f"no config named {wanted!r}: {one_line(text)}"
     hint = _did_you_mean(option, options)
@@ -282,9 +279,9 @@ def _is_omegaconf(err: BaseException) -> bool:
     return isinstance(err, OmegaConfBaseException)
 
 
-def _omegaconf_message(err: BaseException, override: str | None = None) -> str:
+def _omegaconf_message(err: BaseException) -> str:
 
-    key = getattr(err, "full_key", None) or (override.split("=", 1)[0].lstrip("+~") if override else None)
+    key = getattr(err, "full_key", None)
     msg = getattr(err, "msg", None) or str(err)
     first = msg.splitlines()[0] if msg.strip() else type(err).__name__
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and ("not in" in first or "Missing key" in first):
@@ -292,7 +289,7 @@ def _omegaconf_message(err: BaseException, override: str | None = None) -> str:
     if isinstance(err, MissingMandatoryValue):
         return f"{key} is required and has no value: set it, e.g. {key}=..."
     if isinstance(err, ValidationError):
-        value = override.split("=", 1)[1] if override and "=" in override else getattr(err, "value", None)
+        value = getattr(err, "value", None)
         return f"{key}={value}: {first.rstrip('.')}; give a value of the type the key takes (see `python -m seglab --cfg job`)"
     return f"{key + ': ' if key else ''}{first}"
 

@@ -44,7 +44,7 @@ def assert_models_show_epoch(client, run, uri, step: int) -> None:
 
 def logged_weights(run, uri):
     mlflow.set_tracking_uri(uri)
-    return weights(mlflow.tensorflow.load_model(f"runs:/{run.info.run_id}/model"))
+    return weights(mlflow.keras.load_model(f"runs:/{run.info.run_id}/model"))
 
 
 @pytest.mark.slow

@@ -1,12 +1,16 @@
 """seglab.errors.explain: which errors are a user's mistake (one line) and which are bugs (traceback)."""
 
+import os
+import re
 import subprocess
+import sys
 
 import pytest
 from hydra.utils import instantiate
 
 from seglab import errors
 from seglab.data import DataError
+from tests.conftest import ROOT
 
 
 def raises_a_bug():
@@ -76,3 +80,55 @@ def test_a_file_the_system_refuses_is_one_line_naming_it_but_other_errors_keep_t
     wrapped.__cause__ = directory.value
     assert errors.explain(wrapped).startswith(f"{tmp_path}: Is a directory")
     assert errors.explain(OSError("no file involved")) is None
+
+
+def test_no_module_of_seglab_uses_hydras_private_api():
+    """Hydra's private functions change without notice (errors.hydra_main replaced one, sweep.py called another)."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "seglab").rglob("*.py") if re.search(r"\bhydra\._internal\b", p.read_text())]
+    assert not offenders
+
+
+def test_hydra_main_lets_hydra_raise_for_the_call_only_and_keeps_the_users_choice(monkeypatch):
+    """Hydra raises (not prints) what it catches while HYDRA_FULL_ERROR is set: set for the call, the user's
+    own setting still decides whether seglab answers in one line, and both are as before afterwards."""
+    seen = []
+
+    def task():
+        seen.append((os.environ.get("HYDRA_FULL_ERROR"), errors.full_error()))
+        return 3
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert errors.hydra_main(task) == 3
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    assert errors.hydra_main(task) == 3
+    assert seen == [("1", False), ("1", True)]
+    assert os.environ["HYDRA_FULL_ERROR"] == "1" and errors.USER_FULL_ERROR not in os.environ
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+
+    def composing_fails():
+        raise errors.UserError("trainer.epoch is not a config key")
+
+    with pytest.raises(SystemExit) as done:
+        errors.hydra_main(composing_fails)
+    assert done.value.code == errors.EXIT_USER_ERROR and "HYDRA_FULL_ERROR" not in os.environ
+
+
+def test_a_composition_error_of_a_hydra_main_function_is_one_line(tmp_path):
+    """Through Hydra's public entry: a @hydra.main function whose composition fails (an unknown option)."""
+    script = tmp_path / "app.py"
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "config.yaml").write_text("defaults:\n  - model: a\n  - _self_\n")
+    (tmp_path / "conf" / "model" / "a.yaml").write_text("width: 1\n")
+    script.write_text(
+        "import hydra\nfrom seglab import errors\n"
+        "@hydra.main(config_path='conf', config_name='config', version_base='1.3')\n"
+        "def main(cfg):\n    print(cfg.model.width)\n"
+        "errors.hydra_main(main, prog='app')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run([sys.executable, str(script), "model=b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == errors.EXIT_USER_ERROR, done.stderr
+    assert done.stderr.strip() == "app: model=b: no such option in conf/model/; choose one of a"
+    done = subprocess.run([sys.executable, str(script), "model=a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr

@@ -14,11 +14,35 @@ from seglab import errors
 from tests.conftest import CONF_DIR, ROOT
 
 
-def _help(*overrides: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "seglab", "--help", *overrides], cwd=ROOT, capture_output=True, text=True,
+def _help(*overrides: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run([sys.executable, "-m", "seglab", "--help", *overrides], cwd=cwd, capture_output=True, text=True,
                           timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     return done.stdout
+
+
+def _key_rows(text: str) -> dict[str, str]:
+    """{key: what follows its value and type} for each row of the keys' section."""
+    section = text.split("== Keys of the chosen options", 1)[1].split("\n\n", 1)[0]
+    rows = [re.match(r"^  (\S+?)=\S*(?: .*?)?  +(?:\w+ +)?(.*)$", line) for line in section.splitlines()[1:]]
+    return {row.group(1): row.group(2) for row in rows if row}
+
+
+def _range_and_description(about: str) -> tuple[str, str]:
+    """(the range the schema checks, in brackets at the start, or ""; the key's description after it)."""
+    if not about.startswith("["):
+        return "", about
+    # The first "]" that ends the range with as many brackets opened as closed in it (an interval closes with "]" or
+    # ")": "[fraction in (0, 1]] random ..."), else the first one: an aside cut in half ("[integer >= 0 (0]").
+    ends = [i for i, char in enumerate(about) if char == "]" and about[i + 1 : i + 2] in ("", " ")]
+    assert ends, about
+    balanced = [i for i in ends if sum(map(about[1:i].count, "([")) == sum(map(about[1:i].count, ")]"))]
+    end = (balanced or ends)[0]
+    return about[1:end], about[end + 1 :].strip()
+
+
+def _description(about: str) -> str:
+    return _range_and_description(about)[1]
 
 
 def test_help_lists_every_option_of_every_group_and_marks_the_chosen_ones():
@@ -71,6 +95,69 @@ def test_help_gives_the_ranges_the_schema_checks():
     assert re.search(r"^  model\.bn_momentum=0\.9 +float +\[momentum in \(0, 1\)\]", text, re.M)  # an interval is kept
     # The default model's depth: a range no YAML comment repeats, read from UNetConfig's check.
     assert re.search(r"^  model\.depth=\d +int +\[integer from 1 to 6\]", _help(), re.M)
+
+
+def test_help_with_a_users_own_option_lists_its_keys_described_by_the_schema(tmp_path):
+    """`--config-dir my_conf model=my_unet --help` printed a traceback (the option's file was looked for in
+    seglab's conf/ only); now its keys are listed with their values and, where its YAML says nothing, the schema's words."""
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "experiment").mkdir()
+    (tmp_path / "my_conf" / "model" / "my_unet.yaml").write_text(
+        "# My U-Net, shallower.\ndefaults:\n  - unet_schema\n  - _self_\n_target_: seglab.models.unet.build\n"
+        "base_filters: 8   # narrow\ndepth: 3\ndropout: 0.1\nbatch_norm: true\nbn_momentum: 0.9\n")
+    (tmp_path / "my_conf" / "experiment" / "mine.yaml").write_text("# @package _global_\n# Mine: a longer run.\ntrainer:\n  epochs: 30\n")
+    text = _help("--config-dir", "my_conf", "model=my_unet", cwd=tmp_path)
+    assert re.search(r"^  \* my_unet +My U-Net, shallower\.$", text, re.M) and re.search(r"^    unet ", text, re.M)
+    rows = _key_rows(text)
+    assert rows["model.base_filters"] == "[integer >= 1] narrow"  # its own comment
+    assert rows["model.depth"].startswith("[integer from 1 to 6] downsampling levels")  # the schema's
+    for key in ("model.dropout", "model.batch_norm", "model.bn_momentum"):
+        assert _description(rows[key]), key
+    assert re.search(r"^  model\.depth=3 ", text, re.M)
+    text = _help("--config-dir", "my_conf", "+experiment=mine", cwd=tmp_path)
+    assert re.search(r"^  \* mine +Mine$", text, re.M) and re.search(r"^  trainer\.epochs=30 ", text, re.M)
+
+
+GROUPS = ("model", "loss", "data", "optimizer", "scheduler", "trainer", "tracking")
+
+
+def test_every_key_of_every_option_has_a_whole_range_and_a_description():
+    """Ranges were cut inside an aside (`[integer >= 0 (0]`), comments continued on the next line were cut
+    (`... optimize_metric; tag`), and keys without a YAML comment had no description."""
+    import seglab.config.schema  # noqa: F401  registers the schemas in Hydra's ConfigStore
+    from hydra import compose, initialize_config_dir
+
+    from seglab.cli import helptext
+
+    undescribed = []
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for group in GROUPS:
+            for option in sorted(p.stem for p in Path(CONF_DIR, group).glob("*.yaml")):
+                cfg = compose(config_name="config", overrides=[f"{group}={option}"], return_hydra_config=True)
+                for key, _, _, about in helptext.main_keys(cfg):
+                    if key.startswith(f"{group}."):
+                        allowed = _range_and_description(about)[0]
+                        opened, closed = sum(map(allowed.count, "([")), sum(map(allowed.count, ")]"))
+                        assert opened == closed, (key, about)  # "[integer >= 0 (0]": an aside cut in half
+                        undescribed += [] if _description(about) else [f"{group}={option}: {key}"]
+    assert not undescribed
+    rows = _key_rows(_help())
+    assert rows["data.source.test_size"].startswith("[integer >= 0] held out")
+    assert rows["data.augment.crop_min"].startswith("[fraction in (0, 1]] random scale-crop")
+    assert rows["tracking.log_model"].endswith("| last (the last epoch's) | false (none)")
+
+
+@pytest.mark.parametrize("fix,expected", [
+    ("use an integer >= 0 (0: no grid)", "integer >= 0"),
+    ("use a fraction in (0, 1] (1.0: off)", "fraction in (0, 1]"),
+    ("use a float in [0, 1) (0.99 or 0.999 are usual)", "float in [0, 1)"),
+    ("use a momentum in (0, 1): 0.9 follows the batch statistics within tens of steps", "momentum in (0, 1)"),
+    ("use null or an integer >= 1 (k: an update every k batches)", "null or an integer >= 1"),
+])
+def test_a_range_is_the_fix_without_its_asides_and_reasons(fix, expected):
+    from seglab.config import ranges
+
+    assert ranges.compact(fix) == expected
 
 
 COMMANDS = ("seglab", "seglab.bench", "seglab.evaluate", "seglab.predict", "seglab.check_determinism", "seglab.report",

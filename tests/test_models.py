@@ -44,10 +44,12 @@ def vgg16_conv_params():
     return total
 
 
-def fcn_params(num_classes, fc_width, variant):
-    """FCN (Long et al. 2015, figure 3): VGG16 convs, fc6 7x7, fc7 1x1, 1x1 scores, bias-free upsampling."""
+def fcn_params(num_classes, fc_width, variant, scratch=False):
+    """FCN (Long et al. 2015, figure 3): VGG16 convs, fc6 7x7, fc7 1x1, 1x1 scores, bias-free upsampling.
+    `scratch` (model.encoder.weights=null): a batch norm (gamma, beta, mean, variance) after each VGG16 conv."""
     c = num_classes
-    total = vgg16_conv_params() + conv(512, fc_width, 7) + conv(fc_width, fc_width, 1) + conv(fc_width, c, 1)
+    batch_norm = 4 * sum(sum(block) for block in VGG16_BLOCKS) if scratch else 0
+    total = vgg16_conv_params() + batch_norm + conv(512, fc_width, 7) + conv(fc_width, fc_width, 1) + conv(fc_width, c, 1)
     if variant == "32s":
         return total + conv(c, c, 64, bias=False)
     total += conv(c, c, 4, bias=False) + conv(512, c, 1)  # upscore2, score_pool4
@@ -65,13 +67,24 @@ def test_fcn_logits_at_input_size_and_paper_parameter_count(num_classes, size, v
     model = build_model("fcn8", num_classes, size, variant=variant, fc_width=32, encoder=RANDOM)
     out = model(np.zeros((2, size, size, 3), np.float32))
     assert out.shape == (2, size, size, num_classes) and out.dtype == "float32"
-    assert model.count_params() == fcn_params(num_classes, 32, variant)
+    assert model.count_params() == fcn_params(num_classes, 32, variant, scratch=True)
 
 
 def test_fcn_paper_width_is_one_setting_away():
     model = build_model("fcn8", 21, 32, fc_width=4096, encoder=RANDOM)  # PASCAL VOC's 21 classes
     assert model.get_layer("fc6").filters == model.get_layer("fc7").filters == 4096
-    assert model.count_params() == fcn_params(21, 4096, "8s")
+    assert model.count_params() == fcn_params(21, 4096, "8s", scratch=True)
+
+
+def test_fcn_from_scratch_normalises_every_vgg16_conv_and_the_pretrained_trunk_stays_keras_vgg16(tmp_path):
+    scratch = build_model("fcn8", 3, 32, fc_width=8, encoder=RANDOM).get_layer("vgg16")
+    convs = [layer.name for layer in scratch.layers if isinstance(layer, keras.layers.Conv2D)]
+    norms = [layer.name for layer in scratch.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert convs == [f"block{b}_conv{i}" for b, block in enumerate(VGG16_BLOCKS, 1) for i in range(1, len(block) + 1)]
+    assert norms == [name.replace("conv", "bn") for name in convs]
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(tmp_path / "vgg16.weights.h5")
+    pretrained = build_model("fcn8", 3, 32, fc_width=8, encoder={"weights": str(tmp_path / "vgg16.weights.h5"), "trainable": True})
+    assert pretrained.count_params() == fcn_params(3, 8, "8s")  # Keras' VGG16, no batch norm: ImageNet files fit it
 
 
 @pytest.mark.parametrize("num_classes,size", [(2, 32), (3, 64)])
@@ -192,10 +205,12 @@ def fit_loss_history(model, learning_rate, epochs):
 
 
 @pytest.mark.slow
-def test_fcn_a_few_steps_reduce_the_loss():
-    # A plain 15-layer VGG16 from scratch, no batch norm: it needs a small learning rate.
-    history = fit_loss_history(build_model("fcn8", 2, 32, fc_width=16, dropout=0.0, encoder=RANDOM), 1e-4, epochs=9)
-    assert history[-1] < 0.95 * history[0]
+def test_fcn_from_scratch_learns_at_the_default_learning_rate():
+    """Adam at conf/optimizer/adam.yaml's 3e-3: a plain VGG16 from scratch (no batch norm) blew up in the quick
+    start (loss 57503 in epoch 1, then all background) and here stays near chance (0.61 of 0.69 after 15 steps);
+    with batch norm after each conv the loss halves (0.32)."""
+    history = fit_loss_history(build_model("fcn8", 2, 32, fc_width=16, dropout=0.0, encoder=RANDOM), 3e-3, epochs=15)
+    assert np.isfinite(history).all() and history[-1] < 0.6 * history[0], history
 
 
 @pytest.mark.slow
@@ -312,7 +327,7 @@ def test_cli_sweep_over_encoder_weights_offline(tmp_path):
     scratch, imagenet = jobs
     assert scratch.data.params["model.encoder.weights"] == "null" and scratch.info.status == "FINISHED"
     assert scratch.info.run_name == "fcn8-ce-shapes-job0 model.encoder.weights=null" and "val_mean_iou" in scratch.data.metrics
-    assert int(scratch.data.tags["model.parameters"]) == fcn_params(3, 8, "8s")
+    assert int(scratch.data.tags["model.parameters"]) == fcn_params(3, 8, "8s", scratch=True)
     assert imagenet.data.params["model.encoder.weights"] == "imagenet" and imagenet.info.status == "FAILED"
     assert imagenet.info.run_name == "fcn8-ce-shapes-job1 model.encoder.weights=imagenet"
     assert "EncoderWeightsUnavailable" in imagenet.data.tags["error"]

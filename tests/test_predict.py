@@ -46,7 +46,7 @@ def test_predict_writes_a_mask_and_an_overlay_per_image_at_its_own_size(tracking
     import mlflow
 
     mlflow.set_tracking_uri(tracking_stack.uri)
-    model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
+    model = mlflow.keras.load_model(f"runs:/{run_id}/model")
     expected = np.argmax(model.predict(exact[None].astype(np.float32) / 255.0, verbose=0)[0], axis=-1)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "exact.png_mask.png")), expected)
 

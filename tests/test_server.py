@@ -47,7 +47,7 @@ def test_run_lands_in_postgres_and_artifacts_in_the_bucket(tracking_stack, stack
 def test_model_from_the_stack_loads_back(tracking_stack, stack_run):
     run_id, _, _ = stack_run
     mlflow.set_tracking_uri(tracking_stack.uri)
-    model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
+    model = mlflow.keras.load_model(f"runs:/{run_id}/model")
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
     assert model.predict(x, verbose=0).shape == (2, 32, 32, 3)
 
@@ -125,5 +125,5 @@ def test_logged_model_is_servable_and_answers_a_json_request(tracking_stack, sta
         stop(server)
     assert predictions.shape == (2, 32, 32, 3)  # logits per class
     mlflow.set_tracking_uri(tracking_stack.uri)
-    local = mlflow.tensorflow.load_model(f"runs:/{run_id}/model").predict(images, verbose=0)
+    local = mlflow.keras.load_model(f"runs:/{run_id}/model").predict(images, verbose=0)
     np.testing.assert_allclose(predictions, local, rtol=1e-4, atol=1e-4)

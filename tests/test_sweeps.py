@@ -284,3 +284,19 @@ def test_slurm_launcher_requests_gpus_and_cpus(compose_cfg):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.cpus_per_task >= 1 and launcher.mem_gb >= 1
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["model=unet,fcn8", "seed=1,2,3"], ["seed=1,2", "loss=ce", "seed=4,5"], ["+x=range(1,4)", "y=a,b", "z=choice(p,q)"], []],
+)
+def test_sweep_jobs_are_hydras_basic_sweeper_jobs_without_its_private_api(overrides):
+    """seglab expands a basic sweep itself (Hydra's BasicSweeper is not public API): the same jobs, in the same order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the reference, in the test only
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from seglab.engine import sweep
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    (expected,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    assert sweep.expand(parsed) == expected

@@ -102,3 +102,46 @@ def test_every_experiment_seglab_makes_opens_as_model_training(tmp_path):
     assert kinds == {"Default": None, **dict.fromkeys(("a-run", "a-sweep", "a-failed-job", "with-artifacts", "made-before"),
                                                       tags.EXPERIMENT_KIND_MODEL_TRAINING), "chosen-in-the-ui": "genai_development"}
     assert client.get_experiment_by_name("with-artifacts").artifact_location == (tmp_path / "artifacts").as_uri()
+
+
+def _tiny_keras_model():
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    return keras.Model(inputs, keras.layers.Conv2D(2, 1, name="logits")(inputs))
+
+
+def test_a_runs_model_is_in_the_keras_3_flavour_and_loads_as_keras_users_load_it(tmp_path):
+    """`mlflow.keras.load_model("runs:/<id>/model")`, what a Keras 3 user types (before: KeyError: 'keras');
+    pyfunc and seglab's own loader (predict, evaluate) read the same model."""
+    import mlflow
+    import numpy as np
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    model = _tiny_keras_model()
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
+    with tracking.Run(uri, "flavour", "r", {}) as run:
+        model_uri = run.log_model(model, input_example=x[:1])
+    mlflow.set_tracking_uri(uri)
+    assert "keras" in mlflow.models.get_model_info(model_uri).flavors
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(mlflow.keras.load_model(f"runs:/{run.run_id}/model").predict(x, verbose=0), expected, rtol=1e-6)
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model").predict(x), expected, rtol=1e-6)
+    np.testing.assert_allclose(tracking.load_model(f"runs:/{run.run_id}/model", uri).predict(x, verbose=0), expected, rtol=1e-6)
+
+
+def test_a_model_logged_before_in_the_tensorflow_flavour_still_loads(tmp_path):
+    """Runs logged before seglab used the keras flavour hold a `tensorflow` flavour model: predict and evaluate load it."""
+    import mlflow
+    import numpy as np
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    model = _tiny_keras_model()
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("logged-before")
+    with mlflow.start_run() as run:
+        mlflow.tensorflow.log_model(model, name="model", input_example=x[:1])  # as seglab logged it before
+    assert set(mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model").flavors) == {"tensorflow", "python_function"}
+    loaded = tracking.load_model(f"runs:/{run.info.run_id}/model", uri)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)

@@ -100,7 +100,7 @@ def test_logged_model_loads_back_and_predicts_logits(trained):
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert np.asarray(pyfunc.predict(x)).shape == (2, 32, 32, 3)
-    keras_model = mlflow.tensorflow.load_model(f"runs:/{run.info.run_id}/model")
+    keras_model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
     np.testing.assert_allclose(keras_model.predict(x, verbose=0), pyfunc.predict(x), rtol=1e-5, atol=1e-6)
 
 

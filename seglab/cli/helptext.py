@@ -49,31 +49,63 @@ def arguments(argv: list[str] | None, doc: str) -> list[str] | None:
     return None if print_usage(argv, doc) else argv
 
 
-def options(group: str) -> dict[str, str]:
-    """{option: its first comment line} for every conf/<group>/<option>.yaml."""
-    found = {}
-    for path in sorted(Path(CONF_DIR, group).glob("*.yaml")):
-        lines = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
-        head = " ".join(line.lstrip("# ").strip() for line in itertools.takewhile(lambda l: l.startswith("#"), lines))
-        found[path.stem] = re.split(r"(?<=[.:])(?<! al\.)\s", head)[0].rstrip(":")  # its first sentence
-    return found
+def options(group: str, dirs: list[Path] | None = None) -> dict[str, str]:
+    """{option: its first comment line} for every <dir>/<group>/<option>.yaml of the config directories
+    (`dirs`: seglab's conf/ and a user's --config-dir, in Hydra's search order; the first holding an option wins)."""
+    found: dict[str, str] = {}
+    for directory in dirs or [Path(CONF_DIR)]:
+        for path in sorted(Path(directory, group).glob("*.yaml")):
+            if path.stem not in found:
+                found[path.stem] = _summary(path)
+    return dict(sorted(found.items()))
 
 
-def _comments(path: Path) -> dict[str, str]:
-    """{dotted key: what the YAML says of it} in one YAML file: the comment beside the key, else the
-    first sentence of the comment block just above it."""
-    found, above, path_to = {}, [], []  # path_to: (indent, key) of the enclosing keys
-    for line in path.read_text().splitlines():
+def _summary(path: Path) -> str:
+    """The first sentence (or the clause before a colon) of the comment block that opens a YAML file."""
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("# @package")]
+    head = " ".join(line.lstrip("# ").strip() for line in itertools.takewhile(lambda l: l.startswith("#"), lines))
+    return re.split(r"(?<=[.:])(?<! al\.)\s", head)[0].rstrip(":")
+
+
+def config_dirs(cfg: DictConfig) -> list[Path]:
+    """The directories Hydra composed from (seglab's conf/, then a --config-dir), from the composed config."""
+    sources = cfg.hydra.runtime.get("config_sources") or []
+    dirs = [Path(source.path) for source in sources if source.schema == "file"]
+    return dirs or [Path(CONF_DIR)]
+
+
+def option_file(dirs: list[Path], group: str, option: str) -> Path | None:
+    """The YAML of `group=option` (a user's option lives in their --config-dir), None if none holds it."""
+    return next((path for path in (Path(d, group, f"{option}.yaml") for d in dirs) if path.is_file()), None)
+
+
+def _comments(path: Path | None) -> dict[str, str]:
+    """{dotted key: what the YAML says of it} in one YAML file: the comment beside the key (with the comment
+    lines indented under it that continue it), else the first sentences of the comment block just above it."""
+    found: dict[str, str] = {}
+    above: list[str] = []
+    path_to: list[tuple[int, str]] = []  # (indent, key) of the enclosing keys
+    beside_of: tuple[int, str] | None = None  # (indent, dotted key) of the key line whose beside comment may go on
+    for line in path.read_text().splitlines() if path else []:
+        indent = len(line) - len(line.lstrip())
         if line.lstrip().startswith("#"):
-            above.append(line.lstrip("# ").strip())
+            text = line.lstrip("# ").strip()
+            if beside_of and indent > beside_of[0]:
+                found[beside_of[1]] = f"{found[beside_of[1]]} {text}"
+            else:
+                beside_of = None
+                above.append(text)
             continue
+        beside_of = None
         m = _KEY_LINE.match(line)
         if m:
             indent, key, beside = len(m.group(1)), m.group(2), m.group(4)
             path_to = [(i, k) for i, k in path_to if i < indent] + [(indent, key)]
+            dotted = ".".join(k for _, k in path_to)
             about = beside or _first_sentences(" ".join(above))
             if about:
-                found[".".join(k for _, k in path_to)] = about
+                found[dotted] = about
+            beside_of = (indent, dotted) if beside else None
         above = []
     return found
 
@@ -128,17 +160,19 @@ def main_keys(cfg: DictConfig) -> list[tuple[str, str, str, str]]:
     chosen group option (model.*, loss.*, data.source.*, ...); the ranges are the schema's checks."""
     choices = cfg.hydra.runtime.choices
     rows = []
+    dirs = config_dirs(cfg)
     top = _comments(Path(CONF_DIR, "config.yaml"))
     top_ranges = ranges.of_schema(OmegaConf.get_type(cfg))
     for key in cfg:
         if key != "hydra" and not isinstance(cfg._get_node(key), DictConfig):
             rows.append((key, _type(cfg, key), _value(cfg, key), _about(top_ranges.get(key), top.get(key))))
     for group in groups(cfg):
-        comments = _comments(Path(CONF_DIR, group, f"{choices[group]}.yaml"))
+        comments = _comments(option_file(dirs, group, choices[group]))  # None: an option of no file (a schema's own)
         for holder, key, dotted in _leaves(cfg[group]):
             found = ranges.of_schema(OmegaConf.get_type(holder)) | top_ranges
             name = f"{group}.{dotted}"
-            rows.append((name, _type(holder, key), _value(holder, key), _about(found.get(name), comments.get(dotted))))
+            described = comments.get(dotted) or ranges.field_comments(OmegaConf.get_type(holder)).get(str(key))
+            rows.append((name, _type(holder, key), _value(holder, key), _about(found.get(name), described)))
     return rows
 
 
@@ -159,7 +193,7 @@ def render(_root_: DictConfig) -> str:
     for group in (*groups(cfg), *OPTIONAL_GROUPS):
         prefix = "+" if group in OPTIONAL_GROUPS else ""
         lines.append(f"{prefix}{group}:")
-        for name, about in options(group).items():
+        for name, about in options(group, config_dirs(cfg)).items():
             mark = "*" if choices.get(group) == name else " "
             lines.append(f"  {mark} {name:<30} {about}".rstrip())
     lines += ["", "== Keys of the chosen options (KEY=VALUE; type, value now, [range the schema checks], what it does) =="]

@@ -44,7 +44,7 @@ def plain(value: Any) -> Any:
 
 @dataclass
 class AugmentConfig:
-    hflip: bool = MISSING
+    hflip: bool = MISSING  # random horizontal flip
     crop_min: float = MISSING  # random scale-crop: crop side in [crop_min, 1] x image side, zoomed back; 1.0 = off
     brightness: float = MISSING  # random brightness shift in [-b, b] (images in [0, 1]); 0 = off
     contrast: float = MISSING  # random contrast factor in [1 - c, 1 + c]; 0 = off
@@ -59,16 +59,16 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
+    name: str = MISSING  # the data set's name: in the run's name and its experiment's (seglab-<name>)
     image_size: Any = MISSING  # one side (square) or [height, width]: the size the model sees
-    num_classes: int = MISSING
-    class_names: list[str] = MISSING
+    num_classes: int = MISSING  # classes in the masks (checked against them)
+    class_names: list[str] = MISSING  # one name per class, in label order (metrics and pictures use them)
     ignore_index: Optional[int] = MISSING  # label of pixels that count nowhere (e.g. COCO crowd regions)
     background_index: Optional[int] = MISSING  # label of the background class (shapes/pets: 1, COCO: 0)
     source: Any = MISSING  # `_target_` of a builder returning seglab.data.Splits
     augment: AugmentConfig = MISSING
     cache: Optional[str] = MISSING  # "memory", a file path prefix with a directory (e.g. ./cache/pets), or null
-    shuffle_buffer: int = MISSING
+    shuffle_buffer: int = MISSING  # training examples tf.data shuffles among
     # How an image of another aspect becomes image_size: stretch (squeezed), fit (aspect kept, padded with
     # ignore_index) or crop (aspect kept, a random crop in training, the centre in validation).  A default,
     # so that a data YAML of your own written before the key still composes.
@@ -125,12 +125,12 @@ class DataConfig:
 class ShapesSourceConfig:
     _target_: str = MISSING
     image_size: Any = MISSING  # data.image_size: the images are generated at it
-    train_size: int = MISSING
-    val_size: int = MISSING
+    train_size: int = MISSING  # generated training images
+    val_size: int = MISSING  # generated validation images
     test_size: int = MISSING  # 0: no test split (`python -m seglab.evaluate` then falls back to validation)
-    max_objects: int = MISSING
-    boundary_width: int = MISSING
-    seed: int = MISSING
+    max_objects: int = MISSING  # at most this many shapes per image
+    boundary_width: int = MISSING  # pixels of the boundary class around each shape
+    seed: int = MISSING  # the data set's own seed: the same images whatever the training seed
 
     def __post_init__(self) -> None:
         require(self.train_size >= 1, "data.source.train_size", self.train_size, "use an integer >= 1")
@@ -148,15 +148,15 @@ class PetsSourceConfig:
     """Oxford-IIIT Pet from tensorflow-datasets (`kind: tfds`) or from the unpacked archives (`kind: folder`)."""
 
     _target_: str = MISSING
-    kind: str = MISSING
+    kind: str = MISSING  # tfds (tensorflow-datasets) | folder (the unpacked archives)
     tfds_dir: str = MISSING  # kind=tfds: where tensorflow-datasets prepared the data set (docs/data.md)
     version: str = MISSING  # kind=tfds: oxford_iiit_pet version
     path: Optional[str] = MISSING  # kind=folder: DIR with images/ and annotations/trimaps/
     val_percent: int = MISSING  # validation = the last val_percent % of the (shuffled, for folder) train split
     split_seed: int = MISSING  # kind=folder: seed of the trainval shuffle before the split
     connect_timeout: float = MISSING  # seconds for the reachability check before a download
-    num_classes: int = MISSING
-    deterministic: bool = MISSING
+    num_classes: int = MISSING  # data.num_classes, to check the masks against
+    deterministic: bool = MISSING  # the top-level deterministic: a reproducible file order
 
     def __post_init__(self) -> None:
         require(self.kind in PETS_KINDS, "data.source.kind", self.kind, f"choose one of {', '.join(PETS_KINDS)}")

@@ -21,17 +21,17 @@ class LossConfig:
 @dataclass
 class CrossEntropyConfig(LossConfig):
     _target_: str = MISSING
-    ignore_index: Optional[int] = MISSING
+    ignore_index: Optional[int] = MISSING  # label value that contributes nothing (data.ignore_index)
 
 
 @dataclass
 class DiceConfig(LossConfig):
     _target_: str = MISSING
-    ignore_index: Optional[int] = MISSING
+    ignore_index: Optional[int] = MISSING  # label value that contributes nothing (data.ignore_index)
     squared_denominator: bool = MISSING  # V-Net: sum of squares; false: plain sums
-    include_background: bool = MISSING
+    include_background: bool = MISSING  # false: the background class is left out of the mean
     background_index: Optional[int] = MISSING  # the background class, left out when include_background is false
-    smooth: float = MISSING
+    smooth: float = MISSING  # added to numerator and denominator: > 0 keeps an absent class finite
     per_image: bool = MISSING  # Dice of each image, averaged; false: one Dice over the whole batch
     ce_weight: float = MISSING  # adds ce_weight * cross-entropy (Dice + CE)
 
@@ -60,9 +60,9 @@ BALANCING = ("inverse_frequency", "median_frequency")
 @dataclass
 class WeightedCrossEntropyConfig(LossConfig):
     _target_: str = MISSING
-    ignore_index: Optional[int] = MISSING
+    ignore_index: Optional[int] = MISSING  # label value that contributes nothing (data.ignore_index)
     # A list with one weight per class, or computed from the training split: inverse_frequency | median_frequency
-    class_weights: Any = MISSING
+    class_weights: Any = MISSING  # one weight per class, or how to compute them from the training masks
 
     def __post_init__(self) -> None:
         if isinstance(self.class_weights, str):
@@ -84,7 +84,7 @@ class WeightedCrossEntropyConfig(LossConfig):
 @dataclass
 class FocalConfig(LossConfig):
     _target_: str = MISSING
-    ignore_index: Optional[int] = MISSING
+    ignore_index: Optional[int] = MISSING  # label value that contributes nothing (data.ignore_index)
     gamma: float = MISSING  # focusing parameter: 0 is cross-entropy
     alpha: Optional[list[float]] = MISSING  # one weight per class, or null (all 1)
 
@@ -101,10 +101,10 @@ class FocalConfig(LossConfig):
 @dataclass
 class TverskyConfig(LossConfig):
     _target_: str = MISSING
-    ignore_index: Optional[int] = MISSING
+    ignore_index: Optional[int] = MISSING  # label value that contributes nothing (data.ignore_index)
     alpha: float = MISSING  # weight of false positives
     beta: float = MISSING  # weight of false negatives
-    smooth: float = MISSING
+    smooth: float = MISSING  # added to numerator and denominator: > 0 keeps an absent class finite
 
     def __post_init__(self) -> None:
         require(self.alpha >= 0, "loss.alpha", self.alpha, "use a float >= 0 (the weight of false positives, e.g. 0.3)")
@@ -116,7 +116,7 @@ class TverskyConfig(LossConfig):
 @dataclass
 class LovaszConfig(LossConfig):
     _target_: str = MISSING
-    ignore_index: Optional[int] = MISSING
+    ignore_index: Optional[int] = MISSING  # label value that contributes nothing (data.ignore_index)
 
 
 # The ConfigStore entries (GROUP/NAME) that the option YAMLs name in their defaults lists.

@@ -36,11 +36,11 @@ def _check_bn_momentum(value: float) -> None:
 @dataclass
 class UNetConfig(ModelConfig):
     _target_: str = "seglab.models.unet.build"
-    base_filters: int = MISSING
-    depth: int = MISSING
-    dropout: float = MISSING
-    batch_norm: bool = MISSING
-    bn_momentum: float = MISSING
+    base_filters: int = MISSING  # filters of the first level, doubled at each level down
+    depth: int = MISSING  # downsampling levels (the input side must be a multiple of 2**depth)
+    dropout: float = MISSING  # dropout rate on the two deepest levels
+    batch_norm: bool = MISSING  # batch norm after every convolution (false: the paper's U-Net)
+    bn_momentum: float = MISSING  # momentum of the batch-norm moving statistics
 
     def __post_init__(self) -> None:
         require(self.base_filters >= 1, "model.base_filters", self.base_filters, "use an integer >= 1 (the paper uses 64)")
@@ -56,7 +56,7 @@ class UNetConfig(ModelConfig):
 class EncoderConfig:
     """A pretrained `keras.applications` encoder: `weights` is imagenet, null (random) or a file path."""
 
-    weights: Optional[str] = MISSING
+    weights: Optional[str] = MISSING  # imagenet | null (random, trained from scratch) | path to a weights file
     trainable: bool = MISSING  # false: frozen (feature extraction); true: fine-tuned with the decoder
 
     def __post_init__(self) -> None:
@@ -73,9 +73,9 @@ class EncoderConfig:
 @dataclass
 class FCN8Config(ModelConfig):
     _target_: str = "seglab.models.fcn8.build"
-    variant: str = MISSING
-    fc_width: int = MISSING
-    dropout: float = MISSING
+    variant: str = MISSING  # 32s | 16s | 8s: how many skip connections refine the stride-32 scores
+    fc_width: int = MISSING  # channels of fc6 (7x7 conv) and fc7 (1x1 conv)
+    dropout: float = MISSING  # after fc6 and fc7
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -95,9 +95,9 @@ class BatchNormEncoderConfig(EncoderConfig):
 @dataclass
 class UNetMobileNetConfig(ModelConfig):
     _target_: str = "seglab.models.unet_mobilenet.build"
-    alpha: float = MISSING
-    dropout: float = MISSING
-    bn_momentum: float = MISSING
+    alpha: float = MISSING  # MobileNetV2's width multiplier
+    dropout: float = MISSING  # dropout rate in the decoder's upsample blocks
+    bn_momentum: float = MISSING  # momentum of the batch-norm moving statistics
     encoder: BatchNormEncoderConfig = field(default_factory=BatchNormEncoderConfig)
 
     def __post_init__(self) -> None:
@@ -135,10 +135,10 @@ def _check_preset(preset: Optional[str], presets: dict, architecture: object, wh
 @dataclass
 class DeepLabV3PlusConfig(ModelConfig):
     _target_: str = "seglab.models.deeplabv3plus.build"
-    depth: int = MISSING
-    dilation_rates: list[int] = MISSING
-    projection_filters: int = MISSING
-    preset: Optional[str] = MISSING
+    depth: int = MISSING  # ResNet depth of the encoder
+    dilation_rates: list[int] = MISSING  # the atrous rates of the spatial pyramid pooling
+    projection_filters: int = MISSING  # channels of the 1x1 projection of the stride-4 features
+    preset: Optional[str] = MISSING  # a KerasHub preset for a pretrained encoder, or null (random)
 
     def __post_init__(self) -> None:
         require(self.depth in facts.RESNET_DEPTHS, "model.depth", self.depth, f"choose a ResNet depth of {list(facts.RESNET_DEPTHS)}")
@@ -156,10 +156,10 @@ class DeepLabV3PlusConfig(ModelConfig):
 @dataclass
 class SegFormerConfig(ModelConfig):
     _target_: str = "seglab.models.segformer.build"
-    variant: str = MISSING
-    decoder_width: Optional[int] = MISSING
-    drop_path: float = MISSING
-    preset: Optional[str] = MISSING
+    variant: str = MISSING  # the Mix Transformer's size
+    decoder_width: Optional[int] = MISSING  # channels of the all-MLP decoder; null: the paper's
+    drop_path: float = MISSING  # stochastic depth rate of the encoder's blocks
+    preset: Optional[str] = MISSING  # a KerasHub preset for a pretrained encoder, or null (random)
 
     def __post_init__(self) -> None:
         require(self.variant in facts.MIT_VARIANTS, "model.variant", self.variant, f"choose one of {', '.join(facts.MIT_VARIANTS)}")

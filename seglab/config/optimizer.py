@@ -50,8 +50,8 @@ class AdamWConfig(OptimizerConfig):
 @dataclass
 class SGDConfig(OptimizerConfig):
     _target_: str = "keras.optimizers.SGD"
-    momentum: float = MISSING
-    nesterov: bool = MISSING
+    momentum: float = MISSING  # heavy-ball momentum of the updates
+    nesterov: bool = MISSING  # Nesterov's accelerated gradient instead of plain momentum
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -32,6 +32,23 @@ def of_schema(schema: type) -> dict[str, str]:
     return found
 
 
+_FIELD_COMMENT = re.compile(r"^\s+(\w+):[^#=]+(?:=[^#]*)?#\s*(.+)$")
+
+
+@functools.cache
+def field_comments(schema: type) -> dict[str, str]:
+    """{field: the comment beside it} in `schema` and its base classes (for `--help`: a key whose YAML says
+    nothing of it, e.g. in a user's own option, is described by its schema)."""
+    found: dict[str, str] = {}
+    for cls in schema.__mro__:
+        if cls.__module__.startswith("seglab.config"):
+            for line in inspect.getsource(cls).splitlines():
+                m = _FIELD_COMMENT.match(line)
+                if m and not m.group(2).startswith("noqa"):
+                    found.setdefault(m.group(1), m.group(2).strip())
+    return found
+
+
 def _requires(cls: type) -> dict[str, str]:
     """The ranges in `cls`'s checks, and in the module's helpers it calls (e.g. `_check_bn_momentum`)."""
     namespace = vars(sys.modules[cls.__module__])
@@ -58,5 +75,6 @@ def _requires(cls: type) -> dict[str, str]:
 def compact(allowed: str) -> str:
     """'use an integer >= 0 (0: no grid)' -> 'integer >= 0'; 'choose one of a, b' -> 'one of a, b';
     'use a momentum in (0, 1): 0.9 follows ...' -> 'momentum in (0, 1)'."""
-    allowed = re.split(r"[:;]\s", allowed.strip())[0]  # what follows says why
-    return _ASIDE.sub("", _RANGE_START.sub("", allowed)).rstrip(".")
+    allowed = _ASIDE.sub("", allowed.strip())  # first, so that a colon inside an aside ("(0: off)") cuts nothing
+    allowed = re.split(r"[:;]\s", allowed)[0]  # what follows says why
+    return _RANGE_START.sub("", allowed).rstrip(".").strip()

@@ -15,7 +15,7 @@ class SchedulerConfig:
     """seglab.schedules: a learning rate per optimizer step, from optimizer.learning_rate."""
 
     _target_: str = MISSING
-    warmup_epochs: float = MISSING
+    warmup_epochs: float = MISSING  # epochs of linear warm-up from 0 to the optimizer's rate; 0: none
 
     def __post_init__(self) -> None:
         require(self.warmup_epochs >= 0, "scheduler.warmup_epochs", self.warmup_epochs, "use a number of epochs >= 0 (0: no warm-up)")
@@ -34,7 +34,7 @@ class ConstantScheduleConfig(SchedulerConfig):
 class DecayToFloorConfig(SchedulerConfig):
     """A schedule that decays towards `min_learning_rate` (cosine, poly)."""
 
-    min_learning_rate: float = MISSING
+    min_learning_rate: float = MISSING  # the rate the decay ends at
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,7 +52,7 @@ class CosineScheduleConfig(DecayToFloorConfig):
 @dataclass
 class PolyScheduleConfig(DecayToFloorConfig):
     _target_: str = "seglab.schedules.Poly"
-    power: float = MISSING
+    power: float = MISSING  # exponent of the polynomial decay (1: linear)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,8 +62,8 @@ class PolyScheduleConfig(DecayToFloorConfig):
 @dataclass
 class StepScheduleConfig(SchedulerConfig):
     _target_: str = "seglab.schedules.Step"
-    step_epochs: int = MISSING
-    gamma: float = MISSING
+    step_epochs: int = MISSING  # epochs between two multiplications by gamma
+    gamma: float = MISSING  # the factor the rate is multiplied by every step_epochs epochs
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,6 +20,7 @@ objective, so the other jobs go on; the sweep then exits non-zero, naming the fa
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import logging
 import os
@@ -27,10 +28,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -131,7 +133,23 @@ def job_overrides(config: DictConfig) -> list[list[str]] | None:
         return None
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return expand(parsed)
+
+
+def expand(overrides: list[Override]) -> list[list[str]]:
+    """The jobs of the basic sweeper: the product of every key's values, in the order the keys first come,
+    a later override of a key replacing an earlier one (as Hydra's BasicSweeper, whose `split_arguments`
+    is not public API)."""
+    values: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:  # an interval: only a search sweeper (optuna) samples one
+            raise HydraException(f"BasicSweeper does not support sweep type : {override.value_type.name}")
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def check_jobs(config: DictConfig) -> None:

@@ -5,6 +5,12 @@ Differences from the paper, all forced by Keras or the CPU: `same` padding repla
 paper's 100-pixel input padding and crops, so the input side must be a multiple of 32; Keras'
 `include_top=False` ImageNet file has no fc layers, so fc6/fc7 start random; their width is
 configurable (the paper's 4096 is one setting away).
+
+From scratch (`encoder.weights=null`, the only FCN an offline user can train) the trunk has a batch norm
+after each convolution (as torchvision's vgg16_bn; Keras has no such application, so the ImageNet path
+keeps Keras' plain VGG16).  The paper starts from ImageNet weights; a plain 13-conv trunk from random
+weights under Adam's default 3e-3 blew up (loss 57503 in the quick start's first epoch) and predicted
+only background.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from seglab.models import encoders, facts
 
 VGG16_IMAGENET_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 ENCODER_OUTPUTS = ("block3_pool", "block4_pool", "block5_pool")  # strides 8, 16, 32
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))  # Simonyan & Zisserman, table 1, D
+SCRATCH_BN_MOMENTUM = 0.9  # as the U-Net's bn_momentum (conf/model/unet.yaml): short runs need fast-following statistics
 
 
 def bilinear_kernel(size: int, channels: int) -> np.ndarray:
@@ -49,8 +57,26 @@ def score(x, num_classes: int, name: str):
     return layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=name)(x)
 
 
+def vgg16_bn_trunk(size: tuple[int, int]) -> keras.Model:
+    """VGG16's convolutional part with batch norm after every convolution (Ioffe & Szegedy 2015, as
+    torchvision's vgg16_bn), for training from scratch: (H, W, 3) -> pool3, pool4, pool5."""
+    inputs = keras.Input((*size, 3))
+    x, pools = inputs, []
+    for block, widths in enumerate(VGG16_BLOCKS, start=1):
+        for conv, width in enumerate(widths, start=1):
+            # He et al. 2015's initialisation, for ReLU
+            x = layers.Conv2D(width, 3, padding="same", kernel_initializer="he_normal", name=f"block{block}_conv{conv}")(x)
+            x = encoders.batch_norm(SCRATCH_BN_MOMENTUM, f"block{block}_bn{conv}")(x)
+            x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
+        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
+        pools.append(x)
+    return keras.Model(inputs, pools[2:], name="vgg16")
+
+
 def vgg16_encoder(size: tuple[int, int], weights: str | None, trainable: bool) -> keras.Model:
     """VGG16's convolutional part, (H, W, 3) caffe-preprocessed -> pool3, pool4, pool5."""
+    if weights is None:
+        return vgg16_bn_trunk(size)
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(*size, 3))
     encoders.load(vgg, encoders.weights_file(weights, VGG16_IMAGENET_FILE, "vgg16", "VGG16"), "VGG16")
     encoder = keras.Model(vgg.input, [vgg.get_layer(name).output for name in ENCODER_OUTPUTS], name="vgg16")

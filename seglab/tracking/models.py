@@ -34,14 +34,18 @@ def _not_loadable(model_uri: str, tracking_uri: str, err: Exception) -> Tracking
 
 def load_model(model_uri: str, tracking_uri: str):
     """A logged seglab model as a Keras model, from any MLflow store (`runs:/<id>/model`,
-    `models:/<name>/<version>`, `models:/<name>@<alias>`, `models:/m-<id>`, a local path): the Keras
-    flavour, or the Keras model inside the served (image-taking) pyfunc model."""
+    `models:/<name>/<version>`, `models:/<name>@<alias>`, `models:/m-<id>`, a local path): the Keras 3
+    flavour, the TensorFlow flavour runs logged it in before, or the Keras model inside the served
+    (image-taking) pyfunc model."""
     from seglab.tracking.served import keras_model_of
 
     check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        if "tensorflow" in mlflow.models.get_model_info(model_uri).flavors:
+        flavors = mlflow.models.get_model_info(model_uri).flavors
+        if "keras" in flavors:
+            return mlflow.keras.load_model(model_uri)
+        if "tensorflow" in flavors:  # logged by seglab before it used the keras flavour
             return mlflow.tensorflow.load_model(model_uri)
         model = keras_model_of(mlflow.pyfunc.load_model(model_uri))
         if model is None:

@@ -275,14 +275,18 @@ class Run:
                       "confusion_matrix.json")
 
     def log_model(self, model, input_example, step: int = 0) -> str | None:
-        """The Keras model as an MLflow model loadable with mlflow.pyfunc / mlflow.tensorflow;
-        its URI, or None when the store did not take it.  `step`: the epoch whose weights it holds;
-        MLflow links the run's metrics of that step to the logged model (its page shows them)."""
+        """The Keras model in MLflow's Keras 3 flavour (`keras`: a `.keras` file), loadable with
+        mlflow.keras.load_model and mlflow.pyfunc; its URI, or None when the store did not take it.  `step`: the
+        epoch whose weights it holds; MLflow links the run's metrics of that step to the logged model (its page
+        shows them).  Runs logged before used mlflow.tensorflow (`tracking.models.load_model` reads both)."""
         import keras
         import tensorflow as tf
 
+        # A signature, not the example: mlflow.keras.log_model given an input_example fails writing it (it writes
+        # before it makes the model's directory: mlflow/mlflow#16183, still so in MLflow 3.17).
+        signature = mlflow.models.infer_signature(input_example, model.predict(input_example, verbose=0))
         info = self._log(
-            "the model", mlflow.tensorflow.log_model, model, name="model", input_example=input_example,
+            "the model", mlflow.keras.log_model, model, name="model", signature=signature,
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"], step=step,
         )
         return info.model_uri if info is not None else None
