@@ -3,13 +3,16 @@ Hydra's `hydra.verbose`), one short line per epoch (`callbacks.EpochLine`), and 
 says where the run is in the MLflow UI.  Nothing here imports TensorFlow: `quiet` must run first.
 """
 
-# Lazy imports: Keras only where its progress bars are silenced; the console is set up before TensorFlow loads.
+# Lazy imports: Keras only where its progress bars are silenced, optuna only in an optuna sweep; the console is set up
+# before TensorFlow loads.
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import sys
+import tempfile
 import warnings
 
 from hydra.core.hydra_config import HydraConfig
@@ -23,7 +26,8 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_LOGGING_LEVEL": "WARNING",
              "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # "Downloading artifacts" bars when a model is logged
 # Python loggers whose INFO lines narrate library internals ("Creating initial MLflow database
 # tables", alembic migrations, font caches); their warnings still show.
-NOISY_LOGGERS = ("mlflow", "alembic", "matplotlib", "PIL", "h5py", "urllib3", "git")
+NOISY_LOGGERS = ("mlflow", "alembic", "matplotlib", "PIL", "h5py", "urllib3", "git",
+                 "tf2onnx")  # "[INFO] Using opset <onnx, 15>", "Optimizing ONNX model" of an ONNX export
 # TensorFlow's and absl's Python warnings are about TensorFlow internals (retracing, saving).
 INTERNAL_LOGGERS = ("tensorflow", "absl")
 
@@ -44,6 +48,52 @@ def quiet(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in INTERNAL_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def native_quiet_wanted() -> bool:
+    """Whether C++ libraries' own stderr lines (INFO and WARNING lines, mostly) are to be hidden: when
+    TF_CPP_MIN_LOG_LEVEL hides TensorFlow's warnings too, at 2 or 3 (`quiet` sets 3; `verbose=true` leaves it unset)."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    return level.isdigit() and int(level) >= 2
+
+
+@contextlib.contextmanager
+def native_quiet():
+    """Inside, what C++ libraries write straight to the stderr file descriptor is held back: absl's lines, which
+    TF_CPP_MIN_LOG_LEVEL does not reach ("WARNING: All log messages before absl::InitializeLog() is called",
+    "W0000 ... Ignored output_format" of the LiteRT converter, "I0000 ... Starting new session" of grappler),
+    and LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU".  Python's own stderr goes the same
+    way, so an error inside is followed by everything held back (nothing is lost when it matters)."""
+    if not native_quiet_wanted():
+        yield
+        return
+    sys.stderr.flush()
+    saved, failed = os.dup(2), True
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def plain_optuna(verbose: bool, sweeper: str | None) -> None:
+    """In a sweep by hydra-optuna-sweeper (`sweeper`: Hydra's `hydra/sweeper` choice), optuna's lines through the
+    job's logging, not optuna's own handler, which writes raw colour codes ("\\033[32m[I ...]") into files and
+    pipes as well: off unless `verbose`, then plain."""
+    if sweeper != "optuna":
+        return
+    import optuna  # the optuna sweeper's own import, made now so that its logging is set before the study starts
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -93,9 +143,12 @@ def parallel_job() -> int | None:
 class ConsoleFormatter(logging.Formatter):
     """The console's lines (conf/hydra/job_logging/seglab.yaml): messages as they are, warnings and
     errors marked, and `[job N]` first when parallel jobs share the console (joblib: their epoch lines
-    interleave); the job's log file keeps the full format with times and logger names."""
+    interleave); the job's log file keeps the full format with times and logger names, and the tracebacks
+    of logged errors (a sweep's failed job is one line here, seglab.engine.sweep.run_job)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:  # a copy: the file's handler formats the original
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
         text = super().format(record)
         text = text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
         job = parallel_job()

@@ -57,7 +57,8 @@ def slide_logits(model, image: np.ndarray, stride: int) -> np.ndarray:
     for start in range(0, len(corners), WINDOW_BATCH):
         chunk = corners[start : start + WINDOW_BATCH]
         tiles = np.stack([padded[y : y + window[0], x : x + window[1]] for y, x in chunk])
-        logits = np.asarray(model(tiles, training=False), np.float32)
+        # A tensor, not the array: a model loaded from a .keras file warns of an input structure mismatch for an array.
+        logits = np.asarray(model(tf.constant(tiles), training=False), np.float32)
         for (y, x), tile in zip(chunk, logits):
             total[y : y + window[0], x : x + window[1]] += tile
             count[y : y + window[0], x : x + window[1]] += 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,6 +89,18 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, check: bool = True, env
     if check and done.returncode != 0:
         raise AssertionError(f"seglab exited {done.returncode}\nSTDOUT:\n{done.stdout[-4000:]}\nSTDERR:\n{done.stderr[-4000:]}")
     return done
+
+
+# What a library prints when seglab's console does not silence it: Python warnings, absl's and TensorFlow's C++ lines
+# ("W0000 ...", "I0000 ... Started server with target: grpc://"), LiteRT's "INFO: Created TensorFlow Lite XNNPACK
+# delegate", MLflow's INFO lines, tf2onnx's "[INFO] Using opset", raw colour codes (optuna's), tracebacks.
+NOISE = re.compile(r"Warning|warnings\.warn|^[IWEF]\d{4} |absl|^INFO: |^\[INFO\] (Using|Optimizing|Computed|After)|"
+                   r" INFO mlflow|\x1b\[|Traceback|grpc://")
+
+
+def noisy_lines(done: subprocess.CompletedProcess) -> list[str]:
+    """The lines of a command's output (stdout and stderr) that a quiet console should not have shown (NOISE)."""
+    return [line for line in (done.stdout + (done.stderr or "")).splitlines() if NOISE.search(line)]
 
 
 def signal_after(marker: str, sig: int, module: str, *args: str, cwd: Path) -> tuple[int, str]:

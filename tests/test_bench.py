@@ -10,7 +10,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, signal_after
+from tests.conftest import ROOT, noisy_lines, signal_after
 
 TINY_BENCH = (
     "bench.steps=3", "bench.warmup=2", "bench.repeats=1", "bench.matmul_size=256", "bench.data=synthetic",
@@ -28,6 +28,7 @@ def test_tiny_bench_writes_a_table_json_and_an_mlflow_run(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "img/s" in done.stdout and "ratio" in done.stdout
+    assert not noisy_lines(done), "\n".join(noisy_lines(done))  # e.g. Keras' UserWarning of fit(shuffle=True) on a tf.data set
     report = json.loads((tmp_path / "b.json").read_text())
     (row,) = report["results"]
     assert (row["model"], row["precision"], row["jit_compile"], row["data"]) == ("unet", "float32", False, "synthetic")

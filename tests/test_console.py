@@ -12,7 +12,7 @@ from PIL import Image
 
 from seglab import console
 from seglab.cli.train import STARTING
-from tests.conftest import TINY
+from tests.conftest import TINY, noisy_lines
 
 EXPECTED = (
     re.compile(re.escape(STARTING)),  # first, so the seconds before epoch 1 are not silent
@@ -72,6 +72,69 @@ def test_evaluate_and_predict_print_only_their_results(quiet_run):
 def test_verbose_brings_the_library_notices_back(tmp_path):
     done = subprocess_run_quiet(tmp_path, "seglab", *TINY, "trainer.epochs=1", "tracking.log_model=false", "verbose=true")
     assert "mlflow" in done.stderr.lower() and "tensorflow" in done.stderr.lower()
+
+
+@pytest.mark.slow
+def test_slide_mode_and_the_exports_print_only_their_results(quiet_run):
+    # Slide mode and export called a model loaded from MLflow with NumPy arrays (Keras' input-structure UserWarning);
+    # the exporters' converters and runtimes write C++ lines (absl, LiteRT's XNNPACK notice) past TF_CPP_MIN_LOG_LEVEL;
+    # TensorFlow's own LiteRT interpreter is deprecated (seglab uses ai-edge-litert where it installs).
+    tmp_path, done = quiet_run
+    model = f"model_uri=runs:/{EXPECTED[3].search(done.stdout + done.stderr).group(1)}/model"
+    Image.fromarray(np.zeros((80, 100, 3), np.uint8)).save(tmp_path / "large.png")
+    commands = {
+        "seglab.predict": (model, f"input={tmp_path / 'large.png'}", f"output={tmp_path / 'slid'}", "inference.mode=slide"),
+        "seglab.evaluate": (model, "data.image_size=64", "data.source.test_size=4", "inference.mode=slide"),
+        "seglab.export litert": (model, "format=litert", f"output={tmp_path / 'litert'}"),
+        "seglab.export onnx": (model, "format=onnx", f"output={tmp_path / 'onnx'}"),
+    }
+    for command, args in commands.items():
+        answered = subprocess_run_quiet(tmp_path, command.split()[0], *args)
+        assert not noisy_lines(answered), f"{command}:\n" + "\n".join(noisy_lines(answered))
+        assert re.search(r"^(wrote|runs:/)", answered.stdout, re.M), answered.stdout  # its result
+    verbose = subprocess_run_quiet(tmp_path, "seglab.export", model, "format=litert", f"output={tmp_path / 'again'}", "verbose=true")
+    assert "XNNPACK" in verbose.stderr  # verbose=true: the runtime's own lines are back
+
+
+@pytest.mark.slow
+def test_an_optuna_search_prints_no_colour_codes(tmp_path):
+    done = subprocess_run_quiet(tmp_path, "seglab", "+hparams_search=unet_shapes", "hydra.sweeper.n_trials=1", *TINY,
+                                "data.source.train_size=16", "data.source.val_size=8", "trainer.epochs=1", "tracking.log_model=false")
+    assert not noisy_lines(done), "\n".join(noisy_lines(done))
+    assert "A new study created" not in done.stdout + done.stderr  # optuna's INFO lines: verbose=true only
+
+
+def test_verbose_gives_optunas_lines_plain_through_logging(caplog, capfd):
+    import logging
+
+    import optuna
+
+    try:
+        console.plain_optuna(True, "optuna")
+        with caplog.at_level(logging.INFO):
+            optuna.logging.get_logger("optuna.study").info("A new study created in memory with name: x")
+        assert [r.getMessage() for r in caplog.records] == ["A new study created in memory with name: x"]
+        assert "\x1b[" not in capfd.readouterr().err  # not through optuna's own coloured handler
+        console.plain_optuna(False, "optuna")
+        assert optuna.logging.get_verbosity() == logging.WARNING
+    finally:
+        optuna.logging.set_verbosity(logging.INFO)
+        optuna.logging.disable_propagation()
+        optuna.logging.enable_default_handler()
+
+
+def test_native_lines_are_held_back_and_shown_when_the_call_fails(monkeypatch, capfd):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    with console.native_quiet():
+        os.write(2, b"I0000 a C++ library's notice\n")
+    with pytest.raises(ValueError), console.native_quiet():
+        os.write(2, b"E0000 what went wrong\n")
+        raise ValueError("failed")
+    assert capfd.readouterr().err == "E0000 what went wrong\n"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # as verbose=true leaves it: shown
+    with console.native_quiet():
+        os.write(2, b"I0000 shown\n")
+    assert capfd.readouterr().err == "I0000 shown\n"
 
 
 def subprocess_run_quiet(tmp_path, module, *args):

@@ -85,11 +85,13 @@ def test_comparison_sees_a_one_ulp_difference(tmp_path):
 def test_check_determinism_on_a_tiny_run(tmp_path):
     # One intra-op thread, as a sweep's job gets (docs/sweeps.md): each run records it, the verdict names it.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "1"}
-    env.pop("TF_NUM_INTEROP_THREADS", None)
+    for name in ("TF_NUM_INTEROP_THREADS", "MLFLOW_LOGGING_LEVEL"):  # the user's environment: MLflow's INFO lines on
+        env.pop(name, None)
     done = subprocess.run([sys.executable, "-m", "seglab.check_determinism", *TINY], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     verdict = done.stdout.strip().splitlines()[-1]
+    assert (done.stdout + done.stderr).strip() == verdict  # the verdict alone: no "INFO mlflow.store.db.utils: Creating ..."
     assert verdict.startswith("deterministic: two runs of"), verdict
     assert f"with 1 intra-op and {threads.schedulable_cores()} inter-op threads ended with bit-identical" in verdict
     assert not list(tmp_path.iterdir())  # both runs lived in a temporary directory

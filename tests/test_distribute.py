@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from seglab.config import schema
 from seglab.engine import checkpoint, distribute
 from seglab.tracking import tags
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import NOISE, ROOT, TINY, run_cli
 
 # Dropout, augmentation and shuffling off: a replica draws its own dropout masks, and tf.data's
 # per-epoch random streams (shuffle order, `Dataset.random` augmentation seeds) differ once the dataset
@@ -229,6 +229,9 @@ def test_multi_worker_with_two_local_processes_matches_one_device_and_only_the_c
     # The other worker saved to a deleted temporary directory (the path preflight made its own, empty).
     assert not any((cwd / "worker1/checkpoints").iterdir())
     assert_replicas_are_the_chiefs_checkpoint(cwd / "worker0/checkpoints/last.state.npz", [cwd / f"worker{i}.log" for i in (0, 1)])
+    for index in (0, 1):  # the workers' consoles are quiet too: no "I0000 ... Started server with target: grpc://..."
+        lines = (cwd / f"worker{index}.log").read_text().splitlines()
+        assert not [line for line in lines if NOISE.search(line)], (cwd / f"worker{index}.log").read_text()[-3000:]
 
 
 def assert_replicas_are_the_chiefs_checkpoint(state_file, worker_logs):

@@ -127,8 +127,10 @@ def test_few_modules_directly_in_seglab():
 
 # What a function-local import may load: the libraries that take seconds (TensorFlow, Keras, MLflow,
 # tensorflow-datasets), or a seglab module that loads one of them when imported.
-# keras_hub imports TensorFlow; onnxruntime is the optional `export` extra, imported only for format=onnx; submitit: SLURM sweeps only.
-HEAVY = ("tensorflow", "keras", "mlflow", "tensorflow_datasets", "keras_hub", "onnxruntime", "submitit")
+# keras_hub imports TensorFlow; onnxruntime and ai_edge_litert are the optional `export` extra, imported only for their
+# format; submitit: SLURM sweeps only; optuna: optuna sweeps only.
+HEAVY = ("tensorflow", "keras", "mlflow", "tensorflow_datasets", "keras_hub", "onnxruntime", "ai_edge_litert", "submitit",
+         "optuna")
 LAZY_NOTE = "# Lazy imports:"  # the one line a module with function-local imports says why
 
 

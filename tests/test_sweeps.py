@@ -128,6 +128,23 @@ def test_a_failing_job_is_recorded_the_sweep_goes_on_and_exits_non_zero_naming_i
     assert second.info.status == "FAILED" and "NaN or Inf loss" in second.data.tags["error"]
 
 
+def test_a_failed_job_is_one_line_on_the_console_and_its_traceback_is_in_the_jobs_log_file(tmp_path, empty_store):
+    # A weights file that cannot be read, found when the job builds its model (as a missing ImageNet file offline
+    # is): each job says so in one line, not in a 45-line traceback.
+    (tmp_path / "bad.h5").write_text("not HDF5")
+    uri, done = sweep(tmp_path, empty_store, "--multirun", *without("model.depth", "model.base_filters"), "model=unet_mobilenet",
+                      f"model.encoder.weights={tmp_path / 'bad.h5'}", "loss=ce,dice", check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in output, output[-3000:]
+    failed = [line for line in output.splitlines() if line.startswith("error: job ")]
+    assert [line.split(":")[1] for line in failed] == [" job 0 failed", " job 1 failed"], output[-3000:]
+    for num, line in enumerate(failed):
+        assert f"The weights file {tmp_path / 'bad.h5'} of the MobileNetV2" in line and line.endswith("the sweep goes on"), line
+        log_file = Path(line.split("the traceback is in ")[1].split(")")[0])
+        assert log_file.parent == tmp_path / "multirun" / str(num) and "Traceback" in log_file.read_text()
+    assert [c.info.status for c in parent_and_children(uri)[2]] == ["FAILED", "FAILED"]
+
+
 def test_every_job_is_validated_before_the_first_trains_and_a_bad_one_stops_the_sweep_in_one_line(tmp_path, empty_store):
     # Job 0 is valid, job 1's size is rejected by the schema for a depth-2 U-Net (not a multiple of 4).
     uri, done = sweep(tmp_path, empty_store, "--multirun", *SWEEP_TINY, "data.image_size=32,34", "model.base_filters=2,4", check=False)

@@ -200,12 +200,13 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
                 tempfile.TemporaryDirectory() as directory:
             logged = [_Timed(callbacks.MetricsLogger(run, total * cfg.trainer.batch_size)),
                       _Timed(callbacks.Checkpointer(directory, monitor="loss"))]
-            model.fit(data, epochs=1, verbose=0, callbacks=[timing, *(t.callback for t in logged)])
+            model.fit(data, epochs=1, verbose=0, callbacks=[timing, *(t.callback for t in logged)], shuffle=False)
             logging_seconds = sum(t.seconds for t in logged)
     else:
         model.compile(optimizer=keras.optimizers.Adam(cfg.optimizer.learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=cfg.trainer.jit_compile)
-        model.fit(data, epochs=1, verbose=0, callbacks=[timing])
+        # shuffle=False: a tf.data pipeline shuffles itself (Keras warns that shuffle=True, its default, is ignored).
+        model.fit(data, epochs=1, verbose=0, callbacks=[timing], shuffle=False)
     epoch_seconds = time.perf_counter() - start
     from seglab.models.flops import forward_flops
 
@@ -240,7 +241,7 @@ def one_step(overrides: list[str]) -> None:
     runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
     train.compile_model(cfg, model, instantiate(cfg.loss, num_classes=cfg.data.num_classes), steps_per_epoch=1)
-    model.fit(_batches(cfg, "synthetic", 1), epochs=1, verbose=0)
+    model.fit(_batches(cfg, "synthetic", 1), epochs=1, verbose=0, shuffle=False)
 
 
 def grid(options: BenchOptions, overrides: list[str]) -> list[tuple[str, str, bool, list[str]]]:

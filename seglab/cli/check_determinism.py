@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab import errors
+from seglab import console, errors
 from seglab.cli import helptext
 from seglab.config import schema
 from seglab.engine.checkpoint import RUN_ID, STATE_FILE
@@ -86,9 +86,9 @@ def _natural(key: str):
 
 def check(overrides: list[str]) -> tuple[bool, str]:
     """(identical?, verdict line)."""
+    cfg = schema.compose(overrides)  # a mistake in the overrides: one line now, not after two trainings
+    console.quiet(console.is_verbose(cfg))  # before MLflow loads: no "Creating initial MLflow database tables"
     from seglab.tracking.sweeps import latest_run_metrics
-
-    schema.compose(overrides)  # a mistake in the overrides: one line now, not after two trainings
     with tempfile.TemporaryDirectory(prefix="seglab-determinism-") as tmp:
         runs = [Path(tmp) / name for name in ("first", "second")]
         for run in runs:

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from seglab import console
 from seglab.errors import UserError
 
 
@@ -137,7 +138,8 @@ def make(name: str):
     if name == "multi_worker":
         # Under srun without TF_CONFIG: the cluster SLURM describes, in the form TensorFlow reads.
         os.environ.setdefault("TF_CONFIG", json.dumps(cluster()))
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with console.native_quiet():  # absl's "Started server with target: grpc://..." (TF_CPP_MIN_LOG_LEVEL misses it)
+            return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)

@@ -3,24 +3,28 @@
 model's logits on a sample input.
 
 - `onnx`: `model.onnx` (tf2onnx converts the traced TensorFlow function), run with onnxruntime;
-- `litert`: `model.tflite` (TensorFlow's TFLite converter), run with TensorFlow's interpreter;
+- `litert`: `model.tflite` (TensorFlow's TFLite converter), run with the LiteRT interpreter (the
+  `ai-edge-litert` package, in the `export` extra where it has a wheel; else TensorFlow's deprecated copy);
 - `saved_model`: a TensorFlow SavedModel directory, endpoint `serve`, run with `tf.saved_model.load`.
 
 Every file takes what the Keras model takes, (N, H, W, 3) float32 RGB in [0, 1] (H, W: data.image_size),
 and answers (N, H, W, classes) float32 logits.
 """
 
-# Lazy imports: onnxruntime (the optional `export` extra) only for format=onnx.
+# Lazy imports: onnxruntime and ai_edge_litert (the optional `export` extra) only for their format.
 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from seglab import console
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +63,15 @@ def export(model: keras.Model, fmt: str, output: Path, batch_size: int | None = 
     keras_format, name = FORMATS[fmt]
     path = output / name
     x = sample_input(model)
-    expected = np.asarray(model(x, training=False), np.float32)
+    # A tensor, not the array: a model loaded from a .keras file warns of an input structure mismatch for an array.
+    expected = np.asarray(model(tf.constant(x), training=False), np.float32)
     output.mkdir(parents=True, exist_ok=True)
     wrapped = InferenceCall(model)
-    wrapped(x)  # built and called: what the exporters ask of a model
+    wrapped(tf.constant(x))  # built and called: what the exporters ask of a model
     signature = [tf.TensorSpec((batch_size, *model.input_shape[1:]), tf.float32, name="image")]
-    wrapped.export(str(path), format=keras_format, verbose=False, input_signature=signature)
-    got = RUNNERS[fmt](path, x)
+    with console.native_quiet():  # the converters' and runtimes' C++ log lines
+        wrapped.export(str(path), format=keras_format, verbose=False, input_signature=signature)
+        got = RUNNERS[fmt](path, x)
     return Exported(path, float(np.max(np.abs(got - expected))))
 
 
@@ -77,8 +83,20 @@ def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
     return output
 
 
+def litert_interpreter(path: Path):
+    """The LiteRT interpreter of `path`: the maintained `ai_edge_litert` package's, else TensorFlow's copy, whose
+    deprecation notice ("tf.lite.Interpreter is deprecated ... use the LiteRT interpreter") is then all it adds."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # the `export` extra, on the platforms it has wheels for
+    except ImportError:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated", category=UserWarning)
+            return tf.lite.Interpreter(model_path=str(path))
+    return Interpreter(model_path=str(path))
+
+
 def run_litert(path: Path, x: np.ndarray) -> np.ndarray:
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = litert_interpreter(path)
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
     interpreter.invoke()

@@ -71,8 +71,12 @@ def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | No
         return done[1]
     try:
         return train(cfg)
-    except Exception:  # noqa: BLE001  the job's run already ended FAILED with the error; the sweep must go on
-        log.exception("job %d failed (its MLflow run, if it was opened, is FAILED with the error); the sweep goes on", HydraConfig.get().job.num)
+    except Exception as err:  # noqa: BLE001  the job's run already ended FAILED with the error; the sweep must go on
+        # One line on the console (seglab.console.ConsoleFormatter leaves the traceback to the job's log file).
+        reason = errors.explain(err) or f"{type(err).__name__}: {errors.one_line(err)}"[:JOB_ERROR_CHARS]
+        files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+        log.error("job %d failed: %s (its MLflow run, if it was opened, is FAILED with the error%s); the sweep goes on",
+                  HydraConfig.get().job.num, reason, f"; the traceback is in {files[0]}" if files else "", exc_info=True)
         return None
 
 
@@ -234,7 +238,9 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
 
-        console.quiet(bool(config.get("verbose")) or bool(config.hydra.verbose))
+        verbose = bool(config.get("verbose")) or bool(config.hydra.verbose)
+        console.quiet(verbose)
+        console.plain_optuna(verbose, config.hydra.runtime.choices.get("hydra/sweeper"))
         try:  # the parent's artifacts go there too: checked before it opens
             preflight.check_store(config.tracking.uri, experiment=config.tracking.experiment)
         except schema.ConfigError as err:
