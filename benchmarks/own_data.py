@@ -1,0 +1,410 @@
+"""Your own data, measured: the cost of `data=folder` and what it trains, each against the plain way (issue 31,
+"Cost that does not grow with the data" and "Done when"); the figures of docs/own-data.md.
+
+    python benchmarks/own_data.py throughput DIR [--images 1000] [--rounds 3] [--passes 3] [--image-size 128]
+    python benchmarks/own_data.py memory DIR [--counts 1000 10000] [--frame 160 120] [--caches null file]
+    python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16]
+
+throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classes and a void 255) in CamVid's
+layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
+one run of `python -m seglab.data folder ...` (augmentation off, data.cache=null; its "later passes" images/s) and
+one of a plain tf.data pipeline over the same training files in its own process (list files, tf.io.read_file,
+decode_png, resize to the same size, batch, prefetch, AUTOTUNE; the mean of its passes after the first), so both
+share the machine's load alike.  Prints each run and the medians and their ratio.
+
+memory: for each of --counts it writes that many smaller PNG pairs (--frame, 160x120 by default, so that 10,000 are
+written in about a minute) under DIR/n<count>, and runs `python -m seglab.data folder ... --passes 2` (the fewest
+it takes: with a file cache the first pass writes it, the second reads it) with each of --caches; prints the
+child's peak resident memory (os.wait4's ru_maxrss) as a table (`--caches null file memory` adds data.cache=memory,
+the one that grows with the data, as a control).
+
+versus-keras: writes pets-like photos (seglab.data.pets_like's drawing, --frame wide and high: the centre rows of
+a square picture) as CamVid-style folders (train/ val/ test/ 60/20/20 with trainannot/ ...), masks 0 background,
+1 animal, 255 void on the outline band; runs `python -m seglab.data inspect` on them and trains with exactly the
+command it prints plus tracking.uri, trainer.epochs and model.base_filters; scores the logged model on the test
+split with `python -m seglab.evaluate` (the same data overrides).  Then, in its own process, a plain Keras script:
+a functional U-Net of conf/model/unet.yaml's shape (depth, --base-filters, batch norm with its momentum, dropout
+where seglab puts it), the same input size (what inspect printed, images stretched to it), epochs and batch size
+(conf/trainer/default.yaml), Adam at conf/optimizer/adam.yaml's rate (constant), sparse cross-entropy with the
+void label ignored, images read with tf.data the plain way, the last epoch's weights; its test mIoU from the
+confusion matrix over the test split without the void pixels, the mean over the classes present, as seglab's.
+
+Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
+tf.data order, its header check before the first pass is not timed: the pipeline's passes are).
+"""
+
+# Lazy imports: TensorFlow and Keras load only in the child processes that time or train the plain way.
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+CLASSES = 12  # CamVid's 11 classes and its void-free "other", as its SegNet copy has
+VOID = 255
+NO_AUGMENT = ("data.augment.hflip=false", "data.augment.crop_min=1.0", "data.augment.brightness=0", "data.augment.contrast=0")
+SPLIT_SHARES = {"train": 0.6, "val": 0.2, "test": 0.2}  # versus-keras
+
+
+def cpu() -> str:
+    """The CPU, as lscpu names it, and the cores this process may use."""
+    try:
+        done = subprocess.run(["lscpu"], capture_output=True, text=True, check=True)
+        name = re.search(r"Model name:\s*(.+)", done.stdout).group(1).strip()
+        name += " with AVX-512" if re.search(r"\bavx512f\b", done.stdout) else ""
+    except (OSError, subprocess.CalledProcessError, AttributeError):
+        name = "unknown CPU"
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def command(module: str, *args: str, cwd: Path) -> str:
+    """`python -m module args` to the end; its output, or the script stops with its error."""
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode != 0:
+        raise SystemExit(f"python -m {module} {' '.join(args)} failed:\n{done.stderr[-3000:]}{done.stdout[-2000:]}")
+    return done.stdout + done.stderr
+
+
+# --- generated data --------------------------------------------------------------------------------
+
+
+def street_like(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """A photo-sized picture of label regions (blocks of a coarse grid) coloured per class with sensor-like noise,
+    and its 8-bit index mask (labels 0..CLASSES-1, a few void pixels): as costly to decode as a real frame."""
+    cells = rng.integers(0, CLASSES, (max(height // 40, 2), max(width // 40, 2)), dtype=np.uint8)
+    mask = np.asarray(Image.fromarray(cells).resize((width, height), Image.NEAREST))
+    palette = rng.uniform(30, 225, (CLASSES, 3))
+    image = palette[mask] + rng.normal(0, 8, (height, width, 3))
+    mask = mask.copy()
+    mask[: max(height // 60, 1)] = VOID  # an unlabelled strip, as annotators leave at frame edges
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def pets_frame(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """seglab.data.pets_like's photo drawn square and cut to its centre rows; trimap -> 0 background, 1 animal, void outline."""
+    from seglab.data import pets_like  # only versus-keras draws animals
+
+    image, trimap = pets_like.render(rng, (width, width))
+    top = (width - height) // 2
+    image, trimap = image[top:top + height], trimap[top:top + height]
+    mask = np.select([trimap == pets_like.PET, trimap == pets_like.BORDER], [1, VOID], 0).astype(np.uint8)
+    return image, mask
+
+
+def write_folders(root: Path, counts: dict[str, int], frame: tuple[int, int], draw, seed: int = 0) -> Path:
+    """CamVid's layout under root: <split>/NAME.png and <split>annot/NAME.png.  Written once: a root holding a
+    `done` file is kept as it is."""
+    if (root / "done").exists():
+        return root
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(exist_ok=True)
+        for i in range(count):
+            image, mask = draw(rng, *frame)
+            Image.fromarray(image).save(root / split / f"{split}_{i:05d}.png")
+            Image.fromarray(mask, mode="L").save(root / f"{split}annot" / f"{split}_{i:05d}.png")
+    (root / "done").write_text(json.dumps({"counts": counts, "frame": frame}))
+    return root
+
+
+def folder_overrides(root: Path, image_size: int, batch_size: int, cache: str | None) -> list[str]:
+    names = ",".join(f"c{i}" for i in range(CLASSES))
+    return [f"data.source.path={root}", f"data.num_classes={CLASSES}", f"data.class_names=[{names}]",
+            f"data.ignore_index={VOID}", f"data.image_size={image_size}", f"data.cache={cache or 'null'}",
+            f"trainer.batch_size={batch_size}", *NO_AUGMENT]
+
+
+# --- throughput -------------------------------------------------------------------------------------
+
+
+def seglab_rate(root: Path, args, work: Path) -> float:
+    out = command("seglab.data", "folder", *folder_overrides(root, args.image_size, args.batch_size, None),
+                  "--passes", str(args.passes), "--samples", "1", "--out", str(work / "samples.png"), cwd=work)
+    return float(re.search(r"later passes (\d+) images/s", out).group(1))
+
+
+def plain_rate(root: Path, args, work: Path) -> float:
+    out = subprocess.run([sys.executable, __file__, "plain", str(root), "--image-size", str(args.image_size),
+                          "--batch-size", str(args.batch_size), "--passes", str(args.passes)],
+                         cwd=work, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if out.returncode != 0:
+        raise SystemExit(f"the plain pipeline failed:\n{out.stderr[-3000:]}")
+    return float(re.search(r"plain tf.data: ([\d.]+) images/s", out.stdout).group(1))
+
+
+def plain(args) -> None:
+    """One process: the plain tf.data pipeline over DIR/train + DIR/trainannot, images/s of passes 2.. ."""
+    import tensorflow as tf  # this subcommand is the plain pipeline's own process
+
+    images = sorted(str(p) for p in (args.directory / "train").glob("*.png"))
+    masks = [str(args.directory / "trainannot" / Path(p).name) for p in images]
+    size = (args.image_size, args.image_size)
+
+    def load(image_path, mask_path):
+        image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
+        mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+        image = tf.image.resize(tf.cast(image, tf.float32), size) / 255.0
+        return image, tf.cast(tf.image.resize(mask, size, method="nearest")[..., 0], tf.int32)
+
+    ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
+    rates = []
+    for _ in range(args.passes):
+        start, seen = time.perf_counter(), 0
+        for image, _ in ds:
+            seen += int(image.shape[0])
+        rates.append(seen / (time.perf_counter() - start))
+    print(f"plain tf.data: {statistics.mean(rates[1:]):.1f} images/s (passes: {', '.join(f'{r:.0f}' for r in rates)})")
+
+
+def throughput(args) -> None:
+    root = write_folders(args.directory / "frames", {"train": args.images, "val": max(args.images // 10, 2)},
+                         (480, 360), street_like)
+    work = args.directory / "work"
+    work.mkdir(exist_ok=True)
+    rows = []
+    for round_ in range(1, args.rounds + 1):
+        for name, rate in (("data=folder", seglab_rate), ("plain tf.data", plain_rate)):
+            rows.append((name, rate(root, args, work), load_average()))
+            print(f"round {round_}: {name:<13} {rows[-1][1]:7.1f} images/s  (load average {rows[-1][2]})", flush=True)
+    median = {name: statistics.median(r for n, r, _ in rows if n == name) for name in ("data=folder", "plain tf.data")}
+    print(f"\n### Reading {args.images} 480x360 PNG pairs ({cpu()})\n")
+    print(f"resized to {args.image_size}, batch {args.batch_size}, passes 2-{args.passes} of each run, {args.rounds} runs each, alternating\n")
+    print("| pipeline | images/s, each run | median |\n|---|---|---|")
+    for name in median:
+        print(f"| {name} | {', '.join(f'{r:.0f}' for n, r, _ in rows if n == name)} | {median[name]:.0f} |")
+    print(f"\ndata=folder / plain tf.data: {median['data=folder'] / median['plain tf.data']:.2f} (the issue asks >= 0.90)")
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def peak_rss_mib(args: list[str], cwd: Path) -> float:
+    """Run `python args` to the end; its peak resident memory (its own, from os.wait4) in MiB."""
+    child = subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"python {' '.join(args)} failed:\n{output[-3000:].decode(errors='replace')}")
+    return usage.ru_maxrss / 1024  # Linux: kilobytes
+
+
+def memory(args) -> None:
+    work = args.directory / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for count in args.counts:
+        root = write_folders(args.directory / f"n{count}", {"train": count, "val": max(count // 10, 2)},
+                             tuple(args.frame), street_like)
+        for cache in args.caches:
+            prefix = {"null": None, "memory": "memory"}.get(cache, str(work / f"cache-n{count}" / "c"))
+            if cache == "file":  # a fresh file cache: the first pass writes it, the second reads it
+                for old in Path(prefix).parent.glob("c-*"):
+                    old.unlink()
+                Path(prefix).parent.mkdir(exist_ok=True)
+            overrides = folder_overrides(root, args.image_size, args.batch_size, prefix)
+            mib = peak_rss_mib(["-m", "seglab.data", "folder", *overrides, "--passes", "2", "--samples", "1",
+                                "--out", str(work / "samples.png")], work)
+            rows.append((count, cache, mib))
+            print(f"{count} images, data.cache={rows[-1][1]}: peak RSS {mib:.0f} MiB  (load average {load_average()})", flush=True)
+    print(f"\n### Peak memory of `python -m seglab.data folder ... --passes 2` ({cpu()})\n")
+    print(f"{args.frame[0]}x{args.frame[1]} PNG pairs, resized to {args.image_size}, batch {args.batch_size}, augmentation off\n")
+    print("| images | data.cache | peak RSS MiB |\n|---|---|---|")
+    for count, cache, mib in rows:
+        print(f"| {count:,} | {cache} | {mib:.0f} |")
+
+
+# --- versus plain Keras ---------------------------------------------------------------------------
+
+
+def inspected(root: Path, work: Path) -> list[str]:
+    """The overrides of the command `python -m seglab.data inspect` prints last."""
+    out = command("seglab.data", "inspect", str(root), cwd=work)
+    line = [line for line in out.splitlines() if line.startswith("python -m seglab ")][-1]
+    print(f"inspect says:\n  {line}", flush=True)
+    return shlex.split(line)[3:]
+
+
+def seglab_test_miou(overrides: list[str], args, work: Path) -> tuple[float, float]:
+    """Train with the inspected overrides and only a store, epochs and width; evaluate on test.  (test mIoU, seconds
+    of its epochs)"""
+    from mlflow import MlflowClient  # the parent process alone reads the store
+
+    from seglab.tracking import tags
+
+    uri = f"sqlite:///{work}/mlflow.db"
+    command("seglab", *overrides, f"tracking.uri={uri}", f"trainer.epochs={args.epochs}", f"model.base_filters={args.base_filters}",
+            cwd=work)
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    trained = [r for r in client.search_runs(experiments, "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+               if tags.TRAINING_RUN not in r.data.tags][0]
+    seconds = sum(m.value for m in client.get_metric_history(trained.info.run_id, "epoch_seconds"))
+    data = [o for o in overrides if o.startswith("data")]
+    command("seglab.evaluate", f"model_uri=runs:/{trained.info.run_id}/model", *data, f"tracking.uri={uri}", cwd=work)
+    scored = client.search_runs(experiments, f"tags.`{tags.TRAINING_RUN}` = '{trained.info.run_id}'",
+                                order_by=["attributes.start_time DESC"])[0]
+    return scored.data.metrics["test_mean_iou"], seconds
+
+
+def keras_test_miou(root: Path, overrides: list[str], args, work: Path) -> tuple[float, float]:
+    """The plain Keras script, in its own process, at the inspected size and classes.  (test mIoU, seconds)"""
+    value = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
+    height, width = json.loads(value["data.image_size"]) if value["data.image_size"].startswith("[") else [int(value["data.image_size"])] * 2
+    done = subprocess.run([sys.executable, __file__, "keras", str(root), "--size", str(height), str(width),
+                           "--num-classes", value["data.num_classes"], "--epochs", str(args.epochs),
+                           "--base-filters", str(args.base_filters)], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode != 0:
+        raise SystemExit(f"the plain Keras script failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["test_mean_iou"], result["seconds"]
+
+
+def versus_keras(args) -> None:
+    counts = {split: max(round(share * args.images), 2) for split, share in SPLIT_SHARES.items()}
+    root = write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame)
+    work = args.directory / "work"
+    work.mkdir(exist_ok=True)
+    overrides = inspected(root, work)
+    seglab_miou, seglab_s = seglab_test_miou(overrides, args, work)
+    keras_miou, keras_s = keras_test_miou(root, overrides, args, work)
+    batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
+    print(f"\n### seglab against a plain Keras U-Net on {args.frame[0]}x{args.frame[1]} pets-like frames ({cpu()})\n")
+    print(f"{counts['train']} train / {counts['val']} val / {counts['test']} test, {args.epochs} epochs, batch {batch}, "
+          f"U-Net base_filters {args.base_filters}; seed 42\n")
+    print("| trained by | test mIoU | training s (the epochs, validation included) |\n|---|---|---|")
+    print(f"| `python -m seglab` + what inspect printed | {seglab_miou:.3f} | {seglab_s:.0f} |")
+    print(f"| plain Keras script | {keras_miou:.3f} | {keras_s:.0f} |")
+
+
+def unet(size: tuple[int, int], num_classes: int, base_filters: int, depth: int, dropout: float, bn_momentum: float):
+    """The U-Net of keras-io's segmentation examples, at conf/model/unet.yaml's shape."""
+    import keras  # the plain Keras script's own process
+    from keras import layers
+
+    def block(x, filters):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum)(x)
+            x = layers.ReLU()(x)
+        return x
+
+    inputs = keras.Input((*size, 3))
+    x, skips = inputs, []
+    for level in range(depth):
+        x = block(x, base_filters * 2**level)
+        x = layers.Dropout(dropout)(x) if level == depth - 1 else x
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Dropout(dropout)(block(x, base_filters * 2**depth))
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(base_filters * 2**level, 2, strides=2, kernel_initializer="he_normal")(x)
+        x = block(layers.Concatenate()([skips[level], x]), base_filters * 2**level)
+    return keras.Model(inputs, layers.Conv2D(num_classes, 1)(x))
+
+
+def keras_split(root: Path, split: str, size: tuple[int, int], batch_size: int, shuffle: bool):
+    import tensorflow as tf  # the plain Keras script's own process
+
+    images = sorted(str(p) for p in (root / split).glob("*.png"))
+    masks = [str(root / f"{split}annot" / Path(p).name) for p in images]
+
+    def load(image_path, mask_path):
+        image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
+        mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+        return tf.image.resize(tf.cast(image, tf.float32), size) / 255.0, tf.image.resize(mask, size, method="nearest")[..., 0]
+
+    ds = tf.data.Dataset.from_tensor_slices((images, masks))
+    ds = ds.shuffle(len(images), seed=42) if shuffle else ds
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def keras_script(args) -> None:
+    """One process: fit the plain U-Net on DIR's train split, score DIR's test split; a JSON line."""
+    import keras  # the plain Keras script's own process
+
+    keras.utils.set_random_seed(42)
+    model_cfg = OmegaConf.load(CONF / "model" / "unet.yaml")
+    batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
+    size = tuple(args.size)
+    model = unet(size, args.num_classes, args.base_filters, model_cfg.depth, model_cfg.dropout, model_cfg.bn_momentum)
+    model.compile(optimizer=keras.optimizers.Adam(OmegaConf.load(CONF / "optimizer" / "adam.yaml").learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=VOID))
+    start = time.perf_counter()
+    model.fit(keras_split(args.directory, "train", size, batch, True), epochs=args.epochs,
+              validation_data=keras_split(args.directory, "val", size, batch, False), verbose=2)
+    seconds = time.perf_counter() - start
+    cm = np.zeros((args.num_classes, args.num_classes), np.int64)
+    for images, masks in keras_split(args.directory, "test", size, batch, False):
+        truth, predicted = masks.numpy().ravel().astype(np.int64), np.argmax(model.predict_on_batch(images), -1).ravel()
+        labelled = truth != VOID
+        cm += np.bincount(truth[labelled] * args.num_classes + predicted[labelled],
+                          minlength=args.num_classes**2).reshape(cm.shape)
+    tp = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - tp
+    print(json.dumps({"test_mean_iou": float(np.mean(tp[union > 0] / union[union > 0])), "seconds": seconds}))
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="what", required=True)
+    each = {name: commands.add_parser(name) for name in ("throughput", "memory", "versus-keras", "plain", "keras")}
+    for sub in each.values():
+        sub.add_argument("directory", type=Path)
+    for name in ("throughput", "memory", "plain"):
+        each[name].add_argument("--image-size", type=int, default=128, help="data.image_size (square, stretched)")
+        each[name].add_argument("--batch-size", type=int, default=8)
+    for name in ("throughput", "plain"):
+        each[name].add_argument("--passes", type=int, default=3)
+    each["throughput"].add_argument("--images", type=int, default=1000)
+    each["throughput"].add_argument("--rounds", type=int, default=3, help="runs of each pipeline, alternating")
+    each["memory"].add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
+    each["memory"].add_argument("--frame", type=int, nargs=2, default=[160, 120], metavar=("WIDTH", "HEIGHT"))
+    each["memory"].add_argument("--caches", nargs="+", choices=("null", "file", "memory"), default=["null", "file"])
+    each["versus-keras"].add_argument("--images", type=int, default=240, help="split 60/20/20 into train/val/test")
+    each["versus-keras"].add_argument("--frame", type=int, nargs=2, default=[320, 240], metavar=("WIDTH", "HEIGHT"))
+    for name in ("versus-keras", "keras"):
+        each[name].add_argument("--epochs", type=int, default=8)
+        each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
+    each["keras"].add_argument("--size", type=int, nargs=2, required=True, metavar=("HEIGHT", "WIDTH"))
+    each["keras"].add_argument("--num-classes", type=int, required=True)
+    args = parser.parse_args(argv)
+    args.directory = args.directory.resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    args.directory.mkdir(parents=True, exist_ok=True)
+    run = {"throughput": throughput, "memory": memory, "versus-keras": versus_keras, "plain": plain, "keras": keras_script}
+    run[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

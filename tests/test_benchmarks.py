@@ -1,0 +1,71 @@
+"""benchmarks/own_data.py, each measurement end to end at a tiny size: the data it writes, the real commands it
+runs, the tables it prints (the full-size figures of docs/own-data.md come from the same code)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from tests.conftest import CLI_ENV, ROOT, inherited_env
+
+SCRIPT = ROOT / "benchmarks" / "own_data.py"
+
+
+def own_data(*args: str, cwd) -> str:
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env={**inherited_env(), **CLI_ENV},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    return done.stdout
+
+
+def rows(table_output: str) -> list[list[str]]:
+    """The cells of each markdown table row after the header."""
+    lines = [line for line in table_output.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+@pytest.mark.slow
+def test_throughput_writes_camvid_folders_and_times_both_pipelines(tmp_path):
+    out = own_data("throughput", str(tmp_path), "--images", "8", "--rounds", "1", "--passes", "2", "--image-size", "32", cwd=tmp_path)
+    frames = tmp_path / "frames"
+    assert len(list((frames / "train").glob("*.png"))) == 8 and len(list((frames / "trainannot").glob("*.png"))) == 8
+    image, mask = Image.open(frames / "train" / "train_00000.png"), Image.open(frames / "trainannot" / "train_00000.png")
+    assert image.size == mask.size == (480, 360) and image.mode == "RGB" and mask.mode == "L"
+    assert set(mask.getdata()) <= set(range(12)) | {255}
+    table = {row[0]: row for row in rows(out)}
+    assert set(table) == {"data=folder", "plain tf.data"} and all(float(table[name][2]) > 0 for name in table), out
+    ratio = float(re.search(r"data=folder / plain tf.data: ([\d.]+)", out).group(1))
+    assert ratio == pytest.approx(float(table["data=folder"][2]) / float(table["plain tf.data"][2]), rel=0.05), out
+
+
+@pytest.mark.slow
+def test_memory_reports_peak_rss_per_count_and_cache(tmp_path):
+    out = own_data("memory", str(tmp_path), "--counts", "8", "16", "--frame", "64", "48", "--image-size", "32", cwd=tmp_path)
+    assert [(r[0], r[1]) for r in rows(out)] == [("8", "null"), ("8", "file"), ("16", "null"), ("16", "file")], out
+    assert all(200 < float(r[2]) < 8000 for r in rows(out)), out  # TensorFlow's process, in MiB (not kB, not bytes)
+    assert len(list((tmp_path / "n16" / "train").glob("*.png"))) == 16
+    assert list((tmp_path / "work" / "cache-n16").glob("c-folder-train-*.index")), "the file cache was not written"
+
+
+@pytest.mark.slow
+def test_versus_keras_trains_what_inspect_prints_and_a_plain_keras_unet(tmp_path):
+    out = own_data("versus-keras", str(tmp_path), "--images", "16", "--frame", "64", "48", "--epochs", "1",
+                   "--base-filters", "4", cwd=tmp_path)
+    command = re.search(r"^  (python -m seglab data=folder .*)$", out, re.M).group(1)
+    assert "data.ignore_index=255" in command and "data.resize=fit" in command, command
+    frames = tmp_path / "frames"
+    assert [len(list((frames / s).glob("*.png"))) for s in ("train", "val", "test")] == [10, 3, 3]  # 60/20/20; batch 8 needs 8 training images
+    assert set(Image.open(frames / "testannot" / "test_00000.png").getdata()) == {0, 1, 255}
+    client = MlflowClient(f"sqlite:///{tmp_path}/work/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    trained = [r for r in runs if "seglab.training_run_id" not in r.data.tags]
+    assert len(trained) == 1 and trained[0].data.params["data.resize"] == "fit"
+    assert trained[0].data.params["trainer.epochs"] == "1" and trained[0].data.params["model.base_filters"] == "4"
+    scored = [r for r in runs if r.data.tags.get("seglab.training_run_id") == trained[0].info.run_id]
+    table = {row[0]: row for row in rows(out)}
+    seglab_row, keras_row = table["`python -m seglab` + what inspect printed"], table["plain Keras script"]
+    assert float(seglab_row[1]) == pytest.approx(scored[0].data.metrics["test_mean_iou"], abs=5e-4)
+    assert 0.0 <= float(keras_row[1]) <= 1.0 and float(keras_row[2]) > 0
