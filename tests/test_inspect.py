@@ -64,7 +64,8 @@ def test_inspect_lists_problems_and_refuses_what_cannot_be_read(tmp_path, capsys
 def test_inspect_knows_the_folder_layout_last_and_suggests_sizes_that_keep_the_aspect():
     names = [name for name, _ in inspect.candidates()]
     assert names[-1] == "folder"
-    assert inspect.suggested_size(360, 480) == (352, 480)
+    assert inspect.suggested_size(360, 480) == (384, 480)
+    assert inspect.suggested_size(144, 192) == (160, 192)  # padded by fit, never shrunk
     assert inspect.suggested_size(1024, 2048) == (256, 512)
 
 

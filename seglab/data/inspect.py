@@ -140,9 +140,11 @@ def _count(dataset, found: Found) -> int:
 
 
 def suggested_size(height: int, width: int) -> tuple[int, int]:
-    """The frame's aspect kept, the longer side at most LONGEST_SIDE, each side a multiple of SIDE_MULTIPLE."""
+    """The frame scaled only if its longer side is past LONGEST_SIDE, then each side rounded UP to a multiple of
+    SIDE_MULTIPLE: with data.resize=fit the frame is then padded, never shrunk (rounding to the nearest multiple
+    shrank a 144x192 frame to 128x171 inside [128, 192], and training lost to a plain script at the full size)."""
     scale = min(1.0, LONGEST_SIDE / max(height, width))
-    return tuple(max(SIDE_MULTIPLE, round(side * scale / SIDE_MULTIPLE) * SIDE_MULTIPLE) for side in (height, width))
+    return tuple(max(SIDE_MULTIPLE, math.ceil(round(side * scale, 6) / SIDE_MULTIPLE) * SIDE_MULTIPLE) for side in (height, width))
 
 
 def settings(found: Found) -> dict:
