@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from seglab import console, errors, tracking
+from seglab.config import launcher as launchers
 from seglab.config import preflight, schema
 from seglab.engine import claim, lifecycle
 from seglab.engine.lifecycle import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
@@ -219,6 +220,7 @@ class MlflowSweep(Callback):
         console.quiet(bool(config.get("verbose")) or bool(config.hydra.verbose))
         try:  # the parent's artifacts go there too: checked before it opens
             preflight.check_store(config.tracking.uri, experiment=config.tracking.experiment)
+            launchers.check(config.hydra.launcher)  # n_jobs=0, timeout_min=0: a traceback once the jobs start
         except schema.ConfigError as err:
             errors.fail("seglab", str(err))
         check_jobs(config)  # exits 2 in one line; nothing opened yet
