@@ -217,11 +217,11 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
 
-        console.quiet(bool(config.get("verbose")) or bool(config.hydra.verbose))
         try:  # the parent's artifacts go there too: checked before it opens
+            console.quiet(bool(config.get("verbose")) or bool(config.hydra.verbose))  # refuses another Keras backend
             preflight.check_store(config.tracking.uri, experiment=config.tracking.experiment)
             launchers.check(config.hydra.launcher)  # n_jobs=0, timeout_min=0: a traceback once the jobs start
-        except schema.ConfigError as err:
+        except errors.UserError as err:
             errors.fail("seglab", str(err))
         check_jobs(config)  # exits 2 in one line; nothing opened yet
         if "slurm" in str(config.hydra.launcher.get("_target_", "")).lower():
