@@ -66,6 +66,18 @@ def test_the_chief_is_the_chief_task_or_else_worker_0(monkeypatch, tf_config, ch
     assert distribute.resolve("auto") == ("multi_worker" if tf_config else "auto")
 
 
+def test_a_tf_config_of_a_cluster_must_be_asked_for_with_multi_worker(monkeypatch):
+    """Issue 32: a TF_CONFIG left in the environment made `auto` wait for the other workers forever."""
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}))
+    for name in ("auto", "mirrored", "one_device"):
+        with pytest.raises(distribute.DistributeError, match=rf"names a cluster of 2 tasks, but trainer.strategy={name}: .*"
+                                                             "add trainer.strategy=multi_worker .* or unset TF_CONFIG"):
+            distribute.check(name)
+    distribute.check("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"]}, "task": {"type": "chief", "index": 0}}))
+    distribute.check("auto")  # a cluster of one (as some platforms set it) waits for nobody
+
+
 def test_a_bad_tf_config_is_named(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}')
     with pytest.raises(distribute.DistributeError, match="task index 3 is not in the cluster's 1 'worker' tasks"):
