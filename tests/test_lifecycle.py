@@ -91,6 +91,12 @@ def test_a_checkpoint_of_another_optimizer_setting_names_the_option(tmp_path, sa
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_checkpoint_of_another_optimizer_is_not_blamed_on_an_option(tmp_path):
+    checkpoint.save_state(tmp_path / "s.npz", compiled(), checkpoint.TrainingState(epoch=1, best=0.5, best_epoch=0))
+    with pytest.raises(checkpoint.ArchitectureMismatch, match="another architecture.*first difference"):
+        checkpoint.load_state(tmp_path / "s.npz", compiled(keras.optimizers.SGD(1e-2, momentum=0.9)))
+
+
 def test_a_resume_turning_ema_on_is_refused_from_the_params_naming_it(compose_cfg):
     """optimizer.ema makes optimizer variables: changed on resume, it is named before any model is built."""
     from omegaconf import OmegaConf

@@ -150,8 +150,8 @@ MISTAKES = [
     Mistake("seglab trainer.batch_size=900", "trainer.batch_size=900", "Use at most the training split's size (800)."),
     Mistake("seglab trainer.overfit_batches=101", "trainer.overfit_batches=101", "Use at most the 100 batches the split has."),
     Mistake("seglab data.class_names=[object,object,boundary]", "data.class_names", "Give each class its own name."),
-    Mistake("seglab seed=-1", "seed", "Use a non-negative integer."),
-    Mistake("seglab seed=abc", "seed", "Use a non-negative integer."),
+    Mistake("seglab seed=-1", "seed", "Use an integer from 0 to 2**32-1."),
+    Mistake("seglab seed=abc", "seed", "Use an integer from 0 to 2**32-1."),
     Mistake("seglab optimize_metric=val_iou", "optimize_metric", "Use one of the listed metrics."),
     Mistake("seglab optimizer.learning_rate=-0.1", "optimizer.learning_rate", "Use a positive number."),
     Mistake("seglab optimizer.learning_rate=fast", "optimizer.learning_rate", "Use a number, e.g. 1e-3."),
@@ -162,7 +162,7 @@ MISTAKES = [
             "Name the background class with `data.background_index`."),
     Mistake("seglab trainer.jit_compile=true", "deterministic=false",
             "Keras compiles without XLA while op determinism is on: add `deterministic=false` to use XLA."),
-    Mistake("seglab seed=4294967296", "seed=4294967296", "Use a seed NumPy takes: 0 to 2**32-1."),
+    Mistake("seglab seed=4294967296", "seed=4294967296", "Use an integer from 0 to 2**32-1 (NumPy's seeds are 32-bit)."),
     # --- the runner: settings that would train on nothing, or be ignored
     Mistake("seglab loss=tversky loss.alpha=0 loss.beta=0", "loss.alpha=0.0", "Weigh false positives or negatives: 0.5 and 0.5 is soft Dice."),
     Mistake("seglab loss=focal loss.alpha=[0,0,0]", "loss.alpha=[0.0, 0.0, 0.0]", "Give a class a weight > 0, or `loss.alpha=null`."),
@@ -378,7 +378,7 @@ HEADER = """# Troubleshooting: what seglab answers, and the fix
 Every mistake below is answered with one line on stderr (`<command>: <what is wrong>`, naming the key
 or file; with `--multirun` it is the last line) and exit code 2, before TensorFlow loads unless said
 otherwise; `HYDRA_FULL_ERROR=1` shows the full traceback instead. Paths inside the directory the
-command ran in are shown relative to it. `tests/test_mistakes.py` runs each command and checks that this table is what it prints;
+command ran in are shown relative to it; a variable shown before `python -m` is one the user's shell had set. `tests/test_mistakes.py` runs each command and checks that this table is what it prints;
 regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.md`.
 
 Mistakes found only once the data is read (with TensorFlow loaded, the rows below that name the

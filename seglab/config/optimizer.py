@@ -12,11 +12,11 @@ from seglab.config.check import require
 
 log = logging.getLogger(__name__)
 
-# The learning rates each optimizer is commonly trained with (Keras' defaults sit inside); a rate more than 100x
-# outside gets a warning.
 # optimizer.ema_momentum in every conf/optimizer/*.yaml (tests/test_config.py keeps them equal): another value
 # without optimizer.ema=true would be ignored.
 EMA_MOMENTUM = 0.99
+# The learning rates each optimizer is commonly trained with (Keras' defaults sit inside); a rate more than 100x
+# outside gets a warning.
 USUAL_RATES = {"Adam": (1e-5, 1e-2), "AdamW": (1e-5, 1e-2), "SGD": (1e-4, 1.0)}
 
 

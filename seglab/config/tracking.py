@@ -32,6 +32,7 @@ def uri_key(uri: str, key: str = "tracking.uri") -> str:
     """How to name `uri` in a message: as $MLFLOW_TRACKING_URI when it is that variable's value, else as `key`."""
     return URI_ENV if uri and os.environ.get(URI_ENV) == uri else key
 
+
 LOG_MODEL = ("best", "last", False)
 # What MLflow's model registry refuses in a registered model's name (mlflow.utils.validation._validate_model_name,
 # and its file store's path separators and '%'); refused here, before training, not after the model is logged.

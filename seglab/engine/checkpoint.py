@@ -153,7 +153,8 @@ def _check_signature(path, saved, model: keras.Model) -> None:
     # Shapes, not paths: Keras numbers layer names per process (conv2d_3), the same model may differ there.
     if [shape for _, shape in found] == [shape for _, shape in expected]:
         return
-    option = _changed_option(found, expected)
+    same_optimizer = any(name.startswith(f"{model.optimizer.name}/") for name, _ in found)  # Adam -> SGD: another one
+    option = _changed_option(found, expected) if same_optimizer else None
     if option:
         raise ArchitectureMismatch(f"checkpoint {path} {option}: resume with the value the run was trained with (its params "
                                    "say it), or start a new run with trainer.resume=never.")
