@@ -94,8 +94,9 @@ def test_what_the_multi_worker_loop_does_not_run_is_refused_before_tensorflow(mo
     trainer = {"jit_compile": False, "steps_per_execution": 1, settings[0]: settings[1]}
     with pytest.raises(distribute.DistributeError, match=re.escape(named)):
         distribute.check("multi_worker", trainer["jit_compile"], trainer["steps_per_execution"])
-    distribute.check("mirrored", trainer["jit_compile"], trainer["steps_per_execution"])  # fit runs those
     distribute.check("multi_worker")  # trainer.resume is not refused: the chief resumes, the workers take its state
+    monkeypatch.delenv("TF_CONFIG")  # mirrored with a cluster's TF_CONFIG is refused (test_a_tf_config_of_a_cluster_...)
+    distribute.check("mirrored", trainer["jit_compile"], trainer["steps_per_execution"])  # fit runs those
 
 
 def test_an_srun_step_of_several_tasks_is_a_cluster_of_one_worker_per_task():
