@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,7 +154,9 @@ def _check_signature(path, saved, model: keras.Model) -> None:
     # Shapes, not paths: Keras numbers layer names per process (conv2d_3), the same model may differ there.
     if [shape for _, shape in found] == [shape for _, shape in expected]:
         return
-    same_optimizer = any(name.startswith(f"{model.optimizer.name}/") for name, _ in found)  # Adam -> SGD: another one
+    # Adam -> SGD is another optimizer, not an option (Keras names the variables <optimizer>[_N]/..., N per process).
+    optimizer = re.compile(rf"{re.escape(re.sub(r'_[0-9]+$', '', model.optimizer.name))}(_[0-9]+)?/")
+    same_optimizer = any(optimizer.match(name) for name, _ in found)
     option = _changed_option(found, expected) if same_optimizer else None
     if option:
         raise ArchitectureMismatch(f"checkpoint {path} {option}: resume with the value the run was trained with (its params "
