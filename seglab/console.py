@@ -9,13 +9,17 @@ says where the run is in the MLflow UI.  Nothing here imports TensorFlow: `quiet
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+
+from seglab.errors import UserError
 
 # Read by TensorFlow's C++ runtime when it loads: 3 drops its INFO, WARNING and ERROR lines (CUDA
 # probes on a machine without a GPU, oneDNN and CPU-instruction notices, "Local rendezvous is
@@ -39,7 +43,9 @@ def is_verbose(cfg) -> bool:
 
 
 def quiet(verbose: bool) -> None:
-    """Silence library notices for this process (call before TensorFlow is imported)."""
+    """Silence library notices for this process (call before TensorFlow is imported).  Every command calls it
+    before Keras loads, so it also refuses another Keras backend (`refuse_other_backend`), whatever `verbose` says."""
+    refuse_other_backend()
     if verbose:
         return
     for name, value in QUIET_ENV.items():
@@ -94,6 +100,29 @@ def plain_optuna(verbose: bool, sweeper: str | None) -> None:
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+
+
+KERAS_BACKEND = "tensorflow"  # what seglab's models, losses, data pipeline and distribution are written for
+
+
+def refuse_other_backend() -> None:
+    """A UserError when Keras would load a backend other than TensorFlow: KERAS_BACKEND, else keras.json's "backend"
+    where Keras reads it (KERAS_HOME, else ~/.keras).  Keras would import that one instead, and seglab fail far in."""
+    chosen = os.environ.get("KERAS_BACKEND")
+    if chosen:
+        if chosen != KERAS_BACKEND:
+            raise UserError(f"KERAS_BACKEND={chosen} is set in the environment, but seglab trains and predicts on "
+                            f"TensorFlow: unset KERAS_BACKEND (or set it to {KERAS_BACKEND}) for seglab's commands")
+        return
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    settings = Path(home).expanduser() / "keras.json"
+    try:
+        chosen = json.loads(settings.read_text()).get("backend", KERAS_BACKEND)
+    except (OSError, ValueError, AttributeError):
+        return  # none, or one Keras cannot read either (it then keeps its default, TensorFlow)
+    if chosen != KERAS_BACKEND:
+        raise UserError(f'{settings} sets "backend": "{chosen}", but seglab trains and predicts on TensorFlow: set it '
+                        f'to "{KERAS_BACKEND}" there, or run seglab with KERAS_BACKEND={KERAS_BACKEND}')
 
 
 @contextlib.contextmanager

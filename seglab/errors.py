@@ -23,9 +23,12 @@ import os
 import re
 import subprocess
 import sys
+import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import (
     HydraException,
     InstantiationException,
@@ -82,6 +85,9 @@ def explain(err: BaseException) -> str | None:
         return _hydra_message(err)
     if isinstance(err, OmegaConfBaseException):
         return _omegaconf_message(err)
+    if isinstance(err, UnicodeDecodeError) and any(f.filename.endswith("config_source.py")  # Hydra reading a config file
+                                                   for f in traceback.extract_tb(err.__traceback__)):
+        return _undecodable_config_file()
     if isinstance(err, yaml.YAMLError):  # a config file that does not parse, most likely one of the user's own (--config-dir)
         return f"not valid YAML: {one_line(err)}; fix the file at the line named"
     if isinstance(err, ValueError) and str(err) == _NO_TRIAL_FINISHED:
@@ -234,10 +240,50 @@ def _hydra_message(err: BaseException) -> str | None:
     cause = err.__cause__
     if cause is None and _is_omegaconf(err.__context__):  # a config file whose keys do not fit the schema (a user's own option)
         composing = _COMPOSING.match(text)
-        return f"{f'in {composing.group(1)}.yaml: ' if composing else ''}{_omegaconf_message(err.__context__)}"
+        message = _omegaconf_message(err.__context__)
+        if not composing:
+            return message
+        return _config_file_message(composing.group(1), message) or f"in {composing.group(1)}.yaml: {message}"
     if cause is not None:  # an override Hydra could not apply: OmegaConf's error names the key and the value
         return _omegaconf_message(cause) if _is_omegaconf(cause) else f"{one_line(text)}: {one_line(cause)}"
     return one_line(text)
+
+
+def _config_files() -> list[Path]:
+    """The YAML files of the config search path (conf/, --config-dir), while Hydra has one."""
+    if not GlobalHydra.instance().is_initialized():
+        return []
+    roots = [Path(s.path) for s in GlobalHydra.instance().config_loader().get_sources() if s.scheme() == "file"]
+    return [path for root in roots for path in sorted(root.rglob("*.yaml"))]
+
+
+def _undecodable_config_file() -> str | None:
+    for path in _config_files():
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as bad:
+            return (f"{path}: not UTF-8 (byte {bad.object[bad.start]:#x} at position {bad.start}), and Hydra reads config "
+                    "files as UTF-8: save it as UTF-8 (e.g. with iconv -f latin1 -t utf-8)")
+    return None
+
+
+def _config_file_message(name: str, message: str) -> str | None:
+    """What is wrong with the config file `name` (e.g. experiment/mine) itself, when the file says: a YAML list where
+    keys belong, or a preset without `# @package _global_` (its keys then land under its group: `experiment.trainer`)."""
+    path = next((p for p in _config_files() if p.with_suffix("").as_posix().endswith(f"/{name}")), None)
+    try:  # the file Hydra read: the first of that name in the search path
+        text = path.read_text(encoding="utf-8") if path else ""
+        loaded = yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    group = name.split("/")[0]
+    if isinstance(loaded, list):
+        return (f"{path} is a YAML list, but a config file is a mapping of keys: write `trainer:` and below it `  epochs: 2`, "
+                "not `- trainer.epochs=2` (overrides go on the command line)")
+    if isinstance(loaded, dict) and "@package" not in text and message.startswith(f"{group} is not a config key"):
+        return (f"{path} has no `# @package _global_` line, so its keys went under `{group}.` ({group}.{next(iter(loaded))}, "
+                f"...), which the config has not: add `# @package _global_` as its first line")
+    return None
 
 
 def _unknown_target(err: BaseException) -> str | None:

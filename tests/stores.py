@@ -16,9 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-TRACKING_YAML = Path(__file__).resolve().parent.parent / "conf" / "tracking" / "mlflow.yaml"
+from seglab.config.tracking import LOCAL_URI
 
 _lock = threading.Lock()
 _template: Path | None = None
@@ -57,7 +55,8 @@ OTHER_CONFIG_FLAGS = {"--config-dir", "-cd", "--config-path", "-cp", "--config-n
 
 
 def default_uri() -> str:
-    return OmegaConf.load(TRACKING_YAML).uri
+    """The store a command uses without tracking.uri: the tests' commands run without $MLFLOW_TRACKING_URI (LEAKED)."""
+    return LOCAL_URI
 
 
 def store_of(args: tuple[str, ...], cwd: Path) -> Path | None:

@@ -102,7 +102,8 @@ def test_every_option_composes_validates_and_builds(compose_cfg, group, option, 
         assert isinstance(train.build_optimizer(cfg, steps_per_epoch=1), keras.optimizers.Optimizer)
 
 
-def test_defaults_are_the_documented_ones(compose_cfg):
+def test_defaults_are_the_documented_ones(compose_cfg, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the tests' own MLflow calls set it in this process
     cfg = compose_cfg()
     assert cfg.model._target_ == "seglab.models.unet.build"
     assert cfg.loss._target_ == "seglab.losses.CrossEntropy"
@@ -228,3 +229,39 @@ def test_batches_are_checked_against_a_counted_split_too(compose_cfg):
         check_batches(trainer, 32, "counted")
     with pytest.raises(ConfigError, match=r"trainer.batch_size=16 .* use at most 10"):
         check_batches(trainer, 10, "counted")
+
+
+def test_every_optimizer_option_sets_the_ema_momentum_the_schema_takes_for_unchanged():
+    """optimizer.ema_momentum other than EMA_MOMENTUM without optimizer.ema=true is refused: each YAML's default must be it."""
+    from seglab.config.optimizer import EMA_MOMENTUM
+
+    for path in sorted(Path(CONF_DIR, "optimizer").glob("*.yaml")):
+        assert OmegaConf.load(path).ema_momentum == EMA_MOMENTUM, path
+
+
+def test_every_command_takes_its_store_from_mlflow_tracking_uri_unless_the_command_line_names_one(compose_cfg, monkeypatch):
+    """Issue 32: training ignored $MLFLOW_TRACKING_URI while seglab.report honoured it."""
+    from seglab.cli import export, predict, report
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert compose_cfg().tracking.uri == "sqlite:///elsewhere.db"
+    assert compose_cfg("tracking.uri=sqlite:///given.db").tracking.uri == "sqlite:///given.db"
+    for command in (predict, export):
+        assert OmegaConf.to_object(OmegaConf.structured(command.TrackingRef)).uri == "sqlite:///elsewhere.db"
+    with pytest.raises(schema.ConfigError, match=r"^MLFLOW_TRACKING_URI=sqlite:///elsewhere.db: there is no database"):
+        report.main(["my-sweep"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # empty: unset, as MLflow reads it
+    assert compose_cfg().tracking.uri == "sqlite:///mlflow.db"
+    with pytest.raises(schema.ConfigError, match=r"^--tracking-uri=sqlite:///mlflow.db: there is no database"):
+        report.main(["my-sweep"])
+
+
+def test_launcher_options_that_run_no_job_are_refused_naming_the_key():
+    from seglab.config import launcher
+
+    with pytest.raises(schema.ConfigError, match=r"^hydra.launcher.n_jobs=0 is not allowed"):
+        launcher.check(OmegaConf.create({"_target_": launcher.JOBLIB + "joblib_launcher.JoblibLauncher", "n_jobs": 0}))
+    with pytest.raises(schema.ConfigError, match=r"^hydra.launcher.timeout_min=0 is not allowed"):
+        launcher.check(OmegaConf.create({"_target_": launcher.SUBMITIT + "submitit_launcher.LocalLauncher", "timeout_min": 0}))
+    launcher.check(OmegaConf.create({"_target_": launcher.JOBLIB + "joblib_launcher.JoblibLauncher", "n_jobs": -1}))
+    launcher.check(OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}))

@@ -205,3 +205,21 @@ def test_no_bar_when_not_a_terminal(tmp_path):
     line.on_epoch_begin(0)
     line.on_train_batch_end(0, {"loss": 1.0})
     assert stream.getvalue() == ""
+
+
+def test_another_keras_backend_is_refused_from_the_variable_or_keras_json(tmp_path, monkeypatch):
+    """Issue 32: KERAS_BACKEND=jax ended in a traceback once Keras loaded; keras.json's "backend" chooses it too."""
+    from seglab.errors import UserError
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    with pytest.raises(UserError, match="^KERAS_BACKEND=jax is set in the environment, but seglab trains and predicts on TensorFlow"):
+        console.quiet(verbose=True)
+    (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    console.quiet(verbose=True)  # the variable wins over the file, as in Keras
+    monkeypatch.delenv("KERAS_BACKEND")
+    with pytest.raises(UserError, match=re.escape(f'{tmp_path / "keras.json"} sets "backend": "torch"')):
+        console.quiet(verbose=True)
+    (tmp_path / "keras.json").write_text('{"backend": "tensorflow", "floatx": "float32"}')
+    console.quiet(verbose=True)

@@ -66,6 +66,18 @@ def test_the_chief_is_the_chief_task_or_else_worker_0(monkeypatch, tf_config, ch
     assert distribute.resolve("auto") == ("multi_worker" if tf_config else "auto")
 
 
+def test_a_tf_config_of_a_cluster_must_be_asked_for_with_multi_worker(monkeypatch):
+    """Issue 32: a TF_CONFIG left in the environment made `auto` wait for the other workers forever."""
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}))
+    for name in ("auto", "mirrored", "one_device"):
+        with pytest.raises(distribute.DistributeError, match=rf"names a cluster of 2 tasks, but trainer.strategy={name}: .*"
+                                                             "add trainer.strategy=multi_worker .* or unset TF_CONFIG"):
+            distribute.check(name)
+    distribute.check("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"]}, "task": {"type": "chief", "index": 0}}))
+    distribute.check("auto")  # a cluster of one (as some platforms set it) waits for nobody
+
+
 def test_a_bad_tf_config_is_named(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}')
     with pytest.raises(distribute.DistributeError, match="task index 3 is not in the cluster's 1 'worker' tasks"):
@@ -82,8 +94,9 @@ def test_what_the_multi_worker_loop_does_not_run_is_refused_before_tensorflow(mo
     trainer = {"jit_compile": False, "steps_per_execution": 1, settings[0]: settings[1]}
     with pytest.raises(distribute.DistributeError, match=re.escape(named)):
         distribute.check("multi_worker", trainer["jit_compile"], trainer["steps_per_execution"])
-    distribute.check("mirrored", trainer["jit_compile"], trainer["steps_per_execution"])  # fit runs those
     distribute.check("multi_worker")  # trainer.resume is not refused: the chief resumes, the workers take its state
+    monkeypatch.delenv("TF_CONFIG")  # mirrored with a cluster's TF_CONFIG is refused (test_a_tf_config_of_a_cluster_...)
+    distribute.check("mirrored", trainer["jit_compile"], trainer["steps_per_execution"])  # fit runs those
 
 
 def test_an_srun_step_of_several_tasks_is_a_cluster_of_one_worker_per_task():

@@ -55,9 +55,9 @@ def test_a_requeued_job_takes_the_run_of_its_own_job_id_for_dead(monkeypatch):
     assert claim.owner_alive({**tags, "seglab.job_id": "4243"}, timeout_s=3600)
 
 
-def compiled(**kwargs):
+def compiled(optimizer=None, **kwargs):
     model = build_model("unet", 2, 16, **{"base_filters": 2, "depth": 1, "dropout": 0.0, **kwargs})
-    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer or keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -71,6 +71,44 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_anything_changes
     for a, b in zip(before, other.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert checkpoint.load_state(tmp_path / "s.npz", compiled()) == checkpoint.TrainingState(1, 0.5, 0)
+
+
+@pytest.mark.parametrize("saved,loaded,named", [
+    (lambda: keras.optimizers.Adam(1e-2), lambda: keras.optimizers.Adam(1e-2, use_ema=True), "optimizer.ema"),
+    (lambda: keras.optimizers.SGD(1e-2, momentum=0.9), lambda: keras.optimizers.SGD(1e-2), "optimizer.momentum"),
+    (lambda: keras.optimizers.Adam(1e-2, gradient_accumulation_steps=2), lambda: keras.optimizers.Adam(1e-2),
+     "trainer.gradient_accumulation_steps"),
+], ids=["ema", "momentum", "accumulation"])
+def test_a_checkpoint_of_another_optimizer_setting_names_the_option(tmp_path, saved, loaded, named):
+    """Issue 32: a resume whose optimizer option adds or drops variables is refused naming the option, not as
+    "another architecture"; the model is left as it was."""
+    checkpoint.save_state(tmp_path / "s.npz", compiled(saved()), checkpoint.TrainingState(epoch=1, best=0.5, best_epoch=0))
+    other = compiled(loaded())
+    before = [w.copy() for w in other.get_weights()]
+    with pytest.raises(checkpoint.ArchitectureMismatch, match=rf"was saved with {re.escape(named)} set otherwise: .*trainer.resume=never"):
+        checkpoint.load_state(tmp_path / "s.npz", other)
+    for a, b in zip(before, other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_of_another_optimizer_is_not_blamed_on_an_option(tmp_path):
+    checkpoint.save_state(tmp_path / "s.npz", compiled(), checkpoint.TrainingState(epoch=1, best=0.5, best_epoch=0))
+    with pytest.raises(checkpoint.ArchitectureMismatch, match="another architecture.*first difference"):
+        checkpoint.load_state(tmp_path / "s.npz", compiled(keras.optimizers.SGD(1e-2, momentum=0.9)))
+
+
+def test_a_resume_turning_ema_on_is_refused_from_the_params_naming_it(compose_cfg):
+    """optimizer.ema makes optimizer variables: changed on resume, it is named before any model is built."""
+    from omegaconf import OmegaConf
+
+    from seglab.tracking.params import as_text, flatten
+
+    run_id = "0" * 32
+    before = as_text(flatten(OmegaConf.to_container(compose_cfg(), resolve=True)))
+    found = lifecycle.Plan(run_id, status="KILLED", previous_params=before)
+    with pytest.raises(lifecycle.OtherArchitecture, match=r"\(optimizer\.ema=False -> True\).*set them back: optimizer\.ema=False"):
+        lifecycle.refuse_other_architecture(found, compose_cfg("optimizer.ema=true", f"trainer.resume={run_id}"))
+    lifecycle.refuse_other_architecture(found, compose_cfg("optimizer.learning_rate=0.01", f"trainer.resume={run_id}"))
 
 
 def test_a_resumed_run_records_changed_params_as_a_tag_and_never_logs_a_step_twice(tmp_path):
@@ -280,7 +318,8 @@ def test_a_resume_of_another_architecture_is_refused_and_changes_nothing_in_the_
     done = run_cli(*common, "optimizer.momentum=0.5", "trainer.epochs=3", f"trainer.resume={run_id}", cwd=tmp_path,
                    check=False, timeout=900)
     last = [line for line in done.stderr.splitlines() if line.strip()][-1]
-    assert done.returncode == 2 and "Traceback" not in done.stderr and "another architecture" in last, done.stderr[-3000:]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "was saved with optimizer.momentum set otherwise" in last, last  # the option named (issue 32)
     after = _snapshot(client, run_id)
     # The resume had claimed the run (seglab.engine.claim) before the checkpoint could be tried: that write-once
     # param stays (MLflow deletes no param), naming who took the run; everything else is as it was.

@@ -60,6 +60,24 @@ def user_presets(cwd: Path) -> None:
     (cwd / "mine" / "experiment" / "broken.yaml").write_text("# @package _global_\nmodel:\n  depth: [3\n")
 
 
+def latin1_preset(cwd: Path) -> None:
+    """A preset saved in Latin-1 by an editor (an accented comment), as Windows editors still do."""
+    (cwd / "mine" / "experiment").mkdir(parents=True, exist_ok=True)
+    (cwd / "mine" / "experiment" / "latin.yaml").write_bytes("# @package _global_\n# réglage\ntrainer:\n  epochs: 2\n".encode("latin-1"))
+
+
+def list_preset(cwd: Path) -> None:
+    """A preset written as a list of overrides."""
+    (cwd / "mine" / "experiment").mkdir(parents=True, exist_ok=True)
+    (cwd / "mine" / "experiment" / "list.yaml").write_text("# @package _global_\n- trainer.epochs=2\n- model.depth=2\n")
+
+
+def unpackaged_preset(cwd: Path) -> None:
+    """A preset without `# @package _global_`: Hydra puts its keys under `experiment.`."""
+    (cwd / "mine" / "experiment").mkdir(parents=True, exist_ok=True)
+    (cwd / "mine" / "experiment" / "plain.yaml").write_text("trainer:\n  epochs: 2\n")
+
+
 _EMPTY_STORE: list[bytes] = []
 
 
@@ -82,6 +100,11 @@ class Mistake:
     fix: str  # for the docs: what to do
     setup: Optional[Callable[[Path], None]] = None  # files the command finds in its directory
     reads_data: bool = False  # found once the data is read: ./mlflow.db may exist, but with no run in it
+    env: tuple[tuple[str, str], ...] = ()  # variables the user's shell has set (shown before the command in the docs)
+
+    def shown(self) -> str:
+        """The command as the user typed it, its environment first."""
+        return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in self.env), f"python -m {self.command}"])
 
 
 MISTAKES = [
@@ -131,8 +154,8 @@ MISTAKES = [
     Mistake("seglab trainer.batch_size=900", "trainer.batch_size=900", "Use at most the training split's size (800)."),
     Mistake("seglab trainer.overfit_batches=101", "trainer.overfit_batches=101", "Use at most the 100 batches the split has."),
     Mistake("seglab data.class_names=[object,object,boundary]", "data.class_names", "Give each class its own name."),
-    Mistake("seglab seed=-1", "seed", "Use a non-negative integer."),
-    Mistake("seglab seed=abc", "seed", "Use a non-negative integer."),
+    Mistake("seglab seed=-1", "seed", "Use an integer from 0 to 2**32-1."),
+    Mistake("seglab seed=abc", "seed", "Use an integer from 0 to 2**32-1."),
     Mistake("seglab optimize_metric=val_iou", "optimize_metric", "Use one of the listed metrics."),
     Mistake("seglab optimizer.learning_rate=-0.1", "optimizer.learning_rate", "Use a positive number."),
     Mistake("seglab optimizer.learning_rate=fast", "optimizer.learning_rate", "Use a number, e.g. 1e-3."),
@@ -143,6 +166,23 @@ MISTAKES = [
             "Name the background class with `data.background_index`."),
     Mistake("seglab trainer.jit_compile=true", "deterministic=false",
             "Keras compiles without XLA while op determinism is on: add `deterministic=false` to use XLA."),
+    Mistake("seglab seed=4294967296", "seed=4294967296", "Use an integer from 0 to 2**32-1 (NumPy's seeds are 32-bit)."),
+    # --- the runner: settings that would train on nothing, or be ignored
+    Mistake("seglab loss=tversky loss.alpha=0 loss.beta=0", "loss.alpha=0.0", "Weigh false positives or negatives: 0.5 and 0.5 is soft Dice."),
+    Mistake("seglab loss=focal loss.alpha=[0,0,0]", "loss.alpha=[0.0, 0.0, 0.0]", "Give a class a weight > 0, or `loss.alpha=null`."),
+    Mistake("seglab trainer.epochs=2 trainer.gradient_accumulation_steps=201", "trainer.gradient_accumulation_steps=201",
+            "Accumulate at most the run's batches (epochs x batches per epoch), or train more epochs."),
+    Mistake("seglab optimizer.ema_momentum=0.999", "optimizer.ema_momentum=0.999", "Add `optimizer.ema=true`: the momentum is the average's."),
+    Mistake("seglab --multirun hydra/launcher=joblib hydra.launcher.n_jobs=0 seed=1,2", "hydra.launcher.n_jobs=0",
+            "Run at least one job at a time, or -1 for one per CPU."),
+    Mistake("seglab --multirun hydra/launcher=submitit_local hydra.launcher.timeout_min=0 seed=1,2", "hydra.launcher.timeout_min=0",
+            "Give each job the minutes it needs."),
+    # --- the runner: the environment
+    Mistake("seglab", "KERAS_BACKEND=jax", "Unset KERAS_BACKEND: seglab runs on TensorFlow.", env=(("KERAS_BACKEND", "jax"),)),
+    Mistake("seglab", "TF_CONFIG", "Add `trainer.strategy=multi_worker` to join that cluster, or unset TF_CONFIG.",
+            env=(("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:29111", "127.0.0.1:29112"]}, "task": {"type": "worker", "index": 0}}'),)),
+    Mistake("seglab", "MLFLOW_TRACKING_URI=sqlite:///notes.txt", "Every command takes its store from MLFLOW_TRACKING_URI when "
+            "`tracking.uri` is not given: point it at a store, or unset it.", env=(("MLFLOW_TRACKING_URI", "sqlite:///notes.txt"),)),
     # --- the runner: files, directories and the tracking store (checked before TensorFlow loads)
     Mistake("seglab data.cache=memroy", "data.cache", "`memory`, `null`, or a path prefix with a directory (`./cache/shapes`)."),
     Mistake("seglab data.cache=/proc/x/cache", "data.cache", "Choose a directory you can write to."),
@@ -163,6 +203,9 @@ MISTAKES = [
     Mistake("seglab model=fcn8 model.encoder.weights=~/w.h5", "~/w.h5", "Quote it for Hydra: `\"model.encoder.weights='~/w.h5'\"`."),
     Mistake("seglab --config-dir nowhere +experiment=mine", "--config-dir", "Give the directory that holds your `experiment/` folder."),
     Mistake("seglab --config-dir mine +experiment=broken", "broken.yaml", "Fix the YAML at the line and column named.", user_presets),
+    Mistake("seglab --config-dir mine +experiment=latin", "latin.yaml", "Save the file as UTF-8.", latin1_preset),
+    Mistake("seglab --config-dir mine +experiment=list", "list.yaml", "Write keys, not a list of overrides.", list_preset),
+    Mistake("seglab --config-dir mine +experiment=plain", "plain.yaml", "Start the preset with `# @package _global_`.", unpackaged_preset),
     # --- the runner: the data, read before the MLflow run opens (TensorFlow loaded; no run recorded)
     Mistake(f"seglab data.num_classes=2 data.class_names=[object,background] {SMALL}", "data.num_classes=2",
             "The masks have labels 0..2: `data.num_classes=3` with three names (or `data.ignore_index=2` if 2 means unlabelled).",
@@ -190,6 +233,13 @@ MISTAKES = [
     Mistake(f"seglab.evaluate model_uri={RUN} +trainer.epoch=1", "trainer.epoch", "Remove the unknown key."),
     Mistake(f"seglab.evaluate model_uri=runs:/{NO_RUN}/model tracking.uri=sqlite:///store.db", NO_RUN,
             "Use a run id of this store (the MLflow UI, or the last line of training).", empty_store),
+    Mistake("seglab.evaluate model_uri=models:/m/1 set_alias=latest", "set_alias=latest", "Choose another alias, e.g. `champion`."),
+    Mistake(f"seglab.evaluate model_uri={RUN} inference.stride=16", "inference.mode=slide", "Add `inference.mode=slide`, or leave the stride out."),
+    Mistake(f"seglab.evaluate model_uri=runs:/{NO_RUN}/model tracking.uri=sqlite:///store.db", "KERAS_BACKEND=torch",
+            "Unset KERAS_BACKEND.", empty_store, env=(("KERAS_BACKEND", "torch"),)),
+    Mistake(f"seglab.evaluate model_uri={RUN}", "MLFLOW_TRACKING_URI=sqlite:///nowhere.db",
+            "Point MLFLOW_TRACKING_URI at the training's store, or pass `tracking.uri=`.",
+            env=(("MLFLOW_TRACKING_URI", "sqlite:///nowhere.db"),)),
     Mistake("seglab.predict", "model_uri", "Give model_uri, input and output."),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=photos", "output=photos", "Write the masks outside the input folder."),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=photos/masks", "output=photos/masks", "Write the masks outside the input folder."),
@@ -203,6 +253,8 @@ MISTAKES = [
     Mistake(f"seglab.predict model_uri=runs:/{NO_RUN}/model input=photos output=masks tracking.uri=sqlite:///store.db", NO_RUN,
             "Use a run id of this store.", empty_store),
     Mistake("seglab.report", "sweep", "Name a sweep: its parent run id, experiment or run name."),
+    Mistake("seglab.report my-sweep", "MLFLOW_TRACKING_URI=sqlite:///nowhere.db", "Point it at the sweep's store, or pass `--tracking-uri`.",
+            env=(("MLFLOW_TRACKING_URI", "sqlite:///nowhere.db"),)),
     Mistake("seglab.report my-sweep", "mlflow.db", "Run where the sweep ran, or pass `--tracking-uri`."),
     Mistake("seglab.report my-sweep --tracking-uri sqlite:///notes.txt", "notes.txt", "Point it at the sweep's store."),
     Mistake("seglab.report my-sweep --format pdf", "--format", "Use text, markdown or csv."),
@@ -262,7 +314,7 @@ def _close_zygotes() -> None:
 
 def answer(mistake: Mistake, cwd: Path) -> subprocess.CompletedProcess:
     module, *args = shlex.split(mistake.command.replace("'", "\\'"))
-    env = user_env()
+    env = {**user_env(), **dict(mistake.env)}
     zygote = _ZYGOTES.get()
     try:  # TensorFlow loads for a row that reads the data: minutes on a busy machine.
         return zygote.run(module, args, cwd, env, 600 if mistake.reads_data else 120, env)
@@ -273,7 +325,7 @@ def answer(mistake: Mistake, cwd: Path) -> subprocess.CompletedProcess:
 def doc_row(mistake: Mistake, line: str, cwd: Path) -> str:
     """The docs' row; paths inside the command's own (temporary) directory are written relative to it."""
     cell = line.replace(f"{cwd}/", "").replace("|", "\\|")
-    return f"| `python -m {mistake.command}` | {cell} | {mistake.fix} |"
+    return f"| `{mistake.shown()}` | {cell} | {mistake.fix} |"
 
 
 @pytest.fixture
@@ -292,12 +344,12 @@ def answer_all(dirs: list[Path]) -> list[subprocess.CompletedProcess]:
 @pytest.fixture(scope="module")
 def answers(tmp_path_factory):
     dirs = [workdir(tmp_path_factory.mktemp("mistake"), m) for m in MISTAKES]
-    return {m.command: (d, path) for m, d, path in zip(MISTAKES, answer_all(dirs), dirs)}
+    return {m.shown(): (d, path) for m, d, path in zip(MISTAKES, answer_all(dirs), dirs)}
 
 
-@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.command for m in MISTAKES])
+@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.shown().removeprefix("python -m ") for m in MISTAKES])
 def test_mistake_is_one_line(mistake, answers):
-    done, cwd = answers[mistake.command]
+    done, cwd = answers[mistake.shown()]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0, done.stdout[-2000:]
     assert "Traceback" not in done.stderr and lines, done.stderr[-3000:]
@@ -330,7 +382,7 @@ HEADER = """# Troubleshooting: what seglab answers, and the fix
 Every mistake below is answered with one line on stderr (`<command>: <what is wrong>`, naming the key
 or file; with `--multirun` it is the last line) and exit code 2, before TensorFlow loads unless said
 otherwise; `HYDRA_FULL_ERROR=1` shows the full traceback instead. Paths inside the directory the
-command ran in are shown relative to it. `tests/test_mistakes.py` runs each command and checks that this table is what it prints;
+command ran in are shown relative to it; a variable shown before `python -m` is one the user's shell had set. `tests/test_mistakes.py` runs each command and checks that this table is what it prints;
 regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.md`.
 
 Mistakes found only once the data is read (with TensorFlow loaded, the rows below that name the

@@ -33,6 +33,7 @@ from seglab import console, errors, tracking
 from seglab.cli import helptext
 from seglab.config import inference as inference_config
 from seglab.config import preflight, schema
+from seglab.config import tracking as tracking_config
 from seglab.config.inference import InferenceOptions
 
 MODEL_URIS_IN_STORE = ("runs:/", "models:/")  # other model URIs (a local path) need no tracking store
@@ -58,6 +59,9 @@ def parse(argv: list[str]) -> Request:
     alias = aliases[-1] if aliases else None
     if alias is not None and not ALIAS.match(alias):
         raise schema.ConfigError(f"set_alias={alias} is not an alias: use letters, digits, _ and -, starting with a letter (e.g. champion).")
+    problem = alias and tracking_config.alias_problem(alias)
+    if problem:  # MLflow would refuse it only once the evaluation has run and been logged
+        raise schema.ConfigError(f"set_alias={alias} is not allowed: {problem}; choose another, e.g. set_alias=champion.")
     options = inference_config.parse([a for a in argv if a.startswith("inference.")])
     overrides = [a for a in argv if not a.startswith(OWN_KEYS)]
     # Only the data part matters here (the model is the logged one): its size comes from the model (engine.evaluate.load).

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from seglab import console, errors, tracking
 from seglab.cli import helptext
 from seglab.config import preflight
+from seglab.config import tracking as tracking_config
 from seglab.config.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ NEEDS = {"onnx": ("tf2onnx", "onnxruntime"), "litert": (), "saved_model": ()}
 
 @dataclass
 class TrackingRef:
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = tracking_config.DEFAULT_URI  # $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
 
 
 @dataclass

@@ -36,6 +36,7 @@ from seglab import console, errors, tracking
 from seglab.cli import helptext
 from seglab.config import inference as inference_config
 from seglab.config import preflight
+from seglab.config import tracking as tracking_config
 from seglab.config.inference import InferenceOptions
 from seglab.config.schema import ConfigError
 from seglab.util import images, visualize
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrackingRef:
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = tracking_config.DEFAULT_URI  # $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
 
 
 @dataclass

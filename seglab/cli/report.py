@@ -16,13 +16,13 @@ that comparison is also drawn and logged to the parent run as `test_mean_iou.png
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from seglab import console, errors
 from seglab.config import preflight
+from seglab.config import tracking as tracking_config
 from seglab.engine.summary import (LEGEND, SORTABLE, TEST_CHART, add_test_scores, plot_test, rows, sort,
                                    tested, to_csv, to_markdown, to_text)
 from seglab.util import objective
@@ -33,7 +33,7 @@ FORMATS = {"text": to_text, "markdown": to_markdown, "csv": to_csv}
 def main(argv: list[str] | None = None) -> None:
     parser = errors.argument_parser(prog="python -m seglab.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="parent run id, MLflow experiment name (its latest sweep), or a sweep's run name")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+    parser.add_argument("--tracking-uri", default=tracking_config.default_uri(),
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--sort", choices=SORTABLE, metavar="COLUMN",
                         help="column to sort by (default: test_mean_iou when a job was evaluated on the test split, else "
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     console.quiet(args.verbose)
 
-    preflight.check_store(args.tracking_uri, must_exist=True, key="--tracking-uri")
+    preflight.check_store(args.tracking_uri, must_exist=True, key=tracking_config.uri_key(args.tracking_uri, "--tracking-uri"))
     if args.output:
         preflight.writable_file(args.output, "--output")
     from seglab.tracking import sweeps as sweep_runs

@@ -22,13 +22,14 @@ STARTING = ("starting: loading TensorFlow, building the model and the data, then
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    console.quiet(console.is_verbose(cfg))  # before TensorFlow loads: its C++ notices are read from the environment
     if sweep.in_multirun():
+        console.quiet(console.is_verbose(cfg))  # another Keras backend was refused before the sweep started
         return sweep.run_job(cfg, _train)
     return errors.main(_run, cfg, prog="seglab")  # a mistake: one line, exit code 2 (also before the job starts: `cli`)
 
 
 def _run(cfg: DictConfig) -> float:
+    console.quiet(console.is_verbose(cfg))  # before TensorFlow loads: its C++ notices are read from the environment
     schema.validate(cfg)  # fails in about a second, before TensorFlow is imported
     return _train(cfg)
 

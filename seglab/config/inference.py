@@ -36,11 +36,15 @@ def parse(dotlist: list[str]) -> InferenceOptions:
 
 
 def check(options: InferenceOptions, prefix: str = "inference.") -> None:
-    """ConfigError naming a mode outside MODES or a stride below 1."""
+    """ConfigError naming a mode outside MODES, a stride below 1, or a stride without mode slide (it would be ignored)."""
     if options.mode not in MODES:
         raise ConfigError(f"{prefix}mode={options.mode} is not allowed: choose one of {', '.join(MODES)}.")
     if options.stride is not None and options.stride < 1:
         raise ConfigError(f"{prefix}stride={options.stride} is not allowed: use an integer >= 1 (pixels between windows).")
+    if options.stride is not None and options.mode != "slide":
+        raise ConfigError(f"{prefix}stride={options.stride} only takes effect with {prefix}mode=slide "
+                          f"({prefix}mode={options.mode} resizes each image whole): add {prefix}mode=slide, "
+                          f"or leave {prefix}stride out.")
 
 
 def slide_stride(stride: int | None, window: int, prefix: str = "inference.") -> int:

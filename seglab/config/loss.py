@@ -92,6 +92,10 @@ class FocalConfig(LossConfig):
         require(self.gamma >= 0, "loss.gamma", self.gamma, "use a float >= 0 (0: cross-entropy, 2: the paper's)")
         require(self.alpha is None or (len(self.alpha) > 0 and all(a >= 0 for a in self.alpha)), "loss.alpha",
                 None if self.alpha is None else list(self.alpha), "use null or non-negative weights, one per class")
+        # Every pixel's loss is alpha[label] * ...: with all weights 0 the loss is exactly 0 and nothing trains.
+        require(self.alpha is None or any(a > 0 for a in self.alpha), "loss.alpha", list(self.alpha or []),
+                "with every weight 0 the loss is exactly 0 and the model never learns; give at least one weight > 0, "
+                "or null (all 1)")
 
     def check_classes(self, num_classes: int) -> None:
         require(self.alpha is None or len(self.alpha) == num_classes, "loss.alpha", list(self.alpha or []),
@@ -111,6 +115,10 @@ class TverskyConfig(LossConfig):
         require(self.beta >= 0, "loss.beta", self.beta, "use a float >= 0 (the weight of false negatives, e.g. 0.7)")
         require(self.smooth > 0, "loss.smooth", self.smooth,
                 "use a float > 0 (e.g. 1.0): with 0 a class absent from target and prediction divides 0 by 0")
+        # (TP + smooth) / (TP + 0 FP + 0 FN + smooth) is 1 for every prediction: a loss of exactly 0.
+        require(self.alpha > 0 or self.beta > 0, "loss.alpha", self.alpha,
+                f"with loss.beta={self.beta} too the Tversky index is 1 for any prediction, so the loss is exactly 0 and the "
+                "model never learns; give loss.alpha or loss.beta a weight > 0 (0.5 and 0.5 is soft Dice)")
 
 
 @dataclass

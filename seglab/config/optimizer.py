@@ -12,6 +12,9 @@ from seglab.config.check import require
 
 log = logging.getLogger(__name__)
 
+# optimizer.ema_momentum in every conf/optimizer/*.yaml (tests/test_config.py keeps them equal): another value
+# without optimizer.ema=true would be ignored.
+EMA_MOMENTUM = 0.99
 # The learning rates each optimizer is commonly trained with (Keras' defaults sit inside); a rate more than 100x
 # outside gets a warning.
 USUAL_RATES = {"Adam": (1e-5, 1e-2), "AdamW": (1e-5, 1e-2), "SGD": (1e-4, 1.0)}
@@ -33,6 +36,11 @@ class OptimizerConfig:
                         self.learning_rate, self._target_.rsplit(".", 1)[-1], low, high)
         require(0.0 <= self.ema_momentum < 1.0, "optimizer.ema_momentum", self.ema_momentum,
                 "use a float in [0, 1) (0.99 or 0.999 are usual; 0 keeps the last weights)")
+        # "Changed" is told by the value, not by the override list: a preset, a sweep's params or a user's own optimizer
+        # file set it too, and the API (seglab.evaluate, tests) composes without one; the default changes nothing either way.
+        require(self.ema or self.ema_momentum == EMA_MOMENTUM, "optimizer.ema_momentum", self.ema_momentum,
+                f"it only takes effect with optimizer.ema=true (without it no average is kept): add optimizer.ema=true, "
+                f"or leave optimizer.ema_momentum at its default {EMA_MOMENTUM}")
         require(self.weight_decay is None or self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay,
                 "use null or a float >= 0")
 

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from seglab.config import trainer
+from seglab.config import tracking, trainer
 from seglab.config.schema import ConfigError
 from seglab.models import facts
 
@@ -93,12 +93,14 @@ def _example(key: str) -> str:
     return {"data.cache": "./cache/data", "trainer.checkpoint_dir": "checkpoints", "tracking.uri": "sqlite:///mlflow.db"}.get(key, "./somewhere")
 
 
-def check_store(uri: str, must_exist: bool = False, key: str = "tracking.uri", experiment: str | None = None) -> None:
+def check_store(uri: str, must_exist: bool = False, key: str | None = None, experiment: str | None = None) -> None:
     """A tracking URI MLflow has no store for, or a local store (an SQLite file and the directory its
     artifacts go to, a `file:` directory) that cannot work: fail now, naming it.  `must_exist` for
     tools that only read (predict, evaluate, report): they must not leave an empty `mlflow.db` behind
     when the user is in the wrong directory.  `experiment`: the one a run will write to, whose
-    artifact directory (or MLflow's default ./mlruns) must be writable."""
+    artifact directory (or MLflow's default ./mlruns) must be writable.  `key`: what the user set (default
+    tracking.uri, or MLFLOW_TRACKING_URI when the URI is that variable's)."""
+    key = key or tracking.uri_key(uri)
     _check_scheme(uri, key)
     if uri.startswith("sqlite:"):
         _check_sqlite(uri, must_exist, key)

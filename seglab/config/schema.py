@@ -39,6 +39,7 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 CONF_DIR = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
 GROUPS = (model, loss, data, optimizer, scheduler, trainer, tracking)
 
+MAX_SEED = 2**32 - 1  # numpy.random.seed's largest (keras.utils.set_random_seed seeds NumPy with it)
 METRICS = ("val_mean_iou", "val_mean_dice", "val_pixel_accuracy", "val_loss")
 
 
@@ -57,7 +58,7 @@ class Config:
     verbose: bool = MISSING
 
     def __post_init__(self) -> None:
-        require(self.seed >= 0, "seed", self.seed, "use a non-negative integer")
+        require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"use an integer from 0 to {MAX_SEED} (NumPy's seeds are 32-bit)")
         require(self.optimize_metric in METRICS, "optimize_metric", self.optimize_metric, f"choose one of {', '.join(METRICS)}")
         self.check_size()
         self.loss.check_classes(self.data.num_classes)

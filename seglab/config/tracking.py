@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from seglab.config.check import require
+
+# The store of every command when the command line does not name one (tracking.uri=, report's --tracking-uri):
+# $MLFLOW_TRACKING_URI, as MLflow's own tools (mlflow ui, mlflow models serve) read it, else ./mlflow.db.  The YAML's
+# `uri: ${seglab_tracking_uri:}` and the other commands' defaults all resolve through `default_uri`.
+URI_ENV = "MLFLOW_TRACKING_URI"
+LOCAL_URI = "sqlite:///mlflow.db"
+DEFAULT_URI = "${seglab_tracking_uri:}"  # as a dataclass default: resolved when the command's config is read
+
+
+def default_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (an empty variable counts as unset, as MLflow counts it)."""
+    return os.environ.get(URI_ENV) or LOCAL_URI
+
+
+OmegaConf.register_new_resolver("seglab_tracking_uri", default_uri, replace=True)
+
+
+def uri_key(uri: str, key: str = "tracking.uri") -> str:
+    """How to name `uri` in a message: as $MLFLOW_TRACKING_URI when it is that variable's value, else as `key`."""
+    return URI_ENV if uri and os.environ.get(URI_ENV) == uri else key
+
 
 LOG_MODEL = ("best", "last", False)
 # What MLflow's model registry refuses in a registered model's name (mlflow.utils.validation._validate_model_name,
@@ -24,6 +47,20 @@ def registered_name_problem(name: str) -> str | None:
     norm = posixpath.normpath(name)
     if norm != name or norm == "." or norm.startswith(".."):
         return f"a registered model name must not read as a path ({name!r} would be {norm!r})"
+    return None
+
+
+# Aliases MLflow's registry reserves (mlflow.utils.validation._validate_model_alias_name_reserved): in
+# models:/<name>@<alias>, `latest` (any case) is the newest version and v<N> version N.
+RESERVED_VERSION_ALIAS = re.compile(r"[vV]\d+")
+
+
+def alias_problem(alias: str) -> str | None:
+    """Why MLflow would refuse `alias` for a registered version (only after the work before it); None when it takes it."""
+    if alias.lower() == "latest":
+        return "MLflow reserves `latest` (in any case) for the newest version of a registered model"
+    if RESERVED_VERSION_ALIAS.fullmatch(alias):
+        return f"MLflow reserves v<number> for the versions themselves (models:/<name>@{alias} is version {alias[1:]})"
     return None
 
 

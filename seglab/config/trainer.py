@@ -87,4 +87,17 @@ def check_batches(trainer, images: int, where: str) -> None:
     require(trainer.overfit_batches is None or trainer.overfit_batches <= batches, "trainer.overfit_batches",
             trainer.overfit_batches, f"use at most {batches}: the training split ({images} images, {where}) has {batches} "
             f"batches of trainer.batch_size={batch}")
+    _check_updates(trainer, batches, f"{images} images, {where}")
+
+
+def _check_updates(trainer, batches: int, split: str) -> None:
+    """Keras counts accumulated batches across epochs and updates the weights once every k of them: a k larger
+    than the run's batches (+debug limits included) never updates, and the untrained model would be logged."""
+    accumulate = trainer.gradient_accumulation_steps or 1
+    per_epoch = min(batches, trainer.overfit_batches or trainer.limit_batches or batches)  # as engine/debug.py reads
+    total = per_epoch * trainer.epochs
+    epochs = f"{trainer.epochs} epoch{'s' if trainer.epochs > 1 else ''} of {per_epoch} batch{'es' if per_epoch > 1 else ''}"
+    require(accumulate <= total, "trainer.gradient_accumulation_steps", accumulate,
+            f"the whole run has {total} training batches ({epochs}; the training split: {split}), so the optimizer "
+            f"would never update the model; use at most {total}, or train more trainer.epochs")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,6 +121,27 @@ def _check_fits(path, saved, model: keras.Model) -> None:
     _check_signature(path, saved, model)
 
 
+# Optimizer variables that only an option makes, as Keras names them (<variable>_<suffix>): a state saved with the
+# option on does not load into an optimizer with it off, and the other way round.
+OPTION_VARIABLES = {"_average": "optimizer.ema", "_gradient_accumulator": "trainer.gradient_accumulation_steps",
+                    "_momentum": "optimizer.momentum"}
+
+
+def _changed_option(found: list, expected: list) -> str | None:
+    """Which option's variables one side has and the other not, said as a phrase; None for another model."""
+    def suffixes(variables: list) -> set[str]:
+        return {s for name, _ in variables for s in OPTION_VARIABLES if name.endswith(s)}
+
+    saved, wanted = suffixes(found), suffixes(expected)
+    changed = sorted(saved ^ wanted)
+    if not changed:
+        return None
+    suffix = changed[0]
+    has, lacks = ("the checkpoint", "this optimizer") if suffix in saved else ("this optimizer", "the checkpoint")
+    return (f"was saved with {OPTION_VARIABLES[suffix]} set otherwise: {has} has the *{suffix} variables it makes, "
+            f"{lacks} has none")
+
+
 def _check_signature(path, saved, model: keras.Model) -> None:
     expected = signature(model)
     if "signature" in saved:
@@ -132,6 +154,13 @@ def _check_signature(path, saved, model: keras.Model) -> None:
     # Shapes, not paths: Keras numbers layer names per process (conv2d_3), the same model may differ there.
     if [shape for _, shape in found] == [shape for _, shape in expected]:
         return
+    # Adam -> SGD is another optimizer, not an option (Keras names the variables <optimizer>[_N]/..., N per process).
+    optimizer = re.compile(rf"{re.escape(re.sub(r'_[0-9]+$', '', model.optimizer.name))}(_[0-9]+)?/")
+    same_optimizer = any(optimizer.match(name) for name, _ in found)
+    option = _changed_option(found, expected) if same_optimizer else None
+    if option:
+        raise ArchitectureMismatch(f"checkpoint {path} {option}: resume with the value the run was trained with (its params "
+                                   "say it), or start a new run with trainer.resume=never.")
     first = next(((f, e) for f, e in zip(found, expected) if f[1] != e[1]), None)
     detail = (f"first difference: the checkpoint has {first[0][0]} {tuple(first[0][1])}, the model {first[1][0]} {tuple(first[1][1])}"
               if first else f"the checkpoint has {len(found)} variables, the model {len(expected)}")

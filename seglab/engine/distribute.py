@@ -118,7 +118,10 @@ def resolve(name: str) -> str:
 
 def check(name: str, jit_compile: bool = False, steps_per_execution: int = 1) -> None:
     """Fail before TensorFlow loads when the strategy cannot run here, or not with these trainer settings:
-    the multi-worker loop (seglab.engine.multi_worker) runs one step per call, without XLA."""
+    the multi-worker loop (seglab.engine.multi_worker) runs one step per call, without XLA.  A TF_CONFIG naming a
+    cluster must be asked for by name: one left in the environment would make `auto` wait for its other workers
+    forever, and a non-chief task under another strategy would train without logging anything."""
+    refuse_stray_tf_config(name)
     if resolve(name) != "multi_worker":
         return
     which = f"trainer.strategy={name}{', TF_CONFIG set' if name == 'auto' else ''}"
@@ -127,6 +130,21 @@ def check(name: str, jit_compile: bool = False, steps_per_execution: int = 1) ->
                                      "trainer.steps_per_execution=1")):
         if unsupported:
             raise DistributeError(f"{value} is not supported with a multi-worker strategy yet ({which}): add {fix}.")
+
+
+def refuse_stray_tf_config(name: str) -> None:
+    """TF_CONFIG naming a cluster of several tasks, without trainer.strategy=multi_worker.  Not under an srun step of
+    several tasks: there `auto` is that step's cluster, and `make` sets TF_CONFIG from it."""
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if name == "multi_worker" or not raw or slurm_cluster(os.environ) is not None:
+        return
+    tasks = cluster_size(cluster())
+    if tasks > 1:
+        raise DistributeError(
+            f"TF_CONFIG in the environment names a cluster of {tasks} tasks, but trainer.strategy={name}: training would "
+            "wait for the other workers, forever if none is started; add trainer.strategy=multi_worker to train as this "
+            "task of that cluster, or unset TF_CONFIG (left over from another job?)"
+        )
 
 
 def make(name: str):

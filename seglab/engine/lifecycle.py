@@ -293,8 +293,9 @@ def refuse_other_owner(directory: Path, run_id: str | None) -> None:
 
 # What the checkpoint's variables are made of: the model group (all of it: MLflow keeps a param's first
 # value, so a run whose model settings changed would describe a model it no longer holds), what the builder
-# is given, and the optimizer (its state's variables).  A resume changing any of these is refused.
-ARCHITECTURE = ("model.*", "data.num_classes", "data.image_size", "optimizer._target_")
+# is given, and the optimizer (its state's variables; optimizer.ema adds the averages).  A resume changing any of
+# these is refused.
+ARCHITECTURE = ("model.*", "data.num_classes", "data.image_size", "optimizer._target_", "optimizer.ema")
 
 
 def same_size(text: str):

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from seglab import console, errors, tracking
+from seglab.config import launcher as launchers
 from seglab.config import preflight, schema
 from seglab.engine import claim, lifecycle
 from seglab.engine.lifecycle import in_multirun  # noqa: F401  seglab.__main__ asks sweep.in_multirun()
@@ -239,12 +240,13 @@ class MlflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
 
         verbose = bool(config.get("verbose")) or bool(config.hydra.verbose)
-        console.quiet(verbose)
-        console.plain_optuna(verbose, config.hydra.runtime.choices.get("hydra/sweeper"))
         try:  # the parent's artifacts go there too: checked before it opens
+            console.quiet(verbose)  # refuses another Keras backend
             preflight.check_store(config.tracking.uri, experiment=config.tracking.experiment)
-        except schema.ConfigError as err:
+            launchers.check(config.hydra.launcher)  # n_jobs=0, timeout_min=0: a traceback once the jobs start
+        except errors.UserError as err:
             errors.fail("seglab", str(err))
+        console.plain_optuna(verbose, config.hydra.runtime.choices.get("hydra/sweeper"))
         check_jobs(config)  # exits 2 in one line; nothing opened yet
         if "slurm" in str(config.hydra.launcher.get("_target_", "")).lower():
             from seglab.engine import slurm  # submitit: only for SLURM sweeps
