@@ -250,11 +250,24 @@ def _hydra_message(err: BaseException) -> str | None:
 
 
 def _config_files() -> list[Path]:
-    """The YAML files of the config search path (conf/, --config-dir), while Hydra has one."""
-    if not GlobalHydra.instance().is_initialized():
-        return []
-    roots = [Path(s.path) for s in GlobalHydra.instance().config_loader().get_sources() if s.scheme() == "file"]
-    return [path for root in roots for path in sorted(root.rglob("*.yaml"))]
+    """The YAML files of the config search path (conf/, --config-dir) while Hydra has one; after Hydra has let go of
+    it (it raised), those of the command line's --config-dir, the only files that are not seglab's own."""
+    if GlobalHydra.instance().is_initialized():
+        roots = [Path(s.path) for s in GlobalHydra.instance().config_loader().get_sources() if s.scheme() == "file"]
+    else:
+        roots = [Path(value) for value in _config_dirs(sys.argv[1:])]
+    return [path for root in roots if root.is_dir() for path in sorted(root.rglob("*.yaml"))]
+
+
+def _config_dirs(argv: list[str]) -> list[str]:
+    """The directories `--config-dir DIR`, `--config-dir=DIR` or `-cd DIR` name."""
+    found = []
+    for flag, value in zip(argv, [*argv[1:], ""]):
+        if flag in ("--config-dir", "-cd"):
+            found.append(value)
+        elif flag.startswith("--config-dir="):
+            found.append(flag.split("=", 1)[1])
+    return found
 
 
 def _undecodable_config_file() -> str | None:
