@@ -15,9 +15,10 @@ search chose that does not validate) is recorded as a FAILED child run with its 
 objective, so the other jobs go on; the sweep then exits non-zero, naming the failed jobs.
 
 A stopped sweep stops its jobs: SIGTERM or Ctrl-C to the sweep's process (joblib, submitit_local or
-the basic launcher) ends the jobs it started (SIGTERM, then SIGKILL after `STOP_GRACE_S`: a job
-given the time ends its run KILLED itself), ends the children still RUNNING and then the parent
-KILLED, with the reason, and exits 143 or 130; the same command continues the sweep.
+the basic launcher) ends the processes it started (joblib kills its workers when its wait is cut
+short; `end_jobs` sends the rest SIGTERM, so a job ends its run KILLED itself, then SIGKILL after
+`STOP_GRACE_S`), ends the children still RUNNING and then the parent KILLED, with the reason, and
+exits 143 or 130; the same command continues the sweep.
 """
 
 # Lazy imports: MLflow loads only when a sweep starts, submitit only for a SLURM sweep, psutil only when a sweep is
