@@ -21,8 +21,7 @@ short; `end_jobs` sends the rest SIGTERM, so a job ends its run KILLED itself, t
 exits 143 or 130; the same command continues the sweep.
 """
 
-# Lazy imports: MLflow loads only when a sweep starts, submitit only for a SLURM sweep, psutil only when a sweep is
-# stopped: this Hydra callback is loaded by every `python -m seglab`.
+# Lazy imports: MLflow loads only when a sweep starts, submitit only for a SLURM sweep: this Hydra callback is loaded by every `python -m seglab`.
 
 from __future__ import annotations
 
@@ -36,6 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -379,8 +379,6 @@ class MlflowSweep(Callback):
 def end_jobs() -> None:
     """End every process this one started and their own (joblib's workers, submitit_local's jobs): SIGTERM, so a job
     ends its run KILLED, then SIGKILL to those still there after STOP_GRACE_S."""
-    import psutil  # installed with tensorflow-datasets; only for a sweep that did not reach its end
-
     jobs = psutil.Process().children(recursive=True)
     for job in jobs:
         with contextlib.suppress(psutil.Error):
