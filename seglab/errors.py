@@ -41,6 +41,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 EXIT_USER_ERROR = 2  # argparse's code for a usage error; 1 stays for crashes
 SLURM_COMMANDS = ("sbatch", "srun", "scontrol", "sacct", "squeue", "scancel")  # what submitit calls
 reported: str | None = None  # the line `fail` printed; a sweep's parent run ends with it as its reason
+interrupted_by: str | None = None  # "SIGTERM" or "Ctrl-C" once `interrupted` answered one: a sweep's parent then ends KILLED
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`'s writer
@@ -142,6 +143,8 @@ def fail(prog: str, message: str) -> None:
 
 def interrupted(prog: str, err: KeyboardInterrupt) -> None:
     """Ctrl-C or SIGTERM: one line (no traceback) and exit code 130 or 143."""
+    global interrupted_by
+    interrupted_by = "SIGTERM" if getattr(err, "exit_code", None) == EXIT_TERMINATED else "Ctrl-C"
     if full_error():
         raise err
     print(f"{prog}: {err if isinstance(err, Interrupted) else 'interrupted (Ctrl-C)'}", file=sys.stderr)

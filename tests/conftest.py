@@ -103,9 +103,10 @@ def noisy_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (done.stdout + (done.stderr or "")).splitlines() if NOISE.search(line)]
 
 
-def signal_after(marker: str, sig: int, module: str, *args: str, cwd: Path) -> tuple[int, str]:
+def signal_after(marker: str, sig: int, module: str, *args: str, cwd: Path, watch: str = "out.txt") -> tuple[int, str]:
     """Start `python -m MODULE ARGS` in a new interpreter (what its real shutdown prints is the point), send it `sig`
-    once `marker` is in its stdout, and wait: (its exit code, what it wrote to stderr after the signal).
+    once `marker` is in its stdout (or in a file `watch`, a glob under `cwd`, matches: submitit_local's jobs write their
+    own logs), and wait: (its exit code, what it wrote to stderr after the signal).
     Output goes to files, not pipes nobody reads (a full pipe would block it), and the test watches the command's
     own output, not a store it writes (a reader could lock SQLite)."""
     out, err = open(cwd / "out.txt", "w"), open(cwd / "err.txt", "w")
@@ -116,7 +117,8 @@ def signal_after(marker: str, sig: int, module: str, *args: str, cwd: Path) -> t
     )
     try:
         deadline = time.time() + 300
-        while marker not in (cwd / "out.txt").read_text() and proc.poll() is None and time.time() < deadline:
+        while (not any(marker in path.read_text(errors="replace") for path in cwd.glob(watch)) and proc.poll() is None
+               and time.time() < deadline):
             time.sleep(0.5)
         assert proc.poll() is None, "the command ended before it could be stopped:\n" + (cwd / "err.txt").read_text()[-3000:]
         before = (cwd / "err.txt").read_text()

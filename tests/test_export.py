@@ -1,12 +1,17 @@
 """`python -m seglab.export`: a trained model out of MLflow as ONNX (onnxruntime matches Keras within
 1e-4), LiteRT (runs in TensorFlow's interpreter) and a SavedModel, each logged to the training run;
-a bad format or an unwritable output answers in one line before TensorFlow loads."""
+a bad format or an unwritable output answers in one line before TensorFlow loads; an export is whole
+or absent after a failed write or a kill -9."""
 
 from __future__ import annotations
 
 import re
+import resource
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ from mlflow import MlflowClient
 from seglab import errors
 from seglab.cli import export as export_cli
 from seglab.engine import export
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import CLI_ENV, ROOT, TINY, inherited_env, run_cli
 
 ONNX_TOLERANCE = 1e-4
 
@@ -89,7 +94,8 @@ def test_bad_format_or_unwritable_output_answer_in_one_line_before_tensorflow(tm
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name,arguments,batch_size",
-    [("deeplabv3plus", dict(depth=18), None), ("segformer", dict(decoder_width=16), 1), ("unet", dict(depth=2, base_filters=4), None)],
+    [("deeplabv3plus", dict(depth=18), None), ("segformer", dict(decoder_width=16), 1), ("unet", dict(depth=2, base_filters=4), None),
+     ("unet", dict(depth=2, base_filters=4), 2)],  # a file for batches of 2 is checked on a batch of 2
 )
 def test_onnx_of_a_kerashub_model_matches_keras(tmp_path, name, arguments, batch_size):
     """Traced as `model(x, training=False)` (engine/export.InferenceCall): Keras' own `model.call` trace left
@@ -99,3 +105,69 @@ def test_onnx_of_a_kerashub_model_matches_keras(tmp_path, name, arguments, batch
 
     model = build_model(name, 3, 64, **arguments)
     assert export.export(model, "onnx", tmp_path, batch_size).max_abs_difference <= ONNX_TOLERANCE
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under `path` (or `path` itself) -> its bytes."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): p.read_bytes() for p in files}
+
+
+def export_command(run_id: str, uri: str, fmt: str, output: Path) -> list[str]:
+    return [sys.executable, "-m", "seglab.export", f"model_uri=runs:/{run_id}/model", f"format={fmt}", f"output={output}",
+            f"tracking.uri={uri}"]
+
+
+@pytest.mark.slow
+def test_a_write_past_the_file_size_limit_names_the_file_and_leaves_the_previous_export(trained, tmp_path):
+    """RLIMIT_FSIZE makes TensorFlow's write of saved_model.pb fail with EFBIG, as a full disk fails with ENOSPC;
+    the limit lets the model's download (model.keras, half its size) through."""
+    uri, run_id = trained
+    assert errors.main(export_cli.main, export_command(run_id, uri, "saved_model", tmp_path)[3:], prog="seglab.export") == 0
+    before = tree(tmp_path / "saved_model")
+    limit = len(before["saved_model/saved_model.pb"]) * 3 // 4  # its size varies a little from export to export
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(export_command(run_id, uri, "saved_model", tmp_path), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**inherited_env(), **CLI_ENV}, preexec_fn=small_files)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"seglab.export: cannot write {tmp_path}/saved_model (File too large"), done.stderr
+    assert "the previous saved_model is as it was" in last and "Traceback" not in done.stderr
+    assert tree(tmp_path / "saved_model") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model"]  # no temporary left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,name", [("onnx", "model.onnx"), ("saved_model", "saved_model")])
+def test_kill_9_mid_export_leaves_the_previous_export_whole(trained, tmp_path, fmt, name):
+    """A previous export stands at the target; the new one is killed (SIGKILL) as soon as its writing shows
+    (a temporary beside the target, or the target itself changed), and the target is still the previous one.
+    The next export removes the dead writer's temporary."""
+    uri, run_id = trained
+    target = tmp_path / "out" / name
+    if fmt == "saved_model":
+        (target / "variables").mkdir(parents=True)
+        (target / "variables" / "variables.index").write_bytes(b"previous export")
+    else:
+        target.parent.mkdir()
+        target.write_bytes(b"previous export")
+    before = tree(target)
+    proc = subprocess.Popen(export_command(run_id, uri, fmt, target.parent), cwd=tmp_path, env={**inherited_env(), **CLI_ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if len(list(target.parent.iterdir())) > 1 or tree(target) != before:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the export ended before it could be killed"
+    assert tree(target) == before
+    assert errors.main(export_cli.main, export_command(run_id, uri, fmt, target.parent)[3:], prog="seglab.export") == 0
+    assert [p.name for p in target.parent.iterdir()] == [name]

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from seglab.data import DataError, inspect
 from tests.conftest import run_cli, run_module
-from tests.test_folder import COLOURS, H21, W21, labels_for, write_image, write_mask, write_split
+from tests.test_folder import H21, W21, labels_for, write_image, write_mask, write_split
 
 TINY_MODEL = ("model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=4", "trainer.mask_samples=1")
 

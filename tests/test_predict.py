@@ -2,13 +2,15 @@
 The main test calls the entry point in this process (TensorFlow is loaded once); the last one runs
 the command line."""
 
+import resource
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_module
+from tests.conftest import CLI_ENV, inherited_env, run_module
 
 
 def predict_cli(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -131,3 +133,31 @@ def test_predict_reads_deep_palette_alpha_grey_and_cmyk_images_as_their_8_bit_rg
     white = inference.segment(model, [np.full_like(as_rgb, 255)])[0]
     assert (expected["grey16.png"] != white).any()  # the model tells the grey picture from the clipped (white) one
     assert f"skipped {images / 'float.tif'}: not a readable image (F pixels range 3.5..3.5, outside 0..1" in caplog.text
+
+
+def test_a_failed_write_names_the_file_and_leaves_the_previous_output_whole(tmp_path):
+    """RLIMIT_FSIZE makes the overlay's write fail with EFBIG (what a full disk's ENOSPC is to seglab); the mask,
+    smaller, is written. Before, Pillow truncated the previous overlay in place and the command ended in a traceback."""
+    import mlflow
+
+    mlflow.tensorflow.save_model(_brightness_model(), str(tmp_path / "model"))
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)).save(images / "noise.png")
+    out.mkdir()
+    (out / "noise.png_overlay.png").write_bytes(b"previous overlay")
+    limit = 3_000_000  # the overlay of 1500x1500 noise takes about 7 MB; its mask of three labels and a new store 1 MB
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "seglab.predict", f"model_uri={tmp_path / 'model'}", f"input={images}",
+                           f"output={out}", f"tracking.uri=sqlite:///{tmp_path}/m.db"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**inherited_env(), **CLI_ENV}, preexec_fn=small_files)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"seglab.predict: {out / 'noise.png_overlay.png'}: File too large"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert (out / "noise.png_overlay.png").read_bytes() == b"previous overlay"
+    assert Image.open(out / "noise.png_mask.png").size == (1500, 1500)
+    assert sorted(p.name for p in out.iterdir()) == ["noise.png_mask.png", "noise.png_overlay.png"]  # no temporary left

@@ -1,16 +1,26 @@
 """Names and paths of the tracking store checked before TensorFlow loads (issue 21): a registered
 model name MLflow would refuse, a tracking URI MLflow has no store for, and an artifact directory
-that cannot be written, each one line, exit 2, before any run is opened.  The real command line and
-a real SQLite store; the tests run as any user (a file where a directory must be, not permissions)."""
+that cannot be written, each one line, exit 2, before any run is opened; so is a store that is not an
+MLflow store (another web server, a database server that does not answer, another program's SQLite
+file) and a read-only store that evaluate would record a run in.  The real command line and a real
+SQLite store; the tests run as any user (a file where a directory must be, not permissions; a
+read-only mount where `unshare` allows one)."""
 
 from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 from mlflow import MlflowClient
 
 from seglab.config import preflight
 from seglab.config.check import ConfigError
-from tests.conftest import TINY, run_cli
+from tests.conftest import CLI_ENV, TINY, inherited_env, run_cli
 
 
 def refused(tmp_path, *args: str) -> str:
@@ -115,3 +125,88 @@ def test_a_store_that_does_not_exist_yet_opened_by_three_processes_at_once_works
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("e").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def plain_web_server(tmp_path):
+    """`python -m http.server` on a free port: it answers HTTP, 404 to MLflow's REST paths."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+def test_a_web_server_that_is_not_mlflow_is_one_line_in_seconds(tmp_path, plain_web_server):
+    started = time.time()
+    line = refused(tmp_path, f"tracking.uri={plain_web_server}")
+    assert time.time() - started < 30
+    assert line.startswith(f"seglab: tracking.uri={plain_web_server} answers HTTP but is not an MLflow tracking server "
+                           "(GET /api/2.0/mlflow/experiments/search?max_results=1 answered HTTP 404"), line
+
+
+def test_a_database_server_that_does_not_answer_is_one_line_in_seconds(tmp_path):
+    """Before, MLflow retried the connection for about two minutes, then raised psycopg's traceback."""
+    port = _free_port()  # nothing listens there
+    started = time.time()
+    line = refused(tmp_path, f"tracking.uri=postgresql://seglab:secret@127.0.0.1:{port}/mlflow")
+    assert time.time() - started < 30
+    assert line.startswith(f"seglab: tracking.uri=postgresql://seglab:***@127.0.0.1:{port}/mlflow: no database server answers "
+                           f"(127.0.0.1:{port}: ConnectionRefusedError"), line
+    assert "secret" not in line
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tmp_path):
+    """Before, MLflow added its tables to it (and the run went there)."""
+    other = tmp_path / "notes.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        db.execute("INSERT INTO notes (text) VALUES ('mine')")
+    before = other.read_bytes()
+    line = refused(tmp_path, f"tracking.uri=sqlite:///{other}")
+    assert line == (f"seglab: tracking.uri=sqlite:///{other}: {other} is another program's SQLite database (tables notes), "
+                    "not an MLflow store; give a new file name (e.g. sqlite:///mlflow.db) or the store seglab wrote."), line
+    assert other.read_bytes() == before
+
+
+def _read_only_mounts_work(directory) -> bool:
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {directory} {directory}"], capture_output=True)
+    return done.returncode == 0
+
+
+def test_evaluate_against_a_read_only_store_is_one_line_before_tensorflow(tmp_path):
+    """A store on a read-only mount (a private mount namespace: root writes through file permissions); the evaluation
+    would be recorded as a run. Before, it failed after loading TensorFlow, with SQLAlchemy's traceback."""
+    store = tmp_path / "store"
+    store.mkdir()
+    if shutil.which("unshare") is None or not _read_only_mounts_work(store):
+        pytest.skip("needs `unshare -m` and bind mounts (root in a Linux mount namespace)")
+    uri = f"sqlite:///{store}/m.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("seglab-shapes")).info.run_id
+    before = (store / "m.db").read_bytes()
+    command = (f"mount --bind -o ro {store} {store} && exec {sys.executable} -m seglab.evaluate model_uri=runs:/{run_id}/model "
+               f"tracking.uri={uri}")
+    started = time.time()
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**inherited_env(), **CLI_ENV})
+    assert time.time() - started < 30
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0] == (f"seglab.evaluate: tracking.uri={uri}: {store}/m.db cannot be written (Read-only file system) and this "
+                        "command records a run in it; make it writable, or give another database file"), lines[0]
+    assert (store / "m.db").read_bytes() == before

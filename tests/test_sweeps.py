@@ -3,6 +3,7 @@ sweep, one child per job, whatever the launcher or sweeper; failures recorded, n
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
-from tests.conftest import CONF_DIR, ROOT, TINY, run_cli
+from tests.conftest import CONF_DIR, ROOT, TINY, run_cli, signal_after
 
 # Smaller than TINY still: sweeps run several trainings, and one epoch says whether the layout is right.
 SWEEP_TINY = (
@@ -143,6 +144,32 @@ def test_a_failed_job_is_one_line_on_the_console_and_its_traceback_is_in_the_job
         log_file = Path(line.split("the traceback is in ")[1].split(")")[0])
         assert log_file.parent == tmp_path / "multirun" / str(num) and "Traceback" in log_file.read_text()
     assert [c.info.status for c in parent_and_children(uri)[2]] == ["FAILED", "FAILED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher,watch", [(("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"), "out.txt"),
+                                            (("hydra/launcher=submitit_local",), "multirun/.submitit/*/*_log.out")],
+                         ids=["joblib", "submitit_local"])
+def test_sigterm_to_a_sweep_ends_its_jobs_and_its_parent_run_killed(tmp_path, empty_store, launcher, watch):
+    """Before, the sweep's process died at once: its workers trained on with no parent and the parent run stayed
+    RUNNING forever.  SIGTERM comes once a job has printed its first epoch (its run is open), of 50."""
+    import psutil
+
+    shutil.copy(empty_store, tmp_path / "m.db")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    code, said = signal_after("epoch  1/50", signal.SIGTERM, "seglab", "--multirun", *launcher, *SWEEP_TINY, "trainer.epochs=50",
+                              "model.base_filters=2,4", ONE_THREAD, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun",
+                              cwd=tmp_path, watch=watch)
+    assert code == 143, said[-3000:]
+    lines = [line for line in said.splitlines() if line.strip()]
+    assert lines[-1].startswith("seglab: sweep stopped (SIGTERM): its jobs are ended and MLflow parent run "), said[-3000:]
+    left = [p for p in psutil.process_iter(["cwd", "status", "cmdline"])
+            if p.info["cwd"] == str(tmp_path) and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert not left, [p.info["cmdline"] for p in left]
+    client, parent, children = parent_and_children(uri)
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["seglab.killed_reason"].startswith("the sweep was stopped (SIGTERM)")
+    assert children and {c.info.status for c in children} == {"KILLED"}, [(c.info.run_name, c.info.status) for c in children]
 
 
 def test_every_job_is_validated_before_the_first_trains_and_a_bad_one_stops_the_sweep_in_one_line(tmp_path, empty_store):

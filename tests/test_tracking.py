@@ -52,19 +52,36 @@ def test_http_limits_hold_for_the_run_only(tmp_path, monkeypatch):
     assert run.failed is None
 
 
-def test_a_server_that_answers_with_an_http_error_is_up_and_a_closed_port_is_not():
-    """401 (basic auth) or 404 (a path prefix) means something answers; only no answer is 'down'."""
+def test_a_server_behind_authentication_is_up_one_that_is_not_mlflow_is_refused_and_a_closed_port_is_down():
+    """401 (basic auth) means an MLflow server may be behind it: up.  A web server that answers MLflow's REST path
+    with something else (here 501 to every GET) is not a tracking server; only no answer is 'down'."""
     import http.server
     import threading
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to GET
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        tracking.check_reachable(f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    class BasicAuth(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    for handler, refused in ((BasicAuth, False), (http.server.BaseHTTPRequestHandler, True)):  # the latter answers 501 to GET
+        server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        uri = f"http://127.0.0.1:{server.server_port}"
+        try:
+            if refused:
+                with pytest.raises(tracking.TrackingError, match=f"tracking.uri={uri} answers HTTP but is not an MLflow tracking "
+                                                                  "server .* answered HTTP 501"):
+                    tracking.check_reachable(uri)
+            else:
+                tracking.check_reachable(uri)
+        finally:
+            server.shutdown()
+            server.server_close()
     with pytest.raises(tracking.TrackingError, match="127.0.0.1:9 is not reachable"):
         tracking.check_reachable("http://127.0.0.1:9")
 

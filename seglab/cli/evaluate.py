@@ -70,7 +70,7 @@ def parse(argv: list[str]) -> Request:
     OmegaConf.to_object(cfg.data)  # the data config's own range checks
     OmegaConf.to_object(cfg.trainer)
     if model_uris[0].startswith(MODEL_URIS_IN_STORE):
-        preflight.check_store(cfg.tracking.uri, must_exist=True)
+        preflight.check_store(cfg.tracking.uri, must_exist=True, writes=True)  # the evaluation is recorded as a run
     return Request(model_uris[0], alias, cfg, options)
 
 

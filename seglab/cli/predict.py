@@ -39,7 +39,7 @@ from seglab.config import preflight
 from seglab.config import tracking as tracking_config
 from seglab.config.inference import InferenceOptions
 from seglab.config.schema import ConfigError
-from seglab.util import images, visualize
+from seglab.util import atomic, images, visualize
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,9 @@ def write(output: Path, relative: Path, image: np.ndarray, labels: np.ndarray) -
     target = output / relative.parent
     target.mkdir(parents=True, exist_ok=True)
     # The full file name, not the stem: a.jpg and a.png in one folder must not overwrite each other.
-    Image.fromarray(labels).save(target / f"{relative.name}_mask.png")
-    Image.fromarray(visualize.overlay(image, labels)).save(target / f"{relative.name}_overlay.png")
+    # Each under a temporary name, renamed when complete: a full disk or a kill leaves no half PNG.
+    atomic.write(target / f"{relative.name}_mask.png", Image.fromarray(labels).save)
+    atomic.write(target / f"{relative.name}_overlay.png", Image.fromarray(visualize.overlay(image, labels)).save)
 
 
 def run(cfg: PredictConfig) -> tuple[int, list[tuple[Path, str]]]:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from seglab.config import tracking, trainer
 from seglab.config.schema import ConfigError
 from seglab.models import facts
+from seglab.util import net
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file (sqlite.org/fileformat.html)
 LOCAL_SCHEMES = ("file:",)
@@ -27,6 +28,12 @@ TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "h
 PLUGIN_STORES = "mlflow.tracking_store"
 # Where MLflow puts a SQLite store's artifacts when the experiment does not say: relative to the working directory.
 DEFAULT_ARTIFACT_ROOT = "mlruns"
+# Database servers MLflow can keep a store in, by scheme, and their default ports: a server that does not answer
+# is named in seconds (MLflow's SQLAlchemy store retries a connection for about two minutes, then raises the driver's error).
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+# Tables every MLflow SQLite store has (alembic's version table and the experiments); an SQLite file with tables
+# but neither is another program's database, which MLflow would add its tables to.
+MLFLOW_TABLES = ("alembic_version", "experiments")
 
 
 def check_paths(cfg: DictConfig, output_dir: str | Path) -> None:
@@ -93,17 +100,20 @@ def _example(key: str) -> str:
     return {"data.cache": "./cache/data", "trainer.checkpoint_dir": "checkpoints", "tracking.uri": "sqlite:///mlflow.db"}.get(key, "./somewhere")
 
 
-def check_store(uri: str, must_exist: bool = False, key: str | None = None, experiment: str | None = None) -> None:
-    """A tracking URI MLflow has no store for, or a local store (an SQLite file and the directory its
-    artifacts go to, a `file:` directory) that cannot work: fail now, naming it.  `must_exist` for
-    tools that only read (predict, evaluate, report): they must not leave an empty `mlflow.db` behind
-    when the user is in the wrong directory.  `experiment`: the one a run will write to, whose
+def check_store(uri: str, must_exist: bool = False, key: str | None = None, experiment: str | None = None,
+                writes: bool | None = None) -> None:
+    """A tracking URI MLflow has no store for, or a store that cannot work (an SQLite file and the directory its
+    artifacts go to, a `file:` directory, a database server that does not answer): fail now, naming it.  `must_exist`
+    for tools that read a store (predict, evaluate, report): they must not leave an empty `mlflow.db` behind
+    when the user is in the wrong directory.  `writes`: the command writes to the store (default: unless
+    `must_exist`; evaluate records a run).  `experiment`: the one a run will write to, whose
     artifact directory (or MLflow's default ./mlruns) must be writable.  `key`: what the user set (default
     tracking.uri, or MLFLOW_TRACKING_URI when the URI is that variable's)."""
     key = key or tracking.uri_key(uri)
     _check_scheme(uri, key)
+    _check_database_server(uri, key)
     if uri.startswith("sqlite:"):
-        _check_sqlite(uri, must_exist, key)
+        _check_sqlite(uri, must_exist, key, not must_exist if writes is None else writes)
         if not must_exist:
             _check_artifact_root(uri, key, experiment)
     elif uri.startswith(LOCAL_SCHEMES) or "://" not in uri:
@@ -121,6 +131,23 @@ def _check_scheme(uri: str, key: str) -> None:
     if scheme not in (*TRACKING_SCHEMES, *plugins):
         raise ConfigError(f"{key}={uri}: MLflow has no tracking store for the scheme {scheme!r}; use sqlite:///mlflow.db, "
                           f"http(s)://host:port, a directory, or another of {', '.join(TRACKING_SCHEMES)}.")
+
+
+def _check_database_server(uri: str, key: str) -> None:
+    """A PostgreSQL, MySQL or SQL Server store whose server does not accept a connection (a local socket is left to the driver)."""
+    parsed = urlparse(uri)
+    port = DATABASE_PORTS.get(parsed.scheme.split("+", 1)[0].lower())
+    if port is None or not parsed.hostname:
+        return
+    why = net.tcp_unreachable(parsed.hostname, parsed.port or port, net.REACHABILITY_TIMEOUT_S)
+    if why:
+        raise ConfigError(f"{key}={_without_password(uri)}: no database server answers ({why}); start it, fix the host "
+                          "and port, or log locally with tracking.uri=sqlite:///mlflow.db.")
+
+
+def _without_password(uri: str) -> str:
+    parsed = urlparse(uri)
+    return uri.replace(f":{parsed.password}@", ":***@") if parsed.password else uri
 
 
 def _check_artifact_root(uri: str, key: str, experiment: str | None) -> None:
@@ -161,7 +188,7 @@ def _can_write(directory: Path) -> bool:
     return True
 
 
-def _check_sqlite(uri: str, must_exist: bool, key: str) -> None:
+def _check_sqlite(uri: str, must_exist: bool, key: str, writes: bool) -> None:
     if uri in ("sqlite://", "sqlite:///:memory:"):
         return
     if not uri.startswith("sqlite:///"):
@@ -176,9 +203,9 @@ def _check_sqlite(uri: str, must_exist: bool, key: str) -> None:
             raise ConfigError(
                 f"{key}={uri}: {path} is not an SQLite database; point it at the mlflow.db seglab writes, or at a new file name."
             )
-        if not must_exist and not os.access(path, os.W_OK):
-            raise ConfigError(f"{key}={uri}: {path.resolve()} cannot be written (no permission); make it writable, or "
-                              "give another database file")
+        _check_mlflow_tables(uri, path, key)
+        if writes:
+            _check_writable_database(uri, path, key)
         return
     if must_exist:
         raise ConfigError(
@@ -189,6 +216,34 @@ def _check_sqlite(uri: str, must_exist: bool, key: str) -> None:
     if not parent.is_dir():
         raise ConfigError(f"{key}={uri}: the directory {parent} does not exist; create it or choose another path.")
     writable_dir(parent, key, uri)
+
+
+def _check_mlflow_tables(uri: str, path: Path, key: str) -> None:
+    """Another program's SQLite database (tables, none of them MLflow's): refused, where MLflow would add its tables to it."""
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
+            tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.Error:
+        return  # locked or unreadable: MLflow says why
+    if tables and not set(MLFLOW_TABLES) & set(tables):
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ConfigError(f"{key}={uri}: {path} is another program's SQLite database (tables {shown}), not an MLflow store; "
+                          "give a new file name (e.g. sqlite:///mlflow.db) or the store seglab wrote.")
+
+
+def _check_writable_database(uri: str, path: Path, key: str) -> None:
+    """The database file and its directory (SQLite's journal goes there) must be writable: a read-only mount, a file of
+    another user."""
+    try:
+        with open(path, "r+b"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{key}={uri}: {path.resolve()} cannot be written ({err.strerror}) and this command records a "
+                          "run in it; make it writable, or give another database file") from None
+    directory = path.parent if str(path.parent) else Path(".")
+    if not _can_write(directory):
+        raise ConfigError(f"{key}={uri}: the directory {directory.resolve()} of the database cannot be written (SQLite "
+                          "writes its journal there) and this command records a run; make it writable, or give another database file")
 
 
 def check_output_outside_input(input_path: str, output_path: str) -> None:

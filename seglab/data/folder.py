@@ -24,7 +24,6 @@ palette masks and TIFF.
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import logging

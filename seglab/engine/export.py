@@ -9,6 +9,10 @@ model's logits on a sample input.
 
 Every file takes what the Keras model takes, (N, H, W, 3) float32 RGB in [0, 1] (H, W: data.image_size),
 and answers (N, H, W, classes) float32 logits.
+
+The file (or directory) is written and checked under a temporary name beside the target and renamed
+when complete (seglab/util/atomic.py): a full disk, Ctrl-C or kill -9 leaves the previous export or
+none, never half of one.
 """
 
 # Lazy imports: onnxruntime and ai_edge_litert (the optional `export` extra) only for their format.
@@ -25,12 +29,18 @@ import numpy as np
 import tensorflow as tf
 
 from seglab import console
+from seglab.errors import UserError
+from seglab.util import atomic
 
 log = logging.getLogger(__name__)
 
 # format -> (Keras' format name, what `output` receives)
 FORMATS = {"onnx": ("onnx", "model.onnx"), "litert": ("litert", "model.tflite"), "saved_model": ("tf_saved_model", "saved_model")}
 SAMPLE_SEED = 0
+
+
+class ExportError(UserError):
+    """The export could not be written (disk full, past `ulimit -f`, read-only); the previous one is as it was."""
 
 
 @dataclass(frozen=True)
@@ -52,27 +62,43 @@ class InferenceCall(keras.Model):
         return self.inner(x, training=False)
 
 
-def sample_input(model: keras.Model) -> np.ndarray:
-    """One image the model takes, uniform in [0, 1], the same on every call."""
-    return np.random.default_rng(SAMPLE_SEED).uniform(size=(1, *model.input_shape[1:])).astype(np.float32)
+def sample_input(model: keras.Model, batch_size: int = 1) -> np.ndarray:
+    """A batch of images the model takes, uniform in [0, 1], the same on every call."""
+    return np.random.default_rng(SAMPLE_SEED).uniform(size=(batch_size, *model.input_shape[1:])).astype(np.float32)
 
 
 def export(model: keras.Model, fmt: str, output: Path, batch_size: int | None = None) -> Exported:
     """Write `model` as `fmt` under `output` and compare the file's logits with the model's.
-    `batch_size`: the batch the file takes, or None for any."""
+    `batch_size`: the batch the file takes, or None for any (then checked on a batch of one)."""
     keras_format, name = FORMATS[fmt]
     path = output / name
-    x = sample_input(model)
+    x = sample_input(model, batch_size or 1)  # a file made for batches of N takes nothing else
     # A tensor, not the array: a model loaded from a .keras file warns of an input structure mismatch for an array.
     expected = np.asarray(model(tf.constant(x), training=False), np.float32)
-    output.mkdir(parents=True, exist_ok=True)
     wrapped = InferenceCall(model)
     wrapped(tf.constant(x))  # built and called: what the exporters ask of a model
     signature = [tf.TensorSpec((batch_size, *model.input_shape[1:]), tf.float32, name="image")]
-    with console.native_quiet():  # the converters' and runtimes' C++ log lines
-        wrapped.export(str(path), format=keras_format, verbose=False, input_signature=signature)
-        got = RUNNERS[fmt](path, x)
-    return Exported(path, float(np.max(np.abs(got - expected))))
+    differences = []
+
+    def write_and_check(tmp: str) -> None:
+        try:
+            with console.native_quiet():  # the converters' C++ log lines
+                wrapped.export(tmp, format=keras_format, verbose=False, input_signature=signature)
+        except tf.errors.OpError as err:  # TensorFlow's own writers (SavedModel) say "<file>; <reason>", not OSError
+            if tmp not in err.message:
+                raise
+            raise OSError(None, err.message.rsplit("; ", 1)[-1]) from err
+        with console.native_quiet():  # the runtimes' C++ log lines
+            differences.append(float(np.max(np.abs(RUNNERS[fmt](Path(tmp), x) - expected))))
+
+    try:
+        (atomic.write_dir if fmt == "saved_model" else atomic.write)(path, write_and_check)
+    except OSError as err:
+        kept = f"the previous {path.name} is as it was" if path.exists() else f"no {path.name} was written"
+        raise ExportError(f"cannot write {path} ({err.strerror or err}: disk full, past the file size limit (ulimit -f) or "
+                          f"read-only?); {kept}. Free space there or give output= a directory with room.") from err
+    atomic.remove(atomic.leftovers(output, name))  # of an export killed before its rename
+    return Exported(path, differences[0])
 
 
 def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:

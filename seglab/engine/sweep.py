@@ -13,6 +13,12 @@ grid Hydra will launch): one bad job stops the sweep in one line, exit 2, before
 `run_job` is the task function of a sweep job: a failing job (training failed; a job an optuna
 search chose that does not validate) is recorded as a FAILED child run with its error and returns no
 objective, so the other jobs go on; the sweep then exits non-zero, naming the failed jobs.
+
+A stopped sweep stops its jobs: SIGTERM or Ctrl-C to the sweep's process (joblib, submitit_local or
+the basic launcher) ends the processes it started (joblib kills its workers when its wait is cut
+short; `end_jobs` sends the rest SIGTERM, so a job ends its run KILLED itself, then SIGKILL after
+`STOP_GRACE_S`), ends the children still RUNNING and then the parent KILLED, with the reason, and
+exits 143 or 130; the same command continues the sweep.
 """
 
 # Lazy imports: MLflow loads only when a sweep starts, submitit only for a SLURM sweep: this Hydra callback is loaded by every `python -m seglab`.
@@ -20,14 +26,17 @@ objective, so the other jobs go on; the sweep then exits non-zero, naming the fa
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import json
 import logging
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -52,6 +61,8 @@ ABANDONED_ERROR = "the sweep stopped before it ended"
 ORPHAN_ERROR = "the job's process ended without closing its run (killed? out of memory?); re-run the sweep to continue it"
 RUN_NAME_MAX_CHARS = 200  # long grids make long names; the full definition is in the parent's sweep.yaml
 JOB_ERROR_CHARS = 300  # of each failed job's error in the sweep's last line; the whole error is the child run's tag
+STOPPED_ERROR = "the sweep was stopped ({how}); re-run the same command to continue it"
+STOP_GRACE_S = 10  # a stopped sweep's jobs get this long after SIGTERM to end their runs KILLED, then SIGKILL
 
 
 def run_job(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float | None:
@@ -232,6 +243,7 @@ class MlflowSweep(Callback):
     def __init__(self) -> None:
         self.uri: str | None = None
         self.parent_run_id: str | None = None
+        self.stopped_by: str | None = None  # "SIGTERM" or "Ctrl-C", once one stopped the sweep
 
     # Hydra turns an Exception raised by a callback into a warning and goes on with exit code 0;
     # SystemExit is not an Exception, so a sweep that cannot be tracked, or any of whose jobs failed,
@@ -296,6 +308,7 @@ class MlflowSweep(Callback):
         # Hydra calls on_multirun_end only when the sweeper returns; a sweep that raises (or Ctrl-C)
         # must not leave the parent RUNNING.
         atexit.register(self._end_abandoned)
+        self._stop_on_signals()
         sweep_runs.log_to_run(self.uri, self.parent_run_id, params={f"sweep.{k}": v for k, v in definition["swept"].items()})
         log.info("sweep: MLflow parent run %s in experiment %r, tracking.uri=%s", self.parent_run_id, config.tracking.experiment, self.uri)
 
@@ -353,15 +366,51 @@ class MlflowSweep(Callback):
         )
         return failed_jobs_message(rows, {c.run_id: c.tags.get(keys.ERROR, "") for c in children}, parent)
 
+    def _stop_on_signals(self) -> None:
+        """SIGTERM (and Ctrl-C, where it is not ignored: nohup, `&`) raise `errors.Interrupted` here, where Python's
+        default would end this process at once and leave the jobs running and the parent RUNNING; the launcher's
+        wait is cut short (joblib then ends its workers) and `_end_abandoned` ends the rest at exit."""
+        signal.signal(signal.SIGTERM, self._stop)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._stop)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        terminated = signum == signal.SIGTERM
+        self.stopped_by = "SIGTERM" if terminated else "Ctrl-C"
+        raise errors.Interrupted(
+            f"sweep stopped ({self.stopped_by}): its jobs are ended and MLflow parent run {self.parent_run_id} is KILLED; "
+            "run the same command again to continue it", errors.EXIT_TERMINATED if terminated else errors.EXIT_INTERRUPTED)
+
     def _end_abandoned(self) -> None:
+        from seglab.tracking import resumable
         from seglab.tracking import sweeps as sweep_runs
 
         if self.parent_run_id is None:
             return
+        end_jobs()
+        stopped_by = self.stopped_by or errors.interrupted_by
         # The one line seglab printed, when it printed one (e.g. SLURM refused the jobs), is the reason.
         reason = f"{ABANDONED_ERROR}: {errors.reported}" if errors.reported else f"{ABANDONED_ERROR} (see Hydra's log)"
         try:
+            if stopped_by:
+                sweep_runs.kill_running_children(self.uri, self.parent_run_id, STOPPED_ERROR.format(how=stopped_by))
+                resumable.end_killed(self.uri, self.parent_run_id, STOPPED_ERROR.format(how=stopped_by))
+                return
             sweep_runs.kill_running_children(self.uri, self.parent_run_id, ORPHAN_ERROR)
             sweep_runs.end_run(self.uri, self.parent_run_id, failed=True, error=reason)
         except Exception as err:  # at interpreter exit there is nobody left to raise to
             log.warning("could not end the sweep's MLflow run %s: %s", self.parent_run_id, err)
+
+
+def end_jobs() -> None:
+    """End every process this one started and their own (joblib's workers, submitit_local's jobs): SIGTERM, so a job
+    ends its run KILLED, then SIGKILL to those still there after STOP_GRACE_S."""
+    jobs = psutil.Process().children(recursive=True)
+    for job in jobs:
+        with contextlib.suppress(psutil.Error):
+            job.terminate()
+    _, alive = psutil.wait_procs(jobs, timeout=STOP_GRACE_S)
+    for job in alive:
+        with contextlib.suppress(psutil.Error):
+            job.kill()
+    psutil.wait_procs(alive, timeout=STOP_GRACE_S)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import urllib.error
 import urllib.request
@@ -47,12 +48,43 @@ def check_reachable(uri: str) -> None:
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=net.REACHABILITY_TIMEOUT_S)
     except urllib.error.HTTPError:
-        return  # it answered (e.g. 401 behind basic auth, 404 behind a path prefix): it is up
+        pass  # it answered (e.g. 401 behind basic auth, 404 behind a path prefix): it is up
     except (urllib.error.URLError, OSError) as err:
         raise TrackingError(
             f"MLflow tracking server tracking.uri={uri} is not reachable ({err}). Start it (e.g. "
             "`docker compose up -d mlflow`), fix the URI, or log locally with tracking.uri=sqlite:///mlflow.db."
         ) from err
+    _check_speaks_mlflow(uri)
+
+
+# An MLflow REST call every tracking server answers with JSON: its experiments, or an MLflow error (`error_code`).
+MLFLOW_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+AUTH_REFUSED = (401, 403)  # a server behind authentication: its MLflow API is not visible, and it is up
+MAX_PROBE_BYTES = 65536  # of the probe's answer: one experiment's JSON, or the start of another server's page
+
+
+def _check_speaks_mlflow(uri: str) -> None:
+    """A server that answers but not as MLflow does (another web server on that port, a wrong path): one line
+    now, not MLflow's traceback on its first call."""
+    url = f"{uri.rstrip('/')}{MLFLOW_PROBE}"
+    try:
+        with urllib.request.urlopen(url, timeout=net.REACHABILITY_TIMEOUT_S) as answer:
+            status, body = answer.status, answer.read(MAX_PROBE_BYTES)
+    except urllib.error.HTTPError as err:
+        status, body = err.code, err.read(MAX_PROBE_BYTES)
+    except (urllib.error.URLError, OSError):
+        return  # /health answered: a slow or flaky API is the run's concern (MLflow retries)
+    try:
+        speaks = isinstance(json.loads(body), dict)
+    except ValueError:
+        speaks = False
+    if not speaks and status not in AUTH_REFUSED:
+        raise TrackingError(
+            f"tracking.uri={uri} answers HTTP but is not an MLflow tracking server (GET {MLFLOW_PROBE} answered HTTP "
+            f"{status}, not MLflow's JSON); give the address `mlflow server` listens on (with its path prefix, if any), "
+            "or log locally with tracking.uri=sqlite:///mlflow.db."
+        )
+
 
 
 class WriteFailed(TrackingError):

@@ -26,7 +26,11 @@ def download_endpoint(url: str) -> tuple[str, int]:
 def unreachable(url: str, timeout: float) -> str | None:
     """None if a TCP connection towards `url` (through its proxy, if any) opens within `timeout`
     seconds, else why not.  Runs in a daemon thread because name resolution ignores socket timeouts."""
-    host, port = download_endpoint(url)
+    return tcp_unreachable(*download_endpoint(url), timeout)
+
+
+def tcp_unreachable(host: str, port: int, timeout: float) -> str | None:
+    """None if a TCP connection to `host`:`port` opens within `timeout` seconds, else why not (as `unreachable`)."""
     outcome: list[str | None] = []
 
     def connect() -> None:
