@@ -75,13 +75,15 @@ def test_a_checkpoint_of_another_architecture_is_refused_before_anything_changes
 
 def test_a_resumed_run_records_changed_params_as_a_tag_and_never_logs_a_step_twice(tmp_path):
     from seglab import tracking
+    from seglab.engine.owner import RunOwner
+    from seglab.tracking import resumable
 
     uri = f"sqlite:///{tmp_path}/m.db"
-    with tracking.Run(uri, "e", "r", {}) as first:
+    with RunOwner(tracking.Run(uri, "e", "r", {})) as first:
         first.log_params({"trainer.epochs": 2, "model.depth": 2})
         first.log_epoch({"val_loss": 1.0}, 0)
         first.log_epoch({"val_loss": 0.9}, 1)
-    with tracking.Run(uri, "e", "r", {}, resume_run_id=first.run_id) as again:
+    with RunOwner(tracking.Run(uri, "e", "r", {}), continues=resumable.get_run(uri, first.run_id)) as again:
         again.log_params({"trainer.epochs": 4, "model.depth": 2, "trainer.resume": first.run_id})
         again.log_epoch({"val_loss": 0.5, "val_mean_iou": 0.3}, 1)  # a redone epoch
         again.log_epoch({"val_loss": 0.8}, 2)
@@ -92,6 +94,7 @@ def test_a_resumed_run_records_changed_params_as_a_tag_and_never_logs_a_step_twi
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_loss")] == [(0, 1.0), (1, 0.9), (2, 0.8)]
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_mean_iou")] == [(1, 0.3)]
     assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+    assert run.data.params["seglab.claim.1"].split(":")[1] == str(os.getpid())  # the owner claimed the run it reopened
 
 
 UPLOADER = textwrap.dedent("""
@@ -296,6 +299,7 @@ def test_a_signal_during_an_mlflow_write_comes_when_the_write_ends(tmp_path, sig
     import mlflow
 
     from seglab import errors, tracking
+    from seglab.engine.owner import RunOwner
 
     uri = f"sqlite:///{tmp_path}/m.db"
 
@@ -307,7 +311,7 @@ def test_a_signal_during_an_mlflow_write_comes_when_the_write_ends(tmp_path, sig
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a worker may ignore Ctrl-C)
     try:
         with pytest.raises(errors.Interrupted, match=re.escape(how)):
-            with tracking.Run(uri, "e", "r", {}) as run:
+            with RunOwner(tracking.Run(uri, "e", "r", {})) as run:
                 run._log("a write", write_signalled_halfway)
                 pytest.fail("the signal's exception did not come when the write ended")
     finally:
@@ -380,6 +384,7 @@ FILLS_THE_DISK = textwrap.dedent("""
     import resource, signal, sys
     from pathlib import Path
     from seglab import errors, tracking
+    from seglab.engine.owner import RunOwner
     uri, work = sys.argv[1], Path(sys.argv[2])
     big = work / "last.state.npz"
     big.write_bytes(b"x" * 12_000_000)
@@ -387,7 +392,7 @@ FILLS_THE_DISK = textwrap.dedent("""
     resource.setrlimit(resource.RLIMIT_FSIZE, (6_000_000, 6_000_000))
 
     def train():
-        with tracking.Run(uri, "e", "r", {}) as run:
+        with RunOwner(tracking.Run(uri, "e", "r", {})) as run:
             print(run.run_id, flush=True)
             run.log_text("small", "notes.txt")
             run.log_checkpoint([big], 1)
