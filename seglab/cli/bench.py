@@ -323,9 +323,11 @@ def table(report: dict) -> str:
 
 
 def bench_run(uri: str, run_tags: dict[str, str], timeout_s: float):
-    """A run in `seglab-bench`, owned as a training's is (seglab.engine.owner: never left RUNNING, KILLED on Ctrl-C)."""
+    """A run in `seglab-bench`, owned as a training's is (seglab.engine.owner: never left RUNNING, KILLED on Ctrl-C),
+    once the RUNNING runs of that experiment whose process is gone (a bench killed with -9) are ended KILLED."""
     from seglab.engine import claim, owner  # MLflow loads when a bench logs, not for --help or a mistake
 
+    claim.end_dead(uri, BENCH_EXPERIMENT, timeout_s, "seglab.bench")
     return owner.RunOwner(tracking.Run(uri, BENCH_EXPERIMENT, "bench", {**run_tags, **claim.owner_tags()}))
 
 

@@ -10,6 +10,10 @@ and the owner does the rest (docs/resume.md):
   first (seglab.engine.claim.take: a live holder, or a process that claimed it first, is refused in one
   line), then reopened with what a resume needs (the steps the run already has, its checkpoint upload,
   the error of the attempt it continues);
+- **the claim, again, every epoch**: before an epoch's metrics are written the holder reads the run's
+  newest claim (one read); taken over by another process (which found it dead: on another host, a
+  heartbeat older than trainer.heartbeat_timeout_min), it stops with one line and writes nothing more
+  to the run, not even its end (`ClaimLost`);
 - **the end, on every exit**: FINISHED; KILLED for Ctrl-C and SIGTERM (one line, exit 130 or 143: how to
   go on), for a SystemExit (submitit requeueing a pre-empted job) and for an interruption from outside
   (`ends_killed`: a lost worker of a cluster); FAILED with the error as the `error` tag otherwise.  A resume
@@ -23,19 +27,25 @@ and the owner does the rest (docs/resume.md):
 from __future__ import annotations
 
 import logging
-from typing import Self
+from typing import Mapping, Self
 
 from seglab.engine import claim
 from seglab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
 from seglab.tracking import resumable
 from seglab.tracking import tags as keys
 from seglab.tracking.run import Run
-from seglab.tracking.store import STORE_ERRORS, first_line
+from seglab.tracking.store import STORE_ERRORS, TrackingError, first_line
 from seglab.util import signals
 
 log = logging.getLogger(__name__)
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+
+
+class ClaimLost(claim.RunTaken):
+    """Another process claimed the run while this one wrote to it: this one stops and leaves the run to it."""
+
+    leaves_run = True  # RunOwner: nothing more is written to the run, not its status either
 
 
 class RunOwner:
@@ -80,8 +90,35 @@ class RunOwner:
         run.checkpoint_dir = before.tags.get(keys.CHECKPOINT)
         self._previous_error = before.tags.get(keys.ERROR)
 
+    def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
+        """An epoch's metrics, once the run is still this process's (`still_mine`): the first write of an epoch's end."""
+        self.still_mine()
+        self.run.log_epoch(metrics, epoch)
+
+    def still_mine(self) -> None:
+        """Raise ClaimLost when another process claimed the run since this one took it (one read of its params).
+        Without a store (it stopped answering) there is nothing to write beside, and nothing to check."""
+        if self.run.failed is not None:
+            return
+        try:
+            params = resumable.get_run(self.run.uri, self.run.run_id).params
+        except (TrackingError, *STORE_ERRORS) as err:
+            log.warning("could not read the claims of MLflow run %s (%s); checked again after the next epoch",
+                        self.run.run_id, first_line(err))
+            return
+        newest = claim.latest(params)
+        if newest is None or (self.claim is not None and newest.value == self.claim.value):
+            return
+        mine = f"claim {self.claim.generation}" if self.claim else "it created the run"
+        raise ClaimLost(f"run {self.run.run_id} was claimed by pid {newest.pid} on host {newest.host} (claim {newest.generation}) "
+                        f"while this process ({mine}) trained it, taken for dead (no heartbeat for "
+                        "trainer.heartbeat_timeout_min?); this process stops and writes nothing more to it")
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._restore_signals()
+        if getattr(exc, "leaves_run", False):
+            self.run.let_go()
+            return False
         if self._before is not None and getattr(exc, "resume_refused", False):
             self._put_back()
             return False

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Self
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from mlflow.tracking import fluent
 
 from seglab.tracking import experiments, resumable
 from seglab.tracking import tags as keys
@@ -117,6 +118,14 @@ class Run:
                             first_line(err))
         finally:
             self._restore_env()
+
+    def let_go(self) -> None:
+        """Stop being the active run without writing anything to it (another process writes to it now)."""
+        while mlflow.active_run() is not None and mlflow.active_run().info.run_id == self.run_id:
+            # MLflow's end_run always writes a status; its stack of active runs is the only way to leave without one.
+            fluent._active_run_stack.get().pop()
+            fluent.MLFLOW_RUN_ID.unset()
+        self._restore_env()
 
     def _restore_env(self) -> None:
         for name, value in self._previous_env.items():
