@@ -27,7 +27,8 @@ and the owner does the rest (docs/resume.md):
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Self
+from collections.abc import Mapping
+from typing import Self
 
 from seglab.engine import claim
 from seglab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
