@@ -76,7 +76,7 @@ def test_a_sigterm_whose_exception_python_swallowed_still_stops_training_at_the_
     import signal
 
     from seglab.engine import callbacks
-    from seglab.tracking import run as tracked
+    from seglab.util import signals as tracked
 
     class Dying:
         def __del__(self):
@@ -86,7 +86,7 @@ def test_a_sigterm_whose_exception_python_swallowed_still_stops_training_at_the_
     try:
         tracked._TERMINATED.clear()
         Dying()
-        with pytest.raises(tracked._Terminated):
+        with pytest.raises(tracked.Terminated):
             callbacks.StopOnSigterm().on_train_batch_end(0)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -113,13 +113,15 @@ def test_a_resume_turning_ema_on_is_refused_from_the_params_naming_it(compose_cf
 
 def test_a_resumed_run_records_changed_params_as_a_tag_and_never_logs_a_step_twice(tmp_path):
     from seglab import tracking
+    from seglab.engine.owner import RunOwner
+    from seglab.tracking import resumable
 
     uri = f"sqlite:///{tmp_path}/m.db"
-    with tracking.Run(uri, "e", "r", {}) as first:
+    with RunOwner(tracking.Run(uri, "e", "r", {})) as first:
         first.log_params({"trainer.epochs": 2, "model.depth": 2})
         first.log_epoch({"val_loss": 1.0}, 0)
         first.log_epoch({"val_loss": 0.9}, 1)
-    with tracking.Run(uri, "e", "r", {}, resume_run_id=first.run_id) as again:
+    with RunOwner(tracking.Run(uri, "e", "r", {}), continues=resumable.get_run(uri, first.run_id)) as again:
         again.log_params({"trainer.epochs": 4, "model.depth": 2, "trainer.resume": first.run_id})
         again.log_epoch({"val_loss": 0.5, "val_mean_iou": 0.3}, 1)  # a redone epoch
         again.log_epoch({"val_loss": 0.8}, 2)
@@ -130,6 +132,7 @@ def test_a_resumed_run_records_changed_params_as_a_tag_and_never_logs_a_step_twi
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_loss")] == [(0, 1.0), (1, 0.9), (2, 0.8)]
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "val_mean_iou")] == [(1, 0.3)]
     assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+    assert run.data.params["seglab.claim.1"].split(":")[1] == str(os.getpid())  # the owner claimed the run it reopened
 
 
 UPLOADER = textwrap.dedent("""
@@ -335,6 +338,7 @@ def test_a_signal_during_an_mlflow_write_comes_when_the_write_ends(tmp_path, sig
     import mlflow
 
     from seglab import errors, tracking
+    from seglab.engine.owner import RunOwner
 
     uri = f"sqlite:///{tmp_path}/m.db"
 
@@ -346,7 +350,7 @@ def test_a_signal_during_an_mlflow_write_comes_when_the_write_ends(tmp_path, sig
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a worker may ignore Ctrl-C)
     try:
         with pytest.raises(errors.Interrupted, match=re.escape(how)):
-            with tracking.Run(uri, "e", "r", {}) as run:
+            with RunOwner(tracking.Run(uri, "e", "r", {})) as run:
                 run._log("a write", write_signalled_halfway)
                 pytest.fail("the signal's exception did not come when the write ended")
     finally:
@@ -419,6 +423,7 @@ FILLS_THE_DISK = textwrap.dedent("""
     import resource, signal, sys
     from pathlib import Path
     from seglab import errors, tracking
+    from seglab.engine.owner import RunOwner
     uri, work = sys.argv[1], Path(sys.argv[2])
     big = work / "last.state.npz"
     big.write_bytes(b"x" * 12_000_000)
@@ -426,7 +431,7 @@ FILLS_THE_DISK = textwrap.dedent("""
     resource.setrlimit(resource.RLIMIT_FSIZE, (6_000_000, 6_000_000))
 
     def train():
-        with tracking.Run(uri, "e", "r", {}) as run:
+        with RunOwner(tracking.Run(uri, "e", "r", {})) as run:
             print(run.run_id, flush=True)
             run.log_text("small", "notes.txt")
             run.log_checkpoint([big], 1)
@@ -481,3 +486,92 @@ def test_an_evaluation_killed_with_sigkill_is_ended_killed_by_the_next_evaluatio
     reason = again.data.tags["seglab.killed_reason"]
     assert f"pid {killed.data.tags['seglab.pid']}" in reason and "is gone; found by seglab.evaluate" in reason, reason
     assert sorted(r.info.status for r in client.search_runs([experiment], where)) == ["FINISHED", "KILLED"]
+
+
+TAKEN_OVER = textwrap.dedent("""
+    import sys
+    from mlflow import MlflowClient
+    from seglab import errors, tracking
+    from seglab.engine import claim
+    from seglab.engine.owner import RunOwner
+    from seglab.tracking import tags
+    uri = sys.argv[1]
+
+    def train():
+        with RunOwner(tracking.Run(uri, "e", "r", {**claim.owner_tags(), tags.RUN_KEY: "k"})) as run:
+            print(run.run_id, flush=True)
+            run.log_epoch({"loss": 1.0}, 0)
+            # Another host took the run for dead (its heartbeat looked too old) and claimed it, as claim.take logs it:
+            other = claim.Claim(1, "gpu7", "4242", "-", 1.0, "t")
+            MlflowClient(uri).log_param(run.run_id, tags.claim(1), other.value)
+            run.log_epoch({"loss": 0.5}, 1)
+            run.log_text("not written", "late.txt")
+
+    errors.main(train, prog="seglab")
+""")
+
+
+def test_a_holder_whose_claim_was_taken_over_stops_at_the_next_epoch_and_writes_nothing_more(tmp_path):
+    """The holder reads the run's newest claim before each epoch's metrics (seglab.engine.owner): once another
+    process claimed the run, it exits 2 with one line naming that process and leaves the run to it: no
+    metric of that epoch, no artifact, no error tag, and not its status (still RUNNING, the new holder's)."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    done = subprocess.run([sys.executable, "-c", TAKEN_OVER, uri], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "INFO mlflow" not in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert re.match(r"^seglab: run \w+ was claimed by pid 4242 on host gpu7 \(claim 1\) while this process \(it created "
+                    r"the run\) trained it, .*; this process stops and writes nothing more to it$", lines[-1]), lines
+    client = MlflowClient(uri)
+    run = client.get_run(done.stdout.strip())
+    assert run.info.status == "RUNNING" and run.info.end_time is None and "error" not in run.data.tags
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(0, 1.0)]
+    assert client.list_artifacts(run.info.run_id) == []
+
+
+def dead_pid() -> str:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def test_report_ends_killed_the_runs_of_its_sweep_whose_process_is_gone(tmp_path):
+    """`seglab.report` touches a sweep's runs: those RUNNING with their process gone (a sweep killed with -9) are
+    ended KILLED naming why, the parent included; a run whose process lives is left RUNNING."""
+    from seglab.tracking import sweeps, tags
+    from tests.conftest import run_module
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    dead = {**claim.owner_tags(), tags.PID: dead_pid()}
+    alive = {**claim.owner_tags(), tags.PID: str(os.getppid()), tags.PID_START: claim.process_start(os.getppid())}
+    parent = sweeps.start_parent_run(uri, "e", "a-sweep", {tags.SWEEP: tags.SWEEP_PARENT, **dead}, {})
+    experiment = client.get_experiment_by_name("e").experiment_id
+    jobs = {which: client.create_run(experiment, run_name=which, tags={**owner, tags.PARENT_RUN: parent,
+                                                                      tags.HYDRA_JOB_NUM: str(job)}).info.run_id
+            for job, (which, owner) in enumerate([("dead", dead), ("alive", alive)])}
+    done = run_module("seglab.report", "a-sweep", "--tracking-uri", uri, "--no-log", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run_id in (parent, jobs["dead"]):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED", run_id
+        assert run.data.tags["seglab.killed_reason"] == f"its process (pid {dead[tags.PID]} on host {socket.gethostname()}) is gone; found by seglab.report"
+    assert client.get_run(jobs["alive"]).info.status == "RUNNING"
+    assert "KILLED" in done.stdout and "RUNNING" in done.stdout, done.stdout  # the table shows them as they are now
+
+
+def test_bench_ends_killed_a_bench_run_whose_process_is_gone_before_it_logs(tmp_path):
+    """`seglab.bench` logs its report to `seglab-bench` through the run's owner: a bench run left RUNNING by a
+    bench killed with -9 is ended KILLED first, and the new run carries its owner and ends FINISHED."""
+    from seglab.cli import bench
+    from seglab.tracking import tags
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    killed = client.create_run(client.create_experiment(bench.BENCH_EXPERIMENT),
+                               tags={**claim.owner_tags(), tags.PID: dead_pid()}).info.run_id
+    report = {"overrides": [], "options": {"steps": 2}, "results": [], "startup": {}}
+    logged = bench.log_to_mlflow(report, uri, timeout_s=60)
+    before = client.get_run(killed)
+    assert before.info.status == "KILLED" and before.data.tags["seglab.killed_reason"].endswith("is gone; found by seglab.bench")
+    after = client.get_run(logged)
+    assert after.info.status == "FINISHED" and after.data.tags[tags.PID] == str(os.getpid())

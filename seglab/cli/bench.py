@@ -47,6 +47,8 @@ from seglab.config.trainer import PRECISIONS
 from seglab.data import batches_of
 from seglab.tracking import tags
 
+BENCH_EXPERIMENT = "seglab-bench"  # the experiment every bench logs to
+
 
 @dataclass
 class BenchOptions:
@@ -184,7 +186,7 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
     """One fit of `warmup + steps` batches in one epoch; throughput, peak RSS and logging seconds."""
     import keras
 
-    from seglab.engine import callbacks, runtime, train
+    from seglab.engine import callbacks, owner, runtime, train
 
     runtime.setup(cfg.seed, cfg.deterministic, cfg.trainer.precision)
     total = options.warmup + options.steps
@@ -196,7 +198,8 @@ def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: s
     start = time.perf_counter()
     if seglab_side:
         train.compile_model(cfg, model, instantiate(cfg.loss, num_classes=cfg.data.num_classes), steps_per_epoch=total)
-        with tracking.Run(store, "seglab-bench", "bench", {}) if store else tracking.NoOpRun() as run, \
+        # A temporary store, new for this bench: no run of a dead process to end in it.
+        with owner.RunOwner(tracking.Run(store, BENCH_EXPERIMENT, "bench", {})) if store else tracking.NoOpRun() as run, \
                 tempfile.TemporaryDirectory() as directory:
             logged = [_Timed(callbacks.MetricsLogger(run, total * cfg.trainer.batch_size)),
                       _Timed(callbacks.Checkpointer(directory, monitor="loss"))]
@@ -321,9 +324,18 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def log_to_mlflow(report: dict, uri: str) -> str:
+def bench_run(uri: str, run_tags: dict[str, str], timeout_s: float):
+    """A run in `seglab-bench`, owned as a training's is (seglab.engine.owner: never left RUNNING, KILLED on Ctrl-C),
+    once the RUNNING runs of that experiment whose process is gone (a bench killed with -9) are ended KILLED."""
+    from seglab.engine import claim, owner  # MLflow loads when a bench logs, not for --help or a mistake
 
-    with tracking.Run(uri, "seglab-bench", "bench", {tags.BENCH_OVERRIDES: " ".join(report["overrides"]) or "(defaults)"}) as run:
+    claim.end_dead(uri, BENCH_EXPERIMENT, timeout_s, "seglab.bench")
+    return owner.RunOwner(tracking.Run(uri, BENCH_EXPERIMENT, "bench", {**run_tags, **claim.owner_tags()}))
+
+
+def log_to_mlflow(report: dict, uri: str, timeout_s: float) -> str:
+    """The report as a run of `seglab-bench`; its id.  `timeout_s`: when a RUNNING bench run on another host is dead."""
+    with bench_run(uri, {tags.BENCH_OVERRIDES: " ".join(report["overrides"]) or "(defaults)"}, timeout_s) as run:
         run.log_params({f"bench.{k}": v for k, v in report["options"].items() if k != "tracking_uri"})
         metrics = {}
         for r in report["results"]:
@@ -352,7 +364,8 @@ def main(argv: list[str]) -> None:
     print(table(report))
     print(f"JSON: {options.out}")
     if options.tracking_uri:
-        print(f"MLflow run {log_to_mlflow(report, options.tracking_uri)} at {options.tracking_uri}")
+        timeout_s = 60 * cfg.trainer.heartbeat_timeout_min
+        print(f"MLflow run {log_to_mlflow(report, options.tracking_uri, timeout_s)} at {options.tracking_uri}")
 
 
 def cli() -> None:

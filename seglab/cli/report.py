@@ -23,6 +23,7 @@ from pathlib import Path
 from seglab import console, errors
 from seglab.config import preflight
 from seglab.config import tracking as tracking_config
+from seglab.engine import claim
 from seglab.engine.summary import (LEGEND, SORTABLE, TEST_CHART, add_test_scores, plot_test, rows, sort,
                                    tested, to_csv, to_markdown, to_text)
 from seglab.util import objective
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parent = sweep_runs.find_parent_run(args.tracking_uri, args.sweep)
     children = sweep_runs.child_runs(args.tracking_uri, parent)
+    if end_dead(args.tracking_uri, [parent, *(c.run_id for c in children if c.status == "RUNNING")]):
+        children = sweep_runs.child_runs(args.tracking_uri, parent)  # the table shows them KILLED
     metric = next((c.params["optimize_metric"] for c in children if "optimize_metric" in c.params), "val_mean_iou")
     table = rows(children, metric)
     finished = [r["run_id"] for r in table if r["status"] == "FINISHED"]
@@ -78,6 +81,20 @@ def main(argv: list[str] | None = None) -> None:
             markdown = to_markdown(table, metric) + (f"\n{note}\n" if note else "")
             texts = {"report.md": markdown, "report.csv": to_csv(table, metric)}
             sweep_runs.log_to_run(args.tracking_uri, parent, texts=texts, files=chart)
+
+
+def end_dead(uri: str, run_ids: list[str]) -> list[str]:
+    """End KILLED those of the sweep's runs that are RUNNING with their process gone (a sweep or job killed with -9),
+    as every command that touches a run does (seglab.engine.claim); their ids.  A run on another host is dead after
+    its own trainer.heartbeat_timeout_min (its param; the default for a sweep's parent, which has none)."""
+    from seglab.tracking import resumable
+
+    ended = []
+    for run in (resumable.get_run(uri, run_id) for run_id in run_ids):
+        timeout_min = float(run.params.get("trainer.heartbeat_timeout_min", claim.HEARTBEAT_TIMEOUT_MIN))
+        if claim.end_if_dead(uri, run, 60 * timeout_min, "seglab.report"):
+            ended.append(run.run_id)
+    return ended
 
 
 def cli() -> None:

@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from seglab import metrics
 from seglab.engine import checkpoint
-from seglab.tracking.run import raise_if_terminated
 from seglab.util import objective, visualize
+from seglab.util.signals import raise_if_terminated
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class Heartbeat(keras.callbacks.Callback):
 
 class StopOnSigterm(keras.callbacks.Callback):
     """A SIGTERM whose exception Python swallowed still stops training, at the next batch
-    (tracking.run.raise_if_terminated)."""
+    (seglab.util.signals.raise_if_terminated)."""
 
     def on_train_batch_end(self, batch, logs=None):
         raise_if_terminated()

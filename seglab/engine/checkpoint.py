@@ -42,7 +42,7 @@ class TrainingState:
 class ArchitectureMismatch(UserError, ValueError):
     """A checkpoint saved from another model (or optimizer) than the one it is loaded into."""
 
-    resume_refused = True  # seglab.tracking.Run: the run being continued keeps its status
+    resume_refused = True  # seglab.engine.owner: the run being continued keeps its status
 
 
 def signature(model: keras.Model) -> list[list]:

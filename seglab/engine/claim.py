@@ -38,6 +38,10 @@ from seglab.tracking import tags as keys
 log = logging.getLogger(__name__)
 
 
+# conf/trainer/default.yaml's trainer.heartbeat_timeout_min, for a command without a training config (seglab.report).
+HEARTBEAT_TIMEOUT_MIN = 60
+
+
 class RunTaken(UserError, RuntimeError):
     """Another live process holds the run, or claimed it first; the message names the run and that process."""
 
@@ -186,10 +190,15 @@ def end_dead(uri: str, experiment: str, timeout_s: float, by: str) -> list[str]:
     run in an experiment calls it first, so no run of a dead process stays RUNNING past the next command."""
     from seglab.tracking import resumable  # MLflow loads when a command asks the store, not on import
 
-    ended = []
-    for run in resumable.running_runs(uri, experiment):
-        if not held(run, timeout_s):
-            resumable.end_killed(uri, run.run_id, f"its process ({describe(holder(run))}) is gone; found by {by}")
-            log.warning("run %s was RUNNING with its process gone: ended KILLED", run.run_id)
-            ended.append(run.run_id)
-    return ended
+    return [run.run_id for run in resumable.running_runs(uri, experiment) if end_if_dead(uri, run, timeout_s, by)]
+
+
+def end_if_dead(uri: str, run, timeout_s: float, by: str) -> bool:
+    """End `run` (a RunRecord) KILLED, naming why, when it is RUNNING, says who owns it and its holder is gone."""
+    from seglab.tracking import resumable
+
+    if run.status != "RUNNING" or keys.HOST not in run.tags or held(run, timeout_s):
+        return False
+    resumable.end_killed(uri, run.run_id, f"its process ({describe(holder(run))}) is gone; found by {by}")
+    log.warning("run %s was RUNNING with its process gone: ended KILLED", run.run_id)
+    return True

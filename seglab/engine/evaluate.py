@@ -19,7 +19,7 @@ from seglab.config import schema
 from seglab.config.data import size_of, size_text
 from seglab.config.inference import InferenceOptions
 from seglab.data import lineage, pipeline
-from seglab.engine import claim, finish
+from seglab.engine import claim, finish, owner
 from seglab.metrics import scores
 from seglab.tracking import registry, resumable, tags
 
@@ -59,7 +59,7 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
     )
     claim.end_dead(uri, experiment, 60 * cfg.trainer.heartbeat_timeout_min, "seglab.evaluate")  # e.g. an evaluation killed with -9
     run_tags = {**_tags(model_uri, cfg, split_name, training_run, version), **claim.owner_tags()}
-    with tracking.Run(uri, experiment, f"eval-{training_name}", run_tags) as mlrun:
+    with owner.RunOwner(tracking.Run(uri, experiment, f"eval-{training_name}", run_tags)) as mlrun:
         mlrun.log_params({"model_uri": model_uri, "split": split_name, "inference.mode": options.mode,
                           "inference.flip": options.flip, **({"inference.stride": stride} if stride else {}),
                           **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})

@@ -31,16 +31,17 @@ This module knows Hydra (job number, overrides, chosen options); `seglab.trackin
   FINISHED and FAILED (an error) runs are never continued by `auto`.
 - `never`: always a new run.
 - `<run id>`: continue that run, whatever its status (a FINISHED one to train more epochs), unless
-  another live process holds it (`take`, seglab.engine.claim), or it is not a training run (an evaluation run, a sweep's parent:
+  another live process holds it (seglab.engine.claim; the run's owner, seglab.engine.owner, claims it), or it is not a training run (an evaluation run, a sweep's parent:
   `refuse_other_kind` names the id to use), or its logged params say it trained another architecture
   (`refuse_other_architecture`), refused before anything is written.
 
 Whatever the mode, a RUNNING run of the same key whose owner is dead is not left RUNNING: it is
 continued, or ended KILLED with the reason in the `seglab.killed_reason` tag.
 
-Whichever run a command continues, it claims it first (`take`): one atomic, write-once claim in the
-store, so that one process writes to a run at a time (seglab.engine.claim says who holds a run and
-when its holder is dead).
+Whichever run a command continues, its owner (seglab.engine.owner) claims it first: one atomic,
+write-once claim in the store, so that one process writes to a run at a time (seglab.engine.claim says
+who holds a run and when its holder is dead).  This module decides which run; the owner opens, holds
+and ends it.
 """
 
 # Lazy imports: MLflow loads only when the store is read: the sweep callback and `--cfg` read run identity first.
@@ -207,7 +208,7 @@ class Plan:
     previous_tags: dict[str, str] = field(default_factory=dict)  # its tags before this command changed them
     status: str | None = None  # its status when found
     previous_params: dict[str, str] = field(default_factory=dict)  # the params it logged (its config)
-    record: Any = None  # the run as found (a tracking.resumable.RunRecord), what `take` claims
+    record: Any = None  # the run as found (a tracking.resumable.RunRecord), what the run's owner claims
 
 
 def plan(mode: str, uri: str, experiment: str, key: str, parent_run_id: str | None, timeout_s: float) -> Plan:
@@ -247,14 +248,6 @@ def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
         raise ResumeError(f"trainer.resume={run_id} is a run of experiment {run_experiment!r}, not {experiment!r}: "
                           f"add tracking.experiment={run_experiment!r}")
     return Plan(run_id, run.tags, run.status, run.params, run)
-
-
-def take(found: Plan, uri: str, timeout_s: float, why: str) -> claim.Claim | None:
-    """Claim the run `found` continues for this process (seglab.engine.claim), before anything is written to it;
-    None for a new run (its creator holds it).  RunTaken, naming the other process, when it is held or was just claimed."""
-    if found.run_id is None:
-        return None
-    return claim.take(uri, found.record, timeout_s, why)
 
 
 def refuse_other_kind(run_id: str, tags: dict[str, str]) -> None:

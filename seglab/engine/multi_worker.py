@@ -47,7 +47,7 @@ def fit(model: keras.Model, loss, strategy, train_ds: tf.data.Dataset, val_ds: t
 
 class WorkerLost(distribute.DistributeError):
     """A peer of the cluster stopped (killed, its node lost): an interruption, not an error of the config,
-    so the run ends KILLED (seglab.tracking.Run) and re-running every worker continues it (trainer.resume=auto)."""
+    so the run ends KILLED (seglab.engine.owner) and re-running every worker continues it (trainer.resume=auto)."""
 
     ends_killed = True
 

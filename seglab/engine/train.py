@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from seglab import console, losses, metrics, tracking
 from seglab.config import trainer as trainer_schema
 from seglab.data import batches_of, lineage, pipeline, statistics
-from seglab.engine import callbacks, claim, debug, determinism, distribute, finish, lifecycle, multi_worker, runtime
+from seglab.engine import callbacks, claim, debug, determinism, distribute, finish, lifecycle, multi_worker, owner, runtime
 from seglab.tracking import tags
 
 log = logging.getLogger(__name__)
@@ -71,26 +71,25 @@ def log_config(cfg: DictConfig, mlrun) -> None:
 
 
 def open_run(cfg: DictConfig, device: str, checkpoint_dir: Path) -> tuple[lifecycle.Plan, Any]:
-    """The run this training logs to (a `tracking.Run`, not yet started; on a multi-worker cluster's
-    other workers a run that logs nothing) and the plan to continue an earlier one (trainer.resume:
-    a killed run of the same experiment, docs/resume.md).  A resume with nothing left to train and a
-    `checkpoint_dir` of another run are refused here, before the store is written to."""
+    """The run this training logs to (a `tracking.Run` in the hands of its owner, seglab.engine.owner, not yet
+    open; on a multi-worker cluster's other workers a run that logs nothing) and the plan to continue an earlier
+    one (trainer.resume: a killed run of the same experiment, docs/resume.md).  A resume with nothing left to
+    train and a `checkpoint_dir` of another run are refused here, before the store is written to; the owner
+    claims the run it continues when it opens it."""
     # In a sweep, tracking.parent_run_id (set by seglab.sweep) makes this run a child of the sweep's run.
     identity = {**lifecycle.tags(cfg), **claim.owner_tags(), **_runtime_tags(device)}
     # Only the chief of a multi-worker cluster looks for a run to resume, logs and keeps checkpoints
     # (seglab/engine/distribute.py); the other workers take its state in multi_worker.from_chief.
-    chief = distribute.is_chief()
+    if not distribute.is_chief():
+        return lifecycle.Plan(None), tracking.NoOpRun()
+    timeout_s = 60 * cfg.trainer.heartbeat_timeout_min
     found = lifecycle.plan(cfg.trainer.resume, cfg.tracking.uri, cfg.tracking.experiment, identity[tags.RUN_KEY],
-                           cfg.tracking.parent_run_id, 60 * cfg.trainer.heartbeat_timeout_min) if chief else lifecycle.Plan(None)
-    if chief:
-        lifecycle.refuse_other_architecture(found, cfg)
-        lifecycle.refuse_nothing_left(found, cfg.trainer.epochs)
-        lifecycle.refuse_other_owner(checkpoint_dir, found.run_id)
-        # Last before the run reopens: one process at a time writes to a run (a second one is refused here).
-        lifecycle.take(found, cfg.tracking.uri, 60 * cfg.trainer.heartbeat_timeout_min, f"trainer.resume={cfg.trainer.resume}")
-    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), identity, cfg.tracking.parent_run_id,
-                         resume_run_id=found.run_id) if chief else tracking.NoOpRun()
-    return found, mlrun
+                           cfg.tracking.parent_run_id, timeout_s)
+    lifecycle.refuse_other_architecture(found, cfg)
+    lifecycle.refuse_nothing_left(found, cfg.trainer.epochs)
+    lifecycle.refuse_other_owner(checkpoint_dir, found.run_id)
+    mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), identity, cfg.tracking.parent_run_id)
+    return found, owner.RunOwner(mlrun, found.record, timeout_s, f"trainer.resume={cfg.trainer.resume}")
 
 
 @dataclass

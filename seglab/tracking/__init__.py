@@ -1,6 +1,6 @@
 """Everything MLflow, one room per job:
 
-- `run`:    what one run logs (`Run`, a context manager that always ends the run);
+- `run`:    what one run logs (`Run`; a command's run is begun and ended by its owner, seglab.engine.owner);
 - `params`: how a config becomes a run's params (`flatten`, `as_text`; no MLflow);
 - `protocol`: the verbs of a run (`RunProtocol`), and the run that logs nothing (`NoOpRun`);
 - `experiments`: the experiments runs go in (`experiment_id`: created as model training for MLflow 3's UI);

@@ -1,25 +1,23 @@
 """What one run logs: `Run` opens an MLflow run and logs through the verbs of
 `tracking.protocol.RunProtocol` (`log_params`, `log_epoch`, `log_masks`, `log_figure`,
-`log_artifact`, `log_model`, ...); the end of the `with` block
-sets its status (FINISHED, FAILED or KILLED; never left RUNNING).  No module-level state: each job of
-a sweep opens its own `Run`.
+`log_artifact`, `log_model`, ...) and ends it with the status it is told.  Which status, on every
+exit, and everything else about a run's life (the claim, a resume, Ctrl-C and SIGTERM, what a server
+that went away means for the end) is its owner's: seglab.engine.owner.  No module-level state: each
+job of a sweep opens its own `Run`.
 
-A tracking server that goes away during a run does not stop the training: the first logging call
-that fails is reported as a warning naming what was being logged, the run carries on without the
-server (later logging is skipped, checkpoints stay in the job's output directory), and the run's
-end status is sent once, best-effort.  While a run is open, MLflow's HTTP retries and timeout are
-capped (`HTTP_LIMITS`) so that a dead server costs seconds, not MLflow's default minutes.
+A tracking server that goes away during a run does not stop the logging code: the first logging call
+that fails is reported as a warning naming what was being logged, and later logging is skipped
+(`failed`, `skipped`: the owner reports them at the end).  While a run is open, MLflow's HTTP retries
+and timeout are capped (`HTTP_LIMITS`) so that a dead server costs seconds, not MLflow's default
+minutes.  Every write is one `signals.one_write()`: Ctrl-C and SIGTERM come when it ends.
 """
 
 # Lazy imports: Keras, TensorFlow and MLflow's model flavours load when a model is logged, not for every run.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Self
@@ -27,14 +25,14 @@ from typing import Any, Mapping, Self
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from mlflow.tracking import fluent
 
-from seglab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
 from seglab.tracking import experiments, resumable
 from seglab.tracking import tags as keys
 from seglab.tracking.params import as_text
 from seglab.tracking.store import (ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, WriteFailed, check_reachable, first_line,
                                    store_unavailable, write_refused)
-from seglab.util import visualize
+from seglab.util import signals, visualize
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +45,26 @@ def masks_file(step: int) -> str:
     return MASKS_FILE.format(step + 1)
 
 
-class _Terminated(BaseException):
-    """SIGTERM (e.g. a scheduler cancelling the job) turned into an exception so the run ends KILLED
-    (and the command exits 143, seglab.errors)."""
-
-
 class Run:
-    """One MLflow run; use as a context manager so its status is always set.
+    """One MLflow run, the logging verbs of `tracking.protocol.RunProtocol`.  `open` starts it (or, with
+    `resume_run_id`, reopens that run: same id, RUNNING again), `end` sets its status.  Used as a context
+    manager it ends FINISHED, or FAILED with the error; what a command's run also needs (the claim, a
+    resume's bookkeeping, signals, KILLED, the end when the server is gone) is its owner's,
+    seglab.engine.owner.
 
-    With `resume_run_id` it continues that run (same id, RUNNING again): params it already has are
-    not logged again (a changed value goes to the `seglab.resume.changed` tag, since MLflow refuses
-    to change a param), and a metric or image is never logged twice at the same step, so an epoch
-    redone after a kill leaves one value per step.  An exception with `resume_refused = True` (the
-    resume is refused before training touched anything) returns the continued run's status, end time,
-    name and tags to what they were."""
+    Two rules of logging itself: a reopened run keeps the params it has (MLflow refuses to change one;
+    a changed value goes to the `seglab.resume.changed` tag), and a metric or image is never logged at a
+    step in `logged_steps` (the steps the store already has, which the owner reads when it reopens a run).
+    A store that stops answering is reported once, naming what was being logged (`failed`); later
+    logging is skipped (`skipped`) and the training goes on."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None,
                  resume_run_id: str | None = None):
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.resume_run_id = resume_run_id
         self.logged_steps: dict[str, int] = {}  # metric (or `image:<key>`) -> last step the run already has
-        self._epochs_done = 0  # the epochs whose metrics the run has (a continued run's earlier ones too)
-        self._checkpoint_dir: str | None = None
-        self._before: resumable.RunRecord | None = None  # the run being continued, as it was before it reopened
-        self._previous_error: str | None = None  # the `error` tag of the attempt being continued
+        self.epochs_done = 0  # the epochs whose metrics the run has (a continued run's earlier ones too)
+        self.checkpoint_dir: str | None = None  # the upload the `seglab.checkpoint` tag names
         self.tags = dict(tags)
         if parent_run_id:
             self.tags[keys.PARENT_RUN] = parent_run_id
@@ -78,11 +72,20 @@ class Run:
         self.experiment_id: str | None = None
         self.failed: str | None = None  # what was being logged when the store stopped answering
         self.skipped: list[str] = []  # what was not logged after that
-        self._previous_sigterm = None
-        self._previous_sigint = None
         self._previous_env: dict[str, str | None] = {}
 
     def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.end(RunStatus.to_string(RunStatus.FINISHED if exc_type is None else RunStatus.FAILED),
+                 None if exc_type is None else f"{exc_type.__name__}: {exc}")
+        return False
+
+    def open(self) -> None:
+        """Start the run (reopen `resume_run_id`), its heartbeat set, with MLflow's HTTP retries capped
+        (`HTTP_LIMITS`) until `end`; a run that fails to start is ended FAILED."""
         check_reachable(self.uri)
         self._previous_env = {name: os.environ.get(name) for name in HTTP_LIMITS}
         for name, value in HTTP_LIMITS.items():
@@ -90,27 +93,39 @@ class Run:
         try:
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_experiment(experiment_id=experiments.experiment_id(MlflowClient(self.uri), self.experiment))
-            tags = {**self.tags, keys.HEARTBEAT: str(int(time.time()))}
-            if self.resume_run_id:
-                self._before = resumable.get_run(self.uri, self.resume_run_id)
-            run = mlflow.start_run(run_id=self.resume_run_id, run_name=self.run_name, tags=tags)
-            if self.resume_run_id:
-                self.logged_steps = resumable.logged_steps(self.uri, self.resume_run_id)
-                self._epochs_done = max(self.logged_steps.values(), default=-1) + 1
-                self._checkpoint_dir = run.data.tags.get(keys.CHECKPOINT)
-                self._previous_error = run.data.tags.get(keys.ERROR)
+            run = mlflow.start_run(run_id=self.resume_run_id, run_name=self.run_name,
+                                   tags={**self.tags, keys.HEARTBEAT: str(int(time.time()))})
         except BaseException:
             if mlflow.active_run() is not None:
                 mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             self._restore_env()
             raise
         self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
-        if _in_main_thread():
-            _TERMINATED.clear()
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, `&`)
-                self._previous_sigint = signal.signal(signal.SIGINT, _raise_interrupted)
-        return self
+
+    def end(self, status: str, error: str | None = None) -> None:
+        """Set the run's status (with `error` as its `error` tag), once and best-effort: after the store
+        stopped answering it may be back; the run is no longer the active one either way."""
+        try:
+            if error is not None and self.failed is None:
+                try:
+                    mlflow.set_tag(keys.ERROR, error[:ERROR_TAG_CHARS])
+                except Exception as tag_err:  # the run must still be ended below
+                    log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
+            try:
+                mlflow.end_run(status)  # pops the active run even when the server does not answer
+            except STORE_ERRORS as err:
+                log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status,
+                            first_line(err))
+        finally:
+            self._restore_env()
+
+    def let_go(self) -> None:
+        """Stop being the active run without writing anything to it (another process writes to it now)."""
+        while mlflow.active_run() is not None and mlflow.active_run().info.run_id == self.run_id:
+            # MLflow's end_run always writes a status; its stack of active runs is the only way to leave without one.
+            fluent._active_run_stack.get().pop()
+            fluent.MLFLOW_RUN_ID.unset()
+        self._restore_env()
 
     def _restore_env(self) -> None:
         for name, value in self._previous_env.items():
@@ -118,6 +133,7 @@ class Run:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        self._previous_env = {}
 
     def _log(self, what: str, call, *args, **kwargs):
         """Call MLflow; on the first store error warn, naming `what`, and skip all later logging."""
@@ -125,7 +141,7 @@ class Run:
             self.skipped.append(what)
             return None
         try:
-            with _one_write():
+            with signals.one_write():
                 return call(*args, **kwargs)
         except STORE_ERRORS as err:
             refused = write_refused(err)
@@ -143,80 +159,9 @@ class Run:
             )
             return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-        stopped = self._stopped(exc_type)
-        if exc_type is None:
-            status = RunStatus.FINISHED
-        elif stopped or issubclass(exc_type, SystemExit) or getattr(exc, "ends_killed", False):
-            # SystemExit: e.g. submitit requeueing a pre-empted job from its signal handler; ends_killed: an
-            # interruption from outside the run (a lost worker of a cluster), which trainer.resume=auto continues
-            status = RunStatus.KILLED
-        else:
-            status = RunStatus.FAILED
-        if self._before is not None and getattr(exc, "resume_refused", False):
-            self._put_back()
-            return False
-        try:
-            if exc is not None and self.failed is None:
-                try:
-                    reason = stopped or f"{exc_type.__name__}: {exc}"
-                    mlflow.set_tag(keys.ERROR, reason[:ERROR_TAG_CHARS])
-                except Exception as tag_err:  # the run must still be ended below
-                    log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
-            self._end(RunStatus.to_string(status))
-        finally:
-            self._restore_env()
-        if stopped:  # one line for the user (seglab.errors), not the traceback of wherever training was
-            code = EXIT_TERMINATED if exc_type is _Terminated else EXIT_INTERRUPTED
-            after = (f"run the same command again to continue run {self.run_id}" if self._training
-                     else f"MLflow run {self.run_id} is KILLED")
-            raise Interrupted(f"{stopped}; {after}", code) from exc
-        return False
-
-    def _put_back(self) -> None:
-        """The resume was refused before training changed anything (a checkpoint that does not fit the
-        model, which the params check before reopening did not foresee): the run is left as it was."""
-        try:
-            mlflow.end_run(self._before.status)  # pops the active run; put_back then restores its end time
-            resumable.put_back(self.uri, self._before)
-        except STORE_ERRORS as err:
-            log.warning("could not return MLflow run %s to how it was (%s)", self.run_id, first_line(err))
-        finally:
-            self._restore_env()
-
-    @property
-    def _training(self) -> bool:
-        """A training run (it has a run key): the same command continues it (trainer.resume=auto)."""
-        return keys.RUN_KEY in self.tags
-
-    def _stopped(self, exc_type) -> str | None:
-        """Why Ctrl-C or SIGTERM stopped the run, for a training run with the epoch it was in (1-based,
-        as the console counts); None for any other ending."""
-        if exc_type is None or not issubclass(exc_type, (KeyboardInterrupt, _Terminated)):
-            return None
-        how = "terminated (SIGTERM)" if issubclass(exc_type, _Terminated) else "interrupted (Ctrl-C)"
-        return f"{how} at epoch {self._epochs_done + 1}" if self._training else how
-
-    def _end(self, status: str) -> None:
-        if status == RunStatus.to_string(RunStatus.FINISHED) and self._previous_error is not None:
-            # A finished run is not in error: the killed attempt's reason moves to a tag of its own.
-            self._log("the previous attempt's error", mlflow.set_tag, keys.RESUME_PREVIOUS_ERROR, self._previous_error)
-            self._log("the previous attempt's error", mlflow.delete_tag, keys.ERROR)
-        if self.failed is not None:
-            log.warning(
-                "MLflow run %s is incomplete: logging failed at %s; not logged after that: %s.",
-                self.run_id, self.failed, _summary(self.skipped),
-            )
-        try:  # after a failure: once, best-effort, the server may be back
-            mlflow.end_run(status)  # pops the active run even when the server does not answer
-        except STORE_ERRORS as err:
-            log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status, first_line(err))
-
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """The params; a reopened run keeps the value of a param it has (MLflow refuses to change it), a
+        changed one is recorded in the `seglab.resume.changed` tag."""
         params = as_text(params)
         if self.resume_run_id:
             before = resumable.get_run(self.uri, self.run_id).params
@@ -231,7 +176,7 @@ class Run:
         return step > self.logged_steps.get(key, -1)
 
     def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
-        self._epochs_done = max(self._epochs_done, epoch + 1)
+        self.epochs_done = max(self.epochs_done, epoch + 1)
         new = {k: float(v) for k, v in metrics.items() if self._new_at(k, epoch)}
         if new:
             self._log(f"metrics of epoch {epoch + 1}", mlflow.log_metrics, new, step=epoch)  # epochs counted as on the console
@@ -307,7 +252,7 @@ class Run:
         self.set_tags({keys.CHECKPOINT: directory, keys.CHECKPOINT_EPOCH: epoch})
         if self.failed:
             return
-        previous, self._checkpoint_dir = self._checkpoint_dir, directory
+        previous, self.checkpoint_dir = self.checkpoint_dir, directory
         if previous and previous != directory and previous.startswith("resume/"):
             try:
                 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -348,65 +293,8 @@ class Run:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._log(f"tags {', '.join(tags)}", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
-
-def _summary(items: list[str], shown: int = 4) -> str:
-    if len(items) <= 2 * shown:
-        return ", ".join(items) or "nothing"
-    return f"{len(items)} calls: {', '.join(items[:shown])}, ..., {', '.join(items[-shown:])}"
-
-
-
-_TERMINATED = threading.Event()  # set by the SIGTERM handler, so a swallowed exception is raised again
-
-
-_writing = 0  # MLflow writes under way (`_one_write`, main thread only: signals are handled there)
-_deferred: type[BaseException] | None = None  # the signal's exception that came during one of them
-
-
-def _raise_terminated(signum, frame):
-    _TERMINATED.set()
-    _raise_after_write(_Terminated)
-
-
-def _raise_interrupted(signum, frame):
-    _raise_after_write(KeyboardInterrupt)
-
-
-def _raise_after_write(exc_type: type[BaseException]) -> None:
-    """Raise a signal's exception now, or, during an MLflow write, once it ends: raised halfway through the
-    store's code it would leave a write cut in half (a database session or upload abandoned mid-way), and the
-    run's closing records (its `error` tag) could then fail."""
-    global _deferred
-    if _writing:
-        _deferred = exc_type
-    else:
-        raise exc_type()
-
-
-@contextlib.contextmanager
-def _one_write():
-    """An MLflow write that Ctrl-C and SIGTERM do not cut in half: their exception comes when it ends."""
-    global _writing, _deferred
-    _writing += 1
-    try:
-        yield
-    finally:
-        _writing -= 1
-    if _writing == 0 and _deferred is not None:
-        exc_type, _deferred = _deferred, None
-        raise exc_type()
-
-
-def raise_if_terminated() -> None:
-    """Raise SIGTERM's exception again if one came and was swallowed: raised where Python only reports it
-    (in a `__del__`, an import lock's weakref callback: "Exception ignored in ..."), it would let training
-    go on to the end. Training calls this after every batch (engine/callbacks.py)."""
-    if _TERMINATED.is_set():
-        raise _Terminated()
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+    def delete_tag(self, key: str) -> None:
+        self._log(f"tag {key}", mlflow.delete_tag, key)
 
 
 # A store's words for "another writer inserted this row first" (SQLite, PostgreSQL, MySQL).

@@ -1,0 +1,84 @@
+"""Ctrl-C and SIGTERM as exceptions that never cut a store write in half.
+
+`caught()` (the run's owner, seglab.engine.owner, holds it while a run is open) turns SIGTERM into
+`Terminated` and Ctrl-C into KeyboardInterrupt; `one_write()` (every MLflow write of
+seglab.tracking.run.Run) defers them until the write ends: raised halfway through the store's code they
+would leave a database session or an upload abandoned mid-way, and the run's closing records (its
+`error` tag) could then fail.  Only the mechanism lives here, below the tracking layer that marks its
+writes; what a stop means for a run (KILLED, the exit code, the line for the user) is the owner's."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+
+class Terminated(BaseException):
+    """SIGTERM (e.g. a scheduler cancelling the job) turned into an exception, so the run ends KILLED
+    (and the command exits 143, seglab.errors)."""
+
+
+_TERMINATED = threading.Event()  # set by the SIGTERM handler, so a swallowed exception is raised again
+_writing = 0  # store writes under way (`one_write`, main thread only: signals are handled there)
+_deferred: type[BaseException] | None = None  # the signal's exception that came during one of them
+
+
+def _raise_terminated(signum, frame):
+    _TERMINATED.set()
+    _raise_after_write(Terminated)
+
+
+def _raise_interrupted(signum, frame):
+    _raise_after_write(KeyboardInterrupt)
+
+
+def _raise_after_write(exc_type: type[BaseException]) -> None:
+    """Raise a signal's exception now, or, during a store write, once it ends."""
+    global _deferred
+    if _writing:
+        _deferred = exc_type
+    else:
+        raise exc_type()
+
+
+@contextlib.contextmanager
+def one_write() -> Iterator[None]:
+    """A store write that Ctrl-C and SIGTERM do not cut in half: their exception comes when it ends."""
+    global _writing, _deferred
+    _writing += 1
+    try:
+        yield
+    finally:
+        _writing -= 1
+    if _writing == 0 and _deferred is not None:
+        exc_type, _deferred = _deferred, None
+        raise exc_type()
+
+
+def catch() -> Callable[[], None]:
+    """Install the handlers (in the main thread only: Python delivers signals there); a function that puts
+    the previous ones back.  Ctrl-C is left alone where it is ignored (nohup, a shell's `&`)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    _TERMINATED.clear()
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = None
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous_term)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+
+    return restore
+
+
+def raise_if_terminated() -> None:
+    """Raise SIGTERM's exception again if one came and was swallowed: raised where Python only reports it
+    (in a `__del__`, an import lock's weakref callback: "Exception ignored in ..."), it would let training
+    go on to the end. Training calls this after every batch (engine/callbacks.py)."""
+    if _TERMINATED.is_set():
+        raise Terminated()
