@@ -43,6 +43,14 @@ def inherited_env() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name not in LEAKED}
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri(monkeypatch):
+    """A config composed in this process reads MLFLOW_TRACKING_URI (seglab's default store honours it): not the one
+    an earlier test's MLflow call left here."""
+    for name in LEAKED:
+        monkeypatch.delenv(name, raising=False)
+
+
 # PYTHONUNBUFFERED: a command's output (and its jobs', which inherit it) reaches its file line by line, as tests watch it.
 CLI_ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 _ZYGOTE = Zygote()  # started by the first command, with its environment

@@ -12,7 +12,7 @@ from PIL import Image
 
 from seglab import console
 from seglab.cli.train import STARTING
-from tests.conftest import TINY, noisy_lines
+from tests.conftest import TINY, inherited_env, noisy_lines
 
 EXPECTED = (
     re.compile(re.escape(STARTING)),  # first, so the seconds before epoch 1 are not silent
@@ -26,7 +26,7 @@ LINE_CHARS = 200  # the console's longest line (a terminal's width, twice over)
 
 def _quiet_env() -> dict[str, str]:
     """The user's environment: no TF_CPP_MIN_LOG_LEVEL of the test helpers, no MLflow logging level."""
-    return {name: value for name, value in os.environ.items() if name not in console.QUIET_ENV}
+    return {name: value for name, value in inherited_env().items() if name not in console.QUIET_ENV}
 
 
 @pytest.fixture(scope="module")
