@@ -94,7 +94,7 @@ def test_trainer_runs_seglab_on_the_gpu_against_the_server(env_file):
     assert name == "tensorflow/tensorflow" and tag.endswith("-gpu")
     # A normal install of the package alone, not an editable one: the configs travel as package data (conf/).
     assert [args for op, args in steps if op == "RUN" and args.split()[:2] == ["pip", "install"]] == ["pip install --no-cache-dir ."]
-    assert sorted(src for op, args in steps if op == "COPY" for src in args.split()[:-1]) == ["README.md", "pyproject.toml", "seglab"]
+    assert sorted(src for op, args in steps if op == "COPY" for src in args.split()[:-1]) == ["README.md", "conf", "experiments", "pyproject.toml", "seglab"]
     assert ("ENTRYPOINT", '["python", "-m", "seglab"]') in steps
 
 
