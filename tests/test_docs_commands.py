@@ -184,11 +184,11 @@ def test_docs_have_the_commands_this_test_knows():
 
 @pytest.mark.parametrize("command", COMMANDS, ids=_ids(COMMANDS))
 def test_every_documented_command_composes(command, tmp_path, monkeypatch):
-    import sqlite3
+    from tests.stores import fresh_store
 
     config_dir_files(tmp_path)
     monkeypatch.chdir(tmp_path)  # with an ./mlflow.db, as where a training ran (evaluate and predict check it is there)
-    sqlite3.connect(tmp_path / "mlflow.db").execute("create table t (x)").connection.close()
+    fresh_store(tmp_path / "mlflow.db")  # an MLflow store: another program's database is refused
     (tmp_path / "photos").mkdir()  # predict's input=photos/
     checked = compose_like(command, tmp_path)
     assert checked >= (0 if command.module == "seglab.report" else 1)
