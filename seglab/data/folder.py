@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 
 from seglab.config.check import require
 from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits, check_labels
+from seglab.util.images import ends_like_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ ON_UNREADABLE = ("skip", "fail")
 HEADER_WORDS = ("name", "names", "class", "class_name", "label")  # the first cell of a classes.csv header row
 MAX_NAMED = 3  # file names quoted in an error message
 SCAN_THREADS = 8  # header reads are I/O-bound
-JPEG_END = b"\xff\xd9"  # the marker that ends every complete JPEG
 TF_FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # what tf.io.decode_image reads; the rest goes through PIL
 INDEX_MODES = ("L", "LA")  # 8-bit grey PNGs: TensorFlow's decode_png gives the values as they are
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit label PNGs
@@ -429,7 +429,7 @@ def header(path: Path) -> tuple[int, int, str, str] | str:
     try:
         with Image.open(path) as image:
             found = (*image.size, image.mode, image.format)
-            if image.format == "JPEG" and not _ends_like_jpeg(path):
+            if image.format == "JPEG" and not ends_like_jpeg(path):
                 image.load()  # a JPEG cut short; one with trailing bytes after its end marker loads
             elif image.format == "PNG":
                 image.verify()  # every chunk's checksum, without inflating: catches a truncated file
@@ -437,11 +437,6 @@ def header(path: Path) -> tuple[int, int, str, str] | str:
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         return f"{path} ({err})"
 
-
-def _ends_like_jpeg(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-len(JPEG_END), os.SEEK_END)
-        return f.read() == JPEG_END
 
 
 def reading_for(headers: list, table, root: Path) -> Reading:

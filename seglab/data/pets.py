@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits, check_labels
 from seglab.util import net
+from seglab.util.images import ends_like_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ TRIMAP_RANGE_ERROR = LABEL_ERROR_MARKER + (
 )
 TF_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what tf.io.decode_image reads
 MAX_NAMED = 5  # file names quoted in an error message
-JPEG_END = b"\xff\xd9"  # the EOI marker that ends every complete JPEG
 SCAN_THREADS = 8  # header reads are I/O-bound
 
 
@@ -244,7 +244,7 @@ def _header(path: Path) -> tuple[int, int] | str:
             if image.format not in TF_IMAGE_FORMATS:
                 return f"{path} is {image.format}, which TensorFlow cannot decode"
             size = image.size
-            if image.format == "JPEG" and not _ends_like_jpeg(path):
+            if image.format == "JPEG" and not ends_like_jpeg(path):
                 image.load()  # a JPEG cut short (TensorFlow would stop mid-epoch on it); one with trailing bytes loads
             else:
                 image.verify()  # PNG: every chunk's checksum; catches truncated files
@@ -252,12 +252,6 @@ def _header(path: Path) -> tuple[int, int] | str:
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         return f"{path} cannot be decoded ({err})"
 
-
-def _ends_like_jpeg(path: Path) -> bool:
-    """Whether the file ends with JPEG's end-of-image marker: two bytes read instead of a full decode."""
-    with open(path, "rb") as f:
-        f.seek(-len(JPEG_END), os.SEEK_END)
-        return f.read() == JPEG_END
 
 
 def _decode_pairs(images_dir: Path, trimaps_dir: Path, names: list[str], deterministic: bool):

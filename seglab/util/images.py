@@ -4,6 +4,7 @@ by their bit depth instead.  Nothing here imports TensorFlow."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,13 @@ def not_an_image(path: Path) -> str | None:
 def why_unreadable(err: BaseException) -> str:
     """The first line of Pillow's error, or its type when it has no message."""
     return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+JPEG_END = b"\xff\xd9"  # the EOI marker that ends every complete JPEG
+
+
+def ends_like_jpeg(path: Path) -> bool:
+    """Whether the file ends with JPEG's end-of-image marker: two bytes read instead of a full decode."""
+    with open(path, "rb") as f:
+        f.seek(-len(JPEG_END), os.SEEK_END)
+        return f.read() == JPEG_END
