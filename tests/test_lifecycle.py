@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -329,6 +331,34 @@ def test_a_resume_of_another_architecture_is_refused_and_changes_nothing_in_the_
     claimed = after["params"].pop("seglab.claim.1")
     assert claimed.split(":")[1] != str(os.getpid()) and after == before
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+@pytest.mark.slow  # one tiny training, then a refused resume (TensorFlow loads before the refusal)
+def test_a_resume_whose_checkpoint_was_deleted_everywhere_is_refused_and_the_finished_run_stays_as_it_was(tmp_path):
+    """Issue 32: the run's checkpoints deleted from its artifacts (the MLflow UI, a clean-up) and from the
+    machine: the resume says so in one line, exit 2, and the FINISHED run keeps its status, end and tags
+    (it turned FAILED, its tags overwritten, with a traceback)."""
+    from tests.conftest import TINY, run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_cli(*TINY, f"tracking.uri={uri}", "trainer.epochs=1", cwd=tmp_path, timeout=900)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seglab-shapes").experiment_id])
+    run_id = run.info.run_id
+    uploaded = Path(run.info.artifact_uri.removeprefix("file://")) / run.data.tags["seglab.checkpoint"]
+    assert (uploaded / checkpoint.STATE_FILE).exists()
+    shutil.rmtree(uploaded)
+    shutil.rmtree(tmp_path / "outputs")
+    before = _snapshot(client, run_id)
+
+    done = run_cli(*TINY, f"tracking.uri={uri}", "trainer.epochs=2", f"trainer.resume={run_id}", cwd=tmp_path,
+                   check=False, timeout=900)
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"cannot continue run {run_id}: its checkpoint (epoch 1" in last and "trainer.resume=never" in last, last
+    after = _snapshot(client, run_id)
+    after["params"].pop("seglab.claim.1")  # the write-once claim stays (MLflow deletes no param); the rest as it was
+    assert after == before and len(client.search_runs([run.info.experiment_id])) == 1
 
 
 @pytest.mark.parametrize("sig, how", [(signal.SIGTERM, "terminated (SIGTERM)"), (signal.SIGINT, "interrupted (Ctrl-C)")])

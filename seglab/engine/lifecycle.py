@@ -329,6 +329,12 @@ def refuse_other_architecture(found: Plan, cfg: DictConfig) -> None:
                             f"({changes}); start a new run with trainer.resume=never, or set them back: {back}")
 
 
+class CheckpointGone(ResumeError):
+    """The run to continue has a checkpoint on record, but neither its artifacts nor this machine hold it."""
+
+    resume_refused = True  # seglab.engine.owner: the run keeps its status and tags
+
+
 class NothingLeft(ResumeError):
     """`trainer.resume=<id>` of a FINISHED run that already has the epochs asked for."""
 
@@ -358,12 +364,20 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     uploaded_epoch = int(previous_tags.get(keys.CHECKPOINT_EPOCH, -1)) if uploaded else -1
     if local is None and uploaded is None:
         return None
+    source, staging = None, current_dir.parent / f".{current_dir.name}.download"
     if uploaded_epoch > local_epoch:
-        staging = current_dir.parent / f".{current_dir.name}.download"
         shutil.rmtree(staging, ignore_errors=True)
         source = resumable.download_checkpoint(uri, run_id, uploaded, staging)
-        log.info("resuming from the uploaded checkpoint %s (epoch %d)", uploaded, uploaded_epoch)
-    else:
+        if source is None and local is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise CheckpointGone(f"cannot continue run {run_id}: its checkpoint (epoch {uploaded_epoch}, artifact "
+                                 f"'{uploaded}') is gone from the run's artifacts and this machine has no copy; put it "
+                                 "back, or train a new run with trainer.resume=never")
+        if source is None:
+            log.warning("the uploaded checkpoint %s of run %s is gone from its artifacts", uploaded, run_id)
+        else:
+            log.info("resuming from the uploaded checkpoint %s (epoch %d)", uploaded, uploaded_epoch)
+    if source is None:
         source, staging = local, None
         log.info("resuming from the local checkpoint %s (epoch %d)", local, local_epoch)
     current_dir.mkdir(parents=True, exist_ok=True)

@@ -116,10 +116,16 @@ def claim(uri: str, run_id: str, key: str, value: str) -> str | None:
     return None
 
 
-def download_checkpoint(uri: str, run_id: str, artifact_dir: str, destination: Path) -> Path:
-    """The uploaded checkpoint directory `artifact_dir` of the run, into `destination`; its local path."""
+def download_checkpoint(uri: str, run_id: str, artifact_dir: str, destination: Path) -> Path | None:
+    """The uploaded checkpoint directory `artifact_dir` of the run, into `destination`; its local path, or None
+    when the run's artifacts no longer hold it (deleted from the artifact store)."""
     destination.mkdir(parents=True, exist_ok=True)
-    return Path(_client(uri).download_artifacts(run_id, artifact_dir, str(destination)))
+    try:
+        return Path(_client(uri).download_artifacts(run_id, artifact_dir, str(destination)))
+    except MlflowException as err:
+        if "Failed to download artifacts" not in str(err):  # MLflow's words for a path the run does not hold
+            raise
+        return None
 
 
 def logged_steps(uri: str, run_id: str) -> dict[str, int]:
