@@ -212,15 +212,19 @@ def test_resume_refuses_an_evaluation_run_and_a_sweep_parent_naming_the_id_to_us
     training = finished_run({})
     evaluation = finished_run({tags.SPLIT: "val", tags.TRAINING_RUN: training, tags.MODEL_URI: f"runs:/{training}/model"})
     parent = finished_run({tags.SWEEP: tags.SWEEP_PARENT})
-    before = {run_id: _snapshot(client, run_id) for run_id in (training, evaluation, parent)}
-    for refused, names in ((evaluation, ["an evaluation run", f"trainer.resume={training}"]),
-                           (parent, ["a sweep's parent run", "trainer.resume=auto", f"seglab.report {parent}"])):
+    deleted = finished_run({})  # deleted in the UI (issue 32: MLflow's "must be in the 'active' state" traceback)
+    client.delete_run(deleted)
+    before = {run_id: _snapshot(client, run_id) for run_id in (training, evaluation, parent, deleted)}
+    for refused, names in ((evaluation, ["is an evaluation run", f"trainer.resume={training}"]),
+                           (parent, ["is a sweep's parent run", "trainer.resume=auto", f"seglab.report {parent}"]),
+                           (deleted, [f"run {deleted} is deleted", f"mlflow runs restore --run-id {deleted}",
+                                      "trainer.resume=never"])):
         done = run_cli(*TINY, f"tracking.uri={uri}", "tracking.experiment=e", f"trainer.resume={refused}", cwd=tmp_path, check=False)
         last = done.stderr.strip().splitlines()[-1]
-        assert done.returncode == 2 and last.startswith(f"seglab: trainer.resume={refused} is "), done.stderr[-3000:]
-        assert all(name in last for name in names), last
+        assert done.returncode == 2 and last.startswith(f"seglab: trainer.resume={refused}"), done.stderr[-3000:]
+        assert "Traceback" not in done.stderr and all(name in last for name in names), last
     assert {run_id: _snapshot(client, run_id) for run_id in before} == before
-    assert len(client.search_runs([experiment])) == 3  # and no run was started instead
+    assert len(client.search_runs([experiment])) == 3  # and no run was started instead (the deleted one is not listed)
 
 
 def test_a_state_file_names_its_run_and_a_directory_of_another_run_is_refused(tmp_path):

@@ -242,6 +242,10 @@ def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
     except Exception as err:  # noqa: BLE001  MLflow's not-found error; the message below names the fix
         raise ResumeError(f"trainer.resume={run_id}: no such run in tracking.uri={uri} ({err}); use a run id from "
                           "the MLflow UI, or trainer.resume=auto") from err
+    if run.deleted:
+        raise ResumeError(f"trainer.resume={run_id}: run {run_id} is deleted (the MLflow UI's Delete, or `mlflow runs "
+                          f"delete`); restore it first (`MLFLOW_TRACKING_URI={uri} mlflow runs restore --run-id "
+                          f"{run_id}`), or train a new run with trainer.resume=never")
     refuse_other_kind(run_id, run.tags)
     run_experiment = resumable.experiment_of(uri, run_id)
     if run_experiment != experiment:

@@ -29,6 +29,7 @@ class RunRecord:
     start_ms: int
     end_ms: int | None = None
     name: str | None = None
+    deleted: bool = False  # deleted in the MLflow UI (or `mlflow runs delete`): restorable, not writable
 
 
 def _client(uri: str) -> MlflowClient:
@@ -74,7 +75,7 @@ def experiment_of(uri: str, run_id: str) -> str:
 
 def _record(run) -> RunRecord:
     return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.params), run.info.start_time,
-                     run.info.end_time, run.info.run_name)
+                     run.info.end_time, run.info.run_name, run.info.lifecycle_stage == "deleted")
 
 
 def put_back(uri: str, before: RunRecord) -> None:
