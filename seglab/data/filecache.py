@@ -67,6 +67,9 @@ def claim(prefix: str) -> bool:
     except BlockingIOError:
         os.close(fd)
         return complete(prefix)  # the other run may have finished it in between
+    except OSError:  # a file system without locks (some FUSE mounts): tf.data's own lockfile is all there is
+        os.close(fd)
+        return True
     _held[prefix] = fd
     if not complete(prefix):
         # No live run fills this cache (it would hold the lock): what is there is a dead writer's lockfile and
