@@ -68,20 +68,21 @@ def test_training_stream_is_deterministic_reshuffles_each_epoch_and_resumes_at_a
 
 
 def test_file_cache_is_reused_for_the_same_data_and_never_for_other_data(tmp_path, compose_cfg):
-    from seglab.data import cache_name
+    from seglab.data import Provenance, cache_name
 
     ds, _, _ = dataset()
-    name = cache_name(compose_cfg().data, "train")
+    about = Provenance({"kind": "shapes"})  # generated data: keyed by its config alone
+    name = cache_name(compose_cfg().data, "train", about)
     first = batches(ds, cache=str(tmp_path / "cache"), cache_name=name)
     assert list(tmp_path.glob(f"cache-{name}*"))
     other_images = tf.data.Dataset.from_tensor_slices((np.full((4, 20, 20, 3), 200, np.uint8), np.zeros((4, 20, 20), np.uint8)))
     again = batches(other_images, cache=str(tmp_path / "cache"), cache_name=name)
     np.testing.assert_array_equal(first[0][0], again[0][0])  # same name: tf.data reads the cache (by design)
-    # ... so the name must change with anything that changes the data:
-    assert cache_name(compose_cfg().data, "train") == name
+    # ... so the name must change with anything that changes the data (files: tests/test_cache.py):
+    assert cache_name(compose_cfg().data, "train", about) == name
     for override in ("data.source.train_size=10", "data.image_size=32", "data=pets", "data.source.seed=1"):
-        assert cache_name(compose_cfg(override).data, "train") != name, override
-    assert cache_name(compose_cfg().data, "val") != name
+        assert cache_name(compose_cfg(override).data, "train", about) != name, override
+    assert cache_name(compose_cfg().data, "val", about) != name
 
 
 def striped(count=32, size=32):

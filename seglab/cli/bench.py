@@ -179,7 +179,7 @@ def _batches(cfg, source: str, steps: int):
         masks = rng.integers(0, classes, size=(batch, height, width)).astype(np.int32)
         return tf.data.Dataset.from_tensors((images, masks)).repeat(steps)
     splits = instantiate(cfg.data.source)
-    return batches_of(cfg, splits.train, "train", training=True).repeat().take(steps)
+    return batches_of(cfg, splits.train, "train", training=True, about=splits.about.get("train")).repeat().take(steps)
 
 
 def measure(cfg, source: str, options: BenchOptions, seglab_side: bool, store: str) -> dict:

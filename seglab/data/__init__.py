@@ -9,14 +9,18 @@ names when known), for the run's dataset records (`seglab.data.lineage`) and per
 
 # Lazy imports: TensorFlow loads when a pipeline is built, not when `python -m seglab.data` checks its arguments.
 
-import hashlib
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from omegaconf import OmegaConf
 
+from seglab.data import filecache
 from seglab.errors import UserError, explain, one_line
+
+log = logging.getLogger(__name__)
 
 # Starts the message of an in-graph label check (tf.debugging.Assert), which TensorFlow can only raise as an
 # InvalidArgumentError mid-epoch: seglab.errors finds it there and prints it as one line.
@@ -28,32 +32,52 @@ class DataError(UserError, RuntimeError):
     """The data cannot be read as configured; the message names what is missing and how to fix it."""
 
 
-def cache_name(data_cfg, split: str) -> str:
-    """A file-cache name unique to the data set, its size, its resize mode and its source settings, so that a
-    run with other data or settings never reads another run's `data.cache` files.  (data.resize=stretch, the
-    default, is left out of the digest: the caches written before the key existed stay valid; fit's padding is labelled ignore_index.)"""
-
-
+def cache_name(data_cfg, split: str, about: "Provenance") -> str:
+    """The file-cache name of one split, a digest of what the split holds (seglab.data.filecache): the data
+    settings that shape the cached examples (name, size, resize, ignore_index, every data.source key) and the
+    split's source files (`about.files`: path, size, mtime_ns each), so that no run reads a cache of other data,
+    other settings or files edited since."""
     data = OmegaConf.to_container(data_cfg, resolve=True)
-    keys = ("name", "image_size", "source") + (("resize", "ignore_index") if data.get("resize", "stretch") != "stretch" else ())
-    settings = OmegaConf.to_yaml({key: data[key] for key in keys})
-    return f"{data_cfg.name}-{split}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+    config = {key: data.get(key) for key in ("name", "image_size", "resize", "ignore_index", "source")}
+    return f"{data_cfg.name}-{split}-{filecache.key(config, about.source, about.selection, about.files)}"
 
 
-def batches_of(cfg, dataset, split: str, training: bool = False, cache: bool = True, epochs: range = range(1)):
+def batches_of(cfg, dataset, split: str, training: bool = False, cache: bool = True, epochs: range = range(1),
+               about: Optional["Provenance"] = None):
     """`pipeline.make` with the config's settings: the batches training and the benchmark read.
     `cache=False` for a pass that reads only part of the split or reads it once (no cache to fill);
-    `epochs`: training batches of those epochs, one after the other (pipeline.make)."""
+    `epochs`: training batches of those epochs, one after the other (pipeline.make); `about`: the split's
+    Provenance (`Splits.about[split]`), which a file cache (data.cache=PREFIX) is keyed on."""
     from seglab.data import pipeline
 
     data = cfg.data
+    chosen, name = cache_of(data, split, about) if cache else (None, split)
     return pipeline.make(
         dataset, image_size=data.image_size, resize=data.resize, ignore_index=data.ignore_index,
         batch_size=cfg.trainer.batch_size, training=training, seed=cfg.seed,
         deterministic=cfg.deterministic, augment_options=dict(data.augment) if training else None,
-        cache=data.cache if cache else None, cache_name=cache_name(data, split), shuffle_buffer=data.shuffle_buffer,
+        cache=chosen, cache_name=name, shuffle_buffer=data.shuffle_buffer,
         epochs=epochs,
     )
+
+
+def cache_of(data_cfg, split: str, about: Optional["Provenance"]) -> tuple[Optional[str], str]:
+    """The cache `pipeline.make` gives a split (data.cache, or None: uncached) and its file cache's name.  A file
+    cache needs the split's Provenance to be keyed on its content, and is used once complete or while this run
+    holds its writer's lock (seglab.data.filecache)."""
+    cache = data_cfg.cache
+    if cache in (None, "memory"):
+        return cache, split
+    if about is None:
+        log.warning("data.cache=%s: the source does not say which files the %s split reads (Splits.about), so no "
+                    "cache of it could notice their change: reading it uncached.", cache, split)
+        return None, split
+    prefix, name = str(Path(cache).expanduser()), cache_name(data_cfg, split, about)
+    if not filecache.claim(f"{prefix}-{name}"):
+        log.warning("data.cache=%s: another run is filling the %s split's cache (%s-%s) now: this run reads the split "
+                    "uncached.", cache, split, prefix, name)
+        return None, name
+    return prefix, name
 
 
 @dataclass

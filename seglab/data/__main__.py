@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None):
     runtime.setup(cfg.seed, cfg.deterministic)
     data = cfg.data
     splits = instantiate(data.source)
-    batches = batches_of(cfg, splits.train, "train", training=True)
+    batches = batches_of(cfg, splits.train, "train", training=True, about=splits.about.get("train"))
     rates = images_per_second(batches, args.passes)
     result = {"first_pass_images_per_second": rates[0], "images_per_second": sum(rates[1:]) / len(rates[1:])}
     Image.fromarray(sample_grid(batches, args.samples, data.num_classes)).save(out)

@@ -139,7 +139,7 @@ def set_up(cfg: DictConfig, strategy, mlrun, data: Data) -> Setup:
         model = instantiate(cfg.model, num_classes=cfg.data.num_classes, image_size=cfg.data.image_size)
     splits = data.splits
     lineage.log(mlrun, cfg.data.name, splits, ["train", "val"])  # the run's input datasets: source, size, content digest
-    val_ds = batches_of(cfg, splits.val, "val")
+    val_ds = batches_of(cfg, splits.val, "val", about=splits.about.get("val"))
     train_images = data.counts.images
     # +debug=fast / +debug=overfit read fewer batches an epoch.
     steps_per_epoch = debug.steps_per_epoch(pipeline.steps_per_epoch(train_images, cfg.trainer.batch_size), cfg.trainer)
@@ -176,7 +176,8 @@ def fit(cfg: DictConfig, mlrun, setup: Setup, checkpointer: callbacks.Checkpoint
     nothing to fit) with the configured callbacks."""
     trainer, splits = cfg.trainer, setup.splits
     # Epoch e's batches depend only on (seed, e): a resumed run sees the batches an uninterrupted one would.
-    train_ds = batches_of(cfg, splits.train, "train", training=True, epochs=range(first_epoch, trainer.epochs))
+    train_ds = batches_of(cfg, splits.train, "train", training=True, epochs=range(first_epoch, trainer.epochs),
+                          about=splits.about.get("train"))
     train_ds, val_ds = debug.limit(train_ds, setup.val_ds, trainer)
     fixed_train = (batches_of(cfg, splits.train.take(trainer.train_inference_images), "train", cache=False)
                    if trainer.train_inference_images else None)
