@@ -139,7 +139,7 @@ def test_sigterm_to_a_slurm_sweep_cancels_its_jobs_which_end_their_runs_killed_a
     for job_id in job_ids:  # SLURM's own record: cancelled, never requeued (a requeue is USR2's, or scontrol's)
         record = slurm_cluster.scontrol("show", "job", job_id)
         assert "JobState=CANCELLED" in record and "Restarts=0" in record, record
-    client, parent, children = parent_and_children(uri)
+    _, parent, children = parent_and_children(uri)
     assert parent.info.status == "KILLED" and parent.data.tags[tags.KILLED_REASON].startswith("the sweep was stopped (SIGTERM)")
     assert children and {c.info.status for c in children} <= {"KILLED", "FINISHED"}, [(c.info.run_name, c.info.status) for c in children]
     stopped = children[0]  # job 0, in epoch 1 of 50: its own process ended its run, on scancel's SIGTERM

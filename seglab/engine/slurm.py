@@ -89,7 +89,7 @@ def cancel_jobs(grace_s: float) -> None:
         return
     # debug: this runs at exit, after the sweep's one line (seglab.errors); a job that did not go is a warning
     log.debug("cancelling the sweep's SLURM jobs %s", " ".join(left))
-    done = subprocess.run(["scancel", *left], capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+    done = subprocess.run(["scancel", *left], check=False, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
     if done.returncode != 0:  # a job that ended meanwhile: "already completing or completed"
         log.debug("scancel: %s", done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit code {done.returncode}")
     deadline = time.monotonic() + grace_s
@@ -106,7 +106,7 @@ def queued(job_ids: list[str]) -> list[str]:
     if not job_ids:
         return []
     done = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--jobs={','.join(job_ids)}"],
-                          capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+                          check=False, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
     # "Invalid job id": SLURM forgot them all (ended longer than its MinJobAge ago), none is left
     if done.returncode != 0 and "Invalid job id" not in done.stderr:
         return list(job_ids)
