@@ -73,6 +73,10 @@ class Cluster:
     def scancel(self, *args: str) -> str:
         return self._client("scancel", *args)
 
+    def squeue(self) -> list[str]:
+        """The ids of the jobs SLURM lists (pending, running, completing), one per array task."""
+        return self._client("squeue", "--noheader", "--array", "--format=%i").split()
+
     def _client(self, command: str, *args: str) -> str:
         return subprocess.run([command, *args], check=True, capture_output=True, text=True, timeout=30,
                               env={**os.environ, **self.env()}).stdout

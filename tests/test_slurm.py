@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -12,10 +13,11 @@ import time
 import pytest
 
 from seglab.tracking import tags
+from tests.conftest import signal_after
 from tests.slurm_cluster import slurm_cluster  # noqa: F401
 from tests.test_distribute import ENV, SAME_STEPS, assert_replicas_are_the_chiefs_checkpoint, histories, the_run
 from tests.test_resume import RESUMABLE, assert_same_training, only_run, start_cli, uninterrupted  # noqa: F401
-from tests.test_sweeps import SWEEP_TINY, empty_store, parent_and_children, sweep  # noqa: F401
+from tests.test_sweeps import ONE_THREAD, SWEEP_TINY, empty_store, parent_and_children, sweep  # noqa: F401
 
 # The launcher values that fit the test's small node (docs/sweeps.md): one job at a time, two cores each;
 # timeout_min > 10, or submitit takes the pre-emption signal for a time-out and does not requeue.
@@ -113,6 +115,51 @@ def test_a_job_requeued_or_preempted_mid_run_resumes_the_same_run_bit_identicall
     assert tags.ERROR not in resumed.data.tags
     assert resumed.data.tags[tags.RESUME_PREVIOUS_ERROR]  # the stopped attempt's reason, kept apart
     assert_same_training(only_run(uninterrupted), (client, resumed), tmp_path, epochs=4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_to_a_slurm_sweep_cancels_its_jobs_which_end_their_runs_killed_and_its_parent_killed(
+        tmp_path, empty_store, slurm_cluster):  # noqa: F811
+    """Before, the stopped sweep left its SLURM jobs queued and running.  SIGTERM once job 0 printed its
+    first epoch (of 50; job 1 waits in the queue, one job at a time): both are cancelled, not requeued."""
+    shutil.copy(empty_store, tmp_path / "m.db")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    code, said = signal_after("epoch  1/50", signal.SIGTERM, "seglab", "--multirun", *SMALL_NODE, *SWEEP_TINY, "trainer.epochs=50",
+                              "model.base_filters=2,4", ONE_THREAD, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun",
+                              cwd=tmp_path, watch="multirun/.submitit/*/*_log.out")
+    lines = [line for line in said.splitlines() if line.strip()]
+    assert code == 143 and lines[-1].startswith("seglab: sweep stopped (SIGTERM): its jobs are ended and MLflow parent run "), said[-3000:]
+    job_ids = sorted(p.name for p in (tmp_path / "multirun/.submitit").iterdir() if p.is_dir() and "_" in p.name)
+    assert len(job_ids) == 2, job_ids  # the array's two tasks, e.g. 7_0 and 7_1
+    deadline = time.time() + 5
+    while left := [j for j in slurm_cluster.squeue() if j in job_ids]:
+        assert time.time() < deadline, (left, slurm_cluster.log_tail())
+        time.sleep(0.2)
+    for job_id in job_ids:  # SLURM's own record: cancelled, never requeued (a requeue is USR2's, or scontrol's)
+        record = slurm_cluster.scontrol("show", "job", job_id)
+        assert "JobState=CANCELLED" in record and "Restarts=0" in record, record
+    _, parent, children = parent_and_children(uri)
+    assert parent.info.status == "KILLED" and parent.data.tags[tags.KILLED_REASON].startswith("the sweep was stopped (SIGTERM)")
+    assert children and {c.info.status for c in children} <= {"KILLED", "FINISHED"}, [(c.info.run_name, c.info.status) for c in children]
+    stopped = children[0]  # job 0, in epoch 1 of 50: its own process ended its run, on scancel's SIGTERM
+    assert stopped.info.status == "KILLED" and stopped.data.tags[tags.ERROR].startswith("terminated (SIGTERM)"), stopped.data.tags
+
+
+def test_sigterm_during_a_slurm_submission_comes_once_it_ended_so_its_job_ids_are_kept():
+    """Raised inside, SIGTERM would cut sbatch short: a job could be queued whose id the sweep never kept."""
+    from seglab.engine import slurm
+
+    came = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: came.append("handled"))
+    try:
+        with slurm._signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            came.append("submitted")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert came == ["submitted", "handled"]
 
 
 def job_logs(tmp_path) -> str:

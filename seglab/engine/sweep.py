@@ -17,7 +17,9 @@ objective, so the other jobs go on; the sweep then exits non-zero, naming the fa
 A stopped sweep stops its jobs: SIGTERM or Ctrl-C to the sweep's process (joblib, submitit_local or
 the basic launcher) ends the processes it started (joblib kills its workers when its wait is cut
 short; `end_jobs` sends the rest SIGTERM, so a job ends its run KILLED itself, then SIGKILL after
-`STOP_GRACE_S`), ends the children still RUNNING and then the parent KILLED, with the reason, and
+`STOP_GRACE_S`); a SLURM sweep (submitit_slurm) cancels its jobs still queued or running
+(seglab.engine.slurm.cancel_jobs: `scancel`, SIGTERM too, never a requeue) and waits as long for SLURM
+to let them go.  Then it ends the children still RUNNING and the parent KILLED, with the reason, and
 exits 143 or 130; the same command continues the sweep.
 """
 
@@ -244,6 +246,7 @@ class MlflowSweep(Callback):
         self.uri: str | None = None
         self.parent_run_id: str | None = None
         self.stopped_by: str | None = None  # "SIGTERM" or "Ctrl-C", once one stopped the sweep
+        self.on_slurm = False  # hydra/launcher=submitit_slurm (or the slurm preset): a stop cancels its jobs through SLURM
 
     # Hydra turns an Exception raised by a callback into a warning and goes on with exit code 0;
     # SystemExit is not an Exception, so a sweep that cannot be tracked, or any of whose jobs failed,
@@ -264,6 +267,8 @@ class MlflowSweep(Callback):
             from seglab.engine import slurm  # submitit: only for SLURM sweeps
 
             slurm.skip_sacct_without_accounting()
+            slurm.keep_job_ids()  # cancelled if the sweep stops (`_end_abandoned`)
+            self.on_slurm = True
         try:
             self._start(config)
         except Exception as err:
@@ -387,6 +392,10 @@ class MlflowSweep(Callback):
 
         if self.parent_run_id is None:
             return
+        if self.on_slurm:  # scancel: SIGTERM, so a job ends its run KILLED; no requeue
+            from seglab.engine import slurm  # imported already, by on_multirun_start
+
+            slurm.cancel_jobs(STOP_GRACE_S)
         end_jobs()
         stopped_by = self.stopped_by or errors.interrupted_by
         # The one line seglab printed, when it printed one (e.g. SLURM refused the jobs), is the reason.
