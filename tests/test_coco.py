@@ -1,12 +1,17 @@
 """data=coco on tiny COCO-format data written here (three categories; polygons, RLE and crowds; PNG and JPEG
-images): the class order, the overlap rule, the crowd rule, the cache keyed by the annotation file's content,
-a carved validation split, `find`, the one-line errors, and a short training through the command line."""
+images): the class order, the overlap rule, the crowd rule, the cache keyed by the annotation file's content
+and by the images' stamps, one conversion at a time, a carved validation split, `find`, the one-line errors,
+and a short training through the command line."""
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +22,7 @@ from pycocotools import mask as mask_utils
 from seglab.config.check import ConfigError
 from seglab.data import DataError
 from seglab.data import coco as coco_source
-from tests.conftest import run_cli
+from tests.conftest import CLI_ENV, inherited_env, run_cli
 
 PERSON, DOG, CAT = 3, 18, 17  # COCO's ids, listed in the file in this order: person, dog, cat
 IGNORE = 255
@@ -173,6 +178,85 @@ def test_the_cache_is_keyed_by_the_annotation_files_content(data):
     mask = by_width(build(root, cache).train)[40][1]
     assert mask[10, 10] == 2  # a dog now: reconverted, not read from the records of the old file
     assert len({p.name for p in cache.iterdir()} - folders) == 1  # train's new key; val's file is as it was
+
+
+def files_under(cache: Path) -> dict[str, int]:
+    """Each file of the conversions (relative to the cache) and its mtime_ns."""
+    return {str(p.relative_to(cache)): p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+
+
+def test_an_image_replaced_in_place_is_converted_again_and_untouched_ones_are_reused(data):
+    root, cache = data
+    build(root, cache)
+    first = files_under(cache)
+    build(root, cache)
+    assert files_under(cache) == first  # untouched images: the conversion is reused, nothing written again
+    image = SPLITS["train2017"][0]  # 000000000001.png (width 40): train's shard 0 with image 3; shard 1 holds 2 and 4
+    replaced = 255 - pixels(image)  # same name, same size in pixels, new pixels
+    Image.fromarray(replaced).save(root / "train2017" / "000000000001.png")
+    train = by_width(build(root, cache).train)
+    np.testing.assert_array_equal(train[40][0], replaced)  # not the stale record of the old pixels
+    np.testing.assert_array_equal(train[38][0], pixels(SPLITS["train2017"][2]))
+    now = files_under(cache)
+    gone, added = set(first) - set(now), set(now) - set(first)
+    assert len(gone) == len(added) == 1 and all("train2017-00000-of-00002-" in name for name in gone | added)
+    assert all(now[name] == first[name] for name in first if name.endswith(".tfrecord") and name not in gone)
+    assert all(now[name] == first[name] for name in first if name.startswith("val2017"))  # val untouched
+
+
+def test_a_conversion_without_image_stamps_is_converted_again_in_its_folder(data):
+    """A conversion made before the images were stamped (its manifest has none, its shards' names no digest)."""
+    root, cache = data
+    build(root, cache)
+    (folder,) = cache.glob("train2017-*")
+    manifest = json.loads((folder / "train2017.json").read_text())
+    old_names = []
+    for name in manifest["shards"]:
+        old_names.append(name.rsplit("-", 1)[0] + ".tfrecord")
+        (folder / name).rename(folder / old_names[-1])
+    del manifest["images"]
+    (folder / "train2017.json").write_text(json.dumps({**manifest, "shards": old_names}))
+    Image.fromarray(255 - pixels(SPLITS["train2017"][0])).save(root / "train2017" / "000000000001.png")
+    train = by_width(build(root, cache).train)
+    np.testing.assert_array_equal(train[40][0], 255 - pixels(SPLITS["train2017"][0]))
+    assert not any((folder / name).exists() for name in old_names)
+    assert len(list(folder.glob("*.tfrecord"))) == 2
+
+
+CONVERT = """import logging, sys
+from seglab.data import coco
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+splits = coco.build(path=sys.argv[1], cache_dir=sys.argv[2], shards=2, ignore_index=255)
+print("widths", sorted(int(image.shape[1]) for image, _ in splits.train.as_numpy_iterator()))
+"""
+
+
+def test_two_runs_converting_at_once_convert_once(data, tmp_path):
+    """Both runs find a replaced image while a third holds the folder's lock: both wait; then one converts
+    the shard again and the other reuses it."""
+    root, cache = data
+    build(root, cache)
+    (folder,) = cache.glob("train2017-*")
+    Image.fromarray(255 - pixels(SPLITS["train2017"][0])).save(root / "train2017" / "000000000001.png")
+    lock = os.open(folder / coco_source.LOCK, os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    outputs = [tmp_path / f"run{i}.txt" for i in range(2)]
+    runs = [subprocess.Popen([sys.executable, "-c", CONVERT, str(root), str(cache)], stdout=out.open("w"),
+                             stderr=subprocess.STDOUT, env={**inherited_env(), **CLI_ENV}) for out in outputs]
+    try:
+        deadline = time.monotonic() + 120
+        while not all("waiting for it" in out.read_text() for out in outputs):
+            assert time.monotonic() < deadline and all(run.poll() is None for run in runs), [o.read_text() for o in outputs]
+            time.sleep(0.2)
+    finally:
+        os.close(lock)  # releases it
+    assert [run.wait(timeout=300) for run in runs] == [0, 0], [out.read_text() for out in outputs]
+    texts = [out.read_text() for out in outputs]
+    assert all("widths [34, 36, 38, 40]" in text for text in texts)
+    joined = "".join(texts)
+    assert joined.count("train2017: wrote 1 of its 2 shards") == 1 and joined.count("reusing 4 examples") == 1
+    manifest = json.loads((folder / "train2017.json").read_text())
+    assert sorted(p.name for p in folder.glob("*.tfrecord")) == sorted(manifest["shards"]) and not list(folder.glob("*.tmp*"))
 
 
 def test_without_a_val_file_a_seeded_share_of_train_is_validation(data):

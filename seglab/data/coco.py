@@ -15,10 +15,14 @@ without any (picked with `seed`); null keeps every image of the file.
 
 The conversion runs once per content and setting and writes sharded TFRecords (the JPEG or PNG bytes as
 they are, the mask as an 8-bit PNG) under `cache_dir/<image folder>-<key>/`, the key a digest of the
-annotation file's bytes, the image folder and every setting that changes the records.  Each shard is
-written under a temporary name and renamed when complete, and a split's manifest is written last, so an
-interrupted conversion leaves nothing a later run would trust; that run converts the missing shards.
-Reading is a parallel `TFRecordDataset` pipeline.
+annotation file's bytes, the image folder and every setting that changes the records.  The images are keyed
+by their stamps (file name, size, mtime_ns: one `stat` each, never their bytes): the manifest records them,
+each shard is named by a digest of its own images' stamps, and a later run that finds an image's stamp
+changed (replaced in place) converts again the shards holding changed images, keeps the others, and removes
+the superseded ones.  Each shard is written under a temporary name and renamed when complete, and a split's
+manifest is written last, so an interrupted conversion leaves nothing a later run would trust; that run
+converts the missing shards.  One run converts a folder at a time (flock); another waits for it, then reuses
+its shards.  Reading is a parallel `TFRecordDataset` pipeline.
 """
 
 # Lazy imports: this module is imported while the config is checked (seglab/config/sources.py calls `check`
@@ -26,11 +30,16 @@ Reading is a parallel `TFRecordDataset` pipeline.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import io
 import json
 import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -58,6 +67,9 @@ MAX_LABEL = 255  # masks are stored as 8-bit PNG
 HEAD_BYTES = 64  # enough to see the JSON object open
 TAIL_BYTES = 1 << 16  # COCO files end with their "categories"
 CHUNK_BYTES = 1 << 20
+STAMP_CHARS = 12  # hex digits of a shard's stamp digest in its name
+LOCK = "convert.lock"  # in a conversion's folder: held by the run converting it
+SHARD = re.compile(r".+-\d{5}-of-\d{5}(-[0-9a-f]+)?\.tfrecord")  # a complete shard (a temporary name has .tmp<pid>)
 
 
 def build(
@@ -226,7 +238,8 @@ def record_names(files: list[str]) -> list[str]:
 
 
 def cache_key(part: Part, **settings: Any) -> str:
-    """A digest of what the records hold: the annotation file's bytes, the image folder, the settings."""
+    """A digest of what the records hold: the annotation file's bytes, the image folder, the settings (the
+    images themselves are keyed by their stamps, in the manifest and in the shards' names)."""
     with part.annotations.open("rb") as file:
         content = hashlib.file_digest(file, "sha256").hexdigest()
     described = dict(format=FORMAT_VERSION, annotations=content, images=str(part.images.resolve()), role=part.role,
@@ -236,45 +249,111 @@ def cache_key(part: Part, **settings: Any) -> str:
 
 def convert(part: Part, cache_dir: Path, *, classes: Optional[list[str]], negative_fraction: Optional[float],
             shards: int, seed: int, ignore_index: Optional[int]) -> tuple[list[str], int, list[str]]:
-    """Convert one split once; its shard files, number of examples and class names (reusing a complete cache)."""
+    """Convert one split once; its shard files, number of examples and class names (reusing a complete
+    conversion whose images are unchanged).  One run converts a folder at a time: another waits, then reuses."""
     settings = dict(classes=classes, negative_fraction=negative_fraction, shards=shards, seed=seed, ignore_index=ignore_index)
     out = cache_dir / f"{part.label}-{cache_key(part, **settings)}"
-    manifest = out / f"{part.label}.json"
-    if manifest.is_file():
-        done = json.loads(manifest.read_text())
-        files = [str(out / name) for name in done["shards"]]
-        if all(Path(f).is_file() for f in files):
-            log.info("coco %s: reusing %d examples in %s", part.label, done["count"], out)
-            return files, done["count"], done["classes"]
+    done = reusable(out, part)
+    if done is None:
+        with one_converter(out, part.label):
+            done = reusable(out, part, say=True) or _convert(out, part, settings)
+    return done
 
+
+def reusable(out: Path, part: Part, say: bool = False) -> Optional[tuple[list[str], int, list[str]]]:
+    """The complete conversion in `out` whose images still have the stamps it recorded (name, size, mtime_ns:
+    one `stat` each, no bytes read), or None; with `say`, log why it cannot be reused."""
+    manifest = out / f"{part.label}.json"
+    if not manifest.is_file():
+        return None
+    done = json.loads(manifest.read_text())
+    files = [str(out / name) for name in done["shards"]]
+    if not all(Path(f).is_file() for f in files):
+        return None
+    recorded = done.get("images")  # None: converted before images were stamped, so converted again once
+    now = stamps(part.images, [row[0] for row in recorded or []])
+    changed = [new[0] for new, old in zip(now, recorded) if new != old] if recorded is not None else ["(not stamped)"]
+    if changed:
+        if say:
+            log.info("coco %s: %d image(s) changed since the conversion in %s, e.g. %s: converting their shards again",
+                     part.label, len(changed), out, ", ".join(changed[:MAX_NAMED]))
+        return None
+    log.info("coco %s: reusing %d examples in %s", part.label, done["count"], out)
+    return files, done["count"], done["classes"]
+
+
+def stamps(folder: Path, names: list[str]) -> list[list]:
+    """[file name, size, mtime_ns] of each image (a missing one: [name, None, None]); an image replaced in place
+    changes its size or its modification time, so its stamp."""
+    rows = []
+    directory = os.open(folder, os.O_RDONLY)  # names resolved from the folder, not from / (a third less time)
+    try:
+        for name in names:
+            try:
+                stat = os.stat(name, dir_fd=directory)
+                rows.append([name, stat.st_size, stat.st_mtime_ns])
+            except FileNotFoundError:
+                rows.append([name, None, None])
+    finally:
+        os.close(directory)
+    return rows
+
+
+@contextmanager
+def one_converter(out: Path, label: str) -> Iterator[None]:
+    """Hold an exclusive lock on `out` (flock: the kernel releases it when the process ends, however it ends),
+    waiting for a run that holds it.  Without locks (some FUSE mounts) two runs may both convert: each shard is
+    renamed into place whole and both write the same bytes under the same name, so neither corrupts the other."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("coco %s: another run is converting it in %s: waiting for it", label, out)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without locks
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _convert(out: Path, part: Part, settings: dict) -> tuple[list[str], int, list[str]]:
+    """Convert the split into `out` (under its lock): the shards whose images' stamps have no shard yet, then
+    the manifest, then the superseded shards go."""
     coco = load_annotations(part.annotations)
-    classes, label_of = resolve(coco, classes, str(part.annotations))
-    image_ids = select(coco, part, label_of, negative_fraction, seed)
-    missing = [coco.imgs[i]["file_name"] for i in image_ids if not (part.images / coco.imgs[i]["file_name"]).is_file()]
+    classes, label_of = resolve(coco, settings["classes"], str(part.annotations))
+    image_ids = select(coco, part, label_of, settings["negative_fraction"], settings["seed"])
+    # Stamped before their bytes are read: an image replaced during the conversion is converted again next time.
+    stamped = stamps(part.images, [coco.imgs[i]["file_name"] for i in image_ids])
+    missing = [name for name, size, _ in stamped if size is None]
     if missing:
         raise DataError(f"{len(missing)} images listed in {part.annotations} are missing from {part.images}, e.g. "
                         f"{', '.join(missing[:MAX_NAMED])}: put them there, or point data.source.{part.role}.images at "
                         f"their folder (COCO 2017: unpack {part.images.name}.zip from {DOWNLOAD}).")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(dict(annotations=str(part.annotations), images=str(part.images),
                                                        carve=part.carve, **settings), indent=1))
-    names = write_shards(out, part, coco, label_of, image_ids, shards, ignore_index)
+    names = write_shards(out, part, coco, label_of, image_ids, stamped, settings["shards"], settings["ignore_index"])
     # Shards of an earlier, interrupted conversion were written by the same rules: read their counts back.
     count = sum(1 for name in names for _ in _records([str(out / name)]))
     if count == 0:
         raise DataError(f"coco {part.label}: none of the {len(image_ids)} selected images in {part.images} can be decoded.")
-    atomic.write_bytes(manifest, json.dumps(dict(count=count, shards=names, classes=classes)).encode())
-    log.info("coco %s: wrote %d examples in %d shards to %s", part.label, count, len(names), out)
+    atomic.write_bytes(out / f"{part.label}.json", json.dumps(dict(count=count, shards=names, classes=classes, images=stamped)).encode())
+    # Shards of replaced images, which no manifest names now (a run still reading them fails on its next epoch).
+    atomic.remove([p for p in out.glob(f"{part.label}-*.tfrecord") if SHARD.fullmatch(p.name) and p.name not in names])
+    log.info("coco %s: %d examples in %d shards in %s", part.label, count, len(names), out)
     return [str(out / name) for name in names], count, classes
 
 
-def write_shards(out: Path, part: Part, coco: COCO, label_of: dict[int, int], image_ids: list[int], shards: int,
-                 ignore_index: Optional[int]) -> list[str]:
-    """Write the shards not there yet (image i goes to shard i mod n); their names, complete ones included."""
+def write_shards(out: Path, part: Part, coco: COCO, label_of: dict[int, int], image_ids: list[int], stamped: list[list],
+                 shards: int, ignore_index: Optional[int]) -> list[str]:
+    """Write the shards not there yet (image i goes to shard i mod n, named by a digest of its images' stamps);
+    their names, complete ones included."""
     for stale in atomic.leftovers(out):  # left by an interrupted conversion (not by another job still converting)
         stale.unlink(missing_ok=True)
     n_shards = min(shards, len(image_ids))
-    names = [f"{part.label}-{i:05d}-of-{n_shards:05d}.tfrecord" for i in range(n_shards)]
+    names = [f"{part.label}-{i:05d}-of-{n_shards:05d}-{_digest(stamped[i::n_shards])}.tfrecord" for i in range(n_shards)]
     todo = [i for i, name in enumerate(names) if not (out / name).is_file()]
     skipped: list[str] = []
     total = sum(len(image_ids[i::n_shards]) for i in todo)
@@ -284,7 +363,12 @@ def write_shards(out: Path, part: Part, coco: COCO, label_of: dict[int, int], im
     if skipped:
         log.warning("coco %s: skipped %d image(s) that cannot be decoded: %s", part.label, len(skipped),
                     ", ".join(skipped[:MAX_NAMED]))
+    log.info("coco %s: wrote %d of its %d shards", part.label, len(todo), n_shards)
     return names
+
+
+def _digest(rows: list[list]) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:STAMP_CHARS]
 
 
 def load_annotations(annotations: Path) -> COCO:
