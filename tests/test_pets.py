@@ -344,3 +344,40 @@ def test_a_bad_trimap_beyond_the_first_examples_is_one_line_naming_the_file_befo
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("seglab-pets")
     assert experiment is None or client.search_runs([experiment.experiment_id]) == []
+
+
+# --- data=pets reads the archives through data=folder (issue 31): the same splits and labels as before ---------
+
+# What seglab's own pets reader gave on `write_archive(root, trainval=16, test=3)` with val_percent=20, split_seed=0
+# (main before issue 31); Breed_6 is undecodable, so it is in no split.
+PINNED_SPLITS = {
+    "train": ["Breed_10", "Breed_5", "Breed_11", "Breed_4", "Breed_0", "Breed_12", "Breed_15", "Breed_13", "Breed_8",
+              "Breed_14", "Breed_3", "Breed_7"],
+    "val": ["Breed_2", "Breed_1", "Breed_9"],
+    "test": ["Breed_16", "Breed_17", "Breed_18"],
+}
+
+
+def test_data_pets_folder_kind_gives_the_same_splits_and_labels_as_before(tmp_path, compose_cfg):
+    """The composed data=pets (kind=folder), built as training builds it: each split's names in order (the seeded
+    rule of docs/data.md, and the names pinned before the source went through data=folder), each mask the trimap - 1."""
+    from hydra.utils import instantiate
+
+    root = tmp_path / "pets"
+    files = write_archive(root, trainval=16, test=3)
+    cfg = compose_cfg("data=pets", "data.source.kind=folder", f"data.source.path={root}", "data.source.val_percent=20")
+    splits = instantiate(cfg.data.source)
+    names = {split: [Path(n).stem for n in splits.about[split].names] for split in ("train", "val", "test")}
+    train, val = _split_names([f"Breed_{i}" for i in range(16)], 20)
+    assert names == {"train": [n for n in train if n != "Breed_6"], "val": [n for n in val if n != "Breed_6"],
+                     "test": ["Breed_16", "Breed_17", "Breed_18"]}
+    assert names == PINNED_SPLITS
+    for split in ("train", "val", "test"):
+        examples = list(getattr(splits, split).as_numpy_iterator())
+        assert len(examples) == len(names[split])
+        for name, (image, mask) in zip(names[split], examples):
+            assert image.shape == files[name]["rgb"].shape and image.dtype == np.uint8 and mask.dtype == np.int32
+            np.testing.assert_array_equal(mask, files[name]["labels"].astype(np.int32) - 1)
+        about = splits.about[split]
+        assert about.files == [str(root / d / f"{n}{ext}") for n in names[split]
+                               for d, ext in (("images", ".jpg"), ("annotations/trimaps", ".png"))]
