@@ -381,3 +381,49 @@ def test_data_pets_folder_kind_gives_the_same_splits_and_labels_as_before(tmp_pa
         about = splits.about[split]
         assert about.files == [str(root / d / f"{n}{ext}") for n in names[split]
                                for d, ext in (("images", ".jpg"), ("annotations/trimaps", ".png"))]
+
+
+FOLDER_OVERRIDES = (  # docs/own-data.md: data=pets data.source.kind=folder, spelt as data=folder
+    "data=folder", "data.source.image_dir=images", "data.source.mask_dir=annotations/trimaps",
+    "data.source.lists={train:annotations/trainval.txt,test:annotations/test.txt}", "data.source.list_format=name",
+    "data.source.label_map={1:0,2:1,3:2}", "data.ignore_index=null", "data.num_classes=3",
+    "data.class_names=[pet,background,border]",
+)
+
+
+def test_data_pets_folder_kind_is_data_folder_with_the_archive_options(tmp_path, compose_cfg):
+    from hydra.utils import instantiate
+
+    from seglab.config import schema
+
+    root = tmp_path / "pets"
+    write_archive(root, trainval=16, test=3)
+    as_folder = compose_cfg(*FOLDER_OVERRIDES, f"data.source.path={root}", "data.source.val_fraction=0.2", "data.source.seed=2")
+    schema.validate(as_folder)
+    assert {key: as_folder.data.source[key] for key in pets.FOLDER_OPTIONS} == pets.FOLDER_OPTIONS
+    as_pets = compose_cfg("data=pets", "data.source.kind=folder", f"data.source.path={root}", "data.source.val_percent=20",
+                          "data.source.split_seed=2")
+    folder_splits, pets_splits = instantiate(as_folder.data.source), instantiate(as_pets.data.source)
+    for split in ("train", "val", "test"):
+        assert folder_splits.about[split].files == pets_splits.about[split].files
+        for (image, mask), (pets_image, pets_mask) in zip(getattr(folder_splits, split).as_numpy_iterator(),
+                                                          getattr(pets_splits, split).as_numpy_iterator()):
+            np.testing.assert_array_equal(image, pets_image)
+            np.testing.assert_array_equal(mask, pets_mask)
+
+
+def test_inspect_finds_the_archive_and_prints_data_pets(tmp_path, capsys, compose_cfg):
+    from seglab.config import schema
+    from seglab.data import inspect
+
+    root = tmp_path / "pets"
+    write_archive(root, trainval=10, test=3)
+    inspect.main([str(root)])
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"{root}: data=pets reads it (kind=folder, path={root})"
+    assert {"  train: 8 images", "  val: 1 images", "  test: 3 images", "train on it with:"} <= set(said)
+    assert any(line.startswith("  label 2 (border): ") for line in said)
+    command = shlex.split(said[-1])
+    assert command[:6] == ["python", "-m", "seglab", "data=pets", "data.source.kind=folder", f"data.source.path={root}"]
+    assert "data.class_names=[pet,background,border]" in command
+    schema.validate(compose_cfg(*command[3:]))
