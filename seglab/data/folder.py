@@ -342,7 +342,7 @@ def read_list(file: Path, root: Path, images: Path, masks: Path, mask_suffix: st
             continue
         pairs.append((image_files[key], mask_files[key + mask_suffix], image_files[key].relative_to(images).as_posix()))
     if missing:
-        columns = list_format == "auto" and any(len(line.split()) > 2 for line in lines)
+        columns = list_format == "auto" and any(len(m.split(": ", 1)[1].split()) >= 2 for m in missing)
         hint = " (a name followed by other columns? set data.source.list_format=name)" if columns else ""
         line_is = ("begins with a name" if list_format == "name" else "is a name") + f" found in both {images} and {masks}"
         raise DataError(f"{file}: {len(missing)} lines name no matching pair of image and mask ({'; '.join(missing[:MAX_NAMED])}): "
@@ -539,7 +539,8 @@ def stream(pairs: list[Pair], reading: Reading, table, lut, ignore_index: int | 
 
 def _unmapped_message(lut: np.ndarray) -> str:
     ids = np.flatnonzero(lut != UNMAPPED).tolist()
-    named = f"{ids[0]}..{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else "{" + ", ".join(map(str, ids)) + "}"
+    contiguous = bool(ids) and ids == list(range(ids[0], ids[-1] + 1))
+    named = f"{ids[0]}..{ids[-1]}" if contiguous else "{" + ", ".join(map(str, ids)) + "}"
     return (f"{LABEL_ERROR_MARKER} a mask holds a value outside {named}, the ids data.source.label_map names, and "
             f"data.ignore_index=null leaves no label for it: add the id to label_map, or set data.ignore_index (e.g. 255) "
             f"for the ids it does not name")
