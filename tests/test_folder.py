@@ -281,7 +281,7 @@ def test_lists_name_list_files_anywhere_and_masks_may_lie_deeper(tmp_path):
     np.testing.assert_array_equal(read(splits.test)[0][1], labels_for(11, W43, H43))
 
 
-def test_a_list_lists_names_that_is_absent_is_left_out_and_train_is_what_no_list_names(tmp_path, caplog):
+def test_a_list_lists_names_that_is_absent_or_empty_is_left_out_and_train_is_what_no_list_names(tmp_path, caplog):
     write_split(tmp_path / "images", tmp_path / "masks", ["a", "b", "c", "d", "e"])
     (tmp_path / "test.txt").write_text("e\n")
     splits = build(tmp_path, lists={"train": "trainval.txt", "test": "test.txt"}, val_fraction=0.25)
@@ -289,6 +289,8 @@ def test_a_list_lists_names_that_is_absent_is_left_out_and_train_is_what_no_list
     train, val = seeded_names(["a", "b", "c", "d"], 0.25)
     assert splits.about["train"].names == [f"{n}.png" for n in train] and splits.about["val"].names == [f"{val[0]}.png"]
     assert splits.about["test"].names == ["e.png"]
+    (tmp_path / "test.txt").write_text("# nothing held out\n")  # an empty test list: no test split
+    assert build(tmp_path, lists={"train": "trainval.txt", "test": "test.txt"}).test is None
 
 
 def test_list_format_name_reads_the_first_word_and_skips_comments(tmp_path):

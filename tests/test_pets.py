@@ -239,6 +239,14 @@ def test_pipeline_resizes_trimaps_nearest_neighbour(archive):
     assert set(np.unique(masks)) == {0, 2}
 
 
+def test_an_empty_test_list_gives_no_test_split(tmp_path):
+    """The stand-in archive of seglab.data.pets_like with --test 0 writes an empty test.txt."""
+    root = tmp_path / "pets"
+    write_archive(root, trainval=7, test=0)
+    splits = pets.build(kind="folder", path=str(root), val_percent=20)
+    assert int(splits.train.cardinality()) + int(splits.val.cardinality()) == 6 and splits.test is None
+
+
 def test_folder_without_lists_uses_every_image(tmp_path):
     root = tmp_path / "pets"
     write_archive(root, trainval=7, test=0)

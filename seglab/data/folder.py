@@ -186,11 +186,13 @@ def locate(root: Path, image_dir: str | None, mask_dir: str | None, mask_suffix:
 
 def named_lists(root: Path, lists: dict, images: Path, masks: Path, mask_suffix: str, list_format: str) -> dict[str, list[Pair]]:
     """split -> the pairs of each list file `lists` names (relative to PATH).  A named file that is absent is left
-    out with a warning; without a train list, the pairs of images + masks that no other list names are train."""
+    out with a warning, an empty val or test list without one (no such split); without a train list, the pairs of
+    images + masks that no other list names are train."""
     present = {split: root / name for split, name in lists.items() if (root / name).is_file()}
     for split in sorted(lists.keys() - present.keys()):
         log.warning("data.source.lists.%s: %s is not a file: reading without it", split, root / lists[split])
     found = {split: read_list(file, root, images, masks, mask_suffix, list_format) for split, file in present.items()}
+    found = {split: pairs for split, pairs in found.items() if pairs or split == "train"}
     if "train" not in found:
         listed = {image for pairs in found.values() for image, _, _ in pairs}
         found["train"] = [p for p in pair(images, masks, mask_suffix) if p[0] not in listed]
