@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from seglab.data import DataError, pets, pipeline
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_module
 
 TFDS_VERSION = "4.*.*"
 
@@ -435,3 +435,21 @@ def test_inspect_finds_the_archive_and_prints_data_pets(tmp_path, capsys, compos
     assert command[:6] == ["python", "-m", "seglab", "data=pets", "data.source.kind=folder", f"data.source.path={root}"]
     assert "data.class_names=[pet,background,border]" in command
     schema.validate(compose_cfg(*command[3:]))
+
+
+@pytest.mark.slow
+def test_the_command_inspect_prints_for_the_archive_trains(tmp_path):
+    root = tmp_path / "pets"
+    write_archive(root, trainval=12, test=2)
+    done = run_module("seglab.data", "inspect", str(root), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    command = shlex.split(done.stdout.splitlines()[-1])
+    assert command[3:6] == ["data=pets", "data.source.kind=folder", f"data.source.path={root}"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_cli(*command[3:], "model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=4",
+            "trainer.mask_samples=1", "tracking.log_model=false", f"tracking.uri={uri}", cwd=tmp_path)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seglab-pets").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["data.source.kind"] == "folder"
