@@ -210,7 +210,7 @@ def test_undecodable_files_are_skipped_with_a_count_or_refused(tmp_path, caplog)
     (tmp_path / "trainannot" / "c.png").write_bytes(truncated[: len(truncated) // 2])
     splits = build(tmp_path)
     assert splits.about["train"].names == ["a.png"]
-    assert "skipping 2 of 4" in caplog.text and "b.png" in caplog.text
+    assert "skipped 2 of 4" in caplog.text and "b.png" in caplog.text
     assert "b.png" in refused(tmp_path, on_unreadable="fail")
 
 
@@ -246,8 +246,83 @@ def test_find_spots_a_mask_suffix(tmp_path):
     ("val_fraction", 1.0, "[0, 1)"),
     ("colors", [[0, 0, 300]], "0..255"),
     ("on_unreadable", "ignore", "skip or fail"),
+    ("lists", {"trainval": "annotations/trainval.txt"}, "map train, val or test"),
+    ("list_format", "names", "auto .* or name"),
 ])
 def test_the_source_keys_are_checked_before_tensorflow(key, value, says):
     source = {"_target_": "seglab.data.folder.build", "path": "DIR", key: value}
     with pytest.raises(ConfigError, match=f"data.source.{key}=.*{says}".replace("[", r"\[").replace(")", r"\)")):
         check_source(source)
+
+
+# --- the options data=pets reads the Oxford-IIIT Pet archives with (issue 31), each on its own ---------------
+
+
+def seeded_names(names: list[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """docs/own-data.md's rule, written out: sorted names shuffled with the seed, the last share is val."""
+    order = [sorted(names)[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    n_val = max(1, round(len(order) * val_fraction))
+    return order[:-n_val], order[-n_val:]
+
+
+def test_lists_name_list_files_anywhere_and_masks_may_lie_deeper(tmp_path):
+    """data.source.lists + a mask_dir two folders down; val is cut from the train list by the seeded rule, in name
+    order whatever the list's order; test keeps the list's order."""
+    names = [f"n{i}" for i in range(10)]
+    write_split(tmp_path / "photos", tmp_path / "annotations" / "trimaps", names + ["t0", "t1"])
+    (tmp_path / "annotations" / "trainval.txt").write_text("\n".join(reversed(names)) + "\n")
+    (tmp_path / "annotations" / "test.txt").write_text("t1\nt0\n")
+    lists = {"train": "annotations/trainval.txt", "test": "annotations/test.txt"}
+    splits = build(tmp_path, image_dir="photos", mask_dir="annotations/trimaps", lists=lists, val_fraction=0.2, seed=3)
+    train, val = seeded_names(names, 0.2, seed=3)
+    assert splits.about["train"].names == [f"{n}.png" for n in train]
+    assert splits.about["val"].names == [f"{n}.png" for n in val]
+    assert splits.about["test"].names == ["t1.png", "t0.png"]
+    np.testing.assert_array_equal(read(splits.test)[0][1], labels_for(11, W43, H43))
+
+
+def test_a_list_lists_names_that_is_absent_or_empty_is_left_out_and_train_is_what_no_list_names(tmp_path, caplog):
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b", "c", "d", "e"])
+    (tmp_path / "test.txt").write_text("e\n")
+    splits = build(tmp_path, lists={"train": "trainval.txt", "test": "test.txt"}, val_fraction=0.25)
+    assert "data.source.lists.train" in caplog.text and "trainval.txt is not a file" in caplog.text
+    train, val = seeded_names(["a", "b", "c", "d"], 0.25)
+    assert splits.about["train"].names == [f"{n}.png" for n in train] and splits.about["val"].names == [f"{val[0]}.png"]
+    assert splits.about["test"].names == ["e.png"]
+    (tmp_path / "test.txt").write_text("# nothing held out\n")  # an empty test list: no test split
+    assert build(tmp_path, lists={"train": "trainval.txt", "test": "test.txt"}).test is None
+
+
+def test_list_format_name_reads_the_first_word_and_skips_comments(tmp_path):
+    """Oxford-IIIT Pet's lists: `name class species breed` per line, `#` comment lines at the top."""
+    write_split(tmp_path / "images", tmp_path / "masks", ["Abyssinian_1", "Abyssinian_10", "beagle_2"])
+    (tmp_path / "train.txt").write_text("#Image CLASS-ID SPECIES BREED ID\nAbyssinian_1 1 1 1\nAbyssinian_10 1 1 1\n")
+    (tmp_path / "val.txt").write_text("beagle_2 12 2 3\n")
+    with pytest.raises(DataError, match="2 lines name no matching pair.*set data.source.list_format=name"):
+        build(tmp_path)
+    splits = build(tmp_path, list_format="name")
+    assert splits.about["train"].names == ["Abyssinian_1.png", "Abyssinian_10.png"]
+    assert splits.about["val"].names == ["beagle_2.png"]
+    assert folder.find(tmp_path) == {"path": str(tmp_path), "list_format": "name"}
+
+
+def test_label_map_with_ignore_index_null_maps_every_id_and_stops_on_one_it_does_not_name(tmp_path):
+    names = ["a", "b", "c", "d"]
+    for i, name in enumerate(names):
+        write_image(tmp_path / "images" / f"{name}.png", W43, H43, seed=i)
+        write_mask(tmp_path / "masks" / f"{name}.png", labels_for(i, W43, H43) + 1)  # ids 1, 2, 3
+    splits = build(tmp_path, label_map={1: 0, 2: 1, 3: 2}, ignore_index=None, val_fraction=0.25)
+    for (_, mask), name in zip(read(splits.train), splits.about["train"].names):
+        np.testing.assert_array_equal(mask, labels_for(names.index(name[0]), W43, H43))
+    labels = labels_for(0, W43, H43) + 1
+    labels[0, 0] = 7
+    write_mask(tmp_path / "masks" / "a.png", labels)
+    with pytest.raises(DataError, match=r"value outside 1\.\.3, the ids data\.source\.label_map names.*masks/a\.png"):
+        build(tmp_path, label_map={1: 0, 2: 1, 3: 2}, ignore_index=None, val_fraction=0.25)
+    check_source({"_target_": "seglab.data.folder.build", "path": "DIR", "label_map": {1: 0}, "ignore_index": None})
+
+
+def test_the_split_shares_round_the_decimal_fraction_not_its_float():
+    pairs = [(Path(f"{i:03d}.png"), Path(f"{i:03d}.png"), f"{i:03d}.png") for i in range(75)]
+    assert 75 * 0.14 > 10.5  # the float product: rounded, it gave 11 validation images
+    assert len(folder.seeded(pairs, 0.14, 0.0, 0)["val"]) == 10

@@ -54,7 +54,7 @@ def test_inspect_lists_problems_and_refuses_what_cannot_be_read(tmp_path, capsys
     camvid_with_void(tmp_path)
     (tmp_path / "train" / "b.png").write_bytes(b"broken")
     inspect.main([str(tmp_path)])
-    assert "  problem: skipping 1 of 6 image/mask pairs" in capsys.readouterr().out
+    assert "  problem: skipped 1 of 6 image/mask pairs" in capsys.readouterr().out
     write_mask(tmp_path / "valannot" / "e.png", labels_for(0, 8, 8))
     with pytest.raises(DataError, match="cannot read it: 1 masks differ in size"):
         inspect.main([str(tmp_path)])

@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from seglab.data import DataError, pets, pipeline
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_module
 
 TFDS_VERSION = "4.*.*"
 
@@ -239,6 +239,14 @@ def test_pipeline_resizes_trimaps_nearest_neighbour(archive):
     assert set(np.unique(masks)) == {0, 2}
 
 
+def test_an_empty_test_list_gives_no_test_split(tmp_path):
+    """The stand-in archive of seglab.data.pets_like with --test 0 writes an empty test.txt."""
+    root = tmp_path / "pets"
+    write_archive(root, trainval=7, test=0)
+    splits = pets.build(kind="folder", path=str(root), val_percent=20)
+    assert int(splits.train.cardinality()) + int(splits.val.cardinality()) == 6 and splits.test is None
+
+
 def test_folder_without_lists_uses_every_image(tmp_path):
     root = tmp_path / "pets"
     write_archive(root, trainval=7, test=0)
@@ -344,3 +352,104 @@ def test_a_bad_trimap_beyond_the_first_examples_is_one_line_naming_the_file_befo
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("seglab-pets")
     assert experiment is None or client.search_runs([experiment.experiment_id]) == []
+
+
+# --- data=pets reads the archives through data=folder (issue 31): the same splits and labels as before ---------
+
+# What seglab's own pets reader gave on `write_archive(root, trainval=16, test=3)` with val_percent=20, split_seed=0
+# (main before issue 31); Breed_6 is undecodable, so it is in no split.
+PINNED_SPLITS = {
+    "train": ["Breed_10", "Breed_5", "Breed_11", "Breed_4", "Breed_0", "Breed_12", "Breed_15", "Breed_13", "Breed_8",
+              "Breed_14", "Breed_3", "Breed_7"],
+    "val": ["Breed_2", "Breed_1", "Breed_9"],
+    "test": ["Breed_16", "Breed_17", "Breed_18"],
+}
+
+
+def test_data_pets_folder_kind_gives_the_same_splits_and_labels_as_before(tmp_path, compose_cfg):
+    """The composed data=pets (kind=folder), built as training builds it: each split's names in order (the seeded
+    rule of docs/data.md, and the names pinned before the source went through data=folder), each mask the trimap - 1."""
+    from hydra.utils import instantiate
+
+    root = tmp_path / "pets"
+    files = write_archive(root, trainval=16, test=3)
+    cfg = compose_cfg("data=pets", "data.source.kind=folder", f"data.source.path={root}", "data.source.val_percent=20")
+    splits = instantiate(cfg.data.source)
+    names = {split: [Path(n).stem for n in splits.about[split].names] for split in ("train", "val", "test")}
+    train, val = _split_names([f"Breed_{i}" for i in range(16)], 20)
+    assert names == {"train": [n for n in train if n != "Breed_6"], "val": [n for n in val if n != "Breed_6"],
+                     "test": ["Breed_16", "Breed_17", "Breed_18"]}
+    assert names == PINNED_SPLITS
+    for split in ("train", "val", "test"):
+        examples = list(getattr(splits, split).as_numpy_iterator())
+        assert len(examples) == len(names[split])
+        for name, (image, mask) in zip(names[split], examples):
+            assert image.shape == files[name]["rgb"].shape and image.dtype == np.uint8 and mask.dtype == np.int32
+            np.testing.assert_array_equal(mask, files[name]["labels"].astype(np.int32) - 1)
+        about = splits.about[split]
+        assert about.files == [str(root / d / f"{n}{ext}") for n in names[split]
+                               for d, ext in (("images", ".jpg"), ("annotations/trimaps", ".png"))]
+
+
+FOLDER_OVERRIDES = (  # docs/own-data.md: data=pets data.source.kind=folder, spelt as data=folder
+    "data=folder", "data.source.image_dir=images", "data.source.mask_dir=annotations/trimaps",
+    "data.source.lists={train:annotations/trainval.txt,test:annotations/test.txt}", "data.source.list_format=name",
+    "data.source.label_map={1:0,2:1,3:2}", "data.ignore_index=null", "data.num_classes=3",
+    "data.class_names=[pet,background,border]",
+)
+
+
+def test_data_pets_folder_kind_is_data_folder_with_the_archive_options(tmp_path, compose_cfg):
+    from hydra.utils import instantiate
+
+    from seglab.config import schema
+
+    root = tmp_path / "pets"
+    write_archive(root, trainval=16, test=3)
+    as_folder = compose_cfg(*FOLDER_OVERRIDES, f"data.source.path={root}", "data.source.val_fraction=0.2", "data.source.seed=2")
+    schema.validate(as_folder)
+    assert {key: as_folder.data.source[key] for key in pets.FOLDER_OPTIONS} == pets.FOLDER_OPTIONS
+    as_pets = compose_cfg("data=pets", "data.source.kind=folder", f"data.source.path={root}", "data.source.val_percent=20",
+                          "data.source.split_seed=2")
+    folder_splits, pets_splits = instantiate(as_folder.data.source), instantiate(as_pets.data.source)
+    for split in ("train", "val", "test"):
+        assert folder_splits.about[split].files == pets_splits.about[split].files
+        for (image, mask), (pets_image, pets_mask) in zip(getattr(folder_splits, split).as_numpy_iterator(),
+                                                          getattr(pets_splits, split).as_numpy_iterator()):
+            np.testing.assert_array_equal(image, pets_image)
+            np.testing.assert_array_equal(mask, pets_mask)
+
+
+def test_inspect_finds_the_archive_and_prints_data_pets(tmp_path, capsys, compose_cfg):
+    from seglab.config import schema
+    from seglab.data import inspect
+
+    root = tmp_path / "pets"
+    write_archive(root, trainval=10, test=3)
+    inspect.main([str(root)])
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"{root}: data=pets reads it (kind=folder, path={root})"
+    assert {"  train: 8 images", "  val: 1 images", "  test: 3 images", "train on it with:"} <= set(said)
+    assert any(line.startswith("  label 2 (border): ") for line in said)
+    command = shlex.split(said[-1])
+    assert command[:6] == ["python", "-m", "seglab", "data=pets", "data.source.kind=folder", f"data.source.path={root}"]
+    assert "data.class_names=[pet,background,border]" in command
+    schema.validate(compose_cfg(*command[3:]))
+
+
+@pytest.mark.slow
+def test_the_command_inspect_prints_for_the_archive_trains(tmp_path):
+    root = tmp_path / "pets"
+    write_archive(root, trainval=12, test=2)
+    done = run_module("seglab.data", "inspect", str(root), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    command = shlex.split(done.stdout.splitlines()[-1])
+    assert command[3:6] == ["data=pets", "data.source.kind=folder", f"data.source.path={root}"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_cli(*command[3:], "model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=4",
+            "trainer.mask_samples=1", "tracking.log_model=false", f"tracking.uri={uri}", cwd=tmp_path)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("seglab-pets").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["data.source.kind"] == "folder"

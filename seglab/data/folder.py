@@ -4,9 +4,11 @@ Where the splits come from, the first that PATH holds:
 
 - split folders: `train/ val/ test/` with the masks in a sibling folder (`trainannot/`, CamVid's layout, or
   `train_labels/`, `train_masks/`, ...), `images/train/` + `masks/train/`, or `train/images/` + `train/masks/`;
-- list files (`train.txt`, `val.txt`, `test.txt` in PATH, `lists/`, `splits/` or `ImageSets/Segmentation/`): one
-  name per line (looked up in `images/` + `masks/`) or an `image mask` pair of paths; a UTF-8 BOM and Windows line
-  ends are fine;
+- list files (`train.txt`, `val.txt`, `test.txt` in PATH, `lists/`, `splits/` or `ImageSets/Segmentation/`, or the
+  files `lists` names, e.g. {train: annotations/trainval.txt}): one name per line (looked up in `images/` + `masks/`,
+  or `image_dir` / `mask_dir`, which may lie deeper, e.g. annotations/trimaps) or an `image mask` pair of paths;
+  with `list_format: name` the first word of a line is the name and the rest is ignored (Oxford-IIIT Pet's
+  `Abyssinian_100 1 1 1`); `#` comment lines, a UTF-8 BOM and Windows line ends are fine;
 - one pair of folders (`images/` + `masks/`, or `image_dir` / `mask_dir`), split with `seed`: the last
   `val_fraction` of a seeded shuffle is validation, the `test_fraction` before it test.
 A layout without a validation split gets one the same way from its training split.
@@ -14,7 +16,8 @@ A layout without a validation split gets one the same way from its training spli
 Masks: 8-bit index PNGs (mode L, or P: a palette PNG's indices are the labels, read with PIL), 16-bit label PNGs,
 or RGB colours through a colour table (`colors`, one [r, g, b] per class, or a `classes.csv|json|yaml` in PATH with
 a name and a colour per class).  `label_map` remaps ids ({dataset id: training id}, the ids it does not name become
-`ignore_index`).  Every file's header is read once before anything trains (sizes, modes, undecodable files); the
+`ignore_index`; with `ignore_index: null` a mask holding an id it does not name stops the run, naming the file).
+Every file's header is read once before anything trains (sizes, modes, undecodable files); the
 pixels stream from disk in the tf.data graph: TensorFlow decodes PNG, JPEG and BMP, PIL (in a py_function) the
 palette masks and TIFF.
 """
@@ -30,6 +33,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +55,10 @@ SIBLING_SUFFIXES = ("annot", "_annot", "_labels", "labels", "_label", "_masks", 
 LIST_DIRS = (".", "lists", "splits", "imagesets/segmentation")
 CLASS_FILES = ("classes.csv", "classes.json", "classes.yaml", "classes.yml", "class_dict.csv")
 ON_UNREADABLE = ("skip", "fail")
+LIST_FORMATS = ("auto", "name")  # auto: a name, or `image mask` paths | name: the first word is the name, the rest ignored
 HEADER_WORDS = ("name", "names", "class", "class_name", "label")  # the first cell of a classes.csv header row
 MAX_NAMED = 3  # file names quoted in an error message
+UNMAPPED = -1  # an id label_map does not name, with ignore_index null: the pipeline stops on it
 SCAN_THREADS = 8  # header reads are I/O-bound
 TF_FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # what tf.io.decode_image reads; the rest goes through PIL
 INDEX_MODES = ("L", "LA")  # 8-bit grey PNGs: TensorFlow's decode_png gives the values as they are
@@ -68,6 +74,8 @@ def build(
     image_dir: str | None = None,
     mask_dir: str | None = None,
     mask_suffix: str = "",
+    lists: dict | None = None,
+    list_format: str = "auto",
     val_fraction: float = 0.1,
     test_fraction: float = 0.0,
     seed: int = 0,
@@ -82,7 +90,7 @@ def build(
     root = Path(path or "").expanduser()
     if not root.is_dir():
         raise DataError(f"data.source.path={path}: not a directory: give the folder that holds the images and masks.")
-    how, found = locate(root, image_dir, mask_dir, mask_suffix)
+    how, found = locate(root, image_dir, mask_dir, mask_suffix, lists, list_format)
     splits = with_validation(found, val_fraction, test_fraction, seed)
     table = colour_table(root, colors)
     for name, pairs in splits.items():
@@ -103,13 +111,19 @@ def build(
 
 
 def check(path=None, val_fraction=0.1, test_fraction=0.0, colors=None, label_map=None, on_unreadable="skip",
-          ignore_index=255, **_) -> None:
+          lists=None, list_format="auto", **_) -> None:
     """Ranges of data.source.* (the types are checked from build's signature), before TensorFlow loads."""
     require(bool(path), "data.source.path", path, "give the folder with your images and masks: data.source.path=DIR")
     require(0.0 <= val_fraction < 1.0, "data.source.val_fraction", val_fraction, "use a fraction in [0, 1), e.g. 0.1")
     require(0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0, "data.source.test_fraction", test_fraction,
             f"use a fraction in [0, 1) that leaves training images beside val_fraction={val_fraction}")
     require(on_unreadable in ON_UNREADABLE, "data.source.on_unreadable", on_unreadable, "use skip or fail")
+    require(list_format in LIST_FORMATS, "data.source.list_format", list_format,
+            "use auto (a name, or image and mask paths, per line) or name (the first word is the name)")
+    if lists is not None:
+        bad = {k: v for k, v in lists.items() if k not in SPLITS or not (isinstance(v, str) and v)}
+        require(not bad, "data.source.lists", bad, "map train, val or test to a list file inside data.source.path, "
+                "e.g. {train: annotations/trainval.txt, test: annotations/test.txt}")
     if colors is not None:
         bad = [c for c in colors if not (isinstance(c, (list, tuple)) and len(c) == 3
                                          and all(isinstance(v, int) and 0 <= v <= 255 for v in c))]
@@ -119,8 +133,6 @@ def check(path=None, val_fraction=0.1, test_fraction=0.0, colors=None, label_map
     if label_map is not None:
         bad = {k: v for k, v in label_map.items() if not (isinstance(k, int) and isinstance(v, int) and k >= 0 and v >= 0)}
         require(not bad, "data.source.label_map", bad, "map dataset ids to training ids, both integers >= 0")
-        require(ignore_index is not None, "data.ignore_index", None,
-                "data.source.label_map gives the ids it does not name data.ignore_index: set one, e.g. 255")
 
 
 def find(path: Path) -> dict | None:
@@ -128,47 +140,63 @@ def find(path: Path) -> dict | None:
     root = Path(path)
     if not root.is_dir():
         return None
-    try:
-        how, found = locate(root, None, None, "")
-    except DataError:
-        suffix = _mask_suffix(root)
-        if not suffix:
-            return None
+    # As they are; list files whose lines carry more than a name (`Abyssinian_100 1 1 1`); masks named <stem><suffix>.
+    for extra in ({}, {"list_format": "name"}, {"mask_suffix": _mask_suffix(root)}):
+        if extra.get("mask_suffix") == "":
+            continue
         try:
-            how, found = locate(root, None, None, suffix)
+            _, found = locate(root, None, None, extra.get("mask_suffix", ""), None, extra.get("list_format", "auto"))
         except DataError:
-            return None
-        return {"path": str(root), "mask_suffix": suffix} if any(found.values()) else None
-    return {"path": str(root)} if any(found.values()) else None
+            continue
+        return {"path": str(root), **extra} if any(found.values()) else None
+    return None
 
 
 # --- where the pairs are ----------------------------------------------------------------------
 
 
-def locate(root: Path, image_dir: str | None, mask_dir: str | None, mask_suffix: str) -> tuple[str, dict[str, list[Pair]]]:
+def locate(root: Path, image_dir: str | None, mask_dir: str | None, mask_suffix: str, lists: dict | None = None,
+           list_format: str = "auto") -> tuple[str, dict[str, list[Pair]]]:
     """(how the splits were found, split -> pairs); a DataError when PATH holds no layout this module reads."""
-    if image_dir or mask_dir:
+    if image_dir or mask_dir or lists:
         images, masks = root / (image_dir or "images"), root / (mask_dir or "masks")
         for folder, key in ((images, "image_dir"), (masks, "mask_dir")):
             if not folder.is_dir():
                 raise DataError(f"data.source.{key}: {folder} is not a directory: name a folder inside data.source.path.")
-        lists = _list_files(root)
         if lists:
-            return "list files", {s: read_list(f, root, images, masks, mask_suffix) for s, f in lists.items()}
+            return "list files", named_lists(root, lists, images, masks, mask_suffix, list_format)
+        found = _list_files(root)
+        if found:
+            return "list files", {s: read_list(f, root, images, masks, mask_suffix, list_format) for s, f in found.items()}
         return f"one pair of folders, {images.name}/ + {masks.name}/", {"pool": pair(images, masks, mask_suffix)}
     folders = _split_folders(root)
     if "train" in folders:
         return ("split folders", {s: pair(i, m, mask_suffix) for s, (i, m) in folders.items()})
-    lists, both = _list_files(root), _folder_pair(root)
-    if lists:
+    found, both = _list_files(root), _folder_pair(root)
+    if found:
         images, masks = both or (root, root)
-        return "list files", {s: read_list(f, root, images, masks, mask_suffix) for s, f in lists.items()}
+        return "list files", {s: read_list(f, root, images, masks, mask_suffix, list_format) for s, f in found.items()}
     if both:
         return f"one pair of folders, {both[0].name}/ + {both[1].name}/", {"pool": pair(*both, mask_suffix)}
     raise DataError(
         f"data.source.path={root}: found no images and masks: use train/ + trainannot/ (or masks/train/, or "
         f"train/images/ + train/masks/), list files train.txt / val.txt, or images/ + masks/ (docs/own-data.md)."
     )
+
+
+def named_lists(root: Path, lists: dict, images: Path, masks: Path, mask_suffix: str, list_format: str) -> dict[str, list[Pair]]:
+    """split -> the pairs of each list file `lists` names (relative to PATH).  A named file that is absent is left
+    out with a warning, an empty val or test list without one (no such split); without a train list, the pairs of
+    images + masks that no other list names are train."""
+    present = {split: root / name for split, name in lists.items() if (root / name).is_file()}
+    for split in sorted(lists.keys() - present.keys()):
+        log.warning("data.source.lists.%s: %s is not a file: reading without it", split, root / lists[split])
+    found = {split: read_list(file, root, images, masks, mask_suffix, list_format) for split, file in present.items()}
+    found = {split: pairs for split, pairs in found.items() if pairs or split == "train"}
+    if "train" not in found:
+        listed = {image for pairs in found.values() for image, _, _ in pairs}
+        found["train"] = [p for p in pair(images, masks, mask_suffix) if p[0] not in listed]
+    return found
 
 
 def _subfolders(folder: Path) -> dict[str, Path]:
@@ -292,15 +320,16 @@ def _mask_suffix(root: Path) -> str:
     return longer[0] if len(longer) == 1 else ""
 
 
-def read_list(file: Path, root: Path, images: Path, masks: Path, mask_suffix: str) -> list[Pair]:
-    """The pairs of a list file: one name per line (looked up in `images` and `masks`) or `image mask` paths."""
+def read_list(file: Path, root: Path, images: Path, masks: Path, mask_suffix: str, list_format: str = "auto") -> list[Pair]:
+    """The pairs of a list file: one name per line (looked up in `images` and `masks`) or `image mask` paths; with
+    list_format=name the first word of each line is the name and the rest is ignored."""
     text = file.read_bytes().decode("utf-8-sig", errors="replace")  # utf-8-sig drops a BOM; splitlines drops \r
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     image_files = mask_files = None
     pairs, missing = [], []
     for number, line in enumerate(lines, 1):
         parts = line.split()
-        if len(parts) >= 2:
+        if len(parts) >= 2 and list_format == "auto":
             image, mask = (_resolve(p, file.parent, root) for p in parts[:2])
             if image is None or mask is None:
                 missing.append(f"line {number}: {line}")
@@ -315,8 +344,12 @@ def read_list(file: Path, root: Path, images: Path, masks: Path, mask_suffix: st
             continue
         pairs.append((image_files[key], mask_files[key + mask_suffix], image_files[key].relative_to(images).as_posix()))
     if missing:
-        raise DataError(f"{file}: {len(missing)} lines name no image/mask pair ({'; '.join(missing[:MAX_NAMED])}): a line "
-                        f"is a name found in both {images} and {masks}, or two paths (image mask) relative to {root}.")
+        columns = list_format == "auto" and any(len(m.split(": ", 1)[1].split()) >= 2 for m in missing)
+        hint = " (a name followed by other columns? set data.source.list_format=name)" if columns else ""
+        line_is = ("begins with a name" if list_format == "name" else "is a name") + f" found in both {images} and {masks}"
+        raise DataError(f"{file}: {len(missing)} lines name no matching pair of image and mask ({'; '.join(missing[:MAX_NAMED])}): "
+                        f"a line {line_is}" + ("" if list_format == "name" else f", or two paths (image mask) relative to {root}")
+                        + f"{hint}.")
     return pairs
 
 
@@ -343,10 +376,13 @@ def with_validation(found: dict[str, list[Pair]], val_fraction: float, test_frac
 
 
 def seeded(pairs: list[Pair], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Pair]]:
-    """The pairs (in name order) shuffled with `seed`: the last val_fraction is val, the test_fraction before it test."""
-    order = [pairs[i] for i in np.random.default_rng(seed).permutation(len(pairs))]
-    n_val = max(1, round(len(order) * val_fraction)) if val_fraction > 0 else 0
-    n_test = max(1, round(len(order) * test_fraction)) if test_fraction > 0 else 0
+    """The pairs in name order (by stem, whatever order a list file gives them in) shuffled with `seed`: the last
+    val_fraction is val, the test_fraction before it test.  The shares are rounded (half to even) from the decimal
+    fraction as written: 75 images x 0.14 is 10.5 -> 10 images, where the float product 10.500000000000002 gave 11."""
+    by_name = sorted(pairs, key=lambda p: Path(p[2]).with_suffix("").as_posix())
+    order = [by_name[i] for i in np.random.default_rng(seed).permutation(len(by_name))]
+    n_val = max(1, round(len(order) * Fraction(str(val_fraction)))) if val_fraction > 0 else 0
+    n_test = max(1, round(len(order) * Fraction(str(test_fraction)))) if test_fraction > 0 else 0
     cut = len(order) - n_val - n_test
     splits = {"train": order[:cut], "val": order[len(order) - n_val:]}
     if n_test:
@@ -408,7 +444,7 @@ def scan(root: Path, splits: dict[str, list[Pair]], on_unreadable: str, table) -
         raise DataError(f"{len(broken)} image/mask pairs cannot be decoded: {'; '.join(list(broken.values())[:MAX_NAMED])}: "
                         f"replace or remove them, or set data.source.on_unreadable=skip to leave them out.")
     if broken:
-        log.warning("skipping %d of %d image/mask pairs that cannot be decoded (data.source.on_unreadable=fail refuses "
+        log.warning("skipped %d of %d image/mask pairs that cannot be decoded (data.source.on_unreadable=fail refuses "
                     "them), e.g. %s", len(broken), len(everything), "; ".join(list(broken.values())[:MAX_NAMED]))
     good = [p for p in everything if p not in broken]
     differ = [p for p in good if headers[p][0][:2] != headers[p][1][:2]]
@@ -464,11 +500,12 @@ def reading_for(headers: list, table, root: Path) -> Reading:
 
 
 def label_table(label_map: dict | None, ignore_index: int | None, mask: str) -> np.ndarray | None:
-    """dataset id -> training id for every id the masks can hold (ids the map does not name: ignore_index)."""
+    """dataset id -> training id for every id the masks can hold (ids the map does not name: ignore_index, or
+    UNMAPPED when it is null)."""
     if label_map is None:
         return None
     size = max(256 if mask in ("index", "colour", "colour_pil") else 65536, max(label_map) + 1)
-    table = np.full(size, ignore_index, np.int32)
+    table = np.full(size, UNMAPPED if ignore_index is None else ignore_index, np.int32)
     for source, target in label_map.items():
         table[int(source)] = int(target)
     return table
@@ -483,6 +520,7 @@ def stream(pairs: list[Pair], reading: Reading, table, lut, ignore_index: int | 
 
     colours = _colour_lookup(tf, table) if table is not None else None
     lut_tensor = tf.constant(lut) if lut is not None else None
+    unmapped_message = _unmapped_message(lut) if lut is not None else ""
 
     def decode(image_path, mask_path):
         image = _read_image(tf, image_path, reading.image)
@@ -492,11 +530,28 @@ def stream(pairs: list[Pair], reading: Reading, table, lut, ignore_index: int | 
         if lut_tensor is not None:
             inside = (mask >= 0) & (mask < lut_tensor.shape[0])
             mask = tf.where(inside, tf.gather(lut_tensor, tf.clip_by_value(mask, 0, lut_tensor.shape[0] - 1)),
-                            ignore_index)
+                            UNMAPPED if ignore_index is None else ignore_index)
+            if ignore_index is None:
+                mask = _all_mapped(tf, mask, mask_path, unmapped_message)
         return image, mask
 
     files = tf.data.Dataset.from_tensor_slices(([str(i) for i, _, _ in pairs], [str(m) for _, m, _ in pairs]))
     return files.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+
+def _unmapped_message(lut: np.ndarray) -> str:
+    ids = np.flatnonzero(lut != UNMAPPED).tolist()
+    contiguous = bool(ids) and ids == list(range(ids[0], ids[-1] + 1))
+    named = f"{ids[0]}..{ids[-1]}" if contiguous else "{" + ", ".join(map(str, ids)) + "}"
+    return (f"{LABEL_ERROR_MARKER} a mask holds a value outside {named}, the ids data.source.label_map names, and "
+            f"data.ignore_index=null leaves no label for it: add the id to label_map, or set data.ignore_index (e.g. 255) "
+            f"for the ids it does not name")
+
+
+def _all_mapped(tf, labels, path, message: str):
+    """The labels, once none is UNMAPPED: else the pipeline stops with `message` and the mask's file."""
+    with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(labels != UNMAPPED), [message, "file:", path])]):
+        return tf.identity(labels)
 
 
 def _read_image(tf, path, how: str):

@@ -1,6 +1,7 @@
 """`python -m seglab.data inspect PATH [--write my_conf/data/NAME.yaml]`: what a data set holds and how to train on it.
 
-Tries every conf/data/*.yaml whose source module has a `find(path)` (`folder` last: it reads the most layouts),
+Tries every conf/data/*.yaml whose source module has a `find(path)` (`folder` last: it reads the most layouts;
+a module whose data set has fixed classes, `CLASS_NAMES`, is read with its own num_classes and names them),
 builds the splits with the arguments the first one returns, and reads them once: images per split, their sizes
 and aspect, the classes found (labels, or the colours of colour-coded masks) with their share of the pixels, and
 every problem (the source's warnings, its refusal).  Its last line is the command that trains on it; `--write`
@@ -73,11 +74,13 @@ def identify(path: Path) -> tuple[str, object, dict]:
     raise DataError(f"{path}: none of the data layouts ({names}) reads it: see docs/own-data.md for the layouts.")
 
 
-def source_arguments(name: str, arguments: dict) -> dict:
-    """The option's data.source with `arguments` over it, its interpolations resolved for a scan."""
+def source_arguments(name: str, arguments: dict, fixed_classes: bool = False) -> dict:
+    """The option's data.source with `arguments` over it, its interpolations resolved for a scan (with any
+    num_classes, unless the data set's classes are fixed)."""
     option = OmegaConf.load(Path(schema.CONF_DIR, "data", f"{name}.yaml"))
     option.pop("defaults", None)
-    option.num_classes = arguments.get("num_classes", SCAN_CLASSES)
+    if not fixed_classes:
+        option.num_classes = arguments.get("num_classes", SCAN_CLASSES)
     root = OmegaConf.create({"deterministic": True, "seed": 0, "data": option})
     source = OmegaConf.to_container(root.data.source, resolve=True)
     source.pop("_target_")
@@ -101,7 +104,8 @@ def scan(path: Path) -> Found:
         dataset = getattr(splits, split)
         if dataset is not None:
             found.images[split] = _count(dataset, found)
-    found.class_names = getattr(module, "class_names", lambda _: None)(path)
+    fixed = getattr(module, "CLASS_NAMES", None)
+    found.class_names = list(fixed) if fixed else getattr(module, "class_names", lambda _: None)(path)
     return found
 
 
@@ -109,7 +113,7 @@ def _build(build, module, found: Found):
     """The splits, or None with the source's refusal among the problems; colour masks without a colour table are
     read through the colours their first masks hold."""
     try:
-        return build(**source_arguments(found.name, found.arguments))
+        return build(**source_arguments(found.name, found.arguments, fixed_classes=hasattr(module, "CLASS_NAMES")))
     except DataError as err:
         colours = getattr(module, "mask_colours", lambda **_: [])(**found.arguments)
         if not colours or "colors" in found.arguments:
