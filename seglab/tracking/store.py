@@ -2,7 +2,8 @@
 fast reachability check of a server.  The store is whatever `tracking.uri` says (SQLite file, or an
 http(s) tracking server with its own artifact store); nothing here assumes a local file."""
 
-# Lazy imports: MlflowClient (MLflow's store code) loads when a SQLite store is opened, not when errors are classified.
+# Lazy imports: MlflowClient (MLflow's store code) and SQLAlchemy load when a database store is opened, not when
+# errors are classified.
 
 from __future__ import annotations
 
@@ -40,9 +41,12 @@ class TrackingError(UserError, RuntimeError):
 
 def check_reachable(uri: str) -> None:
     """Fail in seconds, not after minutes of MLflow's HTTP retries, when a server is down; a SQLite store
-    is opened first by one process at a time (`_open_sqlite`).  Every command calls this before it uses the store."""
+    or a PostgreSQL database is opened first by one process at a time (`_open_sqlite`, `_open_postgresql`).  Every
+    command calls this before it uses the store."""
     if uri.startswith("sqlite:///"):
         _open_sqlite(uri)
+    if uri.split("://", 1)[0].split("+", 1)[0] == "postgresql":
+        _open_postgresql(uri)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -148,4 +152,33 @@ def _open_sqlite(uri: str) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
     finally:
         os.close(handle)  # releases the lock
+    _opened.add(uri)
+
+
+# The key of the PostgreSQL advisory lock that every seglab process holds while it opens a database the first time:
+# any constant, the same in every process ("seglab" in ASCII).
+SCHEMA_LOCK_KEY = int.from_bytes(b"seglab")
+
+
+def _open_postgresql(uri: str) -> None:
+    """MLflow creates and migrates the tables of an empty PostgreSQL database in whichever process opens it first;
+    two at once both try (`relation ... already exists`, a duplicate alembic_version row).  So each process opens it
+    the first time while holding a session-level advisory lock of the same database (`pg_advisory_lock`), taken on a
+    connection of its own: the first creates the tables, the others wait and find them whole."""
+    if uri in _opened:
+        return
+    import sqlalchemy
+    from mlflow import MlflowClient  # MLflow's store code loads when a command opens a store, not on import
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:  # closing it (NullPool: the connection itself) releases the lock
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            MlflowClient(uri).search_experiments(max_results=1)
+    except sqlalchemy.exc.OperationalError as err:
+        where = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+        raise TrackingError(f"tracking.uri={where}: cannot open the database ({first_line(err.orig or err)}); check the "
+                            "user, password and database name, or log locally with tracking.uri=sqlite:///mlflow.db.") from err
+    finally:
+        engine.dispose()
     _opened.add(uri)
