@@ -3,11 +3,13 @@ without training (the kills of real trainings are in test_resume.py)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -489,6 +491,118 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_failed_naming_the_file
     run = MlflowClient(uri).get_run(done.stdout.strip())
     assert run.info.status == "FAILED" and "File too large" in run.data.tags["error"]
     assert "seglab.checkpoint" not in run.data.tags  # no tag points at the half-written upload
+
+
+LOGS_WHEN_TOLD = textwrap.dedent("""
+    import sys
+    from seglab import errors, tracking
+    from seglab.engine.owner import RunOwner
+
+    def log():
+        with RunOwner(tracking.Run(sys.argv[1], "e", "r", {})) as run:
+            print(run.run_id, flush=True)
+            sys.stdin.readline()  # the test holds the store locked now
+            if sys.argv[2] == "log":
+                run.log_metrics({"m": 1.0})
+
+    errors.main(log, prog="seglab")
+""")
+SQLITE_BUSY_TIMEOUT_S = 20  # MLflow's `PRAGMA busy_timeout = 20000` on every session of a SQLite store
+
+
+@pytest.mark.parametrize("first_write", ["log", "end"])
+def test_a_store_locked_past_the_busy_timeout_is_one_line_and_exit_2_not_a_server_gone(tmp_path, first_write):
+    """Another program holds the SQLite store locked (BEGIN EXCLUSIVE) longer than MLflow waits: the write fails with
+    `database is locked`.  Before, that was taken for a tracking server gone away: logging was skipped and the command
+    exited 0.  Now it exits 2 with one line naming the file and the fix.  A metric refused: the lock is gone by the
+    end, so the run is ended FAILED with the reason.  The end refused: the run is left RUNNING, and the line says so."""
+    from tests.stores import fresh_store
+
+    path = fresh_store(tmp_path / "m.db")
+    uri = f"sqlite:///{path}"
+    proc = subprocess.Popen([sys.executable, "-c", LOGS_WHEN_TOLD, uri, first_write], cwd=tmp_path, text=True, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run_id = proc.stdout.readline().strip()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(SQLITE_BUSY_TIMEOUT_S + 10)  # the write gives up at 20 s; the end, which waits 20 s too, gets through
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip() and "INFO mlflow" not in line]
+    doing, now = {"log": (f"logging metrics to run {run_id}", "is ended FAILED"),
+                  "end": (f"ending run {run_id} as FINISHED", "is left RUNNING in it (the store could not be written to end it)")
+                  }[first_write]
+    assert proc.returncode == 2 and lines == [
+        f"seglab: tracking.uri={uri}: the store file {path} could not be written while {doing} (database is locked); "
+        f"stop the program that holds {path} locked, then run the command again; run {run_id} {now}"], stderr[-3000:]
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == now.split()[2] and "m" not in run.data.metrics
+    assert ("database is locked" in run.data.tags["error"]) if first_write == "log" else "error" not in run.data.tags
+
+
+def _fill(disk) -> None:
+    with open(disk / "filler", "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC, err
+
+
+def _count(path, sql: str) -> int:
+    try:
+        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
+            return db.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:  # locked by the training's write of the moment
+        return 0
+
+
+@pytest.mark.slow  # a tiny training, then its resume
+def test_a_store_whose_disk_fills_mid_training_exits_2_in_one_line_and_the_run_resumes_once_space_is_freed(tmp_path):
+    """The SQLite store on a small tmpfs that another program fills once the training logged its first epoch: the
+    next write to the store fails with `database or disk is full`.  Before, that was taken for a tracking server gone
+    away: training went on, the command exited 0, the run stayed RUNNING.  Now the command exits 2 with one line naming
+    the file and the fix; the full store cannot take FAILED either, and the line says so; freed, the run resumes."""
+    from tests.conftest import TINY, run_cli, start_module
+    from tests.stores import fresh_store
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    try:
+        path = fresh_store(disk / "m.db")
+        uri, args = f"sqlite:///{path}", (*TINY, "trainer.epochs=3")
+        proc = start_module("seglab", *args, f"tracking.uri={uri}", cwd=tmp_path)
+        deadline = time.time() + 600
+        while _count(path, "SELECT count(*) FROM metrics WHERE step = 0") == 0:
+            assert proc.poll() is None and time.time() < deadline, "the training ended before its store was filled"
+            time.sleep(0.1)
+        _fill(disk)
+        output = "".join(proc.stdout)
+        proc.wait(timeout=600)
+        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
+            ((run_id, status),) = db.execute("SELECT run_uuid, status FROM runs").fetchall()
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert proc.returncode == 2 and "Traceback" not in output and "MLflow logging failed" not in output, output[-3000:]
+        assert re.fullmatch(
+            rf"seglab: tracking.uri={uri}: the store file {path} could not be written while logging .+ to run {run_id} "
+            rf"\(database or disk is full\); free space on the disk of {disk}, then resume with trainer.resume={run_id}; "
+            rf"run {run_id} is left RUNNING in it \(the store could not be written to end it\)", lines[-1]), lines[-1]
+        assert status == "RUNNING"
+        (disk / "filler").unlink()
+        run_cli(*args, f"tracking.uri={uri}", f"trainer.resume={run_id}", cwd=tmp_path, timeout=600)
+        run = MlflowClient(uri).get_run(run_id)
+        steps = [m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_loss")]
+        assert run.info.status == "FINISHED" and sorted(steps) == [0, 1, 2], steps  # each epoch once
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 @pytest.mark.slow  # a tiny training, then two evaluations

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from seglab.config import preflight
 from seglab.config.check import ConfigError
 from tests.conftest import CLI_ENV, TINY, inherited_env, run_cli
+from tests.tracking_stack import postgres_server  # noqa: F401  (a fixture)
 
 
 def refused(tmp_path, *args: str) -> str:
@@ -100,6 +101,7 @@ OPENER = """
 import sys, time
 from seglab import tracking
 uri, at = sys.argv[1], float(sys.argv[2])
+tracking.Run  # MLflow loads before the common instant, not during it
 time.sleep(max(0.0, at - time.time()))
 with tracking.Run(uri, "e", "r", {}) as run:
     run.log_metrics({"m": 1.0})
@@ -125,6 +127,43 @@ def test_a_store_that_does_not_exist_yet_opened_by_three_processes_at_once_works
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("e").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+
+
+def test_an_empty_postgresql_database_opened_by_four_processes_at_once_works_for_all(postgres_server, request):
+    """MLflow creates and migrates the tables of an empty PostgreSQL database in whichever process opens it first;
+    four doing so at once each get a run, and the schema is migrated once, to MLflow's head.  Without seglab's lock
+    (a PostgreSQL advisory lock around the first open) this failed with `relation ... already exists`."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import sqlalchemy
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    from tests.conftest import ROOT
+
+    uri = postgres_server.new_database(f"race_{os.getpid()}_{request.node.name[-12:].lower()}")
+    at = time.time() + 8
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, uri, str(at)], cwd=request.path.parent, text=True,
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}) for _ in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e[-1500:] for e in errors]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as db:
+        versions = [row[0] for row in db.execute(sqlalchemy.text("SELECT version_num FROM alembic_version"))]
+    engine.dispose()
+    assert versions == [_get_latest_schema_revision()]
+
+
+def test_a_postgresql_password_that_is_refused_is_one_line_without_it(tmp_path, postgres_server):
+    uri = postgres_server.uri.replace(f":{postgres_server.password}@", ":wrong-secret@")
+    line = refused(tmp_path, f"tracking.uri={uri}")
+    assert line.startswith(f"seglab: tracking.uri={uri.replace('wrong-secret', '***')}: cannot open the database ("), line
+    assert "password authentication failed" in line and "wrong-secret" not in line, line
 
 
 def _free_port() -> int:

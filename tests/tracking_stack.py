@@ -95,14 +95,22 @@ class Postgres:
                   "--auth-local=trust", "--auth-host=scram-sha-256")
         self._run(f"{self.bin}/pg_ctl", "-D", f"{self.dir}/data", "-l", f"{self.dir}/server.log", "-w", "-t", "60",
                   "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
-        env = {**os.environ, "PGPASSWORD": self.password}
-        subprocess.run([f"{self.bin}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database],
-                       check=True, capture_output=True, timeout=30, env=env)
+        self.new_database(self.database)
         return self
 
     @property
     def uri(self) -> str:
-        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+        return self.uri_of(self.database)
+
+    def uri_of(self, database: str) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self, name: str) -> str:
+        """An empty database `name` on this server (no MLflow tables yet); its URI."""
+        env = {**os.environ, "PGPASSWORD": self.password}
+        subprocess.run([f"{self.bin}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name],
+                       check=True, capture_output=True, timeout=30, env=env)
+        return self.uri_of(name)
 
     def stop(self) -> None:
         subprocess.run([*self.as_user, f"{self.bin}/pg_ctl", "-D", f"{self.dir}/data", "-m", "fast", "-w", "-t", "30", "stop"],
@@ -146,6 +154,17 @@ class Stack:
         self.start_spare()
         wait_http(f"{self.spare_uri}/health", self.spare, self.logs / "spare.log")
         return self.spare
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server alone (no MLflow server in front), for tests that give seglab a postgresql:// store."""
+    settings = env_settings()
+    server = Postgres(settings["POSTGRES_USER"], settings["POSTGRES_PASSWORD"], settings["POSTGRES_DB"])
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

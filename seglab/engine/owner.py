@@ -21,7 +21,10 @@ and the owner does the rest (docs/resume.md):
   was.  A finished continued run moves the killed attempt's error to `seglab.resume.previous_error`;
 - **signals**: Ctrl-C and SIGTERM become exceptions (seglab.util.signals), never in the middle of a write;
 - **a server that went away**: the training went on without it (the Run skipped its logging); the end
-  names what was not logged and sends the status once, best-effort.
+  names what was not logged and sends the status once, best-effort;
+- **a SQLite store whose own file refused a write** (disk full, read-only, locked past the busy timeout): not a
+  server gone away; the command stops, the run ends FAILED if the store still takes that, and one line (exit 2)
+  names the file, the fix and how to resume (`_store_lost`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from seglab.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted
 from seglab.tracking import resumable
 from seglab.tracking import tags as keys
 from seglab.tracking.run import Run
-from seglab.tracking.store import STORE_ERRORS, TrackingError, first_line
+from seglab.tracking.store import STORE_ERRORS, StoreWriteFailed, TrackingError, first_line
 from seglab.util import signals
 
 log = logging.getLogger(__name__)
@@ -120,6 +123,8 @@ class RunOwner:
         if getattr(exc, "leaves_run", False):
             self.run.let_go()
             return False
+        if self.run.store_lost is not None:
+            self._store_lost(FAILED if self.run.end(FAILED, str(self.run.store_lost)) else None)
         if self._before is not None and getattr(exc, "resume_refused", False):
             self._put_back()
             return False
@@ -130,7 +135,9 @@ class RunOwner:
             status = KILLED
         else:
             status = FAILED
-        self._end(status, None if exc is None else stopped or f"{exc_type.__name__}: {exc}")
+        ended = self._end(status, None if exc is None else stopped or f"{exc_type.__name__}: {exc}")
+        if self.run.store_lost is not None:  # the end was the first write the store's file refused
+            self._store_lost(status if ended else None)
         if stopped:  # one line for the user (seglab.errors), not the traceback of wherever training was
             code = EXIT_TERMINATED if issubclass(exc_type, signals.Terminated) else EXIT_INTERRUPTED
             after = (f"run the same command again to continue run {self.run.run_id}" if self._training
@@ -138,15 +145,28 @@ class RunOwner:
             raise Interrupted(f"{stopped}; {after}", code) from exc
         return False
 
-    def _end(self, status: str, error: str | None) -> None:
+    def _store_lost(self, ended_as: str | None) -> None:
+        """The SQLite store's own file refused a write (seglab.tracking.store.StoreWriteFailed), whatever the command
+        was doing when it ends: the run was ended (`ended_as`: FAILED if the store took that) or is left as it is,
+        and the command ends with one line (exit 2) naming the file, the fix, how to go on and what the run is now."""
+        lost, run_id = self.run.store_lost, self.run.run_id
+        again = f"resume with trainer.resume={run_id}" if self._training else "run the command again"
+        state = (f"run {run_id} is ended {ended_as}" if ended_as
+                 else f"run {run_id} is left RUNNING in it (the store could not be written to end it)")
+        raise StoreWriteFailed(f"{lost}; {lost.fix}, then {again}; {state}", lost.path, lost.fix) from lost
+
+    def _end(self, status: str, error: str | None) -> bool:
         if status == FINISHED and self._previous_error is not None:
             # A finished run is not in error: the killed attempt's reason moves to a tag of its own.
-            self.run.set_tags({keys.RESUME_PREVIOUS_ERROR: self._previous_error})
-            self.run.delete_tag(keys.ERROR)
+            try:
+                self.run.set_tags({keys.RESUME_PREVIOUS_ERROR: self._previous_error})
+                self.run.delete_tag(keys.ERROR)
+            except StoreWriteFailed:
+                pass  # the Run keeps it (`store_lost`): the command's last line says it, after the status is tried
         if self.run.failed is not None:
             log.warning("MLflow run %s is incomplete: logging failed at %s; not logged after that: %s.",
                         self.run.run_id, self.run.failed, _summary(self.run.skipped))
-        self.run.end(status, error)
+        return self.run.end(status, error)
 
     def _put_back(self) -> None:
         """The resume was refused before training changed anything (a checkpoint that does not fit the

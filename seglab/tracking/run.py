@@ -30,8 +30,9 @@ from mlflow.tracking import fluent
 from seglab.tracking import experiments, resumable
 from seglab.tracking import tags as keys
 from seglab.tracking.params import as_text
-from seglab.tracking.store import (ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, WriteFailed, check_reachable, first_line,
-                                   store_unavailable, write_refused)
+from seglab.tracking.store import (ERROR_TAG_CHARS, HTTP_LIMITS, STORE_ERRORS, QuietStoreWriteErrors, StoreWriteFailed,
+                                   WriteFailed, check_reachable, first_line, store_unavailable, store_write_refused,
+                                   write_refused)
 from seglab.util import signals, visualize
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ class Run:
         self.experiment_id: str | None = None
         self.failed: str | None = None  # what was being logged when the store stopped answering
         self.skipped: list[str] = []  # what was not logged after that
+        self.store_lost: StoreWriteFailed | None = None  # the SQLite store's file refused a write: nothing more is tried
         self._previous_env: dict[str, str | None] = {}
+        self._quiet = QuietStoreWriteErrors(uri)
 
     def __enter__(self) -> Self:
         self.open()
@@ -87,6 +90,7 @@ class Run:
         """Start the run (reopen `resume_run_id`), its heartbeat set, with MLflow's HTTP retries capped
         (`HTTP_LIMITS`) until `end`; a run that fails to start is ended FAILED."""
         check_reachable(self.uri)
+        QuietStoreWriteErrors.LOGGER.addFilter(self._quiet)
         self._previous_env = {name: os.environ.get(name) for name in HTTP_LIMITS}
         for name, value in HTTP_LIMITS.items():
             os.environ.setdefault(name, value)
@@ -102,22 +106,35 @@ class Run:
             raise
         self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
 
-    def end(self, status: str, error: str | None = None) -> None:
+    def end(self, status: str, error: str | None = None) -> bool:
         """Set the run's status (with `error` as its `error` tag), once and best-effort: after the store
-        stopped answering it may be back; the run is no longer the active one either way."""
+        stopped answering it may be back; the run is no longer the active one either way.  Whether the
+        store took the status.  A SQLite store whose file refuses the write is `store_lost` (its owner says
+        so in its last line), anything else a warning."""
         try:
             if error is not None and self.failed is None:
                 try:
                     mlflow.set_tag(keys.ERROR, error[:ERROR_TAG_CHARS])
                 except Exception as tag_err:  # the run must still be ended below
-                    log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
+                    if not self._lost(tag_err, f"recording the error of run {self.run_id}"):
+                        log.warning("could not record the error on MLflow run %s: %s", self.run_id, tag_err)
             try:
                 mlflow.end_run(status)  # pops the active run even when the server does not answer
             except STORE_ERRORS as err:
-                log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id, status,
-                            first_line(err))
+                if not self._lost(err, f"ending run {self.run_id} as {status}"):
+                    log.warning("could not set MLflow run %s to %s (%s); the server shows it RUNNING.", self.run_id,
+                                status, first_line(err))
+                return False
+            return True
         finally:
             self._restore_env()
+
+    def _lost(self, err: BaseException, doing: str) -> bool:
+        """Whether `err` is the SQLite store's file refusing a write; the first such is kept as `store_lost`."""
+        lost = store_write_refused(self.uri, err, doing)
+        if lost is not None and self.store_lost is None:
+            self.store_lost = lost
+        return lost is not None
 
     def let_go(self) -> None:
         """Stop being the active run without writing anything to it (another process writes to it now)."""
@@ -128,6 +145,7 @@ class Run:
         self._restore_env()
 
     def _restore_env(self) -> None:
+        QuietStoreWriteErrors.LOGGER.removeFilter(self._quiet)
         for name, value in self._previous_env.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -136,14 +154,17 @@ class Run:
         self._previous_env = {}
 
     def _log(self, what: str, call, *args, **kwargs):
-        """Call MLflow; on the first store error warn, naming `what`, and skip all later logging."""
-        if self.failed is not None:
+        """Call MLflow; on the first store error warn, naming `what`, and skip all later logging.  A file that
+        cannot be written (the SQLite store's own, or one the run logs) is not an outage: it raises."""
+        if self.failed is not None or self.store_lost is not None:
             self.skipped.append(what)
             return None
         try:
             with signals.one_write():
                 return call(*args, **kwargs)
         except STORE_ERRORS as err:
+            if self._lost(err, f"logging {what} to run {self.run_id}"):  # the owner ends the run FAILED if it can
+                raise self.store_lost from err
             refused = write_refused(err)
             if refused is not None:  # a full disk, not an outage: the run ends FAILED, the command exits non-zero
                 where = refused.filename or f"into {mlflow.get_artifact_uri()}"  # a copy (sendfile) names no file

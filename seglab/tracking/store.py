@@ -2,19 +2,22 @@
 fast reachability check of a server.  The store is whatever `tracking.uri` says (SQLite file, or an
 http(s) tracking server with its own artifact store); nothing here assumes a local file."""
 
-# Lazy imports: MlflowClient (MLflow's store code) loads when a SQLite store is opened, not when errors are classified.
+# Lazy imports: MlflowClient (MLflow's store code) loads when a database store is opened, not when errors are classified.
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import json
+import logging
 import os
+import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import requests
+import sqlalchemy
 from mlflow.exceptions import MlflowException
 
 from seglab.errors import UserError
@@ -40,9 +43,12 @@ class TrackingError(UserError, RuntimeError):
 
 def check_reachable(uri: str) -> None:
     """Fail in seconds, not after minutes of MLflow's HTTP retries, when a server is down; a SQLite store
-    is opened first by one process at a time (`_open_sqlite`).  Every command calls this before it uses the store."""
+    or a PostgreSQL database is opened first by one process at a time (`_open_sqlite`, `_open_postgresql`).  Every
+    command calls this before it uses the store."""
     if uri.startswith("sqlite:///"):
         _open_sqlite(uri)
+    if uri.split("://", 1)[0].split("+", 1)[0] == "postgresql":
+        _open_postgresql(uri)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -107,6 +113,61 @@ def write_refused(err: BaseException) -> OSError | None:
     return None
 
 
+class StoreWriteFailed(WriteFailed):
+    """The SQLite store's own file could not be written (disk full, read-only, an I/O error, locked by another
+    program past SQLite's busy timeout): not a server gone away, which training survives.  `path`: the file."""
+
+    def __init__(self, message: str, path: str, fix: str):
+        super().__init__(message)
+        self.path, self.fix = path, fix
+
+
+# SQLite's primary result codes of a database file that cannot be written (sqlite.org/rescode.html): full,
+# read-only, an I/O error, busy or locked past the busy timeout, or it or its journal cannot be opened.
+SQLITE_WRITE_REFUSED = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY,
+                        sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN)
+SQLITE_PRIMARY = 0xFF  # an extended result code (e.g. SQLITE_IOERR_WRITE) carries its primary code in its low byte
+
+
+def store_write_refused(uri: str, err: BaseException, doing: str = "writing") -> StoreWriteFailed | None:
+    """The SQLite store `uri` refused a write (its file, not the request), wherever that is in `err`'s chain: a
+    StoreWriteFailed naming the file, what was being done and the reason, and the fix (`fix`); else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    seen: BaseException | None = err
+    while seen is not None:
+        code = getattr(seen, "sqlite_errorcode", None)
+        if isinstance(seen, sqlite3.Error) and code is not None and code & SQLITE_PRIMARY in SQLITE_WRITE_REFUSED:
+            path = str(Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser().absolute())
+            return StoreWriteFailed(f"tracking.uri={uri}: the store file {path} could not be written while {doing} ({seen})",
+                                    path, _store_fix(code, path))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class QuietStoreWriteErrors(logging.Filter):
+    """MLflow logs the traceback of every database error it raises; one of a SQLite store file that cannot be
+    written is said by seglab in one line instead (`store_write_refused`), so MLflow's log of it is dropped."""
+
+    LOGGER = logging.getLogger("mlflow.store.db.utils")
+
+    def __init__(self, uri: str):
+        super().__init__()
+        self.uri = uri
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and store_write_refused(self.uri, record.exc_info[1]))
+
+
+def _store_fix(code: int, path: str) -> str:
+    where = Path(path).parent
+    if code & SQLITE_PRIMARY == sqlite3.SQLITE_FULL:
+        return f"free space on the disk of {where}"
+    if code & SQLITE_PRIMARY in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return f"stop the program that holds {path} locked"
+    return f"make {path} and its directory {where} writable (and free space on that disk)"
+
+
 def store_unavailable(err: BaseException) -> bool:
     """The store cannot be reached or failed on its side (connection refused or reset, timeout,
     retries exhausted, HTTP 5xx, a local disk error), as opposed to rejecting a bad request (4xx)."""
@@ -148,4 +209,32 @@ def _open_sqlite(uri: str) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
     finally:
         os.close(handle)  # releases the lock
+    _opened.add(uri)
+
+
+# The key of the PostgreSQL advisory lock that every seglab process holds while it opens a database the first time:
+# any constant, the same in every process ("seglab" in ASCII).
+SCHEMA_LOCK_KEY = int.from_bytes(b"seglab")
+
+
+def _open_postgresql(uri: str) -> None:
+    """MLflow creates and migrates the tables of an empty PostgreSQL database in whichever process opens it first;
+    two at once both try (`relation ... already exists`, a duplicate alembic_version row).  So each process opens it
+    the first time while holding a session-level advisory lock of the same database (`pg_advisory_lock`), taken on a
+    connection of its own: the first creates the tables, the others wait and find them whole."""
+    if uri in _opened:
+        return
+    from mlflow import MlflowClient  # MLflow's store code loads when a command opens a store, not on import
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:  # closing it (NullPool: the connection itself) releases the lock
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            MlflowClient(uri).search_experiments(max_results=1)
+    except sqlalchemy.exc.OperationalError as err:
+        where = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+        raise TrackingError(f"tracking.uri={where}: cannot open the database ({first_line(err.orig or err)}); check the "
+                            "user, password and database name, or log locally with tracking.uri=sqlite:///mlflow.db.") from err
+    finally:
+        engine.dispose()
     _opened.add(uri)
