@@ -6,12 +6,15 @@ each, and ~40 tests start with one.  Here MLflow's own table creation (`_initial
 `fresh_store(path)` copies that file into place.  The copy is still the real store: the process
 that opens it first finds the tables at MLflow's head revision and adds the Default experiment
 itself, with the artifact root of its own working directory, exactly as on a brand-new file.
+`store_dump(path, artifacts)` reads everything a store holds, to check that a command left it as it was.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import shutil
+import sqlite3
 import tempfile
 import threading
 from pathlib import Path
@@ -74,3 +77,37 @@ def store_of(args: tuple[str, ...], cwd: Path) -> Path | None:
     path = Path(uri.removeprefix("sqlite:///"))
     path = path if path.is_absolute() else Path(cwd) / path
     return path if not path.exists() and path.parent.is_dir() else None
+
+
+def store_dump(db: Path, artifacts: Path | None = None) -> dict[str, object]:
+    """Everything an MLflow SQLite store holds, to compare before and after a command: its schema, every row of every
+    table (runs, params, metrics, latest_metrics, tags, experiment_tags, logged_models and their params, tags and
+    metrics, datasets, inputs, ...; sorted, so the order SQLite returns them in does not matter), and, given the
+    artifact directory, each file under it with its size and SHA-256."""
+    dump: dict[str, object] = {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:  # read-only: the dump writes nothing
+        for name, sql in connection.execute("select name, sql from sqlite_master where type='table' order by name"):
+            rows = connection.execute(f'select * from "{name}"').fetchall()
+            dump[f"table {name}"] = (sql, sorted(rows, key=repr))
+    connection.close()
+    if artifacts is not None:
+        for file in sorted(p for p in artifacts.rglob("*") if p.is_file()):
+            data = file.read_bytes()
+            dump[f"artifact {file.relative_to(artifacts)}"] = (len(data), hashlib.sha256(data).hexdigest())
+    return dump
+
+
+def dump_changes(before: dict[str, object], after: dict[str, object]) -> list[str]:
+    """What differs between two `store_dump`s, one line per table or file (empty: the store is as it was)."""
+    changes = []
+    for key in sorted(before.keys() | after.keys()):
+        if key not in before or key not in after:
+            changes.append(f"{key}: {'added' if key not in before else 'removed'}")
+        elif before[key] != after[key]:
+            if key.startswith("table "):
+                (_, old), (_, new) = before[key], after[key]
+                added, gone = [r for r in new if r not in old], [r for r in old if r not in new]
+                changes.append(f"{key}: added {added[:3]}, removed {gone[:3]}")
+            else:
+                changes.append(f"{key}: {before[key]} -> {after[key]}")
+    return changes

@@ -1,9 +1,12 @@
-"""Every mistake a new user makes gets one line: each row of MISTAKES runs the real command line in a
-subprocess and expects a non-zero exit, exactly one non-empty stderr line, no traceback, the
-named key or file in it, and no `mlflow.db` left behind by a command that failed (a row found
-only once the data is read may leave the store the run would have gone to, but no run in it).
-Almost all fail before TensorFlow loads, in one to three seconds.  A row's `setup` puts the files
-it needs in the command's directory (a broken data folder, a preset of the user's, an empty store).
+"""Every mistake a new user makes gets one line and changes no record (issue 32): each row of MISTAKES runs the real
+command line in a process of its own, in a directory that holds a store with a finished run (a real one-epoch
+training's, made once per process and copied per row: Mistake.store), and expects exit code 2, exactly one
+non-empty stderr line, no traceback, the named key or file in it, an answer within a few CPU seconds, and the
+store byte for byte as it was: every table of the SQLite file (runs, params, metrics, tags, logged models,
+datasets, inputs, ...) and every file of its artifacts (tests/stores.store_dump).  No other store may appear.
+Almost all fail before TensorFlow loads, in one to three seconds.  A row's `setup` puts the files it needs in the
+command's directory (a broken data folder, a preset of the user's, the held run deleted in the UI).  A row
+`pending` a fix from another branch is expected to fail here, and fails the suite once it passes (then drop the mark).
 
 docs/troubleshooting.md is this table: a test checks that each row there is what the command prints
 today; regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.md`.
@@ -14,10 +17,14 @@ from __future__ import annotations
 import atexit
 import os
 import queue
+import re
 import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,7 +33,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from seglab.config import schema
 from tests.conftest import inherited_env
+from tests.stores import dump_changes, store_dump
 from tests.zygote import BEFORE_TENSORFLOW, Zygote
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,25 +81,65 @@ def list_preset(cwd: Path) -> None:
     (cwd / "mine" / "experiment" / "list.yaml").write_text("# @package _global_\n- trainer.epochs=2\n- model.depth=2\n")
 
 
+def deleted_in_the_ui(cwd: Path) -> None:
+    """The held run deleted in the MLflow UI (restorable: its lifecycle stage is `deleted`)."""
+    from mlflow import MlflowClient  # lazily: MLflow loads in this process only where a row needs it
+
+    MlflowClient(f"sqlite:///{cwd}/mlflow.db").delete_run(held_run()[1])
+
+
+def checkpoints_gone(cwd: Path) -> None:
+    """The held run's checkpoints deleted from its artifacts and from its output directory, to free space."""
+    for directory in [*cwd.glob("mlruns/*/*/artifacts/checkpoints"), *cwd.glob("outputs/*/*/checkpoints")]:
+        shutil.rmtree(directory)
+
+
 def unpackaged_preset(cwd: Path) -> None:
     """A preset without `# @package _global_`: Hydra puts its keys under `experiment.`."""
     (cwd / "mine" / "experiment").mkdir(parents=True, exist_ok=True)
     (cwd / "mine" / "experiment" / "plain.yaml").write_text("trainer:\n  epochs: 2\n")
 
 
-_EMPTY_STORE: list[bytes] = []
+# The store every row finds: a real tiny training's (one epoch), made once per process in a directory of its own and
+# copied into each row's directory as a user's directory looks after training: the SQLite file, ./mlruns (the run's
+# artifacts and logged model) and ./outputs (its checkpoints).
+HELD_TRAINING = ("data.image_size=32", "data.source.train_size=16", "data.source.val_size=8", "model.depth=2",
+                 "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=8", "trainer.mask_samples=1")
+RUN_ID = "RUN_ID"  # in a row's command: the id of the run the store holds (the docs show it so)
+_HELD: dict[str, object] = {}
 
 
-def empty_store(cwd: Path) -> None:
-    """store.db: an MLflow store with no run (made once, copied)."""
-    if not _EMPTY_STORE:
-        from mlflow import MlflowClient
+def held_run() -> tuple[Path, str]:
+    """The directory of the training the rows' stores are copies of (./mlflow.db, ./mlruns, ./outputs), and its run id."""
+    if not _HELD:
+        folder = Path(tempfile.mkdtemp(prefix="seglab-held-run-"))
+        atexit.register(shutil.rmtree, folder, True)
+        zygote = _ZYGOTES.get()
+        try:
+            done = zygote.run("seglab", list(HELD_TRAINING), folder, user_env(), 900, user_env())
+        finally:
+            _ZYGOTES.put(zygote)
+        assert done.returncode == 0, done.stderr[-3000:]
+        with sqlite3.connect(folder / "mlflow.db") as connection:
+            (run_id,), = connection.execute("select run_uuid from runs").fetchall()
+        connection.close()
+        _HELD.update(folder=folder, run_id=run_id)
+    return _HELD["folder"], _HELD["run_id"]
 
-        made = cwd / "made.db"
-        MlflowClient(f"sqlite:///{made}").search_experiments()
-        _EMPTY_STORE.append(made.read_bytes())
-        made.unlink()
-    (cwd / "store.db").write_bytes(_EMPTY_STORE[0])
+
+def hold_a_run(cwd: Path, name: str) -> None:
+    """Put the held run's store in `cwd` as `name`, with its artifacts and checkpoints; the paths the store records
+    (artifact locations, the output directory) are moved with it, as when a user moves a project directory."""
+    folder, _ = held_run()
+    shutil.copytree(folder, cwd, dirs_exist_ok=True, ignore=shutil.ignore_patterns("mlflow.db"))
+    shutil.copyfile(folder / "mlflow.db", cwd / name)
+    with sqlite3.connect(cwd / name) as connection:
+        for (table,) in connection.execute("select name from sqlite_master where type='table'").fetchall():
+            for column in [c[1] for c in connection.execute(f'pragma table_info("{table}")') if "CHAR" in c[2].upper() or
+                           "TEXT" in c[2].upper()]:
+                connection.execute(f'update "{table}" set "{column}" = replace("{column}", ?, ?) where "{column}" like ?',
+                                   (str(folder), str(cwd), f"%{folder}%"))
+    connection.close()
 
 
 @dataclass(frozen=True)
@@ -99,8 +148,13 @@ class Mistake:
     names: str  # the key, option or file the one line must name
     fix: str  # for the docs: what to do
     setup: Optional[Callable[[Path], None]] = None  # files the command finds in its directory
-    reads_data: bool = False  # found once the data is read: ./mlflow.db may exist, but with no run in it
+    reads_data: bool = False  # found once the data is read (TensorFlow loaded): more CPU seconds to answer
     env: tuple[tuple[str, str], ...] = ()  # variables the user's shell has set (shown before the command in the docs)
+    # Where the row's directory holds a store with a finished run (HELD_TRAINING's): the file the command would write
+    # to, which must be byte for byte as it was after the refusal; None where the row is about there being no store
+    # (and none may be left behind).
+    store: Optional[str] = "mlflow.db"
+    pending: str = ""  # a refusal not on this branch yet (the commit that brings it): expected to fail, left out of the docs
 
     def shown(self) -> str:
         """The command as the user typed it, its environment first."""
@@ -142,6 +196,8 @@ MISTAKES = [
     Mistake("seglab model=fcn8 data.image_size=48", "data.image_size", "Use a multiple of 32 for fcn8 and unet_mobilenet."),
     Mistake("seglab data.image_size=4", "data.image_size", "Use at least 8 px."),
     Mistake("seglab data.image_size=[32,64,96]", "data.image_size", "Give one side or [height, width]."),
+    Mistake("seglab model=segformer data.image_size=48", "data.image_size=48",
+            "Use the size suggested: a multiple of 32 and at least 64 for segformer."),
     Mistake("seglab model=segformer data.image_size=[64,48]", "data.image_size",
             "Use a multiple of 32 on each side, and at least 64 for segformer."),
     Mistake("seglab data.resize=fit", "data.resize", "fit labels its padding `data.ignore_index`: set one (e.g. 255)."),
@@ -214,6 +270,15 @@ MISTAKES = [
             "Unpack the archives again: no photo of the split decodes.", broken_pets, reads_data=True),
     Mistake("seglab data=coco_cat data.source.path=coco data.source.cache_dir=cache data.image_size=32",
             "instances_train2017.json", "Unpack the annotations again: the file is cut short.", truncated_coco, reads_data=True),
+    # --- the run the store holds (HELD_TRAINING's, one epoch, FINISHED)
+    Mistake(f"seglab trainer.resume={RUN_ID} {' '.join(HELD_TRAINING)}", "nothing left to train",
+            "Add `trainer.epochs=M` (M greater than the run's epochs) to train more."),
+    Mistake(f"seglab trainer.resume={RUN_ID} trainer.epochs=2 {' '.join(HELD_TRAINING[:5])}", "is deleted",
+            "Restore the run (`mlflow runs restore --run-id RUN_ID`), or train a new one with `trainer.resume=never`.",
+            deleted_in_the_ui, reads_data=True, pending="main's 25c775f"),
+    Mistake(f"seglab trainer.resume={RUN_ID} trainer.epochs=3 {' '.join(HELD_TRAINING[:5])}", "is gone from the run's artifacts",
+            "Put the checkpoint back, or train a new run with `trainer.resume=never`.", checkpoints_gone, reads_data=True,
+            pending="main's b334fce answers in one line, but the claim's param seglab.claim.1 stays in the store"),
     # --- the other commands
     Mistake("seglab.models unett", "model=unett", "Use a model of `conf/model/`."),
     Mistake("seglab.models", "NAME", "Name a model."),
@@ -228,15 +293,21 @@ MISTAKES = [
     Mistake("seglab.data shapes --samples 0", "--samples", "Use 1 or more."),
     Mistake("seglab.data shapes --passes 1", "--passes", "Use 2 or more: the first pass fills the cache."),
     Mistake("seglab.evaluate data=shapes", "model_uri", "Give `model_uri=runs:/<run id>/model`."),
-    Mistake(f"seglab.evaluate model_uri={RUN}", "mlflow.db", "Run where training ran, or pass `tracking.uri=`."),
+    Mistake(f"seglab.evaluate model_uri={RUN}", "mlflow.db", "Run where training ran, or pass `tracking.uri=`.", store=None),
     Mistake(f"seglab.evaluate model_uri={RUN} data=shapez", "data=shapez", "Use a data set of `conf/data/`."),
     Mistake(f"seglab.evaluate model_uri={RUN} +trainer.epoch=1", "trainer.epoch", "Remove the unknown key."),
     Mistake(f"seglab.evaluate model_uri=runs:/{NO_RUN}/model tracking.uri=sqlite:///store.db", NO_RUN,
-            "Use a run id of this store (the MLflow UI, or the last line of training).", empty_store),
+            "Use a run id of this store (the MLflow UI, or the last line of training).", store="store.db"),
     Mistake("seglab.evaluate model_uri=models:/m/1 set_alias=latest", "set_alias=latest", "Choose another alias, e.g. `champion`."),
+    Mistake(f"seglab.evaluate model_uri=runs:/{RUN_ID}/model set_alias=latest tracking.uri=sqlite:///store.db",
+            "set_alias=latest",
+            "Choose another alias, e.g. `champion`: refused before the model is evaluated.", store="store.db"),
+    Mistake(f"seglab.evaluate model_uri=runs:/{RUN_ID}/model set_alias=champion tracking.uri=sqlite:///store.db", "set_alias",
+            "Register the model (`tracking.register_as=NAME` when training) and evaluate `models:/NAME/<version>`.",
+            store="store.db"),
     Mistake(f"seglab.evaluate model_uri={RUN} inference.stride=16", "inference.mode=slide", "Add `inference.mode=slide`, or leave the stride out."),
     Mistake(f"seglab.evaluate model_uri=runs:/{NO_RUN}/model tracking.uri=sqlite:///store.db", "KERAS_BACKEND=torch",
-            "Unset KERAS_BACKEND.", empty_store, env=(("KERAS_BACKEND", "torch"),)),
+            "Unset KERAS_BACKEND.", env=(("KERAS_BACKEND", "torch"),), store="store.db"),
     Mistake(f"seglab.evaluate model_uri={RUN}", "MLFLOW_TRACKING_URI=sqlite:///nowhere.db",
             "Point MLFLOW_TRACKING_URI at the training's store, or pass `tracking.uri=`.",
             env=(("MLFLOW_TRACKING_URI", "sqlite:///nowhere.db"),)),
@@ -244,26 +315,30 @@ MISTAKES = [
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=photos", "output=photos", "Write the masks outside the input folder."),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=photos/masks", "output=photos/masks", "Write the masks outside the input folder."),
     Mistake(f"seglab.predict model_uri={RUN} input=nope output=masks", "input=nope", "Give an image file or folder."),
-    Mistake(f"seglab.predict model_uri={RUN} input=photos output=masks", "mlflow.db", "Run where training ran, or pass `tracking.uri=`."),
+    Mistake(f"seglab.predict model_uri={RUN} input=photos output=masks", "mlflow.db", "Run where training ran, or pass `tracking.uri=`.",
+            store=None),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=masks batch_size=0", "batch_size", "Use at least 1."),
     Mistake(f"seglab.predict model_uri={RUN} input=photos output=masks colour=1", "colour", "Remove the unknown key."),
     Mistake("seglab.predict model_uri=model input=photos output=notes.txt", "output=notes.txt", "Name a directory for the masks."),
     Mistake("seglab.predict model_uri=model input=photos output=/proc/x/masks", "output=/proc/x/masks", "Write the masks where you can write."),
     Mistake("seglab.predict model_uri=model input=notes.txt output=masks", "input=notes.txt", "Give an image or a folder of images."),
     Mistake(f"seglab.predict model_uri=runs:/{NO_RUN}/model input=photos output=masks tracking.uri=sqlite:///store.db", NO_RUN,
-            "Use a run id of this store.", empty_store),
+            "Use a run id of this store.", store="store.db"),
     Mistake("seglab.report", "sweep", "Name a sweep: its parent run id, experiment or run name."),
     Mistake("seglab.report my-sweep", "MLFLOW_TRACKING_URI=sqlite:///nowhere.db", "Point it at the sweep's store, or pass `--tracking-uri`.",
             env=(("MLFLOW_TRACKING_URI", "sqlite:///nowhere.db"),)),
-    Mistake("seglab.report my-sweep", "mlflow.db", "Run where the sweep ran, or pass `--tracking-uri`."),
+    Mistake("seglab.report my-sweep", "mlflow.db", "Run where the sweep ran, or pass `--tracking-uri`.", store=None),
     Mistake("seglab.report my-sweep --tracking-uri sqlite:///notes.txt", "notes.txt", "Point it at the sweep's store."),
     Mistake("seglab.report my-sweep --format pdf", "--format", "Use text, markdown or csv."),
-    Mistake(f"seglab.report {NO_RUN} --tracking-uri sqlite:///store.db", NO_RUN, "Name a sweep of this store.", empty_store),
+    Mistake(f"seglab.report {NO_RUN} --tracking-uri sqlite:///store.db", NO_RUN, "Name a sweep of this store.", store="store.db"),
     Mistake("seglab.report my-sweep --tracking-uri sqlite:///store.db --output photos", "--output=photos",
-            "Give a file name, e.g. `--output photos/report.md`.", empty_store),
+            "Give a file name, e.g. `--output photos/report.md`.", store="store.db"),
     Mistake("seglab.report my-sweep --tracking-uri sqlite:///store.db --output /proc/x/r.md", "--output=/proc/x/r.md",
-            "Write it where you can write.", empty_store),
-    Mistake("seglab.report my-sweep --tracking-uri sqlite:///store.db --sort speed", "--sort", "Sort by a column of the table.", empty_store),
+            "Write it where you can write.", store="store.db"),
+    Mistake("seglab.report my-sweep --tracking-uri sqlite:///store.db --output report.pdf", "--output=report.pdf",
+            "Name the file .md, .csv or .txt (the format it is written in).", store="store.db"),
+    Mistake("seglab.report my-sweep --tracking-uri sqlite:///store.db --sort speed", "--sort", "Sort by a column of the table.",
+            store="store.db"),
     Mistake("seglab.bench bench.jit=false,true", "trainer.jit_compile", "Add `deterministic=false` to measure XLA."),
     Mistake("seglab.bench bench.steps=abc", "bench.steps", "Give an integer."),
     Mistake("seglab.bench bench.jit=maybe", "bench.jit", "Use true or false."),
@@ -276,20 +351,16 @@ MISTAKES = [
 
 
 def workdir(path: Path, mistake: Mistake | None = None) -> Path:
-    """What the commands find in the current directory: a folder of photos, a text file, and what the row sets up."""
+    """What the commands find in the current directory: a folder of photos, a text file, the row's store with its run
+    (HELD_TRAINING's: Mistake.store), and what the row sets up."""
     (path / "photos").mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "photos" / "cat.png")
     (path / "notes.txt").write_text("not a database\n")
+    if mistake is not None and mistake.store is not None:
+        hold_a_run(path, mistake.store)
     if mistake is not None and mistake.setup is not None:
         mistake.setup(path)
     return path
-
-
-def runs_in(db: Path) -> int:
-    """Runs in an MLflow SQLite store (0 when MLflow has not made its tables)."""
-    with sqlite3.connect(db) as connection:
-        tables = {name for (name,) in connection.execute("select name from sqlite_master where type='table'")}
-        return connection.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
 
 
 def user_env() -> dict[str, str]:
@@ -312,19 +383,34 @@ def _close_zygotes() -> None:
         _ZYGOTES.get().close()
 
 
-def answer(mistake: Mistake, cwd: Path) -> subprocess.CompletedProcess:
-    module, *args = shlex.split(mistake.command.replace("'", "\\'"))
+@dataclass
+class Answer:
+    done: subprocess.CompletedProcess
+    wall_s: float  # from the request to the exit, three rows at a time on a shared machine
+    cpu_s: float  # the command's own CPU seconds: what the time to answer is checked on (the load of others aside)
+    before: dict  # store_dump of the row's store before the command ({} where the row has none)
+
+
+def store_of(mistake: Mistake, cwd: Path) -> dict:
+    return store_dump(cwd / mistake.store, cwd / "mlruns") if mistake.store is not None else {}
+
+
+def answer(mistake: Mistake, cwd: Path) -> Answer:
+    module, *args = shlex.split(mistake.command.replace("'", "\\'").replace(RUN_ID, held_run()[1]))
     env = {**user_env(), **dict(mistake.env)}
+    before = store_of(mistake, cwd)
     zygote = _ZYGOTES.get()
     try:  # TensorFlow loads for a row that reads the data: minutes on a busy machine.
-        return zygote.run(module, args, cwd, env, 600 if mistake.reads_data else 120, env)
+        started = time.perf_counter()
+        done = zygote.run(module, args, cwd, env, 600 if mistake.reads_data else 120, env)
+        return Answer(done, time.perf_counter() - started, zygote.last_cpu_s, before)
     finally:
         _ZYGOTES.put(zygote)
 
 
 def doc_row(mistake: Mistake, line: str, cwd: Path) -> str:
     """The docs' row; paths inside the command's own (temporary) directory are written relative to it."""
-    cell = line.replace(f"{cwd}/", "").replace("|", "\\|")
+    cell = line.replace(f"{cwd}/", "").replace(held_run()[1], RUN_ID).replace("|", "\\|")
     return f"| `{mistake.shown()}` | {cell} | {mistake.fix} |"
 
 
@@ -333,42 +419,92 @@ def cwd(tmp_path):
     return workdir(tmp_path)
 
 
-def answer_all(dirs: list[Path]) -> list[subprocess.CompletedProcess]:
+def answer_all(mistakes: list[Mistake], dirs: list[Path]) -> list[Answer]:
     """Every command run once, three at a time (each is a process of its own, in its own directory)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=3) as pool:
-        return list(pool.map(answer, MISTAKES, dirs))
+        return list(pool.map(answer, mistakes, dirs))
 
 
 @pytest.fixture(scope="module")
-def answers(tmp_path_factory):
-    dirs = [workdir(tmp_path_factory.mktemp("mistake"), m) for m in MISTAKES]
-    return {m.shown(): (d, path) for m, d, path in zip(MISTAKES, answer_all(dirs), dirs)}
+def answers(tmp_path_factory, request):
+    """The rows this session runs (all, or those `-k` selects), each answered once, three at a time."""
+    chosen = {item.callspec.params["mistake"].shown() for item in request.session.items
+              if hasattr(item, "callspec") and "mistake" in item.callspec.params}
+    mistakes = [m for m in MISTAKES if m.shown() in chosen]
+    dirs = [workdir(tmp_path_factory.mktemp("mistake"), m) for m in mistakes]
+    return {m.shown(): (got, path) for m, got, path in zip(mistakes, answer_all(mistakes, dirs), dirs)}
+
+
+# The CPU seconds a command may take to answer (its own, not the machine's, which others share): under 1 s before
+# TensorFlow loads (the imports are the zygote's), 4-5 s where a row loads TensorFlow and reads the data (measured by
+# `python -m tests.test_mistakes` on the 2-core AMD EPYC with AVX-512): bounds with room, not figures.
+ANSWER_CPU_S = 10
+READS_DATA_CPU_S = 60
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.shown().removeprefix("python -m ") for m in MISTAKES])
-def test_mistake_is_one_line(mistake, answers):
-    done, cwd = answers[mistake.shown()]
+def test_mistake_is_one_line_and_leaves_the_store_as_it_was(mistake, answers):
+    got, cwd = answers[mistake.shown()]
+    if not mistake.pending:
+        answer_line = check_answer(mistake, got, cwd)
+        row = doc_row(mistake, answer_line, cwd)
+        assert row in DOC.read_text(), f"docs/troubleshooting.md is out of date: {row}"
+        return
+    try:
+        check_answer(mistake, got, cwd)
+    except AssertionError as failed:
+        pytest.xfail(f"pending {mistake.pending}: {str(failed)[:500]}")
+    pytest.fail(f"this row passes now ({mistake.pending}): remove its `pending` and regenerate docs/troubleshooting.md")
+
+
+def check_answer(mistake: Mistake, got: Answer, cwd: Path) -> str:
+    """The row's answer as the table promises it; its one line."""
+    done = got.done
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode != 0, done.stdout[-2000:]
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
     assert "Traceback" not in done.stderr and lines, done.stderr[-3000:]
     answer_line = lines[-1]
     assert answer_line.startswith(mistake.command.split()[0] + ":"), answer_line
     assert mistake.names in answer_line, answer_line
-    if "--multirun" in mistake.command:
-        pass  # a sweep opens its parent run (MLflow may log creating the store) before Hydra composes the jobs; it ends FAILED
-    else:
-        assert len(lines) == 1, done.stderr[-3000:]
-        store = cwd / "mlflow.db"
-        if mistake.reads_data:
-            assert not store.exists() or runs_in(store) == 0, "a mistake in the data left a run in the store"
-        else:
-            assert not store.exists(), "a failed command left an empty mlflow.db"
-        if (cwd / "store.db").exists():
-            assert runs_in(cwd / "store.db") == 0
-    row = doc_row(mistake, answer_line, cwd)
-    assert row in DOC.read_text(), f"docs/troubleshooting.md is out of date: {row}"
+    budget = READS_DATA_CPU_S if mistake.reads_data else ANSWER_CPU_S
+    assert got.cpu_s < budget, f"{got.cpu_s:.1f} s of CPU ({got.wall_s:.0f} s wall) to answer"
+    assert len(lines) == 1, done.stderr[-3000:]
+    for name in {"mlflow.db", "store.db"} - {mistake.store}:
+        assert not (cwd / name).exists(), f"a refused command left a new store {name}"
+    changes = dump_changes(got.before, store_of(mistake, cwd))
+    assert not changes, "the refused command changed the store:\n" + "\n".join(changes)
+    return answer_line
+
+
+@pytest.mark.parametrize("mistake", [m for m in MISTAKES if m.command.startswith("seglab ") and "data.image_size" in m.names],
+                         ids=lambda m: m.command)
+def test_the_image_size_suggested_is_accepted(mistake, answers):
+    """A refused data.image_size comes with an example (`e.g. 64`): that size passes every check (segformer at 48 px
+    was once told 32, then refused 32 as too small)."""
+    got, _ = answers[mistake.shown()]
+    suggested = re.search(r"\(e\.g\. (\S+)\)", got.done.stderr)
+    if suggested is None:
+        pytest.skip("no size suggested")
+    overrides = [a for a in shlex.split(mistake.command)[1:] if not a.startswith("data.image_size=")]
+    schema.compose([*overrides, f"data.image_size={suggested.group(1)}"])
+
+
+def test_the_store_check_sees_a_changed_row_and_a_changed_artifact(tmp_path):
+    """What the rows rely on: a copy of the held run's store dumps the same twice, and a tag set through MLflow or one
+    byte of an artifact changed is a difference named by its table or file."""
+    from mlflow import MlflowClient
+
+    hold_a_run(tmp_path, "mlflow.db")
+    before = store_dump(tmp_path / "mlflow.db", tmp_path / "mlruns")
+    assert not dump_changes(before, store_dump(tmp_path / "mlflow.db", tmp_path / "mlruns"))
+    assert any(key.startswith("artifact ") and key.endswith("model.keras") for key in before)
+    MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").set_tag(held_run()[1], "note", "touched")
+    config = next((tmp_path / "mlruns").glob("*/*/artifacts/config.yaml"))
+    config.write_bytes(config.read_bytes()[:-1] + b"#")
+    changes = dump_changes(before, store_dump(tmp_path / "mlflow.db", tmp_path / "mlruns"))
+    assert [c.split(":")[0] for c in changes] == [f"artifact {config.relative_to(tmp_path / 'mlruns')}", "table tags"], changes
 
 
 def test_full_error_shows_the_traceback(cwd):
@@ -380,13 +516,17 @@ def test_full_error_shows_the_traceback(cwd):
 HEADER = """# Troubleshooting: what seglab answers, and the fix
 
 Every mistake below is answered with one line on stderr (`<command>: <what is wrong>`, naming the key
-or file; with `--multirun` it is the last line) and exit code 2, before TensorFlow loads unless said
-otherwise; `HYDRA_FULL_ERROR=1` shows the full traceback instead. Paths inside the directory the
-command ran in are shown relative to it; a variable shown before `python -m` is one the user's shell had set. `tests/test_mistakes.py` runs each command and checks that this table is what it prints;
-regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.md`.
+or file) and exit code 2, before TensorFlow loads unless said otherwise, and changes no record:
+`tests/test_mistakes.py` runs each command in a directory that already holds a store with a finished
+run (a one-epoch training's params, metrics, tags, masks, checkpoints and logged model; `RUN_ID` below
+is its id) and checks that every table of the SQLite file and every file under `mlruns/` are byte for
+byte as they were, and that the answer took under 10 s of the command's CPU (90 s where it reads the
+data). `HYDRA_FULL_ERROR=1` shows the full traceback instead. Paths inside the directory the
+command ran in are shown relative to it; a variable shown before `python -m` is one the user's shell had
+set. `tests/test_mistakes.py` checks that this table is what each command prints; regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.md`.
 
 Mistakes found only once the data is read (with TensorFlow loaded, the rows below that name the
-data) end the same way, before the MLflow run opens, so the store holds no run: every mask of the
+data) end the same way, before the MLflow run opens, so the store is left as it was: every mask of the
 training and validation splits is counted, and a label that is neither a class nor
 `data.ignore_index` is refused naming the largest one found (a bad trimap of `data.source.kind=folder`
 names the trimap file); a split where no image decodes, and an annotations file that is not COCO's,
@@ -415,12 +555,11 @@ data=shapes: add data=pets`).
 
 
 if __name__ == "__main__":  # regenerate docs/troubleshooting.md
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = [workdir(Path(tmp) / str(i), m) for i, m in enumerate(MISTAKES)]
+        documented = [m for m in MISTAKES if not m.pending]
+        dirs = [workdir(Path(tmp) / str(i), m) for i, m in enumerate(documented)]
         rows = []
-        for m, done, cwd in zip(MISTAKES, answer_all(dirs), dirs):
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
+        for m, got, cwd in zip(documented, answer_all(documented, dirs), dirs):
+            lines = [line for line in got.done.stderr.splitlines() if line.strip()]
             rows.append(doc_row(m, lines[-1] if lines else "(nothing)", cwd))
     sys.stdout.write(HEADER + "\n".join(rows) + "\n")

@@ -67,6 +67,17 @@ def test_csv_output_is_plain_csv_header_first(tmp_path):
     assert f"sweep {parent}: 2 jobs, 2 finished" in done.stderr
 
 
+
+def test_the_output_files_suffix_picks_its_format_and_a_suffix_the_report_cannot_write_is_refused():
+    """`--output report.pdf` once got the text table under a .pdf name (issue 32)."""
+    from seglab.cli.report import output_format
+    from seglab.config.check import ConfigError
+
+    assert [output_format(Path(name), "text") for name in ("r.csv", "r.MD", "r.txt", "r")] == ["csv", "markdown", "text", "text"]
+    assert output_format(Path("r.txt"), "csv") == "csv"  # a .txt or bare name: --format's
+    with pytest.raises(ConfigError, match=r"--output=out/r\.pdf: .* not \.pdf; name the file r\.md, r\.csv or r\.txt"):
+        output_format(Path("out/r.pdf"), "text")
+
 # --- the test split: paired bootstrap intervals (seglab.engine.compare) ---------------------------------------------
 
 def _image(tp_truth_pred: list[tuple[int, int, int]]) -> list[list[int]]:

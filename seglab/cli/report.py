@@ -23,12 +23,15 @@ from pathlib import Path
 from seglab import console, errors
 from seglab.config import preflight
 from seglab.config import tracking as tracking_config
+from seglab.config.check import ConfigError
 from seglab.engine import claim
 from seglab.engine.summary import (LEGEND, SORTABLE, TEST_CHART, add_test_scores, plot_test, rows, sort,
                                    tested, to_csv, to_markdown, to_text)
 from seglab.util import objective
 
 FORMATS = {"text": to_text, "markdown": to_markdown, "csv": to_csv}
+# The format an --output file's suffix picks; a file without one, or .txt, gets --format's.
+SUFFIX_FORMATS = {".csv": "csv", ".md": "markdown", "": None, ".txt": None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"the sweep's optimize_metric); one of {', '.join(SORTABLE)}")
     parser.add_argument("--ascending", action="store_true", help="smallest first (default: largest first; best first for the objective)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="text")
-    parser.add_argument("--output", type=Path, help="also write the table to this file (.csv or .md picks the format)")
+    parser.add_argument("--output", type=Path,
+                        help="also write the table to this file (.csv or .md picks the format; .txt or none: --format's)")
     parser.add_argument("--no-log", action="store_true",
                         help=f"do not log report.md, report.csv and {TEST_CHART} to the parent run")
     parser.add_argument("--verbose", action="store_true", help="MLflow's own notices too")
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     preflight.check_store(args.tracking_uri, must_exist=True, key=tracking_config.uri_key(args.tracking_uri, "--tracking-uri"))
     if args.output:
         preflight.writable_file(args.output, "--output")
+        output_format(args.output, args.format)
     from seglab.tracking import sweeps as sweep_runs
 
     parent = sweep_runs.find_parent_run(args.tracking_uri, args.sweep)
@@ -73,14 +78,21 @@ def main(argv: list[str] | None = None) -> None:
         note += f"\n{LEGEND}" if any(r["vs_best"] for r in table) else ""
         summary.write(note + "\n")
     if args.output:
-        fmt = {".csv": "csv", ".md": "markdown"}.get(args.output.suffix, args.format)
-        args.output.write_text(FORMATS[fmt](table, metric))
+        args.output.write_text(FORMATS[output_format(args.output, args.format)](table, metric))
     if not args.no_log:
         with tempfile.TemporaryDirectory() as tmp:
             chart = {str(plot_test(table, note, Path(tmp) / TEST_CHART)): ""} if note else {}
             markdown = to_markdown(table, metric) + (f"\n{note}\n" if note else "")
             texts = {"report.md": markdown, "report.csv": to_csv(table, metric)}
             sweep_runs.log_to_run(args.tracking_uri, parent, texts=texts, files=chart)
+
+
+def output_format(output: Path, default: str) -> str:
+    """The format --output is written in; a suffix the report cannot write (`report.pdf`) is refused, not filled with text."""
+    if output.suffix.lower() not in SUFFIX_FORMATS:
+        raise ConfigError(f"--output={output}: seglab.report writes text, markdown or csv, not {output.suffix}; "
+                          f"name the file {output.stem}.md, {output.stem}.csv or {output.stem}.txt.")
+    return SUFFIX_FORMATS[output.suffix.lower()] or default
 
 
 def end_dead(uri: str, run_ids: list[str]) -> list[str]:
