@@ -5,8 +5,7 @@ non-empty stderr line, no traceback, the named key or file in it, an answer with
 store byte for byte as it was: every table of the SQLite file (runs, params, metrics, tags, logged models,
 datasets, inputs, ...) and every file of its artifacts (tests/stores.store_dump).  No other store may appear.
 Almost all fail before TensorFlow loads, in one to three seconds.  A row's `setup` puts the files it needs in the
-command's directory (a broken data folder, a preset of the user's, the held run deleted in the UI).  A row
-`pending` a fix from another branch is expected to fail here, and fails the suite once it passes (then drop the mark).
+command's directory (a broken data folder, a preset of the user's, the held run deleted in the UI).
 
 docs/troubleshooting.md is this table: a test checks that each row there is what the command prints
 today; regenerate it with `python -m tests.test_mistakes > docs/troubleshooting.md`.
@@ -154,7 +153,6 @@ class Mistake:
     # to, which must be byte for byte as it was after the refusal; None where the row is about there being no store
     # (and none may be left behind).
     store: Optional[str] = "mlflow.db"
-    pending: str = ""  # a refusal not on this branch yet (the commit that brings it): expected to fail, left out of the docs
 
     def shown(self) -> str:
         """The command as the user typed it, its environment first."""
@@ -275,10 +273,9 @@ MISTAKES = [
             "Add `trainer.epochs=M` (M greater than the run's epochs) to train more."),
     Mistake(f"seglab trainer.resume={RUN_ID} trainer.epochs=2 {' '.join(HELD_TRAINING[:5])}", "is deleted",
             "Restore the run (`mlflow runs restore --run-id RUN_ID`), or train a new one with `trainer.resume=never`.",
-            deleted_in_the_ui, reads_data=True, pending="main's 25c775f"),
+            deleted_in_the_ui, reads_data=True),
     Mistake(f"seglab trainer.resume={RUN_ID} trainer.epochs=3 {' '.join(HELD_TRAINING[:5])}", "is gone from the run's artifacts",
-            "Put the checkpoint back, or train a new run with `trainer.resume=never`.", checkpoints_gone, reads_data=True,
-            pending="main's b334fce answers in one line, but the claim's param seglab.claim.1 stays in the store"),
+            "Put the checkpoint back, or train a new run with `trainer.resume=never`.", checkpoints_gone, reads_data=True),
     # --- the other commands
     Mistake("seglab.models unett", "model=unett", "Use a model of `conf/model/`."),
     Mistake("seglab.models", "NAME", "Name a model."),
@@ -447,16 +444,9 @@ READS_DATA_CPU_S = 60
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.shown().removeprefix("python -m ") for m in MISTAKES])
 def test_mistake_is_one_line_and_leaves_the_store_as_it_was(mistake, answers):
     got, cwd = answers[mistake.shown()]
-    if not mistake.pending:
-        answer_line = check_answer(mistake, got, cwd)
-        row = doc_row(mistake, answer_line, cwd)
-        assert row in DOC.read_text(), f"docs/troubleshooting.md is out of date: {row}"
-        return
-    try:
-        check_answer(mistake, got, cwd)
-    except AssertionError as failed:
-        pytest.xfail(f"pending {mistake.pending}: {str(failed)[:500]}")
-    pytest.fail(f"this row passes now ({mistake.pending}): remove its `pending` and regenerate docs/troubleshooting.md")
+    answer_line = check_answer(mistake, got, cwd)
+    row = doc_row(mistake, answer_line, cwd)
+    assert row in DOC.read_text(), f"docs/troubleshooting.md is out of date: {row}"
 
 
 def check_answer(mistake: Mistake, got: Answer, cwd: Path) -> str:
@@ -556,7 +546,7 @@ data=shapes: add data=pets`).
 
 if __name__ == "__main__":  # regenerate docs/troubleshooting.md
     with tempfile.TemporaryDirectory() as tmp:
-        documented = [m for m in MISTAKES if not m.pending]
+        documented = MISTAKES
         dirs = [workdir(Path(tmp) / str(i), m) for i, m in enumerate(documented)]
         rows = []
         for m, got, cwd in zip(documented, answer_all(documented, dirs), dirs):

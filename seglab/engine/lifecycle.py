@@ -339,6 +339,26 @@ class CheckpointGone(ResumeError):
     resume_refused = True  # seglab.engine.owner: the run keeps its status and tags
 
 
+def _gone(run_id: str, uploaded: str, epoch: int) -> str:
+    return (f"cannot continue run {run_id}: its checkpoint (epoch {epoch}, artifact '{uploaded}') is gone from the "
+            "run's artifacts and this machine has no copy; put it back, or train a new run with trainer.resume=never")
+
+
+def refuse_checkpoint_gone(found: Plan, uri: str, checkpoint_dir: Path, current_dir: Path) -> None:
+    """A run whose checkpoint is on record (tag `seglab.checkpoint`) but deleted from its artifacts and absent
+    from this machine is refused before it is claimed, so the store is left exactly as it was; one deleted
+    between this look and the download is refused after the claim (restore_files), the run put back."""
+    from seglab.tracking import resumable
+
+    uploaded = found.previous_tags.get(keys.CHECKPOINT)
+    if found.run_id is None or uploaded is None:
+        return
+    if _local_checkpoint(found.run_id, found.previous_tags, checkpoint_dir, current_dir) is not None:
+        return
+    if not resumable.holds_artifact(uri, found.run_id, uploaded, checkpoint.STATE_FILE):
+        raise CheckpointGone(_gone(found.run_id, uploaded, int(found.previous_tags.get(keys.CHECKPOINT_EPOCH, -1))))
+
+
 class NothingLeft(ResumeError):
     """`trainer.resume=<id>` of a FINISHED run that already has the epochs asked for."""
 
@@ -372,11 +392,9 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     if uploaded_epoch > local_epoch:
         shutil.rmtree(staging, ignore_errors=True)
         source = resumable.download_checkpoint(uri, run_id, uploaded, staging)
-        if source is None and local is None:
+        if source is None and local is None:  # deleted since refuse_checkpoint_gone looked
             shutil.rmtree(staging, ignore_errors=True)
-            raise CheckpointGone(f"cannot continue run {run_id}: its checkpoint (epoch {uploaded_epoch}, artifact "
-                                 f"'{uploaded}') is gone from the run's artifacts and this machine has no copy; put it "
-                                 "back, or train a new run with trainer.resume=never")
+            raise CheckpointGone(_gone(run_id, uploaded, uploaded_epoch))
         if source is None:
             log.warning("the uploaded checkpoint %s of run %s is gone from its artifacts", uploaded, run_id)
         else:

@@ -88,6 +88,7 @@ def open_run(cfg: DictConfig, device: str, checkpoint_dir: Path) -> tuple[lifecy
     lifecycle.refuse_other_architecture(found, cfg)
     lifecycle.refuse_nothing_left(found, cfg.trainer.epochs)
     lifecycle.refuse_other_owner(checkpoint_dir, found.run_id)
+    lifecycle.refuse_checkpoint_gone(found, cfg.tracking.uri, Path(cfg.trainer.checkpoint_dir), checkpoint_dir)
     mlrun = tracking.Run(cfg.tracking.uri, cfg.tracking.experiment, lifecycle.run_name(cfg), identity, cfg.tracking.parent_run_id)
     return found, owner.RunOwner(mlrun, found.record, timeout_s, f"trainer.resume={cfg.trainer.resume}")
 

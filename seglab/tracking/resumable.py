@@ -117,6 +117,14 @@ def claim(uri: str, run_id: str, key: str, value: str) -> str | None:
     return None
 
 
+def holds_artifact(uri: str, run_id: str, directory: str, name: str) -> bool:
+    """Whether the run's artifacts hold the file `directory/name` (a listing, nothing downloaded)."""
+    try:
+        return any(item.path.rsplit("/", 1)[-1] == name for item in _client(uri).list_artifacts(run_id, directory))
+    except MlflowException:
+        return False
+
+
 def download_checkpoint(uri: str, run_id: str, artifact_dir: str, destination: Path) -> Path | None:
     """The uploaded checkpoint directory `artifact_dir` of the run, into `destination`; its local path, or None
     when the run's artifacts no longer hold it (deleted from the artifact store)."""
