@@ -492,6 +492,50 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_failed_naming_the_file
     assert "seglab.checkpoint" not in run.data.tags  # no tag points at the half-written upload
 
 
+FILLS_THE_DISK_WITH_THE_MODEL = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    import keras, numpy as np
+    from seglab import errors, tracking
+    from seglab.engine.owner import RunOwner
+    uri = sys.argv[1]
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(20_000), keras.layers.Dense(2)])  # a 5 MB file
+
+    def train():
+        with RunOwner(tracking.Run(uri, "e", "r", {})) as run:
+            print(run.run_id, flush=True)
+            run.log_text("small", "notes.txt")
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, as on a full disk
+            limit = Path(uri.removeprefix("sqlite:///")).stat().st_size + 2_000_000  # the store itself may grow
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            run.log_model(model, np.zeros((1, 64), "float32"))
+
+    errors.main(train, prog="seglab")
+""")
+
+
+def test_a_model_that_cannot_be_written_ends_the_run_and_the_logged_model_failed_and_leaves_no_half_file(tmp_path):
+    """Issue 32: a full disk while the model is logged (EFBIG past RLIMIT_FSIZE) exited 0 with the run RUNNING and
+    the logged model PENDING over a truncated file; now exit 2 in one line, the run FAILED, the logged model FAILED,
+    and no file of it left in the artifacts."""
+    from tests.stores import fresh_store
+
+    fresh_store(tmp_path / "m.db")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    done = subprocess.run([sys.executable, "-c", FILLS_THE_DISK_WITH_THE_MODEL, uri], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "INFO mlflow" not in line]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert re.match(r"^seglab: could not write .* while logging the model to run \w+: File too large; free space", lines[-1]), lines
+    client = MlflowClient(uri)
+    run = client.get_run(done.stdout.strip())
+    assert run.info.status == "FAILED" and "File too large" in run.data.tags["error"]
+    (logged,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert logged.status.name == "FAILED", logged.status
+    files = sorted(p.relative_to(tmp_path / "mlruns").as_posix() for p in (tmp_path / "mlruns").rglob("*") if p.is_file())
+    assert files == [f"{run.info.experiment_id}/{run.info.run_id}/artifacts/notes.txt"], files
+
+
 LOGS_WHEN_TOLD = textwrap.dedent("""
     import sys
     from seglab import errors, tracking
