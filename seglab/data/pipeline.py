@@ -183,8 +183,8 @@ def make(
     ds = ds.prefetch(AUTOTUNE)
     opts = tf.data.Options()
     opts.deterministic = deterministic
-    # The source's decode map and `prepare` run as one function per example: one hand-over between threads
-    # instead of two, and no full-size decoded frame queued between them (docs/own-data.md, "Throughput").
+    # The source's decode map and `prepare` may run as one function per example (one hand-over between threads
+    # instead of two); its gain was within the noise of docs/own-data.md's "Throughput" runs.
     opts.experimental_optimization.map_fusion = True
     return ds.with_options(opts)
 
