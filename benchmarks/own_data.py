@@ -2,6 +2,7 @@
 "Cost that does not grow with the data" and "Done when"); the figures of docs/own-data.md.
 
     python benchmarks/own_data.py throughput DIR [--images 1000] [--rounds 3] [--passes 3] [--image-size 128]
+    python benchmarks/own_data.py stages DIR [--rounds 3] [--image-size 128]   (after throughput wrote DIR/frames)
     python benchmarks/own_data.py memory DIR [--counts 1000 10000] [--frame 160 120] [--caches null file]
     python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16]
 
@@ -13,6 +14,11 @@ decode_png, resize to the same size, batch, prefetch, AUTOTUNE; the mean of its 
 share the machine's load alike.  Prints each run and the medians and their ratio, in images/s and in CPU milliseconds
 per image (process time over all threads, passes after the first): on a machine other programs load, images/s follows
 their load, the CPU cost per image hardly does.
+
+stages: in one process set up as seglab's (op determinism on, as conf/config.yaml has it), the plain pipeline and
+data=folder's training pipeline cut after each stage (read + decode: the folder source's split; + resize: the shared
+pipeline's `prepare`; + shuffle, [0, 1], batch: `batches_of`, what throughput times), one pass of each alternately,
+--rounds times; prints the median CPU-ms per image and images/s of each: what each stage adds.
 
 memory: for each of --counts it writes that many smaller PNG pairs (--frame, 160x120 by default, so that 10,000 are
 written in about a minute) under DIR/n<count>, and runs `python -m seglab.data folder ... --passes 2` (the fewest
@@ -157,13 +163,13 @@ def plain_rate(root: Path, args, work: Path) -> tuple[float, float]:
     return float(found.group(1)), float(found.group(2))
 
 
-def plain(args) -> None:
-    """One process: the plain tf.data pipeline over DIR/train + DIR/trainannot, images/s of passes 2.. ."""
-    import tensorflow as tf  # this subcommand is the plain pipeline's own process
+def plain_pipeline(directory: Path, image_size: int, batch_size: int):
+    """The plain tf.data pipeline over DIR/train + DIR/trainannot: list, read, decode_png, resize, batch, prefetch."""
+    import tensorflow as tf  # only the processes that time a pipeline load TensorFlow
 
-    images = sorted(str(p) for p in (args.directory / "train").glob("*.png"))
-    masks = [str(args.directory / "trainannot" / Path(p).name) for p in images]
-    size = (args.image_size, args.image_size)
+    images = sorted(str(p) for p in (directory / "train").glob("*.png"))
+    masks = [str(directory / "trainannot" / Path(p).name) for p in images]
+    size = (image_size, image_size)
 
     def load(image_path, mask_path):
         image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
@@ -172,14 +178,57 @@ def plain(args) -> None:
         return image, tf.cast(tf.image.resize(mask, size, method="nearest")[..., 0], tf.int32)
 
     ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
-    rates, cpu_ms = [], []
-    for _ in range(args.passes):
-        start, cpu, seen = time.perf_counter(), time.process_time(), 0
-        for image, _ in ds:
-            seen += int(image.shape[0])
-        rates.append(seen / (time.perf_counter() - start))
-        cpu_ms.append(1000 * (time.process_time() - cpu) / seen)
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds
+
+
+def one_pass(ds) -> tuple[float, float]:
+    """(images/s, CPU-ms per image over all of this process's threads) of one pass over `ds`."""
+    start, cpu, seen = time.perf_counter(), time.process_time(), 0
+    for image, _ in ds:
+        seen += int(image.shape[0])
+    return seen / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / max(seen, 1)
+
+
+def stages(args) -> None:
+    """One process, seglab's runtime set-up (op determinism as the config has it): data=folder's pipeline cut after
+    each stage, and the plain one, timed alternately (one warm-up pass each, then --rounds passes); CPU-ms per image
+    says what each stage costs whatever the machine's load."""
+    import tensorflow as tf  # this subcommand times pipelines in its own process
+
+    from hydra.utils import instantiate
+
+    from seglab.config import schema
+    from seglab.data import batches_of, pipeline
+    from seglab.engine import runtime
+
+    root, size = args.directory / "frames", args.image_size
+    cfg = schema.compose(["data=folder", *folder_overrides(root, size, args.batch_size, None)])
+    runtime.setup(cfg.seed, cfg.deterministic)
+    train = instantiate(cfg.data.source).train
+    prepare = lambda image, mask: pipeline.prepare(image, mask, size)
+    variants = {
+        "plain tf.data": lambda: plain_pipeline(root, size, args.batch_size),
+        "data=folder: read + decode": lambda: train.batch(args.batch_size),
+        "... + resize (pipeline.prepare)": lambda: train.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch_size),
+        "... + shuffle, [0, 1], batch (training batches)": lambda: batches_of(cfg, train, "train", training=True),
+    }
+    passes = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, build in variants.items():
+            ds = build()
+            one_pass(ds)
+            passes[name].append(one_pass(ds))
+    print(f"\n### data=folder's stages, one process ({cpu()}, load average {load_average()})\n")
+    print("| pipeline | CPU-ms per image, median | images/s, median |\n|---|---|---|")
+    for name, done in passes.items():
+        print(f"| {name} | {statistics.median(c for _, c in done):.2f} | {statistics.median(r for r, _ in done):.0f} |")
+
+
+def plain(args) -> None:
+    """One process: the plain pipeline, images/s and CPU-ms per image of passes 2.. ."""
+    ds = plain_pipeline(args.directory, args.image_size, args.batch_size)
+    rates, cpu_ms = zip(*(one_pass(ds) for _ in range(args.passes)))
     print(f"plain tf.data: {statistics.mean(rates[1:]):.1f} images/s, {statistics.mean(cpu_ms[1:]):.2f} CPU-ms per image "
           f"(passes: {', '.join(f'{r:.0f}' for r in rates)})")
 
@@ -386,16 +435,17 @@ def keras_script(args) -> None:
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="what", required=True)
-    each = {name: commands.add_parser(name) for name in ("throughput", "memory", "versus-keras", "plain", "keras")}
+    each = {name: commands.add_parser(name) for name in ("throughput", "stages", "memory", "versus-keras", "plain", "keras")}
     for sub in each.values():
         sub.add_argument("directory", type=Path)
-    for name in ("throughput", "memory", "plain"):
+    for name in ("throughput", "stages", "memory", "plain"):
         each[name].add_argument("--image-size", type=int, default=128, help="data.image_size (square, stretched)")
         each[name].add_argument("--batch-size", type=int, default=8)
     for name in ("throughput", "plain"):
         each[name].add_argument("--passes", type=int, default=3)
     each["throughput"].add_argument("--images", type=int, default=1000)
-    each["throughput"].add_argument("--rounds", type=int, default=3, help="runs of each pipeline, alternating")
+    for name in ("throughput", "stages"):
+        each[name].add_argument("--rounds", type=int, default=3, help="runs (stages: timed passes) of each pipeline, alternating")
     each["memory"].add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     each["memory"].add_argument("--frame", type=int, nargs=2, default=[160, 120], metavar=("WIDTH", "HEIGHT"))
     each["memory"].add_argument("--caches", nargs="+", choices=("null", "file", "memory"), default=["null", "file"])
@@ -414,7 +464,7 @@ def parse(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     args.directory.mkdir(parents=True, exist_ok=True)
-    run = {"throughput": throughput, "memory": memory, "versus-keras": versus_keras, "plain": plain, "keras": keras_script}
+    run = {"throughput": throughput, "stages": stages, "memory": memory, "versus-keras": versus_keras, "plain": plain, "keras": keras_script}
     run[args.what](args)
 
 
