@@ -2,6 +2,7 @@
 "Cost that does not grow with the data" and "Done when"); the figures of docs/own-data.md.
 
     python benchmarks/own_data.py throughput DIR [--images 1000] [--rounds 3] [--passes 3] [--image-size 128]
+    python benchmarks/own_data.py stages DIR [--rounds 3] [--image-size 128]   (after throughput wrote DIR/frames)
     python benchmarks/own_data.py memory DIR [--counts 1000 10000] [--frame 160 120] [--caches null file]
     python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16]
 
@@ -10,7 +11,14 @@ layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, th
 one run of `python -m seglab.data folder ...` (augmentation off, data.cache=null; its "later passes" images/s) and
 one of a plain tf.data pipeline over the same training files in its own process (list files, tf.io.read_file,
 decode_png, resize to the same size, batch, prefetch, AUTOTUNE; the mean of its passes after the first), so both
-share the machine's load alike.  Prints each run and the medians and their ratio.
+share the machine's load alike.  Prints each run and the medians and their ratio, in images/s and in CPU milliseconds
+per image (process time over all threads, passes after the first): on a machine other programs load, images/s follows
+their load, the CPU cost per image hardly does.
+
+stages: in one process set up as seglab's (op determinism on, as conf/config.yaml has it), the plain pipeline and
+data=folder's training pipeline cut after each stage (read + decode: the folder source's split; + resize: the shared
+pipeline's `prepare`; + shuffle, [0, 1], batch: `batches_of`, what throughput times), one pass of each alternately,
+--rounds times; prints the median CPU-ms per image and images/s of each: what each stage adds.
 
 memory: for each of --counts it writes that many smaller PNG pairs (--frame, 160x120 by default, so that 10,000 are
 written in about a minute) under DIR/n<count>, and runs `python -m seglab.data folder ... --passes 2` (the fewest
@@ -137,28 +145,31 @@ def folder_overrides(root: Path, image_size: int, batch_size: int, cache: str | 
 # --- throughput -------------------------------------------------------------------------------------
 
 
-def seglab_rate(root: Path, args, work: Path) -> float:
+def seglab_rate(root: Path, args, work: Path) -> tuple[float, float]:
+    """(images/s, CPU-ms per image) of the later passes, as `python -m seglab.data` prints them."""
     out = command("seglab.data", "folder", *folder_overrides(root, args.image_size, args.batch_size, None),
                   "--passes", str(args.passes), "--samples", "1", "--out", str(work / "samples.png"), cwd=work)
-    return float(re.search(r"later passes (\d+) images/s", out).group(1))
+    found = re.search(r"later passes (\d+) images/s .*?([\d.]+) CPU-ms per image", out)
+    return float(found.group(1)), float(found.group(2))
 
 
-def plain_rate(root: Path, args, work: Path) -> float:
+def plain_rate(root: Path, args, work: Path) -> tuple[float, float]:
     out = subprocess.run([sys.executable, __file__, "plain", str(root), "--image-size", str(args.image_size),
                           "--batch-size", str(args.batch_size), "--passes", str(args.passes)],
                          cwd=work, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if out.returncode != 0:
         raise SystemExit(f"the plain pipeline failed:\n{out.stderr[-3000:]}")
-    return float(re.search(r"plain tf.data: ([\d.]+) images/s", out.stdout).group(1))
+    found = re.search(r"plain tf.data: ([\d.]+) images/s, ([\d.]+) CPU-ms per image", out.stdout)
+    return float(found.group(1)), float(found.group(2))
 
 
-def plain(args) -> None:
-    """One process: the plain tf.data pipeline over DIR/train + DIR/trainannot, images/s of passes 2.. ."""
-    import tensorflow as tf  # this subcommand is the plain pipeline's own process
+def plain_pipeline(directory: Path, image_size: int, batch_size: int):
+    """The plain tf.data pipeline over DIR/train + DIR/trainannot: list, read, decode_png, resize, batch, prefetch."""
+    import tensorflow as tf  # only the processes that time a pipeline load TensorFlow
 
-    images = sorted(str(p) for p in (args.directory / "train").glob("*.png"))
-    masks = [str(args.directory / "trainannot" / Path(p).name) for p in images]
-    size = (args.image_size, args.image_size)
+    images = sorted(str(p) for p in (directory / "train").glob("*.png"))
+    masks = [str(directory / "trainannot" / Path(p).name) for p in images]
+    size = (image_size, image_size)
 
     def load(image_path, mask_path):
         image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
@@ -167,14 +178,59 @@ def plain(args) -> None:
         return image, tf.cast(tf.image.resize(mask, size, method="nearest")[..., 0], tf.int32)
 
     ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
-    rates = []
-    for _ in range(args.passes):
-        start, seen = time.perf_counter(), 0
-        for image, _ in ds:
-            seen += int(image.shape[0])
-        rates.append(seen / (time.perf_counter() - start))
-    print(f"plain tf.data: {statistics.mean(rates[1:]):.1f} images/s (passes: {', '.join(f'{r:.0f}' for r in rates)})")
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds
+
+
+def one_pass(ds) -> tuple[float, float]:
+    """(images/s, CPU-ms per image over all of this process's threads) of one pass over `ds`."""
+    start, cpu, seen = time.perf_counter(), time.process_time(), 0
+    for image, _ in ds:
+        seen += int(image.shape[0])
+    return seen / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / max(seen, 1)
+
+
+def stages(args) -> None:
+    """One process, seglab's runtime set-up (op determinism as the config has it): data=folder's pipeline cut after
+    each stage, and the plain one, timed alternately (one warm-up pass each, then --rounds passes); CPU-ms per image
+    says what each stage costs whatever the machine's load."""
+    import tensorflow as tf  # this subcommand times pipelines in its own process
+
+    from hydra.utils import instantiate
+
+    from seglab.config import schema
+    from seglab.data import batches_of, pipeline
+    from seglab.engine import runtime
+
+    root, size = args.directory / "frames", args.image_size
+    cfg = schema.compose(["data=folder", *folder_overrides(root, size, args.batch_size, None)])
+    runtime.setup(cfg.seed, cfg.deterministic)
+    train = instantiate(cfg.data.source).train
+    prepare = lambda image, mask: pipeline.prepare(image, mask, size)
+    variants = {
+        "plain tf.data": lambda: plain_pipeline(root, size, args.batch_size),
+        "data=folder: read + decode": lambda: train.batch(args.batch_size),
+        "... + resize (pipeline.prepare)": lambda: train.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch_size),
+        "... + shuffle, [0, 1], batch (training batches)": lambda: batches_of(cfg, train, "train", training=True),
+    }
+    passes = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, build in variants.items():
+            ds = build()
+            one_pass(ds)
+            passes[name].append(one_pass(ds))
+    print(f"\n### data=folder's stages, one process ({cpu()}, load average {load_average()})\n")
+    print("| pipeline | CPU-ms per image, median | images/s, median |\n|---|---|---|")
+    for name, done in passes.items():
+        print(f"| {name} | {statistics.median(c for _, c in done):.2f} | {statistics.median(r for r, _ in done):.0f} |")
+
+
+def plain(args) -> None:
+    """One process: the plain pipeline, images/s and CPU-ms per image of passes 2.. ."""
+    ds = plain_pipeline(args.directory, args.image_size, args.batch_size)
+    rates, cpu_ms = zip(*(one_pass(ds) for _ in range(args.passes)))
+    print(f"plain tf.data: {statistics.mean(rates[1:]):.1f} images/s, {statistics.mean(cpu_ms[1:]):.2f} CPU-ms per image "
+          f"(passes: {', '.join(f'{r:.0f}' for r in rates)})")
 
 
 def throughput(args) -> None:
@@ -185,15 +241,20 @@ def throughput(args) -> None:
     rows = []
     for round_ in range(1, args.rounds + 1):
         for name, rate in (("data=folder", seglab_rate), ("plain tf.data", plain_rate)):
-            rows.append((name, rate(root, args, work), load_average()))
-            print(f"round {round_}: {name:<13} {rows[-1][1]:7.1f} images/s  (load average {rows[-1][2]})", flush=True)
-    median = {name: statistics.median(r for n, r, _ in rows if n == name) for name in ("data=folder", "plain tf.data")}
+            rows.append((name, *rate(root, args, work), load_average()))
+            print(f"round {round_}: {name:<13} {rows[-1][1]:7.1f} images/s, {rows[-1][2]:.2f} CPU-ms per image  "
+                  f"(load average {rows[-1][3]})", flush=True)
+    names = ("data=folder", "plain tf.data")
+    median = {name: statistics.median(r for n, r, _, _ in rows if n == name) for name in names}
+    cost = {name: statistics.median(c for n, _, c, _ in rows if n == name) for name in names}
     print(f"\n### Reading {args.images} 480x360 PNG pairs ({cpu()})\n")
     print(f"resized to {args.image_size}, batch {args.batch_size}, passes 2-{args.passes} of each run, {args.rounds} runs each, alternating\n")
-    print("| pipeline | images/s, each run | median |\n|---|---|---|")
-    for name in median:
-        print(f"| {name} | {', '.join(f'{r:.0f}' for n, r, _ in rows if n == name)} | {median[name]:.0f} |")
-    print(f"\ndata=folder / plain tf.data: {median['data=folder'] / median['plain tf.data']:.2f} (the issue asks >= 0.90)")
+    print("| pipeline | images/s, each run | median | CPU-ms per image, each run | median |\n|---|---|---|---|---|")
+    for name in names:
+        print(f"| {name} | {', '.join(f'{r:.0f}' for n, r, _, _ in rows if n == name)} | {median[name]:.0f} | "
+              f"{', '.join(f'{c:.2f}' for n, _, c, _ in rows if n == name)} | {cost[name]:.2f} |")
+    print(f"\ndata=folder / plain tf.data: {median['data=folder'] / median['plain tf.data']:.2f} images/s (the issue asks >= 0.90); "
+          f"CPU per image {cost['data=folder'] / cost['plain tf.data']:.2f} of plain's")
 
 
 # --- memory ---------------------------------------------------------------------------------------
@@ -374,16 +435,17 @@ def keras_script(args) -> None:
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="what", required=True)
-    each = {name: commands.add_parser(name) for name in ("throughput", "memory", "versus-keras", "plain", "keras")}
+    each = {name: commands.add_parser(name) for name in ("throughput", "stages", "memory", "versus-keras", "plain", "keras")}
     for sub in each.values():
         sub.add_argument("directory", type=Path)
-    for name in ("throughput", "memory", "plain"):
+    for name in ("throughput", "stages", "memory", "plain"):
         each[name].add_argument("--image-size", type=int, default=128, help="data.image_size (square, stretched)")
         each[name].add_argument("--batch-size", type=int, default=8)
     for name in ("throughput", "plain"):
         each[name].add_argument("--passes", type=int, default=3)
     each["throughput"].add_argument("--images", type=int, default=1000)
-    each["throughput"].add_argument("--rounds", type=int, default=3, help="runs of each pipeline, alternating")
+    for name in ("throughput", "stages"):
+        each[name].add_argument("--rounds", type=int, default=3, help="runs (stages: timed passes) of each pipeline, alternating")
     each["memory"].add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     each["memory"].add_argument("--frame", type=int, nargs=2, default=[160, 120], metavar=("WIDTH", "HEIGHT"))
     each["memory"].add_argument("--caches", nargs="+", choices=("null", "file", "memory"), default=["null", "file"])
@@ -402,7 +464,7 @@ def parse(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     args.directory.mkdir(parents=True, exist_ok=True)
-    run = {"throughput": throughput, "memory": memory, "versus-keras": versus_keras, "plain": plain, "keras": keras_script}
+    run = {"throughput": throughput, "stages": stages, "memory": memory, "versus-keras": versus_keras, "plain": plain, "keras": keras_script}
     run[args.what](args)
 
 

@@ -20,6 +20,8 @@ def test_benchmark_prints_images_per_second_and_writes_samples(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rates = re.search(r"first pass (\d+) images/s .* later passes (\d+) images/s", done.stdout)
     assert rates and int(rates.group(2)) > 0, done.stdout
+    cost = re.search(r"([\d.]+) CPU-ms per image", done.stdout)
+    assert cost and float(cost.group(1)) > 0, done.stdout
     grid = np.asarray(Image.open(out))
     gap = 2  # seglab.visualize.SEPARATOR_PX
     assert grid.shape == (4 * 32 + 3 * gap, 2 * 32 + gap, 3)  # 4 samples: image | mask

@@ -130,3 +130,20 @@ def test_training_stream_builds_with_a_global_seed_of_zero():
     finally:
         tf.random.set_seed(None)
     assert len(first) == 6 and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_training_without_augmentation_gives_each_example_once_as_evaluation_reads_it_in_a_seeded_order():
+    """Augmentation off takes the path without a per-example map (a batch converted at once): the same float
+    values as evaluation's, every example once, shuffled, and the same order again for the same seed."""
+    ds, _, _ = dataset(count=8)
+    off = {"hflip": False, "crop_min": 1.0, "brightness": 0.0, "contrast": 0.0}
+    assert not pipeline.randomises(off) and pipeline.randomises({"hflip": True})
+    train = batches(ds, training=True, seed=3, augment_options=off, batch_size=8)
+    (images, masks), = batches(ds, batch_size=8)
+    (shuffled, shuffled_masks), = train
+    assert shuffled.dtype == np.float32 and shuffled.max() <= 1.0
+    order = [next(j for j in range(8) if np.array_equal(shuffled[i], images[j])) for i in range(8)]
+    assert sorted(order) == list(range(8)) and order != list(range(8))
+    np.testing.assert_array_equal(shuffled_masks, masks[order])
+    (again, _), = batches(ds, training=True, seed=3, augment_options=off, batch_size=8)
+    np.testing.assert_array_equal(again, shuffled)
