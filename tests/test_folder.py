@@ -251,3 +251,11 @@ def test_the_source_keys_are_checked_before_tensorflow(key, value, says):
     source = {"_target_": "seglab.data.folder.build", "path": "DIR", key: value}
     with pytest.raises(ConfigError, match=f"data.source.{key}=.*{says}".replace("[", r"\[").replace(")", r"\)")):
         check_source(source)
+
+
+def test_your_own_data_trains_with_flips_alone_by_default(compose_cfg):
+    """data=folder augments as data=arrays and data=tfrecord do (docs/own-data.md, "Augmentation"): the scale-crops and
+    colour jitter of the long presets cost 0.04-0.05 test mIoU in the default 8 epochs on ~100 images."""
+    augment = {name: dict(compose_cfg(f"data={name}").data.augment) for name in ("folder", "arrays", "tfrecord")}
+    assert augment["folder"] == {"hflip": True, "crop_min": 1.0, "brightness": 0.0, "contrast": 0.0}
+    assert augment["folder"] == augment["arrays"] == augment["tfrecord"]
