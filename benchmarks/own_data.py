@@ -4,7 +4,7 @@
     python benchmarks/own_data.py throughput DIR [--images 1000] [--rounds 3] [--passes 3] [--image-size 128]
     python benchmarks/own_data.py stages DIR [--rounds 3] [--image-size 128]   (after throughput wrote DIR/frames)
     python benchmarks/own_data.py memory DIR [--counts 1000 10000] [--frame 160 120] [--caches null file]
-    python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16]
+    python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
 
 throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classes and a void 255) in CamVid's
 layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
@@ -36,6 +36,9 @@ where seglab puts it), the same input size (what inspect printed, images stretch
 (conf/trainer/default.yaml), Adam at conf/optimizer/adam.yaml's rate (constant), sparse cross-entropy with the
 void label ignored, images read with tf.data the plain way, the last epoch's weights; its test mIoU from the
 confusion matrix over the test split without the void pixels, the mean over the classes present, as seglab's.
+Both are trained once per --seeds value (seglab's `seed=`, the script's Keras seed and shuffle seed; the data stay
+the same): one seed's test mIoU on a few dozen test images moves by a few hundredths, so the table gives each seed,
+the mean ± sample standard deviation of each column and of the paired difference.
 
 Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
 tf.data order, its header check before the first pass is not timed: the pipeline's passes are).
@@ -308,16 +311,16 @@ def inspected(root: Path, work: Path) -> list[str]:
     return shlex.split(line)[3:]
 
 
-def seglab_test_miou(overrides: list[str], args, work: Path) -> tuple[float, float]:
-    """Train with the inspected overrides and only a store, epochs and width; evaluate on test.  (test mIoU, seconds
-    of its epochs)"""
+def seglab_test_miou(overrides: list[str], args, work: Path, seed: int = 42) -> tuple[float, float]:
+    """Train with the inspected overrides and only a store, epochs, width and `seed`; evaluate on test.  (test mIoU,
+    seconds of its epochs)"""
     from mlflow import MlflowClient  # the parent process alone reads the store
 
     from seglab.tracking import tags
 
     uri = f"sqlite:///{work}/mlflow.db"
     command("seglab", *overrides, f"tracking.uri={uri}", f"trainer.epochs={args.epochs}", f"model.base_filters={args.base_filters}",
-            cwd=work)
+            f"seed={seed}", cwd=work)
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     trained = [r for r in client.search_runs(experiments, "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
@@ -330,13 +333,13 @@ def seglab_test_miou(overrides: list[str], args, work: Path) -> tuple[float, flo
     return scored.data.metrics["test_mean_iou"], seconds
 
 
-def keras_test_miou(root: Path, overrides: list[str], args, work: Path) -> tuple[float, float]:
+def keras_test_miou(root: Path, overrides: list[str], args, work: Path, seed: int = 42) -> tuple[float, float]:
     """The plain Keras script, in its own process, at the inspected size and classes.  (test mIoU, seconds)"""
     value = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
     height, width = json.loads(value["data.image_size"]) if value["data.image_size"].startswith("[") else [int(value["data.image_size"])] * 2
     done = subprocess.run([sys.executable, __file__, "keras", str(root), "--size", str(height), str(width),
                            "--num-classes", value["data.num_classes"], "--epochs", str(args.epochs),
-                           "--base-filters", str(args.base_filters)], cwd=work, capture_output=True, text=True,
+                           "--base-filters", str(args.base_filters), "--seed", str(seed)], cwd=work, capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode != 0:
         raise SystemExit(f"the plain Keras script failed:\n{done.stderr[-3000:]}")
@@ -350,15 +353,25 @@ def versus_keras(args) -> None:
     work = args.directory / "work"
     work.mkdir(exist_ok=True)
     overrides = inspected(root, work)
-    seglab_miou, seglab_s = seglab_test_miou(overrides, args, work)
-    keras_miou, keras_s = keras_test_miou(root, overrides, args, work)
+    rows = []
+    for seed in args.seeds:  # the same data; the seed changes the initial weights, the order and the augmentation
+        rows.append((seed, seglab_test_miou(overrides, args, work, seed)[0], keras_test_miou(root, overrides, args, work, seed)[0]))
+        print(f"seed {seed}: seglab {rows[-1][1]:.3f}, plain Keras {rows[-1][2]:.3f}  (load average {load_average()})", flush=True)
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
     print(f"\n### seglab against a plain Keras U-Net on {args.frame[0]}x{args.frame[1]} pets-like frames ({cpu()})\n")
     print(f"{counts['train']} train / {counts['val']} val / {counts['test']} test, {args.epochs} epochs, batch {batch}, "
-          f"U-Net base_filters {args.base_filters}; seed 42\n")
-    print("| trained by | test mIoU | training s (the epochs, validation included) |\n|---|---|---|")
-    print(f"| `python -m seglab` + what inspect printed | {seglab_miou:.3f} | {seglab_s:.0f} |")
-    print(f"| plain Keras script | {keras_miou:.3f} | {keras_s:.0f} |")
+          f"U-Net base_filters {args.base_filters}; seeds {', '.join(map(str, args.seeds))}\n")
+    print("| seed | seglab + what inspect printed, test mIoU | plain Keras script, test mIoU | seglab - plain |\n|---|---|---|---|")
+    for seed, ours, theirs in rows:
+        print(f"| {seed} | {ours:.3f} | {theirs:.3f} | {ours - theirs:+.3f} |")
+    columns = list(zip(*rows))[1:]
+    print(f"| mean ± sd | {spread(columns[0])} | {spread(columns[1])} | {spread([a - b for a, b in zip(*columns)], sign=True)} |")
+
+
+def spread(values, sign: bool = False) -> str:
+    """mean ± sample standard deviation (± 0 of one value)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):{'+' if sign else ''}.3f} ± {sd:.3f}"
 
 
 def unet(size: tuple[int, int], num_classes: int, base_filters: int, depth: int, dropout: float, bn_momentum: float):
@@ -387,7 +400,7 @@ def unet(size: tuple[int, int], num_classes: int, base_filters: int, depth: int,
     return keras.Model(inputs, layers.Conv2D(num_classes, 1)(x))
 
 
-def keras_split(root: Path, split: str, size: tuple[int, int], batch_size: int, shuffle: bool):
+def keras_split(root: Path, split: str, size: tuple[int, int], batch_size: int, shuffle_seed: int | None):
     import tensorflow as tf  # the plain Keras script's own process
 
     images = sorted(str(p) for p in (root / split).glob("*.png"))
@@ -399,7 +412,7 @@ def keras_split(root: Path, split: str, size: tuple[int, int], batch_size: int, 
         return tf.image.resize(tf.cast(image, tf.float32), size) / 255.0, tf.image.resize(mask, size, method="nearest")[..., 0]
 
     ds = tf.data.Dataset.from_tensor_slices((images, masks))
-    ds = ds.shuffle(len(images), seed=42) if shuffle else ds
+    ds = ds.shuffle(len(images), seed=shuffle_seed) if shuffle_seed is not None else ds
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -407,7 +420,7 @@ def keras_script(args) -> None:
     """One process: fit the plain U-Net on DIR's train split, score DIR's test split; a JSON line."""
     import keras  # the plain Keras script's own process
 
-    keras.utils.set_random_seed(42)
+    keras.utils.set_random_seed(args.seed)
     model_cfg = OmegaConf.load(CONF / "model" / "unet.yaml")
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
     size = tuple(args.size)
@@ -415,11 +428,11 @@ def keras_script(args) -> None:
     model.compile(optimizer=keras.optimizers.Adam(OmegaConf.load(CONF / "optimizer" / "adam.yaml").learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=VOID))
     start = time.perf_counter()
-    model.fit(keras_split(args.directory, "train", size, batch, True), epochs=args.epochs,
-              validation_data=keras_split(args.directory, "val", size, batch, False), verbose=2)
+    model.fit(keras_split(args.directory, "train", size, batch, args.seed), epochs=args.epochs,
+              validation_data=keras_split(args.directory, "val", size, batch, None), verbose=2)
     seconds = time.perf_counter() - start
     cm = np.zeros((args.num_classes, args.num_classes), np.int64)
-    for images, masks in keras_split(args.directory, "test", size, batch, False):
+    for images, masks in keras_split(args.directory, "test", size, batch, None):
         truth, predicted = masks.numpy().ravel().astype(np.int64), np.argmax(model.predict_on_batch(images), -1).ravel()
         labelled = truth != VOID
         cm += np.bincount(truth[labelled] * args.num_classes + predicted[labelled],
@@ -454,8 +467,11 @@ def parse(argv: list[str] | None):
     for name in ("versus-keras", "keras"):
         each[name].add_argument("--epochs", type=int, default=8)
         each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
+    each["versus-keras"].add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
+                                      help="one seglab run and one plain run per seed (seglab's seed=, the script's Keras seed)")
     each["keras"].add_argument("--size", type=int, nargs=2, required=True, metavar=("HEIGHT", "WIDTH"))
     each["keras"].add_argument("--num-classes", type=int, required=True)
+    each["keras"].add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     args.directory = args.directory.resolve()
     return args

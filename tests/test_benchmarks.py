@@ -59,7 +59,7 @@ def test_memory_reports_peak_rss_per_count_and_cache(tmp_path):
 @pytest.mark.slow
 def test_versus_keras_trains_what_inspect_prints_and_a_plain_keras_unet(tmp_path):
     out = own_data("versus-keras", str(tmp_path), "--images", "16", "--frame", "64", "48", "--epochs", "1",
-                   "--base-filters", "4", cwd=tmp_path)
+                   "--base-filters", "4", "--seeds", "7", cwd=tmp_path)
     command = re.search(r"^  (python -m seglab data=folder .*)$", out, re.M).group(1)
     assert "data.ignore_index=255" in command and "data.resize=fit" in command, command
     frames = tmp_path / "frames"
@@ -69,9 +69,19 @@ def test_versus_keras_trains_what_inspect_prints_and_a_plain_keras_unet(tmp_path
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     trained = [r for r in runs if "seglab.training_run_id" not in r.data.tags]
     assert len(trained) == 1 and trained[0].data.params["data.resize"] == "fit"
+    assert trained[0].data.params["seed"] == "7", "the seglab run of --seeds 7 trains at seed=7"
     assert trained[0].data.params["trainer.epochs"] == "1" and trained[0].data.params["model.base_filters"] == "4"
     scored = [r for r in runs if r.data.tags.get("seglab.training_run_id") == trained[0].info.run_id]
     table = {row[0]: row for row in rows(out)}
-    seglab_row, keras_row = table["`python -m seglab` + what inspect printed"], table["plain Keras script"]
-    assert float(seglab_row[1]) == pytest.approx(scored[0].data.metrics["test_mean_iou"], abs=5e-4)
-    assert 0.0 <= float(keras_row[1]) <= 1.0 and float(keras_row[2]) > 0
+    assert set(table) == {"7", "mean ± sd"}, out
+    seglab, plain, difference = map(float, table["7"][1:])
+    assert seglab == pytest.approx(scored[0].data.metrics["test_mean_iou"], abs=5e-4)
+    assert 0.0 <= plain <= 1.0 and difference == pytest.approx(seglab - plain, abs=1.5e-3)
+    assert table["mean ± sd"][1:] == [f"{seglab:.3f} ± 0.000", f"{plain:.3f} ± 0.000", f"{difference:+.3f} ± 0.000"]
+
+
+def test_versus_keras_reports_mean_and_sample_sd_of_the_seeds():
+    from benchmarks.own_data import spread  # the script's own summary of several seeds
+
+    assert spread([0.90, 0.92, 0.94]) == "0.920 ± 0.020"
+    assert spread([-0.01, 0.03], sign=True) == "+0.010 ± 0.028"
