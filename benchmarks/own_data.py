@@ -4,6 +4,7 @@
     python benchmarks/own_data.py throughput DIR [--images 1000] [--rounds 3] [--passes 3] [--image-size 128]
     python benchmarks/own_data.py memory DIR [--counts 1000 10000] [--frame 160 120] [--caches null file]
     python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16]
+    python benchmarks/own_data.py versus-keras DIR --data TREE [--epochs 8] [--base-filters 16]
 
 throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classes and a void 255) in CamVid's
 layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
@@ -28,6 +29,8 @@ where seglab puts it), the same input size (what inspect printed, images stretch
 (conf/trainer/default.yaml), Adam at conf/optimizer/adam.yaml's rate (constant), sparse cross-entropy with the
 void label ignored, images read with tf.data the plain way, the last epoch's weights; its test mIoU from the
 confusion matrix over the test split without the void pixels, the mean over the classes present, as seglab's.
+With --data TREE it writes nothing and runs the same on TREE, a data set in CamVid's layout as you have it (PNG
+images, 8-bit index masks, 255 void); DIR holds only the work (its MLflow store).
 
 Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
 tf.data order, its header check before the first pass is not timed: the pipeline's passes are).
@@ -284,15 +287,22 @@ def keras_test_miou(root: Path, overrides: list[str], args, work: Path) -> tuple
 
 
 def versus_keras(args) -> None:
-    counts = {split: max(round(share * args.images), 2) for split, share in SPLIT_SHARES.items()}
-    root = write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame)
+    if args.data:  # a tree you have, used as it is
+        root, what = args.data, f"{args.data.name} ({args.data})"
+        counts = {split: len(list((root / split).glob("*.png"))) for split in SPLIT_SHARES}
+        if not all(counts.values()):
+            raise SystemExit(f"--data {root}: needs PNG images in train/ val/ test/ (with trainannot/ ...), has {counts}")
+    else:
+        counts = {split: max(round(share * args.images), 2) for split, share in SPLIT_SHARES.items()}
+        root = write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame)
+        what = f"{args.frame[0]}x{args.frame[1]} pets-like frames"
     work = args.directory / "work"
     work.mkdir(exist_ok=True)
     overrides = inspected(root, work)
     seglab_miou, seglab_s = seglab_test_miou(overrides, args, work)
     keras_miou, keras_s = keras_test_miou(root, overrides, args, work)
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
-    print(f"\n### seglab against a plain Keras U-Net on {args.frame[0]}x{args.frame[1]} pets-like frames ({cpu()})\n")
+    print(f"\n### seglab against a plain Keras U-Net on {what} ({cpu()})\n")
     print(f"{counts['train']} train / {counts['val']} val / {counts['test']} test, {args.epochs} epochs, batch {batch}, "
           f"U-Net base_filters {args.base_filters}; seed 42\n")
     print("| trained by | test mIoU | training s (the epochs, validation included) |\n|---|---|---|")
@@ -389,6 +399,8 @@ def parse(argv: list[str] | None):
     each["memory"].add_argument("--caches", nargs="+", choices=("null", "file", "memory"), default=["null", "file"])
     each["versus-keras"].add_argument("--images", type=int, default=240, help="split 60/20/20 into train/val/test")
     each["versus-keras"].add_argument("--frame", type=int, nargs=2, default=[320, 240], metavar=("WIDTH", "HEIGHT"))
+    each["versus-keras"].add_argument("--data", type=Path, help="use this CamVid-layout tree as it is (train/ trainannot/ "
+                                      "val/ valannot/ test/ testannot/, PNG) instead of writing frames; --images, --frame unused")
     for name in ("versus-keras", "keras"):
         each[name].add_argument("--epochs", type=int, default=8)
         each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
@@ -396,6 +408,7 @@ def parse(argv: list[str] | None):
     each["keras"].add_argument("--num-classes", type=int, required=True)
     args = parser.parse_args(argv)
     args.directory = args.directory.resolve()
+    args.data = args.data.resolve() if getattr(args, "data", None) else None
     return args
 
 
