@@ -5,6 +5,7 @@
     python benchmarks/own_data.py stages DIR [--rounds 3] [--image-size 128]   (after throughput wrote DIR/frames)
     python benchmarks/own_data.py memory DIR [--counts 1000 10000] [--frame 160 120] [--caches null file]
     python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
+    python benchmarks/own_data.py versus-keras DIR --data TREE [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
 
 throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classes and a void 255) in CamVid's
 layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
@@ -39,6 +40,8 @@ confusion matrix over the test split without the void pixels, the mean over the 
 Both are trained once per --seeds value (seglab's `seed=`, the script's Keras seed and shuffle seed; the data stay
 the same): one seed's test mIoU on a few dozen test images moves by a few hundredths, so the table gives each seed,
 the mean ± sample standard deviation of each column and of the paired difference.
+With --data TREE it writes nothing and runs the same on TREE, a data set in CamVid's layout as you have it (PNG
+images, 8-bit index masks, 255 void); DIR holds only the work (its MLflow store).
 
 Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
 tf.data order, its header check before the first pass is not timed: the pipeline's passes are).
@@ -348,8 +351,15 @@ def keras_test_miou(root: Path, overrides: list[str], args, work: Path, seed: in
 
 
 def versus_keras(args) -> None:
-    counts = {split: max(round(share * args.images), 2) for split, share in SPLIT_SHARES.items()}
-    root = write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame)
+    if args.data:  # a tree you have, used as it is
+        root, what = args.data, f"{args.data.name} ({args.data})"
+        counts = {split: len(list((root / split).glob("*.png"))) for split in SPLIT_SHARES}
+        if not all(counts.values()):
+            raise SystemExit(f"--data {root}: needs PNG images in train/ val/ test/ (with trainannot/ ...), has {counts}")
+    else:
+        counts = {split: max(round(share * args.images), 2) for split, share in SPLIT_SHARES.items()}
+        root = write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame)
+        what = f"{args.frame[0]}x{args.frame[1]} pets-like frames"
     work = args.directory / "work"
     work.mkdir(exist_ok=True)
     overrides = inspected(root, work)
@@ -358,7 +368,7 @@ def versus_keras(args) -> None:
         rows.append((seed, seglab_test_miou(overrides, args, work, seed)[0], keras_test_miou(root, overrides, args, work, seed)[0]))
         print(f"seed {seed}: seglab {rows[-1][1]:.3f}, plain Keras {rows[-1][2]:.3f}  (load average {load_average()})", flush=True)
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
-    print(f"\n### seglab against a plain Keras U-Net on {args.frame[0]}x{args.frame[1]} pets-like frames ({cpu()})\n")
+    print(f"\n### seglab against a plain Keras U-Net on {what} ({cpu()})\n")
     print(f"{counts['train']} train / {counts['val']} val / {counts['test']} test, {args.epochs} epochs, batch {batch}, "
           f"U-Net base_filters {args.base_filters}; seeds {', '.join(map(str, args.seeds))}\n")
     print("| seed | seglab + what inspect printed, test mIoU | plain Keras script, test mIoU | seglab - plain |\n|---|---|---|---|")
@@ -464,6 +474,8 @@ def parse(argv: list[str] | None):
     each["memory"].add_argument("--caches", nargs="+", choices=("null", "file", "memory"), default=["null", "file"])
     each["versus-keras"].add_argument("--images", type=int, default=240, help="split 60/20/20 into train/val/test")
     each["versus-keras"].add_argument("--frame", type=int, nargs=2, default=[320, 240], metavar=("WIDTH", "HEIGHT"))
+    each["versus-keras"].add_argument("--data", type=Path, help="use this CamVid-layout tree as it is (train/ trainannot/ "
+                                      "val/ valannot/ test/ testannot/, PNG) instead of writing frames; --images, --frame unused")
     for name in ("versus-keras", "keras"):
         each[name].add_argument("--epochs", type=int, default=8)
         each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
@@ -474,6 +486,7 @@ def parse(argv: list[str] | None):
     each["keras"].add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     args.directory = args.directory.resolve()
+    args.data = args.data.resolve() if getattr(args, "data", None) else None
     return args
 
 

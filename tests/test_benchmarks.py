@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
@@ -85,3 +86,38 @@ def test_versus_keras_reports_mean_and_sample_sd_of_the_seeds():
 
     assert spread([0.90, 0.92, 0.94]) == "0.920 ± 0.020"
     assert spread([-0.01, 0.03], sign=True) == "+0.010 ± 0.028"
+
+
+@pytest.mark.slow
+def test_versus_keras_data_uses_a_given_tree_as_it_is(tmp_path):
+    tree, rng = tmp_path / "mine", np.random.default_rng(0)
+    for split, count in {"train": 8, "val": 2, "test": 2}.items():  # batch 8 needs 8 training images
+        (tree / split).mkdir(parents=True)
+        (tree / f"{split}annot").mkdir()
+        for i in range(count):
+            mask = np.zeros((48, 64), np.uint8)
+            mask[:, rng.integers(8, 56):] = 1
+            image = np.where(mask[..., None] == 1, 200, 40).astype(np.uint8).repeat(3, -1)
+            Image.fromarray(image).save(tree / split / f"{split}{i}.png")
+            Image.fromarray(mask, mode="L").save(tree / f"{split}annot" / f"{split}{i}.png")
+    work = tmp_path / "work-dir"
+    out = own_data("versus-keras", str(work), "--data", str(tree), "--epochs", "1", "--base-filters", "4", "--seeds", "7",
+                   cwd=tmp_path)
+    assert not (work / "frames").exists() and f"on mine ({tree})" in out, out
+    assert re.search(rf"^  python -m seglab data=folder data.source.path={tree} ", out, re.M), out
+    assert "8 train / 2 val / 2 test" in out, out
+    client = MlflowClient(f"sqlite:///{work}/work/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    trained = [r for r in runs if "seglab.training_run_id" not in r.data.tags]
+    assert len(trained) == 1 and trained[0].data.params["data.source.path"] == str(tree)
+    table = {row[0]: row for row in rows(out)}
+    assert set(table) == {"7", "mean ± sd"}, out
+    assert all(0.0 <= float(value) <= 1.0 for value in table["7"][1:3]), out
+
+
+def test_versus_keras_data_without_a_test_split_says_so(tmp_path):
+    (tmp_path / "mine" / "train").mkdir(parents=True)
+    done = subprocess.run([sys.executable, str(SCRIPT), "versus-keras", str(tmp_path / "w"), "--data", str(tmp_path / "mine")],
+                          cwd=tmp_path, env={**inherited_env(), **CLI_ENV}, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "needs PNG images in train/ val/ test/" in done.stderr, done.stderr
+    assert not (tmp_path / "w" / "work").exists()
