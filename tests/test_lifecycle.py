@@ -339,6 +339,28 @@ def test_a_resume_of_another_architecture_is_refused_and_changes_nothing_in_the_
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+def test_an_artifact_store_that_does_not_answer_is_never_taken_for_a_deleted_checkpoint(tmp_path, monkeypatch):
+    """The run's artifacts on an S3 endpoint that is down: restore_files neither says "gone" nor falls back to an
+    older local copy; it raises the store's one line, and the owner puts the run back (resume_refused)."""
+    from seglab.tracking.resumable import CheckpointUnavailable
+    from tests.stores import fresh_store
+
+    for key, value in {"MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+                       "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}.items():
+        monkeypatch.setenv(key, value)
+    fresh_store(tmp_path / "m.db")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e", artifact_location="s3://bucket/a")).info.run_id
+    local = tmp_path / "old" / "checkpoints"  # an older copy of epoch 1 on this machine
+    checkpoint.save_state(local / checkpoint.STATE_FILE, compiled(), checkpoint.TrainingState(epoch=1, best=0.5, best_epoch=0,
+                                                                                              run_id=run_id))
+    tags = {"seglab.checkpoint": "checkpoints", "seglab.checkpoint_epoch": "3", "hydra.output_dir": str(tmp_path / "old")}
+    with pytest.raises(CheckpointUnavailable, match=rf"could not list the checkpoint 'checkpoints' of run {run_id} .*again"):
+        lifecycle.restore_files(uri, run_id, tags, Path("checkpoints"), tmp_path / "new" / "checkpoints")
+    assert CheckpointUnavailable.resume_refused and not (tmp_path / "new" / "checkpoints").exists()
+
+
 @pytest.mark.slow  # one tiny training, then a refused resume (TensorFlow loads before the refusal)
 def test_a_resume_whose_checkpoint_was_deleted_everywhere_is_refused_and_the_finished_run_stays_as_it_was(tmp_path):
     """Issue 32: the run's checkpoints deleted from its artifacts (the MLflow UI, a clean-up) and from the

@@ -75,6 +75,7 @@ def test_the_output_files_suffix_picks_its_format_and_a_suffix_the_report_cannot
 
     assert [output_format(Path(name), "text") for name in ("r.csv", "r.MD", "r.txt", "r")] == ["csv", "markdown", "text", "text"]
     assert output_format(Path("r.txt"), "csv") == "csv"  # a .txt or bare name: --format's
+    assert output_format(Path("sweep-2024.05.01"), "markdown") == "markdown"  # a dotted name is not a file type
     with pytest.raises(ConfigError, match=r"--output=out/r\.pdf: .* not \.pdf; name the file r\.md, r\.csv or r\.txt"):
         output_format(Path("out/r.pdf"), "text")
 

@@ -30,8 +30,11 @@ from seglab.engine.summary import (LEGEND, SORTABLE, TEST_CHART, add_test_scores
 from seglab.util import objective
 
 FORMATS = {"text": to_text, "markdown": to_markdown, "csv": to_csv}
-# The format an --output file's suffix picks; a file without one, or .txt, gets --format's.
-SUFFIX_FORMATS = {".csv": "csv", ".md": "markdown", "": None, ".txt": None}
+# The format an --output file's suffix picks; any other suffix (.txt, none, `sweep-2024.05.01`) gets --format's.
+SUFFIX_FORMATS = {".csv": "csv", ".md": "markdown"}
+# Suffixes of files that are not text, which the report cannot write (it wrote its text table under such a name).
+NOT_TEXT = {".pdf", ".html", ".htm", ".png", ".jpg", ".jpeg", ".svg", ".xlsx", ".xls", ".ods", ".docx", ".doc", ".odt",
+            ".json", ".yaml", ".yml", ".tex", ".parquet", ".zip"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,10 +92,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def output_format(output: Path, default: str) -> str:
     """The format --output is written in; a suffix the report cannot write (`report.pdf`) is refused, not filled with text."""
-    if output.suffix.lower() not in SUFFIX_FORMATS:
+    if output.suffix.lower() in NOT_TEXT:
         raise ConfigError(f"--output={output}: seglab.report writes text, markdown or csv, not {output.suffix}; "
                           f"name the file {output.stem}.md, {output.stem}.csv or {output.stem}.txt.")
-    return SUFFIX_FORMATS[output.suffix.lower()] or default
+    return SUFFIX_FORMATS.get(output.suffix.lower(), default)
 
 
 def end_dead(uri: str, run_ids: list[str]) -> list[str]:

@@ -244,7 +244,7 @@ def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
                           "the MLflow UI, or trainer.resume=auto") from err
     if run.deleted:
         raise ResumeError(f"trainer.resume={run_id}: run {run_id} is deleted (the MLflow UI's Delete, or `mlflow runs "
-                          f"delete`); restore it first (`MLFLOW_TRACKING_URI={uri} mlflow runs restore --run-id "
+                          f"delete`); restore it first (`MLFLOW_TRACKING_URI={resumable.shown(uri)} mlflow runs restore --run-id "
                           f"{run_id}`), or train a new run with trainer.resume=never")
     refuse_other_kind(run_id, run.tags)
     run_experiment = resumable.experiment_of(uri, run_id)
@@ -389,16 +389,19 @@ def restore_files(uri: str, run_id: str, previous_tags: dict[str, str], checkpoi
     if local is None and uploaded is None:
         return None
     source, staging = None, current_dir.parent / f".{current_dir.name}.download"
-    if uploaded_epoch > local_epoch:
-        shutil.rmtree(staging, ignore_errors=True)
-        source = resumable.download_checkpoint(uri, run_id, uploaded, staging)
-        if source is None and local is None:  # deleted since refuse_checkpoint_gone looked
-            shutil.rmtree(staging, ignore_errors=True)
+    if uploaded_epoch > local_epoch and not resumable.holds_artifact(uri, run_id, uploaded, checkpoint.STATE_FILE):
+        if local is None:  # deleted since refuse_checkpoint_gone looked
             raise CheckpointGone(_gone(run_id, uploaded, uploaded_epoch))
-        if source is None:
-            log.warning("the uploaded checkpoint %s of run %s is gone from its artifacts", uploaded, run_id)
-        else:
-            log.info("resuming from the uploaded checkpoint %s (epoch %d)", uploaded, uploaded_epoch)
+        log.warning("the uploaded checkpoint %s (epoch %d) of run %s is gone from its artifacts (the listing answered)",
+                    uploaded, uploaded_epoch, run_id)
+    elif uploaded_epoch > local_epoch:
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            source = resumable.download_checkpoint(uri, run_id, uploaded, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("resuming from the uploaded checkpoint %s (epoch %d)", uploaded, uploaded_epoch)
     if source is None:
         source, staging = local, None
         log.info("resuming from the local checkpoint %s (epoch %d)", local, local_epoch)

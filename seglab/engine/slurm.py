@@ -89,7 +89,11 @@ def cancel_jobs(grace_s: float) -> None:
         return
     # debug: this runs at exit, after the sweep's one line (seglab.errors); a job that did not go is a warning
     log.debug("cancelling the sweep's SLURM jobs %s", " ".join(left))
-    done = subprocess.run(["scancel", *left], check=False, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+    try:
+        done = subprocess.run(["scancel", *left], check=False, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as err:  # no scancel here, or slurmctld not answering: at exit, a warning
+        log.warning("could not cancel the sweep's SLURM jobs %s (%s): scancel them yourself", " ".join(left), err)
+        return
     if done.returncode != 0:  # a job that ended meanwhile: "already completing or completed"
         log.debug("scancel: %s", done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit code {done.returncode}")
     deadline = time.monotonic() + grace_s
@@ -105,8 +109,11 @@ def queued(job_ids: list[str]) -> list[str]:
     when squeue cannot say (slurmctld not answering): cancelling a job that ended does no harm."""
     if not job_ids:
         return []
-    done = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--jobs={','.join(job_ids)}"],
-                          check=False, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+    try:
+        done = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--jobs={','.join(job_ids)}"],
+                              check=False, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):  # no squeue here, or slurmctld not answering: it cannot say
+        return list(job_ids)
     # "Invalid job id": SLURM forgot them all (ended longer than its MinJobAge ago), none is left
     if done.returncode != 0 and "Invalid job id" not in done.stderr:
         return list(job_ids)

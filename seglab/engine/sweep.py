@@ -395,7 +395,10 @@ class MlflowSweep(Callback):
         if self.on_slurm:  # scancel: SIGTERM, so a job ends its run KILLED; no requeue
             from seglab.engine import slurm  # imported already, by on_multirun_start
 
-            slurm.cancel_jobs(STOP_GRACE_S)
+            try:
+                slurm.cancel_jobs(STOP_GRACE_S)
+            except Exception as err:  # noqa: BLE001  at exit: the runs below are ended whatever SLURM answered
+                log.warning("could not cancel the sweep's SLURM jobs (%s)", err)
         end_jobs()
         stopped_by = self.stopped_by or errors.interrupted_by
         # The one line seglab printed, when it printed one (e.g. SLURM refused the jobs), is the reason.

@@ -15,7 +15,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from seglab.tracking import tags
-from seglab.tracking.store import ERROR_TAG_CHARS, check_reachable
+from seglab.tracking.store import ERROR_TAG_CHARS, TrackingError, check_reachable, first_line, shown
 
 _IMAGE_STEP = re.compile(r"^(?P<key>.+?)[%+]step[%+](?P<step>\d+)[%+]")  # MLflow 3 names: key+step+N+..., older: %
 
@@ -117,24 +117,36 @@ def claim(uri: str, run_id: str, key: str, value: str) -> str | None:
     return None
 
 
+class CheckpointUnavailable(TrackingError):
+    """The store did not answer while a resume looked for or fetched the run's checkpoint: nothing was trained, so
+    the run is put back as it was (seglab.engine.owner), never resumed from an older copy."""
+
+    resume_refused = True
+
+
+def _unavailable(uri: str, run_id: str, doing: str, err: BaseException) -> CheckpointUnavailable:
+    return CheckpointUnavailable(f"tracking.uri={shown(uri)}: could not {doing} of run {run_id} ({first_line(err)}); "
+                                 "run the command again once the store and its artifact store answer")
+
+
 def holds_artifact(uri: str, run_id: str, directory: str, name: str) -> bool:
-    """Whether the run's artifacts hold the file `directory/name` (a listing, nothing downloaded)."""
+    """Whether the run's artifacts hold the file `directory/name`: from a listing (nothing downloaded) that answered;
+    a store or artifact store that does not answer raises CheckpointUnavailable, never "not there"."""
     try:
-        return any(item.path.rsplit("/", 1)[-1] == name for item in _client(uri).list_artifacts(run_id, directory))
-    except MlflowException:
-        return False
+        listing = _client(uri).list_artifacts(run_id, directory)
+    except Exception as err:  # noqa: BLE001  MLflow's, requests' or boto's own errors alike: the store did not answer
+        raise _unavailable(uri, run_id, f"list the checkpoint '{directory}'", err) from err
+    return any(item.path.rsplit("/", 1)[-1] == name for item in listing)
 
 
-def download_checkpoint(uri: str, run_id: str, artifact_dir: str, destination: Path) -> Path | None:
-    """The uploaded checkpoint directory `artifact_dir` of the run, into `destination`; its local path, or None
-    when the run's artifacts no longer hold it (deleted from the artifact store)."""
+def download_checkpoint(uri: str, run_id: str, artifact_dir: str, destination: Path) -> Path:
+    """The uploaded checkpoint directory `artifact_dir` of the run, into `destination`; its local path.  MLflow
+    words every failure alike ("Failed to download artifacts"), so whether it is there is holds_artifact's to say."""
     destination.mkdir(parents=True, exist_ok=True)
     try:
         return Path(_client(uri).download_artifacts(run_id, artifact_dir, str(destination)))
-    except MlflowException as err:
-        if "Failed to download artifacts" not in str(err):  # MLflow's words for a path the run does not hold
-            raise
-        return None
+    except Exception as err:  # noqa: BLE001  as in holds_artifact
+        raise _unavailable(uri, run_id, f"download the checkpoint '{artifact_dir}'", err) from err
 
 
 def logged_steps(uri: str, run_id: str) -> dict[str, int]:

@@ -181,6 +181,14 @@ def store_unavailable(err: BaseException) -> bool:
     return False
 
 
+def shown(uri: str) -> str:
+    """The URI as a message may print it: a database URI's password as ***."""
+    try:
+        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:  # not a database URL (http://, file:, a path): nothing to hide
+        return uri
+
+
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:500] if text else type(err).__name__
@@ -226,14 +234,17 @@ def _open_postgresql(uri: str) -> None:
         return
     from mlflow import MlflowClient  # MLflow's store code loads when a command opens a store, not on import
 
-    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    except ModuleNotFoundError as err:  # postgresql:// is psycopg2's scheme; postgresql+psycopg:// is psycopg 3's
+        raise TrackingError(f"tracking.uri={shown(uri)}: its database driver is not installed ({err.name}); "
+                            f"pip install psycopg2-binary, or name psycopg 3 (postgresql+psycopg://...)") from err
     try:
         with engine.connect() as connection:  # closing it (NullPool: the connection itself) releases the lock
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             MlflowClient(uri).search_experiments(max_results=1)
     except sqlalchemy.exc.OperationalError as err:
-        where = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
-        raise TrackingError(f"tracking.uri={where}: cannot open the database ({first_line(err.orig or err)}); check the "
+        raise TrackingError(f"tracking.uri={shown(uri)}: cannot open the database ({first_line(err.orig or err)}); check the "
                             "user, password and database name, or log locally with tracking.uri=sqlite:///mlflow.db.") from err
     finally:
         engine.dispose()
