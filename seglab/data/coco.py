@@ -50,7 +50,7 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from seglab.config.check import ConfigError, require
-from seglab.data import DataError, Provenance, Splits, check_labels
+from seglab.data import DataError, Provenance, Splits, check_labels, filecache
 from seglab.util import atomic
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def reusable(out: Path, part: Part, say: bool = False) -> Optional[tuple[list[st
     if not all(Path(f).is_file() for f in files):
         return None
     recorded = done.get("images")  # None: converted before images were stamped, so converted again once
-    now = stamps(part.images, [row[0] for row in recorded or []])
+    now = filecache.stamps([row[0] for row in recorded or []], part.images)
     changed = [new[0] for new, old in zip(now, recorded) if new != old] if recorded is not None else ["(not stamped)"]
     if changed:
         if say:
@@ -280,23 +280,6 @@ def reusable(out: Path, part: Part, say: bool = False) -> Optional[tuple[list[st
         return None
     log.info("coco %s: reusing %d examples in %s", part.label, done["count"], out)
     return files, done["count"], done["classes"]
-
-
-def stamps(folder: Path, names: list[str]) -> list[list]:
-    """[file name, size, mtime_ns] of each image (a missing one: [name, None, None]); an image replaced in place
-    changes its size or its modification time, so its stamp."""
-    rows = []
-    directory = os.open(folder, os.O_RDONLY)  # names resolved from the folder, not from / (a third less time)
-    try:
-        for name in names:
-            try:
-                stat = os.stat(name, dir_fd=directory)
-                rows.append([name, stat.st_size, stat.st_mtime_ns])
-            except FileNotFoundError:
-                rows.append([name, None, None])
-    finally:
-        os.close(directory)
-    return rows
 
 
 @contextmanager
@@ -326,7 +309,7 @@ def _convert(out: Path, part: Part, settings: dict) -> tuple[list[str], int, lis
     classes, label_of = resolve(coco, settings["classes"], str(part.annotations))
     image_ids = select(coco, part, label_of, settings["negative_fraction"], settings["seed"])
     # Stamped before their bytes are read: an image replaced during the conversion is converted again next time.
-    stamped = stamps(part.images, [coco.imgs[i]["file_name"] for i in image_ids])
+    stamped = filecache.stamps([coco.imgs[i]["file_name"] for i in image_ids], part.images)
     missing = [name for name, size, _ in stamped if size is None]
     if missing:
         raise DataError(f"{len(missing)} images listed in {part.annotations} are missing from {part.images}, e.g. "
