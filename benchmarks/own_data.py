@@ -11,10 +11,11 @@ throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classe
 layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
 one run of `python -m seglab.data folder ...` (augmentation off, data.cache=null; its "later passes" images/s) and
 one of a plain tf.data pipeline over the same training files in its own process (list files, tf.io.read_file,
-decode_png, resize to the same size, batch, prefetch, AUTOTUNE; the mean of its passes after the first), so both
-share the machine's load alike.  Prints each run and the medians and their ratio, in images/s and in CPU milliseconds
-per image (process time over all threads, passes after the first): on a machine other programs load, images/s follows
-their load, the CPU cost per image hardly does.
+decode_png, resize to the same size, batch, prefetch, AUTOTUNE; the mean of its passes after the first), and one of
+the same plain pipeline with tf.data's autotuner off (as seglab's runs), so all share the machine's load alike.
+Prints each run and the medians and their ratios, in images/s and in CPU milliseconds per image (process time over
+all threads, passes after the first): on a machine other programs load, images/s follows their load, the CPU cost per
+image hardly does.
 
 stages: in one process set up as seglab's (op determinism on, as conf/config.yaml has it), the plain pipeline and
 data=folder's training pipeline cut after each stage (read + decode: the folder source's split; + resize: the shared
@@ -151,6 +152,9 @@ def folder_overrides(root: Path, image_size: int, batch_size: int, cache: str | 
 # --- throughput -------------------------------------------------------------------------------------
 
 
+OFF = "plain tf.data, autotune off"
+
+
 def seglab_rate(root: Path, args, work: Path) -> tuple[float, float]:
     """(images/s, CPU-ms per image) of the later passes, as `python -m seglab.data` prints them."""
     out = command("seglab.data", "folder", *folder_overrides(root, args.image_size, args.batch_size, None),
@@ -159,9 +163,9 @@ def seglab_rate(root: Path, args, work: Path) -> tuple[float, float]:
     return float(found.group(1)), float(found.group(2))
 
 
-def plain_rate(root: Path, args, work: Path) -> tuple[float, float]:
+def plain_rate(root: Path, args, work: Path, autotune: str = "on") -> tuple[float, float]:
     out = subprocess.run([sys.executable, __file__, "plain", str(root), "--image-size", str(args.image_size),
-                          "--batch-size", str(args.batch_size), "--passes", str(args.passes)],
+                          "--batch-size", str(args.batch_size), "--passes", str(args.passes), "--autotune", autotune],
                          cwd=work, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if out.returncode != 0:
         raise SystemExit(f"the plain pipeline failed:\n{out.stderr[-3000:]}")
@@ -169,8 +173,9 @@ def plain_rate(root: Path, args, work: Path) -> tuple[float, float]:
     return float(found.group(1)), float(found.group(2))
 
 
-def plain_pipeline(directory: Path, image_size: int, batch_size: int):
-    """The plain tf.data pipeline over DIR/train + DIR/trainannot: list, read, decode_png, resize, batch, prefetch."""
+def plain_pipeline(directory: Path, image_size: int, batch_size: int, autotune: bool = True):
+    """The plain tf.data pipeline over DIR/train + DIR/trainannot: list, read, decode_png, resize, batch, prefetch
+    (AUTOTUNE; `autotune=False`: tf.data's autotuner off, as seglab's pipeline runs, AUTOTUNE meaning every core)."""
     import tensorflow as tf  # only the processes that time a pipeline load TensorFlow
 
     images = sorted(str(p) for p in (directory / "train").glob("*.png"))
@@ -185,7 +190,15 @@ def plain_pipeline(directory: Path, image_size: int, batch_size: int):
 
     ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if not autotune:
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        ds = ds.with_options(options)
     return ds
+
+
+PIPELINES = {"data=folder": seglab_rate, "plain tf.data": plain_rate,
+             OFF: lambda root, args, work: plain_rate(root, args, work, autotune="off")}
 
 
 def one_pass(ds) -> tuple[float, float]:
@@ -233,7 +246,7 @@ def stages(args) -> None:
 
 def plain(args) -> None:
     """One process: the plain pipeline, images/s and CPU-ms per image of passes 2.. ."""
-    ds = plain_pipeline(args.directory, args.image_size, args.batch_size)
+    ds = plain_pipeline(args.directory, args.image_size, args.batch_size, autotune=args.autotune == "on")
     rates, cpu_ms = zip(*(one_pass(ds) for _ in range(args.passes)))
     print(f"plain tf.data: {statistics.mean(rates[1:]):.1f} images/s, {statistics.mean(cpu_ms[1:]):.2f} CPU-ms per image "
           f"(passes: {', '.join(f'{r:.0f}' for r in rates)})")
@@ -246,11 +259,11 @@ def throughput(args) -> None:
     work.mkdir(exist_ok=True)
     rows = []
     for round_ in range(1, args.rounds + 1):
-        for name, rate in (("data=folder", seglab_rate), ("plain tf.data", plain_rate)):
+        for name, rate in PIPELINES.items():
             rows.append((name, *rate(root, args, work), load_average()))
             print(f"round {round_}: {name:<13} {rows[-1][1]:7.1f} images/s, {rows[-1][2]:.2f} CPU-ms per image  "
                   f"(load average {rows[-1][3]})", flush=True)
-    names = ("data=folder", "plain tf.data")
+    names = tuple(PIPELINES)
     median = {name: statistics.median(r for n, r, _, _ in rows if n == name) for name in names}
     cost = {name: statistics.median(c for n, _, c, _ in rows if n == name) for name in names}
     print(f"\n### Reading {args.images} 480x360 PNG pairs ({cpu()})\n")
@@ -261,6 +274,8 @@ def throughput(args) -> None:
               f"{', '.join(f'{c:.2f}' for n, _, c, _ in rows if n == name)} | {cost[name]:.2f} |")
     print(f"\ndata=folder / plain tf.data: {median['data=folder'] / median['plain tf.data']:.2f} images/s (the issue asks >= 0.90); "
           f"CPU per image {cost['data=folder'] / cost['plain tf.data']:.2f} of plain's")
+    print(f"data=folder / {OFF}: {median['data=folder'] / median[OFF]:.2f} images/s; "
+          f"CPU per image {cost['data=folder'] / cost[OFF]:.2f} of its")
 
 
 # --- memory ---------------------------------------------------------------------------------------
@@ -466,6 +481,7 @@ def parse(argv: list[str] | None):
         each[name].add_argument("--batch-size", type=int, default=8)
     for name in ("throughput", "plain"):
         each[name].add_argument("--passes", type=int, default=3)
+    each["plain"].add_argument("--autotune", choices=("on", "off"), default="on", help="tf.data's autotuner (Options.autotune)")
     each["throughput"].add_argument("--images", type=int, default=1000)
     for name in ("throughput", "stages"):
         each[name].add_argument("--rounds", type=int, default=3, help="runs (stages: timed passes) of each pipeline, alternating")

@@ -37,12 +37,14 @@ def test_throughput_writes_camvid_folders_and_times_both_pipelines(tmp_path):
     assert image.size == mask.size == (480, 360) and image.mode == "RGB" and mask.mode == "L"
     assert set(mask.getdata()) <= set(range(12)) | {255}
     table = {row[0]: row for row in rows(out)}
-    assert set(table) == {"data=folder", "plain tf.data"} and all(float(table[name][2]) > 0 for name in table), out
+    assert set(table) == {"data=folder", "plain tf.data", "plain tf.data, autotune off"} and all(float(table[name][2]) > 0 for name in table), out
     ratio = float(re.search(r"data=folder / plain tf.data: ([\d.]+)", out).group(1))
     assert ratio == pytest.approx(float(table["data=folder"][2]) / float(table["plain tf.data"][2]), rel=0.05), out
     assert all(float(table[name][4]) > 0 for name in table), out  # CPU-ms per image, the load-proof cost
     cost = float(re.search(r"CPU per image ([\d.]+) of plain's", out).group(1))
     assert cost == pytest.approx(float(table["data=folder"][4]) / float(table["plain tf.data"][4]), rel=0.05), out
+    off = float(re.search(r"data=folder / plain tf.data, autotune off: ([\d.]+)", out).group(1))
+    assert off == pytest.approx(float(table["data=folder"][2]) / float(table["plain tf.data, autotune off"][2]), rel=0.05), out
     stages = rows(own_data("stages", str(tmp_path), "--rounds", "1", "--image-size", "32", cwd=tmp_path))
     assert [r[0] for r in stages][0] == "plain tf.data" and len(stages) == 4, stages
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in stages), stages  # CPU-ms per image, images/s

@@ -147,3 +147,12 @@ def test_training_without_augmentation_gives_each_example_once_as_evaluation_rea
     np.testing.assert_array_equal(shuffled_masks, masks[order])
     (again, _), = batches(ds, training=True, seed=3, augment_options=off, batch_size=8)
     np.testing.assert_array_equal(again, shuffled)
+
+
+def test_pipelines_run_without_tf_datas_autotuner():
+    """Training and evaluation pipelines turn tf.data's autotuner off: with it on, a quarter of the passes over
+    1,000 PNGs ran on one core of two (docs/own-data.md, "Throughput"); AUTOTUNE then means every core."""
+    ds, _, _ = dataset()
+    for training in (True, False):
+        made = pipeline.make(ds, image_size=32, batch_size=2, training=training, seed=0, deterministic=True)
+        assert made.options().autotune.enabled is False, training

@@ -186,6 +186,11 @@ def make(
     # The source's decode map and `prepare` may run as one function per example (one hand-over between threads
     # instead of two); its gain was within the noise of docs/own-data.md's "Throughput" runs.
     opts.experimental_optimization.map_fusion = True
+    # No autotuner: every AUTOTUNE map runs on all of the machine's cores, and prefetch grows its buffer itself.
+    # With the autotuner on, a quarter of the passes over 1,000 PNGs ran on one core of two, for tf.data's
+    # own pipelines as for seglab's (docs/own-data.md, "Throughput"); without it none did, and each image
+    # cost less CPU (the autotuner's own work).
+    opts.autotune.enabled = False
     return ds.with_options(opts)
 
 
