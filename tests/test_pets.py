@@ -326,7 +326,7 @@ def test_a_bad_trimap_in_the_validation_split_is_named_before_training(archive):
     names = [n for n in sorted(files) if n in (root / "annotations" / "trainval.txt").read_text()]
     _, val = _split_names(names, 20)
     victim = _break_trimap(root, next(n for n in val if files[n]["kind"] == "jpeg"))
-    with pytest.raises(DataError, match=rf"val split.*value outside 1\.\.3.*{victim}"):
+    with pytest.raises(DataError, match=rf"val split.*value outside 1\.\.3.*not the trimaps of the archive.*{victim}"):
         pets.build(kind="folder", path=str(root), val_percent=20)
 
 
@@ -346,6 +346,7 @@ def test_a_bad_trimap_beyond_the_first_examples_is_one_line_naming_the_file_befo
     )
     last = [line for line in done.stderr.splitlines() if line.strip()][-1]
     assert done.returncode == 2 and last.startswith("seglab: seglab label check:") and str(victim) in last, done.stderr[-3000:]
+    assert "not the trimaps of the archive" in last and "label_map" not in last, last  # pets has no data.source.label_map
     assert "Traceback" not in done.stderr
     from mlflow import MlflowClient
 

@@ -85,8 +85,11 @@ def build(
     num_classes: int = 2,
     ignore_index: int | None = 255,
     deterministic: bool = True,
+    unmapped_error: str | None = None,
 ) -> Splits:
-    """The `data=folder` source: train, val (and test when the data has one) of `(uint8 RGB image, int32 labels)`."""
+    """The `data=folder` source: train, val (and test when the data has one) of `(uint8 RGB image, int32 labels)`.
+    `unmapped_error`: a preset's own line for a mask id that `label_map` does not name with `ignore_index` null (not
+    a YAML key; data=pets: not a trimap), instead of the line that says to add it to data.source.label_map."""
     root = Path(path or "").expanduser()
     if not root.is_dir():
         raise DataError(f"data.source.path={path}: not a directory: give the folder that holds the images and masks.")
@@ -99,7 +102,8 @@ def build(
                             f"to it, or lower data.source.val_fraction / test_fraction if it was split off.")
     kept, reading = scan(root, splits, on_unreadable, table)
     lut = label_table(label_map, ignore_index, reading.mask)
-    datasets = {name: stream(pairs, reading, table, lut, ignore_index, deterministic) for name, pairs in kept.items()}
+    datasets = {name: stream(pairs, reading, table, lut, ignore_index, deterministic, unmapped_error)
+                for name, pairs in kept.items()}
     for name, dataset in datasets.items():
         check_labels(dataset, num_classes, ignore_index, f"data.source.path={root} ({name} split)")
     log.info("folder %s (%s): %s", root, how, ", ".join(f"{len(p)} {n}" for n, p in kept.items()))
@@ -514,13 +518,14 @@ def label_table(label_map: dict | None, ignore_index: int | None, mask: str) -> 
 # --- the stream -------------------------------------------------------------------------------
 
 
-def stream(pairs: list[Pair], reading: Reading, table, lut, ignore_index: int | None, deterministic: bool):
+def stream(pairs: list[Pair], reading: Reading, table, lut, ignore_index: int | None, deterministic: bool,
+           unmapped_error: str | None = None):
     """(uint8 RGB image, int32 labels) per pair, decoded in the tf.data graph in parallel, in the pairs' order."""
     import tensorflow as tf  # only a built pipeline needs it (see the note at the top)
 
     colours = _colour_lookup(tf, table) if table is not None else None
     lut_tensor = tf.constant(lut) if lut is not None else None
-    unmapped_message = _unmapped_message(lut) if lut is not None else ""
+    unmapped_message = unmapped_error or (_unmapped_message(lut) if lut is not None else "")
 
     def decode(image_path, mask_path):
         image = _read_image(tf, image_path, reading.image)

@@ -40,9 +40,9 @@ DOWNLOAD_URL = "https://thor.robots.ox.ac.uk/"  # where tfds' oxford_iiit_pet 4.
 ARCHIVES_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 CLASS_NAMES = ("pet", "background", "border")
 TRIMAP_FIRST_VALUE = 1  # trimaps use 1, 2, 3; labels start at 0
-TRIMAP_RANGE_ERROR = LABEL_ERROR_MARKER + (
+TRIMAP_RANGE_ERROR = LABEL_ERROR_MARKER + (  # no quote marks: tf.debugging.Assert's message escapes them
     " an Oxford-IIIT Pet trimap holds a value outside 1..3 (pet, background, border), which data.num_classes=3 "
-    "cannot represent: these masks are not the archive's trimaps"
+    "cannot represent: these masks are not the trimaps of the archive"
 )
 
 
@@ -167,7 +167,8 @@ def _from_folder(path: str | None, val_percent: int, split_seed: int, determinis
     if not any(images.glob("*.jpg")):
         raise DataError(f"data.source.path={root}: no *.jpg images in {images}.")
     splits = folder.build(str(root), **FOLDER_OPTIONS, val_fraction=val_percent / 100, seed=split_seed,
-                          num_classes=len(CLASS_NAMES), ignore_index=None, deterministic=deterministic)
+                          num_classes=len(CLASS_NAMES), ignore_index=None, deterministic=deterministic,
+                          unmapped_error=TRIMAP_RANGE_ERROR)
     for split, about in splits.about.items():  # the records of runs before data=folder read the archives
         about.source = {"kind": "folder", "path": str(root), "split": split, "val_percent": val_percent,
                         "split_seed": split_seed}
