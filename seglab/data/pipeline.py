@@ -188,8 +188,8 @@ def make(
     opts.experimental_optimization.map_fusion = True
     # No autotuner: every AUTOTUNE map runs on all of the machine's cores, and prefetch grows its buffer itself.
     # With the autotuner on, a quarter of the passes over 1,000 PNGs ran on one core of two, for tf.data's
-    # own pipelines as for seglab's (docs/own-data.md, "Throughput"); without it none did, and each image
-    # cost less CPU (the autotuner's own work).
+    # own pipelines as for seglab's (docs/own-data.md, "Throughput"); without it none did, at about the same CPU
+    # per image.
     opts.autotune.enabled = False
     return ds.with_options(opts)
 
