@@ -145,6 +145,20 @@ def test_a_tiff_image_and_a_classes_json_with_names_only(tmp_path):
     assert folder.class_file(tmp_path) == (["sky", "road", "car"], None)
 
 
+
+@pytest.mark.parametrize("file, text", [
+    ("classes.yaml", "- {name: void, color: [0, 0, 0]}\n- {name: road, color: [128, 64, 128]}\n- {name: sign, colour: [250, 170, 30]}\n"),
+    ("classes.json", '{"void": [0, 0, 0], "road": [128, 64, 128], "sign": [250, 170, 30]}'),
+])
+def test_colour_masks_through_a_classes_yaml_list_or_a_classes_json_mapping(tmp_path, file, text):
+    """The two other shapes docs/own-data.md gives a classes file: a list of {name, color} and {name: colour}."""
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"], encoding="RGB")
+    (tmp_path / file).write_text(text)
+    assert folder.class_file(tmp_path) == (["void", "road", "sign"], [list(c) for c in COLOURS])
+    splits = build(tmp_path, val_fraction=0.5)
+    (name,) = splits.about["train"].names
+    np.testing.assert_array_equal(read(splits.train)[0][1], labels_for("ab".index(name[0]), W43, H43))
+
 # --- bad data: one line each ------------------------------------------------------------------
 
 
@@ -254,6 +268,18 @@ def test_the_source_keys_are_checked_before_tensorflow(key, value, says):
     with pytest.raises(ConfigError, match=f"data.source.{key}=.*{says}".replace("[", r"\[").replace(")", r"\)")):
         check_source(source)
 
+
+
+@pytest.mark.parametrize("source, says", [
+    ({"val_fraction": "a tenth"}, r"data.source.val_fraction='a tenth' is not allowed: use a number"),
+    ({"colors": "red"}, r"data.source.colors='red' is not allowed: use a list or null"),
+    ({"pth": "DIR"}, r"data.source.pth is not a config key .*did you mean path\?"),
+    ({"_target_": "seglab.data.nosuch.build"}, r"data.source._target_='seglab.data.nosuch.build' is not allowed"),
+])
+def test_any_source_is_checked_against_its_builders_signature(source, says):
+    """seglab/config/sources.py: a source's keys and types are its `build` signature's (for every source module)."""
+    with pytest.raises(ConfigError, match=says):
+        check_source({"_target_": "seglab.data.folder.build", "path": "DIR", **source})
 
 # --- the options data=pets reads the Oxford-IIIT Pet archives with (issue 31), each on its own ---------------
 
