@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from seglab import errors
 from seglab.data import DataError, inspect
 from tests.conftest import run_cli, run_module
 from tests.test_folder import H21, W21, labels_for, write_image, write_mask, write_split
@@ -68,6 +69,28 @@ def test_inspect_knows_the_folder_layout_last_and_suggests_sizes_that_keep_the_a
     assert inspect.suggested_size(144, 192) == (160, 192)  # padded by fit, never shrunk
     assert inspect.suggested_size(1024, 2048) == (256, 512)
 
+
+
+def test_inspect_write_puts_the_settings_in_a_data_option_for_config_dir(tmp_path, capsys):
+    """`--write CONFIG_DIR/data/NAME.yaml`: the option composes over data=folder with the printed overrides' values."""
+    from hydra import compose, initialize_config_dir
+
+    from seglab.config import schema
+
+    camvid_with_void(tmp_path / "data")
+    option = tmp_path / "my_conf" / "data" / "mine.yaml"
+    inspect.main([str(tmp_path / "data"), "--write", str(option)])
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == f"python -m seglab --config-dir {tmp_path / 'my_conf'} data=mine"
+    with initialize_config_dir(config_dir=schema.CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "data=mine"])
+    schema.validate(cfg)
+    assert cfg.data.name == "mine" and cfg.data.source.path == str(tmp_path / "data")
+    assert cfg.data.num_classes == 3 and list(cfg.data.class_names) == ["sky", "road", "car"] and cfg.data.ignore_index == 255
+    assert cfg.data.source._target_ == "seglab.data.folder.build"  # the rest from data=folder
+    assert list(cfg.data.image_size) == [32, 64] and cfg.data.resize == "fit"  # 48x24 frames, each side up to 32s
+    with pytest.raises(errors.UserError, match="give CONFIG_DIR/data/NAME.yaml"):
+        inspect.main([str(tmp_path / "data"), "--write", str(tmp_path / "mine.yaml")])
 
 @pytest.mark.slow
 def test_the_printed_command_trains(tmp_path):
