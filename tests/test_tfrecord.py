@@ -86,6 +86,29 @@ def test_png_bytes_under_other_keys_with_gzip(tmp_path, encoding):
     assert sorted(key(*g) for g in splits.train.as_numpy_iterator()) == sorted(key(*w) for w in written)
 
 
+
+@pytest.mark.parametrize("encoding", ["jpeg", "auto"])
+def test_jpeg_image_bytes_with_png_masks(tmp_path, encoding):
+    """Encoded JPEG images (lossy: close to the pixels written) with PNG masks (exact), no height or width features."""
+    def smooth(shape, k):  # a ramp: JPEG keeps it within a few levels, where random pixels would lose ~10
+        return (np.add.outer(np.arange(shape[0]), np.arange(shape[1]))[..., None] * 4 + [0, 40 * k, 80]).astype(np.uint8)
+
+    written = [(smooth(mask.shape, k), mask) for k, (_, mask) in enumerate(pairs(4, 3, side=16))]
+    records = [tf.train.Example(features=tf.train.Features(feature={
+        "imageContent": feature(tf.io.encode_jpeg(image, quality=100, chroma_downsampling=False).numpy()),
+        "maskContent": feature(tf.io.encode_png(mask[..., None]).numpy()),
+    })).SerializeToString() for image, mask in written]
+    write(tmp_path / "train.tfrecord", records)
+    splits = tfrecord.build(str(tmp_path), val=None, val_fraction=0.5, height_key=None, width_key=None,
+                            encoding=encoding, mask_encoding="png" if encoding == "jpeg" else "auto")
+    got = list(splits.train.concatenate(splits.val).as_numpy_iterator())
+    assert len(got) == len(written)
+    by_mask = {mask.tobytes(): image for image, mask in got}
+    for image, mask in written:
+        decoded = by_mask[mask.astype(np.int32).tobytes()]
+        assert decoded.shape == image.shape and decoded.dtype == np.uint8
+        assert np.abs(decoded.astype(int) - image.astype(int)).mean() < 3  # JPEG's loss, not raw bytes misread
+
 def test_validation_is_a_seeded_fraction_of_the_training_records(notes_records):
     root, train, _ = notes_records
 
