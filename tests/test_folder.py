@@ -159,6 +159,7 @@ def test_colour_masks_through_a_classes_yaml_list_or_a_classes_json_mapping(tmp_
     (name,) = splits.about["train"].names
     np.testing.assert_array_equal(read(splits.train)[0][1], labels_for("ab".index(name[0]), W43, H43))
 
+
 # --- bad data: one line each ------------------------------------------------------------------
 
 
@@ -280,6 +281,7 @@ def test_any_source_is_checked_against_its_builders_signature(source, says):
     """seglab/config/sources.py: a source's keys and types are its `build` signature's (for every source module)."""
     with pytest.raises(ConfigError, match=says):
         check_source({"_target_": "seglab.data.folder.build", "path": "DIR", **source})
+
 
 # --- the options data=pets reads the Oxford-IIIT Pet archives with (issue 31), each on its own ---------------
 

@@ -92,6 +92,7 @@ def test_inspect_write_puts_the_settings_in_a_data_option_for_config_dir(tmp_pat
     with pytest.raises(errors.UserError, match="give CONFIG_DIR/data/NAME.yaml"):
         inspect.main([str(tmp_path / "data"), "--write", str(tmp_path / "mine.yaml")])
 
+
 @pytest.mark.slow
 def test_the_printed_command_trains(tmp_path):
     data = tmp_path / "data"

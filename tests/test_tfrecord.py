@@ -109,6 +109,7 @@ def test_jpeg_image_bytes_with_png_masks(tmp_path, encoding):
         assert decoded.shape == image.shape and decoded.dtype == np.uint8
         assert np.abs(decoded.astype(int) - image.astype(int)).mean() < 3  # JPEG's loss, not raw bytes misread
 
+
 def test_validation_is_a_seeded_fraction_of_the_training_records(notes_records):
     root, train, _ = notes_records
 
