@@ -111,6 +111,23 @@ def test_list_files_with_bom_and_crlf_names_and_path_pairs(tmp_path):
     np.testing.assert_array_equal(read(splits.val)[0][1], labels_for(3, W43, H43))
 
 
+def test_pascal_voc_lists_in_imagesets_segmentation_and_masks_in_a_train_labels_sibling(tmp_path):
+    """VOC's folders as it names them (JPEGImages/, SegmentationClass/ of palette masks, ImageSets/Segmentation/*.txt):
+    the lists give the splits, not a seeded split of the pair; and `train_labels/` beside `train/`."""
+    names = ["2007_000032", "2007_000033", "2007_000039"]
+    write_split(tmp_path / "JPEGImages", tmp_path / "SegmentationClass", names, encoding="P", image_ext=".jpg")
+    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text(f"{names[0]}\n{names[1]}\n")
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text(f"{names[2]}\n")
+    splits = build(tmp_path)
+    assert splits.about["train"].source["layout"] == "list files"
+    assert splits.about["train"].names == [f"{n}.jpg" for n in names[:2]] and splits.about["val"].names == [f"{names[2]}.jpg"]
+    np.testing.assert_array_equal(read(splits.val)[0][1], labels_for(2, W43, H43))
+    write_split(tmp_path / "other" / "train", tmp_path / "other" / "train_labels", ["a", "b"])
+    write_split(tmp_path / "other" / "val", tmp_path / "other" / "val_labels", ["c"], offset=2)
+    assert build(tmp_path / "other").about["train"].source["layout"] == "split folders"
+
+
 def test_one_pair_of_folders_split_by_seed(tmp_path):
     write_split(tmp_path / "images", tmp_path / "masks", [f"n{i:02d}" for i in range(20)])
     splits = build(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=3)

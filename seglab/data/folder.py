@@ -241,9 +241,14 @@ def _folder_pair(root: Path) -> tuple[Path, Path] | None:
 
 
 def _list_files(root: Path) -> dict[str, Path]:
-    """split -> its list file, from the first folder of LIST_DIRS that has a train list."""
+    """split -> its list file, from the first folder of LIST_DIRS that has a train list (folder names in any case:
+    PASCAL VOC's ImageSets/Segmentation)."""
     for where in LIST_DIRS:
-        folder = root.joinpath(*where.split("/")) if where != "." else root
+        folder = root
+        for part in where.split("/") if where != "." else []:
+            folder = _subfolders(folder).get(part) if folder is not None else None
+        if folder is None:
+            continue
         files = {p.name.lower(): p for p in _files(folder) if p.suffix.lower() == ".txt"}
         lists = {split: files[a + ".txt"] for split, aliases in SPLITS.items() for a in aliases if a + ".txt" in files}
         if "train" in lists:
