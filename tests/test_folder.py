@@ -211,6 +211,29 @@ def test_a_colour_outside_the_table_names_the_colour_the_file_and_the_count(tmp_
     assert "a.png" in message and f"has {int((labels == 2).sum())} pixels" in message and "(1, 2, 3)" in message
 
 
+def test_a_colour_past_the_first_masks_stops_the_command_in_one_line_before_a_run_opens(tmp_path):
+    """The source checks the first LABEL_CHECK_EXAMPLES masks; the training command counts every training and validation
+    mask before its MLflow run opens, so a stray colour in the 11th mask is found there: one line, no run recorded."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import run_cli
+
+    data = tmp_path / "data"
+    names = [f"n{i:02d}" for i in range(12)]
+    write_split(data / "train", data / "trainannot", names, encoding="RGB")
+    write_split(data / "val", data / "valannot", ["v0"], encoding="RGB")
+    (data / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nroad,128,64,128\nsign,250,170,30\n")
+    write_mask(data / "trainannot" / "n10.png", labels_for(0, W43, H43), "RGB", colours=[(0, 0, 0), (128, 64, 128), (1, 2, 3)])
+    done = run_cli("data=folder", f"data.source.path={data}", "data.num_classes=3", "data.class_names=[void,road,sign]",
+                   "data.image_size=32", "model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=4",
+                   f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("seglab: ") and "trainannot/n10.png has" in last and "(1, 2, 3)" in last, last
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 def test_colour_masks_without_a_table(tmp_path):
     write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"], encoding="RGB")
     assert "data.source.colors" in refused(tmp_path, val_fraction=0.5)
