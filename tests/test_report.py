@@ -207,3 +207,50 @@ def test_a_real_sweep_evaluated_on_its_test_split_is_reported_with_intervals_and
     # The tables as MLflow gives them back hold the exact counts: pooled, they give the logged test mIoU.
     for run_id, found in sweeps.latest_test_evaluations(uri, list(logged)).items():
         assert compare.mean_iou(compare.counts_from_table(found.table)[1].sum(0)) == pytest.approx(logged[run_id], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_jobs_score_their_own_test_split_is_reported_with_intervals_without_logged_models(tmp_path):
+    """trainer.score_test (+experiment=compare_on_my_data): no model logged, no seglab.evaluate, and still the
+    report's test intervals; and a job's own test scores are those seglab.evaluate gives its logged model."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import TINY, run_cli, run_module
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    data = ("data.image_size=32", "data.source.train_size=16", "data.source.val_size=8", "data.source.test_size=12")
+    run_cli("--multirun", *TINY, *data, "trainer.epochs=1", "trainer.mask_samples=0", "model.base_filters=2,4",
+            "trainer.score_test=true", "tracking.log_model=false", f"tracking.uri={uri}",
+            f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path, timeout=600)
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get(keys.SWEEP) == keys.SWEEP_PARENT]
+    jobs = [r for r in runs if r.data.tags.get(keys.PARENT_RUN) == parent.info.run_id]
+    assert len(jobs) == 2 and not [r for r in runs if r.data.tags.get(keys.SPLIT)]  # no evaluation run
+    for job in jobs:
+        logged = {a.path for a in client.list_artifacts(job.info.run_id)}
+        assert {"per_image_test.json", "confusion_matrix_test.json", "confusion_matrix.json", "per_image_val.json"} <= logged
+        assert "model" not in logged
+
+    done = run_module("seglab.report", parent.info.run_id, "--tracking-uri", uri, "--format", "csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"sweep {parent.info.run_id}: 2 jobs, 2 finished, 2 tested" in done.stderr
+    assert "test: 12 images; 95% intervals" in done.stderr
+    table = list(csv.DictReader(done.stdout.splitlines()))
+    own = {job.info.run_id: job.data.metrics["test_mean_iou"] for job in jobs}
+    assert sorted(float(r["test_mean_iou"]) for r in table) == sorted(own.values())
+    assert table[0]["vs_best"] == "best" and all(float(r["test_ci_low"]) < float(r["test_ci_high"]) for r in table)
+
+    # One training that logs its model too: seglab.evaluate scores that model on the test split exactly as the
+    # training scored it.
+    run_cli(*TINY, *data, "trainer.epochs=1", "trainer.mask_samples=0", "trainer.score_test=true", f"tracking.uri={uri}",
+            cwd=tmp_path, timeout=600)
+    (trained,) = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+                  if r.info.run_id not in own and r.info.run_id != parent.info.run_id]
+    done = run_module("seglab.evaluate", f"model_uri=runs:/{trained.info.run_id}/model", *data, f"tracking.uri={uri}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (evaluation,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                       filter_string=f"tags.`{keys.TRAINING_RUN}` = '{trained.info.run_id}'")
+    for key, value in evaluation.data.metrics.items():
+        if key.startswith("test_"):
+            assert trained.data.metrics[key] == pytest.approx(value, abs=1e-9), key

@@ -34,6 +34,7 @@ class TrainerConfig:
     heartbeat_timeout_min: float = MISSING  # a RUNNING run on another host silent this long is taken as dead
     gradient_accumulation_steps: Optional[int] = MISSING  # batches per optimizer update (null or 1: every batch)
     early_stopping_patience: Optional[int] = MISSING  # epochs without improvement of optimize_metric (null: off)
+    score_test: bool = MISSING  # the run's model also scored on the test split at the end, in the training run
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "trainer.epochs", self.epochs, "use an integer >= 1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 from hydra.utils import instantiate
@@ -48,10 +49,6 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
         refuse_other_data(training_run, uri, cfg.data.name)
     adopt_resize(model_uri, cfg, training_run)
     model = load(model_uri, cfg, options)
-    window = min(inference.model_size(model))
-    # A model trained on crops scores full images, scaled as in training, in windows of its size (one image a batch).
-    windows = options.mode == "slide" or cfg.data.resize == "crop"
-    stride = inference_config.slide_stride(options.stride, window) if windows else None
     splits = instantiate(cfg.data.source)
     split_name = _split_name(splits, cfg.data.name)
     experiment, training_name = (
@@ -60,18 +57,11 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
     claim.end_dead(uri, experiment, 60 * cfg.trainer.heartbeat_timeout_min, "seglab.evaluate")  # e.g. an evaluation killed with -9
     run_tags = {**_tags(model_uri, cfg, split_name, training_run, version), **claim.owner_tags()}
     with owner.RunOwner(tracking.Run(uri, experiment, f"eval-{training_name}", run_tags)) as mlrun:
+        split, applied, stride = scoring(cfg, splits, split_name, model, options)
         mlrun.log_params({"model_uri": model_uri, "split": split_name, "inference.mode": options.mode,
                           "inference.flip": options.flip, **({"inference.stride": stride} if stride else {}),
                           **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})
         lineage.log(mlrun, cfg.data.name, splits, [split_name])
-        full = options.mode == "resize" and cfg.data.resize == "crop"
-        batches = pipeline.make(
-            getattr(splits, split_name), image_size=cfg.data.image_size, batch_size=1 if full else cfg.trainer.batch_size,
-            training=False, seed=cfg.seed, deterministic=True, cache=None, resize="cover" if full else cfg.data.resize,
-            ignore_index=cfg.data.ignore_index,
-        )
-        split = finish.Split(split_name, batches, list(cfg.data.class_names), finish.image_names(splits, split_name))
-        applied = partial(inference.batch_logits, model, mode="slide" if windows else "resize", stride=stride, flip=options.flip)
         chosen = finish.Chosen(model, f"{training_name} on {cfg.data.name} {split_name}", logits=applied)
         result = finish.finish(mlrun, chosen, split, cfg.trainer.worst_samples)
         found = split_metrics(result.split_matrix, split_name, split.class_names)
@@ -79,6 +69,37 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
     if version:
         registry.set_alias(*version, alias, uri)
     return Evaluation(split_name, int(result.split_matrix.sum()), found, mlrun.run_id, experiment, version)
+
+
+def score_test(cfg: DictConfig, run, chosen: finish.Chosen, splits) -> None:
+    """trainer.score_test: a training's model (`chosen`) scored on the test split as `evaluate` scores a logged
+    one, into the training run itself: `test_*` metrics, `per_image_test.json` (seglab.report's intervals),
+    `worst_test.png`, `confusion_matrix_test.*`.  A data set without a test split: a warning, nothing scored."""
+    if splits.test is None:
+        log.warning("trainer.score_test: data=%s has no test split, so nothing was scored on one (give it a test "
+                    "split, e.g. data.source.test_fraction=0.2 for data=folder)", cfg.data.name)
+        return
+    split, applied, _ = scoring(cfg, splits, "test", chosen.model, InferenceOptions())
+    model = finish.Chosen(chosen.model, chosen.title.replace("validation", "test", 1), chosen.epoch, applied)
+    result = finish.finish(run, model, split, cfg.trainer.worst_samples, matrix="confusion_matrix_test")
+    run.log_metrics(split_metrics(result.split_matrix, "test", split.class_names))
+
+
+def scoring(cfg: DictConfig, splits, split_name: str, model, options: InferenceOptions) -> tuple[finish.Split, Any, int | None]:
+    """How a split is scored, by seglab.evaluate and by a training's trainer.score_test alike: its batches, the way
+    `model` is applied to them and the sliding windows' stride (None: none).  At the model's size as trained; in
+    windows of it in slide mode and for a model trained on crops (full images, scaled as in training, one a batch)."""
+    windows = options.mode == "slide" or cfg.data.resize == "crop"
+    stride = inference_config.slide_stride(options.stride, min(inference.model_size(model))) if windows else None
+    full = options.mode == "resize" and cfg.data.resize == "crop"
+    batches = pipeline.make(
+        getattr(splits, split_name), image_size=cfg.data.image_size, batch_size=1 if full else cfg.trainer.batch_size,
+        training=False, seed=cfg.seed, deterministic=True, cache=None, resize="cover" if full else cfg.data.resize,
+        ignore_index=cfg.data.ignore_index,
+    )
+    split = finish.Split(split_name, batches, list(cfg.data.class_names), finish.image_names(splits, split_name))
+    applied = partial(inference.batch_logits, model, mode="slide" if windows else "resize", stride=stride, flip=options.flip)
+    return split, applied, stride
 
 
 def load(model_uri: str, cfg: DictConfig, options: InferenceOptions):

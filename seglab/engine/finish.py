@@ -63,12 +63,13 @@ def image_names(splits, split: str) -> list[str] | None:
     return getattr(splits.about.get(split), "names", None)
 
 
-def finish(run, chosen: Chosen, split: Split, worst: int, publish: Publish | None = None) -> per_image.PerImage:
-    """Score `chosen` on `split` per image and log to `run` (a tracking.Run) the confusion matrix,
-    the per-image table and the `worst` worst images; with `publish`, the model, the served model
-    and (tracking.register_as) the registry entry.  The per-image scores."""
+def finish(run, chosen: Chosen, split: Split, worst: int, publish: Publish | None = None,
+           matrix: str = "confusion_matrix") -> per_image.PerImage:
+    """Score `chosen` on `split` per image and log to `run` (a tracking.Run) the confusion matrix (`matrix`: its
+    file name's stem), the per-image table and the `worst` worst images; with `publish`, the model, the served
+    model and (tracking.register_as) the registry entry.  The per-image scores."""
     result = per_image.score_images(chosen.model, split.batches, len(split.class_names), worst=worst, logits=chosen.logits)
-    run.log_confusion_matrix(result.split_matrix, split.class_names, chosen.title)
+    run.log_confusion_matrix(result.split_matrix, split.class_names, chosen.title, matrix)
     per_image.log(run, result, split.class_names, split.name, split.image_names)
     if publish is not None:
         _publish(run, chosen, publish, split.name, result.split_matrix)

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from seglab import console, losses, metrics, tracking
 from seglab.config import trainer as trainer_schema
 from seglab.data import batches_of, lineage, pipeline, statistics
-from seglab.engine import callbacks, claim, debug, determinism, distribute, finish, lifecycle, multi_worker, owner, runtime
+from seglab.engine import (callbacks, claim, debug, determinism, distribute, evaluate, finish, lifecycle, multi_worker, owner,
+                           runtime)
 from seglab.tracking import tags
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def run(cfg: DictConfig) -> float:
         publish = finish.Publish(cfg.tracking.log_model, fitted.samples[0][:1], cfg.tracking.register_as, cfg.data.name,
                                  cfg.data.resize)
         finish.finish(mlrun, chosen, val, cfg.trainer.worst_samples, publish if cfg.tracking.log_model else None)
+        if cfg.trainer.score_test:
+            evaluate.score_test(cfg, mlrun, chosen, setup.splits)
         log.info("best %s %.4f at epoch %d; %s", cfg.optimize_metric, checkpointer.best, checkpointer.best_epoch + 1,
                  f"checkpoints in {checkpointer.directory}" if distribute.is_chief()
                  else "the chief keeps the checkpoints and logs the MLflow run")

@@ -232,13 +232,13 @@ class Run:
         """A matplotlib Figure as an image artifact (e.g. `confusion_matrix.png`)."""
         self._log(artifact_file, mlflow.log_figure, figure, artifact_file)
 
-    def log_confusion_matrix(self, cm, class_names: list[str], title: str) -> None:
-        """`confusion_matrix.png` (rows normalised, with counts) and `confusion_matrix.json`, the same
-        for a training run and an evaluation run."""
+    def log_confusion_matrix(self, cm, class_names: list[str], title: str, stem: str = "confusion_matrix") -> None:
+        """`<stem>.png` (rows normalised, with counts) and `<stem>.json`, the same for a training run and an
+        evaluation run (a training's test split, trainer.score_test: `confusion_matrix_test`)."""
 
-        self.log_figure(visualize.confusion_matrix_figure(cm, class_names, title), "confusion_matrix.png")
+        self.log_figure(visualize.confusion_matrix_figure(cm, class_names, title), f"{stem}.png")
         self.log_dict({"class_names": list(class_names), "rows": "true", "columns": "predicted", "counts": cm.tolist()},
-                      "confusion_matrix.json")
+                      f"{stem}.json")
 
     def log_model(self, model, input_example, step: int = 0) -> str | None:
         """The Keras model in MLflow's Keras 3 flavour (`keras`: a `.keras` file), loadable with

@@ -150,8 +150,8 @@ def child_runs(uri: str, parent_run_id: str) -> list[ChildRun]:
 
 
 def latest_test_evaluations(uri: str, training_run_ids: list[str]) -> dict[str, EvalRun]:
-    """For each training run that has one, its latest FINISHED evaluation run on the test split (tagged
-    `seglab.training_run_id` and `seglab.split=test`), by training run id."""
+    """For each training run that has one, its test scores by training run id: its latest FINISHED evaluation run
+    on the test split (tagged `seglab.training_run_id` and `seglab.split=test`), else its own (trainer.score_test)."""
     client = _client(uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
     found = {}
@@ -159,6 +159,7 @@ def latest_test_evaluations(uri: str, training_run_ids: list[str]) -> dict[str, 
         where = (f"tags.`{keys.TRAINING_RUN}` = '{run_id}' and tags.`{keys.SPLIT}` = '{TEST_SPLIT}' "
                  "and attributes.status = 'FINISHED'")
         runs = client.search_runs(experiment_ids, filter_string=where, order_by=["attributes.start_time DESC"], max_results=1)
+        runs = runs or [run for run in [client.get_run(run_id)] if TEST_METRIC in run.data.metrics]
         if runs:
             found[run_id] = EvalRun(runs[0].info.run_id, runs[0].data.metrics.get(TEST_METRIC), _table(client, runs[0]))
     return found
