@@ -62,6 +62,27 @@ def test_inspect_lists_problems_and_refuses_what_cannot_be_read(tmp_path, capsys
     assert "e.png (8x8, its image e.png 48x24)" in capsys.readouterr().out
 
 
+def test_inspect_reports_every_mask_the_pipeline_refuses_and_the_rest_of_the_data_set(tmp_path, capsys):
+    """Colours outside the table in masks past the source's first-masks check (the 11th and 12th): each is a problem
+    naming its file, counting goes on past them, the report is printed, no command; before, inspect stopped at the
+    first one without any report."""
+    from tests.test_folder import W43, H43
+
+    names = [f"n{i:02d}" for i in range(12)]
+    write_split(tmp_path / "train", tmp_path / "trainannot", names, encoding="RGB")
+    write_split(tmp_path / "val", tmp_path / "valannot", ["v0"], encoding="RGB")
+    (tmp_path / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nroad,128,64,128\nsign,250,170,30\n")
+    for name, stray in (("n10", (1, 2, 3)), ("n11", (9, 9, 9))):
+        write_mask(tmp_path / "trainannot" / f"{name}.png", labels_for(0, W43, H43), "RGB", colours=[(0, 0, 0), (128, 64, 128), stray])
+    with pytest.raises(DataError, match="cannot read it: 2 train mask.s. refused"):
+        inspect.main([str(tmp_path)])
+    said = capsys.readouterr().out.splitlines()
+    assert "  train: 10 images" in said and "  val: 1 images" in said
+    problems = [line for line in said if line.startswith("  problem: ")]
+    assert any("n10.png" in p and "(1, 2, 3)" in p for p in problems) and any("n11.png" in p and "(9, 9, 9)" in p for p in problems)
+    assert not any(line.startswith("train on it with") for line in said)
+
+
 def test_inspect_knows_the_folder_layout_last_and_suggests_sizes_that_keep_the_aspect():
     names = [name for name, _ in inspect.candidates()]
     assert names[-1] == "folder"

@@ -35,6 +35,7 @@ SIDE_MULTIPLE = 32  # the largest downsampling of seglab's models: each side a m
 LONGEST_SIDE = 512  # a suggested input size no larger than this on its longer side (CPU-friendly)
 SCAN_CLASSES = 1 << 16  # num_classes while inspecting: no label is refused before it is counted
 VOID = 255  # the usual label of unlabelled pixels in 8-bit masks
+SHOWN_REFUSALS = 10  # a split's masks refused inside the pipeline (each its own line) shown, then how many more
 
 
 @dataclass
@@ -103,7 +104,7 @@ def scan(path: Path) -> Found:
     for split in ("train", "val", "test"):
         dataset = getattr(splits, split)
         if dataset is not None:
-            found.images[split] = _count(dataset, found)
+            found.images[split] = _count(dataset, found, split)
     fixed = getattr(module, "CLASS_NAMES", None)
     found.class_names = list(fixed) if fixed else getattr(module, "class_names", lambda _: None)(path)
     return found
@@ -133,13 +134,29 @@ class _Collect(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def _count(dataset, found: Found) -> int:
-    images = 0
-    for image, mask in dataset.as_numpy_iterator():
+def _count(dataset, found: Found, split: str) -> int:
+    """The split's examples, their sizes and labels counted into `found`.  An example the source refuses inside
+    the pipeline (a colour outside the table, a label its label_map does not name) is a problem, and a refusal:
+    the count goes on past it, so that every such mask is reported, not only the first."""
+    import tensorflow as tf  # the splits are tf.data pipelines; only their refusal's type is needed here
+
+    images, refused, examples = 0, Counter(), dataset.as_numpy_iterator()
+    while True:
+        try:
+            image, mask = next(examples)
+        except StopIteration:
+            break
+        except tf.errors.InvalidArgumentError as err:  # that example only: the iterator goes on with the next
+            refused[errors.explain(err) or errors.one_line(err.message.split(" [[")[0])] += 1
+            continue
         images += 1
         found.sizes[image.shape[:2]] += 1
         labels, pixels = np.unique(mask, return_counts=True)
         found.pixels.update(dict(zip(labels.tolist(), pixels.tolist())))
+    lines = [f"{split}: {count} mask(s) refused: {line}" if count > 1 else f"{split}: {line}" for line, count in refused.items()]
+    found.problems += lines[:SHOWN_REFUSALS] + [f"{split}: {len(lines) - SHOWN_REFUSALS} more refusals like these"] * (len(lines) > SHOWN_REFUSALS)
+    if refused and not found.refused:
+        found.refused = f"{sum(refused.values())} {split} mask(s) refused (problems above); fix them, then inspect again"
     return images
 
 
@@ -228,7 +245,7 @@ def main(argv: list[str]) -> Found:
         raise DataError(f"{path} does not exist: give the folder that holds your images and masks.")
     found = scan(path)
     print("\n".join(report(path, found)))
-    if not found.images:
+    if found.refused or not found.images:
         raise DataError(f"{path}: data={found.name} cannot read it: {found.refused or 'no images'}")
     values = settings(found)
     if args.write:
