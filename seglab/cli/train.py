@@ -39,7 +39,9 @@ def _train(cfg: DictConfig) -> float:
     preflight.check_batches(cfg)
     trainer = cfg.trainer  # e.g. multi_worker without TF_CONFIG: before TensorFlow loads
     distribute.check(trainer.strategy, trainer.jit_compile, trainer.steps_per_execution)
-    tracking.check_reachable(cfg.tracking.uri)  # a server that is down: fail in seconds, before TensorFlow too
+    # A server that is down: fail in seconds, before TensorFlow too.  A new SQLite store is made when the run opens,
+    # after the data is read: a data set refused before then leaves nothing, not even an empty store.
+    tracking.check_reachable(cfg.tracking.uri, create=False)
     # What the 10-30 s before the first epoch's line are spent on, said before they start.
     log.info(STARTING)
     from seglab.engine import train

@@ -15,7 +15,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from seglab.tracking import tags
-from seglab.tracking.store import ERROR_TAG_CHARS, TrackingError, check_reachable, first_line, shown
+from seglab.tracking.store import ERROR_TAG_CHARS, TrackingError, check_reachable, first_line, shown, sqlite_absent
 
 _IMAGE_STEP = re.compile(r"^(?P<key>.+?)[%+]step[%+](?P<step>\d+)[%+]")  # MLflow 3 names: key+step+N+..., older: %
 
@@ -44,7 +44,10 @@ def _quoted(value: str) -> str:
 
 
 def find_runs(uri: str, experiment: str, tags: Mapping[str, str]) -> list[RunRecord]:
-    """Runs of `experiment` carrying all of `tags`, newest first ([] when the experiment does not exist yet)."""
+    """Runs of `experiment` carrying all of `tags`, newest first ([] when the experiment, or the store, does not
+    exist yet)."""
+    if sqlite_absent(uri):
+        return []
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -56,6 +59,8 @@ def find_runs(uri: str, experiment: str, tags: Mapping[str, str]) -> list[RunRec
 
 def running_runs(uri: str, experiment: str) -> list[RunRecord]:
     """The RUNNING runs of `experiment` that say who owns them (the `seglab.host` tag), newest first."""
+    if sqlite_absent(uri):
+        return []
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

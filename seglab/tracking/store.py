@@ -41,11 +41,13 @@ class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message says which URI and what to do."""
 
 
-def check_reachable(uri: str) -> None:
+def check_reachable(uri: str, create: bool = True) -> None:
     """Fail in seconds, not after minutes of MLflow's HTTP retries, when a server is down; a SQLite store
     or a PostgreSQL database is opened first by one process at a time (`_open_sqlite`, `_open_postgresql`).  Every
-    command calls this before it uses the store."""
-    if uri.startswith("sqlite:///"):
+    command calls this before it uses the store.  `create=False`: a SQLite store that does not exist yet is left
+    absent (the command's tracking.Run creates it when it opens, through here): a command refused before then
+    leaves no store behind."""
+    if uri.startswith("sqlite:///") and (create or not sqlite_absent(uri)):
         _open_sqlite(uri)
     if uri.split("://", 1)[0].split("+", 1)[0] == "postgresql":
         _open_postgresql(uri)
@@ -192,6 +194,13 @@ def shown(uri: str) -> str:
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:500] if text else type(err).__name__
+
+
+def sqlite_absent(uri: str) -> bool:
+    """A `sqlite:///` store whose file does not exist yet: it holds no run to find, and asking it would create it
+    (a command refused before its run opens then leaves no store behind)."""
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+    return path not in ("", ":memory:") and not Path(path).expanduser().exists()
 
 
 _opened: set[str] = set()  # SQLite stores this process has opened (and so found whole): nothing to wait for again
