@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +131,44 @@ def test_the_printed_command_trains(tmp_path):
     runs = MlflowClient(uri).search_runs(MlflowClient(uri).search_experiments()[0].experiment_id)
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert runs[0].data.params["data.source.path"] == str(data)
+
+
+def binary_masks(root, values=(0, 255)):
+    """images/ + masks/ (a seeded split): L masks holding `values` only, the object a band across the frame."""
+    for i in range(8):
+        write_image(root / "images" / f"x{i}.png", W21, H21, seed=i)
+        labels = np.full((H21, W21), values[0], np.uint8)
+        labels[4 + i % 3 : 12 + i % 3] = values[1]
+        if len(values) > 2:
+            labels[:, : 8 + i] = values[2]
+        write_mask(root / "masks" / f"x{i}.png", labels)
+
+
+@pytest.mark.parametrize("values, expected", [((0, 255), {0: 0, 255: 1}), ((0, 128, 255), {0: 0, 128: 1, 255: 2})])
+def test_binary_and_grey_level_masks_get_a_label_map_not_a_void(tmp_path, capsys, values, expected):
+    """0/255 masks (the commonest of one's own): 255 is the object, not void (one class and void trained nothing);
+    grey levels: each value a class.  Masks with labels 0..N and a void 255 keep it as void (the other tests)."""
+    binary_masks(tmp_path, values)
+    found = inspect.main([str(tmp_path)])
+    assert inspect.label_map(found) == expected
+    command = capsys.readouterr().out.splitlines()[-1].split()
+    spelt = "{" + ",".join(f"{k}:{v}" for k, v in expected.items()) + "}"
+    assert {f"data.source.label_map={spelt}", f"data.num_classes={len(expected)}"} <= set(command), command
+
+
+@pytest.mark.slow
+def test_the_command_printed_for_binary_masks_trains_both_classes(tmp_path):
+    data = tmp_path / "data"
+    binary_masks(data)
+    done = run_module("seglab.data", "inspect", str(data), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    command = shlex.split(done.stdout.splitlines()[-1])
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_cli(*command[3:], *TINY_MODEL, f"tracking.uri={uri}", cwd=tmp_path)
+    (run,) = MlflowClient(uri).search_runs(MlflowClient(uri).search_experiments()[0].experiment_id)
+    params = run.data.params
+    assert params["data.num_classes"] == "2" and (params["data.source.label_map.0"], params["data.source.label_map.255"]) == ("0", "1")
+    # The object's pixels are labelled 1 and scored as the foreground class, not left out as void.
+    saved = MlflowClient(uri).download_artifacts(run.info.run_id, "confusion_matrix.json", str(tmp_path))
+    confusion = np.array(json.loads(Path(saved).read_text())["counts"])
+    assert confusion.shape == (2, 2) and confusion[1].sum() > 0

@@ -168,24 +168,52 @@ def suggested_size(height: int, width: int) -> tuple[int, int]:
     return tuple(max(SIDE_MULTIPLE, math.ceil(round(side * scale, 6) / SIDE_MULTIPLE) * SIDE_MULTIPLE) for side in (height, width))
 
 
+def void_label(found: Found) -> int | None:
+    """VOID when the masks hold it above their other labels (CamVid's and VOC's unlabelled pixels)."""
+    labels = sorted(found.pixels)
+    return VOID if VOID in found.pixels and labels[-1] == VOID and len(labels) > 1 else None
+
+
+def label_map(found: Found) -> dict[int, int] | None:
+    """data.source.label_map for masks whose values are not class ids, where the source takes one (folder):
+    0 and 255 only, a binary mask (255 is the object, not void: one class and void would train nothing), or a few
+    values spread over 0..255 (grey levels, e.g. 0, 128, 255) without a classes file: each value a class, in order."""
+    source = OmegaConf.load(Path(schema.CONF_DIR, "data", f"{found.name}.yaml")).source
+    if "label_map" not in source or found.arguments.get("colors") or found.arguments.get("label_map") is not None:
+        return None
+    void = void_label(found)
+    kept = sorted(label for label in found.pixels if label != void)
+    if kept == [0] and void is not None:
+        return {0: 0, void: 1}
+    if not found.class_names and len(kept) >= 2 and kept[-1] + 1 > 2 * len(kept):
+        return {label: i for i, label in enumerate(sorted(found.pixels))}
+    return None
+
+
 def settings(found: Found) -> dict:
     """The data.* keys that train on it (nested, as in a data option)."""
-    labels = sorted(found.pixels)
-    void = VOID if VOID in found.pixels and labels[-1] == VOID and len(labels) > 1 else None
-    classes = max([label for label in labels if label != void], default=0) + 1
-    names = found.class_names if found.class_names and len(found.class_names) >= classes else None
+    mapping, void = label_map(found), void_label(found)
+    source = {**found.arguments, "label_map": mapping} if mapping else found.arguments
+    if mapping:  # every value a class: none is void
+        classes, void = len(mapping), None
+        names = ["background", "foreground"] if classes == 2 else [f"class_{c}" for c in range(classes)]
+    else:
+        classes = max([label for label in found.pixels if label != void], default=0) + 1
+        names = found.class_names if found.class_names and len(found.class_names) >= classes else None
     colours = found.arguments.get("colors")
     if names is None:
         names = [f"r{r}_g{g}_b{b}" for r, g, b in colours] if colours else [f"class_{c}" for c in range(classes)]
     classes = max(classes, len(names))
     height, width = found.sizes.most_common(1)[0][0]
     return {"num_classes": classes, "class_names": names, "ignore_index": void if void is not None else (VOID if classes <= VOID else None),
-            "image_size": list(suggested_size(height, width)), "resize": "fit", "source": found.arguments}
+            "image_size": list(suggested_size(height, width)), "resize": "fit", "source": source}
 
 
 def overrides(found: Found, values: dict) -> list[str]:
     """`data=NAME key=value ...`; image_size as one side where this seglab takes no [height, width] (and no resize)."""
     def spelt(value):
+        if isinstance(value, dict):  # {0:0,255:1}: no space, one word in a shell
+            return "{" + ",".join(f"{spelt(k)}:{spelt(v)}" for k, v in value.items()) + "}"
         return yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip().replace(", ", ",").removesuffix("\n...")
     pairs = [f"data.source.{key}={spelt(value)}" for key, value in values["source"].items()]
     pairs += [f"data.{key}={spelt(values[key])}" for key in ("num_classes", "class_names", "ignore_index", "image_size", "resize")]
@@ -210,6 +238,11 @@ def report(path: Path, found: Found) -> list[str]:
         name = found.class_names[label] if found.class_names and 0 <= label < len(found.class_names) else None
         colour = f" colour {tuple(colours[label])}" if colours and 0 <= label < len(colours) else ""
         lines.append(f"  label {label}{f' ({name})' if name else ''}{colour}: {100 * pixels / total:.2f} % of the pixels")
+    mapping = label_map(found) if found.pixels else None
+    if mapping:
+        why = "a binary mask: 255 is the object, not void" if mapping == {0: 0, VOID: 1} else "grey levels: each a class, in order"
+        lines.append(f"  labels {', '.join(map(str, mapping))} are not class ids ({why}): read through "
+                     f"data.source.label_map, classes {', '.join(map(str, mapping.values()))}")
     lines += [f"  problem: {problem}" for problem in found.problems] or ["  problems: none"]
     return lines
 
