@@ -188,6 +188,15 @@ def refused(path, **arguments) -> str:
     return message
 
 
+def test_no_validation_split_and_val_fraction_0_is_refused_not_replaced_by_a_tenth(tmp_path):
+    write_split(tmp_path / "train", tmp_path / "trainannot", ["a", "b", "c"])
+    assert "data.source.val_fraction=0" in refused(tmp_path, val_fraction=0.0)
+    write_split(tmp_path / "val", tmp_path / "valannot", ["d"], offset=3)
+    assert len(read(build(tmp_path, val_fraction=0.0).val)) == 1  # a val folder of its own: no fraction needed
+    write_split(tmp_path / "pool" / "images", tmp_path / "pool" / "masks", ["a", "b", "c"])
+    assert "e.g. data.source.val_fraction=0.1" in refused(tmp_path / "pool", val_fraction=0.0)
+
+
 def test_unpaired_images_and_masks_are_counted_and_named(tmp_path):
     write_split(tmp_path / "images", tmp_path / "masks", ["a", "b", "c"])
     (tmp_path / "masks" / "b.png").unlink()

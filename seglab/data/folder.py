@@ -373,13 +373,16 @@ def _resolve(written: str, beside: Path, root: Path) -> Path | None:
 
 def with_validation(found: dict[str, list[Pair]], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Pair]]:
     """train/val(/test): one pool split three ways, or a validation split cut from training when there is none."""
+    if "val" not in found and not val_fraction:  # a training needs a validation split: it picks the best epoch
+        raise DataError("data.source.val_fraction=0, and the data set has no validation split of its own (a val "
+                        "folder or list): cut one with a fraction, e.g. data.source.val_fraction=0.1")
     if "pool" in found:
         return seeded(found["pool"], val_fraction, test_fraction, seed)
     if "train" not in found:
         raise DataError(f"found the splits {', '.join(found)} but no train split: name a folder or list train.")
     splits = dict(found)
     if "val" not in splits:
-        cut = seeded(found["train"], val_fraction or 0.1, 0.0, seed)
+        cut = seeded(found["train"], val_fraction, 0.0, seed)
         splits["train"], splits["val"] = cut["train"], cut["val"]
     return {name: splits[name] for name in ("train", "val", "test") if name in splits}
 
