@@ -147,6 +147,24 @@ def test_colour_masks_through_a_classes_csv_beside_the_data(tmp_path):
     assert folder.class_file(tmp_path) == (["void", "road", "sign"], [list(c) for c in COLOURS])
 
 
+def test_grey_label_masks_beside_a_classes_csv_of_colours_keep_their_labels(tmp_path):
+    """A class_dict.csv of colours beside index masks names the classes; the masks' values stay the labels (they were
+    read as grey colours, none in the table).  A table of greys still maps grey values: 0/255 masks, [[0,0,0],[255,255,255]]."""
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"])
+    (tmp_path / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nroad,128,64,128\nsign,250,170,30\n")
+    splits = build(tmp_path, val_fraction=0.5)
+    for split in ("train", "val"):
+        for name, (_, mask) in zip(splits.about[split].names, read(getattr(splits, split))):
+            np.testing.assert_array_equal(mask, labels_for("ab".index(name[0]), W43, H43))
+    (tmp_path / "classes.csv").unlink()
+    grey = tmp_path / "grey"
+    write_split(grey / "images", grey / "masks", ["a", "b"])
+    for name, seed in (("a", 0), ("b", 1)):
+        write_mask(grey / "masks" / f"{name}.png", (labels_for(seed, W43, H43) == 1).astype(np.uint8) * 255)
+    splits = build(grey, colors=[[0, 0, 0], [255, 255, 255]], val_fraction=0.5)
+    assert {int(v) for _, mask in read(splits.train) + read(splits.val) for v in np.unique(mask)} == {0, 1}
+
+
 def test_colour_masks_through_data_source_colors_and_a_label_map(tmp_path):
     write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"], encoding="RGB")
     splits = build(tmp_path, colors=[list(c) for c in COLOURS], label_map={0: 255, 1: 0, 2: 1}, num_classes=2, val_fraction=0.5)

@@ -101,6 +101,7 @@ def build(
             raise DataError(f"data.source.path={root}: the {name} split ({how}) holds no image/mask pairs: add images "
                             f"to it, or lower data.source.val_fraction / test_fraction if it was split off.")
     kept, reading = scan(root, splits, on_unreadable, table)
+    table = table if reading.mask in ("colour", "colour_pil") else None  # grey masks of labels: the table names them
     lut = label_table(label_map, ignore_index, reading.mask)
     datasets = {name: stream(pairs, reading, table, lut, ignore_index, deterministic, unmapped_error)
                 for name, pairs in kept.items()}
@@ -498,8 +499,11 @@ def reading_for(headers: list, table, root: Path) -> Reading:
         raise DataError(f"data.source.path={root}: the masks are {first} colours, not labels: give the colour of each "
                         f"class, data.source.colors=[[r,g,b],...] or a classes.csv in {root} (name,r,g,b per row); "
                         f"`python -m seglab.data inspect {root}` lists the colours found.")
-    if table is not None:
-        mask = "colour"  # P and L masks too: PIL turns them into the colours the table names
+    # Grey masks (8 or 16 bits) hold labels: a table of colours then only names the classes (a class_dict.csv beside
+    # index masks); one of greys ([[0,0,0],[255,255,255]]) maps their values.  P masks' palettes are colours.
+    grey_masks = all(mode in INDEX_MODES + WIDE_MODES for mode, _ in masks)
+    if table is not None and not (grey_masks and any(len(set(c)) > 1 for c in table)):
+        mask = "colour"  # P and grey masks too: PIL turns them into the colours the table names
     elif all(mode in INDEX_MODES and fmt == "PNG" for mode, fmt in masks):
         mask = "index"
     elif all(mode in WIDE_MODES and fmt == "PNG" for mode, fmt in masks):
