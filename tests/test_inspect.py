@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_inspect_reports_splits_sizes_classes_and_prints_the_overrides(tmp_path,
     assert f"  label 255: {void_share:.2f} % of the pixels" in said
     assert any(line.startswith("  label 1 (road): ") for line in said)
     assert said[-2] == "train on it with:"
-    command = said[-1].split()
+    command = shlex.split(said[-1])
     assert command[:4] == ["python", "-m", "seglab", "data=folder"]
     assert {f"data.source.path={tmp_path}", "data.num_classes=3", "data.class_names=[sky,road,car]",
             "data.ignore_index=255"} <= set(command)
@@ -144,14 +145,21 @@ def binary_masks(root, values=(0, 255)):
         write_mask(root / "masks" / f"x{i}.png", labels)
 
 
-@pytest.mark.parametrize("values, expected", [((0, 255), {0: 0, 255: 1}), ((0, 128, 255), {0: 0, 128: 1, 255: 2})])
+@pytest.mark.parametrize("values, expected", [((0, 255), {0: 0, 255: 1}), ((0, 64, 128), {0: 0, 64: 1, 128: 2}),
+                                              ((0, 128, 255), {0: 0, 128: 1})])
 def test_binary_and_grey_level_masks_get_a_label_map_not_a_void(tmp_path, capsys, values, expected):
     """0/255 masks (the commonest of one's own): 255 is the object, not void (one class and void trained nothing);
-    grey levels: each value a class.  Masks with labels 0..N and a void 255 keep it as void (the other tests)."""
+    grey levels: each value a class, a 255 above them void.  Masks with labels 0..N and a void 255 keep it as void (the
+    other tests).  The printed line is one shell word per override: bash would brace-expand {0:0,255:1} unquoted."""
     binary_masks(tmp_path, values)
     found = inspect.main([str(tmp_path)])
     assert inspect.label_map(found) == expected
-    command = capsys.readouterr().out.splitlines()[-1].split()
+    said = capsys.readouterr().out.splitlines()
+    assert (f"  label 255 stays void (data.ignore_index); if it is a class, add 255:{len(expected)} to the label_map and 1 "
+            "to data.num_classes" in said) == (255 in values and 255 not in expected)
+    line = said[-1]
+    assert subprocess.run(["bash", "-c", f"printf '%s\\n' {line}"], capture_output=True, text=True).stdout.splitlines() == shlex.split(line)
+    command = shlex.split(line)
     spelt = "{" + ",".join(f"{k}:{v}" for k, v in expected.items()) + "}"
     assert {f"data.source.label_map={spelt}", f"data.num_classes={len(expected)}"} <= set(command), command
 

@@ -788,3 +788,12 @@ def test_bench_ends_killed_a_bench_run_whose_process_is_gone_before_it_logs(tmp_
     assert before.info.status == "KILLED" and before.data.tags["seglab.killed_reason"].endswith("is gone; found by seglab.bench")
     after = client.get_run(logged)
     assert after.info.status == "FINISHED" and after.data.tags[tags.PID] == str(os.getpid())
+
+
+def test_resuming_a_run_id_from_a_store_that_does_not_exist_is_refused_without_creating_it(tmp_path):
+    from tests.conftest import TINY, run_cli
+
+    done = run_cli(*TINY, f"trainer.resume={'a' * 32}", f"tracking.uri=sqlite:///{tmp_path}/m.db", cwd=tmp_path, check=False)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and f"trainer.resume={'a' * 32}: tracking.uri=sqlite:///{tmp_path}/m.db does not exist yet" in last, last
+    assert not (tmp_path / "m.db").exists()

@@ -254,3 +254,15 @@ def test_a_sweep_whose_jobs_score_their_own_test_split_is_reported_with_interval
     for key, value in evaluation.data.metrics.items():
         if key.startswith("test_"):
             assert trained.data.metrics[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_score_test_on_data_without_a_test_split_is_refused_before_the_run_opens(tmp_path):
+    """Not after every epoch of every job of a sweep: one line saying how to give the data a test split, no store."""
+    from tests.conftest import TINY, run_cli
+
+    done = run_cli(*TINY, "data.source.test_size=0", "trainer.score_test=true", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                   cwd=tmp_path, check=False)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "trainer.score_test=true, but data=shapes has no test split" in last and "trainer.score_test=false" in last, last
+    assert not (tmp_path / "m.db").exists()

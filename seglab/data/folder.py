@@ -629,9 +629,9 @@ def class_names(path: Path) -> list[str] | None:
 
 
 def mask_colours(path: Path, image_dir: str | None = None, mask_dir: str | None = None, mask_suffix: str = "",
-                 limit: int = 200, **_) -> list[tuple[int, int, int]]:
-    """The colours of the first `limit` masks when they are RGB (none when they hold labels), in RGB order: a colour
-    table for masks that come without one."""
+                 limit: int | None = None, **_) -> list[tuple[int, int, int]]:
+    """The colours of the first `limit` masks (None: all) when they are RGB (none when they hold labels), in RGB
+    order: a colour table for masks that come without one."""
     _, found = locate(Path(path), image_dir, mask_dir, mask_suffix)
     masks = [m for pairs in found.values() for _, m, _ in pairs][:limit]
     seen: set[tuple[int, int, int]] = set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -116,6 +117,7 @@ def _build(build, module, found: Found):
     try:
         return build(**source_arguments(found.name, found.arguments, fixed_classes=hasattr(module, "CLASS_NAMES")))
     except DataError as err:
+        # Every mask's colours (inspect reads them all anyway): a class first seen late is in the table too.
         colours = getattr(module, "mask_colours", lambda **_: [])(**found.arguments)
         if not colours or "colors" in found.arguments:
             found.refused = errors.one_line(err)
@@ -177,7 +179,8 @@ def void_label(found: Found) -> int | None:
 def label_map(found: Found) -> dict[int, int] | None:
     """data.source.label_map for masks whose values are not class ids, where the source takes one (folder):
     0 and 255 only, a binary mask (255 is the object, not void: one class and void would train nothing), or a few
-    values spread over 0..255 (grey levels, e.g. 0, 128, 255) without a classes file: each value a class, in order."""
+    values spread over 0..255 (grey levels, e.g. 0, 64, 128) without a classes file: each value a class, in order; a 255
+    above them stays void, as in CamVid's and VOC's masks (the report says so: add it to the map if it is a class)."""
     source = OmegaConf.load(Path(schema.CONF_DIR, "data", f"{found.name}.yaml")).source
     if "label_map" not in source or found.arguments.get("colors") or found.arguments.get("label_map") is not None:
         return None
@@ -186,7 +189,7 @@ def label_map(found: Found) -> dict[int, int] | None:
     if kept == [0] and void is not None:
         return {0: 0, void: 1}
     if not found.class_names and len(kept) >= 2 and kept[-1] + 1 > 2 * len(kept):
-        return {label: i for i, label in enumerate(sorted(found.pixels))}
+        return {label: i for i, label in enumerate(kept)}  # a void 255 stays void (data.ignore_index)
     return None
 
 
@@ -225,6 +228,12 @@ def overrides(found: Found, values: dict) -> list[str]:
     return [f"data={found.name}", *pairs]
 
 
+def command_line(words: list[str]) -> str:
+    """`python -m seglab WORD ...` as a shell reads it back: a word with brackets, braces, spaces (a class name)
+    or quotes is quoted (bash would expand {0:0,255:1} into two words; zsh would glob [a,b])."""
+    return " ".join(["python -m seglab", *map(shlex.quote, words)])
+
+
 def report(path: Path, found: Found) -> list[str]:
     """The lines inspect prints before the command."""
     lines = [f"{path}: data={found.name} reads it ({', '.join(f'{k}={v}' for k, v in found.arguments.items())})"]
@@ -243,6 +252,9 @@ def report(path: Path, found: Found) -> list[str]:
         why = "a binary mask: 255 is the object, not void" if mapping == {0: 0, VOID: 1} else "grey levels: each a class, in order"
         lines.append(f"  labels {', '.join(map(str, mapping))} are not class ids ({why}): read through "
                      f"data.source.label_map, classes {', '.join(map(str, mapping.values()))}")
+        if void_label(found) is not None and VOID not in mapping:
+            lines.append(f"  label {VOID} stays void (data.ignore_index); if it is a class, add {VOID}:{len(mapping)} to the "
+                         f"label_map and 1 to data.num_classes")
     lines += [f"  problem: {problem}" for problem in found.problems] or ["  problems: none"]
     return lines
 
@@ -287,5 +299,5 @@ def main(argv: list[str]) -> Found:
         print(f"python -m seglab --config-dir {Path(args.write).parent.parent} data={Path(args.write).stem}")
     else:
         print("train on it with:")
-        print(" ".join(["python -m seglab", *overrides(found, values)]))
+        print(command_line(overrides(found, values)))
     return found

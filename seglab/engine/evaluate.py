@@ -56,8 +56,8 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
     )
     claim.end_dead(uri, experiment, 60 * cfg.trainer.heartbeat_timeout_min, "seglab.evaluate")  # e.g. an evaluation killed with -9
     run_tags = {**_tags(model_uri, cfg, split_name, training_run, version), **claim.owner_tags()}
+    split, applied, stride = scoring(cfg, splits, split_name, model, options)  # a bad stride: refused before the run opens
     with owner.RunOwner(tracking.Run(uri, experiment, f"eval-{training_name}", run_tags)) as mlrun:
-        split, applied, stride = scoring(cfg, splits, split_name, model, options)
         mlrun.log_params({"model_uri": model_uri, "split": split_name, "inference.mode": options.mode,
                           "inference.flip": options.flip, **({"inference.stride": stride} if stride else {}),
                           **tracking.flatten({"data": OmegaConf.to_container(cfg.data, resolve=True)})})
@@ -74,11 +74,8 @@ def evaluate(model_uri: str, cfg: DictConfig, alias: str | None = None, options:
 def score_test(cfg: DictConfig, run, chosen: finish.Chosen, splits) -> None:
     """trainer.score_test: a training's model (`chosen`) scored on the test split as `evaluate` scores a logged
     one, into the training run itself: `test_*` metrics, `per_image_test.json` (seglab.report's intervals),
-    `worst_test.png`, `confusion_matrix_test.*`.  A data set without a test split: a warning, nothing scored."""
-    if splits.test is None:
-        log.warning("trainer.score_test: data=%s has no test split, so nothing was scored on one (give it a test "
-                    "split, e.g. data.source.test_fraction=0.2 for data=folder)", cfg.data.name)
-        return
+    `worst_test.png`, `confusion_matrix_test.*`.  The data set has a test split: seglab.engine.train.read_data
+    refused it otherwise, before the run opened."""
     split, applied, _ = scoring(cfg, splits, "test", chosen.model, InferenceOptions())
     model = finish.Chosen(chosen.model, chosen.title.replace("validation", "test", 1), chosen.epoch, applied)
     result = finish.finish(run, model, split, cfg.trainer.worst_samples, matrix="confusion_matrix_test")

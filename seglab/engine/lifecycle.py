@@ -13,7 +13,8 @@ log, how often to checkpoint or what to show, not what is learned:
 
 - `trainer.epochs` (more epochs continue a finished run only when asked: `trainer.resume=<run id>`),
   `trainer.resume`, `trainer.checkpoint_every`, `trainer.heartbeat_timeout_min`;
-- `trainer.checkpoint_dir` (an output path), `trainer.mask_samples` (a picture, not a result);
+- `trainer.checkpoint_dir` (an output path), `trainer.mask_samples` (a picture, not a result),
+  `trainer.score_test` (a score of the trained model, after training);
 - `tracking.*` (where and under which name it is logged, whether the model is logged; the sweep's
   parent is matched separately);
 - `data.cache` (memory or file cache: the same pixels), `data.source.connect_timeout`,
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 
 NOT_IN_KEY = (
     "trainer.epochs", "trainer.resume", "trainer.checkpoint_every", "trainer.heartbeat_timeout_min",
-    "trainer.checkpoint_dir", "trainer.mask_samples",
+    "trainer.checkpoint_dir", "trainer.mask_samples", "trainer.score_test",
     "tracking.*",
     "data.cache", "data.source.connect_timeout", "data.source.cache_dir",
 )
@@ -237,6 +238,9 @@ def plan(mode: str, uri: str, experiment: str, key: str, parent_run_id: str | No
 def _explicit(run_id: str, uri: str, experiment: str, timeout_s: float) -> Plan:
     from seglab.tracking import resumable
 
+    if resumable.sqlite_absent(uri):  # asking would create it, to find nothing
+        raise ResumeError(f"trainer.resume={run_id}: tracking.uri={uri} does not exist yet, so it holds no run; give the "
+                          "store that holds the run, or trainer.resume=auto")
     try:
         run = resumable.get_run(uri, run_id)
     except Exception as err:  # noqa: BLE001  MLflow's not-found error; the message below names the fix

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, losses, metrics, tracking
 from seglab.config import trainer as trainer_schema
-from seglab.data import batches_of, lineage, pipeline, statistics
+from seglab.data import DataError, batches_of, lineage, pipeline, statistics
 from seglab.engine import (callbacks, claim, debug, determinism, distribute, evaluate, finish, lifecycle, multi_worker, owner,
                            runtime)
 from seglab.tracking import tags
@@ -120,12 +120,17 @@ class Data:
 
 
 def read_data(cfg: DictConfig) -> Data:
-    """The configured splits, every mask of the training and validation splits read once and checked
-    against data.num_classes (a DataError names the largest stray label); a class without training pixels is a warning."""
+    """The configured splits, every mask of the training and validation splits (and test's, for trainer.score_test)
+    read once and checked against data.num_classes (a DataError names the largest stray label); a class without
+    training pixels is a warning."""
     data = cfg.data
     splits = instantiate(data.source)
+    if cfg.trainer.score_test and splits.test is None:
+        raise DataError(f"trainer.score_test=true, but data={data.name} has no test split: give it one (a test folder or "
+                        "list beside train's; data=folder with one pair of folders: data.source.test_fraction=0.2), or "
+                        "set trainer.score_test=false")
     counted = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test") if cfg.trainer.score_test else ("train", "val"):
         counted[split] = statistics.class_counts(batches_of(cfg, getattr(splits, split), split, cache=False),
                                                  data.num_classes, data.ignore_index)
         statistics.refuse_outside(counted[split], data.num_classes, data.ignore_index, split)
