@@ -420,9 +420,10 @@ def test_the_split_shares_round_the_decimal_fraction_not_its_float():
     assert len(folder.seeded(pairs, 0.14, 0.0, 0)["val"]) == 10
 
 
-def test_your_own_data_trains_with_flips_alone_by_default(compose_cfg):
-    """data=folder augments as data=arrays and data=tfrecord do (docs/own-data.md, "Augmentation"): the scale-crops and
-    colour jitter of the long presets cost 0.04-0.05 test mIoU in the default 8 epochs on ~100 images."""
+def test_your_own_data_trains_without_augmentation_by_default(compose_cfg):
+    """data=folder augments as data=arrays and data=tfrecord do, not at all, as Keras' fit (docs/own-data.md,
+    "Augmentation"): flips cost 0.037 test mIoU on CamVid at 15 epochs, scale-crops and colour jitter 0.04-0.05 on
+    generated frames at 8."""
     augment = {name: dict(compose_cfg(f"data={name}").data.augment) for name in ("folder", "arrays", "tfrecord")}
-    assert augment["folder"] == {"hflip": True, "crop_min": 1.0, "brightness": 0.0, "contrast": 0.0}
+    assert augment["folder"] == {"hflip": False, "crop_min": 1.0, "brightness": 0.0, "contrast": 0.0}
     assert augment["folder"] == augment["arrays"] == augment["tfrecord"]
