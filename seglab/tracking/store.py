@@ -140,7 +140,7 @@ def store_write_refused(uri: str, err: BaseException, doing: str = "writing") ->
     while seen is not None:
         code = getattr(seen, "sqlite_errorcode", None)
         if isinstance(seen, sqlite3.Error) and code is not None and code & SQLITE_PRIMARY in SQLITE_WRITE_REFUSED:
-            path = str(Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser().absolute())
+            path = str(Path(sqlite_file(uri)).expanduser().absolute())
             return StoreWriteFailed(f"tracking.uri={uri}: the store file {path} could not be written while {doing} ({seen})",
                                     path, _store_fix(code, path))
         seen = seen.__cause__ or seen.__context__
@@ -196,10 +196,15 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(err).__name__
 
 
+def sqlite_file(uri: str) -> str:
+    """The file of a `sqlite:///` URI as written (relative, `~`, or `:memory:`); "" for any other store."""
+    return uri.removeprefix("sqlite:///").split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+
+
 def sqlite_absent(uri: str) -> bool:
     """A `sqlite:///` store whose file does not exist yet: it holds no run to find, and asking it would create it
     (a command refused before its run opens then leaves no store behind)."""
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+    path = sqlite_file(uri)
     return path not in ("", ":memory:") and not Path(path).expanduser().exists()
 
 
@@ -211,7 +216,7 @@ def _open_sqlite(uri: str) -> None:
     try (`table ... already exists`), and one that opens it mid-migration finds an out-of-date schema.  So
     each process opens it the first time under an exclusive lock on the file's directory (no lock file
     is left behind), and finds it either absent or whole."""
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    path = sqlite_file(uri)
     if uri in _opened or path in ("", ":memory:"):
         return
     from mlflow import MlflowClient  # MLflow's store code loads when a command opens a store, not on import
