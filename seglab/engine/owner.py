@@ -120,6 +120,10 @@ class RunOwner:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._restore_signals()
+        if exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt, signals.Terminated)) and signals.terminated():
+            # SIGTERM came and a library's clean-up turned its exception into another (autograph's context asserts its
+            # stack on the way out: AssertionError): the run was stopped, not failed.
+            exc_type, exc = signals.Terminated, signals.Terminated()
         if getattr(exc, "leaves_run", False):
             self.run.let_go()
             return False

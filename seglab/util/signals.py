@@ -76,6 +76,11 @@ def catch() -> Callable[[], None]:
     return restore
 
 
+def terminated() -> bool:
+    """Whether SIGTERM came since the handlers were installed (whatever became of its exception)."""
+    return _TERMINATED.is_set()
+
+
 def raise_if_terminated() -> None:
     """Raise SIGTERM's exception again if one came and was swallowed: raised where Python only reports it
     (in a `__del__`, an import lock's weakref callback: "Exception ignored in ..."), it would let training
