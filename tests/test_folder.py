@@ -165,6 +165,13 @@ def test_grey_label_masks_beside_a_classes_csv_of_colours_keep_their_labels(tmp_
     assert {int(v) for _, mask in read(splits.train) + read(splits.val) for v in np.unique(mask)} == {0, 1}
 
 
+def test_rgb_colours_given_for_grey_label_masks_are_refused_naming_a_mask(tmp_path):
+    """data.source.colors is the user's own word: on masks of grey labels it cannot apply, and is not ignored."""
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"])
+    with pytest.raises(DataError, match=r"data.source.colors gives RGB colours, but the masks hold grey labels .*masks/[ab].png"):
+        build(tmp_path, colors=[list(c) for c in COLOURS], val_fraction=0.5)
+
+
 def test_colour_masks_through_data_source_colors_and_a_label_map(tmp_path):
     write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"], encoding="RGB")
     splits = build(tmp_path, colors=[list(c) for c in COLOURS], label_map={0: 255, 1: 0, 2: 1}, num_classes=2, val_fraction=0.5)

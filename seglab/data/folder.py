@@ -101,6 +101,9 @@ def build(
             raise DataError(f"data.source.path={root}: the {name} split ({how}) holds no image/mask pairs: add images "
                             f"to it, or lower data.source.val_fraction / test_fraction if it was split off.")
     kept, reading = scan(root, splits, on_unreadable, table)
+    if reading.mask not in ("colour", "colour_pil") and colors is not None:  # a classes file's colours only name classes
+        raise DataError(f"data.source.colors gives RGB colours, but the masks hold grey labels (e.g. {kept['train'][0][1]}): "
+                        f"their values are the classes; drop data.source.colors (data.source.label_map remaps values).")
     table = table if reading.mask in ("colour", "colour_pil") else None  # grey masks of labels: the table names them
     lut = label_table(label_map, ignore_index, reading.mask)
     datasets = {name: stream(pairs, reading, table, lut, ignore_index, deterministic, unmapped_error)
