@@ -167,7 +167,7 @@ def _check_artifact_root(uri: str, key: str, experiment: str | None) -> None:
 
 
 def _experiment_location(uri: str, experiment: str | None) -> str | None:
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser()
+    path = Path(tracking.sqlite_file(uri)).expanduser()
     if experiment is None or not path.is_file():
         return None
     try:
@@ -193,7 +193,7 @@ def _check_sqlite(uri: str, must_exist: bool, key: str, writes: bool) -> None:
         return
     if not uri.startswith("sqlite:///"):
         raise ConfigError(f"{key}={uri}: write an SQLite URI as sqlite:///relative/file.db or sqlite:////absolute/file.db.")
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser()
+    path = Path(tracking.sqlite_file(uri)).expanduser()
     if path.is_dir():
         raise ConfigError(f"{key}={uri}: {path} is a directory; give a database file, e.g. sqlite:///{path}/mlflow.db.")
     if path.exists():

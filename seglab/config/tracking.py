@@ -33,6 +33,11 @@ def uri_key(uri: str, key: str = "tracking.uri") -> str:
     return URI_ENV if uri and os.environ.get(URI_ENV) == uri else key
 
 
+def sqlite_file(uri: str) -> str:
+    """The file of a `sqlite:///` URI as written (relative, `~`, or `:memory:`); "" for any other store."""
+    return uri.removeprefix("sqlite:///").split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+
+
 LOG_MODEL = ("best", "last", False)
 # What MLflow's model registry refuses in a registered model's name (mlflow.utils.validation._validate_model_name,
 # and its file store's path separators and '%'); refused here, before training, not after the model is logged.

@@ -20,6 +20,7 @@ import requests
 import sqlalchemy
 from mlflow.exceptions import MlflowException
 
+from seglab.config.tracking import sqlite_file
 from seglab.errors import UserError
 from seglab.util import net
 
@@ -194,11 +195,6 @@ def shown(uri: str) -> str:
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:500] if text else type(err).__name__
-
-
-def sqlite_file(uri: str) -> str:
-    """The file of a `sqlite:///` URI as written (relative, `~`, or `:memory:`); "" for any other store."""
-    return uri.removeprefix("sqlite:///").split("?", 1)[0] if uri.startswith("sqlite:///") else ""
 
 
 def sqlite_absent(uri: str) -> bool:
