@@ -41,8 +41,10 @@ confusion matrix over the test split without the void pixels, the mean over the 
 Both are trained once per --seeds value (seglab's `seed=`, the script's Keras seed and shuffle seed; the data stay
 the same): one seed's test mIoU on a few dozen test images moves by a few hundredths, so the table gives each seed,
 the mean ± sample standard deviation of each column and of the paired difference.
-With --data TREE it writes nothing and runs the same on TREE, a data set in CamVid's layout as you have it (PNG
-images, 8-bit index masks, 255 void); DIR holds only the work (its MLflow store).
+With --data TREE it writes nothing and runs the same on TREE, a data set as you have it: any layout data=folder
+reads, with a test split (its own, or the data.source.test_fraction inspect prints) and 8-bit grey label masks (the
+plain script maps them through the label_map inspect prints, e.g. 0/255 masks to 0/1); DIR holds only the work (its
+MLflow store, and plain.json: the files of each split as seglab splits them, which the plain script reads).
 
 Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
 tf.data order, its header check before the first pass is not timed: the pipeline's passes are).
@@ -351,11 +353,12 @@ def seglab_test_miou(overrides: list[str], args, work: Path, seed: int = 42) -> 
     return scored.data.metrics["test_mean_iou"], seconds
 
 
-def keras_test_miou(root: Path, overrides: list[str], args, work: Path, seed: int = 42) -> tuple[float, float]:
-    """The plain Keras script, in its own process, at the inspected size and classes.  (test mIoU, seconds)"""
+def keras_test_miou(overrides: list[str], args, work: Path, seed: int = 42) -> tuple[float, float]:
+    """The plain Keras script, in its own process, on WORK/plain.json's files at the inspected size and classes.
+    (test mIoU, seconds)"""
     value = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
     height, width = json.loads(value["data.image_size"]) if value["data.image_size"].startswith("[") else [int(value["data.image_size"])] * 2
-    done = subprocess.run([sys.executable, __file__, "keras", str(root), "--size", str(height), str(width),
+    done = subprocess.run([sys.executable, __file__, "keras", str(work / "plain.json"), "--size", str(height), str(width),
                            "--num-classes", value["data.num_classes"], "--epochs", str(args.epochs),
                            "--base-filters", str(args.base_filters), "--seed", str(seed)], cwd=work, capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -368,9 +371,6 @@ def keras_test_miou(root: Path, overrides: list[str], args, work: Path, seed: in
 def versus_keras(args) -> None:
     if args.data:  # a tree you have, used as it is
         root, what = args.data, f"{args.data.name} ({args.data})"
-        counts = {split: len(list((root / split).glob("*.png"))) for split in SPLIT_SHARES}
-        if not all(counts.values()):
-            raise SystemExit(f"--data {root}: needs PNG images in train/ val/ test/ (with trainannot/ ...), has {counts}")
     else:
         counts = {split: max(round(share * args.images), 2) for split, share in SPLIT_SHARES.items()}
         root = write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame)
@@ -378,9 +378,10 @@ def versus_keras(args) -> None:
     work = args.directory / "work"
     work.mkdir(exist_ok=True)
     overrides = inspected(root, work)
+    counts = {split: len(pairs) for split, pairs in plain_files(overrides, work).items()}
     rows = []
     for seed in args.seeds:  # the same data; the seed changes the initial weights, the order and the augmentation
-        rows.append((seed, seglab_test_miou(overrides, args, work, seed)[0], keras_test_miou(root, overrides, args, work, seed)[0]))
+        rows.append((seed, seglab_test_miou(overrides, args, work, seed)[0], keras_test_miou(overrides, args, work, seed)[0]))
         print(f"seed {seed}: seglab {rows[-1][1]:.3f}, plain Keras {rows[-1][2]:.3f}  (load average {load_average()})", flush=True)
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
     print(f"\n### seglab against a plain Keras U-Net on {what} ({cpu()})\n")
@@ -391,6 +392,36 @@ def versus_keras(args) -> None:
         print(f"| {seed} | {ours:.3f} | {theirs:.3f} | {ours - theirs:+.3f} |")
     columns = list(zip(*rows))[1:]
     print(f"| mean ± sd | {spread(columns[0])} | {spread(columns[1])} | {spread([a - b for a, b in zip(*columns)], sign=True)} |")
+
+
+def plain_files(overrides: list[str], work: Path) -> dict[str, list[list[str]]]:
+    """The image and mask files of each split as seglab splits them (data=folder's own pairing and seeded split:
+    which files are compared is not what is measured), and the label table of inspect's label_map, written to
+    WORK/plain.json for the plain script, which decodes, maps and resizes them itself.  Exits when the data has no
+    test split or masks the plain script cannot read (it reads grey labels)."""
+    from seglab.config import schema
+    from seglab.data import DataError, folder
+
+    cfg = schema.compose(overrides)
+    source = cfg.data.source
+    try:
+        _, found = folder.locate(Path(source.path), source.image_dir, source.mask_dir, source.mask_suffix,
+                                 OmegaConf.to_container(source.lists) if source.lists else None, source.list_format)
+        splits = folder.with_validation(found, source.val_fraction, source.test_fraction, source.seed)
+    except DataError as err:
+        raise SystemExit(f"{source.path}: {err}") from None
+    if "test" not in splits:
+        raise SystemExit(f"{source.path}: has no test split (a test folder or list, or data.source.test_fraction): "
+                         f"both sides are scored on it")
+    modes = {Image.open(mask).mode for pairs in splits.values() for _, mask, _ in pairs[:20]}
+    if not modes <= {"L"}:
+        raise SystemExit(f"{source.path}: masks of mode {sorted(modes)}: the plain script reads grey label masks only")
+    label_map = OmegaConf.to_container(source.label_map) if source.label_map else None
+    lut = folder.label_table(label_map, cfg.data.ignore_index, "index")
+    files = {name: [[str(image), str(mask)] for image, mask, _ in pairs] for name, pairs in splits.items()}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "plain.json").write_text(json.dumps({"splits": files, "lut": None if lut is None else lut.tolist()}))
+    return files
 
 
 def spread(values, sign: bool = False) -> str:
@@ -425,27 +456,30 @@ def unet(size: tuple[int, int], num_classes: int, base_filters: int, depth: int,
     return keras.Model(inputs, layers.Conv2D(num_classes, 1)(x))
 
 
-def keras_split(root: Path, split: str, size: tuple[int, int], batch_size: int, shuffle_seed: int | None):
+def keras_split(files: dict, split: str, size: tuple[int, int], batch_size: int, shuffle_seed: int | None):
     import tensorflow as tf  # the plain Keras script's own process
 
-    images = sorted(str(p) for p in (root / split).glob("*.png"))
-    masks = [str(root / f"{split}annot" / Path(p).name) for p in images]
+    images, masks = zip(*files["splits"][split])
+    lut = tf.constant(files["lut"], tf.int32) if files["lut"] else None
 
     def load(image_path, mask_path):
-        image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
-        mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
-        return tf.image.resize(tf.cast(image, tf.float32), size) / 255.0, tf.image.resize(mask, size, method="nearest")[..., 0]
+        image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+        mask = tf.io.decode_image(tf.io.read_file(mask_path), channels=1, expand_animations=False)
+        mask = tf.image.resize(mask, size, method="nearest")[..., 0]
+        mask = tf.gather(lut, tf.cast(mask, tf.int32)) if lut is not None else mask
+        return tf.image.resize(tf.cast(image, tf.float32), size) / 255.0, mask
 
-    ds = tf.data.Dataset.from_tensor_slices((images, masks))
+    ds = tf.data.Dataset.from_tensor_slices((list(images), list(masks)))
     ds = ds.shuffle(len(images), seed=shuffle_seed) if shuffle_seed is not None else ds
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def keras_script(args) -> None:
-    """One process: fit the plain U-Net on DIR's train split, score DIR's test split; a JSON line."""
+    """One process: fit the plain U-Net on the train files of FILE (plain.json), score its test files; a JSON line."""
     import keras  # the plain Keras script's own process
 
     keras.utils.set_random_seed(args.seed)
+    files = json.loads(args.directory.read_text())
     model_cfg = OmegaConf.load(CONF / "model" / "unet.yaml")
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
     size = tuple(args.size)
@@ -453,11 +487,11 @@ def keras_script(args) -> None:
     model.compile(optimizer=keras.optimizers.Adam(OmegaConf.load(CONF / "optimizer" / "adam.yaml").learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=VOID))
     start = time.perf_counter()
-    model.fit(keras_split(args.directory, "train", size, batch, args.seed), epochs=args.epochs,
-              validation_data=keras_split(args.directory, "val", size, batch, None), verbose=2)
+    model.fit(keras_split(files, "train", size, batch, args.seed), epochs=args.epochs,
+              validation_data=keras_split(files, "val", size, batch, None), verbose=2)
     seconds = time.perf_counter() - start
     cm = np.zeros((args.num_classes, args.num_classes), np.int64)
-    for images, masks in keras_split(args.directory, "test", size, batch, None):
+    for images, masks in keras_split(files, "test", size, batch, None):
         truth, predicted = masks.numpy().ravel().astype(np.int64), np.argmax(model.predict_on_batch(images), -1).ravel()
         labelled = truth != VOID
         cm += np.bincount(truth[labelled] * args.num_classes + predicted[labelled],
@@ -490,8 +524,8 @@ def parse(argv: list[str] | None):
     each["memory"].add_argument("--caches", nargs="+", choices=("null", "file", "memory"), default=["null", "file"])
     each["versus-keras"].add_argument("--images", type=int, default=240, help="split 60/20/20 into train/val/test")
     each["versus-keras"].add_argument("--frame", type=int, nargs=2, default=[320, 240], metavar=("WIDTH", "HEIGHT"))
-    each["versus-keras"].add_argument("--data", type=Path, help="use this CamVid-layout tree as it is (train/ trainannot/ "
-                                      "val/ valannot/ test/ testannot/, PNG) instead of writing frames; --images, --frame unused")
+    each["versus-keras"].add_argument("--data", type=Path, help="use this data set as it is (any layout data=folder reads, with "
+                                      "a test split and grey label masks) instead of writing frames; --images, --frame unused")
     for name in ("versus-keras", "keras"):
         each[name].add_argument("--epochs", type=int, default=8)
         each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
@@ -508,7 +542,8 @@ def parse(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    args.directory.mkdir(parents=True, exist_ok=True)
+    if args.what != "keras":  # keras' DIRECTORY is the file of splits versus-keras wrote
+        args.directory.mkdir(parents=True, exist_ok=True)
     run = {"throughput": throughput, "stages": stages, "memory": memory, "versus-keras": versus_keras, "plain": plain, "keras": keras_script}
     run[args.what](args)
 

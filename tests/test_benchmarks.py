@@ -1,14 +1,18 @@
 """benchmarks/own_data.py, each measurement end to end at a tiny size: the data it writes, the real commands it
 runs, the tables it prints (the full-size figures of docs/own-data.md come from the same code)."""
 
+import json
 import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 from mlflow import MlflowClient
 from PIL import Image
+
+from seglab.config import schema
 
 from tests.conftest import CLI_ENV, ROOT, inherited_env
 
@@ -90,18 +94,24 @@ def test_versus_keras_reports_mean_and_sample_sd_of_the_seeds():
     assert spread([-0.01, 0.03], sign=True) == "+0.010 ± 0.028"
 
 
-@pytest.mark.slow
-def test_versus_keras_data_uses_a_given_tree_as_it_is(tmp_path):
-    tree, rng = tmp_path / "mine", np.random.default_rng(0)
-    for split, count in {"train": 8, "val": 2, "test": 2}.items():  # batch 8 needs 8 training images
+def write_tree(tree, counts: dict, foreground: int = 1) -> None:
+    """CamVid's layout (split/ + splitannot/), 64x48 frames, masks 0 and `foreground`."""
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
         (tree / split).mkdir(parents=True)
         (tree / f"{split}annot").mkdir()
         for i in range(count):
             mask = np.zeros((48, 64), np.uint8)
-            mask[:, rng.integers(8, 56):] = 1
-            image = np.where(mask[..., None] == 1, 200, 40).astype(np.uint8).repeat(3, -1)
+            mask[:, rng.integers(8, 56):] = foreground
+            image = np.where(mask[..., None] == foreground, 200, 40).astype(np.uint8).repeat(3, -1)
             Image.fromarray(image).save(tree / split / f"{split}{i}.png")
             Image.fromarray(mask, mode="L").save(tree / f"{split}annot" / f"{split}{i}.png")
+
+
+@pytest.mark.slow
+def test_versus_keras_data_uses_a_given_tree_as_it_is(tmp_path):
+    tree = tmp_path / "mine"
+    write_tree(tree, {"train": 8, "val": 2, "test": 2})  # batch 8 needs 8 training images
     work = tmp_path / "work-dir"
     out = own_data("versus-keras", str(work), "--data", str(tree), "--epochs", "1", "--base-filters", "4", "--seeds", "7",
                    cwd=tmp_path)
@@ -118,8 +128,28 @@ def test_versus_keras_data_uses_a_given_tree_as_it_is(tmp_path):
 
 
 def test_versus_keras_data_without_a_test_split_says_so(tmp_path):
-    (tmp_path / "mine" / "train").mkdir(parents=True)
+    write_tree(tmp_path / "mine", {"train": 4, "val": 2})
     done = subprocess.run([sys.executable, str(SCRIPT), "versus-keras", str(tmp_path / "w"), "--data", str(tmp_path / "mine")],
                           cwd=tmp_path, env={**inherited_env(), **CLI_ENV}, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "needs PNG images in train/ val/ test/" in done.stderr, done.stderr
-    assert not (tmp_path / "w" / "work").exists()
+    assert done.returncode != 0 and "has no test split" in done.stderr, done.stderr
+
+
+def test_the_plain_script_reads_the_files_seglab_splits_and_maps_0_255_masks_as_inspect_says(tmp_path):
+    """A pool of 0/255 masks (one pair of folders, no splits): the plain side gets seglab's seeded split, file for
+    file, and the label table of the label_map inspect printed (255 -> class 1)."""
+    from benchmarks.own_data import inspected, plain_files
+
+    tree = tmp_path / "pool"
+    write_tree(tree, {"all": 20}, foreground=255)
+    (tree / "all").rename(tree / "images")
+    (tree / "allannot").rename(tree / "masks")
+    overrides = inspected(tree, tmp_path)
+    assert "data.source.label_map={0:0,255:1}" in " ".join(overrides)
+    overrides.append("data.source.test_fraction=0.2")
+    files = plain_files(overrides, tmp_path / "work")
+    cfg = schema.compose(overrides)
+    seglab_splits = instantiate(cfg.data.source).about
+    for split in ("train", "val", "test"):
+        assert [f for pair in files[split] for f in pair] == seglab_splits[split].files
+    lut = json.loads((tmp_path / "work" / "plain.json").read_text())["lut"]
+    assert (lut[0], lut[255], lut[7]) == (0, 1, 255)
