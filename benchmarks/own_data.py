@@ -5,7 +5,7 @@
     python benchmarks/own_data.py stages DIR [--rounds 3] [--image-size 128]   (after throughput wrote DIR/frames)
     python benchmarks/own_data.py memory DIR [--counts 1000 10000] [--frame 160 120] [--caches null file]
     python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
-    python benchmarks/own_data.py versus-keras DIR --data TREE [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
+    python benchmarks/own_data.py versus-keras DIR --data TREE [--inspect data.source.KEY=VALUE ...] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
 
 throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classes and a void 255) in CamVid's
 layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
@@ -42,8 +42,9 @@ Both are trained once per --seeds value (seglab's `seed=`, the script's Keras se
 the same): one seed's test mIoU on a few dozen test images moves by a few hundredths, so the table gives each seed,
 the mean ± sample standard deviation of each column and of the paired difference.
 With --data TREE it writes nothing and runs the same on TREE, a data set as you have it: any layout data=folder
-reads, with a test split (its own, or the data.source.test_fraction inspect prints) and 8-bit grey label masks (the
-plain script maps them through the label_map inspect prints, e.g. 0/255 masks to 0/1); DIR holds only the work (its
+reads, with a test split (its own, or the data.source.test_fraction inspect prints) and 8-bit grey or palette label
+masks (the plain script maps them through the label_map inspect prints, e.g. 0/255 masks to 0/1; --inspect passes
+data.source settings to inspect, e.g. which of several label sets); DIR holds only the work (its
 MLflow store, and plain.json: the files of each split as seglab splits them, which the plain script reads).
 
 Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
@@ -323,9 +324,9 @@ def memory(args) -> None:
 # --- versus plain Keras ---------------------------------------------------------------------------
 
 
-def inspected(root: Path, work: Path) -> list[str]:
-    """The overrides of the command `python -m seglab.data inspect` prints last."""
-    out = command("seglab.data", "inspect", str(root), cwd=work)
+def inspected(root: Path, work: Path, settings: list[str] = ()) -> list[str]:
+    """The overrides of the command `python -m seglab.data inspect ROOT SETTINGS` prints last."""
+    out = command("seglab.data", "inspect", str(root), *settings, cwd=work)
     line = [line for line in out.splitlines() if line.startswith("python -m seglab ")][-1]
     print(f"inspect says:\n  {line}", flush=True)
     return shlex.split(line)[3:]
@@ -377,7 +378,7 @@ def versus_keras(args) -> None:
         what = f"{args.frame[0]}x{args.frame[1]} pets-like frames"
     work = args.directory / "work"
     work.mkdir(exist_ok=True)
-    overrides = inspected(root, work)
+    overrides = inspected(root, work, args.inspect)
     counts = {split: len(pairs) for split, pairs in plain_files(overrides, work).items()}
     rows = []
     for seed in args.seeds:  # the same data; the seed changes the initial weights, the order and the augmentation
@@ -414,13 +415,15 @@ def plain_files(overrides: list[str], work: Path) -> dict[str, list[list[str]]]:
         raise SystemExit(f"{source.path}: has no test split (a test folder or list, or data.source.test_fraction): "
                          f"both sides are scored on it")
     modes = {Image.open(mask).mode for pairs in splits.values() for _, mask, _ in pairs[:20]}
-    if not modes <= {"L"}:
-        raise SystemExit(f"{source.path}: masks of mode {sorted(modes)}: the plain script reads grey label masks only")
+    if not (modes <= {"L"} or modes <= {"P"}):
+        raise SystemExit(f"{source.path}: masks of mode {sorted(modes)}: the plain script reads 8-bit grey or palette "
+                         f"label masks only")
     label_map = OmegaConf.to_container(source.label_map) if source.label_map else None
     lut = folder.label_table(label_map, cfg.data.ignore_index, "index")
     files = {name: [[str(image), str(mask)] for image, mask, _ in pairs] for name, pairs in splits.items()}
     work.mkdir(parents=True, exist_ok=True)
-    (work / "plain.json").write_text(json.dumps({"splits": files, "lut": None if lut is None else lut.tolist()}))
+    (work / "plain.json").write_text(json.dumps({"splits": files, "lut": None if lut is None else lut.tolist(),
+                                                 "palette": modes == {"P"}}))
     return files
 
 
@@ -464,7 +467,11 @@ def keras_split(files: dict, split: str, size: tuple[int, int], batch_size: int,
 
     def load(image_path, mask_path):
         image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
-        mask = tf.io.decode_image(tf.io.read_file(mask_path), channels=1, expand_animations=False)
+        if files["palette"]:  # a palette PNG's indices, the way VOC scripts read them (TensorFlow gives its colours)
+            mask = tf.numpy_function(lambda p: np.asarray(Image.open(p.decode()))[..., None], [mask_path], tf.uint8)
+            mask.set_shape([None, None, 1])
+        else:
+            mask = tf.io.decode_image(tf.io.read_file(mask_path), channels=1, expand_animations=False)
         mask = tf.image.resize(mask, size, method="nearest")[..., 0]
         mask = tf.gather(lut, tf.cast(mask, tf.int32)) if lut is not None else mask
         return tf.image.resize(tf.cast(image, tf.float32), size) / 255.0, mask
@@ -529,6 +536,8 @@ def parse(argv: list[str] | None):
     for name in ("versus-keras", "keras"):
         each[name].add_argument("--epochs", type=int, default=8)
         each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
+    each["versus-keras"].add_argument("--inspect", nargs="*", default=[], metavar="data.source.KEY=VALUE",
+                                      help="settings given to inspect, as a user would (e.g. which of several label sets)")
     each["versus-keras"].add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
                                       help="one seglab run and one plain run per seed (seglab's seed=, the script's Keras seed)")
     each["keras"].add_argument("--size", type=int, nargs=2, required=True, metavar=("HEIGHT", "WIDTH"))

@@ -180,3 +180,51 @@ def test_the_command_printed_for_binary_masks_trains_both_classes(tmp_path):
     saved = MlflowClient(uri).download_artifacts(run.info.run_id, "confusion_matrix.json", str(tmp_path))
     confusion = np.array(json.loads(Path(saved).read_text())["counts"])
     assert confusion.shape == (2, 2) and confusion[1].sum() > 0
+
+
+def two_label_sets(root):
+    """VOC's folders with SegmentationClass/ holding two label sets for the same images (SBCIV's element/ and defect/:
+    bridge parts, 3 classes here, and corrosion, 2), lists in ImageSets/Segmentation."""
+    names = [f"n{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        write_image(root / "JPEGImages" / f"{name}.jpg", W21, H21, seed=i)
+        write_mask(root / "SegmentationClass" / "element" / f"{name}.png", labels_for(i, W21, H21), "P")
+        write_mask(root / "SegmentationClass" / "defect" / f"{name}.png", labels_for(i, W21, H21, classes=2), "P")
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    for split, part in (("train", names[:4]), ("val", names[4:5]), ("test", names[5:])):
+        (lists / f"{split}.txt").write_text("\n".join(part) + "\n")
+
+
+def test_a_mask_folder_of_several_label_sets_reads_one_and_names_the_others(tmp_path, capsys):
+    two_label_sets(tmp_path)
+    inspect.main([str(tmp_path)])
+    said = capsys.readouterr().out.splitlines()
+    assert ("  note: SegmentationClass/ holds 2 label sets (defect, element): this reads SegmentationClass/defect; for "
+            "another, inspect again with data.source.mask_dir=SegmentationClass/element") in said
+    assert {"  train: 4 images", "  val: 1 images", "  test: 1 images"} <= set(said), said
+    command = shlex.split(said[-1])
+    assert {"data.source.image_dir=JPEGImages", "data.source.mask_dir=SegmentationClass/defect", "data.num_classes=2"} <= set(command)
+    inspect.main([str(tmp_path), "data.source.mask_dir=SegmentationClass/element"])
+    said = capsys.readouterr().out.splitlines()
+    command = shlex.split(said[-1])
+    assert {"data.source.mask_dir=SegmentationClass/element", "data.num_classes=3"} <= set(command), said
+    assert any("this reads SegmentationClass/element; for another, inspect again with data.source.mask_dir=SegmentationClass/defect"
+               in line for line in said)
+
+
+def test_inspect_takes_data_source_settings_checked_as_the_runner_checks_them(tmp_path, capsys):
+    """A layout find cannot guess (images in pics/, masks in lbl/) reads with the folders named; a key that is not a
+    data.source key, or misspelt, is refused in one line before any file is read."""
+    write_split(tmp_path / "pics", tmp_path / "lbl", [f"p{i}" for i in range(5)])
+    with pytest.raises(DataError, match="none of the data layouts"):
+        inspect.main([str(tmp_path)])
+    inspect.main([str(tmp_path), "data.source.image_dir=pics", "data.source.mask_dir=lbl"])
+    command = shlex.split(capsys.readouterr().out.splitlines()[-1])
+    assert {"data.source.image_dir=pics", "data.source.mask_dir=lbl", "data.num_classes=3"} <= set(command)
+    done = run_module("seglab.data", "inspect", str(tmp_path), "data.num_classes=3", cwd=tmp_path)
+    assert done.returncode != 0 and done.stderr.strip().splitlines() == [
+        "seglab.data: data.num_classes=3: inspect takes data.source.KEY=VALUE settings only (the rest it finds out), "
+        "e.g. data.source.mask_dir=SegmentationClass/element"], done.stderr
+    done = run_module("seglab.data", "inspect", str(tmp_path), "data.source.mask_dr=lbl", cwd=tmp_path)
+    assert done.returncode != 0 and "did you mean mask_dir?" in done.stderr and "Traceback" not in done.stderr, done.stderr

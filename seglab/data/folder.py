@@ -157,7 +157,29 @@ def find(path: Path) -> dict | None:
         except DataError:
             continue
         return {"path": str(root), **extra} if any(found.values()) else None
-    return None
+    sets = label_sets(root)  # images/ + SegmentationClass/<set>/: one label set read, the others named by `notes`
+    return {"path": str(root), "image_dir": _folder_pair(root)[0].name, "mask_dir": sets[0].relative_to(root).as_posix()} if sets else None
+
+
+def label_sets(root: Path) -> list[Path]:
+    """The sub-folders of a mask folder that holds masks only in them (several label sets for the same images, e.g.
+    SegmentationClass/element/ and SegmentationClass/defect/), in name order; [] where there is no such folder."""
+    pair = _folder_pair(root)
+    if pair is None or _files(pair[1]):
+        return []
+    images = {p.stem for p in _files(pair[0])}
+    return sorted(sub for sub in _subfolders(pair[1]).values() if images & {p.stem for p in _files(sub)})
+
+
+def notes(path: str | None = None, mask_dir: str | None = None, **_) -> list[str]:
+    """What inspect says beside its report: which label set it read where the masks hold several."""
+    root = Path(path or "")
+    sets = [s.relative_to(root).as_posix() for s in label_sets(root)] if mask_dir else []
+    if len(sets) < 2 or mask_dir not in sets:
+        return []
+    others = " or ".join(f"data.source.mask_dir={s}" for s in sets if s != mask_dir)
+    return [f"{Path(mask_dir).parent.as_posix()}/ holds {len(sets)} label sets ({', '.join(Path(s).name for s in sets)}): this "
+            f"reads {mask_dir}; for another, inspect again with {others}"]
 
 
 # --- where the pairs are ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`python -m seglab.data inspect PATH [--write my_conf/data/NAME.yaml]`: what a data set holds and how to train on it.
+"""`python -m seglab.data inspect PATH [data.source.KEY=VALUE ...] [--write my_conf/data/NAME.yaml]`: what a data set holds and how to train on it.
 
 Tries every conf/data/*.yaml whose source module has a `find(path)` (`folder` last: it reads the most layouts;
 a module whose data set has fixed classes, `CLASS_NAMES`, is read with its own num_classes and names them),
@@ -51,6 +51,7 @@ class Found:
     problems: list = field(default_factory=list)
     refused: str = ""  # why the source could not read it
     class_names: list | None = None
+    notes: list = field(default_factory=list)  # the source's own remarks (its `notes`), e.g. other label sets
 
 
 def candidates() -> list[tuple[str, object]]:
@@ -76,6 +77,21 @@ def identify(path: Path) -> tuple[str, object, dict]:
     raise DataError(f"{path}: none of the data layouts ({names}) reads it: see docs/own-data.md for the layouts.")
 
 
+def chosen(name: str, path: Path, given: list[str]) -> dict:
+    """data.source.KEY=VALUE words as the data option's source arguments, parsed and checked as `python -m seglab`
+    would (Hydra's grammar, the source's keys and ranges): a typo is refused here, not after the scan."""
+    keys = [word.split("=", 1)[0] for word in given]
+    if not all(key.startswith("data.source.") and key.count(".") == 2 for key in keys):
+        bad = next(word for word, key in zip(given, keys) if not (key.startswith("data.source.") and key.count(".") == 2))
+        raise errors.UserError(f"{bad}: inspect takes data.source.KEY=VALUE settings only (the rest it finds out), "
+                               f"e.g. data.source.mask_dir=SegmentationClass/element")
+    if not given:
+        return {}
+    source = schema.compose([f"data={name}", f"data.source.path={path}", *given]).data.source
+    return {key.removeprefix("data.source."): OmegaConf.to_container(source, resolve=True)[key.removeprefix("data.source.")]
+            for key in keys}
+
+
 def source_arguments(name: str, arguments: dict, fixed_classes: bool = False) -> dict:
     """The option's data.source with `arguments` over it, its interpolations resolved for a scan (with any
     num_classes, unless the data set's classes are fixed)."""
@@ -89,9 +105,17 @@ def source_arguments(name: str, arguments: dict, fixed_classes: bool = False) ->
     return {**source, **arguments}
 
 
-def scan(path: Path) -> Found:
-    name, module, arguments = identify(path)
-    found = Found(name, arguments)
+def scan(path: Path, given: list[str] = ()) -> Found:
+    """What PATH holds; `given`: data.source.KEY=VALUE settings over what `find` guessed (a layout it cannot guess)."""
+    try:
+        name, module, arguments = identify(path)
+    except DataError:
+        if not given:
+            raise
+        name, arguments = GENERIC, {"path": str(path)}
+        module = dict(candidates())[GENERIC]
+    found = Found(name, {**arguments, **chosen(name, path, given)})
+    found.notes = getattr(module, "notes", lambda **_: [])(**found.arguments)
     build = getattr(module, OmegaConf.load(Path(schema.CONF_DIR, "data", f"{name}.yaml")).source._target_.rpartition(".")[2])
     warnings = _Collect()
     logging.getLogger("seglab").addHandler(warnings)
@@ -237,6 +261,7 @@ def command_line(words: list[str]) -> str:
 def report(path: Path, found: Found) -> list[str]:
     """The lines inspect prints before the command."""
     lines = [f"{path}: data={found.name} reads it ({', '.join(f'{k}={v}' for k, v in found.arguments.items())})"]
+    lines += [f"  note: {note}" for note in found.notes]
     lines += [f"  {split}: {count} images" for split, count in found.images.items()]
     for (height, width), count in found.sizes.most_common(5):
         aspect = Fraction(width, height).limit_denominator(20)
@@ -274,6 +299,8 @@ def write_option(file: Path, found: Found, values: dict) -> None:
 def parse(argv: list[str]):
     parser = errors.argument_parser(prog="python -m seglab.data inspect", description=__doc__.splitlines()[0])
     parser.add_argument("path", help="the folder (or file) that holds the data set")
+    parser.add_argument("settings", nargs="*", metavar="data.source.KEY=VALUE",
+                        help="what inspect cannot guess, e.g. data.source.mask_dir=SegmentationClass/element")
     parser.add_argument("--write", default=None, help="also write the settings as a data option, e.g. my_conf/data/mine.yaml")
     parser.add_argument("--verbose", action="store_true", help="keep the libraries' notices")
     args = parser.parse_args(argv)
@@ -288,7 +315,7 @@ def main(argv: list[str]) -> Found:
     path = Path(args.path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist: give the folder that holds your images and masks.")
-    found = scan(path)
+    found = scan(path, args.settings)
     print("\n".join(report(path, found)))
     if found.refused or not found.images:
         raise DataError(f"{path}: data={found.name} cannot read it: {found.refused or 'no images'}")
