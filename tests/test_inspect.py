@@ -198,6 +198,7 @@ def two_label_sets(root):
 
 def test_a_mask_folder_of_several_label_sets_reads_one_and_names_the_others(tmp_path, capsys):
     two_label_sets(tmp_path)
+    (tmp_path / "SegmentationClass" / ".DS_Store").write_bytes(b"\0")  # a file that is not a mask changes nothing
     inspect.main([str(tmp_path)])
     said = capsys.readouterr().out.splitlines()
     assert ("  note: SegmentationClass/ holds 2 label sets (defect, element): this reads SegmentationClass/defect; for "

@@ -164,11 +164,14 @@ def find(path: Path) -> dict | None:
 def label_sets(root: Path) -> list[Path]:
     """The sub-folders of a mask folder that holds masks only in them (several label sets for the same images, e.g.
     SegmentationClass/element/ and SegmentationClass/defect/), in name order; [] where there is no such folder."""
+    def stems(folder: Path, extensions) -> set[str]:
+        return {p.stem for p in _files(folder) if p.suffix.lower() in extensions}
+
     pair = _folder_pair(root)
-    if pair is None or _files(pair[1]):
+    if pair is None or stems(pair[1], MASK_EXTENSIONS):
         return []
-    images = {p.stem for p in _files(pair[0])}
-    return sorted(sub for sub in _subfolders(pair[1]).values() if images & {p.stem for p in _files(sub)})
+    images = stems(pair[0], IMAGE_EXTENSIONS)
+    return sorted(sub for sub in _subfolders(pair[1]).values() if images & stems(sub, MASK_EXTENSIONS))
 
 
 def notes(path: str | None = None, mask_dir: str | None = None, **_) -> list[str]:
