@@ -815,3 +815,6 @@ def test_sigterm_whose_exception_a_library_turns_into_another_still_ends_the_run
             except signals.Terminated:
                 raise AssertionError() from None  # as autograph's ControlStatusCtx.__exit__ does
     assert MlflowClient(uri).get_run(run.run_id).info.status == "KILLED"
+    # The SIGTERM ended that run only: training in the same process later (a test, a sweep's next job) is not stopped.
+    assert not signals.terminated()
+    signals.raise_if_terminated()

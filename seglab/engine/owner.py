@@ -119,8 +119,9 @@ class RunOwner:
                         "trainer.heartbeat_timeout_min?); this process stops and writes nothing more to it")
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        sigterm = signals.terminated()  # read before the handlers go: restoring them forgets it
         self._restore_signals()
-        if exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt, signals.Terminated)) and signals.terminated():
+        if exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt, signals.Terminated)) and sigterm:
             # SIGTERM came and a library's clean-up turned its exception into another (autograph's context asserts its
             # stack on the way out: AssertionError): the run was stopped, not failed.
             exc_type, exc = signals.Terminated, signals.Terminated()

@@ -68,7 +68,8 @@ def catch() -> Callable[[], None]:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
 
-    def restore() -> None:
+    def restore() -> None:  # and forget the SIGTERM: it stopped this run, not the next one in the process
+        _TERMINATED.clear()
         signal.signal(signal.SIGTERM, previous_term)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
