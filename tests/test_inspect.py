@@ -216,7 +216,8 @@ def test_a_mask_folder_of_several_label_sets_reads_one_and_names_the_others(tmp_
 
 def test_inspect_takes_data_source_settings_checked_as_the_runner_checks_them(tmp_path, capsys):
     """A layout find cannot guess (images in pics/, masks in lbl/) reads with the folders named; a key that is not a
-    data.source key, or misspelt, is refused in one line before any file is read."""
+    data.source key, or misspelt, is refused in one line before any file is read.  A path with a comma and brackets."""
+    tmp_path = tmp_path / "my data,[1]"
     write_split(tmp_path / "pics", tmp_path / "lbl", [f"p{i}" for i in range(5)])
     with pytest.raises(DataError, match="none of the data layouts"):
         inspect.main([str(tmp_path)])

@@ -87,7 +87,8 @@ def chosen(name: str, path: Path, given: list[str]) -> dict:
                                f"e.g. data.source.mask_dir=SegmentationClass/element")
     if not given:
         return {}
-    source = schema.compose([f"data={name}", f"data.source.path={path}", *given]).data.source
+    # PATH itself is not composed: Hydra's grammar refuses a path with a comma or brackets, and only `given` is taken.
+    source = schema.compose([f"data={name}", "data.source.path=.", *given]).data.source
     return {key.removeprefix("data.source."): OmegaConf.to_container(source, resolve=True)[key.removeprefix("data.source.")]
             for key in keys}
 
