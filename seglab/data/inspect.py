@@ -80,17 +80,16 @@ def identify(path: Path) -> tuple[str, object, dict]:
 def chosen(name: str, path: Path, given: list[str]) -> dict:
     """data.source.KEY=VALUE words as the data option's source arguments, parsed and checked as `python -m seglab`
     would (Hydra's grammar, the source's keys and ranges): a typo is refused here, not after the scan."""
-    keys = [word.split("=", 1)[0] for word in given]
-    if not all(key.startswith("data.source.") and key.count(".") == 2 for key in keys):
-        bad = next(word for word, key in zip(given, keys) if not (key.startswith("data.source.") and key.count(".") == 2))
+    keys = {word: word.split("=", 1)[0].removeprefix("data.source.") for word in given}
+    bad = next((word for word, key in keys.items() if not word.startswith("data.source.") or "." in key), None)
+    if bad is not None:
         raise errors.UserError(f"{bad}: inspect takes data.source.KEY=VALUE settings only (the rest it finds out), "
                                f"e.g. data.source.mask_dir=SegmentationClass/element")
     if not given:
         return {}
     # PATH itself is not composed: Hydra's grammar refuses a path with a comma or brackets, and only `given` is taken.
-    source = schema.compose([f"data={name}", "data.source.path=.", *given]).data.source
-    return {key.removeprefix("data.source."): OmegaConf.to_container(source, resolve=True)[key.removeprefix("data.source.")]
-            for key in keys}
+    source = OmegaConf.to_container(schema.compose([f"data={name}", "data.source.path=.", *given]).data.source, resolve=True)
+    return {key: source[key] for key in keys.values()}
 
 
 def source_arguments(name: str, arguments: dict, fixed_classes: bool = False) -> dict:
