@@ -77,7 +77,7 @@ def identify(path: Path) -> tuple[str, object, dict]:
     raise DataError(f"{path}: none of the data layouts ({names}) reads it: see docs/own-data.md for the layouts.")
 
 
-def chosen(name: str, path: Path, given: list[str]) -> dict:
+def chosen(name: str, given: list[str]) -> dict:
     """data.source.KEY=VALUE words as the data option's source arguments, parsed and checked as `python -m seglab`
     would (Hydra's grammar, the source's keys and ranges): a typo is refused here, not after the scan."""
     keys = {word: word.split("=", 1)[0].removeprefix("data.source.") for word in given}
@@ -114,7 +114,7 @@ def scan(path: Path, given: list[str] = ()) -> Found:
             raise
         name, arguments = GENERIC, {"path": str(path)}
         module = dict(candidates())[GENERIC]
-    found = Found(name, {**arguments, **chosen(name, path, given)})
+    found = Found(name, {**arguments, **chosen(name, given)})
     found.notes = getattr(module, "notes", lambda **_: [])(**found.arguments)
     build = getattr(module, OmegaConf.load(Path(schema.CONF_DIR, "data", f"{name}.yaml")).source._target_.rpartition(".")[2])
     warnings = _Collect()
