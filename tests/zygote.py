@@ -21,6 +21,7 @@ out, err, session} in; a line {"pid": ...} once the child runs, then {"code": ..
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -54,6 +55,7 @@ class Zygote:
         self.process: subprocess.Popen | None = None
         self.started: Started | None = None  # the last command `start` forked
         self.starts = 0
+        self._pending = b""  # what was read from the zygote's pipe past the last whole line
         self.streams = Path(tempfile.mkdtemp(prefix="seglab-zygote-"))  # the children's stdout and stderr
 
     def serves(self, env: dict[str, str], default: dict[str, str]) -> bool:
@@ -70,6 +72,7 @@ class Zygote:
             self.started.wait()
         if self.process is None or self.process.poll() is not None:
             self.env = dict(self.env if self.env is not None else default)
+            self._pending = b""
             self.process = subprocess.Popen([sys.executable, "-m", "tests.zygote", *self.preload], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, env=self.env, cwd=str(Path(__file__).parent.parent),
                                             text=True, bufsize=1)
@@ -98,7 +101,8 @@ class Zygote:
             answer = self._answer(timeout)
             code, self.last_cpu_s = answer["code"], answer["cpu_s"]
         except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may end as the time runs out
+                os.kill(pid, signal.SIGKILL)
             self._answer(None)
             raise subprocess.TimeoutExpired(["python", "-m", module, *argv], timeout, _read(out), _read(err)) from None
         finally:
@@ -108,12 +112,20 @@ class Zygote:
         return subprocess.CompletedProcess(["python", "-m", module, *argv], code, stdout, stderr)
 
     def _answer(self, timeout: float | None) -> dict:
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the test zygote exited with {self.process.wait()}")
+        """The zygote's next line, read from its pipe unbuffered: a buffered reader could hold the {"code"} line that
+        came with the {"pid"} line, where select does not see it (a command that ended at once then timed out)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"the test zygote exited with {self.process.wait()}")
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
         return json.loads(line)
 
     def close(self) -> None:
