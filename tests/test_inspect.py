@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from seglab import errors
+from seglab.config import schema
 from seglab.data import DataError, inspect
 from tests.conftest import run_cli, run_module
 from tests.test_folder import H21, W21, labels_for, write_image, write_mask, write_split
@@ -224,9 +225,20 @@ def test_inspect_takes_data_source_settings_checked_as_the_runner_checks_them(tm
     inspect.main([str(tmp_path), "data.source.image_dir=pics", "data.source.mask_dir=lbl"])
     command = shlex.split(capsys.readouterr().out.splitlines()[-1])
     assert {"data.source.image_dir=pics", "data.source.mask_dir=lbl", "data.num_classes=3"} <= set(command)
+    assert schema.compose(command[3:]).data.source.path == str(tmp_path)  # Hydra reads the path back whole
     done = run_module("seglab.data", "inspect", str(tmp_path), "data.num_classes=3", cwd=tmp_path)
     assert done.returncode != 0 and done.stderr.strip().splitlines() == [
         "seglab.data: data.num_classes=3: inspect takes data.source.KEY=VALUE settings only (the rest it finds out), "
         "e.g. data.source.mask_dir=SegmentationClass/element"], done.stderr
     done = run_module("seglab.data", "inspect", str(tmp_path), "data.source.mask_dr=lbl", cwd=tmp_path)
     assert done.returncode != 0 and "did you mean mask_dir?" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("text", ["my data,[1]", "/a/b c", "x=y", "it's", "/d/a:b", "a\\b", "C:\\data\\", "${x}", "a{b}",
+                                  "a'b\\'c", "ünï", "a|b", "null", "true", "1", "1.5", "~", "road", "/data/set_1"])
+def test_a_printed_string_is_read_back_by_hydra_as_it_was(text):
+    """Paths and class names in the printed command: Hydra's grammar gives back the very string (a comma would start
+    a sweep, brackets a list, `null` be None, `${x}` be interpolated)."""
+    spelt = inspect.hydra_string(text)
+    assert schema.compose(["data=folder", f"data.source.path={spelt}"], check=False).data.source.path == text
+    assert (spelt == text) == (text in ("road", "/data/set_1"))

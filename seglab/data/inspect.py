@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
@@ -241,7 +242,11 @@ def overrides(found: Found, values: dict) -> list[str]:
     def spelt(value):
         if isinstance(value, dict):  # {0:0,255:1}: no space, one word in a shell
             return "{" + ",".join(f"{spelt(k)}:{spelt(v)}" for k, v in value.items()) + "}"
-        return yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip().replace(", ", ",").removesuffix("\n...")
+        if isinstance(value, (list, tuple)):
+            return "[" + ",".join(map(spelt, value)) + "]"
+        if isinstance(value, str):
+            return hydra_string(value)
+        return yaml.safe_dump(value, width=math.inf).strip().removesuffix("\n...")
     pairs = [f"data.source.{key}={spelt(value)}" for key, value in values["source"].items()]
     pairs += [f"data.{key}={spelt(values[key])}" for key in ("num_classes", "class_names", "ignore_index", "image_size", "resize")]
     try:
@@ -250,6 +255,16 @@ def overrides(found: Found, values: dict) -> list[str]:
         side = max(values["image_size"])
         pairs = [p for p in pairs if not p.startswith(("data.image_size=", "data.resize="))] + [f"data.image_size={side}"]
     return [f"data={found.name}", *pairs]
+
+
+def hydra_string(text: str) -> str:
+    """`text` as Hydra's override grammar reads it back: as it is where it is a plain word (road, data/my_set), else
+    quoted (a path with a space, comma, bracket, quote, colon or non-ASCII letter; a word YAML reads as a number, bool
+    or null), a quote and the backslashes before a quote or the end escaped, and `${` not an interpolation."""
+    if re.fullmatch(r"[A-Za-z0-9_./+@~-]+", text) and yaml.safe_load(text) == text:
+        return text
+    body = re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), text).replace("${", "\\${")
+    return f"'{body}'"
 
 
 def command_line(words: list[str]) -> str:
