@@ -23,8 +23,6 @@ from tests.tracking_stack import free_port, start
 
 STARTUP_TIMEOUT_S = 60
 NODE_MEMORY_MB = 8000  # what slurmd offers; the tests' jobs ask for mem_gb=1
-# KillWait: SLURM's default 30 s between a cancel's SIGTERM and its SIGKILL (5 s once: a loaded machine's job was
-# SIGKILLed before it had ended its run KILLED, which a real cluster gives it time to do).
 
 SLURM_CONF = """\
 ClusterName=seglab-test
@@ -55,7 +53,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 MinJobAge=300
-KillWait=30
+KillWait=5
 NodeName=localhost CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
