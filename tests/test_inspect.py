@@ -235,7 +235,8 @@ def test_inspect_takes_data_source_settings_checked_as_the_runner_checks_them(tm
 
 
 @pytest.mark.parametrize("text", ["my data,[1]", "/a/b c", "x=y", "it's", "/d/a:b", "a\\b", "C:\\data\\", "${x}", "a{b}",
-                                  "a'b\\'c", "ünï", "a|b", "null", "true", "1", "1.5", "~", "road", "/data/set_1"])
+                                  "a'b\\'c", "ünï", "a|b", "null", "true", "1", "1.5", "~", "~/data", "a~b", "@x",
+                                  "+1", "-", "road", "/data/set_1"])
 def test_a_printed_string_is_read_back_by_hydra_as_it_was(text):
     """Paths and class names in the printed command: Hydra's grammar gives back the very string (a comma would start
     a sweep, brackets a list, `null` be None, `${x}` be interpolated)."""

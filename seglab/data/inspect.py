@@ -261,7 +261,7 @@ def hydra_string(text: str) -> str:
     """`text` as Hydra's override grammar reads it back: as it is where it is a plain word (road, data/my_set), else
     quoted (a path with a space, comma, bracket, quote, colon or non-ASCII letter; a word YAML reads as a number, bool
     or null), a quote and the backslashes before a quote or the end escaped, and `${` not an interpolation."""
-    if re.fullmatch(r"[A-Za-z0-9_./+@~-]+", text) and yaml.safe_load(text) == text:
+    if re.fullmatch(r"[A-Za-z0-9_./+-]+", text) and yaml.safe_load(text) == text:
         return text
     body = re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), text).replace("${", "\\${")
     return f"'{body}'"
