@@ -817,4 +817,4 @@ def test_sigterm_whose_exception_a_library_turns_into_another_still_ends_the_run
     assert MlflowClient(uri).get_run(run.run_id).info.status == "KILLED"
     # The SIGTERM ended that run only: training in the same process later (a test, a sweep's next job) is not stopped.
     assert not signals.terminated()
-    signals.raise_if_terminated()
+    signals.raise_if_swallowed()

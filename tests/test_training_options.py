@@ -74,7 +74,7 @@ def test_ema_weights_are_what_is_validated_checkpointed_and_left_in_the_model(co
             self.val_loss.append(self.model.evaluate(batches, verbose=0, return_dict=True)["loss"])
 
     found = callbacks.for_training(cfg, Run(), checkpointer, 12, loss, None, None, tmp_path)
-    assert [type(c).__name__ for c in found][:3] == ["TerminateOnNaN", "StopOnSigterm", "EMAWeights"]
+    assert [type(c).__name__ for c in found][:3] == ["TerminateOnNaN", "StopOnSignal", "EMAWeights"]
     history = model.fit(batches, validation_data=batches, epochs=2, callbacks=[*found, Recorder()], verbose=0)
 
     average = [w.astype(np.float64) for w in Recorder.raw[0]]

@@ -16,7 +16,7 @@ import tensorflow as tf
 from seglab import metrics
 from seglab.engine import checkpoint
 from seglab.util import objective, visualize
-from seglab.util.signals import raise_if_terminated
+from seglab.util.signals import raise_if_swallowed
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def for_training(cfg, run, checkpointer: "Checkpointer", train_images: int, loss
     return [
         # A NaN or infinite loss raises, so the run ends FAILED with the error instead of training on garbage.
         keras.callbacks.TerminateOnNaN(raise_error=True),
-        StopOnSigterm(),
+        StopOnSignal(),
         *ema,
         *scores,
         MetricsLogger(run, train_images),
@@ -313,12 +313,12 @@ class Heartbeat(keras.callbacks.Callback):
         self.run.heartbeat()
 
 
-class StopOnSigterm(keras.callbacks.Callback):
+class StopOnSignal(keras.callbacks.Callback):
     """A SIGTERM whose exception Python swallowed still stops training, at the next batch
-    (seglab.util.signals.raise_if_terminated)."""
+    (seglab.util.signals.raise_if_swallowed)."""
 
     def on_train_batch_end(self, batch, logs=None):
-        raise_if_terminated()
+        raise_if_swallowed()
 
     def on_test_batch_end(self, batch, logs=None):
-        raise_if_terminated()
+        raise_if_swallowed()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -23,6 +24,7 @@ class Terminated(BaseException):
 _TERMINATED = threading.Event()  # set by the SIGTERM handler, so a swallowed exception is raised again
 _writing = 0  # store writes under way (`one_write`, main thread only: signals are handled there)
 _deferred: type[BaseException] | None = None  # the signal's exception that came during one of them
+_swallowed_interrupt = False  # a Ctrl-C whose exception Python swallowed (see `_unraisable`)
 
 
 def _raise_terminated(signum, frame):
@@ -62,19 +64,43 @@ def catch() -> Callable[[], None]:
     the previous ones back.  Ctrl-C is left alone where it is ignored (nohup, a shell's `&`)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
+    global _swallowed_interrupt
     _TERMINATED.clear()
+    _swallowed_interrupt = False
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     previous_int = None
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
 
-    def restore() -> None:  # and forget the SIGTERM: it stopped this run, not the next one in the process
+    def restore() -> None:  # and forget the signal: it stopped this run, not the next one in the process
+        global _swallowed_interrupt
         _TERMINATED.clear()
+        _swallowed_interrupt = False
         signal.signal(signal.SIGTERM, previous_term)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
+        sys.unraisablehook = previous_hook
 
     return restore
+
+
+def _unraisable(report_others: Callable) -> Callable:
+    """A `sys.unraisablehook` for the handlers' exceptions. A signal handled while Python runs a `__del__` or
+    a weakref callback (a garbage collection, an import lock) raises there, and Python only reports it: "Exception
+    ignored in ...", a traceback on the user's console, and the stop lost. This hook prints nothing and keeps the
+    stop, which `raise_if_swallowed` raises again at the next batch; anything else is reported as before."""
+
+    def hook(unraisable) -> None:
+        global _swallowed_interrupt
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Terminated):
+            return  # _TERMINATED is set: the handler set it before raising
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _swallowed_interrupt = True
+            return
+        report_others(unraisable)
+
+    return hook
 
 
 def terminated() -> bool:
@@ -82,9 +108,13 @@ def terminated() -> bool:
     return _TERMINATED.is_set()
 
 
-def raise_if_terminated() -> None:
-    """Raise SIGTERM's exception again if one came and was swallowed: raised where Python only reports it
-    (in a `__del__`, an import lock's weakref callback: "Exception ignored in ..."), it would let training
-    go on to the end. Training calls this after every batch (engine/callbacks.py)."""
+def raise_if_swallowed() -> None:
+    """Raise a signal's exception again if one came and was swallowed: raised where Python only reports it
+    (in a `__del__`, an import lock's weakref callback; `_unraisable`), it would let training go on to the
+    end. Training calls this after every batch (engine/callbacks.py)."""
+    global _swallowed_interrupt
     if _TERMINATED.is_set():
         raise Terminated()
+    if _swallowed_interrupt:
+        _swallowed_interrupt = False
+        raise KeyboardInterrupt()
