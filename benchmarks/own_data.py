@@ -378,7 +378,7 @@ def versus_keras(args) -> None:
         what = f"{args.frame[0]}x{args.frame[1]} pets-like frames"
     work = args.directory / "work"
     work.mkdir(exist_ok=True)
-    overrides = inspected(root, work, args.inspect)
+    overrides = with_settings(inspected(root, work, args.inspect), args.seglab)
     counts = {split: len(pairs) for split, pairs in plain_files(overrides, work).items()}
     rows = []
     for seed in args.seeds:  # the same data; the seed changes the initial weights, the order and the augmentation
@@ -387,12 +387,22 @@ def versus_keras(args) -> None:
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
     print(f"\n### seglab against a plain Keras U-Net on {what} ({cpu()})\n")
     print(f"{counts['train']} train / {counts['val']} val / {counts['test']} test, {args.epochs} epochs, batch {batch}, "
-          f"U-Net base_filters {args.base_filters}; seeds {', '.join(map(str, args.seeds))}\n")
+          f"U-Net base_filters {args.base_filters}; seeds {', '.join(map(str, args.seeds))}"
+          f"{'; seglab with ' + ' '.join(args.seglab) if args.seglab else ''}\n")
     print("| seed | seglab + what inspect printed, test mIoU | plain Keras script, test mIoU | seglab - plain |\n|---|---|---|---|")
     for seed, ours, theirs in rows:
         print(f"| {seed} | {ours:.3f} | {theirs:.3f} | {ours - theirs:+.3f} |")
     columns = list(zip(*rows))[1:]
     print(f"| mean ± sd | {spread(columns[0])} | {spread(columns[1])} | {spread([a - b for a, b in zip(*columns)], sign=True)} |")
+
+
+def with_settings(overrides: list[str], settings: list[str]) -> list[str]:
+    """`overrides` with each KEY=VALUE of `settings` in place of the same key's (or added): a variant of what inspect
+    printed (e.g. data.resize=stretch), for both sides (the plain script reads the size and classes from them)."""
+    keys = {setting.split("=", 1)[0] for setting in settings}
+    if settings:
+        print(f"and, over it: {' '.join(settings)}", flush=True)
+    return [o for o in overrides if o.split("=", 1)[0] not in keys] + list(settings)
 
 
 def plain_files(overrides: list[str], work: Path) -> dict[str, list[list[str]]]:
@@ -538,6 +548,8 @@ def parse(argv: list[str] | None):
         each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
     each["versus-keras"].add_argument("--inspect", nargs="*", default=[], metavar="data.source.KEY=VALUE",
                                       help="settings given to inspect, as a user would (e.g. which of several label sets)")
+    each["versus-keras"].add_argument("--seglab", nargs="*", default=[], metavar="KEY=VALUE",
+                                      help="overrides in place of what inspect printed, e.g. data.resize=stretch")
     each["versus-keras"].add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
                                       help="one seglab run and one plain run per seed (seglab's seed=, the script's Keras seed)")
     each["keras"].add_argument("--size", type=int, nargs=2, required=True, metavar=("HEIGHT", "WIDTH"))

@@ -114,7 +114,7 @@ def test_versus_keras_data_uses_a_given_tree_as_it_is(tmp_path):
     write_tree(tree, {"train": 8, "val": 2, "test": 2})  # batch 8 needs 8 training images
     work = tmp_path / "work-dir"
     out = own_data("versus-keras", str(work), "--data", str(tree), "--epochs", "1", "--base-filters", "4", "--seeds", "7",
-                   cwd=tmp_path)
+                   "--seglab", "data.resize=stretch", cwd=tmp_path)
     assert not (work / "frames").exists() and f"on mine ({tree})" in out, out
     assert re.search(rf"^  python -m seglab data=folder data.source.path={tree} ", out, re.M), out
     assert "8 train / 2 val / 2 test" in out, out
@@ -122,6 +122,7 @@ def test_versus_keras_data_uses_a_given_tree_as_it_is(tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     trained = [r for r in runs if "seglab.training_run_id" not in r.data.tags]
     assert len(trained) == 1 and trained[0].data.params["data.source.path"] == str(tree)
+    assert trained[0].data.params["data.resize"] == "stretch" and "; seglab with data.resize=stretch" in out, out  # --seglab, in place of fit
     table = {row[0]: row for row in rows(out)}
     assert set(table) == {"7", "mean ± sd"}, out
     assert all(0.0 <= float(value) <= 1.0 for value in table["7"][1:3]), out
