@@ -314,8 +314,8 @@ class Heartbeat(keras.callbacks.Callback):
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """A SIGTERM whose exception Python swallowed still stops training, at the next batch
-    (seglab.util.signals.raise_if_swallowed)."""
+    """A SIGTERM or Ctrl-C whose exception Python swallowed (raised in a `__del__` or a weakref callback) still
+    stops training, at the next batch (seglab.util.signals.raise_if_swallowed)."""
 
     def on_train_batch_end(self, batch, logs=None):
         raise_if_swallowed()
