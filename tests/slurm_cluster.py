@@ -23,6 +23,8 @@ from tests.tracking_stack import free_port, start
 
 STARTUP_TIMEOUT_S = 60
 NODE_MEMORY_MB = 8000  # what slurmd offers; the tests' jobs ask for mem_gb=1
+# KillWait 5 s, not SLURM's default 30: with 30 a USR2-preempted job was requeued and never ran again within 600 s
+# (clean-clone CI at 749cc71); with 5 a job on a loaded machine was once SIGKILLed before it had ended its run KILLED.
 
 SLURM_CONF = """\
 ClusterName=seglab-test

@@ -259,8 +259,8 @@ def overrides(found: Found, values: dict) -> list[str]:
 
 def hydra_string(text: str) -> str:
     """`text` as Hydra's override grammar reads it back: as it is where it is a plain word (road, data/my_set), else
-    quoted (a path with a space, comma, bracket, quote, colon or non-ASCII letter; a word YAML reads as a number, bool
-    or null), a quote and the backslashes before a quote or the end escaped, and `${` not an interpolation."""
+    quoted (a path with a space, comma, bracket, quote, colon, `~`, `@` or non-ASCII letter; a word YAML reads as a
+    number, bool or null), a quote and the backslashes before a quote or the end escaped, and `${` not an interpolation."""
     if re.fullmatch(r"[A-Za-z0-9_./+-]+", text) and yaml.safe_load(text) == text:
         return text
     body = re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), text).replace("${", "\\${")
