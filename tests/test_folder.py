@@ -256,7 +256,7 @@ def test_a_colour_past_the_first_masks_stops_the_command_in_one_line_before_a_ru
     write_split(data / "val", data / "valannot", ["v0"], encoding="RGB")
     (data / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nroad,128,64,128\nsign,250,170,30\n")
     write_mask(data / "trainannot" / "n10.png", labels_for(0, W43, H43), "RGB", colours=[(0, 0, 0), (128, 64, 128), (1, 2, 3)])
-    done = run_cli("data=folder", f"data.source.path={data}", "data.num_classes=3", "data.class_names=[void,road,sign]",
+    done = run_cli("data=folder", f"data.source.path={data}",  # the classes from classes.csv (the config leaves them null)
                    "data.image_size=32", "model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=4",
                    f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
@@ -434,3 +434,45 @@ def test_your_own_data_trains_without_augmentation_by_default(compose_cfg):
     augment = {name: dict(compose_cfg(f"data={name}").data.augment) for name in ("folder", "arrays", "tfrecord")}
     assert augment["folder"] == {"hflip": False, "crop_min": 1.0, "brightness": 0.0, "contrast": 0.0}
     assert augment["folder"] == augment["arrays"] == augment["tfrecord"]
+
+
+# --- the classes: from the config, or the classes file beside the data --------------------------
+
+
+@pytest.mark.parametrize(("given", "num_classes", "class_names"), [
+    ((), 3, ["void", "road", "sign"]),  # the file's, data.source.path alone
+    (("data.num_classes=3",), 3, ["void", "road", "sign"]),
+    (("data.class_names=[a,b,c]",), 3, ["a", "b", "c"]),  # the config's names before the file's
+    (("data.num_classes=3", "data.class_names=[a,b,c]"), 3, ["a", "b", "c"]),
+])
+def test_a_classes_file_names_the_classes_the_config_leaves_null(tmp_path, given, num_classes, class_names):
+    """conf/data/folder.yaml leaves num_classes and class_names null: validation fills them in the composed config
+    (what the run then uses and logs) from the classes.csv in data.source.path, the config's own values first."""
+    from seglab.config import schema
+
+    (tmp_path / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nroad,128,64,128\nsign,250,170,30\n")
+    cfg = schema.compose(["data=folder", f"data.source.path={tmp_path}", *given])
+    assert (cfg.data.num_classes, list(cfg.data.class_names)) == (num_classes, class_names)
+    assert cfg.data.source.num_classes == num_classes  # the source checks the masks against the filled count
+
+
+@pytest.mark.parametrize(("given", "num_classes", "class_names"), [
+    (("data.num_classes=4",), 4, ["class_0", "class_1", "class_2", "class_3"]),
+    (("data.class_names=[sky,road]",), 2, ["sky", "road"]),
+])
+def test_without_a_classes_file_the_count_or_the_names_give_the_other(tmp_path, given, num_classes, class_names):
+    from seglab.config import schema
+
+    cfg = schema.compose(["data=folder", f"data.source.path={tmp_path}", *given])
+    assert (cfg.data.num_classes, list(cfg.data.class_names)) == (num_classes, class_names)
+
+
+def test_classes_that_nothing_gives_or_that_disagree_with_the_file_are_one_line(tmp_path):
+    from seglab.config import schema
+
+    with pytest.raises(ConfigError, match=r"data\.num_classes is null: give the number of classes .*inspect DIR counts"):
+        schema.compose(["data=folder", f"data.source.path={tmp_path}"])
+    (tmp_path / "classes.yaml").write_text("[sky, road]\n")
+    with pytest.raises(ConfigError, match=rf"data\.num_classes=3 is not allowed: the classes file in data\.source\.path={tmp_path} names 2 "
+                                          r"classes \(sky, road\): give data\.num_classes=2"):
+        schema.compose(["data=folder", f"data.source.path={tmp_path}", "data.num_classes=3"])

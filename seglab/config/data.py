@@ -9,7 +9,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from seglab.config import sources
-from seglab.config.check import require
+from seglab.config.check import ConfigError, require
 
 CLASS_NAME = re.compile(r"[\w.\- ]+")
 MIN_SIDE = 8  # the smallest image side any pipeline step or model is written for
@@ -61,8 +61,9 @@ class AugmentConfig:
 class DataConfig:
     name: str = MISSING  # the data set's name: in the run's name and its experiment's (seglab-<name>)
     image_size: Any = MISSING  # one side (square) or [height, width]: the size the model sees
-    num_classes: int = MISSING  # classes in the masks (checked against them)
-    class_names: list[str] = MISSING  # one name per class, in label order (metrics and pictures use them)
+    # null: filled before validation (sources.fill_classes): from class_names, or the source's classes file.
+    num_classes: Optional[int] = MISSING  # classes in the masks (checked against them)
+    class_names: Optional[list[str]] = MISSING  # one name per class, in label order (metrics and pictures use them)
     ignore_index: Optional[int] = MISSING  # label of pixels that count nowhere (e.g. COCO crowd regions)
     background_index: Optional[int] = MISSING  # label of the background class (shapes/pets: 1, COCO: 0)
     source: Any = MISSING  # `_target_` of a builder returning seglab.data.Splits
@@ -82,6 +83,10 @@ class DataConfig:
             "fit pads each image to data.image_size and labels the padding data.ignore_index, which is null here: "
             "set data.ignore_index=255 (or use data.resize=stretch|crop)",
         )
+        if self.num_classes is None:
+            raise ConfigError("data.num_classes is null: give the number of classes in the masks (e.g. data.num_classes=3), "
+                              "or their names (data.class_names=[...]), or put a classes.csv beside the data; "
+                              "python -m seglab.data inspect DIR counts them and prints the overrides.")
         require(self.num_classes >= 2, "data.num_classes", self.num_classes, "use an integer >= 2")
         require(
             len(self.class_names) == self.num_classes,

@@ -20,7 +20,7 @@ from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from seglab.config import data, loss, model, optimizer, scheduler, tracking, trainer
+from seglab.config import data, loss, model, optimizer, scheduler, sources, tracking, trainer
 from seglab.config.check import ConfigError, require
 from seglab.config.data import DataConfig, size_of
 from seglab.config.loss import LossConfig
@@ -134,8 +134,11 @@ def compose(overrides: list[str], check: bool = True) -> DictConfig:
 
 def validate(cfg: DictConfig) -> Config:
     """Reject keys no schema has, then run every range check (the dataclasses' __post_init__);
-    raise ConfigError on the first."""
+    raise ConfigError on the first.  data.num_classes / data.class_names left null are filled in `cfg` first
+    (sources.fill_classes), so the run uses and logs the classes it was validated with."""
     check_known_keys(cfg)
+    if isinstance(cfg.get("data"), DictConfig):
+        sources.fill_classes(cfg.data)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 

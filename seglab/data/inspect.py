@@ -89,7 +89,12 @@ def chosen(name: str, given: list[str]) -> dict:
     if not given:
         return {}
     # PATH itself is not composed: Hydra's grammar refuses a path with a comma or brackets, and only `given` is taken.
-    source = OmegaConf.to_container(schema.compose([f"data={name}", "data.source.path=.", *given]).data.source, resolve=True)
+    cfg = schema.compose([f"data={name}", "data.source.path=.", *given], check=False)
+    if cfg.data.num_classes is None or cfg.data.class_names is None:  # the classes are what the scan finds out
+        cfg.data.num_classes = cfg.data.num_classes or 2
+        cfg.data.class_names = [f"class_{label}" for label in range(cfg.data.num_classes)]
+    schema.validate(cfg)
+    source = OmegaConf.to_container(cfg.data.source, resolve=True)
     return {key: source[key] for key in keys.values()}
 
 
