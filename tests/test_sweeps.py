@@ -304,7 +304,7 @@ def preset_jobs(name: str) -> list[list[str]]:
 def test_every_preset_and_every_job_of_its_sweep_composes_and_validates(name, compose_cfg):
     from seglab.config import schema
 
-    yours = ["data.source.path=DIR"] if name == "compare_on_my_data" else []  # the user gives the folder
+    yours = ["data.source.path=DIR", "data.num_classes=3"] if name == "compare_on_my_data" else []  # the user gives the folder
     for job in preset_jobs(name):  # a missing group option or a rejected value fails here, naming the preset
         schema.validate(compose_cfg(f"+experiment={name}", *job, *yours))
 
