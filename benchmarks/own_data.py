@@ -6,6 +6,7 @@
     python benchmarks/own_data.py memory DIR [--counts 1000 10000] [--frame 160 120] [--caches null file]
     python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
     python benchmarks/own_data.py versus-keras DIR --data TREE [--inspect data.source.KEY=VALUE ...] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
+    python benchmarks/own_data.py same-batches DIR [--data TREE] [--inspect ...] [--seglab KEY=VALUE ...]
 
 throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classes and a void 255) in CamVid's
 layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
@@ -46,6 +47,11 @@ reads, with a test split (its own, or the data.source.test_fraction inspect prin
 masks (the plain script maps them through the label_map inspect prints, e.g. 0/255 masks to 0/1; --inspect passes
 data.source settings to inspect, e.g. which of several label sets); DIR holds only the work (its
 MLflow store, and plain.json: the files of each split as seglab splits them, which the plain script reads).
+
+same-batches: what versus-keras compares, checked without training, on the same data and settings: for each split,
+seglab's batches (data=folder's source and pipeline as training and evaluation read them, unshuffled) against the
+plain script's batches of the same files (the largest image difference, mask pixels that differ, ignored pixels on
+each side), and seglab's U-Net against the script's (parameters; layers, settings and initialisers in order).
 
 Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
 tf.data order, its header check before the first pass is not timed: the pipeline's passes are).
@@ -369,13 +375,16 @@ def keras_test_miou(overrides: list[str], args, work: Path, seed: int = 42) -> t
     return result["test_mean_iou"], result["seconds"]
 
 
-def versus_keras(args) -> None:
+def compared_tree(args) -> tuple[Path, str]:
+    """The data versus-keras and same-batches compare on: --data TREE as it is, or pets-like frames they write."""
     if args.data:  # a tree you have, used as it is
-        root, what = args.data, f"{args.data.name} ({args.data})"
-    else:
-        counts = {split: max(round(share * args.images), 2) for split, share in SPLIT_SHARES.items()}
-        root = write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame)
-        what = f"{args.frame[0]}x{args.frame[1]} pets-like frames"
+        return args.data, f"{args.data.name} ({args.data})"
+    counts = {split: max(round(share * args.images), 2) for split, share in SPLIT_SHARES.items()}
+    return write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame), f"{args.frame[0]}x{args.frame[1]} pets-like frames"
+
+
+def versus_keras(args) -> None:
+    root, what = compared_tree(args)
     work = args.directory / "work"
     work.mkdir(exist_ok=True)
     overrides = with_settings(inspected(root, work, args.inspect), args.seglab)
@@ -403,6 +412,58 @@ def with_settings(overrides: list[str], settings: list[str]) -> list[str]:
     if settings:
         print(f"and, over it: {' '.join(settings)}", flush=True)
     return [o for o in overrides if o.split("=", 1)[0] not in keys] + list(settings)
+
+
+def same_batches(args) -> None:
+    """Whether versus-keras compares like with like, without training: the batches seglab trains and scores on
+    (data=folder with what inspect printed, --seglab over it; unshuffled) against the plain script's of the same files,
+    split by split, and seglab's U-Net against the script's."""
+    from hydra.utils import instantiate  # this command's own process: TensorFlow loads here
+
+    from seglab.config import schema
+    from seglab.config.data import size_of
+    from seglab.data import batches_of
+
+    root, what = compared_tree(args)
+    work = args.directory / "work"
+    work.mkdir(exist_ok=True)
+    overrides = with_settings(inspected(root, work, args.inspect), args.seglab)
+    plain_files(overrides, work)
+    plain = json.loads((work / "plain.json").read_text())
+    cfg = schema.compose(overrides)
+    size, batch = size_of(cfg.data.image_size), cfg.trainer.batch_size
+    splits = instantiate(cfg.data.source)
+    print(f"\n### seglab's batches against the plain Keras script's on {what} ({cpu()})\n")
+    print(f"{' '.join(o for o in overrides if o.startswith('data.resize') or o.startswith('data.image_size'))}, batch {batch}\n")
+    print("| split | images | largest image difference, [0, 1] | mask pixels that differ | ignored pixels, seglab / plain |\n|---|---|---|---|---|")
+    for split, pairs in plain["splits"].items():
+        names = splits.about[split].names
+        if len(names) != len(pairs) or not all(image.endswith(name) for (image, _), name in zip(pairs, names)):
+            raise SystemExit(f"{split}: seglab reads other files, or in another order, than plain.json holds")
+        largest, differ, ignored, images = 0.0, 0, [0, 0], 0
+        ours = batches_of(cfg, getattr(splits, split), split, cache=False)
+        for (image, mask), (their_image, their_mask) in zip(ours, keras_split(plain, split, size, batch, None)):
+            mask, their_mask = mask.numpy(), their_mask.numpy().astype(np.int32)
+            largest = max(largest, float(np.abs(image.numpy() - their_image.numpy()).max()))
+            differ += int((mask != their_mask).sum())
+            ignored = [ignored[0] + int((mask == VOID).sum()), ignored[1] + int((their_mask == VOID).sum())]
+            images += len(mask)
+        print(f"| {split} | {images} of {len(pairs)} | {largest:.5f} | {differ} of {images * size[0] * size[1]} | {ignored[0]} / {ignored[1]} |")
+    model_cfg = cfg.model
+    ours = instantiate(model_cfg, num_classes=cfg.data.num_classes, image_size=list(size))
+    theirs = unet(size, cfg.data.num_classes, model_cfg.base_filters, model_cfg.depth, model_cfg.dropout, model_cfg.bn_momentum)
+    same = layer_signature(ours) == layer_signature(theirs)
+    print(f"\nU-Nets: seglab's {ours.count_params():,} parameters, the script's {theirs.count_params():,}; the same layers, "
+          f"settings and initialisers in the same order: {'yes' if same else 'NO'}  (uint8 rounding before [0, 1]: up to "
+          f"{0.5 / 255:.5f})")
+
+
+def layer_signature(model) -> list[tuple]:
+    """Each layer's kind, the settings that shape what it computes or how it starts, and its weights' shapes."""
+    keys = ("filters", "kernel_size", "strides", "padding", "use_bias", "rate", "momentum", "epsilon", "pool_size",
+            "activation", "kernel_initializer")
+    return [(type(layer).__name__, {key: layer.get_config().get(key) for key in keys},
+             [tuple(weight.shape) for weight in layer.weights]) for layer in model.layers if type(layer).__name__ != "InputLayer"]
 
 
 def plain_files(overrides: list[str], work: Path) -> dict[str, list[list[str]]]:
@@ -524,7 +585,7 @@ def keras_script(args) -> None:
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="what", required=True)
-    each = {name: commands.add_parser(name) for name in ("throughput", "stages", "memory", "versus-keras", "plain", "keras")}
+    each = {name: commands.add_parser(name) for name in ("throughput", "stages", "memory", "versus-keras", "same-batches", "plain", "keras")}
     for sub in each.values():
         sub.add_argument("directory", type=Path)
     for name in ("throughput", "stages", "memory", "plain"):
@@ -539,17 +600,18 @@ def parse(argv: list[str] | None):
     each["memory"].add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     each["memory"].add_argument("--frame", type=int, nargs=2, default=[160, 120], metavar=("WIDTH", "HEIGHT"))
     each["memory"].add_argument("--caches", nargs="+", choices=("null", "file", "memory"), default=["null", "file"])
-    each["versus-keras"].add_argument("--images", type=int, default=240, help="split 60/20/20 into train/val/test")
-    each["versus-keras"].add_argument("--frame", type=int, nargs=2, default=[320, 240], metavar=("WIDTH", "HEIGHT"))
-    each["versus-keras"].add_argument("--data", type=Path, help="use this data set as it is (any layout data=folder reads, with "
-                                      "a test split and grey label masks) instead of writing frames; --images, --frame unused")
+    for name in ("versus-keras", "same-batches"):
+        each[name].add_argument("--images", type=int, default=240, help="split 60/20/20 into train/val/test")
+        each[name].add_argument("--frame", type=int, nargs=2, default=[320, 240], metavar=("WIDTH", "HEIGHT"))
+        each[name].add_argument("--data", type=Path, help="use this data set as it is (any layout data=folder reads, with "
+                                "a test split and grey label masks) instead of writing frames; --images, --frame unused")
+        each[name].add_argument("--inspect", nargs="*", default=[], metavar="data.source.KEY=VALUE",
+                                help="settings given to inspect, as a user would (e.g. which of several label sets)")
+        each[name].add_argument("--seglab", nargs="*", default=[], metavar="KEY=VALUE",
+                                help="overrides in place of what inspect printed, e.g. data.resize=stretch")
     for name in ("versus-keras", "keras"):
         each[name].add_argument("--epochs", type=int, default=8)
         each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
-    each["versus-keras"].add_argument("--inspect", nargs="*", default=[], metavar="data.source.KEY=VALUE",
-                                      help="settings given to inspect, as a user would (e.g. which of several label sets)")
-    each["versus-keras"].add_argument("--seglab", nargs="*", default=[], metavar="KEY=VALUE",
-                                      help="overrides in place of what inspect printed, e.g. data.resize=stretch")
     each["versus-keras"].add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
                                       help="one seglab run and one plain run per seed (seglab's seed=, the script's Keras seed)")
     each["keras"].add_argument("--size", type=int, nargs=2, required=True, metavar=("HEIGHT", "WIDTH"))
@@ -565,7 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.what != "keras":  # keras' DIRECTORY is the file of splits versus-keras wrote
         args.directory.mkdir(parents=True, exist_ok=True)
-    run = {"throughput": throughput, "stages": stages, "memory": memory, "versus-keras": versus_keras, "plain": plain, "keras": keras_script}
+    run = {"throughput": throughput, "stages": stages, "memory": memory, "versus-keras": versus_keras, "same-batches": same_batches,
+           "plain": plain, "keras": keras_script}
     run[args.what](args)
 
 

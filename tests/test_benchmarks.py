@@ -154,3 +154,28 @@ def test_the_plain_script_reads_the_files_seglab_splits_and_maps_0_255_masks_as_
         assert [f for pair in files[split] for f in pair] == seglab_splits[split].files
     lut = json.loads((tmp_path / "work" / "plain.json").read_text())["lut"]
     assert (lut[0], lut[255], lut[7]) == (0, 1, 255)
+
+
+@pytest.mark.slow
+def test_same_batches_finds_the_pipelines_equal_to_uint8_rounding_and_fit_s_padding_where_frames_differ(tmp_path):
+    """`same-batches`: what versus-keras compares, without training.  Stretched, seglab's batches are the plain
+    script's (images within the uint8 rounding, masks equal) and its U-Net is the script's; with data.resize=fit the
+    frame of another aspect is padded on seglab's side only, and the table shows it."""
+    tree = tmp_path / "mine"
+    write_tree(tree, {"train": 8, "val": 2, "test": 2})
+    wide = np.zeros((32, 64), np.uint8)  # 2:1 among 4:3 frames: fit pads it, the script stretches it
+    wide[:, 40:] = 1
+    Image.fromarray(np.where(wide[..., None] == 1, 200, 40).astype(np.uint8).repeat(3, -1)).save(tree / "test" / "wide.png")
+    Image.fromarray(wide, mode="L").save(tree / "testannot" / "wide.png")
+    out = own_data("same-batches", str(tmp_path / "stretch"), "--data", str(tree), "--seglab", "data.resize=stretch", cwd=tmp_path)
+    table = {row[0]: row for row in rows(out)}
+    assert set(table) == {"train", "val", "test"} and table["test"][1] == "3 of 3", out
+    for split in table.values():
+        assert float(split[2]) <= 0.5 / 255 + 1e-6 and split[3].startswith("0 of ") and split[4] == "0 / 0", out
+    assert "the same layers, settings and initialisers in the same order: yes" in out, out
+    out = own_data("same-batches", str(tmp_path / "fit"), "--data", str(tree), "--seglab", "data.image_size=[48,64]",
+                   "data.resize=fit", cwd=tmp_path)
+    table = {row[0]: row for row in rows(out)}
+    assert all(float(table[s][2]) <= 0.5 / 255 + 1e-6 and table[s][3].startswith("0 of ") for s in ("train", "val")), out  # 4:3 at 4:3
+    assert table["test"][4] == f"{(48 - 32) * 64} / 0" and int(table["test"][3].split(" of ")[0]) >= (48 - 32) * 64, out
+    assert float(table["test"][2]) > 0.5, out  # the padding is 0 where the stretched frame has its pixels
