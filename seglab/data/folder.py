@@ -651,7 +651,8 @@ def _colours_to_labels(tf, rgb, colours, path):
 
 
 def class_names(path: Path) -> list[str] | None:
-    """The class names of a classes.csv|json|yaml in PATH, or None."""
+    """The class names of a classes.csv|json|yaml in PATH, or None: what inspect prints, and what a run takes where
+    data.class_names is null (seglab.config.sources.fill_classes)."""
     found = class_file(Path(path))
     return found[0] if found else None
 
