@@ -104,9 +104,18 @@ def test_a_job_requeued_or_preempted_mid_run_resumes_the_same_run_bit_identicall
                and ("JobState=PENDING" in record or "JobState=RUNNING" in record)):
         assert time.time() < deadline and "JobState=COMPLETED" not in record, (record, job_logs(tmp_path))
         time.sleep(0.2)
-    if "JobState=PENDING" in record:
-        slurm_cluster.scontrol("update", f"JobId={job_id}", "StartTime=now")
-    out, _ = sweep_proc.communicate(timeout=600)
+    # Until the sweep ends, start the job again whenever it is found pending: the project's CI once saw the preempt
+    # case wait out 600 s here after one such nudge (SLURM may move the begin time again while it finishes the requeue).
+    finish = time.time() + 600
+    while sweep_proc.poll() is None:
+        assert time.time() < finish, (slurm_cluster.scontrol("show", "job", job_id), job_logs(tmp_path), slurm_cluster.log_tail())
+        if "JobState=PENDING" in slurm_cluster.scontrol("show", "job", job_id):
+            try:
+                slurm_cluster.scontrol("update", f"JobId={job_id}", "StartTime=now")
+            except subprocess.CalledProcessError:  # it started between the two calls
+                pass
+        time.sleep(5)
+    out, _ = sweep_proc.communicate(timeout=60)
     assert sweep_proc.returncode == 0, out[-4000:]
     client, _, (resumed,) = parent_and_children(uri)
     assert resumed.info.run_id == job.info.run_id and resumed.info.status == "FINISHED"
