@@ -72,7 +72,12 @@ def fill_classes(data) -> None:
     if count is None and names is not None:
         count = data.num_classes = len(names)
     if names is None and count is not None:
-        data.class_names = [f"class_{label}" for label in range(count)]
+        data.class_names = placeholder_names(count)
+
+
+def placeholder_names(count: int) -> list[str]:
+    """class_0 .. class_<count-1>: the names of classes nothing names (a run's, and what inspect prints)."""
+    return [f"class_{label}" for label in range(count)]
 
 
 def _fits(value: Any, expected: Any) -> bool:

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from seglab import console, errors
-from seglab.config import schema
+from seglab.config import schema, sources
 from seglab.data import DataError
 
 GENERIC = "folder"  # reads the most layouts, so it is asked last
@@ -92,7 +92,7 @@ def chosen(name: str, given: list[str]) -> dict:
     cfg = schema.compose([f"data={name}", "data.source.path=.", *given], check=False)
     if cfg.data.num_classes is None or cfg.data.class_names is None:  # the classes are what the scan finds out
         cfg.data.num_classes = cfg.data.num_classes or 2
-        cfg.data.class_names = [f"class_{label}" for label in range(cfg.data.num_classes)]
+        cfg.data.class_names = sources.placeholder_names(cfg.data.num_classes)
     schema.validate(cfg)
     source = OmegaConf.to_container(cfg.data.source, resolve=True)
     return {key: source[key] for key in keys.values()}
@@ -229,13 +229,13 @@ def settings(found: Found) -> dict:
     source = {**found.arguments, "label_map": mapping} if mapping else found.arguments
     if mapping:  # every value a class: none is void
         classes, void = len(mapping), None
-        names = ["background", "foreground"] if classes == 2 else [f"class_{c}" for c in range(classes)]
+        names = ["background", "foreground"] if classes == 2 else sources.placeholder_names(classes)
     else:
         classes = max([label for label in found.pixels if label != void], default=0) + 1
         names = found.class_names if found.class_names and len(found.class_names) >= classes else None
     colours = found.arguments.get("colors")
     if names is None:
-        names = [f"r{r}_g{g}_b{b}" for r, g, b in colours] if colours else [f"class_{c}" for c in range(classes)]
+        names = [f"r{r}_g{g}_b{b}" for r, g, b in colours] if colours else sources.placeholder_names(classes)
     classes = max(classes, len(names))
     height, width = found.sizes.most_common(1)[0][0]
     return {"num_classes": classes, "class_names": names, "ignore_index": void if void is not None else (VOID if classes <= VOID else None),
