@@ -52,7 +52,9 @@ def no_leaked_tracking_uri(monkeypatch):
 
 
 # PYTHONUNBUFFERED: a command's output (and its jobs', which inherit it) reaches its file line by line, as tests watch it.
-CLI_ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+# PYTHONFAULTHANDLER: a command that dies of a signal (a segfault in a library) prints every thread's Python stack
+# to the stderr the test shows (the clean-clone CI once saw the SIGTERM test's command end -11 with nothing printed).
+CLI_ENV = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
 _ZYGOTE = Zygote()  # started by the first command, with its environment
 atexit.register(_ZYGOTE.close)
 
