@@ -336,7 +336,7 @@ def test_problems_are_one_line_naming_the_file_and_the_fix(data, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,key", [
-    (["data.source.categories=[cat,dog]"], r"data\.num_classes=81 contradicts data\.source\.categories"),
+    (["data.source.categories=[cat,dog]", "data.num_classes=81"], r"data\.num_classes=81 contradicts data\.source\.categories"),
     (["data.source.categories=[cat,dog]", "data.num_classes=3", "data.class_names=[background,dog,cat]"], r"data\.class_names"),
     (["data.source.categories=[cat,cat]", "data.num_classes=3", "data.class_names=[background,cat,dog]"], r"data\.source\.categories"),
     (["data.source.val=null", "data.source.val_fraction=1.0"], r"data\.source\.val_fraction"),
@@ -349,12 +349,44 @@ def test_the_config_check_names_the_key(compose_cfg, overrides, key):
         schema.validate(compose_cfg("data=coco", *overrides))
 
 
+def test_the_classes_come_from_the_categories_or_the_train_file_where_the_config_leaves_them_null(data, tmp_path):
+    """data.num_classes and data.class_names are null in conf/data/coco.yaml: background, then data.source.categories,
+    or the train file's categories in its order, found where COCO's files keep them (the end), where labelling
+    tools put them (the start), or anywhere in a file read whole; a count that contradicts them, or a missing train
+    file, is one line before TensorFlow loads."""
+    from seglab.config import schema
+
+    root, _ = data
+
+    def classes(*overrides):
+        cfg = schema.compose(["data=coco", f"data.source.path={root}", *overrides])
+        return cfg.data.num_classes, list(cfg.data.class_names)
+
+    assert classes() == (4, ["background", "person", "dog", "cat"])  # "categories" ends the file
+    assert classes("data.source.categories=[cat,dog]") == (3, ["background", "cat", "dog"])
+    assert classes("data.source.categories=[cat,dog]", "data.num_classes=3") == (3, ["background", "cat", "dog"])
+    assert schema.compose(["data=coco_cat", f"data.source.path={root}"]).data.class_names == ["background", "cat"]
+    train = root / "annotations" / "instances_train2017.json"
+    doc = json.loads(train.read_text())
+    reordered = {"categories": list(reversed(doc["categories"])), "images": doc["images"], "annotations": doc["annotations"]}
+    train.write_text(json.dumps(reordered))  # as CVAT exports: "categories" first
+    assert classes() == (4, ["background", "cat", "dog", "person"])
+    padding = [{"id": 10**6 + i, "file_name": f"{i:0100d}.jpg", "width": 1, "height": 1} for i in range(2 * coco_source.CHUNK_BYTES // 100)]
+    train.write_text(json.dumps({"images": padding, "categories": doc["categories"], "annotations": doc["annotations"] * 0 + padding}))
+    assert train.stat().st_size > 3 * coco_source.CHUNK_BYTES  # neither the head nor the tail holds them
+    assert classes() == (4, ["background", "person", "dog", "cat"])
+    with pytest.raises(ConfigError, match=rf"data\.num_classes=3 contradicts {train}: 3 categories \(person, dog, cat\) plus "
+                                          r"background make 4 classes; use data\.num_classes=4 data\.class_names=\[background,person"):
+        classes("data.num_classes=3")
+    with pytest.raises(DataError, match=rf"data\.source\.path={tmp_path / 'nowhere'} does not exist"):
+        schema.compose(["data=coco", f"data.source.path={tmp_path / 'nowhere'}"])
+
+
 @pytest.mark.slow
 def test_short_training_on_coco_from_the_command_line(data, tmp_path):
     root, cache = data
     run_cli(
         "data=coco", f"data.source.path={root}", f"data.source.cache_dir={cache}", "data.source.shards=2",
-        "data.num_classes=4", "data.class_names=[background,person,dog,cat]",
         "data.image_size=32", "model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=2",
         "trainer.mask_samples=1", "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path,
     )
@@ -362,5 +394,5 @@ def test_short_training_on_coco_from_the_command_line(data, tmp_path):
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("seglab-coco").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.params["data.num_classes"] == "4"
+    assert run.info.status == "FINISHED" and run.data.params["data.num_classes"] == "4"  # the file's 3 categories + background
     assert {"val_iou_person", "val_iou_dog", "val_iou_cat", "train_loss"} <= set(run.data.metrics)

@@ -61,7 +61,8 @@ class AugmentConfig:
 class DataConfig:
     name: str = MISSING  # the data set's name: in the run's name and its experiment's (seglab-<name>)
     image_size: Any = MISSING  # one side (square) or [height, width]: the size the model sees
-    # null: filled before validation (sources.fill_classes): from class_names, or the source's classes file.
+    # null: filled before validation (sources.fill_classes): from class_names, or the source module's class_names
+    # (folder: a classes file; coco: the categories).
     num_classes: Optional[int] = MISSING  # classes in the masks (checked against them)
     class_names: Optional[list[str]] = MISSING  # one name per class, in label order (metrics and pictures use them)
     ignore_index: Optional[int] = MISSING  # label of pixels that count nowhere (e.g. COCO crowd regions)

@@ -4,9 +4,11 @@ A source is one module and one YAML: `conf/data/NAME.yaml` gives `source._target
 of the module's `build(...) -> Splits`; the signature declares the keys and their types, and the module's optional
 `check(**arguments)` the ranges (raising through `seglab.config.check.require`).  This module checks a
 `data.source` node against both before TensorFlow loads: source modules import TensorFlow lazily.  A module whose
-data can name its classes (a classes file beside it) says so with an optional `class_names(path) -> list | None`:
-`fill_classes` takes them where the config leaves data.class_names null.  (The first
-sources, shapes and pets, still have dataclasses in seglab/config/data.py; a node typed by one is left to it.)
+data can name its classes says so with an optional `class_names(**arguments) -> list | None`, called with the same
+arguments as `build` (folder: a classes file beside the data; coco: background and the categories), which refuses a
+data.num_classes that contradicts them in one line: `fill_classes` takes them where the config leaves
+data.class_names null.  (The first sources, shapes and pets, still have dataclasses in seglab/config/data.py; a
+node typed by one is left to it.)
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import importlib
 import inspect
 import types
 import typing
-from pathlib import Path
 from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
 
 from seglab.config.check import ConfigError, require
 from seglab.errors import unknown_key_message
@@ -52,23 +55,20 @@ def check_source(source: dict[str, Any]) -> None:
 
 
 def fill_classes(data) -> None:
-    """data.class_names and data.num_classes left null (conf/data/folder.yaml's defaults) filled in the composed
-    config: the names from the source module's `class_names(data.source.path)` (folder: a classes.csv|json|yaml in
-    it), else class_0 .. class_<N-1>; the count from the names.  One line where the file and data.num_classes
-    disagree; a count that nothing gives is left null for DataConfig's check to name."""
+    """data.class_names and data.num_classes left null (conf/data/folder.yaml's and coco.yaml's defaults) filled in
+    the composed config: the names from the source module's `class_names(**data.source)` (before the source's
+    checks: it returns None for arguments of the wrong kind, which they then name), else class_0 .. class_<N-1>;
+    the count from the names.  A count that nothing gives is left null for DataConfig's check to name."""
     names, count, source = data.get("class_names"), data.get("num_classes"), data.get("source")
     if names is not None and count is not None:
         return
-    if names is None and source is not None and source.get("_target_") and source.get("path"):
-        module = importlib.import_module(builder(source.get("_target_")).__module__)
-        read = getattr(module, "class_names", None)
-        found = read(Path(str(source.get("path"))).expanduser()) if read is not None else None
-        if found is not None:
-            require(count in (None, len(found)), "data.num_classes", count,
-                    f"the classes file in data.source.path={source.get('path')} names {len(found)} classes "
-                    f"({', '.join(map(str, found))}): give data.num_classes={len(found)} or leave it null, or name yours "
-                    f"with data.class_names=[...]")
-            names = data.class_names = [str(name) for name in found]
+    if names is None and source is not None and source.get("_target_"):
+        read = getattr(importlib.import_module(builder(source.get("_target_")).__module__), "class_names", None)
+        if read is not None:
+            arguments = OmegaConf.to_container(source, resolve=True) if isinstance(source, DictConfig) else dict(source)
+            found = read(**{key: value for key, value in arguments.items() if key != "_target_"})
+            if found is not None:
+                names = data.class_names = [str(name) for name in found]
     if count is None and names is not None:
         count = data.num_classes = len(names)
     if names is None and count is not None:

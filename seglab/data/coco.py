@@ -143,6 +143,67 @@ def check(**arguments: Any) -> None:
             f"{lowest}..{MAX_LABEL} (e.g. 255)")
 
 
+def class_names(**arguments: Any) -> Optional[list[str]]:
+    """Background, then data.source.categories, or (null) the train file's categories in its order: the classes a
+    run takes where data.class_names is null (seglab.config.sources.fill_classes), before TensorFlow loads.  The
+    source's ranges first (`check`), then a data.num_classes that contradicts the classes, or a missing train file:
+    one line each.  None for arguments of the wrong kind, which the schema's check names next."""
+    try:
+        bound = inspect.signature(build).bind(**arguments)
+    except TypeError:  # a key build does not take
+        return None
+    bound.apply_defaults()
+    path, categories, train, num_classes = (bound.arguments[key] for key in ("path", "categories", "train", "num_classes"))
+    if not (isinstance(path, str) and (categories is None or isinstance(categories, list)) and _is_split(train)):
+        return None
+    check(**bound.arguments)
+    if categories is not None:
+        names, where = [str(name) for name in categories], f"data.source.categories={[str(name) for name in categories]}"
+    else:
+        annotations = plan(Path(path).expanduser(), train, None, None, 0.5)["train"].annotations
+        names, where = file_categories(annotations), str(annotations)
+    problem = _contradiction(num_classes, None, names, where)
+    if problem:
+        raise ConfigError(problem)
+    return [BACKGROUND, *names]
+
+
+def file_categories(annotations: Path) -> list[str]:
+    """An instances file's category names in its order (each once, as `resolve` labels them), without parsing a
+    450 MB file: COCO's own files end with their "categories", labelling tools' exports (CVAT) start with them;
+    a file with them elsewhere is read whole."""
+    with annotations.open("rb") as stream:
+        head = stream.read(CHUNK_BYTES)
+        stream.seek(max(0, annotations.stat().st_size - TAIL_BYTES))
+        tail = stream.read()
+    found = _categories_in(tail)
+    found = found if found is not None else _categories_in(head)
+    if found is None:
+        try:
+            found = json.loads(annotations.read_bytes()).get("categories", [])
+        except json.JSONDecodeError as err:
+            raise DataError(_not_json(annotations, err)) from None
+        except (AttributeError, UnicodeDecodeError) as err:
+            raise DataError(f"{annotations} is not a COCO instances file ({type(err).__name__}: {err}); {_again()}.") from None
+    names = list(dict.fromkeys(str(category.get("name")) for category in found if isinstance(category, dict)))
+    if not names:
+        raise DataError(_no_categories(str(annotations)))
+    return names
+
+
+def _categories_in(text: bytes) -> Optional[list]:
+    """The first `"categories": [...]` list of objects with a name that parses whole in TEXT, or None."""
+    decoded = text.decode("utf-8", errors="replace")
+    for match in re.finditer(r'"categories"\s*:\s*', decoded):
+        try:
+            value, _ = json.JSONDecoder().raw_decode(decoded, match.end())
+        except ValueError:
+            continue
+        if isinstance(value, list) and value and all(isinstance(c, dict) and "name" in c for c in value):
+            return value
+    return None
+
+
 def _is_split(entry: Any) -> bool:
     return isinstance(entry, dict) and set(entry) == {"annotations", "images"} and all(isinstance(v, str) for v in entry.values())
 
@@ -357,14 +418,25 @@ def _digest(rows: list[list]) -> str:
 def load_annotations(annotations: Path) -> COCO:
     """pycocotools' index of an instances file; a DataError naming the file when it is not one (cut short
     by an interrupted download or unpacking, or another JSON file), instead of a JSONDecodeError without it."""
-    again = f"write or unpack it again (COCO 2017: annotations_trainval2017.zip from {DOWNLOAD})"
     try:
         return COCO(str(annotations))
     except json.JSONDecodeError as err:
-        raise DataError(f"{annotations} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}): "
-                        f"the file is incomplete or damaged; {again}.") from None
+        raise DataError(_not_json(annotations, err)) from None
     except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as err:  # JSON, but not COCO's layout
-        raise DataError(f"{annotations} is not a COCO instances file ({type(err).__name__}: {err}); {again}.") from None
+        raise DataError(f"{annotations} is not a COCO instances file ({type(err).__name__}: {err}); {_again()}.") from None
+
+
+def _again() -> str:
+    return f"write or unpack it again (COCO 2017: annotations_trainval2017.zip from {DOWNLOAD})"
+
+
+def _not_json(annotations: Path, err: json.JSONDecodeError) -> str:
+    return (f"{annotations} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}): "
+            f"the file is incomplete or damaged; {_again()}.")
+
+
+def _no_categories(where: str) -> str:
+    return f"{where} lists no categories: give a COCO instances file (its \"categories\" name each class)."
 
 
 def resolve(coco: COCO, classes: Optional[list[str]], where: str) -> tuple[list[str], dict[int, int]]:
@@ -373,7 +445,7 @@ def resolve(coco: COCO, classes: Optional[list[str]], where: str) -> tuple[list[
     for category in coco.dataset.get("categories", []):
         ids_of.setdefault(str(category["name"]), []).append(category["id"])
     if not ids_of:
-        raise DataError(f"{where} lists no categories: give a COCO instances file (its \"categories\" name each class).")
+        raise DataError(_no_categories(where))
     classes = list(ids_of) if classes is None else classes
     unknown = [name for name in classes if name not in ids_of]
     if unknown:

@@ -650,11 +650,17 @@ def _colours_to_labels(tf, rgb, colours, path):
 # --- for `python -m seglab.data inspect` -------------------------------------------------------
 
 
-def class_names(path: Path) -> list[str] | None:
+def class_names(path: str | None = None, num_classes: int | None = None, **_) -> list[str] | None:
     """The class names of a classes.csv|json|yaml in PATH, or None: what inspect prints, and what a run takes where
-    data.class_names is null (seglab.config.sources.fill_classes)."""
-    found = class_file(Path(path))
-    return found[0] if found else None
+    data.class_names is null (seglab.config.sources.fill_classes); a data.num_classes that differs is one line."""
+    found = class_file(Path(path).expanduser()) if isinstance(path, (str, os.PathLike)) and str(path) else None
+    if found is None:
+        return None
+    names = found[0]
+    require(num_classes in (None, len(names)), "data.num_classes", num_classes,
+            f"the classes file in data.source.path={path} names {len(names)} classes ({', '.join(map(str, names))}): "
+            f"give data.num_classes={len(names)} or leave it null, or name yours with data.class_names=[...]")
+    return names
 
 
 def mask_colours(path: Path, image_dir: str | None = None, mask_dir: str | None = None, mask_suffix: str = "",

@@ -137,7 +137,7 @@ def scan(path: Path, given: list[str] = ()) -> Found:
         if dataset is not None:
             found.images[split] = _count(dataset, found, split)
     fixed = getattr(module, "CLASS_NAMES", None)
-    found.class_names = list(fixed) if fixed else getattr(module, "class_names", lambda _: None)(path)
+    found.class_names = list(fixed) if fixed else getattr(module, "class_names", lambda **_: None)(**found.arguments)
     return found
 
 
