@@ -371,9 +371,12 @@ def test_the_classes_come_from_the_categories_or_the_train_file_where_the_config
     reordered = {"categories": list(reversed(doc["categories"])), "images": doc["images"], "annotations": doc["annotations"]}
     train.write_text(json.dumps(reordered))  # as CVAT exports: "categories" first
     assert classes() == (4, ["background", "cat", "dog", "person"])
-    padding = [{"id": 10**6 + i, "file_name": f"{i:0100d}.jpg", "width": 1, "height": 1} for i in range(2 * coco_source.CHUNK_BYTES // 100)]
-    train.write_text(json.dumps({"images": padding, "categories": doc["categories"], "annotations": doc["annotations"] * 0 + padding}))
-    assert train.stat().st_size > 3 * coco_source.CHUNK_BYTES  # neither the head nor the tail holds them
+    images = doc["images"] + [{"id": 10**6 + i, "file_name": f"{i:0100d}.jpg", "width": 1, "height": 1}
+                              for i in range(coco_source.CHUNK_BYTES // 100)]  # more than the head that is read
+    note = {"description": "x" * 2 * coco_source.TAIL_BYTES}  # more than the tail that is read
+    train.write_text(json.dumps({"images": images, "categories": doc["categories"], "annotations": doc["annotations"], "info": note}))
+    text = train.read_bytes()
+    assert b'"categories"' not in text[:coco_source.CHUNK_BYTES] + text[-coco_source.TAIL_BYTES:]  # so it is read whole
     assert classes() == (4, ["background", "person", "dog", "cat"])
     with pytest.raises(ConfigError, match=rf"data\.num_classes=3 contradicts {train}: 3 categories \(person, dog, cat\) plus "
                                           r"background make 4 classes; use data\.num_classes=4 data\.class_names=\[background,person"):
