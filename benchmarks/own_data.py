@@ -432,6 +432,7 @@ def same_batches(args) -> None:
     plain = json.loads((work / "plain.json").read_text())
     cfg = schema.compose(overrides)
     size, batch = size_of(cfg.data.image_size), cfg.trainer.batch_size
+    void = cfg.data.ignore_index  # what seglab's loss and metrics leave out; the script's loss, VOID (its ignore_class)
     splits = instantiate(cfg.data.source)
     print(f"\n### seglab's batches against the plain Keras script's on {what} ({cpu()})\n")
     print(f"{' '.join(o for o in overrides if o.startswith('data.resize') or o.startswith('data.image_size'))}, batch {batch}\n")
@@ -446,7 +447,8 @@ def same_batches(args) -> None:
             mask, their_mask = mask.numpy(), their_mask.numpy().astype(np.int32)
             largest = max(largest, float(np.abs(image.numpy() - their_image.numpy()).max()))
             differ += int((mask != their_mask).sum())
-            ignored = [ignored[0] + int((mask == VOID).sum()), ignored[1] + int((their_mask == VOID).sum())]
+            ours_ignored = int((mask == void).sum()) if void is not None else 0
+            ignored = [ignored[0] + ours_ignored, ignored[1] + int((their_mask == VOID).sum())]
             images += len(mask)
         print(f"| {split} | {images} of {len(pairs)} | {largest:.5f} | {differ} of {images * size[0] * size[1]} | {ignored[0]} / {ignored[1]} |")
     model_cfg = cfg.model
