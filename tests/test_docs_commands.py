@@ -18,6 +18,7 @@ files docs/configuration.md shows.  Commands that are not run are in SKIPPED, ea
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shlex
 import subprocess
@@ -175,6 +176,21 @@ def compose_like(command: Command, config_dir: Path) -> int:
     return len(jobs)
 
 
+def coco_files(root: Path) -> None:
+    """The COCO-format files docs/own-data.md's data=coco commands name, with the three categories its text says
+    (the config reads them: data.num_classes and data.class_names follow from a file's categories): COCO 2017's
+    layout under data/coco, and a labelling tool's export/labels.json beside its images."""
+    doc = json.dumps({"images": [], "annotations": [],
+                      "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "cat"}]})
+    for annotations, images in (("data/coco/annotations/instances_train2017.json", "data/coco/train2017"),
+                                ("data/coco/annotations/instances_val2017.json", "data/coco/val2017"),
+                                ("export/labels.json", "export")):
+        (root / annotations).parent.mkdir(parents=True, exist_ok=True)
+        (root / annotations).write_text(doc)
+        (root / images).mkdir(parents=True, exist_ok=True)
+        (root / images / "000000000001.jpg").write_bytes(b"")
+
+
 def test_docs_have_the_commands_this_test_knows():
     modules = {c.module for c in COMMANDS}
     assert {"seglab", "seglab.bench", "seglab.evaluate", "seglab.predict", "seglab.report", "seglab.data", "seglab.models"} <= modules
@@ -190,6 +206,7 @@ def test_every_documented_command_composes(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # with an ./mlflow.db, as where a training ran (evaluate and predict check it is there)
     fresh_store(tmp_path / "mlflow.db")  # an MLflow store: another program's database is refused
     (tmp_path / "photos").mkdir()  # predict's input=photos/
+    coco_files(tmp_path)
     checked = compose_like(command, tmp_path)
     assert checked >= (0 if command.module == "seglab.report" else 1)
 
