@@ -156,13 +156,12 @@ def class_names(**arguments: Any) -> Optional[list[str]]:
     path, categories, train, num_classes = (bound.arguments[key] for key in ("path", "categories", "train", "num_classes"))
     if not (isinstance(path, str) and (categories is None or isinstance(categories, list)) and _is_split(train)):
         return None
-    check(**bound.arguments)
+    check(**bound.arguments)  # given categories: their contradiction with data.num_classes is refused there
     if categories is not None:
-        names, where = [str(name) for name in categories], f"data.source.categories={[str(name) for name in categories]}"
-    else:
-        annotations = plan(Path(path).expanduser(), train, None, None, 0.5)["train"].annotations
-        names, where = file_categories(annotations), str(annotations)
-    problem = _contradiction(num_classes, None, names, where)
+        return [BACKGROUND, *(str(name) for name in categories)]
+    annotations = plan(Path(path).expanduser(), train, None, None, 0.5)["train"].annotations
+    names = file_categories(annotations)
+    problem = _contradiction(num_classes, None, names, str(annotations))
     if problem:
         raise ConfigError(problem)
     return [BACKGROUND, *names]
@@ -173,11 +172,11 @@ def file_categories(annotations: Path) -> list[str]:
     450 MB file: COCO's own files end with their "categories", labelling tools' exports (CVAT) start with them;
     a file with them elsewhere is read whole."""
     with annotations.open("rb") as stream:
-        head = stream.read(CHUNK_BYTES)
         stream.seek(max(0, annotations.stat().st_size - TAIL_BYTES))
-        tail = stream.read()
-    found = _categories_in(tail)
-    found = found if found is not None else _categories_in(head)
+        found = _categories_in(stream.read())
+        if found is None:  # the first megabyte only where the end does not hold them
+            stream.seek(0)
+            found = _categories_in(stream.read(CHUNK_BYTES))
     if found is None:
         try:
             found = json.loads(annotations.read_bytes()).get("categories", [])
