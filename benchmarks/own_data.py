@@ -7,6 +7,7 @@
     python benchmarks/own_data.py versus-keras DIR [--images 240] [--frame 320 240] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
     python benchmarks/own_data.py versus-keras DIR --data TREE [--inspect data.source.KEY=VALUE ...] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
     python benchmarks/own_data.py same-batches DIR [--data TREE] [--inspect ...] [--seglab KEY=VALUE ...]
+    python benchmarks/own_data.py swap DIR [--data TREE] [--inspect ...] [--seglab KEY=VALUE ...] [--epochs 8] [--seeds 42 43 44]
 
 throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classes and a void 255) in CamVid's
 layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
@@ -52,6 +53,12 @@ same-batches: what versus-keras compares, checked without training, on the same 
 seglab's batches (data=folder's source and pipeline as training and evaluation read them, unshuffled) against the
 plain script's batches of the same files (the largest image difference, mask pixels that differ, ignored pixels on
 each side), and seglab's U-Net against the script's (parameters; layers, settings and initialisers in order).
+
+swap: which side's batches or which side's model and compile a difference in training follows: per seed, in one
+process, the script's U-Net and compile and seglab's (its model config and seglab.engine.train.compile_model: schedule,
+loss, metrics), each fitted on the script's training batches and on seglab's (data=folder's source and pipeline as
+training reads them, shuffled by seed and epoch), each after keras.utils.set_random_seed(seed); prints the last
+epoch's training loss of the four, a row per seed.
 
 Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
 tf.data order, its header check before the first pass is not timed: the pipeline's passes are).
@@ -460,6 +467,50 @@ def same_batches(args) -> None:
           f"{0.5 / 255:.5f})")
 
 
+def swap(args) -> None:
+    import keras  # this command's own process: TensorFlow loads here
+    from hydra.utils import instantiate
+
+    from seglab.config import schema
+    from seglab.config.data import size_of
+    from seglab.data import batches_of, pipeline
+    from seglab.engine import train
+
+    root, what = compared_tree(args)
+    work = args.directory / "work"
+    work.mkdir(exist_ok=True)
+    overrides = with_settings(inspected(root, work, args.inspect), args.seglab)
+    plain_files(overrides, work)
+    files = json.loads((work / "plain.json").read_text())
+    print(f"\n### The last epoch's training loss: each U-Net and compile on each side's batches, {what} ({cpu()})\n")
+    print(f"{' '.join(o for o in overrides if o.startswith('data.resize') or o.startswith('data.image_size'))}, "
+          f"{args.epochs} epochs, U-Net base_filters {args.base_filters}\n")
+    print("| seed | script's U-Net, script's batches | script's U-Net, seglab's batches | seglab's U-Net, script's batches "
+          "| seglab's U-Net, seglab's batches |\n|---|---|---|---|---|")
+    for seed in args.seeds:
+        cfg = schema.compose([*overrides, f"seed={seed}", f"trainer.epochs={args.epochs}", f"model.base_filters={args.base_filters}"])
+        size, batch, classes = size_of(cfg.data.image_size), cfg.trainer.batch_size, cfg.data.num_classes
+        splits = instantiate(cfg.data.source)
+        steps = pipeline.steps_per_epoch(pipeline.count(splits.train), batch)
+        losses = []
+        for ours in (False, True):
+            for ours_batches in (False, True):
+                keras.utils.set_random_seed(seed)
+                if ours:
+                    model = instantiate(cfg.model, num_classes=classes, image_size=list(size))
+                    train.compile_model(cfg, model, train.build_loss(cfg, None), steps)
+                else:
+                    model = unet(size, classes, args.base_filters, cfg.model.depth, cfg.model.dropout, cfg.model.bn_momentum)
+                    plain_compile(model)
+                if ours_batches:
+                    batches = batches_of(cfg, splits.train, "train", training=True, epochs=range(args.epochs))
+                    fitted = model.fit(batches, epochs=args.epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
+                else:
+                    fitted = model.fit(keras_split(files, "train", size, batch, seed), epochs=args.epochs, verbose=0)
+                losses.append(fitted.history["loss"][-1])
+        print(f"| {seed} | {' | '.join(f'{loss:.4f}' for loss in losses)} |", flush=True)
+
+
 def layer_signature(model) -> list[tuple]:
     """Each layer's kind, the settings that shape what it computes or how it starts, and its weights' shapes."""
     keys = ("filters", "kernel_size", "strides", "padding", "use_bias", "rate", "momentum", "epsilon", "pool_size",
@@ -554,21 +605,31 @@ def keras_split(files: dict, split: str, size: tuple[int, int], batch_size: int,
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def plain_compile(model, jit_compile="auto") -> None:
+    """The plain script's compile: Adam at conf/optimizer/adam.yaml's rate, constant; sparse cross-entropy without VOID."""
+    import keras  # the plain Keras script's own process
+
+    model.compile(optimizer=keras.optimizers.Adam(OmegaConf.load(CONF / "optimizer" / "adam.yaml").learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=VOID), jit_compile=jit_compile)
+
+
 def keras_script(args) -> None:
     """One process: fit the plain U-Net on the train files of FILE (plain.json), score its test files; a JSON line."""
     import keras  # the plain Keras script's own process
 
     keras.utils.set_random_seed(args.seed)
+    if args.deterministic:  # as seglab's deterministic=true; Keras' jit_compile="auto" then compiles without XLA
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
     files = json.loads(args.directory.read_text())
     model_cfg = OmegaConf.load(CONF / "model" / "unet.yaml")
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
     size = tuple(args.size)
     model = unet(size, args.num_classes, args.base_filters, model_cfg.depth, model_cfg.dropout, model_cfg.bn_momentum)
-    model.compile(optimizer=keras.optimizers.Adam(OmegaConf.load(CONF / "optimizer" / "adam.yaml").learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=VOID))
+    plain_compile(model, "auto" if args.jit_compile == "auto" else False)
     start = time.perf_counter()
-    model.fit(keras_split(files, "train", size, batch, args.seed), epochs=args.epochs,
-              validation_data=keras_split(files, "val", size, batch, None), verbose=2)
+    history = model.fit(keras_split(files, "train", size, batch, args.seed), epochs=args.epochs,
+                        validation_data=keras_split(files, "val", size, batch, None), verbose=2).history
     seconds = time.perf_counter() - start
     cm = np.zeros((args.num_classes, args.num_classes), np.int64)
     for images, masks in keras_split(files, "test", size, batch, None):
@@ -578,7 +639,8 @@ def keras_script(args) -> None:
                           minlength=args.num_classes**2).reshape(cm.shape)
     tp = np.diag(cm).astype(float)
     union = cm.sum(0) + cm.sum(1) - tp
-    print(json.dumps({"test_mean_iou": float(np.mean(tp[union > 0] / union[union > 0])), "seconds": seconds}))
+    print(json.dumps({"test_mean_iou": float(np.mean(tp[union > 0] / union[union > 0])), "seconds": seconds,
+                      "train_loss": history["loss"], "val_loss": history["val_loss"]}))
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -587,7 +649,7 @@ def keras_script(args) -> None:
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="what", required=True)
-    each = {name: commands.add_parser(name) for name in ("throughput", "stages", "memory", "versus-keras", "same-batches", "plain", "keras")}
+    each = {name: commands.add_parser(name) for name in ("throughput", "stages", "memory", "versus-keras", "same-batches", "swap", "plain", "keras")}
     for sub in each.values():
         sub.add_argument("directory", type=Path)
     for name in ("throughput", "stages", "memory", "plain"):
@@ -602,7 +664,7 @@ def parse(argv: list[str] | None):
     each["memory"].add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     each["memory"].add_argument("--frame", type=int, nargs=2, default=[160, 120], metavar=("WIDTH", "HEIGHT"))
     each["memory"].add_argument("--caches", nargs="+", choices=("null", "file", "memory"), default=["null", "file"])
-    for name in ("versus-keras", "same-batches"):
+    for name in ("versus-keras", "same-batches", "swap"):
         each[name].add_argument("--images", type=int, default=240, help="split 60/20/20 into train/val/test")
         each[name].add_argument("--frame", type=int, nargs=2, default=[320, 240], metavar=("WIDTH", "HEIGHT"))
         each[name].add_argument("--data", type=Path, help="use this data set as it is (any layout data=folder reads, with "
@@ -611,14 +673,19 @@ def parse(argv: list[str] | None):
                                 help="settings given to inspect, as a user would (e.g. which of several label sets)")
         each[name].add_argument("--seglab", nargs="*", default=[], metavar="KEY=VALUE",
                                 help="overrides in place of what inspect printed, e.g. data.resize=stretch")
-    for name in ("versus-keras", "keras"):
+    for name in ("versus-keras", "keras", "swap"):
         each[name].add_argument("--epochs", type=int, default=8)
         each[name].add_argument("--base-filters", type=int, default=OmegaConf.load(CONF / "model" / "unet.yaml").base_filters)
-    each["versus-keras"].add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
-                                      help="one seglab run and one plain run per seed (seglab's seed=, the script's Keras seed)")
+    for name in ("versus-keras", "swap"):
+        each[name].add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
+                                help="versus-keras: one seglab run and one plain run per seed (seglab's seed=, the script's "
+                                "Keras seed); swap: its four fits per seed")
     each["keras"].add_argument("--size", type=int, nargs=2, required=True, metavar=("HEIGHT", "WIDTH"))
     each["keras"].add_argument("--num-classes", type=int, required=True)
     each["keras"].add_argument("--seed", type=int, default=42)
+    each["keras"].add_argument("--jit-compile", choices=("auto", "false"), default="auto",
+                               help="Keras' compile(jit_compile=): auto, Keras' default (XLA on a CPU too), or false (seglab's default)")
+    each["keras"].add_argument("--deterministic", action="store_true", help="op determinism on, as seglab's deterministic=true")
     args = parser.parse_args(argv)
     args.directory = args.directory.resolve()
     args.data = args.data.resolve() if getattr(args, "data", None) else None
@@ -630,7 +697,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what != "keras":  # keras' DIRECTORY is the file of splits versus-keras wrote
         args.directory.mkdir(parents=True, exist_ok=True)
     run = {"throughput": throughput, "stages": stages, "memory": memory, "versus-keras": versus_keras, "same-batches": same_batches,
-           "plain": plain, "keras": keras_script}
+           "swap": swap, "plain": plain, "keras": keras_script}
     run[args.what](args)
 
 

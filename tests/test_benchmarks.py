@@ -128,6 +128,22 @@ def test_versus_keras_data_uses_a_given_tree_as_it_is(tmp_path):
     assert all(0.0 <= float(value) <= 1.0 for value in table["7"][1:3]), out
 
 
+@pytest.mark.slow
+def test_swap_fits_each_unet_on_each_sides_batches(tmp_path):
+    """8 training images, batch 8: one batch an epoch, so both sides' batches hold the same images (stretched to the
+    same size; seglab's rounded to uint8) and each of the four fits starts from its seed: their losses agree to
+    rounding and dropout, which they would not if a side's batches, labels, loss or model were another's."""
+    tree = tmp_path / "mine"
+    write_tree(tree, {"train": 8, "val": 2, "test": 2})
+    out = own_data("swap", str(tmp_path / "work"), "--data", str(tree), "--epochs", "2", "--base-filters", "4", "--seeds", "7",
+                   "--seglab", "data.resize=stretch", cwd=tmp_path)
+    table = {row[0]: row for row in rows(out)}
+    assert set(table) == {"7"}, out
+    losses = [float(value) for value in table["7"][1:]]
+    assert len(losses) == 4 and all(0.05 < loss < 2.0 for loss in losses), out  # two classes: ln 2 = 0.69 at the start
+    assert max(losses) - min(losses) < 0.03, out
+
+
 def test_versus_keras_data_without_a_test_split_says_so(tmp_path):
     write_tree(tmp_path / "mine", {"train": 4, "val": 2})
     done = subprocess.run([sys.executable, str(SCRIPT), "versus-keras", str(tmp_path / "w"), "--data", str(tmp_path / "mine")],
