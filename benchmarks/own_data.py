@@ -605,12 +605,12 @@ def keras_split(files: dict, split: str, size: tuple[int, int], batch_size: int,
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def plain_compile(model, jit_compile="auto") -> None:
+def plain_compile(model) -> None:
     """The plain script's compile: Adam at conf/optimizer/adam.yaml's rate, constant; sparse cross-entropy without VOID."""
     import keras  # the plain Keras script's own process
 
     model.compile(optimizer=keras.optimizers.Adam(OmegaConf.load(CONF / "optimizer" / "adam.yaml").learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=VOID), jit_compile=jit_compile)
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=VOID))
 
 
 def keras_script(args) -> None:
@@ -618,15 +618,12 @@ def keras_script(args) -> None:
     import keras  # the plain Keras script's own process
 
     keras.utils.set_random_seed(args.seed)
-    if args.deterministic:  # as seglab's deterministic=true; Keras' jit_compile="auto" then compiles without XLA
-        import tensorflow as tf
-        tf.config.experimental.enable_op_determinism()
     files = json.loads(args.directory.read_text())
     model_cfg = OmegaConf.load(CONF / "model" / "unet.yaml")
     batch = OmegaConf.load(CONF / "trainer" / "default.yaml").batch_size
     size = tuple(args.size)
     model = unet(size, args.num_classes, args.base_filters, model_cfg.depth, model_cfg.dropout, model_cfg.bn_momentum)
-    plain_compile(model, "auto" if args.jit_compile == "auto" else False)
+    plain_compile(model)
     start = time.perf_counter()
     history = model.fit(keras_split(files, "train", size, batch, args.seed), epochs=args.epochs,
                         validation_data=keras_split(files, "val", size, batch, None), verbose=2).history
@@ -683,9 +680,6 @@ def parse(argv: list[str] | None):
     each["keras"].add_argument("--size", type=int, nargs=2, required=True, metavar=("HEIGHT", "WIDTH"))
     each["keras"].add_argument("--num-classes", type=int, required=True)
     each["keras"].add_argument("--seed", type=int, default=42)
-    each["keras"].add_argument("--jit-compile", choices=("auto", "false"), default="auto",
-                               help="Keras' compile(jit_compile=): auto, Keras' default (XLA on a CPU too), or false (seglab's default)")
-    each["keras"].add_argument("--deterministic", action="store_true", help="op determinism on, as seglab's deterministic=true")
     args = parser.parse_args(argv)
     args.directory = args.directory.resolve()
     args.data = args.data.resolve() if getattr(args, "data", None) else None
