@@ -607,7 +607,7 @@ def keras_split(files: dict, split: str, size: tuple[int, int], batch_size: int,
 
 def plain_compile(model) -> None:
     """The plain script's compile: Adam at conf/optimizer/adam.yaml's rate, constant; sparse cross-entropy without VOID."""
-    import keras  # the plain Keras script's own process
+    import keras  # the process that trains (the keras script's, swap's)
 
     model.compile(optimizer=keras.optimizers.Adam(OmegaConf.load(CONF / "optimizer" / "adam.yaml").learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=VOID))
