@@ -390,12 +390,25 @@ def compared_tree(args) -> tuple[Path, str]:
     return write_folders(args.directory / "frames", counts, tuple(args.frame), pets_frame), f"{args.frame[0]}x{args.frame[1]} pets-like frames"
 
 
-def versus_keras(args) -> None:
+def compared(args) -> tuple[str, Path, list[str], dict]:
+    """What versus-keras, same-batches and swap compare on: the tree's description, the work folder, the overrides
+    (what inspect printed, --seglab over it) and WORK/plain.json's content (the files of each split, for the script)."""
     root, what = compared_tree(args)
     work = args.directory / "work"
     work.mkdir(exist_ok=True)
     overrides = with_settings(inspected(root, work, args.inspect), args.seglab)
-    counts = {split: len(pairs) for split, pairs in plain_files(overrides, work).items()}
+    plain_files(overrides, work)
+    return what, work, overrides, json.loads((work / "plain.json").read_text())
+
+
+def size_settings(overrides: list[str]) -> str:
+    """The data.resize and data.image_size overrides, as a table's caption names them."""
+    return " ".join(o for o in overrides if o.startswith(("data.resize", "data.image_size")))
+
+
+def versus_keras(args) -> None:
+    what, work, overrides, plain = compared(args)
+    counts = {split: len(pairs) for split, pairs in plain["splits"].items()}
     rows = []
     for seed in args.seeds:  # the same data; the seed changes the initial weights, the order and the augmentation
         rows.append((seed, seglab_test_miou(overrides, args, work, seed)[0], keras_test_miou(overrides, args, work, seed)[0]))
@@ -431,18 +444,13 @@ def same_batches(args) -> None:
     from seglab.config.data import size_of
     from seglab.data import batches_of
 
-    root, what = compared_tree(args)
-    work = args.directory / "work"
-    work.mkdir(exist_ok=True)
-    overrides = with_settings(inspected(root, work, args.inspect), args.seglab)
-    plain_files(overrides, work)
-    plain = json.loads((work / "plain.json").read_text())
+    what, _, overrides, plain = compared(args)
     cfg = schema.compose(overrides)
     size, batch = size_of(cfg.data.image_size), cfg.trainer.batch_size
     void = cfg.data.ignore_index  # what seglab's loss and metrics leave out; the script's loss, VOID (its ignore_class)
     splits = instantiate(cfg.data.source)
     print(f"\n### seglab's batches against the plain Keras script's on {what} ({cpu()})\n")
-    print(f"{' '.join(o for o in overrides if o.startswith('data.resize') or o.startswith('data.image_size'))}, batch {batch}\n")
+    print(f"{size_settings(overrides)}, batch {batch}\n")
     print("| split | images | largest image difference, [0, 1] | mask pixels that differ | ignored pixels, seglab / plain |\n|---|---|---|---|---|")
     for split, pairs in plain["splits"].items():
         names = splits.about[split].names
@@ -476,15 +484,9 @@ def swap(args) -> None:
     from seglab.data import batches_of, pipeline
     from seglab.engine import train
 
-    root, what = compared_tree(args)
-    work = args.directory / "work"
-    work.mkdir(exist_ok=True)
-    overrides = with_settings(inspected(root, work, args.inspect), args.seglab)
-    plain_files(overrides, work)
-    files = json.loads((work / "plain.json").read_text())
+    what, _, overrides, files = compared(args)
     print(f"\n### The last epoch's training loss: each U-Net and compile on each side's batches, {what} ({cpu()})\n")
-    print(f"{' '.join(o for o in overrides if o.startswith('data.resize') or o.startswith('data.image_size'))}, "
-          f"{args.epochs} epochs, U-Net base_filters {args.base_filters}\n")
+    print(f"{size_settings(overrides)}, {args.epochs} epochs, U-Net base_filters {args.base_filters}\n")
     print("| seed | script's U-Net, script's batches | script's U-Net, seglab's batches | seglab's U-Net, script's batches "
           "| seglab's U-Net, seglab's batches |\n|---|---|---|---|---|")
     for seed in args.seeds:
