@@ -799,6 +799,46 @@ def test_resuming_a_run_id_from_a_store_that_does_not_exist_is_refused_without_c
     assert not (tmp_path / "m.db").exists()
 
 
+@pytest.mark.parametrize("where", ["scoring", "store write"])
+def test_a_ctrl_c_python_swallowed_outside_training_stops_the_command_at_the_next_scoring_batch_or_write(tmp_path, where):
+    """Ctrl-C during `seglab.evaluate` (or a training's test scoring, or export) whose exception Python swallowed
+    (raised in a `__del__`: seglab.util.signals' hook keeps it) stopped nothing: only training's batches raised it
+    again, so the command scored and logged to the end and exited 0 with the run FINISHED. Now the next scoring batch
+    stops it, or the end of the next store write (which is whole): the run ends KILLED, the command exits 130."""
+    from seglab import errors, tracking
+    from seglab.engine import per_image
+    from seglab.engine.owner import RunOwner
+
+    class Dying:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises here; Python only reports it
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    batches = [(np.zeros((1, 8, 8, 3), np.float32), np.zeros((1, 8, 8), np.int32))] * 3
+    scored = []
+
+    def logits(images):
+        scored.append(len(images))
+        return np.zeros((len(images), 8, 8, 2), np.float32)
+
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a console (pytest may ignore it)
+    try:
+        with pytest.raises(errors.Interrupted, match="interrupted") as stopped:
+            with RunOwner(tracking.Run(uri, "e", "eval", {})) as run:
+                Dying()
+                if where == "scoring":
+                    per_image.score_images(None, batches, 2, logits=logits)
+                else:
+                    run.log_metrics({"test_mean_iou": 0.5})
+                run.log_metrics({"after": 1.0})  # never reached
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+    assert stopped.value.exit_code == errors.EXIT_INTERRUPTED
+    after = MlflowClient(uri).get_run(run.run_id)
+    assert after.info.status == "KILLED" and "after" not in after.data.metrics
+    assert scored == [] if where == "scoring" else after.data.metrics == {"test_mean_iou": 0.5}  # the write is whole
+
+
 def test_sigterm_whose_exception_a_library_turns_into_another_still_ends_the_run_killed(tmp_path):
     """TensorFlow's autograph context asserts its stack on the way out, so a Terminated raised inside a traced call
     reached the run's owner as AssertionError and the run ended FAILED (a sweep job in tests/test_sweeps.py, now and then)."""

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from seglab import metrics
-from seglab.util import visualize
+from seglab.util import signals, visualize
 
 
 @dataclass
@@ -54,6 +54,7 @@ def score_images(model, batches, num_classes: int, worst: int = 0, logits=None) 
 
     matrices, kept, index = [], [], 0  # kept: a heap of (-mean IoU, -index, Example), the best of the worst on top
     for images, masks in batches:
+        signals.raise_if_swallowed()  # a Ctrl-C Python swallowed stops scoring as it stops training
         found = logits(images) if logits else model(images, training=False)
         labels = tf.argmax(found, axis=-1, output_type=tf.int32)
         batch = metrics.image_confusion_matrices(masks, labels, num_classes).numpy()

@@ -4,7 +4,9 @@
 `Terminated` and Ctrl-C into KeyboardInterrupt; `one_write()` (every MLflow write of
 seglab.tracking.run.Run) defers them until the write ends: raised halfway through the store's code they
 would leave a database session or an upload abandoned mid-way, and the run's closing records (its
-`error` tag) could then fail.  Only the mechanism lives here, below the tracking layer that marks its
+`error` tag) could then fail.  One that Python swallowed (raised in a `__del__`) is raised again at the
+next training or scoring batch (`raise_if_swallowed`) or at the end of the next store write, whichever
+comes first: a command stops on Ctrl-C in evaluation and export too, not only in training.  Only the mechanism lives here, below the tracking layer that marks its
 writes; what a stop means for a run (KILLED, the exit code, the line for the user) is the owner's."""
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Terminated(BaseException):
 _TERMINATED = threading.Event()  # set by the SIGTERM handler, so a swallowed exception is raised again
 _writing = 0  # store writes under way (`one_write`, main thread only: signals are handled there)
 _deferred: type[BaseException] | None = None  # the signal's exception that came during one of them
-_swallowed_interrupt = False  # a Ctrl-C whose exception Python swallowed (see `_unraisable`)
+_swallowed: type[BaseException] | None = None  # a stop whose exception Python swallowed (see `_unraisable`)
 
 
 def _raise_terminated(signum, frame):
@@ -57,6 +59,8 @@ def one_write() -> Iterator[None]:
     if _writing == 0 and _deferred is not None:
         exc_type, _deferred = _deferred, None
         raise exc_type()
+    if _writing == 0 and _swallowed is not None:
+        raise_if_swallowed()
 
 
 def catch() -> Callable[[], None]:
@@ -64,9 +68,9 @@ def catch() -> Callable[[], None]:
     the previous ones back.  Ctrl-C is left alone where it is ignored (nohup, a shell's `&`)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    global _swallowed_interrupt
+    global _swallowed
     _TERMINATED.clear()
-    _swallowed_interrupt = False
+    _swallowed = None
     previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
     previous_int = None
@@ -74,9 +78,9 @@ def catch() -> Callable[[], None]:
         previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
 
     def restore() -> None:  # and forget the signal: it stopped this run, not the next one in the process
-        global _swallowed_interrupt
+        global _swallowed
         _TERMINATED.clear()
-        _swallowed_interrupt = False
+        _swallowed = None
         signal.signal(signal.SIGTERM, previous_term)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
@@ -89,15 +93,14 @@ def _unraisable(report_others: Callable) -> Callable:
     """A `sys.unraisablehook` for the handlers' exceptions. A signal handled while Python runs a `__del__` or
     a weakref callback (a garbage collection, an import lock) raises there, and Python only reports it: "Exception
     ignored in ...", a traceback on the user's console, and the stop lost. This hook prints nothing and keeps the
-    stop, which `raise_if_swallowed` raises again at the next batch; anything else is reported as before."""
+    stop, which `raise_if_swallowed` raises again (at the next batch or store write); anything else is reported as before."""
 
     def hook(unraisable) -> None:
-        global _swallowed_interrupt
-        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Terminated):
-            return  # _TERMINATED is set: the handler set it before raising
-        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
-            _swallowed_interrupt = True
-            return
+        global _swallowed
+        for stop in (Terminated, KeyboardInterrupt):
+            if unraisable.exc_type is not None and issubclass(unraisable.exc_type, stop):
+                _swallowed = stop
+                return
         report_others(unraisable)
 
     return hook
@@ -110,11 +113,13 @@ def terminated() -> bool:
 
 def raise_if_swallowed() -> None:
     """Raise a signal's exception again if one came and was swallowed: raised where Python only reports it
-    (in a `__del__`, an import lock's weakref callback; `_unraisable`), it would let training go on to the
-    end. Training calls this after every batch (engine/callbacks.py)."""
-    global _swallowed_interrupt
+    (in a `__del__`, an import lock's weakref callback; `_unraisable`), it would let the command go on to the
+    end. Training calls this after every batch (engine/callbacks.py), scoring after every batch
+    (engine/per_image.py), `one_write` after every store write.  Once SIGTERM came it raises every time,
+    in training (a run stops for good); a swallowed Ctrl-C, once."""
+    global _swallowed
+    swallowed, _swallowed = _swallowed, None
     if _TERMINATED.is_set():
         raise Terminated()
-    if _swallowed_interrupt:
-        _swallowed_interrupt = False
-        raise KeyboardInterrupt()
+    if swallowed is not None:
+        raise swallowed()
