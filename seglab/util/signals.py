@@ -6,8 +6,9 @@ seglab.tracking.run.Run) defers them until the write ends: raised halfway throug
 would leave a database session or an upload abandoned mid-way, and the run's closing records (its
 `error` tag) could then fail.  One that Python swallowed (raised in a `__del__`) is raised again at the
 next training or scoring batch (`raise_if_swallowed`) or at the end of the next store write, whichever
-comes first: a command stops on Ctrl-C in evaluation and export too, not only in training.  Only the mechanism lives here, below the tracking layer that marks its
-writes; what a stop means for a run (KILLED, the exit code, the line for the user) is the owner's."""
+comes first: a command stops on Ctrl-C in evaluation and export too, not only in training.  Only the
+mechanism lives here, below the tracking layer that marks its writes; what a stop means for a run
+(KILLED, the exit code, the line for the user) is the owner's."""
 
 from __future__ import annotations
 
@@ -115,8 +116,8 @@ def raise_if_swallowed() -> None:
     """Raise a signal's exception again if one came and was swallowed: raised where Python only reports it
     (in a `__del__`, an import lock's weakref callback; `_unraisable`), it would let the command go on to the
     end. Training calls this after every batch (engine/callbacks.py), scoring after every batch
-    (engine/per_image.py), `one_write` after every store write.  Once SIGTERM came it raises every time,
-    in training (a run stops for good); a swallowed Ctrl-C, once."""
+    (engine/per_image.py), `one_write` after a store write when a swallowed stop is pending.  Once SIGTERM
+    came it raises at every call (the run stops for good); a swallowed Ctrl-C, once."""
     global _swallowed
     swallowed, _swallowed = _swallowed, None
     if _TERMINATED.is_set():
