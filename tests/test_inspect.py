@@ -87,6 +87,40 @@ def test_inspect_reports_every_mask_the_pipeline_refuses_and_the_rest_of_the_dat
     assert not any(line.startswith("train on it with") for line in said)
 
 
+def test_the_notes_one_hot_arrays_are_read_with_their_channels_as_the_classes(tmp_path, capsys):
+    """The FCN notes' layout (np.save of uint8 images and one-hot masks), a class in no mask: inspect reads it and
+    prints data.num_classes=C, the one-hot channels, a command the runner takes; before, the scan's num_classes was
+    refused by the one-hot check and inspect could not read the design notes' own format."""
+    from tests.test_arrays import CLASSES, SIDE
+
+    rng = np.random.default_rng(0)
+    for word, n in (("training", 8), ("validation", 3)):
+        np.save(tmp_path / f"images_{word}.npy", rng.integers(0, 256, (n, SIDE, SIDE, 3), dtype=np.uint8))
+        np.save(tmp_path / f"seg_{word}.npy", np.eye(CLASSES, dtype=np.uint8)[rng.integers(0, CLASSES - 1, (n, SIDE, SIDE))])
+    inspect.main([str(tmp_path)])
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(f"{tmp_path}: data=arrays reads it") and "  problems: none" in said
+    command = shlex.split(said[-1])
+    assert f"data.num_classes={CLASSES}" in command
+    assert "data.class_names=[class_0,class_1,class_2]" in command
+    schema.validate(schema.compose(command[3:]))
+
+
+def test_labels_past_the_classes_file_are_a_problem_naming_where_they_are(tmp_path, capsys):
+    """A classes.csv naming fewer classes than the masks hold: each label past it is a problem (its pixels, the first
+    file), and no command; before, inspect said "problems: none" and printed placeholder names over the file's."""
+    camvid_with_void(tmp_path)
+    labels = labels_for(1, W21, H21).copy()
+    labels[-3:] = 3
+    write_mask(tmp_path / "valannot" / "f.png", labels)
+    with pytest.raises(DataError, match="labels past the 3 named classes"):
+        inspect.main([str(tmp_path)])
+    said = capsys.readouterr().out.splitlines()
+    assert f"  problem: label 3 ({3 * W21} pixels; first in f.png, val split) is past the 3 classes named (sky, road, car): name it in " \
+           "the classes file, or map it with data.source.label_map" in said
+    assert not any(line.startswith("train on it with") for line in said)
+
+
 def test_inspect_knows_the_folder_layout_last_and_suggests_sizes_that_keep_the_aspect():
     names = [name for name, _ in inspect.candidates()]
     assert names[-1] == "folder"

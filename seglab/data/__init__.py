@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # Starts the message of an in-graph label check (tf.debugging.Assert), which TensorFlow can only raise as an
 # InvalidArgumentError mid-epoch: seglab.errors finds it there and prints it as one line.
 LABEL_ERROR_MARKER = "seglab label check:"
+SCAN_CLASSES = 1 << 16  # data.num_classes while `inspect` scans a data set: no label or one-hot count refused before it is counted
 LABEL_CHECK_EXAMPLES = 8  # masks read by `check_labels` before training: enough to catch a wrong config, cheap
 
 

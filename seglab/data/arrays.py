@@ -31,8 +31,9 @@ from typing import Iterator
 
 import numpy as np
 
+from seglab.config import sources
 from seglab.config.check import require
-from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits
+from seglab.data import LABEL_ERROR_MARKER, SCAN_CLASSES, DataError, Provenance, Splits
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def open_pair(root: Path, image_spec: str, mask_spec: str, keys: tuple[str, str]
     onehot = len(masks.shape) == 4 and masks.shape[3] > 1
     if not onehot and masks.dtype.kind == "f":
         raise DataError(f"{masks.label}: label masks of dtype {masks.dtype}: save integer labels, e.g. masks.astype(np.uint8).")
-    if onehot and masks.shape[3] != num_classes:
+    if onehot and masks.shape[3] != num_classes and num_classes != SCAN_CLASSES:
         raise DataError(f"{masks.label}: one-hot masks with {masks.shape[3]} classes (shape {masks.shape}), but "
                         f"data.num_classes={num_classes}: set data.num_classes={masks.shape[3]} (with as many data.class_names).")
     if masks.shape[0] != shape[0]:
@@ -293,6 +294,18 @@ def check(path: str | None = None, val_fraction: float = 0.1, images: str = "", 
     for key, value in (("images", images), ("masks", masks)):
         require(file_of(str(value)).endswith((".npy", ".npz")), f"data.source.{key}", value,
                 "name a .npy or .npz file (FILE.npz:KEY for one array of several)")
+
+
+def class_names(path: str | None = None, masks: str | None = None, **_) -> list[str] | None:
+    """class_0 .. class_<C-1> for one-hot training masks (N, H, W, C), read from the file's header, else None (label
+    masks name no count; arguments of the wrong kind are left to `check`): what inspect prints for the notes' layout."""
+    if not isinstance(path, (str, Path)) or not isinstance(masks, str) or not file_of(masks).endswith((".npy", ".npz")):
+        return None
+    try:
+        shape = open_array(Path(path).expanduser(), masks, "masks").shape
+    except (DataError, OSError):
+        return None
+    return sources.placeholder_names(shape[3]) if len(shape) == 4 and shape[3] > 1 else None
 
 
 def find(path: Path) -> dict | None:

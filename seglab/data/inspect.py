@@ -30,12 +30,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from seglab import console, errors
 from seglab.config import schema, sources
-from seglab.data import DataError
+from seglab.data import SCAN_CLASSES, DataError
 
 GENERIC = "folder"  # reads the most layouts, so it is asked last
 SIDE_MULTIPLE = 32  # the largest downsampling of seglab's models: each side a multiple of it fits all of them
 LONGEST_SIDE = 512  # a suggested input size no larger than this on its longer side (CPU-friendly)
-SCAN_CLASSES = 1 << 16  # num_classes while inspecting: no label is refused before it is counted
 VOID = 255  # the usual label of unlabelled pixels in 8-bit masks
 SHOWN_REFUSALS = 10  # a split's masks refused inside the pipeline (each its own line) shown, then how many more
 
@@ -122,6 +121,8 @@ def scan(path: Path, given: list[str] = ()) -> Found:
         module = dict(candidates())[GENERIC]
     found = Found(name, {**arguments, **chosen(name, given)})
     found.notes = getattr(module, "notes", lambda **_: [])(**found.arguments)
+    fixed = getattr(module, "CLASS_NAMES", None)
+    found.class_names = list(fixed) if fixed else getattr(module, "class_names", lambda **_: None)(**found.arguments)
     build = getattr(module, OmegaConf.load(Path(schema.CONF_DIR, "data", f"{name}.yaml")).source._target_.rpartition(".")[2])
     warnings = _Collect()
     logging.getLogger("seglab").addHandler(warnings)
@@ -132,13 +133,27 @@ def scan(path: Path, given: list[str] = ()) -> Found:
     found.problems += warnings.lines
     if splits is None:
         return found
+    first = {}  # label -> (split, example name) where it is first seen
     for split in ("train", "val", "test"):
         dataset = getattr(splits, split)
         if dataset is not None:
-            found.images[split] = _count(dataset, found, split)
-    fixed = getattr(module, "CLASS_NAMES", None)
-    found.class_names = list(fixed) if fixed else getattr(module, "class_names", lambda **_: None)(**found.arguments)
+            found.images[split] = _count(dataset, found, split, getattr(splits.about.get(split), "names", None), first)
+    _beyond_the_names(found, first)
     return found
+
+
+def _beyond_the_names(found: Found, first: dict) -> None:
+    """A problem, and a refusal, for each label past the classes the data set's own names give (a classes file, a
+    one-hot mask's channels): a run with the printed command would stop at it."""
+    if not found.class_names:
+        return
+    void = void_label(found)
+    for label in sorted(label for label in found.pixels if label >= len(found.class_names) and label != void):
+        split, name = first[label]
+        found.problems.append(f"label {label} ({found.pixels[label]} pixels; first in {name}, {split} split) is past the "
+                              f"{len(found.class_names)} classes named ({', '.join(map(str, found.class_names))}): "
+                              f"name it in the classes file, or map it with data.source.label_map")
+        found.refused = found.refused or f"labels past the {len(found.class_names)} named classes (problems above)"
 
 
 def _build(build, module, found: Found):
@@ -166,8 +181,9 @@ class _Collect(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def _count(dataset, found: Found, split: str) -> int:
-    """The split's examples, their sizes and labels counted into `found`.  An example the source refuses inside
+def _count(dataset, found: Found, split: str, names: list | None = None, first: dict | None = None) -> int:
+    """The split's examples, their sizes and labels counted into `found`; `first`: label -> (split, the example's
+    name in `names`, else its index), where each label is first seen.  An example the source refuses inside
     the pipeline (a colour outside the table, a label its label_map does not name) is a problem, and a refusal:
     the count goes on past it, so that every such mask is reported, not only the first."""
     import tensorflow as tf  # the splits are tf.data pipelines; only their refusal's type is needed here
@@ -185,6 +201,8 @@ def _count(dataset, found: Found, split: str) -> int:
         found.sizes[image.shape[:2]] += 1
         labels, pixels = np.unique(mask, return_counts=True)
         found.pixels.update(dict(zip(labels.tolist(), pixels.tolist())))
+        for label in labels.tolist() if first is not None else ():
+            first.setdefault(label, (split, names[images - 1] if names else f"example {images - 1}"))
     lines = [f"{split}: {count} mask(s) refused: {line}" if count > 1 else f"{split}: {line}" for line, count in refused.items()]
     found.problems += lines[:SHOWN_REFUSALS] + [f"{split}: {len(lines) - SHOWN_REFUSALS} more refusals like these"] * (len(lines) > SHOWN_REFUSALS)
     if refused and not found.refused:
