@@ -121,6 +121,30 @@ def test_labels_past_the_classes_file_are_a_problem_naming_where_they_are(tmp_pa
     assert not any(line.startswith("train on it with") for line in said)
 
 
+def test_a_class_name_the_runner_refuses_is_one_line_not_a_square_command(tmp_path, capsys):
+    """A classes.csv name the schema refuses: inspect says so in one line, and prints no command; before, any refusal
+    of the printed settings was taken for an old seglab without [height, width], and a square command was printed
+    (the aspect dropped) that the runner then refused anyway."""
+    camvid_with_void(tmp_path)
+    (tmp_path / "classes.csv").write_text("name\nsky\nCar/Truck\nroad\n")
+    with pytest.raises(DataError, match=r"the settings found would be refused: .*data.class_names"):
+        inspect.main([str(tmp_path)])
+    assert not any(line.startswith("train on it with") for line in capsys.readouterr().out.splitlines())
+
+
+def test_more_classes_than_8_bits_keep_the_aspect_with_a_16_bit_void(tmp_path, capsys):
+    """300 labels in 16-bit masks, no void: fit still pads, with 65535 as data.ignore_index (a label no class
+    has); before, the printed ignore_index was null, fit was refused, and the frames were squeezed square unsaid."""
+    for split in ("train", "val"):
+        for i in range(2):
+            write_image(tmp_path / split / "images" / f"{split}{i}.png", W21, H21, seed=i)
+            labels = (np.arange(H21 * W21).reshape(H21, W21) % 150 + 150 * i).astype(np.uint16)
+            write_mask(tmp_path / split / "masks" / f"{split}{i}.png", labels, "I;16")
+    inspect.main([str(tmp_path)])
+    command = shlex.split(capsys.readouterr().out.splitlines()[-1])
+    assert {"data.num_classes=300", "data.ignore_index=65535", "data.resize=fit", "data.image_size=[32,64]"} <= set(command)
+
+
 def test_inspect_knows_the_folder_layout_last_and_suggests_sizes_that_keep_the_aspect():
     names = [name for name, _ in inspect.candidates()]
     assert names[-1] == "folder"

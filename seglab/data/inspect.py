@@ -36,6 +36,7 @@ GENERIC = "folder"  # reads the most layouts, so it is asked last
 SIDE_MULTIPLE = 32  # the largest downsampling of seglab's models: each side a multiple of it fits all of them
 LONGEST_SIDE = 512  # a suggested input size no larger than this on its longer side (CPU-friendly)
 VOID = 255  # the usual label of unlabelled pixels in 8-bit masks
+WIDE_VOID = 65535  # the void label inspect prints for more classes than VOID leaves room for (16-bit label masks)
 SHOWN_REFUSALS = 10  # a split's masks refused inside the pipeline (each its own line) shown, then how many more
 
 
@@ -256,12 +257,14 @@ def settings(found: Found) -> dict:
         names = [f"r{r}_g{g}_b{b}" for r, g, b in colours] if colours else sources.placeholder_names(classes)
     classes = max(classes, len(names))
     height, width = found.sizes.most_common(1)[0][0]
-    return {"num_classes": classes, "class_names": names, "ignore_index": void if void is not None else (VOID if classes <= VOID else None),
+    unused = VOID if classes <= VOID else WIDE_VOID  # fit's padding needs a label that is no class
+    return {"num_classes": classes, "class_names": names, "ignore_index": void if void is not None else unused,
             "image_size": list(suggested_size(height, width)), "resize": "fit", "source": source}
 
 
 def overrides(found: Found, values: dict) -> list[str]:
-    """`data=NAME key=value ...`; image_size as one side where this seglab takes no [height, width] (and no resize)."""
+    """`data=NAME key=value ...`, composed and checked first: one line (a DataError) where the runner would refuse it
+    (e.g. a classes file's name the schema refuses), never a command that fails, nor settings quietly changed."""
     def spelt(value):
         if isinstance(value, dict):  # {0:0,255:1}: no space, one word in a shell
             return "{" + ",".join(f"{spelt(k)}:{spelt(v)}" for k, v in value.items()) + "}"
@@ -272,11 +275,11 @@ def overrides(found: Found, values: dict) -> list[str]:
         return yaml.safe_dump(value, width=math.inf).strip().removesuffix("\n...")
     pairs = [f"data.source.{key}={spelt(value)}" for key, value in values["source"].items()]
     pairs += [f"data.{key}={spelt(values[key])}" for key in ("num_classes", "class_names", "ignore_index", "image_size", "resize")]
-    try:
+    try:  # what it prints, the runner takes: checked as `python -m seglab` checks it
         schema.compose([f"data={found.name}", *pairs])
-    except (errors.UserError, HydraException, OmegaConfBaseException):  # a seglab whose data.image_size is one side
-        side = max(values["image_size"])
-        pairs = [p for p in pairs if not p.startswith(("data.image_size=", "data.resize="))] + [f"data.image_size={side}"]
+    except (errors.UserError, HydraException, OmegaConfBaseException) as err:
+        raise DataError(f"{found.arguments.get('path')}: the settings found would be refused: "
+                        f"{errors.explain(err) or errors.one_line(err)}") from None
     return [f"data={found.name}", *pairs]
 
 
@@ -363,6 +366,7 @@ def main(argv: list[str]) -> Found:
         print(f"wrote {args.write}; train on it with:")
         print(f"python -m seglab --config-dir {Path(args.write).parent.parent} data={Path(args.write).stem}")
     else:
+        command = command_line(overrides(found, values))
         print("train on it with:")
-        print(command_line(overrides(found, values)))
+        print(command)
     return found
