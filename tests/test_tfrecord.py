@@ -202,3 +202,20 @@ def test_the_config_check_names_the_key_before_tensorflow_work(compose_cfg, over
 
     with pytest.raises(schema.ConfigError, match=key.replace(".", r"\.") + "="):
         schema.validate(compose_cfg(*overrides))
+
+
+def test_an_empty_validation_split_is_refused_in_one_line_before_a_run_and_by_inspect(tmp_path, compose_cfg, capsys):
+    """A seeded val_fraction that takes no record of six: the runner's data check and inspect each say which split is
+    empty and what to change; before, an empty val*.tfrecord split was a warning and inspect said "problems: none"."""
+    from seglab.data import inspect
+    from seglab.engine import train
+
+    write(tmp_path / "train.tfrecord", [notes_example(*pair) for pair in pairs(6, 0)])
+    cfg = compose_cfg("data=tfrecord", f"data.source.path={tmp_path}", f"data.num_classes={CLASSES}",
+                      "data.class_names=[a,b,c]", "data.image_size=32", "data.source.val_fraction=0.01")
+    assert len(list(tfrecord.build(str(tmp_path), val=None, val_fraction=0.01).val)) == 0
+    with pytest.raises(DataError, match=r"^data=tfrecord: the val split holds no image: add images to it, or .*val_fraction"):
+        train.read_data(cfg)
+    with pytest.raises(DataError, match="cannot read it: an empty val split"):
+        inspect.main([str(tmp_path), "data.source.val_fraction=0.01"])
+    assert "  problem: the val split holds no image: add images to it" in capsys.readouterr().out

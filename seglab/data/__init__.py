@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # InvalidArgumentError mid-epoch: seglab.errors finds it there and prints it as one line.
 LABEL_ERROR_MARKER = "seglab label check:"
 SCAN_CLASSES = 1 << 16  # data.num_classes while `inspect` scans a data set: no label or one-hot count refused before it is counted
+EMPTY_SPLIT_FIX = ("add images to it, or where it is a fraction split off (data.source.val_fraction, test_fraction) raise "
+                   "that fraction, or give the split its own files")  # after "the SPLIT split holds no image: "
 LABEL_CHECK_EXAMPLES = 8  # masks read by `check_labels` before training: enough to catch a wrong config, cheap
 
 

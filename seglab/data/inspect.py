@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from seglab import console, errors
 from seglab.config import schema, sources
-from seglab.data import SCAN_CLASSES, DataError
+from seglab.data import EMPTY_SPLIT_FIX, SCAN_CLASSES, DataError
 
 GENERIC = "folder"  # reads the most layouts, so it is asked last
 SIDE_MULTIPLE = 32  # the largest downsampling of seglab's models: each side a multiple of it fits all of them
@@ -140,6 +140,9 @@ def scan(path: Path, given: list[str] = ()) -> Found:
         if dataset is not None:
             found.images[split] = _count(dataset, found, split, getattr(splits.about.get(split), "names", None), first)
     _beyond_the_names(found, first)
+    for split in [split for split, count in found.images.items() if not count]:
+        found.problems.append(f"the {split} split holds no image: {EMPTY_SPLIT_FIX}")
+        found.refused = found.refused or f"an empty {split} split"
     return found
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seglab import console, losses, metrics, tracking
 from seglab.config import trainer as trainer_schema
-from seglab.data import DataError, batches_of, lineage, pipeline, statistics
+from seglab.data import EMPTY_SPLIT_FIX, DataError, batches_of, lineage, pipeline, statistics
 from seglab.engine import (callbacks, claim, debug, determinism, distribute, evaluate, finish, lifecycle, multi_worker, owner,
                            runtime)
 from seglab.tracking import tags
@@ -134,6 +134,8 @@ def read_data(cfg: DictConfig) -> Data:
         counted[split] = statistics.class_counts(batches_of(cfg, getattr(splits, split), split, cache=False),
                                                  data.num_classes, data.ignore_index)
         statistics.refuse_outside(counted[split], data.num_classes, data.ignore_index, split)
+        if not counted[split].images:
+            raise DataError(f"data={data.name}: the {split} split holds no image: {EMPTY_SPLIT_FIX}")
     trainer_schema.check_batches(cfg.trainer, counted["train"].images, "counted")
     absent = statistics.absent_classes(counted["train"], list(data.class_names))
     if absent:
