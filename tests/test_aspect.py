@@ -219,3 +219,22 @@ def test_a_resume_sees_one_side_and_the_same_pair_as_the_same_architecture():
 
     assert same_size("64") == same_size("[64, 64]") == (64, 64)
     assert same_size("[32, 64]") != same_size("[64, 32]")
+
+
+@pytest.mark.parametrize("mode", ["resize", "slide"])
+def test_a_crop_trained_model_is_scored_on_the_whole_covering_image_in_either_mode(compose_cfg, mode):
+    """seglab.evaluate's split for a model trained on crops: the image scaled to cover the model's size, whole, in
+    resize mode and in slide mode alike; before, slide mode (inference.mode=slide) cut one centre crop and scored it."""
+    import keras
+    import tensorflow as tf
+
+    from seglab.config.inference import InferenceOptions
+    from seglab.data import Splits
+    from seglab.engine import evaluate
+
+    cfg = compose_cfg("data=shapes", "data.image_size=32", "data.resize=crop")
+    frames = tf.data.Dataset.from_tensors((tf.zeros((96, 128, 3), tf.uint8), tf.zeros((96, 128), tf.int32)))
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(3, 1)])
+    split, _, stride = evaluate.scoring(cfg, Splits(train=None, val=None, test=frames), "test", model, InferenceOptions(mode=mode))
+    (images, masks), = list(split.batches.as_numpy_iterator())
+    assert images.shape == (1, 32, 43, 3) and masks.shape == (1, 32, 43) and stride == 16

@@ -88,7 +88,7 @@ def scoring(cfg: DictConfig, splits, split_name: str, model, options: InferenceO
     windows of it in slide mode and for a model trained on crops (full images, scaled as in training, one a batch)."""
     windows = options.mode == "slide" or cfg.data.resize == "crop"
     stride = inference_config.slide_stride(options.stride, min(inference.model_size(model))) if windows else None
-    full = options.mode == "resize" and cfg.data.resize == "crop"
+    full = cfg.data.resize == "crop"  # crop-trained: the whole covering image, in either mode (slide's windows too)
     batches = pipeline.make(
         getattr(splits, split_name), image_size=cfg.data.image_size, batch_size=1 if full else cfg.trainer.batch_size,
         training=False, seed=cfg.seed, deterministic=True, cache=None, resize="cover" if full else cfg.data.resize,
