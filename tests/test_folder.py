@@ -312,6 +312,15 @@ def test_a_file_name_that_is_not_utf8(tmp_path):
     assert "caf\\xe9.png: the file name is not UTF-8" in refused(tmp_path)
 
 
+def test_a_folder_name_that_is_not_utf8_is_one_line_not_a_traceback(tmp_path):
+    """A sub-folder's name in Latin-1: one line naming it; before, only file names were checked, and TensorFlow
+    stopped the stream with "Error converting unicode string" (a traceback)."""
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b"])
+    inner = Path(os.fsdecode(bytes(tmp_path / "images") + b"/caf\xe9"))
+    write_split(inner, Path(os.fsdecode(bytes(tmp_path / "masks") + b"/caf\xe9")), ["c", "d"])
+    assert "caf\\xe9: the folder name is not UTF-8" in refused(tmp_path)
+
+
 def test_nothing_to_read(tmp_path):
     (tmp_path / "stuff").mkdir()
     assert "found no images and masks" in refused(tmp_path)

@@ -298,6 +298,7 @@ def index(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
     found, seen = {}, {os.path.realpath(folder)}
     for top, dirs, files in os.walk(folder, followlinks=True):
         for name in dirs:
+            _check_name(top, name, "folder")  # before TensorFlow meets a path under it
             real = os.path.realpath(os.path.join(top, name))
             if real in seen or os.path.realpath(top).startswith(real + os.sep):
                 raise DataError(f"{os.path.join(top, name)} is a symlink loop (it points back to {real}): remove the link.")
@@ -317,12 +318,12 @@ def index(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def _check_name(top: str, name: str) -> None:
+def _check_name(top: str, name: str, kind: str = "file") -> None:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-        raise DataError(f"{top}/{shown}: the file name is not UTF-8: rename it (e.g. convmv -f latin1 -t utf8).") from None
+        raise DataError(f"{top}/{shown}: the {kind} name is not UTF-8: rename it (e.g. convmv -f latin1 -t utf8).") from None
 
 
 def pair(images: Path, masks: Path, mask_suffix: str = "") -> list[Pair]:
