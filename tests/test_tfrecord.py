@@ -219,3 +219,47 @@ def test_an_empty_validation_split_is_refused_in_one_line_before_a_run_and_by_in
     with pytest.raises(DataError, match="cannot read it: an empty val split"):
         inspect.main([str(tmp_path), "data.source.val_fraction=0.01"])
     assert "  problem: the val split holds no image: add images to it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("encoding", ["png", "auto"])
+def test_palette_and_16_bit_png_masks_are_labels_and_a_colour_png_is_one_line(tmp_path, encoding):
+    """PNG masks as data=folder reads mask files: a palette PNG's indices (TensorFlow's decoder gives its colours, and
+    as one channel their grey levels: 0, 38, 75 for indices 0-2), a 16-bit PNG's values (scaled to 8 bits before);
+    an RGB mask stops the pipeline with a line naming the key and the file."""
+    import io
+
+    from PIL import Image
+
+    def encoded(labels, mode):
+        picture = Image.fromarray(labels.astype(np.uint16 if mode == "I;16" else np.uint8))
+        if mode == "P":
+            picture = picture.convert("P")
+            picture.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+        elif mode == "RGB":
+            picture = Image.fromarray(np.stack([labels.astype(np.uint8) * 100] * 3, -1))
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    image = np.zeros((4, 6, 3), np.uint8)
+    labels = {"P": np.tile([0, 1, 2], (4, 2)), "I;16": np.tile([0, 7, 300], (4, 2))}
+    for mode, written in labels.items():
+        (tmp_path / mode).mkdir()
+        write(tmp_path / mode / "train.tfrecord", [tf.train.Example(features=tf.train.Features(feature={
+            "imageContent": feature(tf.io.encode_png(image).numpy()), "maskContent": feature(encoded(written, mode)),
+        })).SerializeToString()] * 2)
+        splits = tfrecord.build(str(tmp_path / mode), val=None, val_fraction=0.5, height_key=None, width_key=None,
+                                encoding=encoding, mask_encoding=encoding)
+        for _, mask in splits.train.concatenate(splits.val).as_numpy_iterator():
+            np.testing.assert_array_equal(mask, written)
+    (tmp_path / "RGB").mkdir()
+    write(tmp_path / "RGB" / "train.tfrecord", [tf.train.Example(features=tf.train.Features(feature={
+        "imageContent": feature(tf.io.encode_png(image).numpy()), "maskContent": feature(encoded(labels["P"], "RGB")),
+    })).SerializeToString()])
+    splits = tfrecord.build(str(tmp_path / "RGB"), val=None, val_fraction=0.5, height_key=None, width_key=None,
+                            encoding=encoding, mask_encoding=encoding)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        list(splits.train.concatenate(splits.val).as_numpy_iterator())
+    assert errors.explain(raised.value) == (f"seglab label check: the maskContent of a record is a colour PNG, not labels: store "
+                                            "the class of each pixel as a grey or palette PNG (or raw bytes); for colour-coded masks "
+                                            f"with a colour table use data=folder file: {tmp_path}/RGB/train.tfrecord")

@@ -3,8 +3,9 @@
 The schema of the U-Net-on-COCO design notes: features `imageContent` and `maskContent`, the raw uint8 bytes
 of the image (H * W * 3, RGB, row-major) and of its label mask (H * W), and `height`, `width` as int64.  The
 key names are arguments (`image_key`, `mask_key`, `height_key`, `width_key`), and so is how the bytes are
-written: `encoding` (image) and `mask_encoding`: `raw`, `png`, `jpeg` (decoded with tf.io.decode_image; height
-and width are then not needed) or `auto` (PNG or JPEG bytes decoded, anything else read raw).  `compression`:
+written: `encoding` (image) and `mask_encoding`: `raw`, `png`, `jpeg` (decoded, masks to their labels as
+`mask_labels` says; height and width are then not needed) or `auto` (PNG or JPEG bytes decoded, anything else read
+raw).  `compression`:
 none, GZIP or ZLIB.
 
 The splits are globs relative to `path` (or absolute): `train`, `val` and `test`.  When `val` matches no file,
@@ -22,9 +23,13 @@ A later record that lacks one stops the pipeline with the same kind of line (an 
 from __future__ import annotations
 
 import glob
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from seglab.config.check import require
 from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits
@@ -35,6 +40,7 @@ ENCODINGS = ("raw", "png", "jpeg", "auto")
 COMPRESSIONS = {None: "", "none": "", "gzip": "GZIP", "zlib": "ZLIB"}  # data.source.compression -> TFRecordDataset's
 GZIP_MAGIC = b"\x1f\x8b"
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG", b"\xff\xd8\xff"
+PNG_DEPTH_AT, PNG_GREY, PNG_PALETTE = 24, 0, 3  # IHDR's bit depth byte (the colour type after it); colour types
 FILES_AT_ONCE = 4  # files read in parallel, interleaved one record each: a fixed number, so the order is the same everywhere
 HASH_BUCKETS = 1 << 30  # resolution of the seeded validation fraction
 RECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record", ".records", ".tfrec")
@@ -185,30 +191,65 @@ def decode(file, record, spec: Spec):
         checks.append((tf.reduce_all(tf.stack(size) > 0), f"a record has no positive {spec.height_key} and {spec.width_key}"))
     with tf.control_dependencies([_assert(ok, message, file) for ok, message in checks]):
         image = pixels(example[spec.image_key], size, 3, spec.encoding, spec.image_key, file)
-        mask = pixels(example[spec.mask_key], size, 1, spec.mask_encoding, spec.mask_key, file)
+        mask = pixels(example[spec.mask_key], size, 1, spec.mask_encoding, spec.mask_key, file,
+                      lambda content: mask_labels(content, spec.mask_key, file))
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(mask)[:2]))
     with tf.control_dependencies([_assert(same, f"the {spec.mask_key} of a record is not the size of its {spec.image_key}", file)]):
         return tf.identity(image), tf.cast(mask[..., 0], tf.int32)
 
 
-def pixels(content, size, channels: int, encoding: str, key: str, file):
-    """Raw uint8 bytes (row-major, `size` = (height, width)) or encoded PNG/JPEG -> uint8 (H, W, channels)."""
+def mask_labels(content, key: str, file):
+    """Encoded mask bytes -> int32 labels (H, W, 1), as data=folder reads mask files: an 8- or 16-bit grey PNG's
+    values (TensorFlow's decode_image would scale 16 bits down to 8), a palette PNG's indices (TensorFlow gives its
+    colours; read with Pillow), a JPEG's grey values; a colour PNG stops the pipeline with a line naming the file."""
     import tensorflow as tf  # seconds to import; the config check imports this module without it
+
+    header = tf.io.decode_raw(tf.strings.substr(content, PNG_DEPTH_AT, 2), tf.uint8)  # IHDR: bit depth, colour type
+    png = tf.strings.substr(content, 0, len(PNG_MAGIC)) == PNG_MAGIC
+
+    def grey():
+        return tf.cond(header[0] == 16, lambda: tf.cast(tf.io.decode_png(content, 1, tf.uint16), tf.int32),
+                       lambda: tf.cast(tf.io.decode_png(content, 1), tf.int32))
+
+    def indices():
+        labels = tf.numpy_function(lambda data: np.asarray(Image.open(io.BytesIO(data)), np.int32)[..., None], [content], tf.int32)
+        return tf.ensure_shape(labels, [None, None, 1])
+
+    def colour():
+        message = (f"the {key} of a record is a colour PNG, not labels: store the class of each pixel as a grey or palette PNG "
+                   "(or raw bytes); for colour-coded masks with a colour table use data=folder")
+        with tf.control_dependencies([_assert(False, message, file)]):
+            return tf.zeros([0, 0, 1], tf.int32)
+
+    def jpeg():
+        return tf.cast(tf.io.decode_image(content, channels=1, expand_animations=False), tf.int32)
+
+    kind = tf.where(~png, 0, tf.where(header[1] == PNG_GREY, 1, tf.where(header[1] == PNG_PALETTE, 2, 3)))
+    return tf.switch_case(kind, [jpeg, grey, indices, colour])
+
+
+def pixels(content, size, channels: int, encoding: str, key: str, file, decode_encoded=None):
+    """Raw uint8 bytes (row-major, `size` = (height, width)) or encoded PNG/JPEG -> uint8 (H, W, channels) (or what
+    `decode_encoded` makes of encoded bytes: a mask's labels)."""
+    import tensorflow as tf  # seconds to import; the config check imports this module without it
+
+    dtype = tf.uint8 if decode_encoded is None else tf.int32
 
     def raw():
         if size is None:  # encoding auto without height and width: raw bytes cannot be shaped
             with tf.control_dependencies([_assert(False, f"the {key} of a record is neither PNG nor JPEG, and raw bytes "
                                                          "need data.source.height_key and width_key", file)]):
-                return tf.zeros([0, 0, channels], tf.uint8)
+                return tf.zeros([0, 0, channels], dtype)
         values = tf.io.decode_raw(content, tf.uint8)
         fits = tf.equal(tf.size(values), size[0] * size[1] * channels)
         message = f"the {key} of a record does not hold height x width x {channels} raw bytes"
         with tf.control_dependencies([_assert(fits, message, file)]):
-            return tf.reshape(values, tf.stack([size[0], size[1], channels]))
+            return tf.cast(tf.reshape(values, tf.stack([size[0], size[1], channels])), dtype)
 
     def decoded():
+        if decode_encoded is not None:  # a mask's int32 labels: raw bytes are cast to that dtype too (raw, above)
+            return decode_encoded(content)
         return tf.io.decode_image(content, channels=channels, expand_animations=False)
-
     if encoding == "raw":
         return raw()
     if encoding in ("png", "jpeg"):
