@@ -111,6 +111,19 @@ def test_validation_is_a_seeded_fraction_without_its_files(tmp_path):
     assert split(0) == (train, val) and split(1)[1] != val
 
 
+def test_test_is_a_seeded_fraction_after_validation_without_its_files(tmp_path):
+    """test_fraction: the next part of validation's seeded order; validation stays as without it; disjoint, whole."""
+    notes_layout(tmp_path)
+    (tmp_path / "images_validation.npy").unlink()
+    (tmp_path / "seg_validation.npy").unlink()
+    before = arrays.build(str(tmp_path), num_classes=CLASSES, val_fraction=0.25, seed=5).about["val"].names
+    splits = arrays.build(str(tmp_path), num_classes=CLASSES, val_fraction=0.25, test_fraction=0.25, seed=5)
+    names = {split: splits.about[split].names for split in ("train", "val", "test")}
+    assert names["val"] == before and len(names["test"]) == 4 and len(names["train"]) == N - 8
+    assert sorted(sum(names.values(), [])) == sorted(f"images_training.npy[{i}]" for i in range(N))
+    assert len(examples(splits.test)) == 4
+
+
 def test_a_large_memory_mapped_array_is_not_read_whole(tmp_path):
     """2 GB of images in a sparse file (no disk used): iterating a few examples keeps the peak RSS small."""
     script = textwrap.dedent(f"""

@@ -269,6 +269,19 @@ def test_without_a_val_file_a_seeded_share_of_train_is_validation(data):
     assert int(Path(name).stem) in {i["id"] for i in SPLITS["train2017"] if i["width"] in val}
 
 
+def test_without_a_test_file_a_seeded_share_of_train_is_the_test_split_after_validation(data):
+    """test_fraction (as +experiment=compare_on_my_data sets it): the next share of the same seeded order, so the
+    validation images of the seed are those without it, and the three splits are disjoint and whole."""
+    root, cache = data
+    before = by_width(build(root, cache, val=None, val_fraction=0.25, seed=3).val)
+    splits = build(root, cache, val=None, val_fraction=0.25, test_fraction=0.25, seed=3)
+    train, val, test = by_width(splits.train), by_width(splits.val), by_width(splits.test)
+    assert sorted(val) == sorted(before) and len(test) == 1 and len(train) == 2
+    assert sorted([*train, *val, *test]) == sorted(i["width"] for i in SPLITS["train2017"])
+    given = build(root, cache, test_fraction=0.5, seed=3)  # the val file given: test is carved from train alone
+    assert len(by_width(given.test)) == 2 and not set(by_width(given.test)) & set(by_width(given.train))
+
+
 def test_a_test_split_is_read_and_named(data):
     root, cache = data
     test = {"annotations": "annotations/instances_val2017.json", "images": "val2017"}

@@ -309,6 +309,18 @@ def test_every_preset_and_every_job_of_its_sweep_composes_and_validates(name, co
         schema.validate(compose_cfg(f"+experiment={name}", *job, *yours))
 
 
+@pytest.mark.parametrize("data", ["folder", "arrays", "tfrecord", "coco"])
+def test_compare_on_my_data_takes_every_source_of_your_own_data(data, compose_cfg):
+    """The preset's test_fraction is a key of every own-data source; before, data=arrays, tfrecord or coco refused it
+    (ConfigError: data.source.test_fraction is not a config key) in every job."""
+    from seglab.config import schema
+
+    cfg = compose_cfg("+experiment=compare_on_my_data", f"data={data}", "data.source.path=DIR", "data.num_classes=3",
+                      "data.class_names=[a,b,c]")
+    schema.validate(cfg)
+    assert cfg.data.name == data and cfg.data.source.test_fraction == 0.2
+
+
 def test_presets_and_searches_are_found_from_any_directory(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "seglab", "+experiment=shapes_unet_baseline", "+hparams_search=unet_shapes", "--cfg", "hydra"],

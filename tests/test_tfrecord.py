@@ -122,6 +122,16 @@ def test_validation_is_a_seeded_fraction_of_the_training_records(notes_records):
     assert split(0) == [kept, held] and split(5)[1] != held
 
 
+def test_test_is_the_next_seeded_share_of_the_training_records_without_its_files(notes_records):
+    """test_fraction: records hashed into [val_fraction, val_fraction + test_fraction); validation as without it."""
+    root, train, _ = notes_records
+    before = {key(*g) for g in tfrecord.build(str(root), val=None, val_fraction=0.3, seed=1).val.as_numpy_iterator()}
+    splits = tfrecord.build(str(root), val=None, val_fraction=0.3, test_fraction=0.3, seed=1)
+    got = {split: [key(*g) for g in getattr(splits, split).as_numpy_iterator()] for split in ("train", "val", "test")}
+    assert set(got["val"]) == before and got["test"] and not set(got["test"]) & (set(got["val"]) | set(got["train"]))
+    assert sorted(sum(got.values(), [])) == sorted(key(*w) for w in train)
+
+
 def test_no_matching_file_names_the_glob(tmp_path):
     with pytest.raises(DataError, match=f"no file matches data.source.train=train\\*.tfrecord\\* in data.source.path={tmp_path}"):
         tfrecord.build(str(tmp_path))

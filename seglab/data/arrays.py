@@ -10,7 +10,8 @@ The layout of the FCN design notes: in `data.source.path`, `images_training.npy`
   (argmax per pixel; a pixel whose one-hot row is all zero gets ignore_index).
 - A file is `NAME.npy`, `NAME.npz` holding one array, or `NAME.npz:KEY` (one member of an .npz with several,
   e.g. `data.npz:x_train`).
-- Validation: the validation files when both are present, else a seeded `val_fraction` of the training examples.
+- Validation: the validation files when both are present, else a seeded `val_fraction` of the training examples;
+  test likewise: its files, else a seeded `test_fraction` of them (0: no test split).
 
 Nothing is read whole.  A `.npy` file is memory-mapped (`np.load(..., mmap_mode="r")`), and so is an .npz member
 stored uncompressed (`np.savez`: the member's bytes lie in the zip file as they are).  A compressed member
@@ -229,6 +230,7 @@ def build(
     test_images: str | None = "images_test.npy",
     test_masks: str | None = "seg_test.npy",
     val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
     seed: int = 0,
     num_classes: int = 2,
     ignore_index: int | None = 255,
@@ -243,11 +245,14 @@ def build(
         if pair is not None:
             pairs[split] = pair
     chosen = {split: list(range(pair.count)) for split, pair in pairs.items()}
+    fractions = {split: fraction for split, fraction in (("val", val_fraction), ("test", test_fraction))
+                 if split not in pairs and (fraction > 0 or split == "val")}
     selection = {}
-    if "val" not in pairs:
-        chosen["train"], chosen["val"] = split_off(pairs["train"], val_fraction, seed, (images, masks, val_images))
-        pairs["val"] = pairs["train"]
-        selection = {split: f"{split}: a seeded {val_fraction} of {pairs['train'].count} (seed {seed})" for split in ("train", "val")}
+    if fractions:
+        chosen.update(split_off(pairs["train"], fractions, seed, val_images))
+        pairs.update({split: pairs["train"] for split in fractions})
+        selection = {split: f"{split}: a seeded {'/'.join(map(str, fractions.values()))} of {pairs['train'].count} (seed {seed})"
+                     for split in ("train", *fractions)}
     about = {split: Provenance(
         {"kind": "arrays", "path": str(root), "images": pair.images.label, "masks": pair.masks.label, "split": split},
         files=sorted({str(pair.images.file), str(pair.masks.file)}),
@@ -272,25 +277,35 @@ def optional_pair(root: Path, split: str, image_spec: str | None, mask_spec: str
     return open_pair(root, image_spec, mask_spec, keys, num_classes)
 
 
-def split_off(train: Pair, val_fraction: float, seed: int, names: tuple) -> tuple[list[int], list[int]]:
-    """A seeded `val_fraction` of the training examples as validation: (train indices, val indices), each increasing."""
-    if val_fraction <= 0:
-        raise DataError(f"no validation data: {names[2]} is not in the folder and data.source.val_fraction=0: add the "
+def split_off(train: Pair, fractions: dict[str, float], seed: int, val_file: str | None) -> dict[str, list[int]]:
+    """Seeded `fractions` of the training examples ({"val": 0.1} and/or {"test": 0.2}) as those splits: each split's
+    indices, increasing.  One permutation of the seed: validation its first part, test the next (so a test fraction
+    leaves the validation examples of the same seed as they were)."""
+    if fractions.get("val", 1) <= 0:
+        raise DataError(f"no validation data: {val_file} is not in the folder and data.source.val_fraction=0: add the "
                         "validation files, or set data.source.val_fraction, e.g. 0.1.")
     order = np.random.default_rng(seed).permutation(train.count)
-    n_val = max(1, round(train.count * val_fraction))
-    if n_val >= train.count:
-        raise DataError(f"{train.images.label}: {train.count} images are too few to split off a validation fraction of "
-                        f"{val_fraction}: add images or {names[2]}.")
-    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+    chosen, start = {}, 0
+    for split in ("val", "test"):
+        if split in fractions:
+            size = max(1, round(train.count * fractions[split]))
+            chosen[split], start = sorted(int(i) for i in order[start : start + size]), start + size
+    if start >= train.count:
+        raise DataError(f"{train.images.label}: {train.count} images are too few to split off "
+                        f"{' and '.join(f'a {split} fraction of {f}' for split, f in fractions.items())}: add images, or give the "
+                        f"split its own files.")
+    return {"train": sorted(int(i) for i in order[start:]), **chosen}
 
 
-def check(path: str | None = None, val_fraction: float = 0.1, images: str = "", masks: str = "", **_) -> None:
+def check(path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0, images: str = "", masks: str = "",
+          **_) -> None:
     require(bool(path), "data.source.path", path,
             "set data.source.path=DIR, the folder with images_training.npy and seg_training.npy (data.source.images, "
             "data.source.masks name other files)")
     require(0.0 <= val_fraction < 1.0, "data.source.val_fraction", val_fraction,
             "use a fraction in [0, 1) (used when there are no validation files)")
+    require(0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0, "data.source.test_fraction", test_fraction,
+            "use a fraction in [0, 1), less than 1 with val_fraction (used when there are no test files)")
     for key, value in (("images", images), ("masks", masks)):
         require(file_of(str(value)).endswith((".npy", ".npz")), f"data.source.{key}", value,
                 "name a .npy or .npz file (FILE.npz:KEY for one array of several)")

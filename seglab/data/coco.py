@@ -79,6 +79,7 @@ def build(
     val: Optional[dict] = VAL_2017,
     test: Optional[dict] = None,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
     cache_dir: str = "~/.cache/seglab/coco",
     negative_fraction: Optional[float] = None,
     shards: int = 8,
@@ -92,7 +93,7 @@ def build(
     if categories is not None:
         _refuse(_contradiction(num_classes, class_names, list(categories), f"data.source.categories={list(categories)}"))
     root = Path(path).expanduser()
-    parts = plan(root, train, val, test, val_fraction)
+    parts = plan(root, train, val, test, val_fraction, test_fraction)
     settings = dict(negative_fraction=negative_fraction, shards=shards, seed=seed, ignore_index=ignore_index)
     classes = list(categories) if categories is not None else None
     splits, about = {}, {}
@@ -104,7 +105,8 @@ def build(
         # Names for the splits per-image tables show, and only in a deterministic order.
         names = record_names(files) if role != "train" and deterministic else None
         about[role] = Provenance({"kind": "coco", "annotations": str(part.annotations), "images": str(part.images),
-                                  "categories": classes, "val_fraction": part.carve, **settings}, files=files, names=names)
+                                  "categories": classes, "val_fraction": part.carve, **part.test_share(), **settings},
+                                 files=files, names=names)
     check_labels(splits["train"], len(classes) + 1, ignore_index, f"coco ({parts['train'].annotations})")
     return Splits(train=splits["train"], val=splits["val"], test=splits.get("test"), about=about)
 
@@ -125,6 +127,11 @@ def check(**arguments: Any) -> None:
     if a["val"] is None:
         require(0.0 < a["val_fraction"] < 1.0, "data.source.val_fraction", a["val_fraction"],
                 "use a fraction in (0, 1): with data.source.val null, that share of the train file's images is the validation split")
+    if a["test"] is None:
+        taken = a["val_fraction"] if a["val"] is None else 0.0
+        require(0.0 <= a["test_fraction"] < 1.0 - taken, "data.source.test_fraction", a["test_fraction"],
+                "use a fraction in [0, 1) (less than 1 with val_fraction): with data.source.test null, that share of the "
+                "train file's images is the test split (0: none)")
     categories, num_classes, ignore = a["categories"], a["num_classes"], a["ignore_index"]
     if categories is not None:
         names = [str(name) for name in categories]
@@ -234,14 +241,21 @@ class Part:
     annotations: Path
     images: Path
     carve: Optional[float] = None
+    test_carve: Optional[float] = None  # likewise the test share, after validation's in the same seeded order
 
     @property
     def label(self) -> str:
         """What the cache folder, the manifest and the shards are named by: the image folder (train2017)."""
-        return f"{self.images.name}-{self.role}" if self.carve is not None else self.images.name
+        return f"{self.images.name}-{self.role}" if self.carve is not None or self.test_carve is not None else self.images.name
+
+    def test_share(self) -> dict:
+        """{"test_fraction": share} when a test split is carved (what the cache and lineage are keyed by), else {}: the
+        keys of a file without one stay as they were before test shares existed."""
+        return {} if self.test_carve is None else {"test_fraction": self.test_carve}
 
 
-def plan(root: Path, train: dict, val: Optional[dict], test: Optional[dict], val_fraction: float) -> dict[str, Part]:
+def plan(root: Path, train: dict, val: Optional[dict], test: Optional[dict], val_fraction: float,
+         test_fraction: float = 0.0) -> dict[str, Part]:
     """The splits' files, checked to exist (one line naming the missing one and the fix)."""
     if not root.is_dir():
         raise DataError(f"data.source.path={root} does not exist: give the folder of the COCO-format data "
@@ -258,9 +272,11 @@ def plan(root: Path, train: dict, val: Optional[dict], test: Optional[dict], val
             raise DataError(f"{images} is missing or empty: set data.source.{role}.images to the folder of the split's images "
                             f"(relative to {root}), or for COCO 2017 unpack {images.name}.zip into {root} (from {DOWNLOAD}).")
         parts[role] = Part(role, annotations, images)
-    if val is None:
-        parts["val"] = Part("val", parts["train"].annotations, parts["train"].images, carve=val_fraction)
-        parts["train"] = replace(parts["train"], carve=val_fraction)
+    shares = dict(carve=val_fraction if val is None else None,
+                  test_carve=test_fraction if test is None and test_fraction > 0 else None)
+    for role in [role for role, share in (("val", shares["carve"]), ("test", shares["test_carve"])) if share is not None]:
+        parts[role] = Part(role, parts["train"].annotations, parts["train"].images, **shares)
+    parts["train"] = replace(parts["train"], **shares)
     return {role: parts[role] for role in ROLES if role in parts}
 
 
@@ -303,7 +319,7 @@ def cache_key(part: Part, **settings: Any) -> str:
     with part.annotations.open("rb") as file:
         content = hashlib.file_digest(file, "sha256").hexdigest()
     described = dict(format=FORMAT_VERSION, annotations=content, images=str(part.images.resolve()), role=part.role,
-                     carve=part.carve, **settings)
+                     carve=part.carve, **part.test_share(), **settings)
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -376,7 +392,7 @@ def _convert(out: Path, part: Part, settings: dict) -> tuple[list[str], int, lis
                         f"{', '.join(missing[:MAX_NAMED])}: put them there, or point data.source.{part.role}.images at "
                         f"their folder (COCO 2017: unpack {part.images.name}.zip from {DOWNLOAD}).")
     (out / "settings.json").write_text(json.dumps(dict(annotations=str(part.annotations), images=str(part.images),
-                                                       carve=part.carve, **settings), indent=1))
+                                                       carve=part.carve, **part.test_share(), **settings), indent=1))
     names = write_shards(out, part, coco, label_of, image_ids, stamped, settings["shards"], settings["ignore_index"])
     # Shards of an earlier, interrupted conversion were written by the same rules: read their counts back.
     count = sum(1 for name in names for _ in _records([str(out / name)]))
@@ -457,13 +473,17 @@ def select(coco: COCO, part: Part, label_of: dict[int, int], negative_fraction: 
     """The split's image ids: the train or val share of a carved file, then (unless `negative_fraction` is null,
     which keeps them all) the images with a category plus seeded others making up `negative_fraction`."""
     image_ids = sorted(coco.imgs)
-    if part.carve is not None:
-        share = min(len(image_ids) - 1, max(1, round(len(image_ids) * part.carve)))  # one image each at least
-        in_val = set(np.random.default_rng(seed).permutation(image_ids)[:share].tolist())
-        image_ids = [i for i in image_ids if (i in in_val) == (part.role == "val")]
+    if part.carve is not None or part.test_carve is not None:  # validation first in the seed's order, then test
+        order, start, taken = np.random.default_rng(seed).permutation(image_ids).tolist(), 0, {}
+        for role, fraction in (("val", part.carve), ("test", part.test_carve)):
+            if fraction is not None:
+                share = min(len(image_ids) - 1, max(1, round(len(image_ids) * fraction)))  # one image each at least
+                taken[role], start = set(order[start : start + share]), start + share
+        kept = taken.get(part.role, set(order[start:]))
+        image_ids = [i for i in image_ids if i in kept]
     if not image_ids:
         raise DataError(f"{part.annotations}: the {part.role} split has no images; check data.source.{part.role}"
-                        + (" and data.source.val_fraction." if part.carve is not None else "."))
+                        + (" and data.source.val_fraction / test_fraction." if part.carve or part.test_carve else "."))
     if negative_fraction is None:
         return image_ids
     holding = set().union(*(coco.catToImgs.get(cat_id, []) for cat_id in label_of))

@@ -11,7 +11,8 @@ none, GZIP or ZLIB.
 The splits are globs relative to `path` (or absolute): `train`, `val` and `test`.  When `val` matches no file,
 validation is a seeded `val_fraction` of the training records: a record goes there when its bytes, hashed with
 the seed (tf.strings.to_hash_bucket_strong), fall in that fraction, so the split does not depend on how the
-records are sharded or read; it holds about, not exactly, that fraction.
+records are sharded or read; it holds about, not exactly, that fraction.  Likewise `test_fraction` (0: none) when
+`test` matches no file: the next share of the hash's range.
 
 Before training, the first record of every file is read: a file that is not TFRecords (e.g. GZIP without
 `compression: GZIP`) or whose first record lacks a configured feature is refused naming the file and the key.
@@ -60,6 +61,7 @@ def build(
     mask_encoding: str = "raw",
     compression: str | None = None,
     val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
     seed: int = 0,
     deterministic: bool = True,
 ) -> Splits:
@@ -76,16 +78,21 @@ def build(
     if "val" not in files:
         why = f"no file matches data.source.val={val} in {root}" if val else "data.source.val=null"
         log.warning("%s: validation is a seeded %s of the training records", why, val_fraction)
+    # Carved from the training records by their seeded hash: validation [0, val_fraction), then test.
+    ranges = carved({split: fraction for split, fraction in (("val", val_fraction), ("test", test_fraction))
+                     if split not in files and fraction > 0})
     datasets, about = {}, {}
     for split, found in files.items():
-        part = seeded_part(val_fraction, seed, val=False) if "val" not in files and split == "train" else None
+        part = seeded_part(ranges["train"], seed) if split == "train" and len(ranges) > 1 else None
         datasets[split] = read(found, spec, deterministic, part)
         about[split] = Provenance({"kind": "tfrecord", "path": str(root), "split": split, "files": len(found)}, files=found)
-    if "val" not in files:
-        datasets["val"] = read(files["train"], spec, deterministic, seeded_part(val_fraction, seed, val=True))
-        about["val"] = Provenance({**about["train"].source, "split": "val"}, files=files["train"],
-                                  selection=f"val: records hashed with seed {seed} below {val_fraction}")
-        about["train"].selection = f"train: records hashed with seed {seed} from {val_fraction} up"
+    for split, (low, high) in ranges.items():
+        if split != "train":
+            datasets[split] = read(files["train"], spec, deterministic, seeded_part((low, high), seed))
+            about[split] = Provenance({**about["train"].source, "split": split}, files=files["train"],
+                                      selection=f"{split}: records hashed with seed {seed} " + (f"below {high}" if not low else f"from {low} below {high}"))
+    if len(ranges) > 1:
+        about["train"].selection = f"train: records hashed with seed {seed} from {ranges['train'][0]} up"
     log.info("tfrecord from %s: %s", root, ", ".join(f"{len(found)} {split} files" for split, found in files.items()))
     return Splits(train=datasets["train"], val=datasets["val"], test=datasets.get("test"), about=about)
 
@@ -266,22 +273,32 @@ def _assert(ok, message: str, file):
     return tf.debugging.Assert(ok, [f"{LABEL_ERROR_MARKER} {message}", "file:", file])
 
 
-def seeded_part(val_fraction: float, seed: int, val: bool):
-    """A filter of `(file, record)` keeping the validation records (val=True) or the training ones: a record is
-    validation when its bytes, hashed with the seed, fall below `val_fraction` of the hash's range."""
+def carved(fractions: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Each carved split's share [low, high) of the hash's range, one after the other in the order given (validation
+    first: its records stay those of the same seed whatever the test fraction); train the rest, to 1."""
+    ranges, low = {}, 0.0
+    for split, fraction in fractions.items():
+        ranges[split], low = (low, low + fraction), low + fraction
+    return {"train": (low, 1.0), **ranges}
+
+
+def seeded_part(share: tuple[float, float], seed: int):
+    """A filter of `(file, record)` keeping the records whose bytes, hashed with the seed, fall in `share` [low, high)
+    of the hash's range."""
     import tensorflow as tf  # seconds to import; the config check imports this module without it
 
-    cut = int(val_fraction * HASH_BUCKETS)
+    low, high = (int(bound * HASH_BUCKETS) for bound in share)
 
     def chosen(file, record):
         bucket = tf.strings.to_hash_bucket_strong(record, HASH_BUCKETS, key=[seed, 0])
-        return bucket < cut if val else bucket >= cut
+        return (bucket >= low) & (bucket < high) if high < HASH_BUCKETS else bucket >= low
 
     return chosen
 
 
 def check(path: str | None = None, encoding: str = "raw", mask_encoding: str = "raw", compression: str | None = None,
-          val_fraction: float = 0.1, height_key: str | None = "height", width_key: str | None = "width", **_) -> None:
+          val_fraction: float = 0.1, test_fraction: float = 0.0, height_key: str | None = "height", width_key: str | None = "width",
+          **_) -> None:
     require(bool(path), "data.source.path", path, "set data.source.path=DIR, the folder of the TFRecord files "
             "(data.source.train, val and test are globs in it)")
     for key, value in (("encoding", encoding), ("mask_encoding", mask_encoding)):
@@ -294,6 +311,8 @@ def check(path: str | None = None, encoding: str = "raw", mask_encoding: str = "
     require(_lower(compression) in COMPRESSIONS, "data.source.compression", compression, "use none, GZIP or ZLIB")
     require(0.0 < val_fraction < 1.0, "data.source.val_fraction", val_fraction,
             "use a fraction in (0, 1) (used when the val glob matches no file)")
+    require(0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0, "data.source.test_fraction", test_fraction,
+            "use a fraction in [0, 1), less than 1 with val_fraction (used when the test glob matches no file)")
 
 
 def _lower(value):
