@@ -292,8 +292,8 @@ def split_off(train: Pair, fractions: dict[str, float], seed: int, val_file: str
             chosen[split], start = sorted(int(i) for i in order[start : start + size]), start + size
     if start >= train.count:
         raise DataError(f"{train.images.label}: {train.count} images are too few to split off "
-                        f"{' and '.join(f'a {split} fraction of {f}' for split, f in fractions.items())}: add images, or give the "
-                        f"split its own files.")
+                        f"{' and '.join(f'a {split} fraction of {f}' for split, f in fractions.items())}: add images, or "
+                        f"give the split its own files.")
     return {"train": sorted(int(i) for i in order[start:]), **chosen}
 
 

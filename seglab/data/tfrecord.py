@@ -89,8 +89,9 @@ def build(
     for split, (low, high) in ranges.items():
         if split != "train":
             datasets[split] = read(files["train"], spec, deterministic, seeded_part((low, high), seed))
+            share = f"below {high}" if not low else f"from {low} below {high}"
             about[split] = Provenance({**about["train"].source, "split": split}, files=files["train"],
-                                      selection=f"{split}: records hashed with seed {seed} " + (f"below {high}" if not low else f"from {low} below {high}"))
+                                      selection=f"{split}: records hashed with seed {seed} {share}")
     if len(ranges) > 1:
         about["train"].selection = f"train: records hashed with seed {seed} from {ranges['train'][0]} up"
     log.info("tfrecord from %s: %s", root, ", ".join(f"{len(found)} {split} files" for split, found in files.items()))
@@ -219,7 +220,8 @@ def mask_labels(content, key: str, file):
                        lambda: tf.cast(tf.io.decode_png(content, 1), tf.int32))
 
     def indices():
-        labels = tf.numpy_function(lambda data: np.asarray(Image.open(io.BytesIO(data)), np.int32)[..., None], [content], tf.int32)
+        labels = tf.numpy_function(lambda data: np.asarray(Image.open(io.BytesIO(data)), np.int32)[..., None], [content],
+                                   tf.int32)
         return tf.ensure_shape(labels, [None, None, 1])
 
     def colour():
@@ -297,8 +299,8 @@ def seeded_part(share: tuple[float, float], seed: int):
 
 
 def check(path: str | None = None, encoding: str = "raw", mask_encoding: str = "raw", compression: str | None = None,
-          val_fraction: float = 0.1, test_fraction: float = 0.0, height_key: str | None = "height", width_key: str | None = "width",
-          **_) -> None:
+          val_fraction: float = 0.1, test_fraction: float = 0.0, height_key: str | None = "height",
+          width_key: str | None = "width", **_) -> None:
     require(bool(path), "data.source.path", path, "set data.source.path=DIR, the folder of the TFRecord files "
             "(data.source.train, val and test are globs in it)")
     for key, value in (("encoding", encoding), ("mask_encoding", mask_encoding)):
