@@ -44,7 +44,21 @@ def test_inspect_reports_splits_sizes_classes_and_prints_the_overrides(tmp_path,
     command = shlex.split(said[-1])
     assert command[:4] == ["python", "-m", "seglab", "data=folder"]
     assert {f"data.source.path={tmp_path}", "data.num_classes=3", "data.class_names=[sky,road,car]",
-            "data.ignore_index=255"} <= set(command)
+            "data.ignore_index=255", "data.cache=memory"} <= set(command)
+    assert "  decoded at 32x64 the 6 images take 0 MiB: under 2 GiB, so data.cache=memory keeps them" in said
+
+
+def test_a_memory_cache_is_printed_only_for_what_fits_and_data_folder_streams_by_default(compose_cfg):
+    """data=folder streams from disk unless asked (the design's rule); inspect asks for a memory cache where the decoded
+    examples at the printed size take under MEMORY_CACHE_LIMIT: 1,000 frames of 480x360 do (0.96 GiB at 384x480),
+    10,000 do not (and are streamed)."""
+    assert compose_cfg("data=folder").data.cache is None
+    for images, cache in ((1000, "memory"), (10000, None)):
+        found = inspect.Found("folder", {"path": "DIR"}, images={"train": images}, pixels=inspect.Counter({0: 1, 1: 1}))
+        found.sizes[(360, 480)] = images
+        values = inspect.settings(found)
+        assert values["cache"] == cache and values["image_size"] == [384, 480]
+        assert ("data.cache=memory" in inspect.overrides(found, values)) == (cache == "memory")
 
 
 def test_inspect_finds_the_colours_of_colour_coded_masks(tmp_path, capsys):

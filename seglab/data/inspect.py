@@ -37,6 +37,8 @@ SIDE_MULTIPLE = 32  # the largest downsampling of seglab's models: each side a m
 LONGEST_SIDE = 512  # a suggested input size no larger than this on its longer side (CPU-friendly)
 VOID = 255  # the usual label of unlabelled pixels in 8-bit masks
 WIDE_VOID = 65535  # the void label inspect prints for more classes than VOID leaves room for (16-bit label masks)
+MEMORY_CACHE_LIMIT = 2 << 30  # bytes: decoded examples under this are kept in memory (data.cache=memory); else streamed
+CACHED_BYTES_PER_PIXEL = 3 + 4  # a cached example: uint8 RGB image and int32 mask at the model's size
 SHOWN_REFUSALS = 10  # a split's masks refused inside the pipeline (each its own line) shown, then how many more
 
 
@@ -261,8 +263,16 @@ def settings(found: Found) -> dict:
     classes = max(classes, len(names))
     height, width = found.sizes.most_common(1)[0][0]
     unused = VOID if classes <= VOID else WIDE_VOID  # fit's padding needs a label that is no class
+    size = suggested_size(height, width)
     return {"num_classes": classes, "class_names": names, "ignore_index": void if void is not None else unused,
-            "image_size": list(suggested_size(height, width)), "resize": "fit", "source": source}
+            "image_size": list(size), "resize": "fit", "source": source,
+            "cache": "memory" if cached_bytes(found, size) < MEMORY_CACHE_LIMIT else None}
+
+
+def cached_bytes(found: Found, size: tuple[int, int]) -> int:
+    """What data.cache=memory holds for every split at `size`: the decoded examples a run keeps (train and val; test
+    too when a sweep scores it)."""
+    return sum(found.images.values()) * size[0] * size[1] * CACHED_BYTES_PER_PIXEL
 
 
 def overrides(found: Found, values: dict) -> list[str]:
@@ -278,6 +288,7 @@ def overrides(found: Found, values: dict) -> list[str]:
         return yaml.safe_dump(value, width=math.inf).strip().removesuffix("\n...")
     pairs = [f"data.source.{key}={spelt(value)}" for key, value in values["source"].items()]
     pairs += [f"data.{key}={spelt(values[key])}" for key in ("num_classes", "class_names", "ignore_index", "image_size", "resize")]
+    pairs += [f"data.cache={values['cache']}"] * (values["cache"] is not None)  # else data=NAME's default: streamed
     try:  # what it prints, the runner takes: checked as `python -m seglab` checks it
         schema.compose([f"data={found.name}", *pairs])
     except (errors.UserError, HydraException, OmegaConfBaseException) as err:
@@ -324,6 +335,12 @@ def report(path: Path, found: Found) -> list[str]:
         if void_label(found) is not None and VOID not in mapping:
             lines.append(f"  label {VOID} stays void (data.ignore_index); if it is a class, add {VOID}:{len(mapping)} to the "
                          f"label_map and 1 to data.num_classes")
+    if found.images and found.sizes:
+        size = suggested_size(*found.sizes.most_common(1)[0][0])
+        held, limit = cached_bytes(found, size), f"{MEMORY_CACHE_LIMIT / 2**30:g} GiB"
+        how = (f"under {limit}, so data.cache=memory keeps them" if held < MEMORY_CACHE_LIMIT else
+               f"past {limit}, so they stream from disk each epoch (data.cache=PREFIX keeps them in files)")
+        lines.append(f"  decoded at {size[0]}x{size[1]} the {sum(found.images.values())} images take {held / 2**20:,.0f} MiB: {how}")
     lines += [f"  problem: {problem}" for problem in found.problems] or ["  problems: none"]
     return lines
 
@@ -332,7 +349,7 @@ def write_option(file: Path, found: Found, values: dict) -> None:
     """A data option for --config-dir: the generic option's settings with these over them."""
     option = {"defaults": [found.name, "_self_"], "name": file.stem,
               **{key: values[key] for key in ("num_classes", "class_names", "ignore_index")}}
-    image = [p for p in overrides(found, values) if p.startswith(("data.image_size=", "data.resize="))]
+    image = [p for p in overrides(found, values) if p.startswith(("data.image_size=", "data.resize=", "data.cache="))]
     option.update({p.split("=", 1)[0].removeprefix("data."): yaml.safe_load(p.split("=", 1)[1]) for p in image})
     option["source"] = values["source"]
     file.parent.mkdir(parents=True, exist_ok=True)
