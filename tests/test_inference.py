@@ -125,3 +125,17 @@ def test_flip_averages_the_logits_of_the_image_and_of_its_mirror_flipped_back(mo
     slid = (reference_slide_logits(model, wide, 16) + reference_slide_logits(model, wide[:, ::-1], 16)[:, ::-1]) / 2
     (mask,) = inference.segment(model, [wide], mode="slide", stride=16, flip=True)
     assert mask.shape == (40, 72) and (mask == slid.argmax(-1)).all()
+
+
+def test_past_256_classes_masks_are_16_bit_not_wrapped():
+    """A model of 300 classes whose logits favour class 299 everywhere: the mask says 299 (uint16, saved as a 16-bit
+    PNG by predict and the served model); before, it was cast to uint8 and said 43."""
+    import keras
+
+    favour_299 = keras.initializers.Constant(np.eye(300)[299] * 10)
+    wide = keras.Sequential([keras.Input((WINDOW, WINDOW, 3)),
+                             keras.layers.Conv2D(300, 1, bias_initializer=favour_299, kernel_initializer="zeros")])
+    (mask,) = inference.segment(wide, [image(40, 50)])
+    assert mask.dtype == np.uint16 and mask.shape == (40, 50) and set(np.unique(mask)) == {299}
+    (few,) = inference.segment(build_model("unet", 3, WINDOW, depth=2, base_filters=4), [image(40, 50)])
+    assert few.dtype == np.uint8
