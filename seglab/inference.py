@@ -109,9 +109,9 @@ def _fitted_logits(model, image: np.ndarray, size: tuple[int, int], flip: bool):
 
 def segment(model, images: list[np.ndarray], scores: bool = False, mode: str = "resize", stride: int | None = None,
             flip: bool = False, resize: str = "stretch"):
-    """Label maps (H, W) at each image's own size (uint8, uint16 past 256 classes); with `scores`, also each image's per-class softmax
-    probabilities (H, W, C) at its own size.  `stride`: of the sliding windows, in pixels; `flip`: average
-    with the horizontally flipped image's logits; `resize`: the model's data.resize (stretch, fit, crop), how
+    """Label maps (H, W) at each image's own size (uint8; uint16 past 256 classes); with `scores`, also each image's
+    per-class softmax probabilities (H, W, C) at its own size.  `stride`: of the sliding windows, in pixels; `flip`:
+    average with the horizontally flipped image's logits; `resize`: the model's data.resize (stretch, fit, crop), how
     `resize` mode brings an image to the model's size."""
     logits = _logits(model, images, mode, stride, flip, resize)
     labels = [tf.argmax(lg, axis=-1, output_type=tf.int32)[..., None] for lg in logits]

@@ -140,6 +140,28 @@ def test_jobs_tested_on_other_images_get_no_intervals_and_one_line_saying_why():
     assert aligned is None and "not tested on the same images" in why and "\n" not in why
 
 
+def test_unnamed_images_read_in_no_fixed_order_get_no_intervals(compose_cfg):
+    """deterministic=false and a source that names no image: the per-image rows are marked unordered (by the table the
+    scoring writes) and the report gives no intervals, saying why; before, the images were paired by position, which
+    in another order pairs other images."""
+    import tensorflow as tf
+
+    from seglab.config.inference import InferenceOptions
+    from seglab.data import Splits
+    from seglab.engine import compare, evaluate, per_image
+
+    matrices = np.ones((2, 3, 3), np.int64)
+    for deterministic, first in ((True, "0"), (False, f"{compare.UNORDERED}0")):
+        cfg = compose_cfg("data=shapes", f"deterministic={str(deterministic).lower()}")
+        test = tf.data.Dataset.from_tensors((np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int32)))
+        split, _, _ = evaluate.scoring(cfg, Splits(train=None, val=None, test=test), "test", None, InferenceOptions())
+        rows = per_image.table(per_image.PerImage(matrices), ["a", "b", "c"], split.image_names, split.ordered)
+        assert rows["image"][0] == first
+    names, counts = compare.counts_from_table(rows)
+    aligned, why = compare.align([(names, counts), (names, counts)])
+    assert aligned is None and "deterministic=true" in why and "\n" not in why
+
+
 def _eval(tables: dict, job: str, tp: float, names=("a", "b", "c", "d")) -> EvalRun:
     pixels = 100
     columns = {"image": list(names), "index": list(range(len(names))), "pixels": [pixels] * len(names)}

@@ -28,6 +28,7 @@ import numpy as np
 RESAMPLES = 2000  # bootstrap draws: percentile intervals need on the order of a thousand (Efron & Tibshirani 1993)
 CONFIDENCE = 0.95
 SEED = 0  # the same draws on every report of the same tables
+UNORDERED = "unordered:"  # a per-image row's name prefix where the source neither named its images nor read them in a fixed order
 
 
 @dataclass
@@ -75,6 +76,9 @@ def align(tables: Sequence[tuple[list[str], np.ndarray]]) -> tuple[np.ndarray | 
     """The jobs' counts as one (J, N, C, 3) array with the images in the first job's order, or None
     and one line saying why not: the jobs were not scored on the same images (or the same classes)."""
     names, _ = tables[0]
+    if any(str(name).startswith(UNORDERED) for other, _ in tables for name in other):
+        return None, ("the test images have no names and were read in no fixed order (deterministic=false), so images "
+                      "cannot be matched between jobs: no intervals; score the jobs with deterministic=true")
     if len(set(names)) != len(names):
         return None, "the per-image tables name an image twice, so images cannot be matched: no intervals"
     for other, counts in tables[1:]:

@@ -94,7 +94,8 @@ def scoring(cfg: DictConfig, splits, split_name: str, model, options: InferenceO
         training=False, seed=cfg.seed, deterministic=True, cache=None, resize="cover" if full else cfg.data.resize,
         ignore_index=cfg.data.ignore_index,
     )
-    split = finish.Split(split_name, batches, list(cfg.data.class_names), finish.image_names(splits, split_name))
+    split = finish.Split(split_name, batches, list(cfg.data.class_names), finish.image_names(splits, split_name),
+                         ordered=bool(cfg.deterministic))
     applied = partial(inference.batch_logits, model, mode="slide" if windows else "resize", stride=stride, flip=options.flip)
     return split, applied, stride
 

@@ -34,6 +34,7 @@ class Split:
     batches: object  # a tf.data.Dataset of (image, mask) batches
     class_names: list[str]
     image_names: list[str] | None = None  # each image's file name, in the split's order (None: its index)
+    ordered: bool = True  # read in a fixed order (deterministic=true): without names, the index names an image
 
 
 @dataclass
@@ -70,7 +71,7 @@ def finish(run, chosen: Chosen, split: Split, worst: int, publish: Publish | Non
     model and (tracking.register_as) the registry entry.  The per-image scores."""
     result = per_image.score_images(chosen.model, split.batches, len(split.class_names), worst=worst, logits=chosen.logits)
     run.log_confusion_matrix(result.split_matrix, split.class_names, chosen.title, matrix)
-    per_image.log(run, result, split.class_names, split.name, split.image_names)
+    per_image.log(run, result, split.class_names, split.name, split.image_names, split.ordered)
     if publish is not None:
         _publish(run, chosen, publish, split.name, result.split_matrix)
     return result

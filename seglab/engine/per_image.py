@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from seglab import metrics
+from seglab.engine import compare
 from seglab.util import signals, visualize
 
 
@@ -71,18 +72,20 @@ def score_images(model, batches, num_classes: int, worst: int = 0, logits=None) 
     return PerImage(stacked, [entry[2] for entry in sorted(kept, reverse=True)])
 
 
-def table(result: PerImage, class_names: list[str], names: list[str] | None = None) -> dict[str, list]:
-    """One row per image, as columns: `image` (its file name when the source knows it, else its
-    index), `index`, labelled `pixels`, `pixel_accuracy`, `mean_iou`, `mean_dice`, `iou_<class>`,
-    `dice_<class>` (NaN where the class is in neither truth nor prediction), and the share of each
-    class among the image's labelled pixels in the truth (`true_<class>`) and the prediction (`pred_<class>`)."""
+def table(result: PerImage, class_names: list[str], names: list[str] | None = None,
+          ordered: bool = True) -> dict[str, list]:
+    """One row per image, as columns: `image` (its file name when the source knows it, else its index, prefixed with
+    compare.UNORDERED unless the split was read in a fixed order), `index`, labelled `pixels`, `pixel_accuracy`,
+    `mean_iou`, `mean_dice`, `iou_<class>`, `dice_<class>` (NaN where the class is in neither truth nor prediction),
+    and the share of each class among the image's labelled pixels in the truth (`true_<class>`) and the prediction
+    (`pred_<class>`)."""
     columns: dict[str, list] = {"image": [], "index": [], "pixels": [], "pixel_accuracy": [], "mean_iou": [], "mean_dice": []}
     for kind in ("iou", "dice", "true", "pred"):
         columns.update({f"{kind}_{name}": [] for name in class_names})
     for i, cm in enumerate(result.matrices):
         s = metrics.scores(cm)
         pixels = int(cm.sum())
-        columns["image"].append(names[i] if names else str(i))
+        columns["image"].append(names[i] if names else str(i) if ordered else f"{compare.UNORDERED}{i}")
         columns["index"].append(i)
         columns["pixels"].append(pixels)
         for key in ("pixel_accuracy", "mean_iou", "mean_dice"):
@@ -113,10 +116,10 @@ def worst_list(result: PerImage, names: list[str] | None = None) -> list[dict]:
             for e in result.worst]
 
 
-def log(run, result: PerImage, class_names: list[str], split: str, names: list[str] | None = None) -> None:
+def log(run, result: PerImage, class_names: list[str], split: str, names: list[str] | None = None, ordered: bool = True) -> None:
     """To `run` (a tracking.Run): the table `per_image_<split>.json` and the gallery `worst_<split>.png`
     with `worst_<split>.json` naming its rows."""
-    run.log_table(table(result, class_names, names), f"per_image_{split}.json")
+    run.log_table(table(result, class_names, names, ordered), f"per_image_{split}.json")
     grid = worst_grid(result, len(class_names))
     if grid is not None:
         run.log_image(grid, f"worst_{split}.png")

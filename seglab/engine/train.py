@@ -52,7 +52,8 @@ def run(cfg: DictConfig) -> float:
         log_training(cfg, mlrun, checkpointer, fitted)
 
         chosen = finish.choose(cfg.tracking.log_model, setup.model, checkpointer, fitted.epochs)
-        val = finish.Split("val", fitted.val_ds, list(cfg.data.class_names), finish.image_names(setup.splits, "val"))
+        val = finish.Split("val", fitted.val_ds, list(cfg.data.class_names), finish.image_names(setup.splits, "val"),
+                           ordered=bool(cfg.deterministic))
         publish = finish.Publish(cfg.tracking.log_model, fitted.samples[0][:1], cfg.tracking.register_as, cfg.data.name,
                                  cfg.data.resize)
         finish.finish(mlrun, chosen, val, cfg.trainer.worst_samples, publish if cfg.tracking.log_model else None)
