@@ -278,6 +278,7 @@ def test_without_a_test_file_a_seeded_share_of_train_is_the_test_split_after_val
     train, val, test = by_width(splits.train), by_width(splits.val), by_width(splits.test)
     assert sorted(val) == sorted(before) and len(test) == 1 and len(train) == 2
     assert sorted([*train, *val, *test]) == sorted(i["width"] for i in SPLITS["train2017"])
+    assert splits.about["val"].source == build(root, cache, val=None, val_fraction=0.25, seed=3).about["val"].source
     given = build(root, cache, test_fraction=0.5, seed=3)  # the val file given: test is carved from train alone
     assert len(by_width(given.test)) == 2 and not set(by_width(given.test)) & set(by_width(given.train))
 

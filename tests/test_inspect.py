@@ -135,6 +135,24 @@ def test_labels_past_the_classes_file_are_a_problem_naming_where_they_are(tmp_pa
     assert not any(line.startswith("train on it with") for line in said)
 
 
+def test_the_first_file_of_a_label_is_named_right_after_a_refused_mask(tmp_path, capsys):
+    """A refused mask (an id the label_map does not name) before the first mask holding a label past the classes
+    file's, both past the masks the source checks first: the problem names that mask, n10.png; before, refused masks
+    were not counted and it named n09.png."""
+    for split, names in (("train", [f"n{i:02d}" for i in range(12)]), ("val", ["e"])):
+        for i, name in enumerate(names):
+            write_image(tmp_path / split / f"{name}.png", W21, H21, seed=i)
+            labels = labels_for(i % 3, W21, H21).copy()
+            labels[:3] = {"n09": 7, "n10": 5}.get(name, labels[0, 0])
+            write_mask(tmp_path / f"{split}annot" / f"{name}.png", labels)
+    (tmp_path / "classes.csv").write_text("name\nsky\nroad\ncar\n")
+    with pytest.raises(DataError):
+        inspect.main([str(tmp_path), "data.source.label_map={0:0,1:1,2:2,5:3}", "data.source.ignore_index=null"])
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  problem: ")]
+    assert any("n09.png" in line and "outside {0, 1, 2, 5}" in line for line in problems), problems
+    assert any(line.startswith("  problem: label 3 (") and "first in n10.png, train split" in line for line in problems), problems
+
+
 def test_a_class_name_the_runner_refuses_is_one_line_not_a_square_command(tmp_path, capsys):
     """A classes.csv name the schema refuses: inspect says so in one line, and prints no command; before, any refusal
     of the printed settings was taken for an old seglab without [height, width], and a square command was printed

@@ -234,14 +234,17 @@ def test_an_empty_validation_split_is_refused_in_one_line_before_a_run_and_by_in
 @pytest.mark.parametrize("encoding", ["png", "auto"])
 def test_palette_and_16_bit_png_masks_are_labels_and_a_colour_png_is_one_line(tmp_path, encoding):
     """PNG masks as data=folder reads mask files: a palette PNG's indices (TensorFlow's decoder gives its colours, and
-    as one channel their grey levels: 0, 38, 75 for indices 0-2), a 16-bit PNG's values (scaled to 8 bits before);
-    an RGB mask stops the pipeline with a line naming the key and the file."""
+    as one channel their grey levels: 0, 38, 75 for indices 0-2), a 16-bit PNG's values (scaled to 8 bits before), a
+    1-bit PNG's 0/1 (not 0/255), grey with alpha as grey; an RGB mask stops the pipeline with a line naming the key and
+    the file."""
     import io
 
     from PIL import Image
 
     def encoded(labels, mode):
         picture = Image.fromarray(labels.astype(np.uint16 if mode == "I;16" else np.uint8))
+        if mode in ("1", "LA"):  # 1-bit grey (TensorFlow scales it to 0/255), grey with alpha (its alpha dropped)
+            picture = picture.convert(mode) if mode == "LA" else Image.fromarray(labels.astype(bool))
         if mode == "P":
             picture = picture.convert("P")
             picture.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
@@ -252,7 +255,8 @@ def test_palette_and_16_bit_png_masks_are_labels_and_a_colour_png_is_one_line(tm
         return buffer.getvalue()
 
     image = np.zeros((4, 6, 3), np.uint8)
-    labels = {"P": np.tile([0, 1, 2], (4, 2)), "I;16": np.tile([0, 7, 300], (4, 2))}
+    labels = {"P": np.tile([0, 1, 2], (4, 2)), "I;16": np.tile([0, 7, 300], (4, 2)), "1": np.tile([0, 1, 1], (4, 2)),
+              "LA": np.tile([0, 1, 2], (4, 2))}
     for mode, written in labels.items():
         (tmp_path / mode).mkdir()
         write(tmp_path / mode / "train.tfrecord", [tf.train.Example(features=tf.train.Features(feature={

@@ -11,6 +11,7 @@ names when known), for the run's dataset records (`seglab.data.lineage`) and per
 
 import logging
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 # Starts the message of an in-graph label check (tf.debugging.Assert), which TensorFlow can only raise as an
 # InvalidArgumentError mid-epoch: seglab.errors finds it there and prints it as one line.
 LABEL_ERROR_MARKER = "seglab label check:"
-SCAN_CLASSES = 1 << 16  # data.num_classes while `inspect` scans a data set: no label or one-hot count refused before it is counted
+SCAN_CLASSES = 1 << 16  # data.num_classes while `inspect` scans a data set: no label or one-hot count is refused first
 EMPTY_SPLIT_FIX = ("add images to it, or where it is a fraction split off (data.source.val_fraction, test_fraction) raise "
                    "that fraction, or give the split its own files")  # after "the SPLIT split holds no image: "
 LABEL_CHECK_EXAMPLES = 8  # masks read by `check_labels` before training: enough to catch a wrong config, cheap
@@ -99,6 +100,12 @@ class Splits:
     val: Any
     test: Optional[Any] = None
     about: dict = field(default_factory=dict)  # split name ("train", "val", "test") -> Provenance
+
+
+def share(count: int, fraction: float) -> int:
+    """The examples a seeded split takes: `fraction` of `count` rounded (half to even) from the decimal fraction as
+    written (75 x 0.14 is 10.5 -> 10, where the float product 10.500000000000002 gave 11), one at least."""
+    return max(1, round(count * Fraction(str(fraction))))
 
 
 def check_labels(dataset, num_classes: int, ignore_index: Optional[int], where: str, count: int = LABEL_CHECK_EXAMPLES) -> None:

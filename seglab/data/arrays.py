@@ -34,7 +34,7 @@ import numpy as np
 
 from seglab.config import sources
 from seglab.config.check import require
-from seglab.data import LABEL_ERROR_MARKER, SCAN_CLASSES, DataError, Provenance, Splits
+from seglab.data import LABEL_ERROR_MARKER, SCAN_CLASSES, DataError, Provenance, Splits, share
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,8 @@ def split_off(train: Pair, fractions: dict[str, float], seed: int, val_file: str
     chosen, start = {}, 0
     for split in ("val", "test"):
         if split in fractions:
-            size = max(1, round(train.count * fractions[split]))
+            # Validation's share as it always was; test's as folder rounds it (seglab.data.share).
+            size = max(1, round(train.count * fractions[split])) if split == "val" else share(train.count, fractions[split])
             chosen[split], start = sorted(int(i) for i in order[start : start + size]), start + size
     if start >= train.count:
         raise DataError(f"{train.images.label}: {train.count} images are too few to split off "

@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from seglab.config.check import ConfigError, require
 from seglab.data import DataError, Provenance, Splits, check_labels, filecache
+from seglab.data import share as share_of
 from seglab.util import atomic
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,8 @@ def plan(root: Path, train: dict, val: Optional[dict], test: Optional[dict], val
     shares = dict(carve=val_fraction if val is None else None,
                   test_carve=test_fraction if test is None and test_fraction > 0 else None)
     for role in [role for role, share in (("val", shares["carve"]), ("test", shares["test_carve"])) if share is not None]:
-        parts[role] = Part(role, parts["train"].annotations, parts["train"].images, **shares)
+        own = {**shares, "test_carve": None} if role == "val" else shares  # validation comes first: test's share is not its
+        parts[role] = Part(role, parts["train"].annotations, parts["train"].images, **own)
     parts["train"] = replace(parts["train"], **shares)
     return {role: parts[role] for role in ROLES if role in parts}
 
@@ -476,8 +478,9 @@ def select(coco: COCO, part: Part, label_of: dict[int, int], negative_fraction: 
     if part.carve is not None or part.test_carve is not None:  # validation first in the seed's order, then test
         order, start, taken = np.random.default_rng(seed).permutation(image_ids).tolist(), 0, {}
         for role, fraction in (("val", part.carve), ("test", part.test_carve)):
-            if fraction is not None:
-                share = min(len(image_ids) - 1, max(1, round(len(image_ids) * fraction)))  # one image each at least
+            if fraction is not None:  # one image each at least; test's share as folder rounds it (seglab.data.share)
+                share = min(len(image_ids) - 1, max(1, round(len(image_ids) * fraction)) if role == "val" else
+                            share_of(len(image_ids), fraction))
                 taken[role], start = set(order[start : start + share]), start + share
         kept = taken.get(part.role, set(order[start:]))
         image_ids = [i for i in image_ids if i in kept]

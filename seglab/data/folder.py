@@ -33,7 +33,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from seglab.config.check import require
-from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits, check_labels
+from seglab.data import LABEL_ERROR_MARKER, DataError, Provenance, Splits, check_labels, share
 from seglab.util.images import ends_like_jpeg
 
 log = logging.getLogger(__name__)
@@ -419,12 +418,11 @@ def with_validation(found: dict[str, list[Pair]], val_fraction: float, test_frac
 
 def seeded(pairs: list[Pair], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Pair]]:
     """The pairs in name order (by stem, whatever order a list file gives them in) shuffled with `seed`: the last
-    val_fraction is val, the test_fraction before it test.  The shares are rounded (half to even) from the decimal
-    fraction as written: 75 images x 0.14 is 10.5 -> 10 images, where the float product 10.500000000000002 gave 11."""
+    val_fraction is val, the test_fraction before it test, each share as seglab.data.share rounds it."""
     by_name = sorted(pairs, key=lambda p: Path(p[2]).with_suffix("").as_posix())
     order = [by_name[i] for i in np.random.default_rng(seed).permutation(len(by_name))]
-    n_val = max(1, round(len(order) * Fraction(str(val_fraction)))) if val_fraction > 0 else 0
-    n_test = max(1, round(len(order) * Fraction(str(test_fraction)))) if test_fraction > 0 else 0
+    n_val = share(len(order), val_fraction) if val_fraction > 0 else 0
+    n_test = share(len(order), test_fraction) if test_fraction > 0 else 0
     cut = len(order) - n_val - n_test
     splits = {"train": order[:cut], "val": order[len(order) - n_val:]}
     if n_test:

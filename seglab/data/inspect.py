@@ -125,7 +125,10 @@ def scan(path: Path, given: list[str] = ()) -> Found:
     found = Found(name, {**arguments, **chosen(name, given)})
     found.notes = getattr(module, "notes", lambda **_: [])(**found.arguments)
     fixed = getattr(module, "CLASS_NAMES", None)
-    found.class_names = list(fixed) if fixed else getattr(module, "class_names", lambda **_: None)(**found.arguments)
+    try:  # a source's classes file or categories: a file it cannot read is a problem of the report, as the build's are
+        found.class_names = list(fixed) if fixed else getattr(module, "class_names", lambda **_: None)(**found.arguments)
+    except (DataError, errors.UserError) as err:
+        found.problems.append(errors.one_line(err))
     build = getattr(module, OmegaConf.load(Path(schema.CONF_DIR, "data", f"{name}.yaml")).source._target_.rpartition(".")[2])
     warnings = _Collect()
     logging.getLogger("seglab").addHandler(warnings)
@@ -194,8 +197,9 @@ def _count(dataset, found: Found, split: str, names: list | None = None, first: 
     the count goes on past it, so that every such mask is reported, not only the first."""
     import tensorflow as tf  # the splits are tf.data pipelines; only their refusal's type is needed here
 
-    images, refused, examples = 0, Counter(), dataset.as_numpy_iterator()
+    images, refused, examples, position = 0, Counter(), dataset.as_numpy_iterator(), -1
     while True:
+        position += 1  # the example's place in the split, refused ones too (`names` is in that order)
         try:
             image, mask = next(examples)
         except StopIteration:
@@ -208,7 +212,7 @@ def _count(dataset, found: Found, split: str, names: list | None = None, first: 
         labels, pixels = np.unique(mask, return_counts=True)
         found.pixels.update(dict(zip(labels.tolist(), pixels.tolist())))
         for label in labels.tolist() if first is not None else ():
-            first.setdefault(label, (split, names[images - 1] if names else f"example {images - 1}"))
+            first.setdefault(label, (split, names[position] if names else f"example {position}"))
     lines = [f"{split}: {count} mask(s) refused: {line}" if count > 1 else f"{split}: {line}" for line, count in refused.items()]
     found.problems += lines[:SHOWN_REFUSALS] + [f"{split}: {len(lines) - SHOWN_REFUSALS} more refusals like these"] * (len(lines) > SHOWN_REFUSALS)
     if refused and not found.refused:
@@ -341,7 +345,7 @@ def report(path: Path, found: Found) -> list[str]:
         how = (f"under {limit}, so data.cache=memory keeps them" if held < MEMORY_CACHE_LIMIT else
                f"past {limit}, so they stream from disk each epoch (data.cache=PREFIX keeps them in files)")
         lines.append(f"  decoded at {size[0]}x{size[1]} the {sum(found.images.values())} images take {held / 2**20:,.0f} MiB: {how}")
-    lines += [f"  problem: {problem}" for problem in found.problems] or ["  problems: none"]
+    lines += [f"  problem: {problem}" for problem in dict.fromkeys(found.problems)] or ["  problems: none"]
     return lines
 
 

@@ -41,7 +41,7 @@ ENCODINGS = ("raw", "png", "jpeg", "auto")
 COMPRESSIONS = {None: "", "none": "", "gzip": "GZIP", "zlib": "ZLIB"}  # data.source.compression -> TFRecordDataset's
 GZIP_MAGIC = b"\x1f\x8b"
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG", b"\xff\xd8\xff"
-PNG_DEPTH_AT, PNG_GREY, PNG_PALETTE = 24, 0, 3  # IHDR's bit depth byte (the colour type after it); colour types
+PNG_DEPTH_AT, PNG_GREY, PNG_PALETTE, PNG_GREY_ALPHA = 24, 0, 3, 4  # IHDR's bit depth byte (colour type after it); types
 FILES_AT_ONCE = 4  # files read in parallel, interleaved one record each: a fixed number, so the order is the same everywhere
 HASH_BUCKETS = 1 << 30  # resolution of the seeded validation fraction
 RECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record", ".records", ".tfrec")
@@ -207,9 +207,10 @@ def decode(file, record, spec: Spec):
 
 
 def mask_labels(content, key: str, file):
-    """Encoded mask bytes -> int32 labels (H, W, 1), as data=folder reads mask files: an 8- or 16-bit grey PNG's
-    values (TensorFlow's decode_image would scale 16 bits down to 8), a palette PNG's indices (TensorFlow gives its
-    colours; read with Pillow), a JPEG's grey values; a colour PNG stops the pipeline with a line naming the file."""
+    """Encoded mask bytes -> int32 labels (H, W, 1), as data=folder reads mask files: a grey PNG's values at any bit
+    depth (TensorFlow's decode_image would scale 16 bits down to 8, and 1 bit up to 0/255; its alpha, if any, dropped),
+    a palette PNG's indices (TensorFlow gives its colours; read with Pillow), a JPEG's grey values; a colour PNG stops
+    the pipeline with a line naming the file."""
     import tensorflow as tf  # seconds to import; the config check imports this module without it
 
     header = tf.io.decode_raw(tf.strings.substr(content, PNG_DEPTH_AT, 2), tf.uint8)  # IHDR: bit depth, colour type
@@ -233,7 +234,10 @@ def mask_labels(content, key: str, file):
     def jpeg():
         return tf.cast(tf.io.decode_image(content, channels=1, expand_animations=False), tf.int32)
 
-    kind = tf.where(~png, 0, tf.where(header[1] == PNG_GREY, 1, tf.where(header[1] == PNG_PALETTE, 2, 3)))
+    # Pillow where TensorFlow would not give the values: palette indices, and 1-, 2- or 4-bit grey (which it scales).
+    grey_kind = tf.where(header[0] < 8, 2, 1)
+    kind = tf.where(~png, 0, tf.where((header[1] == PNG_GREY) | (header[1] == PNG_GREY_ALPHA),
+                                      tf.where(header[1] == PNG_GREY, grey_kind, 1), tf.where(header[1] == PNG_PALETTE, 2, 3)))
     return tf.switch_case(kind, [jpeg, grey, indices, colour])
 
 

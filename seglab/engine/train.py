@@ -128,7 +128,7 @@ def read_data(cfg: DictConfig) -> Data:
     splits = instantiate(data.source)
     if cfg.trainer.score_test and splits.test is None:
         raise DataError(f"trainer.score_test=true, but data={data.name} has no test split: give it one (a test folder or "
-                        "list beside train's; data=folder with one pair of folders: data.source.test_fraction=0.2), or "
+                        "list beside train's, test files; or a seeded share where there are none: data.source.test_fraction=0.2), or "
                         "set trainer.score_test=false")
     counted = {}
     for split in ("train", "val", "test") if cfg.trainer.score_test else ("train", "val"):
