@@ -12,7 +12,7 @@ from PIL import Image
 
 from seglab.config.check import ConfigError
 from seglab.config.sources import check_source
-from seglab.data import DataError, folder
+from seglab.data import DataError, carve, folder
 
 W43, H43 = 32, 24  # a 4:3 frame
 W21, H21 = 48, 24  # a 2:1 frame
@@ -434,6 +434,18 @@ def test_the_split_shares_round_the_decimal_fraction_not_its_float():
     pairs = [(Path(f"{i:03d}.png"), Path(f"{i:03d}.png"), f"{i:03d}.png") for i in range(75)]
     assert 75 * 0.14 > 10.5  # the float product: rounded, it gave 11 validation images
     assert len(folder.seeded(pairs, 0.14, 0.0, 0)["val"]) == 10
+
+
+def test_arrays_and_coco_carve_validation_first_and_test_from_what_follows():
+    """seglab.data.carve, which data=arrays and data=coco cut their fractions with: disjoint parts covering every
+    example; a test share leaves the seed's validation as it was; validation rounds as it always did (75 x 0.14 -> 11),
+    test as `share` does (-> 10)."""
+    alone, both = carve(75, {"val": 0.14}, seed=4), carve(75, {"val": 0.14, "test": 0.14}, seed=4)
+    assert both["val"] == alone["val"] and len(both["val"]) == 11 and len(both["test"]) == 10
+    assert sorted(both["train"] + both["val"] + both["test"]) == list(range(75))
+    assert all(part == sorted(part) for part in both.values())
+    assert carve(75, {"val": 0.14}, seed=5)["val"] != alone["val"]
+    assert carve(2, {"val": 0.9}, seed=0)["train"] == []  # the caller refuses it, naming its files
 
 
 def test_your_own_data_trains_without_augmentation_by_default(compose_cfg):

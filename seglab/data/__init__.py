@@ -108,6 +108,21 @@ def share(count: int, fraction: float) -> int:
     return max(1, round(count * Fraction(str(fraction))))
 
 
+def carve(count: int, fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Seeded parts of range(count), as arrays and coco cut validation and test out of a training set: one permutation
+    of `seed`, validation its first part, test the next (a test share leaves the seed's validation as it was), train
+    the rest; each part's indices increasing.  Validation takes round(count * fraction) as it always did (one at
+    least), test `share`'s count: unifying the two would move existing validation splits.  The caller refuses an empty
+    train part, naming its own files."""
+    order = np.random.default_rng(seed).permutation(count)
+    parts, start = {}, 0
+    for split in ("val", "test"):
+        if split in fractions:
+            size = max(1, round(count * fractions[split])) if split == "val" else share(count, fractions[split])
+            parts[split], start = sorted(order[start : start + size].tolist()), start + size
+    return {"train": sorted(order[start:].tolist()), **parts}
+
+
 def check_labels(dataset, num_classes: int, ignore_index: Optional[int], where: str, count: int = LABEL_CHECK_EXAMPLES) -> None:
     """Fail before training if the first masks hold a label that is neither a class nor `ignore_index`."""
     import tensorflow as tf

@@ -34,7 +34,7 @@ import numpy as np
 
 from seglab.config import sources
 from seglab.config.check import require
-from seglab.data import LABEL_ERROR_MARKER, SCAN_CLASSES, DataError, Provenance, Splits, share
+from seglab.data import LABEL_ERROR_MARKER, SCAN_CLASSES, DataError, Provenance, Splits, carve
 
 log = logging.getLogger(__name__)
 
@@ -279,23 +279,16 @@ def optional_pair(root: Path, split: str, image_spec: str | None, mask_spec: str
 
 def split_off(train: Pair, fractions: dict[str, float], seed: int, val_file: str | None) -> dict[str, list[int]]:
     """Seeded `fractions` of the training examples ({"val": 0.1} and/or {"test": 0.2}) as those splits: each split's
-    indices, increasing.  One permutation of the seed: validation its first part, test the next (so a test fraction
-    leaves the validation examples of the same seed as they were)."""
+    indices, increasing, cut as seglab.data.carve cuts them."""
     if fractions.get("val", 1) <= 0:
         raise DataError(f"no validation data: {val_file} is not in the folder and data.source.val_fraction=0: add the "
                         "validation files, or set data.source.val_fraction, e.g. 0.1.")
-    order = np.random.default_rng(seed).permutation(train.count)
-    chosen, start = {}, 0
-    for split in ("val", "test"):
-        if split in fractions:
-            # Validation's share as it always was; test's as folder rounds it (seglab.data.share).
-            size = max(1, round(train.count * fractions[split])) if split == "val" else share(train.count, fractions[split])
-            chosen[split], start = sorted(int(i) for i in order[start : start + size]), start + size
-    if start >= train.count:
+    parts = carve(train.count, fractions, seed)
+    if not parts["train"]:
         raise DataError(f"{train.images.label}: {train.count} images are too few to split off "
                         f"{' and '.join(f'a {split} fraction of {f}' for split, f in fractions.items())}: add images, or "
                         f"give the split its own files.")
-    return {"train": sorted(int(i) for i in order[start:]), **chosen}
+    return parts
 
 
 def check(path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.0, images: str = "", masks: str = "",

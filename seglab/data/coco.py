@@ -50,8 +50,7 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from seglab.config.check import ConfigError, require
-from seglab.data import DataError, Provenance, Splits, check_labels, filecache
-from seglab.data import share as share_of
+from seglab.data import DataError, Provenance, Splits, carve, check_labels, filecache
 from seglab.util import atomic
 
 log = logging.getLogger(__name__)
@@ -475,15 +474,9 @@ def select(coco: COCO, part: Part, label_of: dict[int, int], negative_fraction: 
     """The split's image ids: the train or val share of a carved file, then (unless `negative_fraction` is null,
     which keeps them all) the images with a category plus seeded others making up `negative_fraction`."""
     image_ids = sorted(coco.imgs)
-    if part.carve is not None or part.test_carve is not None:  # validation first in the seed's order, then test
-        order, start, taken = np.random.default_rng(seed).permutation(image_ids).tolist(), 0, {}
-        for role, fraction in (("val", part.carve), ("test", part.test_carve)):
-            if fraction is not None:  # one image each at least; test's share as folder rounds it (seglab.data.share)
-                share = min(len(image_ids) - 1, max(1, round(len(image_ids) * fraction)) if role == "val" else
-                            share_of(len(image_ids), fraction))
-                taken[role], start = set(order[start : start + share]), start + share
-        kept = taken.get(part.role, set(order[start:]))
-        image_ids = [i for i in image_ids if i in kept]
+    if part.carve is not None or part.test_carve is not None:  # seglab.data.carve's parts of the file's images
+        fractions = {role: f for role, f in (("val", part.carve), ("test", part.test_carve)) if f is not None}
+        image_ids = [image_ids[i] for i in carve(len(image_ids), fractions, seed)[part.role]]
     if not image_ids:
         raise DataError(f"{part.annotations}: the {part.role} split has no images; check data.source.{part.role}"
                         + (" and data.source.val_fraction / test_fraction." if part.carve or part.test_carve else "."))

@@ -265,18 +265,19 @@ def settings(found: Found) -> dict:
     if names is None:
         names = [f"r{r}_g{g}_b{b}" for r, g, b in colours] if colours else sources.placeholder_names(classes)
     classes = max(classes, len(names))
-    height, width = found.sizes.most_common(1)[0][0]
     unused = VOID if classes <= VOID else WIDE_VOID  # fit's padding needs a label that is no class
-    size = suggested_size(height, width)
+    size, _, fits = decoded(found)
     return {"num_classes": classes, "class_names": names, "ignore_index": void if void is not None else unused,
-            "image_size": list(size), "resize": "fit", "source": source,
-            "cache": "memory" if cached_bytes(found, size) < MEMORY_CACHE_LIMIT else None}
+            "image_size": list(size), "resize": "fit", "source": source, "cache": "memory" if fits else None}
 
 
-def cached_bytes(found: Found, size: tuple[int, int]) -> int:
-    """What data.cache=memory holds for every split at `size`: the decoded examples a run keeps (train and val; test
-    too when a sweep scores it)."""
-    return sum(found.images.values()) * size[0] * size[1] * CACHED_BYTES_PER_PIXEL
+def decoded(found: Found) -> tuple[tuple[int, int], int, bool]:
+    """(the size inspect suggests, the bytes data.cache=memory holds at it, whether they are under
+    MEMORY_CACHE_LIMIT): every split's decoded examples, which a run keeps (train and val; test too when a sweep
+    scores it)."""
+    size = suggested_size(*found.sizes.most_common(1)[0][0])
+    held = sum(found.images.values()) * size[0] * size[1] * CACHED_BYTES_PER_PIXEL
+    return size, held, held < MEMORY_CACHE_LIMIT
 
 
 def overrides(found: Found, values: dict) -> list[str]:
@@ -340,9 +341,8 @@ def report(path: Path, found: Found) -> list[str]:
             lines.append(f"  label {VOID} stays void (data.ignore_index); if it is a class, add {VOID}:{len(mapping)} to the "
                          f"label_map and 1 to data.num_classes")
     if found.images and found.sizes:
-        size = suggested_size(*found.sizes.most_common(1)[0][0])
-        held, limit = cached_bytes(found, size), f"{MEMORY_CACHE_LIMIT / 2**30:g} GiB"
-        how = (f"under {limit}, so data.cache=memory keeps them" if held < MEMORY_CACHE_LIMIT else
+        (size, held, fits), limit = decoded(found), f"{MEMORY_CACHE_LIMIT / 2**30:g} GiB"
+        how = (f"under {limit}, so data.cache=memory keeps them" if fits else
                f"past {limit}, so they stream from disk each epoch (data.cache=PREFIX keeps them in files)")
         lines.append(f"  decoded at {size[0]}x{size[1]} the {sum(found.images.values())} images take {held / 2**20:,.0f} MiB: {how}")
     lines += [f"  problem: {problem}" for problem in dict.fromkeys(found.problems)] or ["  problems: none"]

@@ -41,7 +41,7 @@ ENCODINGS = ("raw", "png", "jpeg", "auto")
 COMPRESSIONS = {None: "", "none": "", "gzip": "GZIP", "zlib": "ZLIB"}  # data.source.compression -> TFRecordDataset's
 GZIP_MAGIC = b"\x1f\x8b"
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG", b"\xff\xd8\xff"
-PNG_DEPTH_AT, PNG_GREY, PNG_PALETTE, PNG_GREY_ALPHA = 24, 0, 3, 4  # IHDR's bit depth byte (colour type after it); types
+PNG_DEPTH_AT = 24  # IHDR's bit depth byte, the colour type after it
 FILES_AT_ONCE = 4  # files read in parallel, interleaved one record each: a fixed number, so the order is the same everywhere
 HASH_BUCKETS = 1 << 30  # resolution of the seeded validation fraction
 RECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record", ".records", ".tfrec")
@@ -234,11 +234,12 @@ def mask_labels(content, key: str, file):
     def jpeg():
         return tf.cast(tf.io.decode_image(content, channels=1, expand_animations=False), tf.int32)
 
-    # Pillow where TensorFlow would not give the values: palette indices, and 1-, 2- or 4-bit grey (which it scales).
-    grey_kind = tf.where(header[0] < 8, 2, 1)
-    kind = tf.where(~png, 0, tf.where((header[1] == PNG_GREY) | (header[1] == PNG_GREY_ALPHA),
-                                      tf.where(header[1] == PNG_GREY, grey_kind, 1), tf.where(header[1] == PNG_PALETTE, 2, 3)))
-    return tf.switch_case(kind, [jpeg, grey, indices, colour])
+    JPEG, GREY, PILLOW, COLOUR = range(4)  # the branches, in switch_case's order
+    # Each PNG colour type's branch (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA; 1 and 5 are no type): Pillow
+    # where TensorFlow would not give the values, palette indices and 1-, 2- or 4-bit grey (which it scales).
+    by_type = tf.gather([GREY, COLOUR, COLOUR, PILLOW, GREY, COLOUR, COLOUR], tf.minimum(tf.cast(header[1], tf.int32), 6))
+    branch = tf.where(~png, JPEG, tf.where((by_type == GREY) & (header[0] < 8), PILLOW, by_type))
+    return tf.switch_case(branch, [jpeg, grey, indices, colour])
 
 
 def pixels(content, size, channels: int, encoding: str, key: str, file, decode_encoded=None):
