@@ -187,22 +187,15 @@ def hydra_main(task: Callable[[], Any], prog: str = "seglab") -> Any:
     before = {name: os.environ.get(name) for name in (HYDRA_FULL_ERROR, USER_FULL_ERROR)}
     os.environ[USER_FULL_ERROR] = "1" if full_error() else ""
     os.environ[HYDRA_FULL_ERROR] = "1"
-    try:
+
+    def composed_and_run() -> Any:  # answered as `main` answers (e.g. Ctrl-C in a sweep, or while Hydra composes)
         try:
             return task()
         finally:
             for name, value in before.items():
                 _restore(name, value)
-            sys.stdout.flush()  # as in `main`
-    except KeyboardInterrupt as err:  # Ctrl-C in a sweep (a single run answers in `main`) or while Hydra composes
-        interrupted(prog, err)
-    except BrokenPipeError:
-        reader_gone()
-    except Exception as err:
-        message = None if full_error() else explain(err)
-        if message is None:
-            raise
-        fail(prog, message)
+
+    return main(composed_and_run, prog=prog)
 
 
 def _restore(name: str, value: str | None) -> None:

@@ -245,8 +245,8 @@ def test_every_command_takes_its_store_from_mlflow_tracking_uri_unless_the_comma
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     assert compose_cfg().tracking.uri == "sqlite:///elsewhere.db"
     assert compose_cfg("tracking.uri=sqlite:///given.db").tracking.uri == "sqlite:///given.db"
-    for command in (predict, export):
-        assert OmegaConf.to_object(OmegaConf.structured(command.TrackingRef)).uri == "sqlite:///elsewhere.db"
+    for config in (predict.PredictConfig, export.ExportConfig):
+        assert OmegaConf.structured(config).tracking.uri == "sqlite:///elsewhere.db"
     with pytest.raises(schema.ConfigError, match=r"^MLFLOW_TRACKING_URI=sqlite:///elsewhere.db: there is no database"):
         report.main(["my-sweep"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # empty: unset, as MLflow reads it

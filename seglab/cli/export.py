@@ -41,18 +41,13 @@ NEEDS = {"onnx": ("tf2onnx", "onnxruntime"), "litert": (), "saved_model": ()}
 
 
 @dataclass
-class TrackingRef:
-    uri: str = tracking_config.DEFAULT_URI  # $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-
-
-@dataclass
 class ExportConfig:
     model_uri: str = MISSING
     format: str = MISSING
     output: str = MISSING
     batch_size: Optional[int] = None  # the batch the exported file takes; None: any
     verbose: bool = False  # true: TensorFlow's and MLflow's notices too
-    tracking: TrackingRef = field(default_factory=TrackingRef)
+    tracking: tracking_config.TrackingRef = field(default_factory=tracking_config.TrackingRef)
 
 
 def parse(argv: list[str]) -> ExportConfig:

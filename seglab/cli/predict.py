@@ -44,18 +44,13 @@ from seglab.util import atomic, images, visualize
 log = logging.getLogger(__name__)
 
 @dataclass
-class TrackingRef:
-    uri: str = tracking_config.DEFAULT_URI  # $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-
-
-@dataclass
 class PredictConfig:
     model_uri: str = MISSING
     input: str = MISSING
     output: str = MISSING
     batch_size: int = 8
     verbose: bool = False  # true: TensorFlow's and MLflow's notices too
-    tracking: TrackingRef = field(default_factory=TrackingRef)
+    tracking: tracking_config.TrackingRef = field(default_factory=tracking_config.TrackingRef)
     inference: InferenceOptions = field(default_factory=InferenceOptions)
 
 

@@ -70,6 +70,13 @@ def alias_problem(alias: str) -> str | None:
 
 
 @dataclass
+class TrackingRef:
+    """The tracking group of the commands that read a logged model (predict, export): the store alone."""
+
+    uri: str = DEFAULT_URI  # $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+
+
+@dataclass
 class TrackingConfig:
     uri: str = MISSING
     experiment: str = MISSING
