@@ -8,6 +8,7 @@
     python benchmarks/own_data.py versus-keras DIR --data TREE [--inspect data.source.KEY=VALUE ...] [--epochs 8] [--base-filters 16] [--seeds 42 43 44]
     python benchmarks/own_data.py same-batches DIR [--data TREE] [--inspect ...] [--seglab KEY=VALUE ...]
     python benchmarks/own_data.py swap DIR [--data TREE] [--inspect ...] [--seglab KEY=VALUE ...] [--epochs 8] [--seeds 42 43 44]
+    python benchmarks/own_data.py judge LOG [LOG ...] --seeds 60 61 ... [--margin 0.02]
 
 throughput: writes --images 480x360 PNG photos with 8-bit index masks (12 classes and a void 255) in CamVid's
 layout (DIR/frames: train/ trainannot/ val/ valannot/) unless they are there, then alternates, --rounds times,
@@ -59,6 +60,11 @@ process, the script's U-Net and compile and seglab's (its model config and segla
 loss, metrics), each fitted on the script's training batches and on seglab's (data=folder's source and pipeline as
 training reads them, shuffled by seed and epoch), each after keras.utils.set_random_seed(seed); prints the last
 epoch's training loss of the four, a row per seed.
+
+judge: the test of docs/own-data.md fixed before it ran: the `seed N: seglab X, plain Keras Y` lines versus-keras
+printed into the LOG files (several runs' logs together; a seed's lines must agree) for exactly --seeds; prints each,
+and once every seed is in, the paired difference seglab - script with its 95 % t interval and the verdict: its lower
+end above -MARGIN, seglab reaches the script within MARGIN; its upper end below 0, it falls short; else not settled.
 
 Everything runs through the real commands, so the figures include what a user gets (seglab's deterministic
 tf.data order, its header check before the first pass is not timed: the pipeline's passes are).
@@ -422,7 +428,43 @@ def versus_keras(args) -> None:
     for seed, ours, theirs in rows:
         print(f"| {seed} | {ours:.3f} | {theirs:.3f} | {ours - theirs:+.3f} |")
     columns = list(zip(*rows))[1:]
-    print(f"| mean ± sd | {spread(columns[0])} | {spread(columns[1])} | {spread([a - b for a, b in zip(*columns)], sign=True)} |")
+    differences = [a - b for a, b in zip(*columns)]
+    print(f"| mean ± sd | {spread(columns[0])} | {spread(columns[1])} | {spread(differences, sign=True)} |")
+    if len(differences) > 1:
+        print("\nseglab - plain, 95 %% t interval: %+.3f to %+.3f" % paired_interval(differences)[1:])
+
+
+SEED_LINE = re.compile(r"^seed (\d+): seglab (\d\.\d+), plain Keras (\d\.\d+)", re.M)  # versus_keras' line
+
+
+def paired_interval(differences: list[float]) -> tuple[float, float, float]:
+    """The mean of paired differences and its 95 % t interval (low, high)."""
+    from scipy import stats  # MLflow's dependency
+
+    mean = statistics.mean(differences)
+    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def judge(args) -> None:
+    found: dict[int, tuple[float, float]] = {}
+    for log in args.logs:
+        for seed, ours, theirs in SEED_LINE.findall(log.read_text()):
+            pair = (float(ours), float(theirs))
+            if found.setdefault(int(seed), pair) != pair:
+                raise SystemExit(f"{log}: seed {seed} reads {pair}, another log {found[int(seed)]}: which run counts?")
+    rows = [(seed, *found[seed]) for seed in args.seeds if seed in found]
+    print("| seed | seglab | plain Keras script | seglab - plain |\n|---|---|---|---|")
+    for seed, ours, theirs in rows:
+        print(f"| {seed} | {ours:.3f} | {theirs:.3f} | {ours - theirs:+.3f} |")
+    if len(rows) < len(args.seeds):
+        print(f"\n{len(rows)} of the {len(args.seeds)} seeds run (missing: {' '.join(str(s) for s in args.seeds if s not in found)}): "
+              "judged when all are in")
+        return
+    mean, low, high = paired_interval([ours - theirs for _, ours, theirs in rows])
+    verdict = (f"seglab reaches the script within {args.margin}" if low > -args.margin else
+               "seglab falls short of the script" if high < 0 else "not settled")
+    print(f"\nseglab - plain over {len(rows)} seeds: {mean:+.3f}, 95 % t interval {low:+.3f} to {high:+.3f}: {verdict}")
 
 
 def with_settings(overrides: list[str], settings: list[str]) -> list[str]:
@@ -682,7 +724,13 @@ def parse(argv: list[str] | None):
     each["keras"].add_argument("--size", type=int, nargs=2, required=True, metavar=("HEIGHT", "WIDTH"))
     each["keras"].add_argument("--num-classes", type=int, required=True)
     each["keras"].add_argument("--seed", type=int, default=42)
+    each["judge"] = commands.add_parser("judge")
+    each["judge"].add_argument("logs", type=Path, nargs="+", metavar="LOG", help="versus-keras' output")
+    each["judge"].add_argument("--seeds", type=int, nargs="+", required=True, help="the seeds fixed before the runs")
+    each["judge"].add_argument("--margin", type=float, default=0.02, help="how far below the script still reaches it")
     args = parser.parse_args(argv)
+    if args.what == "judge":
+        return args
     args.directory = args.directory.resolve()
     args.data = args.data.resolve() if getattr(args, "data", None) else None
     return args
@@ -690,6 +738,8 @@ def parse(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.what == "judge":  # reads logs; writes nothing
+        return judge(args)
     if args.what != "keras":  # keras' DIRECTORY is the file of splits versus-keras wrote
         args.directory.mkdir(parents=True, exist_ok=True)
     run = {"throughput": throughput, "stages": stages, "memory": memory, "versus-keras": versus_keras, "same-batches": same_batches,

@@ -94,6 +94,30 @@ def test_versus_keras_reports_mean_and_sample_sd_of_the_seeds():
     assert spread([-0.01, 0.03], sign=True) == "+0.010 ± 0.028"
 
 
+def test_judge_reads_the_seeds_fixed_in_advance_from_several_logs_and_gives_the_verdict_only_when_all_are_in(tmp_path):
+    """`judge`, the test docs/own-data.md fixed before it ran: versus-keras' seed lines from several logs, only the
+    seeds named, the paired 95 % t interval (mean 0.02, sd 0.01, n 3: t 4.303, half 0.0248) and the rule's verdict."""
+    def log(name, lines):
+        (tmp_path / name).write_text("inspect says:\n  python -m seglab ...\n" + "".join(
+            f"seed {seed}: seglab {ours:.3f}, plain Keras {theirs:.3f}  (load average 1.0 1.0 1.0)\n" for seed, ours, theirs in lines))
+        return str(tmp_path / name)
+
+    first, second = log("a.log", [(60, 0.25, 0.24), (99, 0.10, 0.90)]), log("b.log", [(61, 0.26, 0.23), (62, 0.27, 0.25)])
+    out = own_data("judge", first, "--seeds", "60", "61", "62", cwd=tmp_path)
+    assert [row[0] for row in rows(out)] == ["60"] and "1 of the 3 seeds run (missing: 61 62): judged when all are in" in out
+    out = own_data("judge", first, second, "--seeds", "60", "61", "62", cwd=tmp_path)
+    assert rows(out) == [["60", "0.250", "0.240", "+0.010"], ["61", "0.260", "0.230", "+0.030"], ["62", "0.270", "0.250", "+0.020"]]
+    assert out.rstrip().endswith("seglab - plain over 3 seeds: +0.020, 95 % t interval -0.005 to +0.045: "
+                                 "seglab reaches the script within 0.02"), out
+    short = log("c.log", [(1, 0.20, 0.25), (2, 0.20, 0.24), (3, 0.20, 0.26)])
+    assert own_data("judge", short, "--seeds", "1", "2", "3", cwd=tmp_path).rstrip().endswith("falls short of the script")
+    wide = log("d.log", [(1, 0.20, 0.25), (2, 0.22, 0.20), (3, 0.20, 0.23)])
+    assert own_data("judge", wide, "--seeds", "1", "2", "3", cwd=tmp_path).rstrip().endswith(": not settled")
+    other = log("e.log", [(60, 0.21, 0.24)])
+    done = subprocess.run([sys.executable, str(SCRIPT), "judge", first, other, "--seeds", "60"], capture_output=True, text=True)
+    assert done.returncode != 0 and "seed 60 reads (0.21, 0.24), another log (0.25, 0.24): which run counts?" in done.stderr
+
+
 def write_tree(tree, counts: dict, foreground: int = 1) -> None:
     """CamVid's layout (split/ + splitannot/), 64x48 frames, masks 0 and `foreground`."""
     rng = np.random.default_rng(0)
