@@ -82,6 +82,9 @@ def explain(err: BaseException) -> str | None:
     label_check = _LABEL_CHECK.search(str(err))
     if label_check:  # a data check inside the tf.data graph, raised by TensorFlow mid-epoch
         return one_line(" ".join(part.strip() for part in label_check.groups() if part))
+    if type(err).__name__ == "DataLossError":  # TensorFlow met a damaged record file mid-pass; it names no file
+        return (f"a data file is damaged ({one_line(str(err).split('[[')[0]).rstrip(' .')}): find it with "
+                "`python -m seglab.data inspect PATH`, then write or copy it again")
     if isinstance(err, HydraException):
         return _hydra_message(err)
     if isinstance(err, OmegaConfBaseException):

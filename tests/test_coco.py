@@ -413,3 +413,31 @@ def test_short_training_on_coco_from_the_command_line(data, tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("seglab-coco").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["data.num_classes"] == "4"  # the file's 3 categories + background
     assert {"val_iou_person", "val_iou_dog", "val_iou_cat", "train_loss"} <= set(run.data.metrics)
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("twice", r"image id 1 is listed 2 times \(1 ids listed more than once\): give each image its own id"),
+    ("no_image", r"annotation \d+ has image_id 99, which no image of the file has: add that image to \"images\""),
+    ("no_category", r"annotation \d+ has category_id 77, which no category of the file has: add that category to "
+                    r"\"categories\""),
+    ("polygon", r"annotation \d+ of image 000000000001\.png: its segmentation cannot be decoded \(.+\): give polygons of 6 "
+                r"or more numbers"),
+])
+def test_what_pycocotools_passes_over_is_one_line_naming_the_file(data, fault, expected):
+    """An image id listed twice (pycocotools kept one entry), an annotation of an image or a category the file does
+    not list (dropped: its pixels were background), a polygon of 3 numbers (pycocotools' own traceback)."""
+    root, cache = data
+    file = root / "annotations" / "instances_train2017.json"
+    doc = json.loads(file.read_text())
+    first = doc["annotations"][0]
+    if fault == "twice":
+        doc["images"].append(dict(doc["images"][0]))
+    elif fault == "no_image":
+        doc["annotations"].append({**first, "id": 999, "image_id": 99})
+    elif fault == "no_category":
+        doc["annotations"].append({**first, "id": 999, "category_id": 77})
+    else:
+        doc["annotations"].append({**first, "id": 999, "segmentation": [[5, 5, 25]]})
+    file.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=(rf"^{file}: " if fault != "polygon" else "^") + expected):
+        build(root, cache)

@@ -80,6 +80,22 @@ def test_inspect_lists_problems_and_refuses_what_cannot_be_read(tmp_path, capsys
     assert "e.png (8x8, its image e.png 48x24)" in capsys.readouterr().out
 
 
+def test_folders_of_images_and_masks_with_a_fault_get_the_fault_not_no_layout(tmp_path):
+    """images/ + masks/ with a duplicate stem, or an image without a mask: inspect says that, in the line training
+    gives; before, it said no layout reads the folder.  A folder without any images and masks still gets that."""
+    write_split(tmp_path / "a" / "images", tmp_path / "a" / "masks", ["p0", "p1", "p2"])
+    write_image(tmp_path / "a" / "images" / "p1.jpg", W21, H21)
+    with pytest.raises(DataError, match=r"images/p1\.jpg and .*images/p1\.png have the same stem 'p1'"):
+        inspect.main([str(tmp_path / "a")])
+    write_split(tmp_path / "b" / "images", tmp_path / "b" / "masks", ["p0", "p1", "p2"])
+    (tmp_path / "b" / "masks" / "p2.png").unlink()
+    with pytest.raises(DataError, match=r"1 images in .*b/images have no mask in .*b/masks \(e\.g\. p2\.png\)"):
+        inspect.main([str(tmp_path / "b")])
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataError, match="none of the data layouts"):
+        inspect.main([str(tmp_path / "c")])
+
+
 def test_inspect_reports_every_mask_the_pipeline_refuses_and_the_rest_of_the_data_set(tmp_path, capsys):
     """Colours outside the table in masks past the source's first-masks check (the 11th and 12th): each is a problem
     naming its file, counting goes on past them, the report is printed, no command; before, inspect stopped at the
@@ -92,7 +108,7 @@ def test_inspect_reports_every_mask_the_pipeline_refuses_and_the_rest_of_the_dat
     (tmp_path / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nroad,128,64,128\nsign,250,170,30\n")
     for name, stray in (("n10", (1, 2, 3)), ("n11", (9, 9, 9))):
         write_mask(tmp_path / "trainannot" / f"{name}.png", labels_for(0, W43, H43), "RGB", colours=[(0, 0, 0), (128, 64, 128), stray])
-    with pytest.raises(DataError, match="cannot read it: 2 train mask.s. refused"):
+    with pytest.raises(DataError, match="cannot read it: 2 train example.s. refused"):
         inspect.main([str(tmp_path)])
     said = capsys.readouterr().out.splitlines()
     assert "  train: 10 images" in said and "  val: 1 images" in said
@@ -117,6 +133,22 @@ def test_the_notes_one_hot_arrays_are_read_with_their_channels_as_the_classes(tm
     command = shlex.split(said[-1])
     assert f"data.num_classes={CLASSES}" in command
     assert "data.class_names=[class_0,class_1,class_2]" in command
+    schema.validate(schema.compose(command[3:]))
+
+
+def test_a_coco_data_set_is_read_with_its_categories_as_the_classes(tmp_path, capsys):
+    """COCO 2017's layout: inspect reads it with the categories' own class count and prints a command the runner
+    takes; before, the scan's data.num_classes (SCAN_CLASSES) contradicted the categories and every COCO data set
+    was refused."""
+    from tests.test_coco import write_coco
+
+    root = write_coco(tmp_path / "coco")
+    inspect.main([str(root), f"data.source.cache_dir={tmp_path / 'cache'}"])
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(f"{root}: data=coco reads it") and "  problems: none" in said, said
+    assert "  train: 4 images" in said and "  val: 2 images" in said
+    command = shlex.split(said[-1])
+    assert "data.num_classes=4" in command and "data.class_names=[background,person,dog,cat]" in command, command
     schema.validate(schema.compose(command[3:]))
 
 

@@ -277,3 +277,18 @@ def test_palette_and_16_bit_png_masks_are_labels_and_a_colour_png_is_one_line(tm
     assert errors.explain(raised.value) == (f"seglab label check: the maskContent of a record is a colour PNG, not labels: store "
                                             "the class of each pixel as a grey or palette PNG (or raw bytes); for colour-coded masks "
                                             f"with a colour table use data=folder file: {tmp_path}/RGB/train.tfrecord")
+
+
+def test_a_file_cut_short_is_one_line_naming_it_and_the_record_before_any_pass(notes_records):
+    """A copy interrupted in the 8th record's data: refused when the splits are built (only the records' headers are
+    read), naming the file and the record; TensorFlow would stop mid-epoch with "truncated record at N" and no file.
+    What TensorFlow raises for a damaged file it still meets is one line too."""
+    root, _, _ = notes_records
+    shard = root / "train-1.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:-50])
+    with pytest.raises(DataError, match=rf"^{shard}: record 8 \(at byte \d+\) is cut short, the file ends at byte \d+: "
+                                        "the file is incomplete"):
+        tfrecord.build(str(root))
+    damaged = tf.errors.DataLossError(None, None, "corrupted record at 12 [[{{node IteratorGetNext}}]]")
+    assert errors.explain(damaged) == ("a data file is damaged (corrupted record at 12): find it with `python -m seglab.data "
+                                       "inspect PATH`, then write or copy it again")

@@ -38,8 +38,9 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -49,6 +50,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
+from seglab import errors
 from seglab.config.check import ConfigError, require
 from seglab.data import DataError, Provenance, Splits, carve, check_labels, filecache
 from seglab.util import atomic
@@ -64,6 +66,7 @@ BACKGROUND = "background"
 KEPT_AS_IS = {"JPEG": ("L", "RGB"), "PNG": None}  # formats TensorFlow decodes as stored (None: any mode)
 MAX_NAMED = 5
 MAX_LABEL = 255  # masks are stored as 8-bit PNG
+PAINTS_ITS_CLASSES = True  # no label past the categories: `inspect` reads it with its own data.num_classes
 HEAD_BYTES = 64  # enough to see the JSON object open
 TAIL_BYTES = 1 << 16  # COCO files end with their "categories"
 CHUNK_BYTES = 1 << 20
@@ -435,11 +438,32 @@ def load_annotations(annotations: Path) -> COCO:
     """pycocotools' index of an instances file; a DataError naming the file when it is not one (cut short
     by an interrupted download or unpacking, or another JSON file), instead of a JSONDecodeError without it."""
     try:
-        return COCO(str(annotations))
+        with redirect_stdout(io.StringIO()) as progress:  # pycocotools prints its steps ("loading annotations ...")
+            coco = COCO(str(annotations))
+        log.debug("pycocotools: %s", " ".join(progress.getvalue().split()))
     except json.JSONDecodeError as err:
         raise DataError(_not_json(annotations, err)) from None
     except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as err:  # JSON, but not COCO's layout
         raise DataError(f"{annotations} is not a COCO instances file ({type(err).__name__}: {err}); {_again()}.") from None
+    _refuse(_inconsistent(coco, annotations))
+    return coco
+
+
+def _inconsistent(coco: COCO, annotations: Path) -> Optional[str]:
+    """What pycocotools' index passes over without a word: an image id listed twice (one entry lost), an annotation
+    of an image or a category the file does not list (it would be dropped, its pixels background)."""
+    ids = Counter(image["id"] for image in coco.dataset.get("images", []))
+    twice = sorted(i for i, n in ids.items() if n > 1)
+    if twice:
+        return (f"{annotations}: image id {twice[0]} is listed {ids[twice[0]]} times ({len(twice)} ids listed more than "
+                "once): give each image its own id.")
+    for ann in coco.dataset.get("annotations", []):
+        for key, known, what, listed in (("image_id", coco.imgs, "image", "images"),
+                                         ("category_id", coco.cats, "category", "categories")):
+            if ann.get(key) not in known:
+                return (f"{annotations}: annotation {ann.get('id')} has {key} {ann.get(key)!r}, which no {what} of the file "
+                        f"has: add that {what} to \"{listed}\", or remove the annotation.")
+    return None
 
 
 def _again() -> str:
@@ -500,7 +524,11 @@ def mask_for(coco: COCO, image_id: int, label_of: dict[int, int], ignore_index: 
     mask = np.zeros((info["height"], info["width"]), np.uint8)
     instances, crowds = [], []
     for order, ann in enumerate(coco.loadAnns(coco.getAnnIds(imgIds=[image_id], catIds=list(label_of), iscrowd=None))):
-        region = coco.annToMask(ann).astype(bool)
+        try:
+            region = coco.annToMask(ann).astype(bool)
+        except Exception as err:  # pycocotools' own, e.g. "input type is not supported." for a polygon of 3 numbers
+            raise DataError(f"annotation {ann.get('id')} of image {info['file_name']}: its segmentation cannot be decoded "
+                            f"({errors.one_line(err)}): give polygons of 6 or more numbers (x, y pairs), or an RLE.") from None
         if region.shape != mask.shape:
             raise DataError(f"annotation {ann.get('id')} of image {info['file_name']} is {region.shape[1]}x{region.shape[0]} "
                             f"but the image is {mask.shape[1]}x{mask.shape[0]} in the JSON: fix its RLE \"size\".")

@@ -45,6 +45,10 @@ from seglab.util.images import ends_like_jpeg
 
 log = logging.getLogger(__name__)
 
+
+class NoFolders(DataError):
+    """PATH holds none of the layouts of folders this source reads (not a fault of one it found)."""
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # compared lower-cased: .JPG counts
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -148,16 +152,24 @@ def find(path: Path) -> dict | None:
     if not root.is_dir():
         return None
     # As they are; list files whose lines carry more than a name (`Abyssinian_100 1 1 1`); masks named <stem><suffix>.
+    refusal = None
     for extra in ({}, {"list_format": "name"}, {"mask_suffix": _mask_suffix(root)}):
         if extra.get("mask_suffix") == "":
             continue
         try:
             _, found = locate(root, None, None, extra.get("mask_suffix", ""), None, extra.get("list_format", "auto"))
-        except DataError:
+        except NoFolders:
+            continue
+        except DataError as err:  # a layout of folders, with a fault
+            refusal = refusal or err
             continue
         return {"path": str(root), **extra} if any(found.values()) else None
     sets = label_sets(root)  # images/ + SegmentationClass/<set>/: one label set read, the others named by `notes`
-    return {"path": str(root), "image_dir": _folder_pair(root)[0].name, "mask_dir": sets[0].relative_to(root).as_posix()} if sets else None
+    if sets:
+        return {"path": str(root), "image_dir": _folder_pair(root)[0].name, "mask_dir": sets[0].relative_to(root).as_posix()}
+    if refusal is not None:  # folders of images and masks with a fault (duplicate stems, an unpaired image): say which
+        raise refusal
+    return None
 
 
 def label_sets(root: Path) -> list[Path]:
@@ -210,7 +222,7 @@ def locate(root: Path, image_dir: str | None, mask_dir: str | None, mask_suffix:
         return "list files", {s: read_list(f, root, images, masks, mask_suffix, list_format) for s, f in found.items()}
     if both:
         return f"one pair of folders, {both[0].name}/ + {both[1].name}/", {"pool": pair(*both, mask_suffix)}
-    raise DataError(
+    raise NoFolders(
         f"data.source.path={root}: found no images and masks: use train/ + trainannot/ (or masks/train/, or "
         f"train/images/ + train/masks/), list files train.txt / val.txt, or images/ + masks/ (docs/own-data.md)."
     )

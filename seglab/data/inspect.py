@@ -1,7 +1,8 @@
 """`python -m seglab.data inspect PATH [data.source.KEY=VALUE ...] [--write my_conf/data/NAME.yaml]`: what a data set holds and how to train on it.
 
 Tries every conf/data/*.yaml whose source module has a `find(path)` (`folder` last: it reads the most layouts;
-a module whose data set has fixed classes, `CLASS_NAMES`, is read with its own num_classes and names them),
+a module whose data set has fixed classes, `CLASS_NAMES`, or which paints its masks from classes it reads itself,
+`PAINTS_ITS_CLASSES` (coco: the categories), is read with its own num_classes and names them),
 builds the splits with the arguments the first one returns, and reads them once: images per split, their sizes
 and aspect, the classes found (labels, or the colours of colour-coded masks) with their share of the pixels, and
 every problem (the source's warnings, its refusal).  Its last line is the command that trains on it; `--write`
@@ -169,7 +170,8 @@ def _build(build, module, found: Found):
     """The splits, or None with the source's refusal among the problems; colour masks without a colour table are
     read through the colours their first masks hold."""
     try:
-        return build(**source_arguments(found.name, found.arguments, fixed_classes=hasattr(module, "CLASS_NAMES")))
+        fixed = hasattr(module, "CLASS_NAMES") or getattr(module, "PAINTS_ITS_CLASSES", False)
+        return build(**source_arguments(found.name, found.arguments, fixed_classes=fixed))
     except DataError as err:
         # Every mask's colours (inspect reads them all anyway): a class first seen late is in the table too.
         colours = getattr(module, "mask_colours", lambda **_: [])(**found.arguments)
@@ -213,10 +215,10 @@ def _count(dataset, found: Found, split: str, names: list | None = None, first: 
         found.pixels.update(dict(zip(labels.tolist(), pixels.tolist())))
         for label in labels.tolist() if first is not None else ():
             first.setdefault(label, (split, names[position] if names else f"example {position}"))
-    lines = [f"{split}: {count} mask(s) refused: {line}" if count > 1 else f"{split}: {line}" for line, count in refused.items()]
+    lines = [f"{split}: {count} examples refused: {line}" if count > 1 else f"{split}: {line}" for line, count in refused.items()]
     found.problems += lines[:SHOWN_REFUSALS] + [f"{split}: {len(lines) - SHOWN_REFUSALS} more refusals like these"] * (len(lines) > SHOWN_REFUSALS)
     if refused and not found.refused:
-        found.refused = f"{sum(refused.values())} {split} mask(s) refused (problems above); fix them, then inspect again"
+        found.refused = f"{sum(refused.values())} {split} example(s) refused (problems above); fix them, then inspect again"
     return images
 
 

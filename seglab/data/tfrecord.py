@@ -26,6 +26,8 @@ from __future__ import annotations
 import glob
 import io
 import logging
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +139,8 @@ def check_first_records(files: list[str], spec: Spec) -> None:
             first = list(tf.data.TFRecordDataset(file, compression_type=spec.compression).take(1).as_numpy_iterator())
         except tf.errors.OpError:
             raise DataError(f"{file}: cannot be read as TFRecords{_compression_hint(file, spec.compression)}.") from None
+        if not spec.compression:  # TFRecords (the first record read): the rest whole too
+            check_framing(file)
         if not first:
             log.warning("%s holds no record", file)
             continue
@@ -151,6 +155,22 @@ def check_first_records(files: list[str], spec: Spec) -> None:
             if features[name].WhichOneof("kind") != kind:
                 raise DataError(f"{file}: feature {name!r} (data.source.{key}) is a {features[name].WhichOneof('kind')}, "
                                 f"not a {kind}: name the feature that holds it.")
+
+
+def check_framing(file: str) -> None:
+    """An uncompressed file's records whole: each a length (8 bytes, then its 4-byte CRC), the data, the data's CRC.
+    A file cut short (a write or copy interrupted) is one line naming it and the record, before any run opens,
+    where TensorFlow would stop mid-epoch with "truncated record" and no file; only the headers are read."""
+    size, at, record = os.path.getsize(file), 0, 0
+    with open(file, "rb") as f:
+        while at < size:
+            header = f.read(12)
+            end = at + 12 + (struct.unpack("<Q", header[:8])[0] + 4 if len(header) == 12 else 0)
+            if len(header) < 12 or end > size:
+                raise DataError(f"{file}: record {record + 1} (at byte {at}) is cut short, the file ends at byte {size}: "
+                                "the file is incomplete (a write or copy interrupted): write or copy it again.")
+            at, record = end, record + 1
+            f.seek(at)
 
 
 def _compression_hint(file: str, compression: str) -> str:
