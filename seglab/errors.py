@@ -85,6 +85,10 @@ def explain(err: BaseException) -> str | None:
     if type(err).__name__ == "DataLossError":  # TensorFlow met a damaged record file mid-pass; it names no file
         return (f"a data file is damaged ({one_line(str(err).split('[[')[0]).rstrip(' .')}): find it with "
                 "`python -m seglab.data inspect PATH`, then write or copy it again")
+    undecodable = _UNDECODABLE.search(str(err)) if type(err).__name__ == "InvalidArgumentError" else None
+    if undecodable:  # an encoded image TensorFlow's decoder refused mid-pass (a record's bytes; it names no file)
+        return (f"an image or mask cannot be decoded ({undecodable.group(1).strip(' .')}): write it again, or where the "
+                "data are TFRecords check data.source.encoding / mask_encoding")
     if isinstance(err, HydraException):
         return _hydra_message(err)
     if isinstance(err, OmegaConfBaseException):
@@ -217,6 +221,7 @@ _NO_SRUN = re.compile(r'Could not detect "(srun)", are you indeed on a slurm clu
 # as for a bug) and the config file whose keys do not fit the schema (else: the message without the file's name).
 
 # tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
+_UNDECODABLE = re.compile(r"(Invalid PNG[^\[\n]*|Invalid JPEG data[^\[\n]*|Unknown image file format[^\[\n]*|jpeg::Uncompress failed[^\[\n]*)")
 _LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^\]]*)\])?")
 _TARGET = re.compile(r"Error locating target '([^']+)'")
 _FULL_KEY = re.compile(r"full_key: (\S+)")

@@ -174,6 +174,13 @@ def build_model(name: str, num_classes: int, image_size: int, **overrides):
 
 
 # The docker-compose tracking stack as local processes (PostgreSQL, an S3 endpoint, mlflow server).
+def dead_pid() -> str:
+    """The pid of a process that has ended (a child's, just waited for): what a crashed writer leaves in a name or tag.
+    A made-up number (999) may be a live process on a busy machine."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
 from tests.tracking_stack import stack_run, tracking_stack  # noqa: E402,F401
 
 # Groups of tests for the xdist workers, heaviest first (tests/schedule.py), and `--write-costs`.

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 
 from seglab.data import DataError
 from seglab.data import coco as coco_source
-from tests.conftest import run_cli
+from tests.conftest import dead_pid, run_cli
 
 CAT, DOG = 17, 18  # COCO's ids; seglab must look the cat up by name, so the dog comes first
 IGNORE = 255
@@ -182,7 +182,7 @@ def test_half_written_shard_is_not_trusted(coco):
     (folder / "train2017.json").unlink()
     truncated = victim.read_bytes()[:50]
     victim.unlink()
-    (folder / f"{victim.name}.tmp999").write_bytes(truncated)  # what a crash mid-shard leaves behind
+    (folder / f"{victim.name}.tmp{dead_pid()}").write_bytes(truncated)  # what a crash mid-shard leaves behind
     kept_mtime = kept.stat().st_mtime_ns
 
     again = by_width(build(root, cache).train)

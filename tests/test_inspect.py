@@ -15,7 +15,7 @@ from seglab import errors
 from seglab.config import schema
 from seglab.data import DataError, inspect
 from tests.conftest import run_cli, run_module
-from tests.test_folder import H21, W21, labels_for, write_image, write_mask, write_split
+from tests.test_folder import H21, H43, W21, W43, labels_for, write_image, write_mask, write_split
 
 TINY_MODEL = ("model.depth=2", "model.base_filters=4", "trainer.epochs=1", "trainer.batch_size=4", "trainer.mask_samples=1")
 
@@ -67,6 +67,17 @@ def test_inspect_finds_the_colours_of_colour_coded_masks(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "data.source.colors=[[0,0,0],[128,64,128],[250,170,30]]" in said
     assert "label 1 colour (128, 64, 128): 33.33 % of the pixels" in said
+
+
+def test_a_colour_outside_the_classes_file_is_the_line_training_gives_not_a_table_of_the_colours_found(tmp_path):
+    """Colour masks, a classes.csv giving each class's colour, one mask with a colour the file lacks: inspect refuses
+    with the source's line (the file, the colour); before, it dropped the file's table for the colours found, sorted,
+    which bound the names to the wrong colours and then named a label past the classes in another file."""
+    write_split(tmp_path / "images", tmp_path / "masks", ["a", "b", "c"], encoding="RGB")
+    (tmp_path / "classes.csv").write_text("name,r,g,b\nvoid,0,0,0\nroad,128,64,128\nsign,250,170,30\n")
+    write_mask(tmp_path / "masks" / "b.png", labels_for(1, W43, H43), "RGB", colours=[(0, 0, 0), (1, 2, 3), (250, 170, 30)])
+    with pytest.raises(DataError, match=r"masks/b\.png has \d+ pixels of colours not in the colour table, e\.g\. \(1, 2, 3\)"):
+        inspect.main([str(tmp_path)])
 
 
 def test_inspect_lists_problems_and_refuses_what_cannot_be_read(tmp_path, capsys):

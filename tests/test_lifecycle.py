@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from seglab.engine import checkpoint, claim, lifecycle
-from tests.conftest import ROOT, build_model
+from tests.conftest import ROOT, build_model, dead_pid
 
 
 def test_run_key_ignores_length_outputs_and_logging_but_not_what_is_learned(compose_cfg):
@@ -740,11 +740,6 @@ def test_a_holder_whose_claim_was_taken_over_stops_at_the_next_epoch_and_writes_
     assert run.info.status == "RUNNING" and run.info.end_time is None and "error" not in run.data.tags
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(0, 1.0)]
     assert client.list_artifacts(run.info.run_id) == []
-
-
-def dead_pid() -> str:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return done.stdout.strip()
 
 
 def test_report_ends_killed_the_runs_of_its_sweep_whose_process_is_gone(tmp_path):

@@ -33,6 +33,11 @@ def test_labels_outside_the_classes_are_counted_and_refused_but_the_ignore_index
     assert counts.outside == {2: 2, 5: 1} and counts.images == 3
     with pytest.raises(DataError, match=r"labels up to 5 \(2: 2 px, 5: 1 px\), but data.num_classes=2 .*data.num_classes=6"):
         refuse_outside(counts, 2, 255, "train")
+    assert counts.first_outside == 0 and class_counts(batches.skip(1), 2, ignore_index=255).first_outside == 0
+    with pytest.raises(DataError, match=r"^the val split's masks \(first in c\.png\) hold labels up to 5 \(5: 1 px\)"):
+        refuse_outside(class_counts(batches.unbatch().skip(1).batch(2), 2, 255), 2, 255, "val", names=["b.png", "c.png"])
+    with pytest.raises(DataError, match=r"^the train split's masks \(in a\.npy, b\.npy, \.\.\.\) hold labels"):
+        refuse_outside(counts, 2, 255, "train", files=["a.npy", "b.npy", "c.npy"])
     assert class_counts(batches, 6, ignore_index=255).outside == {}
     refuse_outside(class_counts(batches, 6, ignore_index=255), 6, 255, "train")
 

@@ -292,3 +292,19 @@ def test_a_file_cut_short_is_one_line_naming_it_and_the_record_before_any_pass(n
     damaged = tf.errors.DataLossError(None, None, "corrupted record at 12 [[{{node IteratorGetNext}}]]")
     assert errors.explain(damaged) == ("a data file is damaged (corrupted record at 12): find it with `python -m seglab.data "
                                        "inspect PATH`, then write or copy it again")
+
+
+def test_an_image_the_decoder_refuses_mid_pass_is_one_line(tmp_path):
+    """A record's PNG bytes cut short: TensorFlow's decoder stops the pass (a traceback before); now one line."""
+    image, mask = np.zeros((4, 6, 3), np.uint8), np.zeros((4, 6), np.uint8)
+    broken = tf.io.encode_png(image).numpy()[:40]
+    write(tmp_path / "train.tfrecord", [tf.train.Example(features=tf.train.Features(feature={
+        "imageContent": feature(data), "maskContent": feature(tf.io.encode_png(mask[..., None]).numpy()),
+    })).SerializeToString() for data in (tf.io.encode_png(image).numpy(), broken)])
+    splits = tfrecord.build(str(tmp_path), val=None, val_fraction=0.5, height_key=None, width_key=None,
+                            encoding="png", mask_encoding="png")
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        list(splits.train.concatenate(splits.val).as_numpy_iterator())
+    assert errors.explain(raised.value).startswith("an image or mask cannot be decoded (")
+    assert errors.explain(raised.value).endswith("): write it again, or where the data are TFRecords check "
+                                                 "data.source.encoding / mask_encoding")

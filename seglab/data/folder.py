@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 class NoFolders(DataError):
     """PATH holds none of the layouts of folders this source reads (not a fault of one it found)."""
 
+
+class NoColourTable(DataError):
+    """Colour masks, and no table of the classes' colours (inspect then reads them through the colours found)."""
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # compared lower-cased: .JPG counts
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -535,7 +539,7 @@ def reading_for(headers: list, table, root: Path) -> Reading:
     colour = any(mode in COLOUR_MODES for mode, _ in masks)
     if colour and table is None:
         first = next(mode for mode, _ in masks if mode in COLOUR_MODES)
-        raise DataError(f"data.source.path={root}: the masks are {first} colours, not labels: give the colour of each "
+        raise NoColourTable(f"data.source.path={root}: the masks are {first} colours, not labels: give the colour of each "
                         f"class, data.source.colors=[[r,g,b],...] or a classes.csv in {root} (name,r,g,b per row); "
                         f"`python -m seglab.data inspect {root}` lists the colours found.")
     # Grey masks (8 or 16 bits) hold labels: a table of colours then only names the classes (a class_dict.csv beside

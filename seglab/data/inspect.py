@@ -167,15 +167,16 @@ def _beyond_the_names(found: Found, first: dict) -> None:
 
 
 def _build(build, module, found: Found):
-    """The splits, or None with the source's refusal among the problems; colour masks without a colour table are
-    read through the colours their first masks hold."""
+    """The splits, or None with the source's refusal among the problems; colour masks without a colour table (the
+    source's `NoColourTable`) are read through the colours the masks hold."""
     try:
         fixed = hasattr(module, "CLASS_NAMES") or getattr(module, "PAINTS_ITS_CLASSES", False)
         return build(**source_arguments(found.name, found.arguments, fixed_classes=fixed))
     except DataError as err:
+        no_table = isinstance(err, getattr(module, "NoColourTable", ())) and "colors" not in found.arguments
         # Every mask's colours (inspect reads them all anyway): a class first seen late is in the table too.
-        colours = getattr(module, "mask_colours", lambda **_: [])(**found.arguments)
-        if not colours or "colors" in found.arguments:
+        colours = getattr(module, "mask_colours", lambda **_: [])(**found.arguments) if no_table else []
+        if not colours:
             found.refused = errors.one_line(err)
             found.problems.append(found.refused)
             return None

@@ -134,7 +134,10 @@ def read_data(cfg: DictConfig) -> Data:
     for split in ("train", "val", "test") if cfg.trainer.score_test else ("train", "val"):
         counted[split] = statistics.class_counts(batches_of(cfg, getattr(splits, split), split, cache=False),
                                                  data.num_classes, data.ignore_index)
-        statistics.refuse_outside(counted[split], data.num_classes, data.ignore_index, split)
+        about = splits.about.get(split)  # where a stray label is: by name only in a fixed order
+        statistics.refuse_outside(counted[split], data.num_classes, data.ignore_index, split,
+                                  names=about.names if about and cfg.deterministic else None,
+                                  files=about.files if about else None)
         if not counted[split].images:
             raise DataError(f"data={data.name}: the {split} split holds no image: {EMPTY_SPLIT_FIX}")
     trainer_schema.check_batches(cfg.trainer, counted["train"].images, "counted")
