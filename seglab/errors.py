@@ -220,8 +220,9 @@ _NO_SRUN = re.compile(r'Could not detect "(srun)", are you indeed on a slurm clu
 # each with a way out if the text changes: the target of an `instantiate` that names nothing (else: a traceback,
 # as for a bug) and the config file whose keys do not fit the schema (else: the message without the file's name).
 
-# tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
+# What TensorFlow's image decoders say of bytes they cannot decode
 _UNDECODABLE = re.compile(r"(Invalid PNG[^\[\n]*|Invalid JPEG data[^\[\n]*|Unknown image file format[^\[\n]*|jpeg::Uncompress failed[^\[\n]*)")
+# tf.debugging.Assert's message: "assertion failed: [seglab label check: ...] [file:] [path]"
 _LABEL_CHECK = re.compile(r"\[(seglab label check:[^\]]*)\](?: \[(file:)\] \[([^\]]*)\])?")
 _TARGET = re.compile(r"Error locating target '([^']+)'")
 _FULL_KEY = re.compile(r"full_key: (\S+)")

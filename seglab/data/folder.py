@@ -53,6 +53,7 @@ class NoFolders(DataError):
 class NoColourTable(DataError):
     """Colour masks, and no table of the classes' colours (inspect then reads them through the colours found)."""
 
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # compared lower-cased: .JPG counts
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif")
 SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
